@@ -1,0 +1,84 @@
+"""The full set of config keys with their defaults, and argument parsing for `get_config(arg)`.
+
+Every experiment config in `configs/` starts from `base()` and changes what its dataset needs, so every key exists
+in every config and a misspelt `--config.key=value` fails (configs are locked). Defaults where the study is silent
+are documented in STUDY.md and README.md.
+"""
+
+import ml_collections
+
+from slicejax import augment
+
+
+def base() -> ml_collections.ConfigDict:
+  """All keys with their defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # base of every model's initialisation and data stream; the sweep's `seeds` vary plans and streams.
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="msd",             # "msd": an MSD-layout folder at `root`; "phantom": generated in WORKDIR/phantom
+      root="",
+      missing_root_hint="",     # said when `root` is empty: how to get the data
+      slicing_axis=2,           # NIfTI axis along which slices are annotated
+      normalization="zscore",   # "zscore" per volume and channel, or "ct" (clip to ct_window, scale to [-1, 1])
+      ct_window=(-1000.0, 1000.0),
+      shape=(),                 # static in-plane (H, W); () = smallest that holds every volume
+      cache_dir="",             # preprocessed-volume cache; "" = WORKDIR/cache
+      split=dict(train=180, val=20, test=60, seed=0),
+      phantom=dict(num_cases=60, shape=(40, 40, 24), num_channels=1, seed=0),
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="unet", features=16, max_features=256, num_stages=4, norm="instance", upsample="resize",
+      dtype="float32"))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000, batch_size=32, learning_rate=3e-3, warmup_steps=50, final_lr_fraction=0.01, weight_decay=1e-4,
+      grad_clip=1.0, ce_weight=1.0, dice_weight=1.0, log_every=50, augment=augment.default_config()))
+
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64))
+
+  c.study = ml_collections.ConfigDict(dict(
+      dims=(2,),
+      budgets=(36, 72, 144, 288),
+      slices_per_volume=(1, 2, 4, 8, 16),
+      selections=("random", "fixed"),
+      interpolation=(False,),
+      seeds=(0, 1, 2),
+      reference=True,           # also train the fully annotated reference
+      reference_seeds=(0,),
+      roi=(),                   # () = every slice is a candidate; (lo, hi) fractions of the depth narrow it
+  ))
+
+  c.model_axis = ml_collections.ConfigDict(dict(
+      strategy="auto",          # "auto" (fastest for the backend), "vmap", "loop" or "sequential"
+      max_models=8,             # models trained together; larger groups are split
+  ))
+  return c
+
+
+def parse_arg(arg: str, **spec) -> ml_collections.ConfigDict:
+  """Parses `get_config`'s argument "flag1,key=value,..." against typed defaults.
+
+  Args:
+    arg: comma-separated words; a bare word sets a boolean default to True.
+    **spec: name -> default value (its type converts the given string).
+
+  Returns:
+    ConfigDict with one entry per name in `spec`.
+  """
+  out = ml_collections.ConfigDict(spec)
+  for word in filter(None, (arg or "").split(",")):
+    key, _, value = word.partition("=")
+    if key not in spec:
+      raise ValueError(f"unknown config argument {key!r}; known: {', '.join(spec)}")
+    default = spec[key]
+    if not value:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {key!r} needs a value")
+      out[key] = True
+    elif isinstance(default, bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    else:
+      out[key] = type(default)(value)
+  return out

@@ -1,0 +1,73 @@
+"""Masked segmentation losses for sparsely annotated volumes.
+
+Every loss takes a per-voxel weight that is 0 where nothing is annotated (and on padding) and returns a pair
+`(sum, normalizer)`; the caller divides last with `divide`, which maps 0 / 0 to 0. Nothing branches on data, so an
+example or a whole batch without annotated voxels gives exactly zero loss and zero gradient instead of a NaN, and
+voxels with weight 0 never receive gradient.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def divide(total, normalizer):
+  """`total / normalizer`, and 0 where the normalizer is 0."""
+  return total / jnp.maximum(normalizer, 1e-12) * (normalizer > 0)
+
+
+def masked_cross_entropy(logits, labels, weights):
+  """Weighted cross-entropy summed over voxels.
+
+  Args:
+    logits: `[..., K]` unnormalised class scores.
+    labels: `[...]` integer labels in [0, K).
+    weights: `[...]` non-negative voxel weights (0 = not annotated).
+
+  Returns:
+    `(sum of weight * CE, sum of weights)`, both scalars.
+  """
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  # Zero the weight first so that an unannotated voxel with non-finite logits cannot leak a NaN into the sum.
+  return -jnp.sum(jnp.where(weights > 0, picked, 0.0) * weights), jnp.sum(weights)
+
+
+def masked_soft_dice(logits, labels, weights, *, smooth=1e-5):
+  """Soft Dice loss over the foreground classes, computed on the weighted voxels of the whole batch.
+
+  For each foreground class k: `1 - (2 sum(w p_k y_k) + smooth) / (sum(w p_k) + sum(w y_k) + smooth)`, where `p` are
+  softmax probabilities and `y` the one-hot labels. A class counts only where the batch has annotated voxels, so an
+  unannotated batch contributes nothing.
+
+  Args:
+    logits: `[..., K]`.
+    labels: `[...]` integer labels.
+    weights: `[...]` voxel weights.
+    smooth: additive smoothing of numerator and denominator.
+
+  Returns:
+    `(sum over foreground classes of the Dice loss, number of foreground classes counted)`.
+  """
+  num_classes = logits.shape[-1]
+  probs = jax.nn.softmax(logits, axis=-1)
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=probs.dtype)
+  w = weights[..., None]
+  probs = jnp.where(w > 0, probs, 0.0)
+  axes = tuple(range(logits.ndim - 1))
+  intersection = jnp.sum(w * probs * onehot, axis=axes)[1:]
+  predicted = jnp.sum(w * probs, axis=axes)[1:]
+  target = jnp.sum(w * onehot, axis=axes)[1:]
+  dice = (2.0 * intersection + smooth) / (predicted + target + smooth)
+  counted = (jnp.sum(weights) > 0).astype(probs.dtype)
+  return jnp.sum(1.0 - dice) * counted, (num_classes - 1) * counted
+
+
+def segmentation_loss(logits, labels, weights, *, ce_weight=1.0, dice_weight=1.0):
+  """Cross-entropy plus soft Dice on the weighted voxels; shapes as in `masked_cross_entropy`.
+
+  Returns:
+    `(loss, aux)` with the scalar loss and a dict of its parts.
+  """
+  ce = divide(*masked_cross_entropy(logits, labels, weights))
+  dice = divide(*masked_soft_dice(logits, labels, weights))
+  return ce_weight * ce + dice_weight * dice, {"ce": ce, "dice_loss": dice}

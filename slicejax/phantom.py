@@ -1,0 +1,259 @@
+"""A synthetic MRI-like segmentation dataset written in the MSD layout.
+
+`write_phantom` writes `imagesTr/phantom_XXX.nii.gz`, `labelsTr/phantom_XXX.nii.gz` and `dataset.json`, so demos and
+tests go through the same reader (`slicejax.data.load_msd`) as real data.
+
+Conventions. Arrays are built and written in NIfTI order `[X, Y, Z]` (images `[X, Y, Z, C]` when `num_channels > 1`)
+with voxel spacing 1 x 1 x 2 mm, so Z (axis 2) is the slicing axis; the depth of each case is drawn from
+`shape[2] - 4 .. shape[2]`. Labels: 0 background, 1 "core", 2 "rim" (a shell around the core).
+
+Anatomy of one case, all drawn from the case's own random stream (`seed`, case index):
+  * an elliptical body whose outline changes slowly along Z, with a smooth texture and a few small bright and dark
+    spots whose intensities match the core and the rim, so that shape and context, not intensity alone, tell them
+    apart;
+  * a lobed, rotated ellipsoidal core surrounded by a rim of a few mm, bright and dark respectively in the T2-like
+    channel and inverted in the ADC-like channel; they span only part of the depth, leaving slices without foreground;
+  * partial-volume blur, a smooth multiplicative bias field, Gaussian noise and a global intensity scale that differs
+    by up to ~60x between cases.
+"""
+
+import gzip
+import json
+import pathlib
+import shutil
+import uuid
+
+from absl import logging
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from slicejax.errors import InputError
+
+CLASS_NAMES = ("background", "core", "rim")
+CHANNEL_NAMES = ("T2", "ADC")
+SPACING = (1., 1., 2.)
+# Recorded in dataset.json; bumped whenever the generator changes what it writes for the same arguments.
+_VERSION = 1
+_DEPTH_SPREAD = 4
+# Mean intensity of each tissue before bias, scale and noise, per channel (T2-like, ADC-like).
+_TISSUE = {
+    "air": (0.0, 0.0),
+    "body": (1.0, 1.0),
+    "core": (1.65, 0.5),
+    "rim": (0.55, 1.45),
+}
+_TEXTURE = (0.12, -0.1)     # amplitude of the body texture, in units of the body intensity
+_NOISE = 0.07               # Gaussian noise std, same units
+_SCALE_RANGE = (50., 3000.)  # global per-case intensity scale, drawn log-uniformly
+
+
+def _rotation(theta: float, tilt: float) -> np.ndarray:
+  """In-plane rotation by theta followed by a tilt about the X axis; [3, 3]."""
+  c, s = np.cos(theta), np.sin(theta)
+  in_plane = np.array([[c, -s, 0.], [s, c, 0.], [0., 0., 1.]])
+  ct, st = np.cos(tilt), np.sin(tilt)
+  tilt_x = np.array([[1., 0., 0.], [0., ct, -st], [0., st, ct]])
+  return tilt_x @ in_plane
+
+
+def phantom_case(seed: int, index: int, shape=(40, 40, 24), num_channels: int = 1) -> tuple:
+  """Generates one case without writing it.
+
+  Args:
+    seed: dataset seed.
+    index: case index; each (seed, index) pair has its own random stream.
+    shape: `(X, Y, Z)` largest shape; the depth is drawn from `Z - 4 .. Z`.
+    num_channels: 1 (T2-like) or 2 (T2-like, ADC-like).
+
+  Returns:
+    (image `[X, Y, Z']` float32, or `[X, Y, Z', 2]` for two channels; label `[X, Y, Z']` uint8).
+  """
+  rng = np.random.default_rng([seed, index])
+  sx, sy, sz_max = shape
+  sz = int(rng.integers(sz_max - _DEPTH_SPREAD, sz_max + 1))
+  size = min(sx, sy)
+  # Physical coordinates in mm, one per voxel centre.
+  x, y, z = np.meshgrid(np.arange(sx) * SPACING[0], np.arange(sy) * SPACING[1], np.arange(sz) * SPACING[2],
+                        indexing="ij")
+  depth_mm = sz * SPACING[2]
+
+  # Body: an ellipse whose radii change slowly along Z.
+  centre = np.array([sx, sy]) / 2 + rng.uniform(-0.05, 0.05, 2) * size
+  radii = rng.uniform(0.32, 0.44, 2) * np.array([sx, sy])
+  phi = rng.uniform(0, np.pi)
+  wobble = 1 + 0.08 * np.sin(2 * np.pi * z / depth_mm * rng.uniform(0.5, 1.) + rng.uniform(0, 2 * np.pi))
+  bu = np.cos(phi) * (x - centre[0]) + np.sin(phi) * (y - centre[1])
+  bv = -np.sin(phi) * (x - centre[0]) + np.cos(phi) * (y - centre[1])
+  body = (bu / (radii[0] * wobble)) ** 2 + (bv / (radii[1] * wobble)) ** 2 <= 1
+
+  # Core and rim: a lobed ellipsoid and a shell of `thickness` mm around it, inside the body and not through its ends.
+  axes = np.array([*rng.uniform(0.09, 0.15, 2) * size, rng.uniform(0.12, 0.22) * depth_mm])
+  thickness = rng.uniform(0.07, 0.1) * size
+  lobe_depth = rng.uniform(0., 0.2)
+  # How far the rim can reach from the centre: lobes stretch it by up to 1 + lobe_depth, the tilt by a little more.
+  reach = (1 + lobe_depth) * (axes + thickness) + np.array([0., 0., 0.25 * axes[:2].max() + SPACING[2]])
+  max_offset = max(radii.min() * 0.92 - reach[:2].max() - 2., 0.)
+  angle, dist = rng.uniform(0, 2 * np.pi), max_offset * np.sqrt(rng.uniform())
+  half_depth = reach[2]
+  core_centre = np.array([centre[0] + dist * np.cos(angle), centre[1] + dist * np.sin(angle),
+                          rng.uniform(half_depth, max(depth_mm - half_depth, half_depth))])
+  rotation = _rotation(rng.uniform(0, np.pi), rng.uniform(-0.25, 0.25))
+  u, v, w = np.einsum("ij,j...->i...", rotation.T, np.stack([x, y, z]) - core_centre[:, None, None, None])
+  lobes = 1 + lobe_depth * np.cos(rng.integers(2, 4) * np.arctan2(v / axes[1], u / axes[0])
+                                 + rng.uniform(0, 2 * np.pi))
+  outer = axes + thickness
+  core = np.sqrt((u / axes[0]) ** 2 + (v / axes[1]) ** 2 + (w / axes[2]) ** 2) <= lobes
+  rim = (np.sqrt((u / outer[0]) ** 2 + (v / outer[1]) ** 2 + (w / outer[2]) ** 2) <= lobes) & ~core
+  label = np.where(core, 1, np.where(rim, 2, 0)).astype(np.uint8)
+
+  # Distractor spots inside the body, away from the structures: bright ones like the core, dark ones like the rim.
+  spots = np.zeros((2,) + body.shape, bool)
+  keep_out = ndimage.binary_dilation(label > 0, iterations=2)
+  candidates = np.argwhere(body & ~keep_out)
+  for kind in range(2):
+    for i in rng.choice(len(candidates), size=min(int(rng.integers(2, 6)), len(candidates)), replace=False):
+      r = rng.uniform(1., 2.2)
+      p = candidates[i] * np.array(SPACING)
+      # Stretched along Z, like small vessels crossing a few slices.
+      spots[kind] |= ((x - p[0]) ** 2 + (y - p[1]) ** 2 + ((z - p[2]) * 0.5) ** 2 <= r * r) & body & ~keep_out
+
+  texture = ndimage.gaussian_filter(rng.standard_normal(body.shape), sigma=(1.5, 1.5, 0.75))
+  texture /= texture.std()
+  xn, yn, zn = (x / x.max() - 0.5) * 2, (y / y.max() - 0.5) * 2, (z / max(z.max(), 1.) - 0.5) * 2
+  coeffs = rng.normal(0., 0.12, 6)
+  bias = np.exp(coeffs[0] * xn + coeffs[1] * yn + coeffs[2] * zn + coeffs[3] * xn * yn
+                + coeffs[4] * (xn ** 2 - 0.5) + coeffs[5] * (yn ** 2 - 0.5))
+
+  channels = []
+  for c in range(num_channels):
+    contrast = {k: t[c] + rng.normal(0., 0.04) for k, t in _TISSUE.items()}
+    clean = np.where(body, contrast["body"] + _TEXTURE[c] * texture, contrast["air"])
+    clean = np.where(spots[0], contrast["core"], np.where(spots[1], contrast["rim"], clean))
+    clean = np.where(label == 1, contrast["core"] + 0.5 * _TEXTURE[c] * texture, clean)
+    clean = np.where(label == 2, contrast["rim"], clean)
+    # Partial-volume blur: thinner along Z, where voxels are twice as thick.
+    clean = ndimage.gaussian_filter(clean, sigma=(0.6, 0.6, 0.3))
+    scale = np.exp(rng.uniform(*np.log(_SCALE_RANGE)))
+    channels.append(scale * (clean * bias + _NOISE * rng.standard_normal(body.shape)))
+  image = np.stack(channels, axis=-1) if num_channels > 1 else channels[0]
+  return image.astype(np.float32), label
+
+
+def _nifti_gz(array: np.ndarray, affine: np.ndarray) -> bytes:
+  img = nib.Nifti1Image(array, affine)
+  img.header.set_sform(affine, code=1)
+  img.header.set_qform(affine, code=1)
+  img.header.set_xyzt_units("mm")
+  # mtime=0 keeps the files byte-identical across runs.
+  return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+
+
+def _settings(num_cases, shape, num_channels, seed) -> dict:
+  return {"generator": "slicejax.phantom", "version": _VERSION, "num_cases": num_cases, "shape": list(shape),
+          "num_channels": num_channels, "seed": seed}
+
+
+def _holds(root: pathlib.Path, settings: dict) -> bool:
+  """Whether `root` already holds the complete phantom made with `settings`."""
+  try:
+    meta = json.loads((root / "dataset.json").read_text())
+  except (OSError, ValueError):
+    return False
+  if not isinstance(meta, dict) or meta.get("phantom") != settings:
+    return False
+  return all((root / e[k]).is_file() for e in meta["training"] for k in ("image", "label"))
+
+
+def _check_args(num_cases, shape, num_channels, seed) -> None:
+  if not (isinstance(num_cases, (int, np.integer)) and num_cases >= 1):
+    raise InputError("num_cases", f"must be a positive integer, got {num_cases!r}")
+  if not (len(shape) == 3 and all(isinstance(s, (int, np.integer)) for s in shape)):
+    raise InputError("shape", f"must be three integers (X, Y, Z), got {shape!r}")
+  if min(shape[:2]) < 16 or shape[2] < 2 * _DEPTH_SPREAD:
+    raise InputError("shape", f"must be at least (16, 16, {2 * _DEPTH_SPREAD}), got {tuple(shape)}")
+  if num_channels not in (1, 2):
+    raise InputError("num_channels", f"must be 1 or 2, got {num_channels!r}")
+  if not isinstance(seed, (int, np.integer)):
+    raise InputError("seed", f"must be an integer, got {seed!r}")
+
+
+def write_phantom(root, *, num_cases: int = 60, shape=(40, 40, 24), num_channels: int = 1, seed: int = 0,
+                  overwrite: bool = False) -> pathlib.Path:
+  """Writes a deterministic synthetic dataset in the MSD layout (see the module docstring).
+
+  The same arguments always give the same arrays and the same file bytes. The folder is written under a temporary
+  name and renamed into place, so it is either complete or absent.
+
+  Args:
+    root: output folder.
+    num_cases: number of cases.
+    shape: largest `(X, Y, Z)` shape in voxels; depths vary in `Z - 4 .. Z`.
+    num_channels: 1 writes 3D T2-like images; 2 writes 4D `[X, Y, Z, 2]` images (T2-like, ADC-like).
+    seed: dataset seed.
+    overwrite: replace an existing folder that holds anything else.
+
+  Returns:
+    The path of `root`. When it already holds this phantom, it is returned without being rewritten.
+
+  Raises:
+    InputError: bad arguments, or `root` holds something else and `overwrite` is False.
+  """
+  shape = tuple(shape)
+  _check_args(num_cases, shape, num_channels, seed)
+  num_cases, shape, num_channels, seed = int(num_cases), tuple(int(s) for s in shape), int(num_channels), int(seed)
+  root = pathlib.Path(root)
+  settings = _settings(num_cases, shape, num_channels, seed)
+  if root.exists():
+    if _holds(root, settings):
+      logging.info("Phantom already at %s.", root)
+      return root
+    if not overwrite and (not root.is_dir() or any(root.iterdir())):
+      raise InputError(root, "exists and does not hold this phantom; pass overwrite=True to replace it")
+
+  root.parent.mkdir(parents=True, exist_ok=True)
+  # A fresh sibling name (not tempfile.mkdtemp, whose 0700 mode the renamed folder would keep).
+  tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex}"
+  tmp.mkdir()
+  try:
+    (tmp / "imagesTr").mkdir()
+    (tmp / "labelsTr").mkdir()
+    affine = np.diag([*SPACING, 1.])
+    affine[:3, 3] = -np.array(shape) * np.array(SPACING) / 2
+    training = []
+    for index in range(num_cases):
+      image, label = phantom_case(seed, index, shape, num_channels)
+      name = f"phantom_{index:03d}.nii.gz"
+      (tmp / "imagesTr" / name).write_bytes(_nifti_gz(image, affine))
+      (tmp / "labelsTr" / name).write_bytes(_nifti_gz(label, affine))
+      training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {
+        "name": "Phantom",
+        "description": "Synthetic MRI-like volumes with a core and a rim structure (slicejax.phantom)",
+        "tensorImageSize": "4D" if num_channels > 1 else "3D",
+        "modality": {str(i): n for i, n in enumerate(CHANNEL_NAMES[:num_channels])},
+        "labels": {str(i): n for i, n in enumerate(CLASS_NAMES)},
+        "numTraining": num_cases,
+        "numTest": 0,
+        "training": training,
+        "test": [],
+        "phantom": settings,
+    }
+    (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
+    if root.exists() and root.is_dir() and not any(root.iterdir()):
+      root.rmdir()
+    if root.exists():
+      trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex}"
+      root.rename(trash)
+      tmp.rename(root)
+      if trash.is_dir():
+        shutil.rmtree(trash)
+      else:
+        trash.unlink()
+    else:
+      tmp.rename(root)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  logging.info("Wrote a %d-case phantom to %s.", num_cases, root)
+  return root

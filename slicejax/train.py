@@ -1,0 +1,273 @@
+"""Trains and evaluates every point of a study grid: `train_and_evaluate(config, workdir)`.
+
+Reads top to bottom: setup, data, then per group of points that share shapes: plans, model and optimiser, the
+training step, the loop, evaluation and results. A group's M models train together on the model axis
+(`slicejax.parallel`), each with its own parameters, optimiser state, annotated slices and random stream; they share
+the step count and schedule, so budgets differ only in data.
+
+The workdir is the unit of record: `config.json` (the resolved config), `groups.json` (group -> model index ->
+point), `plans/<point>.json` (annotation plans), `results.jsonl` (one row per trained model) and the summary
+files. A group whose rows are all in results.jsonl is skipped when the same command runs again.
+"""
+
+import json
+import os
+import pathlib
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from slicejax import augment as augment_lib
+from slicejax import data as data_lib
+from slicejax import evaluate as evaluate_lib
+from slicejax import losses
+from slicejax import parallel
+from slicejax import phantom
+from slicejax import report
+from slicejax import sampler
+from slicejax import selection as selection_lib
+from slicejax import study
+from slicejax import unet
+from slicejax.errors import InputError
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Setup and data.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _atomic_write_text(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def load_data(config, workdir: pathlib.Path):
+  """Loads the dataset named by `config.data` and splits it.
+
+  Returns:
+    (dataset, splits) where splits maps "train"/"val"/"test" to lists of Volumes.
+  """
+  cfg = config.data
+  if cfg.source == "phantom":
+    root = phantom.write_phantom(workdir / "phantom", num_cases=cfg.phantom.num_cases, shape=tuple(cfg.phantom.shape),
+                                 num_channels=cfg.phantom.num_channels, seed=cfg.phantom.seed)
+  elif cfg.source == "msd":
+    if not cfg.root:
+      raise InputError("config.data.root", cfg.get("missing_root_hint") or "set it to the dataset folder")
+    root = pathlib.Path(cfg.root).expanduser()
+  else:
+    raise InputError("config.data.source", f"unknown source {cfg.source!r} (msd or phantom)")
+  dataset = data_lib.load_msd(root, slicing_axis=cfg.slicing_axis, normalization=cfg.normalization,
+                              ct_window=tuple(cfg.ct_window), cache_dir=cfg.cache_dir or workdir / "cache")
+  split = data_lib.split_cases([v.case_id for v in dataset.volumes], num_train=cfg.split.train,
+                               num_val=cfg.split.val, num_test=cfg.split.test, seed=cfg.split.seed)
+  by_id = dataset.by_id()
+  splits = {name: [by_id[c] for c in ids] for name, ids in split.items()}
+  logging.info("Data %s: %d classes %s, %d channels; %d train / %d val / %d test volumes.", dataset.name,
+               dataset.num_classes, dataset.class_names, dataset.num_channels, *(len(splits[k]) for k in
+                                                                                  ("train", "val", "test")))
+  return dataset, splits
+
+
+def static_shape(config, volumes) -> tuple:
+  """In-plane (H, W) for the group: `config.data.shape`, or the largest in-plane size rounded up so that every
+  downsampling divides it."""
+  if config.data.shape:
+    return tuple(config.data.shape)
+  multiple = 2 ** (config.model.num_stages - 1)
+  sizes = np.max([v.label.shape[1:] for v in volumes], axis=0)
+  return tuple(int(-(-s // multiple) * multiple) for s in sizes)
+
+
+def make_model(config, num_classes: int, dims: int) -> unet.UNet:
+  cfg = config.model
+  if cfg.name != "unet":
+    raise InputError("config.model.name", f"unknown model {cfg.name!r} (available: unet)")
+  return unet.UNet(num_classes=num_classes, dims=dims, features=cfg.features, max_features=cfg.max_features,
+                   num_stages=cfg.num_stages, norm=cfg.norm, upsample=cfg.upsample,
+                   dtype=jnp.dtype(cfg.dtype))
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+  """Adam(W) with linear warmup and cosine decay over `cfg.steps`; the same for every model of a grid."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, cfg.steps,
+                                                cfg.learning_rate * cfg.final_lr_fraction)
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                     optax.adamw(schedule, weight_decay=cfg.weight_decay))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The training step, for one model; `parallel.ModelAxis` maps it over the group.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def make_train_step(model, tx, config):
+  cfg = config.train
+
+  def loss_fn(params, images, labels, weights):
+    logits = model.apply({"params": params}, images)
+    return losses.segmentation_loss(logits, labels, weights, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight)
+
+  def train_step(state, bank, entries):
+    """One step of one model. state: {params, opt_state, step, rng, diverged, diverged_step}."""
+    key = jax.random.fold_in(state["rng"], state["step"])
+    k_sample, k_augment = jax.random.split(key)
+    images, labels, weights = sampler.sample(k_sample, bank, entries, cfg.batch_size)
+    images, labels, weights = jax.vmap(augment_lib.augment, in_axes=(0, 0, 0, 0, None))(
+        jax.random.split(k_augment, cfg.batch_size), images, labels, weights, cfg.augment)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], images, labels, weights)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    # A model whose loss or gradients are not finite is frozen; the others of its group are unaffected.
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    keep = finite & ~state["diverged"]
+    pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
+    newly_diverged = ~finite & ~state["diverged"]
+    new_state = {
+        "params": pick(params, state["params"]),
+        "opt_state": pick(opt_state, state["opt_state"]),
+        "step": state["step"] + 1,
+        "rng": state["rng"],
+        "diverged": state["diverged"] | ~finite,
+        "diverged_step": jnp.where(newly_diverged, state["step"], state["diverged_step"]),
+    }
+    return new_state, {"loss": loss, **aux}
+
+  return train_step
+
+
+def init_state(model, tx, seeds, example_shape):
+  """Stacked initial states `[M, ...]`, one per seed; model m's init and data streams derive from its seed."""
+  def init_one(seed):
+    key = jax.random.key(seed)
+    k_init, k_train = jax.random.split(key)
+    params = model.init(k_init, jnp.zeros((1,) + tuple(example_shape)))["params"]
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(k_train), "diverged": jnp.zeros((), bool),
+            "diverged_step": jnp.full((), -1, jnp.int32)}
+  return jax.jit(jax.vmap(init_one))(jnp.asarray(seeds, jnp.uint32))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One group: plans, training loop, evaluation.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def train_group(config, points, splits, dataset, workdir: pathlib.Path, group_index: int) -> list:
+  """Trains the points of one group together and returns their result rows."""
+  pool = splits["train"]
+  depths = {v.case_id: v.depth for v in pool}
+  shape = static_shape(config, pool + splits["test"])
+  dims = points[0].dims
+  if dims != 2:
+    raise InputError("config.study.dims", f"dims={dims} is not supported yet (2D only)")
+
+  # Plans.
+  plans = []
+  for point in points:
+    options = config.get(point.selection) if point.selection in config else None
+    plans.append(study.make_plan(point, depths, roi=config.study.roi, options=options))
+  plan_dir = workdir / "plans"
+  plan_dir.mkdir(exist_ok=True)
+  for point, plan in zip(points, plans):
+    _atomic_write_text(plan_dir / f"{point.name}.json", json.dumps(plan, sort_keys=True))
+
+  bank = sampler.slice_bank(pool, shape)
+  entries = sampler.model_entries(plans, bank["offsets"])
+  device_bank = {k: jnp.asarray(bank[k]) for k in ("images", "labels", "valid")}
+
+  # Model, optimiser, state.
+  model = make_model(config, dataset.num_classes, dims)
+  tx = make_optimizer(config.train)
+  axis = parallel.ModelAxis(config.model_axis.strategy, len(points))
+  seeds = [config.seed * 1_000_003 + group_index * 1_009 + m for m in range(len(points))]
+  state = axis.from_stacked(init_state(model, tx, seeds, shape + (dataset.num_channels,)))
+  per_model = axis.from_stacked(jax.tree.map(jnp.asarray, entries))
+  step_fn = axis.map(make_train_step(model, tx, config), donate_state=True)
+  logging.info("Group %d: %d models (%s), %s strategy, slices %s, %d steps of batch %d.", group_index, len(points),
+               ", ".join(p.name for p in points[:4]) + (" ..." if len(points) > 4 else ""), axis.strategy, shape,
+               config.train.steps, config.train.batch_size)
+
+  # Loop.
+  steps = config.train.steps
+  start = time.perf_counter()
+  for step in range(1, steps + 1):
+    state, outputs = step_fn(state, device_bank, per_model)
+    if step % config.train.log_every == 0 or step == steps:
+      loss = np.asarray(outputs["loss"])
+      elapsed = time.perf_counter() - start
+      logging.info("group %d step %d/%d  loss %s  %.2f s/step  ETA %.0f s", group_index, step, steps,
+                   np.array2string(loss, precision=3, max_line_width=200), elapsed / step,
+                   elapsed / step * (steps - step))
+  jax.block_until_ready(state)
+  train_seconds = time.perf_counter() - start
+
+  # Evaluation.
+  stacked = axis.to_stacked(state)
+  apply = lambda params, images: jnp.argmax(model.apply({"params": params}, images), axis=-1).astype(jnp.uint8)
+  predict = axis.map_apply(apply)
+  start = time.perf_counter()
+  scores = evaluate_lib.evaluate(predict, axis.from_stacked(stacked["params"]), splits["test"], shape,
+                                 dataset.num_classes, config.eval.batch_size)
+  eval_seconds = time.perf_counter() - start
+
+  rows = []
+  diverged = np.asarray(stacked["diverged"])
+  diverged_step = np.asarray(stacked["diverged_step"])
+  class_names = dataset.class_names[1:]
+  for m, (point, plan) in enumerate(zip(points, plans)):
+    annotated_depths = [depths[c] for c in plan]
+    row = {"name": point.name, **point.fields(), "group": group_index, "model_index": m,
+           "density": (None if point.reference else point.slices_per_volume / float(np.mean(annotated_depths))),
+           "steps": steps, "dice_mean": float(scores["dice_mean"][m]),
+           "dice_per_class": {n: float(d) for n, d in zip(class_names, scores["dice_per_class"][m])},
+           "test_volumes": len(splits["test"]), "train_seconds": train_seconds / len(points),
+           "group_train_seconds": train_seconds, "eval_seconds": eval_seconds / len(points),
+           "diverged": bool(diverged[m])}
+    if diverged[m]:
+      row["diverged_step"] = int(diverged_step[m])
+    rows.append(row)
+  logging.info("Group %d: dice_mean %s (%.0f s training, %.0f s evaluation).", group_index,
+               np.array2string(scores["dice_mean"], precision=3), train_seconds, eval_seconds)
+  return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The study.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> list:
+  """Runs every group of the config's grid that has no results yet, then writes the summary.
+
+  Returns:
+    All result rows in results.jsonl.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  dataset, splits = load_data(config, workdir)
+  points = study.expand(config.study, {v.case_id: v.depth for v in splits["train"]})
+  groups = study.group(points, config.model_axis.max_models)
+  _atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+  _atomic_write_text(workdir / "groups.json", json.dumps(
+      [{str(m): p.name for m, p in enumerate(g)} for g in groups], indent=1))
+  logging.info("%d points in %d groups.", len(points), len(groups))
+
+  results_path = workdir / "results.jsonl"
+  for index, group_points in enumerate(groups):
+    done = {row["name"] for row in report.read_rows(results_path)}
+    if all(p.name in done for p in group_points):
+      logging.info("Group %d: results exist, skipped.", index)
+      continue
+    rows = train_group(config, group_points, splits, dataset, workdir, index)
+    report.append_rows(results_path, rows)
+
+  rows = report.read_rows(results_path)
+  report.write_summary(workdir, rows)
+  logging.info("Wrote %s, summary.md, summary.csv and dice_vs_allocation.png.", results_path)
+  return rows
