@@ -5,6 +5,9 @@ in every config and a misspelt `--config.key=value` fails (configs are locked). 
 are documented in STUDY.md and README.md.
 """
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 from slicejax import augment
@@ -82,3 +85,12 @@ def parse_arg(arg: str, **spec) -> ml_collections.ConfigDict:
     else:
       out[key] = type(default)(value)
   return out
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` the way `--config` does, for notebooks and tests."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()

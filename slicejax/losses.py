@@ -15,6 +15,12 @@ def divide(total, normalizer):
   return total / jnp.maximum(normalizer, 1e-12) * (normalizer > 0)
 
 
+def _only_weighted(logits, weights):
+  # Logits of unweighted voxels are replaced by zeros, so even a non-finite value there cannot reach the loss or
+  # its gradient (a product with a zero weight would still turn NaN into NaN).
+  return jnp.where(weights[..., None] > 0, logits, 0.0)
+
+
 def masked_cross_entropy(logits, labels, weights):
   """Weighted cross-entropy summed over voxels.
 
@@ -26,10 +32,9 @@ def masked_cross_entropy(logits, labels, weights):
   Returns:
     `(sum of weight * CE, sum of weights)`, both scalars.
   """
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  log_probs = jax.nn.log_softmax(_only_weighted(logits, weights), axis=-1)
   picked = jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  # Zero the weight first so that an unannotated voxel with non-finite logits cannot leak a NaN into the sum.
-  return -jnp.sum(jnp.where(weights > 0, picked, 0.0) * weights), jnp.sum(weights)
+  return -jnp.sum(picked * weights), jnp.sum(weights)
 
 
 def masked_soft_dice(logits, labels, weights, *, smooth=1e-5):
@@ -49,10 +54,9 @@ def masked_soft_dice(logits, labels, weights, *, smooth=1e-5):
     `(sum over foreground classes of the Dice loss, number of foreground classes counted)`.
   """
   num_classes = logits.shape[-1]
-  probs = jax.nn.softmax(logits, axis=-1)
+  probs = jax.nn.softmax(_only_weighted(logits, weights), axis=-1)
   onehot = jax.nn.one_hot(labels, num_classes, dtype=probs.dtype)
   w = weights[..., None]
-  probs = jnp.where(w > 0, probs, 0.0)
   axes = tuple(range(logits.ndim - 1))
   intersection = jnp.sum(w * probs * onehot, axis=axes)[1:]
   predicted = jnp.sum(w * probs, axis=axes)[1:]

@@ -30,7 +30,6 @@ from slicejax import parallel
 from slicejax import phantom
 from slicejax import report
 from slicejax import sampler
-from slicejax import selection as selection_lib
 from slicejax import study
 from slicejax import unet
 from slicejax.errors import InputError
@@ -126,7 +125,7 @@ def make_train_step(model, tx, config):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     # A model whose loss or gradients are not finite is frozen; the others of its group are unaffected.
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     keep = finite & ~state["diverged"]
     pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
     newly_diverged = ~finite & ~state["diverged"]

@@ -77,7 +77,7 @@ def test_adjacent_annotated_slices_are_copied():
 
 @pytest.mark.parametrize("present_first", [True, False])
 def test_a_class_present_on_one_side_only_vanishes_at_the_midpoint(present_first):
-  label = _disks([6.0] + [0.0] * 9 + [0.0])
+  label = _disks([6.0] + [0.0] * 10)
   annotated = [0, 10]
   if not present_first:
     label = label[::-1].copy()

@@ -1,0 +1,45 @@
+"""MSD Task04 Hippocampus (T1 MRI, 260 labelled volumes of ~35 x 50 x 36 voxels at 1 mm; anterior and posterior
+hippocampus) with the grid of STUDY.md.
+
+    python launch.py --config=configs/hippocampus.py --config.data.root=PATH/Task04_Hippocampus --workdir=runs/hippo
+    python launch.py --config=configs/hippocampus.py:reference --config.data.root=PATH --workdir=runs/hippo_ref
+
+Split by case with seed 0: 180 training pool, 20 validation, 60 test. Slices are taken along NIfTI axis 2 (24-47
+slices per volume) and padded to 48 x 64. Grid: budgets {36, 72, 144, 288} slices x rho in {1, 2, 4, 8, 16} where
+s = B / rho <= 180 x {random, fixed} x seeds {0, 1, 2}, plus the fully annotated reference.
+
+Arguments:
+  reference: train only the fully annotated 2D reference (about 10 minutes on 2 CPU cores, dice_mean ~0.87).
+  tiny: a few volumes and steps, for tests.
+"""
+
+from slicejax import config_lib
+
+
+def get_config(arg=""):
+  arg = config_lib.parse_arg(arg, reference=False, tiny=False)
+  config = config_lib.base()
+  config.data.update(
+      source="msd", slicing_axis=2, normalization="zscore", shape=(48, 64),
+      missing_root_hint=("no data folder: pass --config.data.root=PATH to an MSD Task04_Hippocampus folder "
+                         "(dataset.json, imagesTr/, labelsTr/) from http://medicaldecathlon.com"))
+  config.data.split.update(train=180, val=20, test=60, seed=0)
+
+  config.model.update(features=16, num_stages=4)
+  config.train.update(steps=1500, batch_size=32, learning_rate=3e-3, warmup_steps=50, log_every=100)
+  config.eval.batch_size = 128
+
+  config.study.update(budgets=(36, 72, 144, 288), slices_per_volume=(1, 2, 4, 8, 16),
+                      selections=("random", "fixed"), seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
+  config.model_axis.max_models = 8
+
+  if arg.reference:
+    config.study.update(budgets=(), reference=True)
+  if arg.tiny:
+    config.data.split.update(train=6, val=1, test=2)
+    config.model.update(features=4, num_stages=2)
+    config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
+    config.study.update(budgets=(6,), slices_per_volume=(1, 2), selections=("fixed",), seeds=(0,))
+    config.eval.batch_size = 16
+  config.lock()
+  return config

@@ -1,0 +1,43 @@
+"""MSD Task05 Prostate (T2 and ADC MRI as two channels, 32 labelled volumes of ~320 x 320 x 15-20 voxels at about
+0.6 x 0.6 x 3.6 mm; peripheral and transition zones).
+
+    python launch.py --config=configs/prostate.py --config.data.root=PATH/Task05_Prostate --workdir=runs/prostate
+
+Slices are the axial planes (NIfTI axis 2, 15-24 per volume), centre-cropped or padded to 256 x 256. Split by case
+with seed 0: 22 training pool, 2 validation, 8 test. Grid: budgets {11, 22, 44, 88} x rho in {1, 2, 4, 8} where
+s <= 22 x {random, fixed} x seeds {0, 1, 2}, plus the reference. Meant for an accelerator: a 256 x 256 base-16 U-Net
+step takes about a second per model on a 2-core CPU.
+
+Arguments:
+  tiny: small shapes and steps, for tests on a generated two-channel dataset.
+"""
+
+from slicejax import config_lib
+
+
+def get_config(arg=""):
+  arg = config_lib.parse_arg(arg, tiny=False)
+  config = config_lib.base()
+  config.data.update(
+      source="msd", slicing_axis=2, normalization="zscore", shape=(256, 256),
+      missing_root_hint=("no data folder: download Task05_Prostate.tar from http://medicaldecathlon.com, extract it "
+                         "and pass --config.data.root=PATH/Task05_Prostate"))
+  config.data.split.update(train=22, val=2, test=8, seed=0)
+
+  config.model.update(features=16, num_stages=5)
+  config.train.update(steps=2000, batch_size=16, learning_rate=2e-3, warmup_steps=100, log_every=100)
+  config.eval.batch_size = 32
+
+  config.study.update(budgets=(11, 22, 44, 88), slices_per_volume=(1, 2, 4, 8), selections=("random", "fixed"),
+                      seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
+  config.model_axis.max_models = 8
+
+  if arg.tiny:
+    config.data.shape = ()
+    config.data.split.update(train=6, val=1, test=2)
+    config.model.update(features=4, num_stages=2)
+    config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
+    config.study.update(budgets=(6,), slices_per_volume=(1, 2), selections=("random",), seeds=(0,))
+    config.eval.batch_size = 16
+  config.lock()
+  return config

@@ -1,0 +1,112 @@
+"""3D training patches from volumes in which only some planes are annotated.
+
+Conventions:
+  * The bank holds the training pool padded at the end to one shape: `images [V, Dm, Hm, Wm, C]` float32,
+    `labels [V, Dm, Hm, Wm]` int32 and `valid [V, Dm, Hm, Wm]` float32, 1 inside each volume's real extent (a box
+    at the origin) and 0 in the padding. D is the slicing axis; a *plane* is one index d along it.
+  * A model's plane weights `planes [V, Dm]` float32 are its per-plane loss weights: 1 on annotated planes, the
+    configured weight on interpolated planes, 0 on planes it knows nothing about.
+  * A patch is `(pd, ph, pw)`, no larger than the bank's `(Dm, Hm, Wm)`.
+
+Sampling, per patch:
+  1. A *centre plane* (v, d): uniform over all pairs with `planes[v, d] > 0`, so every patch holds at least one
+     plane with a positive weight.
+  2. The depth start: uniform over the starts whose window contains d.
+  3. In-plane starts: uniform; or, with probability `foreground_prob` and when plane (v, d) has foreground (label > 0),
+     the window is centred on one of its foreground voxels, chosen uniformly, since small structures are otherwise
+     rarely seen.
+All starts are clipped to `[0, end - patch]`, where `end` is the end of the volume's real extent along that axis, so
+a patch lies inside the volume wherever the volume is at least as large as the patch, and inside the bank always.
+The patch's weights are the plane weights of its planes broadcast over H and W, times `valid`; a model without any
+weighted plane gets all-zero weights (and so a zero loss), not NaN. The function is pure and jittable; all randomness
+comes from `key`, so models on the model axis sample independently through their own keys.
+"""
+
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from slicejax.errors import InputError
+
+
+def _uniform_index(key, mask):
+  """Index of an element drawn uniformly among the True ones of the flat boolean `mask` (0 when none is)."""
+  cumulative = jnp.cumsum(mask.astype(jnp.int32))
+  rank = jax.random.randint(key, (), 0, jnp.maximum(cumulative[-1], 1))
+  return jnp.minimum(jnp.searchsorted(cumulative, rank, side="right"), mask.shape[0] - 1)
+
+
+def _extent_end(present):
+  """One past the last True entry of the boolean `present [N]` (0 when none is)."""
+  return jnp.max(jnp.where(present, jnp.arange(1, present.shape[0] + 1), 0))
+
+
+def _start_containing(key, index, size, end):
+  """Start of a window of `size`, uniform among those containing `index`, clipped to `[0, max(end - size, 0)]`."""
+  top = jnp.maximum(end - size, 0)
+  low = jnp.clip(index - size + 1, 0, top)
+  high = jnp.clip(index, 0, top)
+  return jax.random.randint(key, (), low, high + 1)
+
+
+def _sample_one(key, bank, planes, patch, foreground_prob):
+  """One patch: `image [pd, ph, pw, C]`, `label [pd, ph, pw]`, `weight [pd, ph, pw]`."""
+  pd, ph, pw = patch
+  _, depth, height, width = bank["labels"].shape
+  keys = jax.random.split(key, 6)
+
+  pair = _uniform_index(keys[0], planes.reshape(-1) > 0)
+  v, d = pair // depth, pair % depth
+  volume_valid = bank["valid"][v] > 0
+  end_d = _extent_end(volume_valid.any(axis=(1, 2)))
+  plane_valid = volume_valid[d]
+  end_h = _extent_end(plane_valid.any(axis=1))
+  end_w = _extent_end(plane_valid.any(axis=0))
+  start_d = _start_containing(keys[1], d, pd, end_d)
+
+  start_h = jax.random.randint(keys[2], (), 0, jnp.maximum(end_h - ph, 0) + 1)
+  start_w = jax.random.randint(keys[3], (), 0, jnp.maximum(end_w - pw, 0) + 1)
+  foreground = (bank["labels"][v, d] > 0) & plane_valid
+  voxel = _uniform_index(keys[4], foreground.reshape(-1))
+  centre_h = jnp.clip(voxel // width - ph // 2, 0, jnp.maximum(end_h - ph, 0))
+  centre_w = jnp.clip(voxel % width - pw // 2, 0, jnp.maximum(end_w - pw, 0))
+  centred = (jax.random.uniform(keys[5]) < foreground_prob) & foreground.any()
+  start_h = jnp.where(centred, centre_h, start_h)
+  start_w = jnp.where(centred, centre_w, start_w)
+
+  at = (v, start_d, start_h, start_w)
+  image = jax.lax.dynamic_slice(bank["images"], at + (0,), (1, pd, ph, pw, bank["images"].shape[-1]))[0]
+  label = jax.lax.dynamic_slice(bank["labels"], at, (1, pd, ph, pw))[0]
+  valid = jax.lax.dynamic_slice(bank["valid"], at, (1, pd, ph, pw))[0]
+  plane_weight = jax.lax.dynamic_slice(planes, (v, start_d), (1, pd))[0]
+  return image, label, plane_weight[:, None, None] * valid
+
+
+def sample_patches(key, bank: Mapping[str, jax.Array], planes, patch: Sequence[int], batch_size: int, *,
+                   foreground_prob: float = 0.33):
+  """Draws one model's batch of 3D patches, each holding at least one weighted plane.
+
+  Args:
+    key: PRNG key; the only source of randomness.
+    bank: `images [V, Dm, Hm, Wm, C]`, `labels [V, Dm, Hm, Wm]`, `valid [V, Dm, Hm, Wm]`.
+    planes: `[V, Dm]` float32 plane weights of this model (0 where it has no label).
+    patch: static patch shape `(pd, ph, pw)`, at most `(Dm, Hm, Wm)`.
+    batch_size: static number of patches B.
+    foreground_prob: probability that a patch is centred in-plane on a foreground voxel of its centre plane (when
+      that plane has foreground).
+
+  Returns:
+    `images [B, pd, ph, pw, C]`, `labels [B, pd, ph, pw]`, `weights [B, pd, ph, pw]` (plane weight times `valid`).
+  """
+  patch = tuple(int(p) for p in patch)
+  bank_shape = tuple(bank["labels"].shape[1:])
+  if len(patch) != 3 or any(p < 1 or p > s for p, s in zip(patch, bank_shape)):
+    raise InputError("patch", f"{patch} must be 3 positive sizes no larger than the bank's volumes {bank_shape}")
+  if planes.shape != bank["labels"].shape[:2]:
+    raise InputError("planes", f"shape {planes.shape} does not match the bank's [V, Dm] {bank['labels'].shape[:2]}")
+  if isinstance(foreground_prob, (int, float)) and not 0 <= foreground_prob <= 1:
+    raise InputError("foreground_prob", f"must be in [0, 1], got {foreground_prob}")
+  keys = jax.random.split(key, batch_size)
+  one = lambda k: _sample_one(k, bank, planes, patch, foreground_prob)
+  return jax.vmap(one)(keys)

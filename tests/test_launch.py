@@ -1,0 +1,108 @@
+"""End-to-end runs of tiny configs: the phantom demo, a generated two-channel prostate-like set, real hippocampus."""
+
+import csv
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from slicejax import phantom
+from slicejax import report
+from slicejax import train
+from slicejax.config_lib import load
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+ROW_KEYS = {"dims", "budget", "volumes", "slices_per_volume", "selection", "interpolation", "seed", "steps",
+            "dice_mean", "dice_per_class", "train_seconds"}
+
+
+def load_config(spec, **overrides):
+  config = load(str(REPO / spec))
+  with config.unlocked():
+    for key, value in overrides.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("demo")
+  rows = train.train_and_evaluate(load_config("configs/demo.py:tiny"), workdir)
+  return workdir, rows
+
+
+def test_demo_rows(demo_run):
+  workdir, rows = demo_run
+  # budget 8 x rho {1, 2} x {random, fixed} x seed 0, plus the reference.
+  assert len(rows) == 5
+  assert [r["name"] for r in rows] == [
+      "2d_b8_s8_rho1_random_seed0", "2d_b8_s8_rho1_fixed_seed0", "2d_b8_s4_rho2_random_seed0",
+      "2d_b8_s4_rho2_fixed_seed0", "2d_reference_seed0"]
+  for row in rows:
+    assert ROW_KEYS <= set(row)
+    assert row["dims"] == 2 and row["steps"] == 6 and row["interpolation"] is False
+    assert 0.0 <= row["dice_mean"] <= 1.0
+    np.testing.assert_allclose(row["dice_mean"], np.mean(list(row["dice_per_class"].values())), rtol=1e-9)
+    assert set(row["dice_per_class"]) == {"core", "rim"}
+  assert rows[-1]["reference"] and rows[-1]["selection"] == "all" and rows[-1]["volumes"] == 8
+  # Every row's plan is on disk with exactly its budget.
+  for row in rows[:-1]:
+    plan = json.loads((workdir / "plans" / f"{row['name']}.json").read_text())
+    assert len(plan) == row["volumes"] and sum(map(len, plan.values())) == row["budget"]
+
+
+def test_demo_summary_files(demo_run):
+  workdir, rows = demo_run
+  text = (workdir / "summary.md").read_text()
+  assert "reference" in text.lower()
+  with open(workdir / "summary.csv") as f:
+    cells = list(csv.DictReader(f))
+  assert len(cells) == 5
+  assert (workdir / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert json.loads((workdir / "groups.json").read_text())[0]["0"] == rows[0]["name"]
+
+
+def test_rerun_skips_and_keeps_rows(demo_run):
+  workdir, rows = demo_run
+  again = train.train_and_evaluate(load_config("configs/demo.py:tiny"), workdir)
+  assert again == rows
+  assert len(report.read_rows(workdir / "results.jsonl")) == 5
+
+
+def test_prostate_tiny_two_channels(tmp_path):
+  root = phantom.write_phantom(tmp_path / "prostate", num_cases=10, shape=(16, 16, 8), num_channels=2)
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/prostate.py:tiny", f"--config.data.root={root}",
+       f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = report.read_rows(workdir / "results.jsonl")
+  assert [r["name"] for r in rows] == ["2d_b6_s6_rho1_random_seed0", "2d_b6_s3_rho2_random_seed0",
+                                       "2d_reference_seed0"]
+  assert json.loads((workdir / "config.json").read_text())["data"]["root"] == str(root)
+
+
+def test_prostate_missing_root_is_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/prostate.py", f"--workdir={tmp_path / 'run'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: config.data.root:") and "Task05_Prostate" in last
+
+
+def test_hippocampus_real_data(hippocampus_root, tmp_path):
+  config = load_config("configs/hippocampus.py:tiny", **{"data.root": str(hippocampus_root)})
+  rows = train.train_and_evaluate(config, tmp_path)
+  assert [r["name"] for r in rows] == ["2d_b6_s6_rho1_fixed_seed0", "2d_b6_s3_rho2_fixed_seed0",
+                                       "2d_reference_seed0"]
+  assert all(set(r["dice_per_class"]) == {"Anterior", "Posterior"} for r in rows)
+  assert rows[-1]["budget"] == sum(json.loads((tmp_path / "plans" / "2d_reference_seed0.json").read_text()).values(),
+                                   []).__len__()

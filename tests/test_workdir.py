@@ -1,0 +1,230 @@
+"""Tests for slicejax.workdir: atomic writes, the workdir lock and the one-config-per-run check."""
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+from slicejax import workdir as workdir_lib
+from slicejax.errors import InputError
+
+CONFIG = {"data": {"root": "/data/a", "split": {"train": 6, "val": 1}}, "train": {"steps": 4, "batch_size": 4},
+          "study": {"budgets": [6], "selections": ["fixed"]}, "seed": 0}
+
+
+def _write_lock(workdir, pid, host=None):
+  workdir.mkdir(parents=True, exist_ok=True)
+  lock = workdir / workdir_lib.LOCK_NAME
+  lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "token": "theirs"}))
+  return lock
+
+
+def _changed(**changes):
+  """CONFIG with dotted keys set, e.g. _changed(**{"data.root": "/x"})."""
+  config = json.loads(json.dumps(CONFIG))
+  for dotted, value in changes.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in parents:
+      node = node[key]
+    node[leaf] = value
+  return config
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# atomic_write_text.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_atomic_write_creates_and_replaces_without_leftovers(tmp_path):
+  path = tmp_path / "notes.txt"
+  workdir_lib.atomic_write_text(path, "first\n")
+  assert path.read_text() == "first\n"
+  workdir_lib.atomic_write_text(path, "second, ü\n")
+  assert path.read_text(encoding="utf-8") == "second, ü\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_atomic_write_failure_keeps_old_file_and_leaves_no_temporary(tmp_path):
+  path = tmp_path / "notes.txt"
+  path.write_text("old")
+  with pytest.raises(TypeError):
+    workdir_lib.atomic_write_text(path, b"bytes are not text")
+  assert path.read_text() == "old"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# WorkdirLock.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_lock_is_created_with_our_pid_and_released(tmp_path):
+  wd = tmp_path / "wd"
+  with workdir_lib.WorkdirLock(wd) as lock:
+    holder = json.loads(lock.path.read_text())
+    assert holder["pid"] == os.getpid()
+    assert holder["host"] == socket.gethostname()
+  assert not (wd / ".lock").exists()
+  # Released locks can be taken again.
+  with workdir_lib.WorkdirLock(wd):
+    assert (wd / ".lock").exists()
+  assert not (wd / ".lock").exists()
+
+
+def test_lock_held_by_a_live_process_is_refused_and_left_alone(tmp_path):
+  wd = tmp_path / "wd"
+  sleeper = subprocess.Popen(["sleep", "60"])
+  try:
+    lock = _write_lock(wd, sleeper.pid)
+    before = lock.read_bytes()
+    with pytest.raises(InputError) as err:
+      with workdir_lib.WorkdirLock(wd):
+        pytest.fail("entered a workdir held by a running process")
+    message = str(err.value)
+    assert message.startswith(f"{wd}: in use by a running launch (pid {sleeper.pid});")
+    assert "\n" not in message
+    assert lock.read_bytes() == before
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_stale_lock_of_a_finished_process_is_taken_over(tmp_path):
+  wd = tmp_path / "wd"
+  finished = subprocess.Popen(["true"])
+  finished.wait()
+  _write_lock(wd, finished.pid)
+  with workdir_lib.WorkdirLock(wd) as lock:
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+  assert not (wd / ".lock").exists()
+
+
+@pytest.mark.parametrize("content", ["", "{not json", json.dumps({"pid": 0, "host": "h"}), json.dumps([1, 2])])
+def test_lock_without_a_valid_holder_is_taken_over(tmp_path, content):
+  wd = tmp_path / "wd"
+  wd.mkdir()
+  (wd / ".lock").write_text(content)
+  with workdir_lib.WorkdirLock(wd) as lock:
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+  assert not (wd / ".lock").exists()
+
+
+def test_stale_lock_with_our_own_pid_is_taken_over(tmp_path):
+  # A container restarts a launch with the pid its killed predecessor had.
+  wd = tmp_path / "wd"
+  _write_lock(wd, os.getpid())
+  with workdir_lib.WorkdirLock(wd) as lock:
+    assert json.loads(lock.path.read_text())["token"] != "theirs"
+  assert not (wd / ".lock").exists()
+
+
+def test_lock_is_not_reentrant_within_one_process(tmp_path):
+  wd = tmp_path / "wd"
+  with workdir_lib.WorkdirLock(wd):
+    with pytest.raises(InputError, match=rf"already locked by this process \(pid {os.getpid()}\)"):
+      with workdir_lib.WorkdirLock(wd):
+        pytest.fail("entered a workdir this process holds")
+    assert (wd / ".lock").exists()
+  assert not (wd / ".lock").exists()
+
+
+def test_lock_of_another_host_is_refused(tmp_path):
+  wd = tmp_path / "wd"
+  _write_lock(wd, 12345, host="some-other-host")
+  with pytest.raises(InputError, match=r"in use by a launch on host some-other-host \(pid 12345\)"):
+    with workdir_lib.WorkdirLock(wd):
+      pytest.fail("entered a workdir locked from another host")
+
+
+def test_release_leaves_a_lock_that_is_no_longer_ours(tmp_path):
+  wd = tmp_path / "wd"
+  with workdir_lib.WorkdirLock(wd):
+    replacement = _write_lock(wd, 4242)
+  assert json.loads(replacement.read_text())["pid"] == 4242
+
+
+def test_lock_is_released_when_the_body_raises(tmp_path):
+  wd = tmp_path / "wd"
+  with pytest.raises(RuntimeError, match="boom"):
+    with workdir_lib.WorkdirLock(wd):
+      raise RuntimeError("boom")
+  assert not (wd / ".lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# check_config.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_first_run_writes_config_and_same_config_resumes(tmp_path):
+  wd = tmp_path / "wd"
+  assert workdir_lib.check_config(wd, CONFIG) == wd
+  assert json.loads((wd / "config.json").read_text()) == CONFIG
+  written = (wd / "config.json").read_bytes()
+  # Tuples read back as lists, so a config holding tuples resumes too.
+  with_tuples = _changed(**{"study.budgets": (6,), "study.selections": ("fixed",)})
+  assert workdir_lib.check_config(wd, with_tuples) == wd
+  assert workdir_lib.check_config(wd, CONFIG, fresh=True) == wd
+  assert (wd / "config.json").read_bytes() == written
+  assert sorted(p.name for p in wd.iterdir()) == ["config.json"]
+
+
+def test_different_config_names_exactly_the_differing_keys(tmp_path):
+  wd = tmp_path / "wd"
+  workdir_lib.check_config(wd, CONFIG)
+  changed = _changed(**{"data.root": "/data/b", "train.steps": 3})
+  changed["study"]["extra"] = 1          # only in the new config
+  del changed["data"]["split"]["val"]    # only in the stored one
+  with pytest.raises(InputError) as err:
+    workdir_lib.check_config(wd, changed)
+  assert str(err.value) == (
+      f"{wd}/config.json: holds a different config (keys differ: data.root, data.split.val, study.extra, "
+      "train.steps); rerun with --fresh to start a new run in a subfolder")
+  assert json.loads((wd / "config.json").read_text()) == CONFIG
+  assert sorted(p.name for p in wd.iterdir()) == ["config.json"]
+
+
+def test_many_differing_keys_are_named_up_to_eight(tmp_path):
+  wd = tmp_path / "wd"
+  base = {f"k{i:02d}": i for i in range(11)}
+  workdir_lib.check_config(wd, base)
+  with pytest.raises(InputError) as err:
+    workdir_lib.check_config(wd, {k: v + 1 for k, v in base.items()})
+  assert "(keys differ: k00, k01, k02, k03, k04, k05, k06, k07 and 3 more);" in str(err.value)
+
+
+def test_differing_keys_flattens_nested_dicts():
+  assert workdir_lib.differing_keys(CONFIG, CONFIG) == []
+  assert workdir_lib.differing_keys({"a": {"b": 1, "c": [1, 2]}}, {"a": {"b": 1, "c": [1, 3]}}) == ["a.c"]
+  assert workdir_lib.differing_keys({"a": {"b": 1}}, {"a": 1}) == ["a", "a.b"]
+
+
+def test_unreadable_config_is_refused(tmp_path):
+  wd = tmp_path / "wd"
+  wd.mkdir()
+  (wd / "config.json").write_text("{torn")
+  with pytest.raises(InputError, match=r"config\.json: cannot be read as a JSON config object; rerun with --fresh"):
+    workdir_lib.check_config(wd, CONFIG)
+  assert (wd / "config.json").read_text() == "{torn"
+
+
+def test_fresh_runs_get_numbered_subfolders_and_resume_there(tmp_path):
+  wd = tmp_path / "wd"
+  workdir_lib.check_config(wd, CONFIG)
+  second = _changed(**{"train.steps": 100})
+  third = _changed(**{"train.steps": 200})
+  assert workdir_lib.check_config(wd, second, fresh=True) == wd / "run_1"
+  assert workdir_lib.check_config(wd, third, fresh=True) == wd / "run_2"
+  assert json.loads((wd / "run_1" / "config.json").read_text()) == second
+  assert json.loads((wd / "run_2" / "config.json").read_text()) == third
+  assert json.loads((wd / "config.json").read_text()) == CONFIG
+  # Rerunning a fresh launch resumes its subfolder instead of starting yet another.
+  assert workdir_lib.check_config(wd, second, fresh=True) == wd / "run_1"
+  # A folder whose name only looks like a run is skipped.
+  (wd / "run_3").mkdir()
+  (wd / "run_04").mkdir()
+  assert workdir_lib.check_config(wd, _changed(**{"seed": 7}), fresh=True) == wd / "run_4"
+  assert sorted(p.name for p in wd.iterdir()) == ["config.json", "run_04", "run_1", "run_2", "run_3", "run_4"]
