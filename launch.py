@@ -1,4 +1,8 @@
-"""Runs a study grid: `python launch.py --config=configs/NAME.py[:ARGS] --workdir=DIR [--config.key=value ...]`."""
+"""Runs a study grid: `python launch.py --config=configs/NAME.py[:ARGS] --workdir=DIR [--config.key=value ...]`.
+
+Bad input (data, config values, a misspelt config key, a workdir in use) ends with one line `error: <where>: <what>`
+on stderr and exit status 2, before anything in the workdir changes.
+"""
 
 import sys
 
@@ -12,18 +16,43 @@ from slicejax.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, plans and checkpoints.")
+_FRESH = flags.DEFINE_bool("fresh", False, "If WORKDIR holds a run of a different config, start this one in a new "
+                           "subfolder WORKDIR/run_<n> instead of refusing.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message) -> None:
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, KeyError, ValueError, AttributeError, TypeError) as err:
+    while err.args and isinstance(err.args[0], BaseException):
+      err = err.args[0]
+    if isinstance(err, KeyError):  # ml_collections: an override names a key the config does not have.
+      _fail(f"config: no such key {err.args[0] if err.args else err}")
+    lines = str(err).strip().splitlines()
+    # A config file that raised: its own last line says what went wrong.
+    _fail(f"--config: {lines[-1]}" if "Traceback" in str(err) else err)
 
 
 def main(argv):
   del argv
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    config.get("seed")  # A config file that failed to load raises here.
+  except OSError as err:
+    _fail(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: cannot load the config "
+          f"({err.__cause__ or err})")
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value, fresh=_FRESH.value)
   except InputError as err:
     logging.error("%s", err)
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    _fail(err)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,4 +1,4 @@
-"""On-device data augmentation of one example, written for any number of spatial dimensions.
+"""On-device data augmentation of a batch, written for any number of spatial dimensions.
 
 An example is `image [*S, C]`, `label [*S]` and `weight [*S]` (the loss weight: 0 off annotated voxels and on
 padding). Geometric transforms move all three together (linear interpolation for the image, nearest for label and
@@ -15,7 +15,7 @@ import ml_collections
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       flip_prob=0.5,          # per spatial axis of the slice plane
-      affine_prob=0.3,        # probability of a rotation + scaling
+      affine_prob=0.3,        # fraction of each batch that is rotated and scaled
       rotate_degrees=15.0,    # maximum in-plane rotation
       scale_range=(0.85, 1.15),
       intensity_scale=0.1,    # image * U[1 - s, 1 + s]
@@ -45,32 +45,43 @@ def _affine(key, image, label, weight, cfg):
   return image, label, weight
 
 
-def augment(key, image, label, weight, cfg):
-  """Randomly augments one example.
-
-  Args:
-    key: PRNG key.
-    image: `[*S, C]` float.
-    label: `[*S]` int.
-    weight: `[*S]` float loss weight.
-    cfg: `default_config()`-like ConfigDict.
-
-  Returns:
-    `(image, label, weight)` with the same shapes and dtypes.
-  """
+def _flip_and_intensity(key, image, label, weight, cfg):
   dims = label.ndim
-  k_flip, k_affine, k_apply, k_scale, k_shift = jax.random.split(key, 5)
+  k_flip, k_scale, k_shift = jax.random.split(key, 3)
   for i, k in zip(range(max(dims - 2, 0), dims), jax.random.split(k_flip, dims)):
     flip = jax.random.bernoulli(k, cfg.flip_prob)
     image = jnp.where(flip, jnp.flip(image, i), image)
     label = jnp.where(flip, jnp.flip(label, i), label)
     weight = jnp.where(flip, jnp.flip(weight, i), weight)
-
-  if cfg.affine_prob > 0:
-    warped = _affine(k_affine, image, label, weight, cfg)
-    apply = jax.random.bernoulli(k_apply, cfg.affine_prob)
-    image, label, weight = (jnp.where(apply, w, a) for w, a in zip(warped, (image, label, weight)))
-
   scale = 1.0 + cfg.intensity_scale * jax.random.uniform(k_scale, (), minval=-1.0, maxval=1.0)
   shift = cfg.intensity_shift * jax.random.uniform(k_shift, (), minval=-1.0, maxval=1.0)
   return image * scale + shift, label, weight
+
+
+def augment_batch(key, images, labels, weights, cfg):
+  """Randomly augments a batch.
+
+  Every example is flipped in the slice plane and has its intensities scaled and shifted at random. A rotation with
+  scaling is applied to the first `round(affine_prob * B)` examples only: examples arrive in random order, so this
+  warps a random subset of that size, and the costly resampling runs only where it is used.
+
+  Args:
+    key: PRNG key.
+    images: `[B, *S, C]` float.
+    labels: `[B, *S]` int.
+    weights: `[B, *S]` float loss weights.
+    cfg: `default_config()`-like ConfigDict.
+
+  Returns:
+    `(images, labels, weights)` with the same shapes and dtypes.
+  """
+  batch = images.shape[0]
+  k_affine, k_rest = jax.random.split(key)
+  warped = int(round(cfg.affine_prob * batch))
+  if warped:
+    keys = jax.random.split(k_affine, warped)
+    parts = jax.vmap(_affine, in_axes=(0, 0, 0, 0, None))(keys, images[:warped], labels[:warped], weights[:warped],
+                                                         cfg)
+    images, labels, weights = (jnp.concatenate([p, a[warped:]]) for p, a in zip(parts, (images, labels, weights)))
+  keys = jax.random.split(k_rest, batch)
+  return jax.vmap(_flip_and_intensity, in_axes=(0, 0, 0, 0, None))(keys, images, labels, weights, cfg)

@@ -5,8 +5,9 @@ Conventions:
     normalised and zero-padded to a common H, W. A volume is `[D, H, W, C]`, so its slices are its first axis.
   * Embeddings are `[N, F]` float32, L2-normalised, F = `config.embedding_dim`, taken *before* the projection head
     (as in SimCLR, the representation before the head keeps more information than the head's output).
-  * All randomness of a training run comes from one seed: step t uses `fold_in(key(seed), t)` for its batch and
-    its augmentations, so a run is reproducible and independent of how it is split into calls.
+  * All randomness of a training run comes from one seed: the init key and a run key are split from
+    `key(seed)`, and step t draws its batch and augmentations from `fold_in(run key, t)`, so a run is reproducible
+    and step t's randomness does not depend on how the loop is driven.
 
 Objective: SimCLR (NT-Xent). Two augmented views of each slice in a batch are pulled together and pushed away from the
 other 2B - 2 views. It is chosen over BYOL and VICReg because it is one network and one loss with no momentum
@@ -54,7 +55,13 @@ _CACHE_VERSION = "slicejax-encoder-v1"
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Encoder settings sized for the hippocampus pool (~6,500 slices of 48 x 64) on a 2-core CPU in a few minutes."""
+  """Encoder settings sized for the hippocampus pool (6,417 slices of 48 x 64) on a 2-core CPU.
+
+  Measured with `bench/encoder.py`: 56 s training + 2 s embedding on a shared 2-core CPU. On that pool the
+  embeddings' 10 nearest slices from other volumes predict whether a slice shows hippocampus with 90% accuracy
+  (random-init encoder 77%, majority class 71%) and its relative depth with mean error 0.04 (random-init 0.12);
+  1,000 steps improve these only to 91% and 0.035.
+  """
   config = ml_collections.ConfigDict()
   config.features = (16, 32, 64)  # Channels per stage; every stage halves H and W.
   config.convs_per_stage = 2
@@ -187,6 +194,7 @@ def _gaussian_blur(image, sigma, radius: int):
 
 
 def _augment_one(rng, image, aug):
+  """One view of one `[H, W, C]` slice: warp, then intensity scale/shift, gamma, blur and noise."""
   k_warp, k_scale, k_shift, k_gamma, k_blur, k_sigma, k_noise_std, k_noise = jax.random.split(rng, 8)
   image = _affine_warp(k_warp, image, aug)
 
@@ -244,12 +252,14 @@ def train(slices, config, seed: int) -> tuple[Any, dict]:
   Args:
     slices: `[N, H, W, C]` float32 slices (every slice of the training pool).
     config: encoder config, see `default_config`.
-    seed: the run's seed; step t draws its batch and augmentations from `fold_in(key(seed), t)`.
+    seed: the run's seed (init and every step's batch and augmentations derive from it).
 
   Returns:
     `(params, {"losses": [steps] floats, "train_seconds": float})`; seconds include compilation.
   """
   slices = _check_slices(slices)
+  if slices.shape[0] < 2:
+    raise InputError("slices", "contrastive training needs at least 2 slices")
   if config.steps < 1 or config.batch_size < 2 or config.temperature <= 0:
     raise InputError("encoder", "need steps >= 1, batch_size >= 2 and temperature > 0")
   start = time.perf_counter()
@@ -297,6 +307,12 @@ def train(slices, config, seed: int) -> tuple[Any, dict]:
   return state["params"], {"losses": losses, "train_seconds": train_seconds}
 
 
+@functools.lru_cache(maxsize=8)
+def _embed_fn(model: Encoder):
+  """One jitted forward pass per encoder shape, so repeated `embed` calls reuse the compilation."""
+  return jax.jit(lambda params, x: _l2_normalize(model.apply(params, x, with_head=False)))
+
+
 def embed(params, slices, config, batch_size: int = 256) -> np.ndarray:
   """Embeds slices with a trained encoder.
 
@@ -310,8 +326,7 @@ def embed(params, slices, config, batch_size: int = 256) -> np.ndarray:
     `[N, F]` float32, L2-normalised rows.
   """
   slices = _check_slices(slices)
-  model = _model(config)
-  apply = jax.jit(lambda p, x: _l2_normalize(model.apply(p, x, with_head=False)))
+  apply = _embed_fn(_model(config))
   n = slices.shape[0]
   batch_size = min(batch_size, n)
   padded = np.concatenate([slices, np.zeros((-n % batch_size,) + slices.shape[1:], np.float32)])

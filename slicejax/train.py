@@ -11,7 +11,6 @@ files. A group whose rows are all in results.jsonl is skipped when the same comm
 """
 
 import json
-import os
 import pathlib
 import time
 
@@ -32,21 +31,13 @@ from slicejax import report
 from slicejax import sampler
 from slicejax import study
 from slicejax import unet
+from slicejax import workdir as workdir_lib
 from slicejax.errors import InputError
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Setup and data.
 # ---------------------------------------------------------------------------------------------------------------------
-
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
 
 def load_data(config, workdir: pathlib.Path):
   """Loads the dataset named by `config.data` and splits it.
@@ -119,8 +110,7 @@ def make_train_step(model, tx, config):
     key = jax.random.fold_in(state["rng"], state["step"])
     k_sample, k_augment = jax.random.split(key)
     images, labels, weights = sampler.sample(k_sample, bank, entries, cfg.batch_size)
-    images, labels, weights = jax.vmap(augment_lib.augment, in_axes=(0, 0, 0, 0, None))(
-        jax.random.split(k_augment, cfg.batch_size), images, labels, weights, cfg.augment)
+    images, labels, weights = augment_lib.augment_batch(k_augment, images, labels, weights, cfg.augment)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], images, labels, weights)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -158,24 +148,14 @@ def init_state(model, tx, seeds, example_shape):
 # One group: plans, training loop, evaluation.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def train_group(config, points, splits, dataset, workdir: pathlib.Path, group_index: int) -> list:
-  """Trains the points of one group together and returns their result rows."""
+def train_group(config, points, plans, splits, dataset, group_index: int) -> list:
+  """Trains the points of one group together on their plans and returns their result rows."""
   pool = splits["train"]
   depths = {v.case_id: v.depth for v in pool}
   shape = static_shape(config, pool + splits["test"])
   dims = points[0].dims
   if dims != 2:
     raise InputError("config.study.dims", f"dims={dims} is not supported yet (2D only)")
-
-  # Plans.
-  plans = []
-  for point in points:
-    options = config.get(point.selection) if point.selection in config else None
-    plans.append(study.make_plan(point, depths, roi=config.study.roi, options=options))
-  plan_dir = workdir / "plans"
-  plan_dir.mkdir(exist_ok=True)
-  for point, plan in zip(points, plans):
-    _atomic_write_text(plan_dir / f"{point.name}.json", json.dumps(plan, sort_keys=True))
 
   bank = sampler.slice_bank(pool, shape)
   entries = sampler.model_entries(plans, bank["offsets"])
@@ -241,32 +221,58 @@ def train_group(config, points, splits, dataset, workdir: pathlib.Path, group_in
 # The study.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> list:
+def prepare(config, workdir: pathlib.Path):
+  """Loads the data and builds every group's points and plans, so that bad input fails before anything is written.
+
+  Returns:
+    (dataset, splits, groups, plans) with plans: point name -> annotation plan.
+  """
+  dataset, splits = load_data(config, workdir)
+  depths = {v.case_id: v.depth for v in splits["train"]}
+  points = study.expand(config.study, depths)
+  for dims in {p.dims for p in points}:
+    make_model(config, dataset.num_classes, dims)
+  plans = {}
+  for point in points:
+    options = config.get(point.selection) if point.selection in config else None
+    plans[point.name] = study.make_plan(point, depths, roi=config.study.roi, options=options)
+  return dataset, splits, study.group(points, config.model_axis.max_models), plans
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: bool = False) -> list:
   """Runs every group of the config's grid that has no results yet, then writes the summary.
+
+  Args:
+    config: the experiment config.
+    workdir: the run's folder. A rerun with the same config resumes there; a different config is refused unless
+      `fresh`, which starts the run in a new subfolder `run_<n>`.
+    fresh: see above.
 
   Returns:
     All result rows in results.jsonl.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  dataset, splits = load_data(config, workdir)
-  points = study.expand(config.study, {v.case_id: v.depth for v in splits["train"]})
-  groups = study.group(points, config.model_axis.max_models)
-  _atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
-  _atomic_write_text(workdir / "groups.json", json.dumps(
-      [{str(m): p.name for m, p in enumerate(g)} for g in groups], indent=1))
-  logging.info("%d points in %d groups.", len(points), len(groups))
+  with workdir_lib.WorkdirLock(workdir):
+    dataset, splits, groups, plans = prepare(config, workdir)
+    rundir = workdir_lib.check_config(workdir, json.loads(config.to_json_best_effort()), fresh=fresh)
+    workdir_lib.atomic_write_text(rundir / "groups.json", json.dumps(
+        [{str(m): p.name for m, p in enumerate(g)} for g in groups], indent=1))
+    (rundir / "plans").mkdir(exist_ok=True)
+    for name, plan in plans.items():
+      workdir_lib.atomic_write_text(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
+    logging.info("%d points in %d groups; results in %s.", len(plans), len(groups), rundir)
 
-  results_path = workdir / "results.jsonl"
-  for index, group_points in enumerate(groups):
-    done = {row["name"] for row in report.read_rows(results_path)}
-    if all(p.name in done for p in group_points):
-      logging.info("Group %d: results exist, skipped.", index)
-      continue
-    rows = train_group(config, group_points, splits, dataset, workdir, index)
-    report.append_rows(results_path, rows)
+    results_path = rundir / "results.jsonl"
+    for index, group_points in enumerate(groups):
+      done = {row["name"] for row in report.read_rows(results_path)}
+      if all(p.name in done for p in group_points):
+        logging.info("Group %d: results exist, skipped.", index)
+        continue
+      rows = train_group(config, group_points, [plans[p.name] for p in group_points], splits, dataset, index)
+      report.append_rows(results_path, rows)
 
-  rows = report.read_rows(results_path)
-  report.write_summary(workdir, rows)
-  logging.info("Wrote %s, summary.md, summary.csv and dice_vs_allocation.png.", results_path)
+    rows = report.read_rows(results_path)
+    report.write_summary(rundir, rows)
+    logging.info("Wrote %s, summary.md, summary.csv and dice_vs_allocation.png.", results_path)
   return rows

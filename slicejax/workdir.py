@@ -77,8 +77,7 @@ def _pid_alive(pid: int) -> bool:
   except ProcessLookupError:
     return False
   except PermissionError:
-    # The process exists but belongs to another user.
-    return True
+    pass  # The process exists but belongs to another user.
   return True
 
 
