@@ -26,7 +26,7 @@ def get_config(arg=""):
   config.data.split.update(train=180, val=20, test=60, seed=0)
 
   config.model.update(features=16, num_stages=4)
-  config.train.update(steps=1500, batch_size=32, learning_rate=3e-3, warmup_steps=50, log_every=100)
+  config.train.update(steps=2500, batch_size=32, learning_rate=3e-3, warmup_steps=50, log_every=100)
   config.eval.batch_size = 128
 
   config.study.update(budgets=(36, 72, 144, 288), slices_per_volume=(1, 2, 4, 8, 16),

@@ -11,6 +11,8 @@ import pathlib
 import ml_collections
 
 from slicejax import augment
+from slicejax import encoder
+from slicejax.selection import ual
 
 
 def base() -> ml_collections.ConfigDict:
@@ -37,7 +39,8 @@ def base() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=32, learning_rate=3e-3, warmup_steps=50, final_lr_fraction=0.01, weight_decay=1e-4,
-      grad_clip=1.0, ce_weight=1.0, dice_weight=1.0, log_every=50, augment=augment.default_config()))
+      grad_clip=1.0, ce_weight=1.0, dice_weight=1.0, log_every=50, checkpoint_every=500,
+      augment=augment.default_config()))
 
   c.eval = ml_collections.ConfigDict(dict(batch_size=64))
 
@@ -52,6 +55,17 @@ def base() -> ml_collections.ConfigDict:
       reference_seeds=(0,),
       roi=(),                   # () = every slice is a candidate; (lo, hi) fractions of the depth narrow it
   ))
+
+  # Mask interpolation between annotated slices, for points with `interpolation: True`.
+  c.interpolation = ml_collections.ConfigDict(dict(
+      weight=1.0,               # loss weight of interpolated voxels (annotated voxels weigh 1)
+      align_centroids=False,    # move each mask with its centroid before interpolating distances
+  ))
+
+  # Unsupervised active learning: the `ual` selection's options, and the self-supervised slice encoder it uses.
+  c.ual = ual.default_options()
+  c.ual.seed = 0
+  c.ual.encoder = encoder.default_config()
 
   c.model_axis = ml_collections.ConfigDict(dict(
       strategy="auto",          # "auto" (fastest for the backend), "vmap", "loop" or "sequential"

@@ -391,8 +391,8 @@ def slice_embeddings(images: dict, config, *, seed: int, cache_dir) -> tuple[dic
     cache_dir: folder for cache entries; the key hashes the image content, case ids, config and seed.
 
   Returns:
-    `({case_id: [D, F] float32}, info)` with info = {"train_seconds", "embed_seconds" (spent by this call, 0 on a
-    cache hit), "cache_hit": bool, "cache_path": str}.
+    `({case_id: [D, F] float32}, info)` with info = {"train_seconds", "embed_seconds" (what computing the entry
+    cost, also on a cache hit: it is part of the price of UAL), "cache_hit": bool, "cache_path": str}.
   """
   if not images:
     raise InputError("images", "no volumes to embed")
@@ -411,9 +411,11 @@ def slice_embeddings(images: dict, config, *, seed: int, cache_dir) -> tuple[dic
   entry = pathlib.Path(cache_dir).resolve() / _cache_key(images, case_ids, config, seed)
   if (entry / "manifest.json").is_file():
     embeddings = np.load(entry / "embeddings.npy")
+    manifest = json.loads((entry / "manifest.json").read_text())
     logging.info("encoder cache hit: %s (%d slices)", entry, embeddings.shape[0])
     return (dict(zip(case_ids, np.split(embeddings, splits))),
-            {"train_seconds": 0.0, "embed_seconds": 0.0, "cache_hit": True, "cache_path": str(entry)})
+            {"train_seconds": manifest["train_seconds"], "embed_seconds": manifest["embed_seconds"], "cache_hit": True,
+             "cache_path": str(entry)})
 
   slices = np.concatenate([np.asarray(images[c], np.float32) for c in case_ids])
   logging.info("encoder cache miss: training on %d slices of %d volumes", slices.shape[0], len(case_ids))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 STRATEGIES = ("vmap", "loop", "sequential")
 
 # Fastest strategy per backend, as measured by bench/model_axis.py (BENCHMARKS.md).
-_DEFAULTS = {"cpu": "sequential", "gpu": "vmap", "tpu": "vmap"}
+_DEFAULTS = {"cpu": "loop", "gpu": "vmap", "tpu": "vmap"}
 
 
 def default_strategy(backend: str | None = None) -> str:

@@ -123,14 +123,21 @@ def make_plan(point: Point, depths: Mapping[str, int], *, roi=(), options=None,
     point: the sweep point.
     depths: case id -> depth for the training pool.
     roi: () or (lo, hi) fractions of the depth that bound the candidate slices.
-    options: the strategy's config block, passed to `select`.
+    options: the strategy's config block, passed to `select`; with `select_volumes` set (ual), the s volumes are
+      chosen from their embeddings by the strategy's `select_volumes` instead of at random.
     embeddings: case id -> `[depth, F]` slice embeddings, for strategies that need them.
   """
   if point.reference:
     return {case: list(range(depth)) for case, depth in sorted(depths.items())}
   strategy = selection_lib.get(point.selection)
+  if options is not None and options.get("select_volumes"):
+    volume_embeddings = {case: embeddings[case].mean(axis=0) for case in sorted(depths)}
+    chosen = strategy.select_volumes(volume_embeddings, point.volumes, np.random.default_rng([point.seed, 0x5e1ec7]),
+                                     options)
+  else:
+    chosen = choose_volumes(list(depths), point.volumes, point.seed)
   plan = {}
-  for case in choose_volumes(list(depths), point.volumes, point.seed):
+  for case in chosen:
     lo, hi = candidate_range(depths[case], roi)
     if point.slices_per_volume > hi - lo:
       raise InputError("study.slices_per_volume",

@@ -22,13 +22,17 @@ import numpy as np
 import optax
 
 from slicejax import augment as augment_lib
+from slicejax import checkpoint
 from slicejax import data as data_lib
+from slicejax import encoder
 from slicejax import evaluate as evaluate_lib
+from slicejax import interpolation
 from slicejax import losses
 from slicejax import parallel
 from slicejax import phantom
 from slicejax import report
 from slicejax import sampler
+from slicejax import selection as selection_lib
 from slicejax import study
 from slicejax import unet
 from slicejax import workdir as workdir_lib
@@ -75,6 +79,33 @@ def static_shape(config, volumes) -> tuple:
   multiple = 2 ** (config.model.num_stages - 1)
   sizes = np.max([v.label.shape[1:] for v in volumes], axis=0)
   return tuple(int(-(-s // multiple) * multiple) for s in sizes)
+
+
+def interpolated_entries(config, plan, by_id, shape, offsets, first_label_row: int, num_classes: int):
+  """Interpolated label slices of one model's plan, as bank entries.
+
+  Returns:
+    (entries, labels, quality): entries `(image_row, label_row, weight)` for every interpolated slice, its label
+    rows `[n, H', W']` (to append to the bank's labels at `first_label_row`), and the Dice of the interpolated
+    slices against the true labels (`interpolation.pooled_interpolation_dice`).
+  """
+  entries, labels, truths, filleds, annotated = [], [], [], [], []
+  for case in sorted(plan):
+    volume = by_id[case]
+    filled, known = interpolation.interpolate(volume.label, plan[case], num_classes,
+                                              spacing=volume.spacing[1:],
+                                              align_centroids=config.interpolation.align_centroids)
+    between = np.setdiff1d(np.flatnonzero(known), plan[case])
+    if len(between):
+      labels.append(data_lib.fit_to_shape(filled[between], shape)[0])
+      entries += [(offsets[case] + d, first_label_row + len(entries) + i, config.interpolation.weight)
+                  for i, d in enumerate(between)]
+    truths.append(volume.label)
+    filleds.append(filled)
+    annotated.append(plan[case])
+  quality = interpolation.pooled_interpolation_dice(truths, filleds, annotated, num_classes)
+  labels = np.concatenate(labels) if labels else np.zeros((0,) + tuple(shape), np.int32)
+  return entries, labels, quality
 
 
 def make_model(config, num_classes: int, dims: int) -> unet.UNet:
@@ -148,8 +179,12 @@ def init_state(model, tx, seeds, example_shape):
 # One group: plans, training loop, evaluation.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def train_group(config, points, plans, splits, dataset, group_index: int) -> list:
-  """Trains the points of one group together on their plans and returns their result rows."""
+def train_group(config, points, plans, splits, dataset, group_index: int, checkpoint_dir: pathlib.Path) -> list:
+  """Trains the points of one group together on their plans and returns their result rows.
+
+  The group's state is checkpointed to `checkpoint_dir` every `train.checkpoint_every` steps and at the end; a
+  group that finds a checkpoint there continues from it.
+  """
   pool = splits["train"]
   depths = {v.case_id: v.depth for v in pool}
   shape = static_shape(config, pool + splits["test"])
@@ -158,33 +193,51 @@ def train_group(config, points, plans, splits, dataset, group_index: int) -> lis
     raise InputError("config.study.dims", f"dims={dims} is not supported yet (2D only)")
 
   bank = sampler.slice_bank(pool, shape)
-  entries = sampler.model_entries(plans, bank["offsets"])
+  by_id = {v.case_id: v for v in pool}
+  extra, label_rows, interp_quality = [], [bank["labels"]], {}
+  for m, (point, plan) in enumerate(zip(points, plans)):
+    entries = []
+    if point.interpolation:
+      first_row = sum(len(rows) for rows in label_rows)
+      entries, rows, interp_quality[m] = interpolated_entries(config, plan, by_id, shape, bank["offsets"], first_row,
+                                                              dataset.num_classes)
+      label_rows.append(rows)
+    extra.append(entries)
+  bank["labels"] = np.concatenate(label_rows).astype(np.int32)
+  entries = sampler.model_entries(plans, bank["offsets"], extra)
   device_bank = {k: jnp.asarray(bank[k]) for k in ("images", "labels", "valid")}
 
-  # Model, optimiser, state.
+  # Model, optimiser, state: the latest checkpoint of this group if there is one.
   model = make_model(config, dataset.num_classes, dims)
   tx = make_optimizer(config.train)
   axis = parallel.ModelAxis(config.model_axis.strategy, len(points))
   seeds = [config.seed * 1_000_003 + group_index * 1_009 + m for m in range(len(points))]
-  state = axis.from_stacked(init_state(model, tx, seeds, shape + (dataset.num_channels,)))
+  initial = init_state(model, tx, seeds, shape + (dataset.num_channels,))
+  checkpoints = checkpoint.GroupCheckpoints(checkpoint_dir)
+  restored = checkpoints.restore_latest(initial)
+  state = axis.from_stacked(initial if restored is None else restored)
+  first_step = 0 if restored is None else int(restored["step"][0])
   per_model = axis.from_stacked(jax.tree.map(jnp.asarray, entries))
   step_fn = axis.map(make_train_step(model, tx, config), donate_state=True)
-  logging.info("Group %d: %d models (%s), %s strategy, slices %s, %d steps of batch %d.", group_index, len(points),
-               ", ".join(p.name for p in points[:4]) + (" ..." if len(points) > 4 else ""), axis.strategy, shape,
-               config.train.steps, config.train.batch_size)
+  logging.info("Group %d: %d models (%s), %s strategy, slices %s, %d steps of batch %d from step %d.", group_index,
+               len(points), ", ".join(p.name for p in points[:4]) + (" ..." if len(points) > 4 else ""),
+               axis.strategy, shape, config.train.steps, config.train.batch_size, first_step)
 
   # Loop.
   steps = config.train.steps
   start = time.perf_counter()
-  for step in range(1, steps + 1):
+  for step in range(first_step + 1, steps + 1):
     state, outputs = step_fn(state, device_bank, per_model)
     if step % config.train.log_every == 0 or step == steps:
       loss = np.asarray(outputs["loss"])
       elapsed = time.perf_counter() - start
-      logging.info("group %d step %d/%d  loss %s  %.2f s/step  ETA %.0f s", group_index, step, steps,
-                   np.array2string(loss, precision=3, max_line_width=200), elapsed / step,
-                   elapsed / step * (steps - step))
+      per_step = elapsed / (step - first_step)
+      logging.info("group %d step %d/%d  loss %s  %.3f s/step  ETA %.0f s", group_index, step, steps,
+                   np.array2string(loss, precision=3, max_line_width=200), per_step, per_step * (steps - step))
+    if step % config.train.checkpoint_every == 0 or step == steps:
+      checkpoints.save(step, axis.to_stacked(state))
   jax.block_until_ready(state)
+  checkpoints.close()
   train_seconds = time.perf_counter() - start
 
   # Evaluation.
@@ -211,6 +264,11 @@ def train_group(config, points, plans, splits, dataset, group_index: int) -> lis
            "diverged": bool(diverged[m])}
     if diverged[m]:
       row["diverged_step"] = int(diverged_step[m])
+    if m in interp_quality:
+      quality = interp_quality[m]
+      # No slice between annotated ones (rho = 1): there is nothing to score.
+      row.update(interp_dice=float(quality["dice_mean"]) if quality["num_slices"] else None,
+                 interp_slices=int(quality["num_slices"]))
     rows.append(row)
   logging.info("Group %d: dice_mean %s (%.0f s training, %.0f s evaluation).", group_index,
                np.array2string(scores["dice_mean"], precision=3), train_seconds, eval_seconds)
@@ -225,18 +283,27 @@ def prepare(config, workdir: pathlib.Path):
   """Loads the data and builds every group's points and plans, so that bad input fails before anything is written.
 
   Returns:
-    (dataset, splits, groups, plans) with plans: point name -> annotation plan.
+    (dataset, splits, groups, plans, costs): plans maps point name -> annotation plan; costs holds the encoder's
+    seconds (training plus embedding) when a strategy needs slice embeddings.
   """
   dataset, splits = load_data(config, workdir)
   depths = {v.case_id: v.depth for v in splits["train"]}
   points = study.expand(config.study, depths)
   for dims in {p.dims for p in points}:
     make_model(config, dataset.num_classes, dims)
+  embeddings, costs = None, {}
+  if any(selection_lib.get(p.selection).NEEDS_EMBEDDINGS for p in points if not p.reference):
+    shape = static_shape(config, splits["train"] + splits["test"])
+    images = {v.case_id: data_lib.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
+    embeddings, info = encoder.slice_embeddings(images, config.ual.encoder, seed=config.ual.seed,
+                                                cache_dir=pathlib.Path(config.data.cache_dir or workdir / "cache") /
+                                                "encoder")
+    costs = {"encoder_seconds": info["train_seconds"] + info["embed_seconds"]}
   plans = {}
   for point in points:
     options = config.get(point.selection) if point.selection in config else None
-    plans[point.name] = study.make_plan(point, depths, roi=config.study.roi, options=options)
-  return dataset, splits, study.group(points, config.model_axis.max_models), plans
+    plans[point.name] = study.make_plan(point, depths, roi=config.study.roi, options=options, embeddings=embeddings)
+  return dataset, splits, study.group(points, config.model_axis.max_models), plans, costs
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: bool = False) -> list:
@@ -254,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.WorkdirLock(workdir):
-    dataset, splits, groups, plans = prepare(config, workdir)
+    dataset, splits, groups, plans, costs = prepare(config, workdir)
     rundir = workdir_lib.check_config(workdir, json.loads(config.to_json_best_effort()), fresh=fresh)
     workdir_lib.atomic_write_text(rundir / "groups.json", json.dumps(
         [{str(m): p.name for m, p in enumerate(g)} for g in groups], indent=1))
@@ -269,7 +336,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       if all(p.name in done for p in group_points):
         logging.info("Group %d: results exist, skipped.", index)
         continue
-      rows = train_group(config, group_points, [plans[p.name] for p in group_points], splits, dataset, index)
+      rows = train_group(config, group_points, [plans[p.name] for p in group_points], splits, dataset, index,
+                         rundir / "checkpoints" / f"group_{index}")
+      for point, row in zip(group_points, rows):
+        if not point.reference and selection_lib.get(point.selection).NEEDS_EMBEDDINGS:
+          row.update(costs)  # The encoder is part of the price of these plans.
       report.append_rows(results_path, rows)
 
     rows = report.read_rows(results_path)

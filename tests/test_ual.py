@@ -155,7 +155,8 @@ def test_slice_embeddings_cache(tmp_path, monkeypatch):
   images = {f"case_{i}": _volume_images(_volume_kinds(rng)[:5 + i], rng) for i in range(3)}
   config = _tiny_config(steps=3, batch_size=8)
 
-  first, info = encoder.slice_embeddings(images, config, seed=0, cache_dir=tmp_path)
+  first, first_info = encoder.slice_embeddings(images, config, seed=0, cache_dir=tmp_path)
+  info = first_info
   assert info["cache_hit"] is False
   assert {c: e.shape for c, e in first.items()} == {"case_0": (5, 16), "case_1": (6, 16), "case_2": (7, 16)}
   # The saved params reproduce the cached embeddings.
@@ -169,7 +170,7 @@ def test_slice_embeddings_cache(tmp_path, monkeypatch):
 
   monkeypatch.setattr(encoder, "train", no_training)
   second, info = encoder.slice_embeddings(dict(reversed(images.items())), config, seed=0, cache_dir=tmp_path)
-  assert info == {"train_seconds": 0.0, "embed_seconds": 0.0, "cache_hit": True, "cache_path": info["cache_path"]}
+  assert info["cache_hit"] and info["train_seconds"] == first_info["train_seconds"]
   for case_id in images:
     np.testing.assert_array_equal(second[case_id], first[case_id])
 

@@ -1,0 +1,111 @@
+"""Model-axis throughput: every strategy against M single-model runs one after another.
+
+    python bench/model_axis.py --json                      # the default strategy, M = 8, 2D
+    python bench/model_axis.py --json --strategies=all --models=1,4,8,16
+    python bench/model_axis.py --json --dims 3
+
+Workload: the real training step of slicejax (on-device sampling, augmentation, U-Net, masked loss, Adam) for a
+base-16 U-Net, 2D: batch 8 of 128 x 128 slices; 3D: batch 2 of 32 x 64 x 64 patches. The baseline trains each of
+the M models with its own single-model jitted step, one model after the other. Throughput is models x steps per
+second; `ratio_vs_sequential` is a strategy's throughput over the baseline's. Each (strategy, M) runs in a fresh
+process so that its peak memory is its own.
+"""
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+WORKLOADS = {2: dict(shape=(128, 128), batch_size=8), 3: dict(shape=(32, 64, 64), batch_size=2)}
+
+
+def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import common  # pylint: disable=g-import-not-at-top
+  from slicejax import parallel, train  # pylint: disable=g-import-not-at-top
+
+  work = WORKLOADS[dims]
+  config = common.step_config(dims, batch_size=work["batch_size"])
+  bank = common.synthetic_bank(work["shape"])
+  entries = common.model_entries(num_models)
+  model, tx, state = common.init_models(config, num_models, work["shape"])
+  step = train.make_train_step(model, tx, config)
+
+  if strategy == "baseline":
+    single = jax.jit(step, donate_argnums=0)
+    states = parallel.unstack_tree(state, num_models)
+    per_model = parallel.unstack_tree(entries, num_models)
+
+    def run():
+      nonlocal states
+      for m in range(num_models):
+        s = states[m]
+        for _ in range(steps):
+          s, _ = single(s, bank, per_model[m])
+        states[m] = jax.block_until_ready(s)
+  else:
+    axis = parallel.ModelAxis(strategy, num_models)
+    mapped = axis.map(step, donate_state=True)
+    axis_state, axis_entries = axis.from_stacked(state), axis.from_stacked(entries)
+
+    def run():
+      nonlocal axis_state
+      for _ in range(steps):
+        axis_state, _ = mapped(axis_state, bank, axis_entries)
+      jax.block_until_ready(axis_state)
+
+  timing = common.time_calls(run, repeats=repeats)
+  return {"benchmark": "model_axis", "dims": dims, "strategy": strategy, "models": num_models, "steps": steps,
+          "batch_size": work["batch_size"], "shape": list(work["shape"]),
+          "throughput": num_models * steps / timing["median_s"], **timing,
+          "peak_memory_mb": common.peak_memory_mb(), **common.machine()}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--json", action="store_true", help="print only JSON lines")
+  parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
+  parser.add_argument("--models", default="8", help="comma-separated M values")
+  parser.add_argument("--strategies", default="default", help="'default', 'all' or a comma-separated list")
+  parser.add_argument("--steps", type=int, default=3, help="steps per model per timed repetition")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--one", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+
+  if args.one:
+    strategy, models = args.one.split(":")
+    print(json.dumps(measure(strategy, int(models), args.dims, args.steps, args.repeats)))
+    return
+
+  import common  # pylint: disable=g-import-not-at-top
+  from slicejax import parallel  # pylint: disable=g-import-not-at-top
+  default = parallel.default_strategy()
+  if args.strategies == "default":
+    strategies = [default]
+  elif args.strategies == "all":
+    strategies = list(parallel.STRATEGIES)
+  else:
+    strategies = args.strategies.split(",")
+
+  def run_one(strategy, models):
+    out = subprocess.run([sys.executable, __file__, f"--one={strategy}:{models}", f"--dims={args.dims}",
+                          f"--steps={args.steps}", f"--repeats={args.repeats}"], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+  for models in [int(m) for m in args.models.split(",")]:
+    baseline = run_one("baseline", models)
+    for strategy in strategies:
+      record = run_one(strategy, models)
+      record.update(default=strategy == default, baseline_throughput=baseline["throughput"],
+                    baseline_peak_memory_mb=baseline["peak_memory_mb"],
+                    ratio_vs_sequential=record["throughput"] / baseline["throughput"])
+      common.emit(record, args.json)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,262 @@
+"""One training step of the slicejax U-Net in JAX against the same network, loss and optimiser in PyTorch.
+
+    python bench/vs_torch.py --json                 # 2D and 3D
+    python bench/vs_torch.py --json --dims 3 --check
+    python bench/vs_torch.py --json --quick --check # tiny sizes, seconds
+
+Workload (as bench/model_axis.py): a base-16, 4-stage U-Net with instance norm and resize upsampling, 3 classes,
+one input channel; 2D: batch 8 of 128 x 128 slices; 3D: batch 2 of 32 x 64 x 64 patches. One step is forward,
+masked cross-entropy plus soft Dice on an all-ones mask, backward, global-norm clipping and AdamW with the
+warmup-cosine schedule, on one fixed random batch (no sampling or augmentation, so both sides do the same work).
+The JAX step is one jitted function built from `slicejax.train.make_model`, `slicejax.losses` and
+`slicejax.train.make_optimizer`, donating its state; the PyTorch step is eager `bench/torch_unet.py` with
+`torch.set_num_threads(os.cpu_count())` on the CPU, cuDNN autotuning on a GPU. Each framework runs in a fresh process.
+
+Per dims, one record: `jax_step_s` and `torch_step_s` (median over repetitions of `--steps` steps, per step) and
+`jax_over_torch` (their ratio; below 1 means JAX is faster). `--check` also copies the flax initial parameters
+into the PyTorch model and records the largest logit difference and the loss difference before and after
+`--check-steps` optimiser steps, failing if they disagree.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from model_axis import WORKLOADS  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+NUM_CLASSES = 3
+# `--quick`: a small network on tiny batches, to check the script in seconds.
+QUICK_WORKLOADS = {2: dict(shape=(32, 32), batch_size=2), 3: dict(shape=(8, 16, 16), batch_size=1)}
+QUICK_NETWORK = dict(features=4, stages=3)
+TORCH_MISSING = "vs_torch needs PyTorch: pip install -e '.[bench]' (or pip install torch==2.13.0)"
+
+
+def workload(dims: int, quick: bool) -> dict:
+  work = dict((QUICK_WORKLOADS if quick else WORKLOADS)[dims])
+  work.update(QUICK_NETWORK if quick else dict(features=16, stages=4))
+  return work
+
+
+def fixed_batch(work: dict, seed: int = 0):
+  """A random batch in channels-last layout: images `[B, *S, 1]` float32, labels `[B, *S]` int32."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  shape = (work["batch_size"],) + tuple(work["shape"])
+  return rng.normal(size=shape + (1,)).astype(np.float32), rng.integers(0, NUM_CLASSES, size=shape).astype(np.int32)
+
+
+def make_jax_step(model, tx, train_cfg):
+  """Jitted `step(params, opt_state, images, labels) -> (params, opt_state, loss)` on an all-ones mask.
+
+  Args:
+    model: a `slicejax.unet.UNet`.
+    tx: the optax optimiser.
+    train_cfg: the `train` block of a config (loss weights).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from slicejax import losses  # pylint: disable=g-import-not-at-top
+
+  def loss_fn(params, images, labels):
+    logits = model.apply({"params": params}, images)
+    loss, _ = losses.segmentation_loss(logits, labels, jnp.ones(labels.shape, jnp.float32),
+                                       ce_weight=train_cfg.ce_weight, dice_weight=train_cfg.dice_weight)
+    return loss
+
+  def step(params, opt_state, images, labels):
+    loss, grads = jax.value_and_grad(loss_fn)(params, images, labels)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def jax_setup(dims: int, work: dict, dtype: str = "float32"):
+  """The slicejax model, optimiser, config and initial parameters for a workload."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import common  # pylint: disable=g-import-not-at-top
+  from slicejax import train  # pylint: disable=g-import-not-at-top
+
+  config = common.step_config(dims, features=work["features"], batch_size=work["batch_size"],
+                              stages=work["stages"])
+  config.model.dtype = dtype
+  model = train.make_model(config, NUM_CLASSES, dims)
+  tx = train.make_optimizer(config.train)
+  params = model.init(jax.random.key(0), jnp.zeros((1,) + tuple(work["shape"]) + (1,)))["params"]
+  return config, model, tx, params
+
+
+def measure_jax(dims: int, work: dict, steps: int, repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import common  # pylint: disable=g-import-not-at-top
+
+  config, model, tx, params = jax_setup(dims, work)
+  step = make_jax_step(model, tx, config.train)
+  images, labels = (jnp.asarray(a) for a in fixed_batch(work))
+  state = [params, tx.init(params)]
+
+  def run():
+    for _ in range(steps):
+      state[0], state[1], _ = step(state[0], state[1], images, labels)
+    jax.block_until_ready(state)
+
+  timing = common.time_calls(run, repeats=repeats)
+  return {"step_s": timing["median_s"] / steps, "min_step_s": timing["min_s"] / steps,
+          "max_step_s": timing["max_s"] / steps, "peak_memory_mb": common.peak_memory_mb()}
+
+
+def torch_setup(dims: int, work: dict, config, device):
+  """PyTorch model, optimiser step and the fixed batch (channels-first) on `device`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_unet  # pylint: disable=g-import-not-at-top
+
+  cfg = config.train
+  model = torch_unet.UNet(NUM_CLASSES, dims=dims, features=work["features"], max_features=config.model.max_features,
+                          num_stages=work["stages"]).to(device)
+  optimizer, scheduler = torch_unet.make_optimizer(
+      model, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, steps=cfg.steps,
+      final_lr_fraction=cfg.final_lr_fraction, weight_decay=cfg.weight_decay)
+  step = torch_unet.make_train_step(model, optimizer, scheduler, grad_clip=cfg.grad_clip,
+                                    ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight)
+  images, labels = fixed_batch(work)
+  images = torch.from_numpy(images).movedim(-1, 1).contiguous().to(device)
+  labels = torch.from_numpy(labels).long().to(device)
+  weights = torch.ones(labels.shape, dtype=torch.float32, device=device)
+  return model, step, (images, labels, weights)
+
+
+def torch_device():
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def measure_torch(dims: int, work: dict, steps: int, repeats: int) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  import common  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(os.cpu_count())
+  device = torch_device()
+  if device.type == "cuda":
+    torch.backends.cudnn.benchmark = True
+  config = common.step_config(dims, features=work["features"], batch_size=work["batch_size"], stages=work["stages"])
+  _, step, batch = torch_setup(dims, work, config, device)
+
+  def run():
+    for _ in range(steps):
+      step(*batch)
+    if device.type == "cuda":
+      torch.cuda.synchronize()
+
+  timing = common.time_calls(run, repeats=repeats)
+  peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else common.peak_memory_mb()
+  return {"step_s": timing["median_s"] / steps, "min_step_s": timing["min_s"] / steps,
+          "max_step_s": timing["max_s"] / steps, "peak_memory_mb": peak, "torch": torch.__version__,
+          "torch_device": str(device), "torch_threads": torch.get_num_threads()}
+
+
+def check(dims: int, work: dict, steps: int) -> dict:
+  """Runs both frameworks from the same initial parameters on the same batch and compares them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_unet  # pylint: disable=g-import-not-at-top
+
+  config, model, tx, params = jax_setup(dims, work)
+  torch_model, torch_step, batch = torch_setup(dims, work, config, torch.device("cpu"))
+  torch_unet.load_flax_params(torch_model, params)
+  images, labels = (jnp.asarray(a) for a in fixed_batch(work))
+
+  jax_logits = np.asarray(model.apply({"params": params}, images))
+  with torch.no_grad():
+    torch_logits = torch_model(batch[0]).movedim(1, -1).numpy()
+  jax_step = make_jax_step(model, tx, config.train)
+  state = [jax.tree.map(jnp.copy, params), tx.init(params)]
+  jax_losses, torch_losses = [], []
+  for _ in range(steps + 1):
+    state[0], state[1], loss = jax_step(state[0], state[1], images, labels)
+    jax_losses.append(float(loss))
+    torch_losses.append(float(torch_step(*batch)))
+  # Each loss is computed before that step's update, so the last pair has seen `steps` updates.
+  return {"check_logits_max_abs_diff": float(np.max(np.abs(jax_logits - torch_logits))),
+          "check_logits_max_abs": float(np.max(np.abs(jax_logits))),
+          "check_loss_abs_diff": abs(jax_losses[0] - torch_losses[0]),
+          "check_loss_after_steps_abs_diff": abs(jax_losses[-1] - torch_losses[-1]), "check_steps": steps,
+          "check_jax_losses": jax_losses, "check_torch_losses": torch_losses}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--json", action="store_true", help="print only JSON lines")
+  parser.add_argument("--dims", default="2,3", help="comma-separated: 2, 3 or 2,3")
+  parser.add_argument("--steps", type=int, default=3, help="steps per timed repetition")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--check", action="store_true", help="also compare outputs from the same parameters")
+  parser.add_argument("--check-steps", type=int, default=3, help="optimiser steps compared by --check")
+  parser.add_argument("--tolerance", type=float, default=1e-3,
+                      help="--check fails above this difference (relative to the largest logit, and for losses)")
+  parser.add_argument("--quick", action="store_true", help="tiny network and batches, 2 repetitions of 1 step")
+  parser.add_argument("--one", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.quick:
+    args.steps, args.repeats = 1, 2
+
+  if args.one:
+    what, dims = args.one.split(":")
+    work = workload(int(dims), args.quick)
+    if what == "jax":
+      result = measure_jax(int(dims), work, args.steps, args.repeats)
+    elif what == "torch":
+      result = measure_torch(int(dims), work, args.steps, args.repeats)
+    else:
+      result = check(int(dims), work, args.check_steps)
+    print(json.dumps(result))
+    return
+
+  if importlib.util.find_spec("torch") is None:
+    sys.exit(TORCH_MISSING)
+  import common  # pylint: disable=g-import-not-at-top
+
+  def run_one(what, dims):
+    command = [sys.executable, __file__, f"--one={what}:{dims}", f"--steps={args.steps}",
+               f"--repeats={args.repeats}", f"--check-steps={args.check_steps}"] + (["--quick"] if args.quick else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    if out.returncode:
+      sys.exit(f"vs_torch {what} dims={dims} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+  for dims in [int(d) for d in args.dims.split(",")]:
+    work = workload(dims, args.quick)
+    jax_result, torch_result = run_one("jax", dims), run_one("torch", dims)
+    record = {"benchmark": "vs_torch", "dims": dims, "batch_size": work["batch_size"], "shape": list(work["shape"]),
+              "features": work["features"], "stages": work["stages"], "steps": args.steps, "repeats": args.repeats,
+              "quick": args.quick, "jax_step_s": jax_result["step_s"], "torch_step_s": torch_result["step_s"],
+              "jax_over_torch": jax_result["step_s"] / torch_result["step_s"],
+              "jax_min_step_s": jax_result["min_step_s"], "jax_max_step_s": jax_result["max_step_s"],
+              "torch_min_step_s": torch_result["min_step_s"], "torch_max_step_s": torch_result["max_step_s"],
+              "jax_peak_memory_mb": jax_result["peak_memory_mb"],
+              "torch_peak_memory_mb": torch_result["peak_memory_mb"],
+              **{k: torch_result[k] for k in ("torch", "torch_device", "torch_threads")}, **common.machine()}
+    if args.check:
+      result = run_one("check", dims)
+      record.update(result)
+      scale = max(result["check_logits_max_abs"], 1.0)
+      if (result["check_logits_max_abs_diff"] > args.tolerance * scale or
+          result["check_loss_abs_diff"] > args.tolerance or result["check_loss_after_steps_abs_diff"] > args.tolerance):
+        common.emit(record, args.json)
+        sys.exit(f"vs_torch dims={dims}: JAX and PyTorch disagree beyond tolerance {args.tolerance}")
+    common.emit(record, args.json)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,110 @@
+"""Pieces of the trainer: interpolated entries, the static shape, divergence containment."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slicejax import data as data_lib
+from slicejax import interpolation
+from slicejax import sampler
+from slicejax import train
+from slicejax.config_lib import base
+
+
+def _volume(case_id, label):
+  image = label[..., None].astype(np.float32)
+  return data_lib.Volume(case_id, image, label, (2.0, 1.0, 1.0), np.eye(4), 2)
+
+
+def test_interpolated_entries_fill_between_annotated_slices():
+  label = np.zeros((6, 8, 8), np.int32)
+  for d in range(6):
+    label[d, 2:2 + d // 2 + 2, 2:6] = 1
+  volume = _volume("a", label)
+  config = base()
+  config.interpolation.weight = 0.5
+  plan = {"a": [1, 4]}
+  entries, rows, quality = train.interpolated_entries(config, plan, {"a": volume}, (8, 8), {"a": 10}, 100, 2)
+  # Slices 2 and 3 lie between the annotated 1 and 4; bank rows 12 and 13, new label rows 100 and 101.
+  assert entries == [(12, 100, 0.5), (13, 101, 0.5)]
+  filled, _ = interpolation.interpolate(label, [1, 4], 2, spacing=(1.0, 1.0))
+  np.testing.assert_array_equal(rows, filled[2:4])
+  assert quality["num_slices"] == 2
+
+
+def test_static_shape_rounds_up_to_the_downsampling():
+  config = base()
+  config.model.num_stages = 4
+  volumes = [_volume("a", np.zeros((3, 35, 50), np.int32)), _volume("b", np.zeros((3, 41, 44), np.int32))]
+  assert train.static_shape(config, volumes) == (48, 56)
+  config.data.shape = (32, 32)
+  assert train.static_shape(config, volumes) == (32, 32)
+
+
+def test_diverged_model_is_frozen_and_others_unaffected():
+  config = base()
+  config.model.update(features=4, num_stages=2)
+  config.train.update(batch_size=2, steps=4, warmup_steps=1)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(6, 8, 8, 1)).astype(np.float32)
+  bad = images.copy()
+  bad[3:] = np.nan  # model 1 trains only on rows 3-5
+  plans = [{"a": [0, 1, 2]}, {"a": [3, 4, 5]}]
+  entries = jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"a": 0}))
+  model = train.make_model(config, 3, 2)
+  tx = train.make_optimizer(config.train)
+  step = jax.jit(jax.vmap(train.make_train_step(model, tx, config), in_axes=(0, None, 0)))
+
+  def run(bank_images):
+    bank = {"images": jnp.asarray(bank_images), "labels": jnp.asarray(rng.integers(0, 3, (6, 8, 8)), jnp.int32),
+            "valid": jnp.ones((6, 8, 8))}
+    state = train.init_state(model, tx, [1, 2], (8, 8, 1))
+    initial = state["params"]
+    for _ in range(3):
+      state, _ = step(state, bank, entries)
+    return initial, state
+
+  rng = np.random.default_rng(1)
+  _, clean = run(images)
+  rng = np.random.default_rng(1)
+  initial, broken = run(bad)
+  assert np.asarray(broken["diverged"]).tolist() == [False, True]
+  assert np.asarray(broken["diverged_step"]).tolist() == [-1, 0]
+  for a, b, c in zip(jax.tree.leaves(broken["params"]), jax.tree.leaves(clean["params"]),
+                     jax.tree.leaves(initial)):
+    np.testing.assert_array_equal(a[0], b[0])  # the healthy model is exactly as without the NaNs
+    np.testing.assert_array_equal(a[1], c[1])  # the diverged model never moved
+
+
+class Crash(Exception):
+  pass
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+  from slicejax import checkpoint
+  from slicejax.config_lib import load
+  config = load("configs/demo.py:tiny")
+  with config.unlocked():
+    config.train.checkpoint_every = 2
+  timeless = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]
+  clean = train.train_and_evaluate(config, tmp_path / "clean")
+
+  save = checkpoint.GroupCheckpoints.save
+
+  def save_then_crash(self, step, state):
+    save(self, step, state)
+    if step == 4:
+      raise Crash()
+
+  monkeypatch.setattr(checkpoint.GroupCheckpoints, "save", save_then_crash)
+  try:
+    train.train_and_evaluate(config, tmp_path / "resumed")
+  except Crash:
+    pass
+  else:
+    raise AssertionError("the run should have crashed at step 4")
+  monkeypatch.undo()
+  assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints" / "group_0").iterdir()) == ["2", "4"]
+  assert not (tmp_path / "resumed" / "results.jsonl").exists()
+  resumed = train.train_and_evaluate(config, tmp_path / "resumed")
+  assert timeless(resumed) == timeless(clean)
