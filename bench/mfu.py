@@ -113,7 +113,7 @@ def measure(dims: int, dtype: str, num_models: int, strategy: str, work: dict, n
   bank = common.synthetic_bank(shape)
   entries = common.model_entries(num_models)
   model, tx, state = common.init_models(config, num_models, shape)
-  step = train.make_train_step(model, tx, config)
+  step = train.make_train_step(model, tx, config, train.slice_sampler(config.train.batch_size))
   axis = parallel.ModelAxis(strategy, num_models)
 
   input_shape = (work["batch_size"],) + shape + (1,)

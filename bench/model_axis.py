@@ -33,7 +33,7 @@ def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int)
   bank = common.synthetic_bank(work["shape"])
   entries = common.model_entries(num_models)
   model, tx, state = common.init_models(config, num_models, work["shape"])
-  step = train.make_train_step(model, tx, config)
+  step = train.make_train_step(model, tx, config, train.slice_sampler(config.train.batch_size))
 
   if strategy == "baseline":
     single = jax.jit(step, donate_argnums=0)

@@ -37,6 +37,18 @@ def base() -> ml_collections.ConfigDict:
       name="unet", features=16, max_features=256, num_stages=4, norm="instance", upsample="resize",
       dtype="float32"))
 
+  # 3D models (points with dims 3): their network size, training patches and sliding-window inference.
+  c.three_d = ml_collections.ConfigDict(dict(
+      features=16, num_stages=4,
+      kernel_sizes=(),          # per stage, e.g. ((1, 3, 3), (3, 3, 3), ...); () = 3 everywhere
+      strides=(),               # per downsampling, e.g. ((1, 2, 2), (2, 2, 2), ...); () = 2 everywhere
+      patch=(32, 48, 48),       # (D, H, W) training patch and inference window
+      batch_size=2,
+      foreground_prob=0.33,     # patches centred on foreground of their annotated plane
+      overlap=0.5,              # sliding-window overlap
+      eval_batch_size=4,        # windows per inference call
+  ))
+
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=32, learning_rate=3e-3, warmup_steps=50, final_lr_fraction=0.01, weight_decay=1e-4,
       grad_clip=1.0, ce_weight=1.0, dice_weight=1.0, log_every=50, checkpoint_every=500,
@@ -70,6 +82,7 @@ def base() -> ml_collections.ConfigDict:
   c.model_axis = ml_collections.ConfigDict(dict(
       strategy="auto",          # "auto" (fastest for the backend), "vmap", "loop" or "sequential"
       max_models=8,             # models trained together; larger groups are split
+      chunk=4,                  # loop strategy: models per compiled program
   ))
   return c
 

@@ -504,6 +504,11 @@ def fit_to_shape(array: np.ndarray, shape) -> tuple:
   return out, valid, tuple(offsets)
 
 
+def pad_volume(array: np.ndarray, shape) -> np.ndarray:
+  """Zero-pads the first three axes of `[D, H, W, ...]` at the end to `shape` (each at least the array's size)."""
+  return np.pad(array, [(0, s - n) for s, n in zip(shape, array.shape[:3])] + [(0, 0)] * (array.ndim - 3))
+
+
 def unfit(array: np.ndarray, original_hw, offsets) -> np.ndarray:
   """Inverse of `fit_to_shape` for a prediction: `[D, H', W', ...]` -> `[D, H, W, ...]`, cropped-away parts 0.
 

@@ -50,10 +50,10 @@ def _start_containing(key, index, size, end):
   return jax.random.randint(key, (), low, high + 1)
 
 
-def _sample_one(key, bank, planes, patch, foreground_prob):
+def _sample_one(key, bank, planes, label_rows, patch, foreground_prob):
   """One patch: `image [pd, ph, pw, C]`, `label [pd, ph, pw]`, `weight [pd, ph, pw]`."""
   pd, ph, pw = patch
-  _, depth, height, width = bank["labels"].shape
+  _, depth, height, width = bank["valid"].shape
   keys = jax.random.split(key, 6)
 
   pair = _uniform_index(keys[0], planes.reshape(-1) > 0)
@@ -67,7 +67,8 @@ def _sample_one(key, bank, planes, patch, foreground_prob):
 
   start_h = jax.random.randint(keys[2], (), 0, jnp.maximum(end_h - ph, 0) + 1)
   start_w = jax.random.randint(keys[3], (), 0, jnp.maximum(end_w - pw, 0) + 1)
-  foreground = (bank["labels"][v, d] > 0) & plane_valid
+  row = label_rows[v]
+  foreground = (bank["labels"][row, d] > 0) & plane_valid
   voxel = _uniform_index(keys[4], foreground.reshape(-1))
   centre_h = jnp.clip(voxel // width - ph // 2, 0, jnp.maximum(end_h - ph, 0))
   centre_w = jnp.clip(voxel % width - pw // 2, 0, jnp.maximum(end_w - pw, 0))
@@ -77,36 +78,40 @@ def _sample_one(key, bank, planes, patch, foreground_prob):
 
   at = (v, start_d, start_h, start_w)
   image = jax.lax.dynamic_slice(bank["images"], at + (0,), (1, pd, ph, pw, bank["images"].shape[-1]))[0]
-  label = jax.lax.dynamic_slice(bank["labels"], at, (1, pd, ph, pw))[0]
+  label = jax.lax.dynamic_slice(bank["labels"], (row,) + at[1:], (1, pd, ph, pw))[0]
   valid = jax.lax.dynamic_slice(bank["valid"], at, (1, pd, ph, pw))[0]
   plane_weight = jax.lax.dynamic_slice(planes, (v, start_d), (1, pd))[0]
   return image, label, plane_weight[:, None, None] * valid
 
 
 def sample_patches(key, bank: Mapping[str, jax.Array], planes, patch: Sequence[int], batch_size: int, *,
-                   foreground_prob: float = 0.33):
+                   foreground_prob: float = 0.33, label_rows=None):
   """Draws one model's batch of 3D patches, each holding at least one weighted plane.
 
   Args:
     key: PRNG key; the only source of randomness.
-    bank: `images [V, Dm, Hm, Wm, C]`, `labels [V, Dm, Hm, Wm]`, `valid [V, Dm, Hm, Wm]`.
+    bank: `images [V, Dm, Hm, Wm, C]`, `labels [L, Dm, Hm, Wm]` (L >= V), `valid [V, Dm, Hm, Wm]`.
     planes: `[V, Dm]` float32 plane weights of this model (0 where it has no label).
     patch: static patch shape `(pd, ph, pw)`, at most `(Dm, Hm, Wm)`.
     batch_size: static number of patches B.
     foreground_prob: probability that a patch is centred in-plane on a foreground voxel of its centre plane (when
       that plane has foreground).
+    label_rows: `[V]` int, the row of `labels` that holds this model's labels of volume v (e.g. a volume with
+      interpolated planes); None means row v.
 
   Returns:
     `images [B, pd, ph, pw, C]`, `labels [B, pd, ph, pw]`, `weights [B, pd, ph, pw]` (plane weight times `valid`).
   """
   patch = tuple(int(p) for p in patch)
-  bank_shape = tuple(bank["labels"].shape[1:])
+  bank_shape = tuple(bank["valid"].shape[1:])
   if len(patch) != 3 or any(p < 1 or p > s for p, s in zip(patch, bank_shape)):
     raise InputError("patch", f"{patch} must be 3 positive sizes no larger than the bank's volumes {bank_shape}")
-  if planes.shape != bank["labels"].shape[:2]:
-    raise InputError("planes", f"shape {planes.shape} does not match the bank's [V, Dm] {bank['labels'].shape[:2]}")
+  if planes.shape != bank["valid"].shape[:2]:
+    raise InputError("planes", f"shape {planes.shape} does not match the bank's [V, Dm] {bank['valid'].shape[:2]}")
+  if label_rows is None:
+    label_rows = jnp.arange(planes.shape[0])
   if isinstance(foreground_prob, (int, float)) and not 0 <= foreground_prob <= 1:
     raise InputError("foreground_prob", f"must be in [0, 1], got {foreground_prob}")
   keys = jax.random.split(key, batch_size)
-  one = lambda k: _sample_one(k, bank, planes, patch, foreground_prob)
+  one = lambda k: _sample_one(k, bank, planes, label_rows, patch, foreground_prob)
   return jax.vmap(one)(keys)

@@ -29,6 +29,7 @@ from slicejax import evaluate as evaluate_lib
 from slicejax import interpolation
 from slicejax import losses
 from slicejax import parallel
+from slicejax import patches
 from slicejax import phantom
 from slicejax import report
 from slicejax import sampler
@@ -81,40 +82,100 @@ def static_shape(config, volumes) -> tuple:
   return tuple(int(-(-s // multiple) * multiple) for s in sizes)
 
 
-def interpolated_entries(config, plan, by_id, shape, offsets, first_label_row: int, num_classes: int):
-  """Interpolated label slices of one model's plan, as bank entries.
+def _interpolate(config, volume, annotated, num_classes):
+  return interpolation.interpolate(volume.label, annotated, num_classes, spacing=volume.spacing[1:],
+                                   align_centroids=config.interpolation.align_centroids)
+
+
+def _quality(truths, filleds, annotated, num_classes):
+  return interpolation.pooled_interpolation_dice(truths, filleds, annotated, num_classes)
+
+
+def slice_data(config, points, plans, pool, shape, num_classes):
+  """2D training data of a group: the slice bank and each model's entries over it.
+
+  Interpolated slices of a model with interpolation on are appended to the bank's labels, and enter its entries with
+  weight `config.interpolation.weight`.
 
   Returns:
-    (entries, labels, quality): entries `(image_row, label_row, weight)` for every interpolated slice, its label
-    rows `[n, H', W']` (to append to the bank's labels at `first_label_row`), and the Dice of the interpolated
-    slices against the true labels (`interpolation.pooled_interpolation_dice`).
+    (bank, entries, quality): bank of `images [N, H, W, C]`, `labels [L, H, W]`, `valid [N, H, W]`; the stacked
+    entries of `sampler.model_entries`; per model index with interpolation, the Dice of its interpolated slices.
   """
-  entries, labels, truths, filleds, annotated = [], [], [], [], []
-  for case in sorted(plan):
-    volume = by_id[case]
-    filled, known = interpolation.interpolate(volume.label, plan[case], num_classes,
-                                              spacing=volume.spacing[1:],
-                                              align_centroids=config.interpolation.align_centroids)
-    between = np.setdiff1d(np.flatnonzero(known), plan[case])
-    if len(between):
-      labels.append(data_lib.fit_to_shape(filled[between], shape)[0])
-      entries += [(offsets[case] + d, first_label_row + len(entries) + i, config.interpolation.weight)
-                  for i, d in enumerate(between)]
-    truths.append(volume.label)
-    filleds.append(filled)
-    annotated.append(plan[case])
-  quality = interpolation.pooled_interpolation_dice(truths, filleds, annotated, num_classes)
-  labels = np.concatenate(labels) if labels else np.zeros((0,) + tuple(shape), np.int32)
-  return entries, labels, quality
+  bank = sampler.slice_bank(pool, shape)
+  offsets = bank.pop("offsets")
+  by_id = {v.case_id: v for v in pool}
+  extra, label_rows, quality = [], [bank["labels"]], {}
+  next_row = len(bank["labels"])
+  for m, (point, plan) in enumerate(zip(points, plans)):
+    entries = []
+    if point.interpolation:
+      filleds = []
+      for case in sorted(plan):
+        filled, known = _interpolate(config, by_id[case], plan[case], num_classes)
+        between = np.setdiff1d(np.flatnonzero(known), plan[case])
+        label_rows.append(data_lib.fit_to_shape(filled[between], shape)[0])
+        entries += [(offsets[case] + d, next_row + i, config.interpolation.weight) for i, d in enumerate(between)]
+        next_row += len(between)
+        filleds.append(filled)
+      quality[m] = _quality([by_id[c].label for c in sorted(plan)], filleds, [plan[c] for c in sorted(plan)],
+                            num_classes)
+    extra.append(entries)
+  bank["labels"] = np.concatenate(label_rows).astype(np.int32)
+  return bank, sampler.model_entries(plans, offsets, extra), quality
+
+
+def volume_data(config, points, plans, pool, num_classes):
+  """3D training data of a group: the volume bank and each model's plane weights.
+
+  Every pool volume is padded at the end to the largest size in the pool (and at least the patch). A model's
+  `planes [V, Dm]` are 1 on its annotated planes and `config.interpolation.weight` on interpolated ones; a model
+  with interpolation gets its own label volume (true labels on annotated planes, interpolated ones between) appended
+  to the bank's labels, and `label_rows [V]` says which label row each volume uses.
+
+  Returns:
+    (bank, per_model, quality) as in `slice_data`, with per_model = {planes [M, V, Dm], label_rows [M, V]}.
+  """
+  patch = tuple(config.three_d.patch)
+  shape = tuple(int(max([v.label.shape[i] for v in pool] + [patch[i]])) for i in range(3))
+  index = {v.case_id: i for i, v in enumerate(pool)}
+  bank = {"images": np.stack([data_lib.pad_volume(v.image, shape) for v in pool]).astype(np.float32),
+          "valid": np.stack([data_lib.pad_volume(np.ones(v.label.shape, np.float32), shape) for v in pool])}
+  labels = [data_lib.pad_volume(v.label, shape) for v in pool]
+  planes = np.zeros((len(points), len(pool), shape[0]), np.float32)
+  label_rows = np.tile(np.arange(len(pool), dtype=np.int32), (len(points), 1))
+  quality = {}
+  for m, (point, plan) in enumerate(zip(points, plans)):
+    filleds = []
+    for case in sorted(plan):
+      v = index[case]
+      if point.interpolation:
+        filled, known = _interpolate(config, pool[v], plan[case], num_classes)
+        planes[m, v, :len(known)] = known * config.interpolation.weight
+        label_rows[m, v] = len(labels)
+        labels.append(data_lib.pad_volume(filled, shape))
+        filleds.append(filled)
+      planes[m, v, plan[case]] = 1.0
+    if point.interpolation:
+      quality[m] = _quality([pool[index[c]].label for c in sorted(plan)], filleds, [plan[c] for c in sorted(plan)],
+                            num_classes)
+  bank["labels"] = np.stack(labels).astype(np.int32)
+  return bank, {"planes": planes, "label_rows": label_rows}, quality
 
 
 def make_model(config, num_classes: int, dims: int) -> unet.UNet:
+  """The U-Net of `config.model`; 3D models take width, depth, kernels and strides from `config.three_d`."""
   cfg = config.model
   if cfg.name != "unet":
     raise InputError("config.model.name", f"unknown model {cfg.name!r} (available: unet)")
-  return unet.UNet(num_classes=num_classes, dims=dims, features=cfg.features, max_features=cfg.max_features,
-                   num_stages=cfg.num_stages, norm=cfg.norm, upsample=cfg.upsample,
-                   dtype=jnp.dtype(cfg.dtype))
+  if dims not in (2, 3):
+    raise InputError("config.study.dims", f"dims must be 2 or 3, got {dims}")
+  sizes = dict(features=cfg.features, num_stages=cfg.num_stages, kernel_sizes=None, strides=None)
+  if dims == 3:
+    c3 = config.three_d
+    sizes = dict(features=c3.features, num_stages=c3.num_stages, kernel_sizes=tuple(c3.kernel_sizes) or None,
+                 strides=tuple(c3.strides) or None)
+  return unet.UNet(num_classes=num_classes, dims=dims, max_features=cfg.max_features, norm=cfg.norm,
+                   upsample=cfg.upsample, dtype=jnp.dtype(cfg.dtype), **sizes)
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
@@ -129,7 +190,28 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
 # The training step, for one model; `parallel.ModelAxis` maps it over the group.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def make_train_step(model, tx, config):
+def slice_sampler(batch_size: int):
+  """2D: a batch of annotated (or interpolated) slices from the bank; see `sampler.sample`."""
+  return lambda key, bank, entries: sampler.sample(key, bank, entries, batch_size)
+
+
+def patch_sampler(config):
+  """3D: a batch of patches that each hold an annotated plane; see `patches.sample_patches`."""
+  c3 = config.three_d
+  return lambda key, bank, per_model: patches.sample_patches(
+      key, bank, per_model["planes"], tuple(c3.patch), c3.batch_size, foreground_prob=c3.foreground_prob,
+      label_rows=per_model["label_rows"])
+
+
+def make_train_step(model, tx, config, sample_fn):
+  """The training step of one model.
+
+  Args:
+    model: the U-Net.
+    tx: the optimiser.
+    config: the experiment config.
+    sample_fn: `(key, bank, per_model) -> (images, labels, weights)` draws the model's batch.
+  """
   cfg = config.train
 
   def loss_fn(params, images, labels, weights):
@@ -140,7 +222,7 @@ def make_train_step(model, tx, config):
     """One step of one model. state: {params, opt_state, step, rng, diverged, diverged_step}."""
     key = jax.random.fold_in(state["rng"], state["step"])
     k_sample, k_augment = jax.random.split(key)
-    images, labels, weights = sampler.sample(k_sample, bank, entries, cfg.batch_size)
+    images, labels, weights = sample_fn(k_sample, bank, entries)
     images, labels, weights = augment_lib.augment_batch(k_augment, images, labels, weights, cfg.augment)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], images, labels, weights)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -186,42 +268,33 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   group that finds a checkpoint there continues from it.
   """
   pool = splits["train"]
-  depths = {v.case_id: v.depth for v in pool}
-  shape = static_shape(config, pool + splits["test"])
   dims = points[0].dims
-  if dims != 2:
-    raise InputError("config.study.dims", f"dims={dims} is not supported yet (2D only)")
-
-  bank = sampler.slice_bank(pool, shape)
-  by_id = {v.case_id: v for v in pool}
-  extra, label_rows, interp_quality = [], [bank["labels"]], {}
-  for m, (point, plan) in enumerate(zip(points, plans)):
-    entries = []
-    if point.interpolation:
-      first_row = sum(len(rows) for rows in label_rows)
-      entries, rows, interp_quality[m] = interpolated_entries(config, plan, by_id, shape, bank["offsets"], first_row,
-                                                              dataset.num_classes)
-      label_rows.append(rows)
-    extra.append(entries)
-  bank["labels"] = np.concatenate(label_rows).astype(np.int32)
-  entries = sampler.model_entries(plans, bank["offsets"], extra)
-  device_bank = {k: jnp.asarray(bank[k]) for k in ("images", "labels", "valid")}
+  if dims == 2:
+    shape = static_shape(config, pool + splits["test"])
+    bank, per_model, interp_quality = slice_data(config, points, plans, pool, shape, dataset.num_classes)
+    sample_fn, example_shape, batch_size = slice_sampler(config.train.batch_size), shape, config.train.batch_size
+  else:
+    bank, per_model, interp_quality = volume_data(config, points, plans, pool, dataset.num_classes)
+    sample_fn, example_shape = patch_sampler(config), tuple(config.three_d.patch)
+    batch_size = config.three_d.batch_size
+  device_bank = jax.tree.map(jnp.asarray, bank)
 
   # Model, optimiser, state: the latest checkpoint of this group if there is one.
   model = make_model(config, dataset.num_classes, dims)
   tx = make_optimizer(config.train)
-  axis = parallel.ModelAxis(config.model_axis.strategy, len(points))
+  axis = parallel.ModelAxis(config.model_axis.strategy, len(points), chunk=config.model_axis.chunk)
   seeds = [config.seed * 1_000_003 + group_index * 1_009 + m for m in range(len(points))]
-  initial = init_state(model, tx, seeds, shape + (dataset.num_channels,))
+  initial = init_state(model, tx, seeds, example_shape + (dataset.num_channels,))
   checkpoints = checkpoint.GroupCheckpoints(checkpoint_dir)
   restored = checkpoints.restore_latest(initial)
   state = axis.from_stacked(initial if restored is None else restored)
   first_step = 0 if restored is None else int(restored["step"][0])
-  per_model = axis.from_stacked(jax.tree.map(jnp.asarray, entries))
-  step_fn = axis.map(make_train_step(model, tx, config), donate_state=True)
-  logging.info("Group %d: %d models (%s), %s strategy, slices %s, %d steps of batch %d from step %d.", group_index,
-               len(points), ", ".join(p.name for p in points[:4]) + (" ..." if len(points) > 4 else ""),
-               axis.strategy, shape, config.train.steps, config.train.batch_size, first_step)
+  per_model = axis.from_stacked(jax.tree.map(jnp.asarray, per_model))
+  step_fn = axis.map(make_train_step(model, tx, config, sample_fn), donate_state=True)
+  logging.info("Group %d: %d %dD models (%s), %s strategy, inputs %s, %d steps of batch %d from step %d.",
+               group_index, len(points), dims, ", ".join(p.name for p in points[:4]) +
+               (" ..." if len(points) > 4 else ""), axis.strategy, example_shape, config.train.steps, batch_size,
+               first_step)
 
   # Loop.
   steps = config.train.steps
@@ -242,13 +315,20 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
 
   # Evaluation.
   stacked = axis.to_stacked(state)
-  apply = lambda params, images: jnp.argmax(model.apply({"params": params}, images), axis=-1).astype(jnp.uint8)
-  predict = axis.map_apply(apply)
+  params = axis.from_stacked(stacked["params"])
   start = time.perf_counter()
-  scores = evaluate_lib.evaluate(predict, axis.from_stacked(stacked["params"]), splits["test"], shape,
-                                 dataset.num_classes, config.eval.batch_size)
+  if dims == 2:
+    apply = lambda p, images: jnp.argmax(model.apply({"params": p}, images), axis=-1).astype(jnp.uint8)
+    scores = evaluate_lib.evaluate(axis.map_apply(apply), params, splits["test"], shape, dataset.num_classes,
+                                   config.eval.batch_size)
+  else:
+    logits = axis.map_apply(lambda p, windows: model.apply({"params": p}, windows))
+    scores = evaluate_lib.evaluate_volumes(lambda windows: logits(params, windows), splits["test"],
+                                           tuple(config.three_d.patch), dataset.num_classes,
+                                           overlap=config.three_d.overlap, batch_size=config.three_d.eval_batch_size)
   eval_seconds = time.perf_counter() - start
 
+  depths = {v.case_id: v.depth for v in pool}
   rows = []
   diverged = np.asarray(stacked["diverged"])
   diverged_step = np.asarray(stacked["diverged_step"])

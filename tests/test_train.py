@@ -7,6 +7,7 @@ import numpy as np
 from slicejax import data as data_lib
 from slicejax import interpolation
 from slicejax import sampler
+from slicejax import study
 from slicejax import train
 from slicejax.config_lib import base
 
@@ -16,20 +17,47 @@ def _volume(case_id, label):
   return data_lib.Volume(case_id, image, label, (2.0, 1.0, 1.0), np.eye(4), 2)
 
 
-def test_interpolated_entries_fill_between_annotated_slices():
+def _growing_label():
   label = np.zeros((6, 8, 8), np.int32)
   for d in range(6):
     label[d, 2:2 + d // 2 + 2, 2:6] = 1
-  volume = _volume("a", label)
+  return label
+
+
+def test_slice_data_appends_interpolated_slices():
+  label = _growing_label()
+  pool = [_volume("a", np.zeros_like(label)), _volume("b", label)]
   config = base()
   config.interpolation.weight = 0.5
-  plan = {"a": [1, 4]}
-  entries, rows, quality = train.interpolated_entries(config, plan, {"a": volume}, (8, 8), {"a": 10}, 100, 2)
-  # Slices 2 and 3 lie between the annotated 1 and 4; bank rows 12 and 13, new label rows 100 and 101.
-  assert entries == [(12, 100, 0.5), (13, 101, 0.5)]
-  filled, _ = interpolation.interpolate(label, [1, 4], 2, spacing=(1.0, 1.0))
-  np.testing.assert_array_equal(rows, filled[2:4])
-  assert quality["num_slices"] == 2
+  points = [study.Point(2, 2, 1, 2, "fixed", False, 0), study.Point(2, 2, 1, 2, "fixed", True, 0)]
+  plans = [{"b": [1, 4]}, {"b": [1, 4]}]
+  bank, entries, quality = train.slice_data(config, points, plans, pool, (8, 8), 2)
+  # Volume b starts at bank row 6; its slices 2 and 3 lie between the annotated 1 and 4 and get label rows 12, 13.
+  np.testing.assert_array_equal(entries["count"], [2, 4])
+  np.testing.assert_array_equal(entries["image_row"][1], [7, 10, 8, 9])
+  np.testing.assert_array_equal(entries["label_row"][1], [7, 10, 12, 13])
+  np.testing.assert_allclose(entries["weight"][1], [1.0, 1.0, 0.5, 0.5])
+  filled, _ = interpolation.interpolate(label, [1, 4], 2)
+  np.testing.assert_array_equal(bank["labels"][12:14], filled[2:4])
+  assert bank["labels"].shape == (14, 8, 8) and list(quality) == [1] and quality[1]["num_slices"] == 2
+
+
+def test_volume_data_planes_and_interpolated_label_rows():
+  label = _growing_label()
+  pool = [_volume("a", np.zeros((4, 8, 8), np.int32)), _volume("b", label)]
+  config = base()
+  config.three_d.patch = (4, 8, 8)
+  config.interpolation.weight = 0.25
+  points = [study.Point(3, 2, 1, 2, "fixed", False, 0), study.Point(3, 2, 1, 2, "fixed", True, 0)]
+  plans = [{"b": [1, 4]}, {"b": [1, 4]}]
+  bank, per_model, _ = train.volume_data(config, points, plans, pool, 2)
+  assert bank["images"].shape == (2, 6, 8, 8, 1) and bank["labels"].shape == (3, 6, 8, 8)
+  np.testing.assert_array_equal(bank["valid"][0, 4:], 0.0)
+  np.testing.assert_allclose(per_model["planes"][0], [[0] * 6, [0, 1, 0, 0, 1, 0]])
+  np.testing.assert_allclose(per_model["planes"][1], [[0] * 6, [0, 1, 0.25, 0.25, 1, 0]])
+  np.testing.assert_array_equal(per_model["label_rows"], [[0, 1], [0, 2]])
+  filled, _ = interpolation.interpolate(label, [1, 4], 2)
+  np.testing.assert_array_equal(bank["labels"][2], filled)
 
 
 def test_static_shape_rounds_up_to_the_downsampling():
@@ -53,7 +81,7 @@ def test_diverged_model_is_frozen_and_others_unaffected():
   entries = jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"a": 0}))
   model = train.make_model(config, 3, 2)
   tx = train.make_optimizer(config.train)
-  step = jax.jit(jax.vmap(train.make_train_step(model, tx, config), in_axes=(0, None, 0)))
+  step = jax.jit(jax.vmap(train.make_train_step(model, tx, config, train.slice_sampler(2)), in_axes=(0, None, 0)))
 
   def run(bank_images):
     bank = {"images": jnp.asarray(bank_images), "labels": jnp.asarray(rng.integers(0, 3, (6, 8, 8)), jnp.int32),
