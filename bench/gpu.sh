@@ -37,7 +37,8 @@ DEADLINE=$((START + BUDGET_S))
 : > "$JSONL"
 : > "$LOG"
 
-# step NAME LIMIT_S COMMAND...: runs COMMAND under timeout, appending its stdout to the JSON lines.
+# step NAME LIMIT_S COMMAND...: runs COMMAND under timeout, appending its stdout to the JSON lines (to the log for
+# the setup step).
 step() {
   local name=$1 limit=$(($2 * SCALE))
   shift 2
@@ -53,7 +54,9 @@ step() {
   echo "=== $name: $*" >> "$LOG"
   local begin rc
   begin=$(date +%s)
-  timeout -k 5 "$limit" "$@" >> "$JSONL" 2>> "$LOG"
+  local sink=$JSONL
+  [[ "$name" == setup ]] && sink=$LOG
+  timeout -k 5 "$limit" "$@" >> "$sink" 2>> "$LOG"
   rc=$?
   printf '{"benchmark": "gpu_sh_step", "step": "%s", "rc": %d, "seconds": %d, "limit_s": %d}\n' "$name" "$rc" \
     "$(($(date +%s) - begin))" "$limit" >> "$JSONL"
@@ -96,7 +99,7 @@ else
   COMPILE=(--models=1,8 --repeats=3)
   STUDY=()
 fi
-step mfu 80 "$PY" bench/mfu.py --json $QUICK
+step mfu 80 "$PY" bench/mfu.py --json --dims=3,2 --dtypes=bfloat16,float32 $QUICK
 step vs_torch 70 "$PY" bench/vs_torch.py --json $QUICK
 step model_axis_2d 110 "$PY" bench/model_axis.py --json "${AXIS_2D[@]}"
 step model_axis_3d 50 "$PY" bench/model_axis.py --json "${AXIS_3D[@]}"

@@ -66,6 +66,9 @@ def base() -> ml_collections.ConfigDict:
       reference=True,           # also train the fully annotated reference
       reference_seeds=(0,),
       roi=(),                   # () = every slice is a candidate; (lo, hi) fractions of the depth narrow it
+      # The 3D points' grid, where it differs: an empty entry takes the value above.
+      three_d=dict(budgets=(), slices_per_volume=(), selections=(), interpolation=(), seeds=(), reference=(),
+                   reference_seeds=()),
   ))
 
   # Mask interpolation between annotated slices, for points with `interpolation: True`.

@@ -52,7 +52,7 @@ def expand(study, depths: Mapping[str, int]) -> list:
 
   Args:
     study: the config's `study` ConfigDict (dims, budgets, slices_per_volume, selections, interpolation, seeds,
-      reference, reference_seeds).
+      reference, reference_seeds; `three_d` overrides any of them for 3D points).
     depths: case id -> number of candidate slices, for every volume of the training pool.
 
   Returns:
@@ -63,11 +63,12 @@ def expand(study, depths: Mapping[str, int]) -> list:
   total = sum(depths.values())
   points = []
   for dims in study.dims:
-    for budget in study.budgets:
+    grid = _grid(study, dims)
+    for budget in grid["budgets"]:
       if budget > total:
         raise InputError("study.budgets", f"budget {budget} exceeds the {total} slices of the {pool}-volume pool")
       fitting = []
-      for rho in study.slices_per_volume:
+      for rho in grid["slices_per_volume"]:
         if budget % rho or budget // rho > pool:
           logging.info("Budget %d with %d slices per volume needs %s volumes; the pool has %d: left out.",
                        budget, rho, budget / rho, pool)
@@ -75,15 +76,30 @@ def expand(study, depths: Mapping[str, int]) -> list:
         fitting.append(rho)
       if not fitting:
         raise InputError("study.budgets", f"budget {budget} splits into no allocation with s <= {pool} volumes and "
-                         f"rho in {tuple(study.slices_per_volume)}")
-      for rho, sel, interp, seed in itertools.product(fitting, study.selections, study.interpolation, study.seeds):
+                         f"rho in {tuple(grid['slices_per_volume'])}")
+      for rho, sel, interp, seed in itertools.product(fitting, grid["selections"], grid["interpolation"],
+                                                      grid["seeds"]):
         selection_lib.get(sel)
         points.append(Point(dims, budget, budget // rho, rho, sel, bool(interp), seed))
-    if study.reference:
-      points += [Point(dims, total, pool, None, "all", False, seed, reference=True) for seed in study.reference_seeds]
+    if grid["reference"]:
+      points += [Point(dims, total, pool, None, "all", False, seed, reference=True) for seed in grid["reference_seeds"]]
   if not points:
     raise InputError("study", "the grid is empty")
   return points
+
+
+_GRID_KEYS = ("budgets", "slices_per_volume", "selections", "interpolation", "seeds", "reference", "reference_seeds")
+
+
+def _grid(study, dims: int) -> dict:
+  """The grid of one dims: `study`'s values, with `study.three_d`'s non-empty entries for 3D."""
+  grid = {key: study[key] for key in _GRID_KEYS}
+  if dims == 3:
+    for key in _GRID_KEYS:
+      value = study.three_d[key]
+      if value != ():
+        grid[key] = value[0] if key == "reference" else value
+  return grid
 
 
 def group(points: Sequence[Point], max_models: int) -> list:

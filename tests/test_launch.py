@@ -128,3 +128,22 @@ def test_ual_and_interpolation_points(tmp_path):
   assert by_name["2d_b8_s8_rho1_fixed_interp_seed0"]["interp_dice"] is None
   assert by_name["2d_b8_s4_rho2_fixed_interp_seed0"]["interp_slices"] > 0
   assert 0.0 <= by_name["2d_b8_s4_rho2_fixed_interp_seed0"]["interp_dice"] <= 1.0
+
+
+def test_3d_points_train_and_evaluate(tmp_path):
+  config = load_config("configs/demo.py:tiny")
+  with config.unlocked():
+    config.study.update(dims=(2, 3), reference=False, selections=("fixed",))
+    config.study.three_d.update(slices_per_volume=(2,), interpolation=(False, True))
+  rows = train.train_and_evaluate(config, tmp_path)
+  assert [(r["dims"], r["name"]) for r in rows] == [
+      (2, "2d_b8_s8_rho1_fixed_seed0"), (2, "2d_b8_s4_rho2_fixed_seed0"),
+      (3, "3d_b8_s4_rho2_fixed_seed0"), (3, "3d_b8_s4_rho2_fixed_interp_seed0")]
+  assert [r["group"] for r in rows] == [0, 0, 1, 1]
+  for row in rows[2:]:
+    assert 0.0 <= row["dice_mean"] <= 1.0 and row["steps"] == 6
+  assert rows[3]["interp_slices"] > 0
+  # 3D and 2D points of one seed and allocation share the plan.
+  plans = tmp_path / "plans"
+  assert (json.loads((plans / "2d_b8_s4_rho2_fixed_seed0.json").read_text()) ==
+          json.loads((plans / "3d_b8_s4_rho2_fixed_seed0.json").read_text()))
