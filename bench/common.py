@@ -77,6 +77,24 @@ def emit(record: dict, as_json: bool) -> None:
     print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
 
 
+def synthetic_volume_bank(shape, num_volumes: int = 8, num_classes: int = 3, seed: int = 0):
+  """A 3D bank `[V, D, H, W, ...]` of noise volumes with random labels."""
+  rng = np.random.default_rng(seed)
+  return {"images": jnp.asarray(rng.normal(size=(num_volumes,) + tuple(shape) + (1,)), jnp.float32),
+          "labels": jnp.asarray(rng.integers(0, num_classes, size=(num_volumes,) + tuple(shape)), jnp.int32),
+          "valid": jnp.ones((num_volumes,) + tuple(shape), jnp.float32)}
+
+
+def volume_planes(num_models: int, shape, num_volumes: int = 8):
+  """Each model annotates 4 random planes of each volume; `planes [M, V, D]`, `label_rows [M, V]`."""
+  planes = np.zeros((num_models, num_volumes, shape[0]), np.float32)
+  for m in range(num_models):
+    for v in range(num_volumes):
+      planes[m, v, np.random.default_rng([m, v]).choice(shape[0], 4, replace=False)] = 1.0
+  rows = np.tile(np.arange(num_volumes, dtype=np.int32), (num_models, 1))
+  return {"planes": jnp.asarray(planes), "label_rows": jnp.asarray(rows)}
+
+
 def init_models(config, num_models: int, shape, num_classes: int = 3):
   model = train.make_model(config, num_classes, len(shape))
   tx = train.make_optimizer(config.train)

@@ -4,13 +4,16 @@
     python bench/compile.py --json --dims 3 --models 1,8 --strategies vmap
     python bench/compile.py --json --quick
 
-Workload: the real slicejax training step as in bench/model_axis.py (2D: batch 8 of 128 x 128; 3D: batch 2 of
-32 x 64 x 64; base-16, 4-stage U-Net). For `vmap` and `loop` the timed work is
-`ModelAxis.map(step).lower(state, bank, entries).compile()` on the M-model state; `sequential` compiles the
-single-model step once whatever M is, so it is measured once and reported for every M. `lower_s` is tracing and
-lowering to StableHLO, `compile_s` the XLA compilation, `total_s` their sum (medians over repetitions). JAX's
+Workload: the real slicejax training step as in bench/model_axis.py (2D: batch 8 of 128 x 128 slices; 3D: batch 2
+of 32 x 64 x 64 patches; base-16, 4-stage U-Net), mapped over M models by `parallel.ModelAxis`. What a strategy
+compiles is what its first step compiles: `vmap` one M-model program, `loop` one program per chunk size
+(`ModelAxis.chunk` models each), `sequential` one single-model program whatever M is. The durations are the ones
+JAX reports through `jax.monitoring` for every program compiled during that first step (the same work as
+`jax.jit(...).lower(...).compile()`): `trace_s` (tracing to a jaxpr), `lower_s` (lowering to StableHLO),
+`compile_s` (XLA compilation), `total_s` (their sum); `programs` counts the compiled programs (small eager
+operations between chunks included) and `first_step_s` is the first step's wall time, execution included. JAX's
 in-memory caches are cleared before every repetition and the persistent compilation cache is not used, so every
-repetition compiles from scratch; one untimed compilation first absorbs one-time start-up costs.
+repetition compiles from scratch; one untimed first step comes first and absorbs one-time start-up costs.
 """
 
 import argparse
@@ -25,25 +28,50 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from model_axis import WORKLOADS  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 QUICK_WORKLOADS = {2: dict(shape=(16, 16), batch_size=2), 3: dict(shape=(8, 8, 8), batch_size=1)}
+# jax.monitoring events of one compilation, by the field they are summed into.
+EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+          "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+          "/jax/core/compile/backend_compile_duration": "compile_s"}
 
 
-def compile_times(lower, repeats: int) -> dict:
-  """Median `lower()` and `.compile()` seconds over `repeats` cold compilations after one untimed one."""
-  import jax  # pylint: disable=g-import-not-at-top
-  lowers, compiles = [], []
-  for i in range(repeats + 1):
+class CompileEvents:
+  """Sums the compilation durations that JAX reports while `recording` is set."""
+
+  def __init__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.recording = False
+    self.totals = {}
+    jax.monitoring.register_event_duration_secs_listener(self._record)
+
+  def _record(self, event: str, duration: float, **unused_metadata):
+    if self.recording and event in EVENTS:
+      self.totals[EVENTS[event]] = self.totals.get(EVENTS[event], 0.0) + duration
+      if EVENTS[event] == "compile_s":
+        self.totals["programs"] = self.totals.get("programs", 0) + 1
+
+  def first_step(self, run) -> dict:
+    """Clears JAX's caches, runs `run()` (which must block) and returns the durations it caused."""
+    import jax  # pylint: disable=g-import-not-at-top
     jax.clear_caches()
+    self.totals, self.recording = {}, True
     start = time.perf_counter()
-    lowered = lower()
-    lowered_at = time.perf_counter()
-    lowered.compile()
-    if i:
-      lowers.append(lowered_at - start)
-      compiles.append(time.perf_counter() - lowered_at)
-  totals = [a + b for a, b in zip(lowers, compiles)]
-  return {"lower_s": statistics.median(lowers), "compile_s": statistics.median(compiles),
-          "total_s": statistics.median(totals), "min_total_s": min(totals), "max_total_s": max(totals),
-          "repeats": repeats}
+    run()
+    wall = time.perf_counter() - start
+    self.recording = False
+    return {**{name: 0.0 for name in EVENTS.values()}, "programs": 0, **self.totals, "first_step_s": wall}
+
+
+def measure(events: CompileEvents, make_run, repeats: int) -> dict:
+  """Medians of the compile durations of `make_run()()` over `repeats` cold first steps after one untimed one."""
+  events.first_step(make_run())
+  samples = [events.first_step(make_run()) for _ in range(repeats)]
+  for sample in samples:
+    sample["total_s"] = sample["trace_s"] + sample["lower_s"] + sample["compile_s"]
+  out = {key: statistics.median(s[key] for s in samples)
+         for key in ("trace_s", "lower_s", "compile_s", "total_s", "first_step_s")}
+  totals = [s["total_s"] for s in samples]
+  return dict(out, min_total_s=min(totals), max_total_s=max(totals), programs=samples[-1]["programs"],
+              repeats=repeats)
 
 
 def main():
@@ -61,34 +89,30 @@ def main():
   work = (QUICK_WORKLOADS if args.quick else WORKLOADS)[args.dims]
 
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import parallel, train  # pylint: disable=g-import-not-at-top
+  import mfu  # pylint: disable=g-import-not-at-top
+  from slicejax import parallel  # pylint: disable=g-import-not-at-top
 
   default = parallel.default_strategy()
   strategies = {"all": list(parallel.STRATEGIES), "default": [default]}.get(args.strategies,
                                                                           args.strategies.split(","))
-  config = common.step_config(args.dims, batch_size=work["batch_size"], **network)
-  bank = common.synthetic_bank(work["shape"])
-  single_model = None
+  events = CompileEvents()
   for num_models in [int(m) for m in args.models.split(",")]:
-    entries = common.model_entries(num_models)
-    model, tx, state = common.init_models(config, num_models, work["shape"])
-    step = train.make_train_step(model, tx, config, train.slice_sampler(config.train.batch_size))
+    _, _, state, step, bank, entries = mfu.training_workload(args.dims, num_models, work, network)
     for strategy in strategies:
-      if strategy == "sequential":
-        if single_model is None:
-          one = jax.tree.map(lambda a: a[0], (state, entries))
-          single_model = compile_times(
-              lambda: jax.jit(step, donate_argnums=0).lower(one[0], bank, one[1]), args.repeats)
-        timing = single_model
-      else:
-        axis = parallel.ModelAxis(strategy, num_models)
-        timing = compile_times(lambda: axis.map(step, donate_state=True).lower(state, bank, entries),
-                               args.repeats)
+      axis = parallel.ModelAxis(strategy, num_models)
+
+      def make_run(axis=axis):
+        # A new jitted function on a fresh copy of the state, which the step donates.
+        mapped = axis.map(step, donate_state=True)
+        axis_state, axis_entries = axis.from_stacked(jax.tree.map(jnp.copy, state)), axis.from_stacked(entries)
+        return lambda: jax.block_until_ready(mapped(axis_state, bank, axis_entries))
+
       common.emit({"benchmark": "compile", "dims": args.dims, "strategy": strategy, "models": num_models,
-                   "default": strategy == default, "single_model_compile": strategy == "sequential",
-                   "batch_size": work["batch_size"], "shape": list(work["shape"]), **network, "quick": args.quick,
-                   **timing, **common.machine()}, args.json)
+                   "chunk": axis.chunk, "default": strategy == default, "batch_size": work["batch_size"],
+                   "shape": list(work["shape"]), **network, "quick": args.quick,
+                   **measure(events, make_run, args.repeats), **common.machine()}, args.json)
 
 
 if __name__ == "__main__":

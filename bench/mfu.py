@@ -6,7 +6,8 @@
 
 Workload: the real slicejax training step (on-device sampling, augmentation, U-Net, masked loss, optimiser) of M
 models on the model axis with the backend's default strategy, sized as bench/model_axis.py (2D: batch 8 of
-128 x 128; 3D: batch 2 of 32 x 64 x 64; base-16, 4-stage U-Net), with `config.model.dtype` set to each dtype.
+128 x 128 slices; 3D: batch 2 of 32 x 64 x 64 patches; base-16, 4-stage U-Net), with `config.model.dtype` set to
+each dtype.
 
 Model FLOPs per step are analytic: the multiply-adds of every convolution of one forward pass, times 2 FLOPs each,
 times 3 for training (forward, gradient of the inputs, gradient of the weights), times the batch and M. Norms,
@@ -14,8 +15,8 @@ activations, the loss, augmentation and the optimiser are not model FLOPs. MFU =
 / the accelerator's peak, where the peak is the dense bfloat16 tensor-core peak for both dtypes (H100 SXM and H200:
 989 TFLOP/s), read from the GPU name (`nvidia-smi`, else the JAX device kind); `--peak-tflops` sets it for other
 devices. Cross-checks from XLA's cost analysis of the compiled programs: `xla_forward_flops` (one model's forward
-on one batch, to compare with `analytic_forward_flops`) and `xla_step_flops` (the whole compiled step of M
-models, which also counts the work that is not model FLOPs), with `mfu_xla` = xla_step_flops / step time / peak.
+on one batch, to compare with `analytic_forward_flops`) and `xla_step_flops` (M times the compiled single-model
+step, which also counts the work that is not model FLOPs), with `mfu_xla` = xla_step_flops / step time / peak.
 On a CPU without `--peak-tflops` the MFU fields are null and `achieved_tflops` is the figure.
 """
 
@@ -100,46 +101,59 @@ def xla_flops(compiled) -> float:
   return float(analysis["flops"])
 
 
+def training_workload(dims: int, num_models: int, work: dict, network: dict, dtype: str = "float32"):
+  """The real training step of M models, as bench/model_axis.py builds it.
+
+  2D draws batches of slices from a synthetic bank of slices; 3D draws patches of `work["shape"]` from a synthetic
+  bank of volumes twice the patch depth, each model annotating 4 planes per volume.
+
+  Returns:
+    (model, tx, state, step, bank, entries): `state` and `entries` stacked `[M, ...]`, `step` the single-model step.
+  """
+  import common  # pylint: disable=g-import-not-at-top
+  from slicejax import train  # pylint: disable=g-import-not-at-top
+
+  shape, batch_size = tuple(work["shape"]), work["batch_size"]
+  config = common.step_config(dims, batch_size=batch_size, **network)
+  config.model.dtype = dtype
+  if dims == 2:
+    bank, entries = common.synthetic_bank(shape), common.model_entries(num_models)
+    sample_fn = train.slice_sampler(batch_size)
+  else:
+    config.three_d.update(features=network["features"], num_stages=network["stages"], patch=shape,
+                          batch_size=batch_size)
+    volume = (2 * shape[0],) + shape[1:]
+    bank, entries = common.synthetic_volume_bank(volume), common.volume_planes(num_models, volume)
+    sample_fn = train.patch_sampler(config)
+  model, tx, state = common.init_models(config, num_models, shape)
+  return model, tx, state, train.make_train_step(model, tx, config, sample_fn), bank, entries
+
+
 def measure(dims: int, dtype: str, num_models: int, strategy: str, work: dict, network: dict, steps: int,
             repeats: int, peak) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import parallel, train  # pylint: disable=g-import-not-at-top
+  from slicejax import parallel  # pylint: disable=g-import-not-at-top
 
   shape = tuple(work["shape"])
-  config = common.step_config(dims, batch_size=work["batch_size"], **network)
-  config.model.dtype = dtype
-  bank = common.synthetic_bank(shape)
-  entries = common.model_entries(num_models)
-  model, tx, state = common.init_models(config, num_models, shape)
-  step = train.make_train_step(model, tx, config, train.slice_sampler(config.train.batch_size))
+  model, _, state, step, bank, entries = training_workload(dims, num_models, work, network, dtype)
   axis = parallel.ModelAxis(strategy, num_models)
 
   input_shape = (work["batch_size"],) + shape + (1,)
+  one = jax.tree.map(lambda a: a[0], (state, entries))
   forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
-  single_params = jax.tree.map(lambda a: a[0], state["params"])
-  xla_forward = xla_flops(forward.lower(single_params, jnp.zeros(input_shape)).compile())
+  xla_forward = xla_flops(forward.lower(one[0]["params"], jnp.zeros(input_shape)).compile())
+  # Whatever the strategy, the M-model step does the work of M single-model steps.
+  xla_step = num_models * xla_flops(jax.jit(step).lower(one[0], bank, one[1]).compile())
 
-  if axis.strategy == "sequential":
-    single = jax.jit(step, donate_argnums=0).lower(*jax.tree.map(lambda a: a[0], (state, bank, entries))).compile()
-    xla_step = num_models * xla_flops(single)
-    states, per_model = parallel.unstack_tree(state, num_models), parallel.unstack_tree(entries, num_models)
+  mapped = axis.map(step, donate_state=True)
+  holder = [axis.from_stacked(state), axis.from_stacked(entries)]
 
-    def run():
-      for m in range(num_models):
-        for _ in range(steps):
-          states[m], _ = single(states[m], bank, per_model[m])
-      jax.block_until_ready(states)
-  else:
-    compiled = axis.map(step, donate_state=True).lower(state, bank, entries).compile()
-    xla_step = xla_flops(compiled)
-    holder = [state]
-
-    def run():
-      for _ in range(steps):
-        holder[0], _ = compiled(holder[0], bank, entries)
-      jax.block_until_ready(holder[0])
+  def run():
+    for _ in range(steps):
+      holder[0], _ = mapped(holder[0], bank, holder[1])
+    jax.block_until_ready(holder[0])
 
   timing = common.time_calls(run, repeats=repeats)
   step_s = timing["median_s"] / steps

@@ -30,10 +30,18 @@ def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int)
 
   work = WORKLOADS[dims]
   config = common.step_config(dims, batch_size=work["batch_size"])
-  bank = common.synthetic_bank(work["shape"])
-  entries = common.model_entries(num_models)
+  if dims == 2:
+    bank = common.synthetic_bank(work["shape"])
+    entries = common.model_entries(num_models)
+    sample_fn = train.slice_sampler(config.train.batch_size)
+  else:
+    config.three_d.update(features=16, num_stages=4, patch=work["shape"], batch_size=work["batch_size"])
+    volume = (work["shape"][0] * 2,) + tuple(work["shape"][1:])
+    bank = common.synthetic_volume_bank(volume)
+    entries = common.volume_planes(num_models, volume)
+    sample_fn = train.patch_sampler(config)
   model, tx, state = common.init_models(config, num_models, work["shape"])
-  step = train.make_train_step(model, tx, config, train.slice_sampler(config.train.batch_size))
+  step = train.make_train_step(model, tx, config, sample_fn)
 
   if strategy == "baseline":
     single = jax.jit(step, donate_argnums=0)

@@ -10,7 +10,9 @@ masked cross-entropy plus soft Dice on an all-ones mask, backward, global-norm c
 warmup-cosine schedule, on one fixed random batch (no sampling or augmentation, so both sides do the same work).
 The JAX step is one jitted function built from `slicejax.train.make_model`, `slicejax.losses` and
 `slicejax.train.make_optimizer`, donating its state; the PyTorch step is eager `bench/torch_unet.py` with
-`torch.set_num_threads(os.cpu_count())` on the CPU, cuDNN autotuning on a GPU. Each framework runs in a fresh process.
+`torch.set_num_threads(os.cpu_count())` on the CPU (`--torch-threads`), cuDNN autotuning on a GPU. Each framework
+runs in a fresh process. PyTorch's CPU thread pool spins while it waits, so it slows down by orders of magnitude
+when other processes share its cores: time it on an otherwise idle machine.
 
 Per dims, one record: `jax_step_s` and `torch_step_s` (median over repetitions of `--steps` steps, per step) and
 `jax_over_torch` (their ratio; below 1 means JAX is faster). `--check` also copies the flax initial parameters
@@ -79,7 +81,7 @@ def make_jax_step(model, tx, train_cfg):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def jax_setup(dims: int, work: dict, dtype: str = "float32"):
+def jax_setup(dims: int, work: dict):
   """The slicejax model, optimiser, config and initial parameters for a workload."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -88,7 +90,8 @@ def jax_setup(dims: int, work: dict, dtype: str = "float32"):
 
   config = common.step_config(dims, features=work["features"], batch_size=work["batch_size"],
                               stages=work["stages"])
-  config.model.dtype = dtype
+  # 3D models take their size from `config.three_d`.
+  config.three_d.update(features=work["features"], num_stages=work["stages"])
   model = train.make_model(config, NUM_CLASSES, dims)
   tx = train.make_optimizer(config.train)
   params = model.init(jax.random.key(0), jnp.zeros((1,) + tuple(work["shape"]) + (1,)))["params"]
@@ -96,6 +99,7 @@ def jax_setup(dims: int, work: dict, dtype: str = "float32"):
 
 
 def measure_jax(dims: int, work: dict, steps: int, repeats: int) -> dict:
+  """Seconds per JAX step on the default backend."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
@@ -140,11 +144,12 @@ def torch_device():
   return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def measure_torch(dims: int, work: dict, steps: int, repeats: int) -> dict:
+def measure_torch(dims: int, work: dict, steps: int, repeats: int, threads: int) -> dict:
+  """Seconds per PyTorch step on the GPU if there is one, else on the CPU with `threads` threads."""
   import torch  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(threads)
   device = torch_device()
   if device.type == "cuda":
     torch.backends.cudnn.benchmark = True
@@ -201,6 +206,8 @@ def main():
   parser.add_argument("--dims", default="2,3", help="comma-separated: 2, 3 or 2,3")
   parser.add_argument("--steps", type=int, default=3, help="steps per timed repetition")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                      help="PyTorch CPU threads (default: every core)")
   parser.add_argument("--check", action="store_true", help="also compare outputs from the same parameters")
   parser.add_argument("--check-steps", type=int, default=3, help="optimiser steps compared by --check")
   parser.add_argument("--tolerance", type=float, default=1e-3,
@@ -217,7 +224,7 @@ def main():
     if what == "jax":
       result = measure_jax(int(dims), work, args.steps, args.repeats)
     elif what == "torch":
-      result = measure_torch(int(dims), work, args.steps, args.repeats)
+      result = measure_torch(int(dims), work, args.steps, args.repeats, args.torch_threads)
     else:
       result = check(int(dims), work, args.check_steps)
     print(json.dumps(result))
@@ -229,10 +236,12 @@ def main():
 
   def run_one(what, dims):
     command = [sys.executable, __file__, f"--one={what}:{dims}", f"--steps={args.steps}",
-               f"--repeats={args.repeats}", f"--check-steps={args.check_steps}"] + (["--quick"] if args.quick else [])
+               f"--repeats={args.repeats}", f"--check-steps={args.check_steps}",
+               f"--torch-threads={args.torch_threads}"] + (["--quick"] if args.quick else [])
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     if out.returncode:
-      sys.exit(f"vs_torch {what} dims={dims} failed: {out.stderr.strip().splitlines()[-1:]}")
+      last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+      sys.exit(f"vs_torch {what} dims={dims} failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
   for dims in [int(d) for d in args.dims.split(",")]:

@@ -4,7 +4,7 @@
 
 Generates 60 synthetic MRI-like volumes (40 x 40 x 20-24 voxels, two structures) into WORKDIR/phantom in the MSD
 layout, reads them back through the same reader as real data, and trains 2 budgets x 3 allocations x
-{random, fixed} x 2 seeds = 24 sparse-slice models (budgets 8 and 32, 1, 2 or 8 slices per volume) plus the fully
+{random, fixed, ual} x 2 seeds = 36 sparse-slice models (budgets 8 and 32, 1, 2 or 8 slices per volume) plus the fully
 annotated reference with a small 2D U-Net, and a 3D group of 4 models (budget 32 at 2 and 8 slices per volume, with
 and without mask interpolation).
 Expected: about 5 minutes on 2 CPU cores; the best sparse cell reaches a mean Dice above 0.8.
@@ -26,21 +26,22 @@ def get_config(arg=""):
   config.model.update(features=8, num_stages=3)
   config.train.update(steps=300, batch_size=16, learning_rate=5e-3, warmup_steps=20, log_every=50)
 
-  config.study.update(budgets=(8, 32), slices_per_volume=(1, 2, 8), selections=("random", "fixed"), seeds=(0, 1),
-                      reference=True, reference_seeds=(0,))
+  config.study.update(budgets=(8, 32), slices_per_volume=(1, 2, 8), selections=("random", "fixed", "ual"),
+                      seeds=(0, 1), reference=True, reference_seeds=(0,))
   # A small 3D group: low and high density at one budget, with and without mask interpolation.
   config.study.dims = (2, 3)
-  config.study.three_d.update(budgets=(32,), slices_per_volume=(2, 8), selections=("fixed",), interpolation=(False, True),
-                              seeds=(0,), reference=(False,))
+  config.study.three_d.update(budgets=(32,), slices_per_volume=(2, 8), selections=("fixed",),
+                              interpolation=(False, True), seeds=(0,), reference=(False,))
   config.three_d.update(features=8, num_stages=3, patch=(16, 32, 32), batch_size=2, eval_batch_size=8)
-  config.model_axis.max_models = 25
+  config.model_axis.max_models = 37
 
   if arg.tiny:
     config.data.phantom.update(num_cases=12, shape=(16, 16, 8))
     config.data.split.update(train=8, val=1, test=3)
     config.model.update(features=4, num_stages=2)
     config.train.update(steps=6, batch_size=4, warmup_steps=2, log_every=3)
-    config.study.update(budgets=(8,), slices_per_volume=(1, 2), seeds=(0,), dims=(2,))
+    config.study.update(budgets=(8,), slices_per_volume=(1, 2), selections=("random", "fixed"), seeds=(0,),
+                        dims=(2,))
     config.study.three_d.update(budgets=(8,), slices_per_volume=(1, 2))
     config.three_d.update(features=4, num_stages=2, patch=(4, 16, 16))
     config.eval.batch_size = 8

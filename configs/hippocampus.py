@@ -6,7 +6,8 @@ hippocampus) with the grid of STUDY.md.
 
 Split by case with seed 0: 180 training pool, 20 validation, 60 test. Slices are taken along NIfTI axis 2 (24-47
 slices per volume) and padded to 48 x 64. Grid: budgets {36, 72, 144, 288} slices x rho in {1, 2, 4, 8, 16} where
-s = B / rho <= 180 x {random, fixed} x seeds {0, 1, 2}, plus the fully annotated reference.
+s = B / rho <= 180 x {random, fixed, ual} x seeds {0, 1, 2}, plus the fully annotated reference.
+Interpolation is off in the default grid; `--config.study.interpolation='(False, True)'` adds it.
 
 Arguments:
   reference: train only the fully annotated 2D reference (about 11 minutes on 2 CPU cores, dice_mean ~0.86).
@@ -31,7 +32,7 @@ def get_config(arg=""):
   config.eval.batch_size = 128
 
   config.study.update(budgets=(36, 72, 144, 288), slices_per_volume=(1, 2, 4, 8, 16),
-                      selections=("random", "fixed"), seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
+                      selections=("random", "fixed", "ual"), seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
   config.model_axis.max_models = 8
 
   # 3D: the whole padded volume (at most 47 x 43 x 59) fits in two overlapping windows along W.

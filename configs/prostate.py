@@ -5,8 +5,8 @@
 
 Slices are the axial planes (NIfTI axis 2, 15-24 per volume), centre-cropped or padded to 256 x 256. Split by case
 with seed 0: 22 training pool, 2 validation, 8 test. Grid: budgets {11, 22, 44, 88} x rho in {1, 2, 4, 8} where
-s <= 22 x {random, fixed} x seeds {0, 1, 2}, plus the reference. Meant for an accelerator: a 256 x 256 base-16 U-Net
-step takes about a second per model on a 2-core CPU.
+s <= 22 x {random, fixed, ual} x seeds {0, 1, 2}, plus the reference. Meant for an accelerator: a 256 x 256 base-16
+U-Net step takes about a second per model on a 2-core CPU.
 
 Arguments:
   tiny: small shapes and steps, for tests on a generated two-channel dataset.
@@ -28,7 +28,7 @@ def get_config(arg=""):
   config.train.update(steps=2000, batch_size=16, learning_rate=2e-3, warmup_steps=100, log_every=100)
   config.eval.batch_size = 32
 
-  config.study.update(budgets=(11, 22, 44, 88), slices_per_volume=(1, 2, 4, 8), selections=("random", "fixed"),
+  config.study.update(budgets=(11, 22, 44, 88), slices_per_volume=(1, 2, 4, 8), selections=("random", "fixed", "ual"),
                       seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
   config.model_axis.max_models = 8
 

@@ -209,7 +209,8 @@ def _decode_nifti(path: pathlib.Path, raw: bytes) -> tuple:
 def _check_label_values(path, values: np.ndarray, num_classes: int) -> None:
   undeclared = [v for v in values.tolist() if not 0 <= v < num_classes]
   if undeclared:
-    raise InputError(path, f"label values {undeclared} are not declared in dataset.json 'labels' (0..{num_classes - 1})")
+    raise InputError(path, f"label values {undeclared} are not declared in dataset.json 'labels' "
+                     f"(0..{num_classes - 1})")
 
 
 def _as_int_label(path, data: np.ndarray) -> np.ndarray:

@@ -206,7 +206,8 @@ def _augment_one(rng, image, aug):
   gamma = jnp.exp(aug.gamma * jax.random.uniform(k_gamma, minval=-1.0, maxval=1.0))
   low, high = image.min(), image.max()
   span = jnp.maximum(high - low, 1e-6)
-  image = ((image - low) / span)**gamma * span + low
+  # Clipped: a fused (image - low) / span can come out a hair below 0, and a negative base to a fractional power is NaN.
+  image = jnp.clip((image - low) / span, 0.0, 1.0)**gamma * span + low
 
   radius = int(np.ceil(3 * aug.blur_sigma_max))
   if radius > 0:

@@ -11,19 +11,56 @@ several strategies:
   XLA:CPU runs the independent subgraphs of a chunk concurrently, which keeps both cores busy where one model's
   small convolutions do not; compile time grows with the chunk, not with M.
 - `sequential`: one single-model program dispatched M times (`loop` with chunks of one model).
+- `mesh`: the models are laid over a device mesh with axes `("model", "data")` (see below), on one host or across
+  the processes of a multi-host run (`slicejax.distributed`).
 
-`default_strategy()` picks the fastest measured strategy for the backend (see BENCHMARKS.md); the config key
-`model_axis.strategy` overrides it. The state lives in an *axis form* that suits the strategy (one stacked pytree
-for vmap, a list of stacked chunks for loop and sequential); `from_stacked` / `to_stacked` convert from and to the
-stacked form (every leaf with a leading `[M]` axis) used for checkpoints and results.
+`default_strategy()` picks the fastest measured strategy for the backend (see BENCHMARKS.md); "auto" takes `mesh`
+when more than one device is visible and `default_strategy()` otherwise; the config key `model_axis.strategy`
+overrides it. The state lives in an *axis form* that suits the strategy (one stacked pytree for vmap and mesh, a list
+of stacked chunks for loop and sequential); `from_stacked` / `to_stacked` convert from and to the stacked form
+(every leaf with a leading `[M]` axis) used for checkpoints and results.
+
+The mesh strategy:
+
+- Layout. The stacked state and the per-model inputs are `jax.Array`s whose leading `[M']` axis is split over the
+  mesh axis `model` (`NamedSharding(mesh, P("model"))`) and replicated over `data`; the shared inputs (the image
+  bank) are replicated on every device. The step is a `shard_map` whose per-device body runs the device's
+  `M' / model` local models with the strategy the backend prefers (`loop` on CPU, `vmap` on GPU and TPU), so each
+  device trains its own models and the step needs no traffic between devices of different models. `shard_map`
+  rather than sharding annotations on a vmapped program: vmapped convolutions lower to grouped convolutions, which
+  XLA's automatic partitioner replicates instead of splitting.
+- Padding. When the model-axis size does not divide M, the model axis is padded to `M'`, the next multiple, with
+  inert copies of the last model (same state, same inputs). They train like their original, cost devices only, and
+  `fetch`, `map_apply` and `to_stacked` drop them; `num_padded` counts them. Choose `model_axis.max_models` as a
+  multiple of the model-axis size to have none.
+- The data axis, for grids with fewer models than devices. Each model's batch is drawn and augmented identically on
+  its `data` devices, each device runs the network on its contiguous share of the batch, the shares' logits are
+  gathered over `data` so that the loss is the whole batch's loss, and the per-share parameter gradients are summed
+  over `data` (`BatchSplit`). So a (model, data) mesh trains the same models as one device does, up to the
+  summation order of floating-point numbers; splitting the loss itself would not, since the soft Dice loss is a
+  statistic of the whole batch. These two collectives (an all-gather of logits, an all-reduce of gradients) run
+  over `data` only, never over `model`.
+- How this is checked. tests/test_mesh.py compiles the mesh step on 8 host devices and reads the optimised HLO
+  (`jax.jit(...).lower(...).compile().as_text()`): with data = 1 it holds no all-gather, all-reduce, reduce-scatter,
+  all-to-all or collective-permute; with data > 1 every collective's replica groups lie inside one model's data
+  devices. The same test trains on (model=8) and (model=4, data=2) meshes and compares with one device.
+- Multi-host. The mesh spans every device of every process (`jax.devices()`); per-model inputs are built with
+  `jax.make_array_from_callback`, so each process copies only the shards of its own devices, and `fetch` gathers
+  outputs to every host. Every process must make the same calls in the same order.
 """
 
+import math
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-STRATEGIES = ("vmap", "loop", "sequential")
+from slicejax.errors import InputError
+
+STRATEGIES = ("vmap", "loop", "sequential", "mesh")
+MODEL, DATA = "model", "data"
 
 # Fastest strategy per backend, as measured by bench/model_axis.py (BENCHMARKS.md).
 _DEFAULTS = {"cpu": "loop", "gpu": "vmap", "tpu": "vmap"}
@@ -31,7 +68,7 @@ DEFAULT_CHUNK = 4
 
 
 def default_strategy(backend: str | None = None) -> str:
-  """The strategy to use when the config says "auto"."""
+  """The fastest single-device strategy for the backend; also how a mesh device runs its local models."""
   return _DEFAULTS.get(backend or jax.default_backend(), "vmap")
 
 
@@ -45,37 +82,196 @@ def unstack_tree(tree, num_models: int) -> list:
   return [jax.tree.map(lambda leaf, m=m: leaf[m], tree) for m in range(num_models)]
 
 
+def mesh_shape(num_models: int, num_devices: int, batch_size: int | None = None) -> tuple[int, int]:
+  """The default `(model, data)` sizes of the mesh.
+
+  All devices go to `model` when there are at least as many models as devices. With fewer models, `model` is the
+  smallest divisor of the device count that holds every model on its own device group, and the rest of the devices
+  split each model's batch (`data`), provided the data size divides `batch_size`; otherwise all devices stay on
+  `model` (some hold inert copies).
+
+  Args:
+    num_models: M, the models of the group.
+    num_devices: devices in the mesh.
+    batch_size: examples per model and step; None allows no data axis.
+
+  Returns:
+    `(model, data)` with `model * data == num_devices`.
+  """
+  if num_models < num_devices and batch_size:
+    for model in range(num_models, num_devices + 1):
+      data = num_devices // model
+      if num_devices % model == 0 and batch_size % data == 0:
+        return model, data
+  return num_devices, 1
+
+
+class BatchSplit:
+  """Computes one model's loss and gradients, with its batch split over the mesh axis `data` when it has one.
+
+  Used inside the per-model training step: `value_and_grad(apply_fn, loss_fn, params, images, labels, weights)`
+  returns what `jax.value_and_grad(lambda p: loss_fn(apply_fn(p, images), labels, weights), has_aux=True)(params)`
+  returns. With a data axis of size D (inside the mesh strategy's `shard_map`), device d runs `apply_fn` on examples
+  `[d B / D, (d + 1) B / D)` only; the logits of the D shares are gathered so that every device evaluates the loss of
+  the whole batch, and each device's parameter gradient (its share's logits pulled back) is summed over `data`. The
+  result equals the unsplit one up to the order of floating-point sums.
+  """
+
+  def __init__(self, axis_name: str | None = None, size: int = 1):
+    self.axis_name = axis_name
+    self.size = size
+
+  def value_and_grad(self, apply_fn: Callable, loss_fn: Callable, params, images, labels, weights):
+    """`((loss, aux), grads)` of `loss_fn(apply_fn(params, images [B, ...]), labels [B, ...], weights [B, ...])`."""
+    if self.size == 1:
+      return jax.value_and_grad(lambda p: loss_fn(apply_fn(p, images), labels, weights), has_aux=True)(params)
+    batch = images.shape[0]
+    if batch % self.size:
+      raise InputError("config.model_axis.mesh", f"the data axis ({self.size} devices) must divide the batch of "
+                       f"each model ({batch})")
+    share = batch // self.size
+    start = jax.lax.axis_index(self.axis_name) * share
+    logits, pullback = jax.vjp(lambda p: apply_fn(p, jax.lax.dynamic_slice_in_dim(images, start, share)), params)
+    everything = jax.lax.all_gather(logits, self.axis_name, axis=0, tiled=True)
+    (loss, aux), dlogits = jax.value_and_grad(loss_fn, has_aux=True)(everything, labels, weights)
+    grads, = pullback(jax.lax.dynamic_slice_in_dim(dlogits, start, share))
+    return (loss, aux), jax.lax.psum(grads, self.axis_name)
+
+
 class ModelAxis:
   """Executes per-model functions over M models with one strategy.
 
   A per-model function takes `(model_state, shared, per_model)`: `model_state` is one model's pytree, `shared` is
   the same for every model (e.g. the image bank), `per_model` is one model's inputs that differ per model (e.g. its
   annotated slice list). The mapped function takes the state and the per-model inputs in axis form (`from_stacked`
-  of a pytree with a leading `[M]` axis) and `shared`, and returns the new state in axis form and the per-model
-  outputs stacked `[M, ...]`.
+  of a pytree with a leading `[M]` axis) and `shared` (`put_shared`), and returns the new state in axis form and the
+  per-model outputs stacked `[M, ...]` (`[M', ...]` with the mesh strategy's inert copies; `fetch` drops them).
+  A per-model training step computes its gradients with `batch_split.value_and_grad`, which splits the batch over
+  the mesh's data axis when there is one.
   """
 
-  def __init__(self, strategy: str, num_models: int, chunk: int = DEFAULT_CHUNK):
+  def __init__(self, strategy: str, num_models: int, chunk: int = DEFAULT_CHUNK, *, mesh: Sequence[int] = (),
+               batch_size: int | None = None, local_strategy: str | None = None):
+    """Chooses the strategy and, for `mesh`, lays out the device mesh.
+
+    Args:
+      strategy: one of `STRATEGIES` or "auto".
+      num_models: M.
+      chunk: models per compiled program of the loop strategy.
+      mesh: mesh strategy: `(model, data)` sizes, or `(model,)` for data 1; their product must be the number of
+        devices. Empty: `mesh_shape(M, devices, batch_size)`.
+      batch_size: examples per model and step, to check that the data axis divides it.
+      local_strategy: mesh strategy: how a device runs its local models, "loop" or "vmap"; None: the backend's
+        `default_strategy()` ("sequential" counts as "loop").
+    """
     if strategy == "auto":
-      strategy = default_strategy()
+      strategy = "mesh" if jax.device_count() > 1 else default_strategy()
     if strategy not in STRATEGIES:
       raise ValueError(f"model_axis.strategy must be one of {STRATEGIES} or 'auto', got {strategy!r}")
     self.strategy = strategy
     self.num_models = num_models
+    self.num_padded = 0
+    self.batch_split = BatchSplit()
+    if strategy == "mesh":
+      self._init_mesh(tuple(mesh), batch_size, local_strategy or default_strategy())
+      return
     self.chunk = {"vmap": num_models, "loop": max(1, min(chunk, num_models)), "sequential": 1}[strategy]
     self._bounds = [(start, min(start + self.chunk, num_models)) for start in range(0, num_models, self.chunk)]
 
+  def _init_mesh(self, sizes: tuple, batch_size: int | None, local: str) -> None:
+    devices = jax.device_count()
+    if not sizes:
+      sizes = mesh_shape(self.num_models, devices, batch_size)
+    sizes = tuple(int(s) for s in sizes) + (1,) * (2 - len(sizes))
+    if len(sizes) != 2 or min(sizes) < 1 or math.prod(sizes) != devices:
+      raise InputError("config.model_axis.mesh", f"(model, data) sizes {sizes} must multiply to the {devices} "
+                       "visible devices")
+    if batch_size and batch_size % sizes[1]:
+      raise InputError("config.model_axis.mesh", f"the data axis ({sizes[1]} devices) must divide the batch of each "
+                       f"model ({batch_size})")
+    self.mesh = jax.make_mesh(sizes, (MODEL, DATA), axis_types=(AxisType.Auto, AxisType.Auto))
+    self.local_strategy = "vmap" if local == "vmap" else "loop"
+    self.padded_models = -(-self.num_models // sizes[0]) * sizes[0]
+    self.num_padded = self.padded_models - self.num_models
+    self.batch_split = BatchSplit(DATA, sizes[1])
+    self._by_model = NamedSharding(self.mesh, P(MODEL))
+    self._replicated = NamedSharding(self.mesh, P())
+    # Checkpoints and results hold exactly M models; a leading axis that `model` does not divide is replicated.
+    self.stacked_sharding = self._replicated if self.num_padded else self._by_model
+    self._pad = jax.jit(lambda tree: jax.tree.map(self._pad_leaf, tree), out_shardings=self._by_model)
+    self._unpad = jax.jit(lambda tree: jax.tree.map(lambda leaf: leaf[:self.num_models], tree),
+                          out_shardings=self.stacked_sharding)
+    self._gather = jax.jit(lambda tree: tree, out_shardings=self._replicated)
+
+  def _pad_leaf(self, leaf):
+    """`[M, ...]` -> `[M', ...]`, the inert copies repeating the last model."""
+    if not self.num_padded:
+      return leaf
+    xp = np if isinstance(leaf, np.ndarray) else jnp
+    return xp.concatenate([leaf, xp.repeat(leaf[-1:], self.num_padded, axis=0)])
+
+  # -------------------------------------------------------------------------------------------------------------------
+  # Placement: converting between the stacked form, the axis form, and the host.
+  # -------------------------------------------------------------------------------------------------------------------
+
   def from_stacked(self, stacked):
-    """Axis form of a stacked pytree."""
-    if self.strategy == "vmap":
+    """Axis form of a stacked pytree (numpy or jax leaves with a leading `[M]` axis)."""
+    if self.strategy != "mesh":
+      stacked = jax.tree.map(jnp.asarray, stacked)
+      if self.strategy == "vmap":
+        return stacked
+      return [jax.tree.map(lambda leaf, a=a, b=b: leaf[a:b], stacked) for a, b in self._bounds]
+    if all(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(stacked)):
+      # Host data: each process copies only the shards of its own devices.
+      return jax.tree.map(lambda leaf: self._from_host(self._pad_leaf(leaf), self._by_model), stacked)
+    if not self.num_padded and all(leaf.sharding == self._by_model for leaf in jax.tree.leaves(stacked)):
       return stacked
-    return [jax.tree.map(lambda leaf, a=a, b=b: leaf[a:b], stacked) for a, b in self._bounds]
+    return self._pad(stacked)
 
   def to_stacked(self, state):
-    """Stacked pytree of a state in axis form."""
+    """Stacked pytree `[M, ...]` of a state in axis form (mesh: on `stacked_sharding`)."""
+    if self.strategy == "mesh":
+      return self._unpad(state) if self.num_padded else state
     if self.strategy == "vmap":
       return state
     return jax.tree.map(lambda *chunks: jnp.concatenate(chunks), *state)
+
+  def put_shared(self, tree):
+    """Places inputs that every model shares (numpy or jax leaves) where the mapped functions read them."""
+    if self.strategy != "mesh":
+      return jax.tree.map(jnp.asarray, tree)
+    return jax.tree.map(lambda leaf: self._from_host(np.asarray(leaf), self._replicated), tree)
+
+  @staticmethod
+  def _from_host(array: np.ndarray, sharding):
+    if jax.process_count() == 1:
+      return jax.device_put(array, sharding)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+  def fetch(self, tree):
+    """Host copy of per-model values in stacked or axis form, as numpy `[M, ...]` (inert copies dropped).
+
+    With the mesh strategy across processes this gathers from every host, so every process must call it.
+    """
+    if self.strategy == "mesh":
+      tree = self._gather(tree)
+    elif self.strategy != "vmap" and isinstance(tree, list):
+      tree = self.to_stacked(tree)
+    return jax.tree.map(lambda leaf: np.asarray(leaf)[:self.num_models], tree)
+
+  def create_stacked(self, fn: Callable, *args):
+    """`jax.jit(fn)(*args)` for an `fn` that returns a stacked `[M, ...]` pytree (e.g. a vmapped init).
+
+    With the mesh strategy the result is created directly on `stacked_sharding` (jit with out_shardings); `args`
+    are replicated.
+    """
+    if self.strategy != "mesh":
+      return jax.jit(fn)(*args)
+    return jax.jit(fn, out_shardings=self.stacked_sharding)(*self.put_shared(args))
+
+  # -------------------------------------------------------------------------------------------------------------------
+  # Mapping per-model functions.
+  # -------------------------------------------------------------------------------------------------------------------
 
   def _unrolled(self, fn: Callable, with_state: bool) -> Callable:
     """One program for a chunk: `fn` applied to each model of the chunk, results stacked."""
@@ -89,11 +285,23 @@ class ModelAxis:
       return stack_trees([fn(p, shared) for p in unstack_tree(params, size)])
     return chunk_fn
 
+  def _local(self, fn: Callable, with_state: bool) -> Callable:
+    """A mesh device's body: `fn` over its local models, by the local strategy."""
+    if self.local_strategy == "vmap":
+      return jax.vmap(fn, in_axes=(0, None, 0) if with_state else (0, None))
+    return self._unrolled(fn, with_state)
+
   def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
     """Maps `fn(model_state, shared, per_model) -> (new_model_state, outputs)` over the model axis, jitted."""
     donate = (0,) if donate_state else ()
     if self.strategy == "vmap":
       return jax.jit(jax.vmap(fn, in_axes=(0, None, 0)), donate_argnums=donate)
+    if self.strategy == "mesh":
+      # check_vma=False: outputs are identical on a model's data devices by construction (BatchSplit), which the
+      # replication checker cannot see through the gathered logits.
+      body = jax.shard_map(self._local(fn, with_state=True), mesh=self.mesh, in_specs=(P(MODEL), P(), P(MODEL)),
+                           out_specs=(P(MODEL), P(MODEL)), check_vma=False)
+      return jax.jit(body, donate_argnums=donate)
     program = jax.jit(self._unrolled(fn, with_state=True), donate_argnums=donate)
 
     def chunked(states, shared, per_model):
@@ -102,8 +310,18 @@ class ModelAxis:
     return chunked
 
   def map_apply(self, fn: Callable) -> Callable:
-    """Maps a stateless `fn(model_params, shared) -> outputs` over the model axis; params in axis form."""
+    """Maps a stateless `fn(model_params, shared) -> outputs` over the model axis; params in axis form.
+
+    Outputs are stacked `[M, ...]`; the mesh strategy returns them as numpy arrays on every host (inert copies
+    dropped), since each host evaluates every model's predictions.
+    """
     if self.strategy == "vmap":
       return jax.jit(jax.vmap(fn, in_axes=(0, None)))
+    if self.strategy == "mesh":
+      body = jax.shard_map(self._local(fn, with_state=False), mesh=self.mesh, in_specs=(P(MODEL), P()),
+                           out_specs=P(MODEL), check_vma=False)
+      program = jax.jit(lambda params, shared: jax.tree.map(lambda o: o[:self.num_models], body(params, shared)),
+                        out_shardings=self._replicated)
+      return lambda params, shared: jax.tree.map(np.asarray, program(params, self.put_shared(shared)))
     program = jax.jit(self._unrolled(fn, with_state=False))
     return lambda chunks, shared: jnp.concatenate([program(p, shared) for p in chunks])
