@@ -7,7 +7,8 @@
 Workload: the real slicejax training step as in bench/model_axis.py (2D: batch 8 of 128 x 128 slices; 3D: batch 2
 of 32 x 64 x 64 patches; base-16, 4-stage U-Net), mapped over M models by `parallel.ModelAxis`. What a strategy
 compiles is what its first step compiles: `vmap` one M-model program, `loop` one program per chunk size
-(`ModelAxis.chunk` models each), `sequential` one single-model program whatever M is. The durations are the ones
+(`ModelAxis.chunk` models each), `sequential` one single-model program whatever M is, `mesh` one program over the
+device mesh (with one device: every model in one program). The durations are the ones
 JAX reports through `jax.monitoring` for every program compiled during that first step (the same work as
 `jax.jit(...).lower(...).compile()`): `trace_s` (tracing to a jaxpr), `lower_s` (lowering to StableHLO),
 `compile_s` (XLA compilation), `total_s` (their sum); `programs` counts the compiled programs (small eager
@@ -107,10 +108,11 @@ def main():
         # A new jitted function on a fresh copy of the state, which the step donates.
         mapped = axis.map(step, donate_state=True)
         axis_state, axis_entries = axis.from_stacked(jax.tree.map(jnp.copy, state)), axis.from_stacked(entries)
-        return lambda: jax.block_until_ready(mapped(axis_state, bank, axis_entries))
+        shared = axis.put_shared(bank)
+        return lambda: jax.block_until_ready(mapped(axis_state, shared, axis_entries))
 
       common.emit({"benchmark": "compile", "dims": args.dims, "strategy": strategy, "models": num_models,
-                   "chunk": axis.chunk, "default": strategy == default, "batch_size": work["batch_size"],
+                   "chunk": getattr(axis, "chunk", None), "default": strategy == default, "batch_size": work["batch_size"],
                    "shape": list(work["shape"]), **network, "quick": args.quick,
                    **measure(events, make_run, args.repeats), **common.machine()}, args.json)
 

@@ -12,8 +12,9 @@
 # a margin; 1800 with --quick); a step with under 15 s left is skipped with a "skipped" line.
 #
 # Setup: what the benchmarks import is checked first. Missing packages are installed with pip: from a wheel folder
-# $WHEELS (default ./wheels, if it exists) without an index, else `pip install -e '.[cuda,bench]'` when JAX has no
-# GPU or PyTorch is missing, else by name. A machine without network needs the wheel folder (see bench/README.md).
+# $WHEELS (default ./wheels, if it exists) without an index, else `pip install -e '.[cuda,bench]'` when JAX or
+# PyTorch is missing, else by name. A machine without network needs the wheel folder (see bench/README.md). The
+# "gpu_sh_setup" line records the backend JAX found.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

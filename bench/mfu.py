@@ -2,7 +2,7 @@
 
     python bench/mfu.py --json                          # 2D and 3D, float32 and bfloat16, M = 8
     python bench/mfu.py --json --dims 3 --dtypes bfloat16 --models 16
-    python bench/mfu.py --json --quick                  # tiny sizes, seconds (CPU too)
+    python bench/mfu.py --json --quick                  # tiny sizes, to check the script (CPU too)
 
 Workload: the real slicejax training step (on-device sampling, augmentation, U-Net, masked loss, optimiser) of M
 models on the model axis with the backend's default strategy, sized as bench/model_axis.py (2D: batch 8 of
@@ -149,10 +149,11 @@ def measure(dims: int, dtype: str, num_models: int, strategy: str, work: dict, n
 
   mapped = axis.map(step, donate_state=True)
   holder = [axis.from_stacked(state), axis.from_stacked(entries)]
+  shared = axis.put_shared(bank)
 
   def run():
     for _ in range(steps):
-      holder[0], _ = mapped(holder[0], bank, holder[1])
+      holder[0], _ = mapped(holder[0], shared, holder[1])
     jax.block_until_ready(holder[0])
 
   timing = common.time_calls(run, repeats=repeats)

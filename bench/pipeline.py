@@ -90,7 +90,7 @@ def main():
   entries = common.model_entries(args.models, num_slices)
   model, tx, state = common.init_models(config, args.models, shape)
   axis = parallel.ModelAxis(args.strategy, args.models)
-  axis_entries = axis.from_stacked(entries)
+  axis_entries, bank = axis.from_stacked(entries), axis.put_shared(bank)
 
   sample_fn = train.slice_sampler(args.batch_size)
   data_fn = axis.map(make_data_step(sample_fn, config.train.augment), donate_state=True)

@@ -5,15 +5,15 @@
     python bench/study.py --json --grid demo,hippocampus --data PATH --quick
 
 Grids:
-  demo: configs/demo.py as it is: 24 sparse-slice models and the reference on a generated phantom.
+  demo: configs/demo.py as it is (its docstring lists the models) on a generated phantom.
   hippocampus: a slice of configs/hippocampus.py on an MSD Task04 folder (`--data`): budget 72, 1 or 4 slices per
     volume, random and fixed selection, seed 0, no reference, 300 steps: 4 models of the 2D grid.
-`--quick` uses the configs' `tiny` variants instead (seconds; for checking the script).
+`--quick` uses the configs' `tiny` variants instead, only to check the script.
 
 Each run starts in a fresh temporary workdir (or `--workdir/<grid>`, which must not exist), so nothing is resumed
 or read from a cache. One record per grid: `wall_s` (the whole `train_and_evaluate` call: loading, plans,
 compilation, training, evaluation and summary), `models`, `groups`, `best_dice_mean` over the sparse-slice models
-and `reference_dice_mean` when the grid has a reference.
+(and per dims in `best_dice_mean_by_dims`) and `reference_dice_mean` when the grid has a reference.
 """
 
 import argparse
@@ -62,12 +62,15 @@ def run_grid(grid: str, data, quick: bool, workdir: pathlib.Path) -> dict:
   start = time.perf_counter()
   rows = train.train_and_evaluate(config, workdir)
   wall = time.perf_counter() - start
-  sparse = [r["dice_mean"] for r in rows if not r.get("reference")]
+  sparse = [r for r in rows if not r.get("reference")]
   reference = [r["dice_mean"] for r in rows if r.get("reference")]
+  best_by_dims = {str(d): max(r["dice_mean"] for r in sparse if r["dims"] == d)
+                  for d in sorted({r["dims"] for r in sparse})}
   return {"benchmark": "study", "grid": grid, "size": size, "quick": quick,
           "data": str(data) if grid == "hippocampus" else "phantom", "wall_s": wall, "models": len(rows),
           "groups": len({r["group"] for r in rows}),
-          "steps": config.train.steps, "best_dice_mean": max(sparse) if sparse else None,
+          "steps": config.train.steps, "best_dice_mean": max(best_by_dims.values()) if sparse else None,
+          "best_dice_mean_by_dims": best_by_dims,
           "reference_dice_mean": max(reference) if reference else None,
           "train_seconds": sum(r["train_seconds"] for r in rows), **common.machine()}
 

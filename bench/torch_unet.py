@@ -113,7 +113,7 @@ def load_flax_params(model: UNet, params) -> None:
     for name, module in model.blocks.items():
       tree = params[name]
       if isinstance(module, ConvBlock):
-        module.conv.weight.copy_(kernel(tree["Conv_0"]["kernel"]))
+        module.conv.weight.copy_(kernel(tree["conv"]["kernel"]))
         module.norm.weight.copy_(to_torch(tree["GroupNorm_0"]["scale"]))
         module.norm.bias.copy_(to_torch(tree["GroupNorm_0"]["bias"]))
       else:

@@ -24,18 +24,64 @@ def _tuple(value, dims: int) -> tuple:
   return tuple(value)
 
 
+def _same_padding(size: int, kernel: int, stride: int) -> tuple:
+  """XLA's "SAME" padding (low, high) of one axis."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+class Conv(nn.Module):
+  """`nn.Conv` without bias and with "SAME" padding; a 3D convolution can run as one 2D convolution.
+
+  With `as_2d`, a `[B, D, H, W, C]` convolution with kernel `(kd, kh, kw)` gathers the kd depth-shifted copies of
+  the input into channels and runs one 2D convolution over the `B * D'` planes with the kernel reshaped to
+  `(kh, kw, kd * C, F)`. The parameters are the same `kernel [kd, kh, kw, C, F]` as `nn.Conv`'s, and so is the result
+  (up to summation order); XLA:CPU runs 2D convolutions several times faster than 3D ones.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int]
+  as_2d: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
+    x = x.astype(self.dtype)
+    if not (self.as_2d and x.ndim == 5):
+      spatial = "DHW"[-(x.ndim - 2):]
+      return jax.lax.conv_general_dilated(
+          x, kernel.astype(self.dtype), tuple(self.strides),
+          [_same_padding(n, k, s) for n, k, s in zip(x.shape[1:-1], self.kernel_size, self.strides)],
+          dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+    kd, kh, kw = self.kernel_size
+    sd, sh, sw = self.strides
+    batch, depth = x.shape[:2]
+    out_depth = -(-depth // sd)
+    x = jnp.pad(x, ((0, 0), _same_padding(depth, kd, sd), (0, 0), (0, 0), (0, 0)))
+    shifted = [x[:, k:k + (out_depth - 1) * sd + 1:sd] for k in range(kd)]
+    planes = jnp.concatenate(shifted, axis=-1).reshape((batch * out_depth,) + x.shape[2:4] + (kd * x.shape[-1],))
+    weights = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kd * x.shape[-1], self.features)
+    padding = [_same_padding(planes.shape[1], kh, sh), _same_padding(planes.shape[2], kw, sw)]
+    y = jax.lax.conv_general_dilated(planes, weights.astype(self.dtype), (sh, sw), padding,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape((batch, out_depth) + y.shape[1:])
+
+
 class ConvBlock(nn.Module):
   """Convolution, normalisation, leaky ReLU."""
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int]
   norm: str
+  as_2d: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, tuple(self.kernel_size), strides=tuple(self.strides), padding="SAME",
-                use_bias=False, dtype=self.dtype)(x)
+    x = Conv(self.features, tuple(self.kernel_size), tuple(self.strides), self.as_2d, self.dtype, name="conv")(x)
     if self.norm == "instance":
       x = nn.GroupNorm(num_groups=None, group_size=1, dtype=self.dtype)(x)
     elif self.norm == "group":
@@ -57,6 +103,7 @@ class UNet(nn.Module):
     strides: one downsampling stride per stage after the first (int or per-dim tuple); None means 2 everywhere.
     norm: "instance", "group" or "none".
     upsample: "resize" (nearest resize then conv) or "transpose" (transposed conv).
+    conv3d_as_2d: run 3D convolutions as 2D convolutions over depth-stacked planes (see `Conv`).
     dtype: computation dtype (parameters stay float32).
   """
   num_classes: int
@@ -68,6 +115,7 @@ class UNet(nn.Module):
   strides: Optional[Sequence] = None
   norm: str = "instance"
   upsample: str = "resize"
+  conv3d_as_2d: bool = False
   dtype: jnp.dtype = jnp.float32
 
   def _stage_features(self, i):
@@ -83,7 +131,7 @@ class UNet(nn.Module):
     if len(kernels) != self.num_stages or len(strides) != self.num_stages - 1:
       raise ValueError("kernel_sizes needs one entry per stage and strides one per downsampling")
     ones = (1,) * self.dims
-    block = lambda f, k, s, name: ConvBlock(f, k, s, self.norm, self.dtype, name=name)
+    block = lambda f, k, s, name: ConvBlock(f, k, s, self.norm, self.conv3d_as_2d, self.dtype, name=name)
 
     x = x.astype(self.dtype)
     skips = []
@@ -97,8 +145,10 @@ class UNet(nn.Module):
       f = self._stage_features(i)
       skip = skips[i]
       if self.upsample == "resize":
-        x = jax.image.resize(x, x.shape[:1] + skip.shape[1:-1] + x.shape[-1:], "nearest")
-        x = nn.Conv(f, kernels[i], padding="SAME", use_bias=False, dtype=self.dtype, name=f"up_{i}_resize")(x)
+        for axis, stride in enumerate(strides[i], start=1):
+          x = jnp.repeat(x, stride, axis=axis)  # nearest-neighbour upsampling by the stage's stride
+        x = x[tuple(slice(0, n) for n in skip.shape[:-1])]
+        x = Conv(f, kernels[i], ones, self.conv3d_as_2d, self.dtype, name=f"up_{i}_resize")(x)
       elif self.upsample == "transpose":
         x = nn.ConvTranspose(f, strides[i], strides=strides[i], use_bias=False, dtype=self.dtype,
                              name=f"up_{i}_transpose")(x)
@@ -108,5 +158,5 @@ class UNet(nn.Module):
       x = block(f, kernels[i], ones, f"up_{i}_0")(x)
       x = block(f, kernels[i], ones, f"up_{i}_1")(x)
 
-    logits = nn.Conv(self.num_classes, ones, dtype=self.dtype, name="head")(x)
+    logits = nn.Conv(self.num_classes, ones, dtype=self.dtype, name="head")(x)  # 1x1(x1): as cheap as a matmul
     return logits.astype(jnp.float32)
