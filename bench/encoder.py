@@ -5,7 +5,7 @@ the front (the slicing axis), z-scores each volume, zero-pads H, W to `--height`
 axis, then trains the encoder with `slicejax.encoder.default_config()` and embeds all slices. Prints one JSON line:
 {"benchmark": "encoder", "slices", "train_seconds", "embed_seconds", "total_seconds"}.
 
-  .venv/bin/python bench/encoder.py --data /work/shared/data/msd_task04_hippocampus --json
+  .venv/bin/python bench/encoder.py --data PATH/Task04_Hippocampus --json
 
 Target: total <= 300 s on a 2-core CPU.
 """

@@ -9,7 +9,7 @@ volumes is run once to warm up, then `--repeats` times, and the median wall time
 interpolated slices against the true labels, pooled over all volumes.
 
 Usage (about 5 s in all on 2 CPU cores, of which about 0.6 s per timed run; prints one JSON line):
-  .venv/bin/python bench/interpolation.py --data /work/shared/data/msd_task04_hippocampus --json
+  .venv/bin/python bench/interpolation.py --data PATH/Task04_Hippocampus --json
 """
 
 import json

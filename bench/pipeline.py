@@ -1,7 +1,7 @@
 """Headroom of the on-device data pipeline: batches the sampler can make against batches the training step uses.
 
     python bench/pipeline.py --json                                   # synthetic bank, hippocampus-like sizes
-    python bench/pipeline.py --json --data /work/shared/data/msd_task04_hippocampus
+    python bench/pipeline.py --json --data PATH/Task04_Hippocampus
     python bench/pipeline.py --json --quick
 
 Workload: M = 8 models with batch 32 of 48 x 64 slices (the hippocampus grid), a base-16, 4-stage U-Net. The

@@ -1,7 +1,7 @@
 """Wall time of whole study runs through `slicejax.train.train_and_evaluate`, from data loading to the summary.
 
     python bench/study.py --json                                   # the demo grid (configs/demo.py)
-    python bench/study.py --json --grid hippocampus --data /work/shared/data/msd_task04_hippocampus
+    python bench/study.py --json --grid hippocampus --data PATH/Task04_Hippocampus
     python bench/study.py --json --grid demo,hippocampus --data PATH --quick
 
 Grids:
