@@ -1,5 +1,8 @@
 """Runs a study grid: `python launch.py --config=configs/NAME.py[:ARGS] --workdir=DIR [--config.key=value ...]`.
 
+Several processes (hosts of a TPU pod slice, SLURM tasks) run one grid together with `--distributed`, or with
+`--coordinator=HOST:PORT --num_processes=N --process_id=I` given explicitly (README.md, "Scale-out").
+
 Bad input (data, config values, a misspelt config key, a workdir in use) ends with one line `error: <where>: <what>`
 on stderr and exit status 2, before anything in the workdir changes.
 """
@@ -11,6 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from slicejax import distributed
 from slicejax import train
 from slicejax.errors import InputError
 
@@ -18,6 +22,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, plans and checkpoints.")
 _FRESH = flags.DEFINE_bool("fresh", False, "If WORKDIR holds a run of a different config, start this one in a new "
                            "subfolder WORKDIR/run_<n> instead of refusing.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join the other processes of a multi-host run "
+                                  "(jax.distributed.initialize() reads them from the TPU pod, SLURM, ... environment).")
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "host:port of process 0, for a multi-process run given "
+                                   "explicitly (with --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, with --coordinator.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -48,6 +58,8 @@ def main(argv):
     _fail(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: cannot load the config "
           f"({err.__cause__ or err})")
   try:
+    distributed.initialize(_DISTRIBUTED.value, coordinator=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                           process_id=_PROCESS_ID.value)
     train.train_and_evaluate(config, _WORKDIR.value, fresh=_FRESH.value)
   except InputError as err:
     logging.error("%s", err)

@@ -85,7 +85,9 @@ def base() -> ml_collections.ConfigDict:
   c.ual.encoder = encoder.default_config()
 
   c.model_axis = ml_collections.ConfigDict(dict(
-      strategy="auto",          # "auto" (fastest for the backend), "vmap", "loop" or "sequential"
+      strategy="auto",          # "auto" (mesh on several devices, else the fastest for the backend), "mesh",
+                                # "vmap", "loop" or "sequential"
+      mesh=(),                  # mesh strategy: (model, data) axis sizes; () = every device on the model axis
       max_models=8,             # models trained together; larger groups are split
       chunk=4,                  # loop strategy: models per compiled program
   ))

@@ -52,6 +52,7 @@ The mesh strategy:
 import math
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,6 +203,9 @@ class ModelAxis:
     self._unpad = jax.jit(lambda tree: jax.tree.map(lambda leaf: leaf[:self.num_models], tree),
                           out_shardings=self.stacked_sharding)
     self._gather = jax.jit(lambda tree: tree, out_shardings=self._replicated)
+    logging.info("Model axis: %d models on a (model=%d, data=%d) mesh of %d processes' devices, %s on each device, "
+                 "%d inert copies.", self.num_models, *sizes, jax.process_count(), self.local_strategy,
+                 self.num_padded)
 
   def _pad_leaf(self, leaf):
     """`[M, ...]` -> `[M', ...]`, the inert copies repeating the last model."""
@@ -313,7 +317,8 @@ class ModelAxis:
     """Maps a stateless `fn(model_params, shared) -> outputs` over the model axis; params in axis form.
 
     Outputs are stacked `[M, ...]`; the mesh strategy returns them as numpy arrays on every host (inert copies
-    dropped), since each host evaluates every model's predictions.
+    dropped), since each host evaluates every model's predictions. `shared` is not split over `data`: a model's data
+    devices compute the same outputs.
     """
     if self.strategy == "vmap":
       return jax.jit(jax.vmap(fn, in_axes=(0, None)))

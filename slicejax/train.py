@@ -10,6 +10,7 @@ point), `plans/<point>.json` (annotation plans), `results.jsonl` (one row per tr
 files. A group whose rows are all in results.jsonl is skipped when the same command runs again.
 """
 
+import contextlib
 import json
 import pathlib
 import time
@@ -24,6 +25,7 @@ import optax
 from slicejax import augment as augment_lib
 from slicejax import checkpoint
 from slicejax import data as data_lib
+from slicejax import distributed
 from slicejax import encoder
 from slicejax import evaluate as evaluate_lib
 from slicejax import interpolation
@@ -172,8 +174,11 @@ def make_model(config, num_classes: int, dims: int) -> unet.UNet:
   sizes = dict(features=cfg.features, num_stages=cfg.num_stages, kernel_sizes=None, strides=None)
   if dims == 3:
     c3 = config.three_d
+    if c3.conv_impl not in ("auto", "2d", "3d"):
+      raise InputError("config.three_d.conv_impl", f"must be auto, 2d or 3d, got {c3.conv_impl!r}")
+    as_2d = c3.conv_impl == "2d" or (c3.conv_impl == "auto" and jax.default_backend() == "cpu")
     sizes = dict(features=c3.features, num_stages=c3.num_stages, kernel_sizes=tuple(c3.kernel_sizes) or None,
-                 strides=tuple(c3.strides) or None)
+                 strides=tuple(c3.strides) or None, conv3d_as_2d=as_2d)
   return unet.UNet(num_classes=num_classes, dims=dims, max_features=cfg.max_features, norm=cfg.norm,
                    upsample=cfg.upsample, dtype=jnp.dtype(cfg.dtype), **sizes)
 
@@ -203,7 +208,7 @@ def patch_sampler(config):
       label_rows=per_model["label_rows"])
 
 
-def make_train_step(model, tx, config, sample_fn):
+def make_train_step(model, tx, config, sample_fn, batch_split=parallel.BatchSplit()):
   """The training step of one model.
 
   Args:
@@ -211,11 +216,14 @@ def make_train_step(model, tx, config, sample_fn):
     tx: the optimiser.
     config: the experiment config.
     sample_fn: `(key, bank, per_model) -> (images, labels, weights)` draws the model's batch.
+    batch_split: computes the loss and gradients (`ModelAxis.batch_split`: the batch split over a mesh's data axis).
   """
   cfg = config.train
 
-  def loss_fn(params, images, labels, weights):
-    logits = model.apply({"params": params}, images)
+  def apply_fn(params, images):
+    return model.apply({"params": params}, images)
+
+  def loss_fn(logits, labels, weights):
     return losses.segmentation_loss(logits, labels, weights, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight)
 
   def train_step(state, bank, entries):
@@ -224,7 +232,7 @@ def make_train_step(model, tx, config, sample_fn):
     k_sample, k_augment = jax.random.split(key)
     images, labels, weights = sample_fn(k_sample, bank, entries)
     images, labels, weights = augment_lib.augment_batch(k_augment, images, labels, weights, cfg.augment)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], images, labels, weights)
+    (loss, aux), grads = batch_split.value_and_grad(apply_fn, loss_fn, state["params"], images, labels, weights)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     # A model whose loss or gradients are not finite is frozen; the others of its group are unaffected.
@@ -245,8 +253,11 @@ def make_train_step(model, tx, config, sample_fn):
   return train_step
 
 
-def init_state(model, tx, seeds, example_shape):
-  """Stacked initial states `[M, ...]`, one per seed; model m's init and data streams derive from its seed."""
+def init_state(model, tx, seeds, example_shape, axis=None):
+  """Stacked initial states `[M, ...]`, one per seed; model m's init and data streams derive from its seed.
+
+  With a `parallel.ModelAxis`, the states are created where it keeps the stacked state (over a device mesh).
+  """
   def init_one(seed):
     key = jax.random.key(seed)
     k_init, k_train = jax.random.split(key)
@@ -254,6 +265,8 @@ def init_state(model, tx, seeds, example_shape):
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(k_train), "diverged": jnp.zeros((), bool),
             "diverged_step": jnp.full((), -1, jnp.int32)}
+  if axis is not None:
+    return axis.create_stacked(jax.vmap(init_one), np.asarray(seeds, np.uint32))
   return jax.jit(jax.vmap(init_one))(jnp.asarray(seeds, jnp.uint32))
 
 
@@ -277,20 +290,21 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
     bank, per_model, interp_quality = volume_data(config, points, plans, pool, dataset.num_classes)
     sample_fn, example_shape = patch_sampler(config), tuple(config.three_d.patch)
     batch_size = config.three_d.batch_size
-  device_bank = jax.tree.map(jnp.asarray, bank)
+  axis = parallel.ModelAxis(config.model_axis.strategy, len(points), chunk=config.model_axis.chunk,
+                            mesh=tuple(config.model_axis.mesh), batch_size=batch_size)
+  device_bank = axis.put_shared(bank)
 
   # Model, optimiser, state: the latest checkpoint of this group if there is one.
   model = make_model(config, dataset.num_classes, dims)
   tx = make_optimizer(config.train)
-  axis = parallel.ModelAxis(config.model_axis.strategy, len(points), chunk=config.model_axis.chunk)
   seeds = [config.seed * 1_000_003 + group_index * 1_009 + m for m in range(len(points))]
-  initial = init_state(model, tx, seeds, example_shape + (dataset.num_channels,))
+  initial = init_state(model, tx, seeds, example_shape + (dataset.num_channels,), axis)
   checkpoints = checkpoint.GroupCheckpoints(checkpoint_dir)
   restored = checkpoints.restore_latest(initial)
   state = axis.from_stacked(initial if restored is None else restored)
-  first_step = 0 if restored is None else int(restored["step"][0])
-  per_model = axis.from_stacked(jax.tree.map(jnp.asarray, per_model))
-  step_fn = axis.map(make_train_step(model, tx, config, sample_fn), donate_state=True)
+  first_step = 0 if restored is None else int(axis.fetch(restored["step"])[0])
+  per_model = axis.from_stacked(per_model)
+  step_fn = axis.map(make_train_step(model, tx, config, sample_fn, axis.batch_split), donate_state=True)
   logging.info("Group %d: %d %dD models (%s), %s strategy, inputs %s, %d steps of batch %d from step %d.",
                group_index, len(points), dims, ", ".join(p.name for p in points[:4]) +
                (" ..." if len(points) > 4 else ""), axis.strategy, example_shape, config.train.steps, batch_size,
@@ -302,7 +316,7 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   for step in range(first_step + 1, steps + 1):
     state, outputs = step_fn(state, device_bank, per_model)
     if step % config.train.log_every == 0 or step == steps:
-      loss = np.asarray(outputs["loss"])
+      loss = axis.fetch(outputs["loss"])
       elapsed = time.perf_counter() - start
       per_step = elapsed / (step - first_step)
       logging.info("group %d step %d/%d  loss %s  %.3f s/step  ETA %.0f s", group_index, step, steps,
@@ -330,8 +344,8 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
 
   depths = {v.case_id: v.depth for v in pool}
   rows = []
-  diverged = np.asarray(stacked["diverged"])
-  diverged_step = np.asarray(stacked["diverged_step"])
+  diverged = axis.fetch(stacked["diverged"])
+  diverged_step = axis.fetch(stacked["diverged_step"])
   class_names = dataset.class_names[1:]
   for m, (point, plan) in enumerate(zip(points, plans)):
     annotated_depths = [depths[c] for c in plan]
@@ -400,19 +414,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lib.WorkdirLock(workdir):
-    dataset, splits, groups, plans, costs = prepare(config, workdir)
-    rundir = workdir_lib.check_config(workdir, json.loads(config.to_json_best_effort()), fresh=fresh)
-    workdir_lib.atomic_write_text(rundir / "groups.json", json.dumps(
-        [{str(m): p.name for m, p in enumerate(g)} for g in groups], indent=1))
-    (rundir / "plans").mkdir(exist_ok=True)
-    for name, plan in plans.items():
-      workdir_lib.atomic_write_text(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
+  # Of the processes of a multi-process run, only the writer (process 0) locks the workdir and writes records; the
+  # others read what it wrote (see slicejax.distributed).
+  writer = distributed.is_writer()
+  with contextlib.ExitStack() as lock:
+    with distributed.writer_first("setup"):
+      if writer:
+        lock.enter_context(workdir_lib.WorkdirLock(workdir))
+      dataset, splits, groups, plans, costs = prepare(config, workdir)
+      rundir = workdir_lib.check_config(workdir, json.loads(config.to_json_best_effort()), fresh=fresh)
+    if writer:
+      workdir_lib.atomic_write_text(rundir / "groups.json", json.dumps(
+          [{str(m): p.name for m, p in enumerate(g)} for g in groups], indent=1))
+      (rundir / "plans").mkdir(exist_ok=True)
+      for name, plan in plans.items():
+        workdir_lib.atomic_write_text(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
     logging.info("%d points in %d groups; results in %s.", len(plans), len(groups), rundir)
 
     results_path = rundir / "results.jsonl"
+    # Read once, before any group runs, so that every process skips the same groups.
+    done = {row["name"] for row in report.read_rows(results_path)}
     for index, group_points in enumerate(groups):
-      done = {row["name"] for row in report.read_rows(results_path)}
       if all(p.name in done for p in group_points):
         logging.info("Group %d: results exist, skipped.", index)
         continue
@@ -421,9 +443,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       for point, row in zip(group_points, rows):
         if not point.reference and selection_lib.get(point.selection).NEEDS_EMBEDDINGS:
           row.update(costs)  # The encoder is part of the price of these plans.
-      report.append_rows(results_path, rows)
+      if writer:
+        report.append_rows(results_path, rows)
 
-    rows = report.read_rows(results_path)
-    report.write_summary(rundir, rows)
-    logging.info("Wrote %s, summary.md, summary.csv and dice_vs_allocation.png.", results_path)
+    with distributed.writer_first("summary"):
+      rows = report.read_rows(results_path)
+      if writer:
+        report.write_summary(rundir, rows)
+        logging.info("Wrote %s, summary.md, summary.csv and dice_vs_allocation.png.", results_path)
   return rows
