@@ -19,16 +19,8 @@ ROW_KEYS = {"dims", "budget", "volumes", "slices_per_volume", "selection", "inte
             "dice_mean", "dice_per_class", "train_seconds"}
 
 
-def load_config(spec, **overrides):
-  config = load(str(REPO / spec))
-  with config.unlocked():
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return config
+def load_config(spec):
+  return load(str(REPO / spec))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +91,9 @@ def test_prostate_missing_root_is_one_line(tmp_path):
 
 
 def test_hippocampus_real_data(hippocampus_root, tmp_path):
-  config = load_config("configs/hippocampus.py:tiny", **{"data.root": str(hippocampus_root)})
+  config = load_config("configs/hippocampus.py:tiny")
+  with config.unlocked():
+    config.data.root = str(hippocampus_root)
   rows = train.train_and_evaluate(config, tmp_path)
   assert [r["name"] for r in rows] == ["2d_b6_s6_rho1_fixed_seed0", "2d_b6_s3_rho2_fixed_seed0",
                                        "2d_reference_seed0"]
