@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _tuple(value, dims: int) -> tuple:
@@ -31,43 +32,96 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple:
   return total // 2, total - total // 2
 
 
-class Conv(nn.Module):
-  """`nn.Conv` without bias and with "SAME" padding; a 3D convolution can run as one 2D convolution.
+def conv(x, kernel, strides: Sequence[int], as_2d: bool = False):
+  """Bias-free "SAME" convolution of channels-last `x [B, *spatial, C]` with `kernel [*k, C, F]`.
 
   With `as_2d`, a `[B, D, H, W, C]` convolution with kernel `(kd, kh, kw)` gathers the kd depth-shifted copies of
   the input into channels and runs one 2D convolution over the `B * D'` planes with the kernel reshaped to
-  `(kh, kw, kd * C, F)`. The parameters are the same `kernel [kd, kh, kw, C, F]` as `nn.Conv`'s, and so is the result
-  (up to summation order); XLA:CPU runs 2D convolutions several times faster than 3D ones.
+  `(kh, kw, kd * C, F)`: the same result up to summation order, and XLA:CPU runs 2D convolutions several times
+  faster than 3D ones.
+  """
+  kernel_size = kernel.shape[:-2]
+  if not (as_2d and x.ndim == 5):
+    spatial = "DHW"[-(x.ndim - 2):]
+    return jax.lax.conv_general_dilated(
+        x, kernel, tuple(strides),
+        [_same_padding(n, k, s) for n, k, s in zip(x.shape[1:-1], kernel_size, strides)],
+        dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+  kd, kh, kw = kernel_size
+  sd, sh, sw = strides
+  batch, depth = x.shape[:2]
+  out_depth = -(-depth // sd)
+  x = jnp.pad(x, ((0, 0), _same_padding(depth, kd, sd), (0, 0), (0, 0), (0, 0)))
+  shifted = [x[:, k:k + (out_depth - 1) * sd + 1:sd] for k in range(kd)]
+  planes = jnp.concatenate(shifted, axis=-1).reshape((batch * out_depth,) + x.shape[2:4] + (kd * x.shape[-1],))
+  weights = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kd * x.shape[-1], kernel.shape[-1])
+  padding = [_same_padding(planes.shape[1], kh, sh), _same_padding(planes.shape[2], kw, sw)]
+  y = jax.lax.conv_general_dilated(planes, weights, (sh, sw), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y.reshape((batch, out_depth) + y.shape[1:])
+
+
+def _phase_taps(stride: int, kernel: int) -> np.ndarray:
+  """`taps [stride, K, kernel]`: `taps[a, d, p] = 1` where tap p of a "SAME" stride-1 convolution with an odd
+  `kernel`, at output phase a (position modulo `stride`) of a nearest-neighbour upsampled input, reads the
+  low-resolution offset `d - K // 2`; K is odd, so a "SAME" K-tap convolution at the low resolution pads the same."""
+  pad = (kernel - 1) // 2
+  offsets = np.array([[(a + p - pad) // stride for p in range(kernel)] for a in range(stride)])
+  reach = int(np.abs(offsets).max())
+  assert offsets.min() == -reach or reach == 0, (stride, kernel)  # symmetric reach for odd kernels
+  taps = np.zeros((stride, 2 * reach + 1, kernel), np.float32)
+  for a in range(stride):
+    for p in range(kernel):
+      taps[a, offsets[a, p] + reach, p] = 1.0
+  return taps
+
+
+def upsample_conv(x, kernel, strides: Sequence[int], as_2d: bool = False):
+  """`conv(nearest_upsample(x, strides), kernel)` computed at the low resolution ("sub-pixel" form).
+
+  Each output phase (position modulo the stride) of a convolution over a nearest-neighbour upsampled input is a
+  convolution of the low-resolution input with summed kernel taps. So one convolution with `prod(strides) * F`
+  outputs, whose kernel a fixed linear map builds from `kernel [*k, C, F]`, and a depth-to-space shuffle give the
+  same result up to summation order without forming the upsampled input; gradients, the kernel's included, flow
+  through the same map. Odd kernel sizes only. `x [B, *low, C]` -> `[B, *(low * strides), F]`.
+  """
+  dims = x.ndim - 2
+  features = kernel.shape[-1]
+  combined = kernel
+  for stride, k in zip(strides, kernel.shape[:dims]):  # contract the leading tap axis, append (phase, offset)
+    combined = jnp.tensordot(combined, _phase_taps(stride, k).astype(kernel.dtype), axes=((0,), (2,)))
+  # [C, F, a1, d1, ..., an, dn] -> [d1..dn, C, a1..an, F] -> [*d, C, prod(strides) * F]
+  order = [3 + 2 * i for i in range(dims)] + [0] + [2 + 2 * i for i in range(dims)] + [1]
+  combined = combined.transpose(order)
+  combined = combined.reshape(combined.shape[:dims + 1] + (-1,))
+  y = conv(x, combined, (1,) * dims, as_2d)  # [B, *low, prod(strides) * F]
+  batch, low = y.shape[0], y.shape[1:-1]
+  y = y.reshape((batch,) + low + tuple(strides) + (features,))
+  order = [0] + [i for axis in range(dims) for i in (1 + axis, 1 + dims + axis)] + [1 + 2 * dims]
+  return y.transpose(order).reshape((batch,) + tuple(n * s for n, s in zip(low, strides)) + (features,))
+
+
+class Conv(nn.Module):
+  """`nn.Conv` without bias and with "SAME" padding, optionally after a nearest-neighbour upsampling.
+
+  The parameter is `kernel [*kernel_size, C, F]` as in `nn.Conv`. With `upsample` strides, the layer computes
+  `conv(nearest_upsample(x, upsample), kernel)` through `upsample_conv`; `as_2d` runs 3D convolutions as 2D ones
+  (see `conv`).
   """
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int]
   as_2d: bool = False
   dtype: jnp.dtype = jnp.float32
+  upsample: Optional[Sequence[int]] = None
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
-    x = x.astype(self.dtype)
-    if not (self.as_2d and x.ndim == 5):
-      spatial = "DHW"[-(x.ndim - 2):]
-      return jax.lax.conv_general_dilated(
-          x, kernel.astype(self.dtype), tuple(self.strides),
-          [_same_padding(n, k, s) for n, k, s in zip(x.shape[1:-1], self.kernel_size, self.strides)],
-          dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
-    kd, kh, kw = self.kernel_size
-    sd, sh, sw = self.strides
-    batch, depth = x.shape[:2]
-    out_depth = -(-depth // sd)
-    x = jnp.pad(x, ((0, 0), _same_padding(depth, kd, sd), (0, 0), (0, 0), (0, 0)))
-    shifted = [x[:, k:k + (out_depth - 1) * sd + 1:sd] for k in range(kd)]
-    planes = jnp.concatenate(shifted, axis=-1).reshape((batch * out_depth,) + x.shape[2:4] + (kd * x.shape[-1],))
-    weights = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kd * x.shape[-1], self.features)
-    padding = [_same_padding(planes.shape[1], kh, sh), _same_padding(planes.shape[2], kw, sw)]
-    y = jax.lax.conv_general_dilated(planes, weights.astype(self.dtype), (sh, sw), padding,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y.reshape((batch, out_depth) + y.shape[1:])
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.upsample is not None:
+      return upsample_conv(x, kernel, self.upsample, self.as_2d)
+    return conv(x, kernel, self.strides, self.as_2d)
 
 
 class ConvBlock(nn.Module):
@@ -145,10 +199,15 @@ class UNet(nn.Module):
       f = self._stage_features(i)
       skip = skips[i]
       if self.upsample == "resize":
-        for axis, stride in enumerate(strides[i], start=1):
-          x = jnp.repeat(x, stride, axis=axis)  # nearest-neighbour upsampling by the stage's stride
-        x = x[tuple(slice(0, n) for n in skip.shape[:-1])]
-        x = Conv(f, kernels[i], ones, self.conv3d_as_2d, self.dtype, name=f"up_{i}_resize")(x)
+        name = f"up_{i}_resize"
+        if skip.shape[1:-1] == tuple(n * s for n, s in zip(x.shape[1:-1], strides[i])) and all(
+            k % 2 for k in kernels[i]):
+          x = Conv(f, kernels[i], ones, self.conv3d_as_2d, self.dtype, upsample=strides[i], name=name)(x)
+        else:  # odd sizes: upsample, crop to the skip connection, convolve
+          for axis, stride in enumerate(strides[i], start=1):
+            x = jnp.repeat(x, stride, axis=axis)
+          x = x[tuple(slice(0, n) for n in skip.shape[:-1])]
+          x = Conv(f, kernels[i], ones, self.conv3d_as_2d, self.dtype, name=name)(x)
       elif self.upsample == "transpose":
         x = nn.ConvTranspose(f, strides[i], strides=strides[i], use_bias=False, dtype=self.dtype,
                              name=f"up_{i}_transpose")(x)

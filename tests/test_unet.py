@@ -1,4 +1,4 @@
-"""The U-Net: shapes, stage names, per-example independence, and 3D convolutions run as 2D ones."""
+"""The U-Net: shapes, stage names, per-example independence, 3D convolutions run as 2D ones, sub-pixel upsampling."""
 
 import jax
 import jax.numpy as jnp
@@ -47,3 +47,37 @@ def test_anisotropic_kernels_and_wrong_rank():
   assert model.apply({"params": params}, x).shape == (1, 3, 8, 8, 2)
   with pytest.raises(ValueError, match="dims=3"):
     model.apply({"params": params}, jnp.ones((1, 8, 8, 1)))
+
+
+def test_phase_taps_by_hand():
+  # Nearest upsampling by 2, then a 3-tap "SAME" convolution: even outputs 2i read rows (i-1, i, i), odd outputs
+  # 2i+1 read rows (i, i, i+1); offsets -1, 0, +1 are the middle axis.
+  np.testing.assert_array_equal(unet._phase_taps(2, 3), [[[1, 0, 0], [0, 1, 1], [0, 0, 0]],  # pylint: disable=protected-access
+                                                         [[0, 0, 0], [1, 1, 0], [0, 0, 1]]])
+  np.testing.assert_array_equal(unet._phase_taps(1, 3)[0], np.eye(3))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(unet._phase_taps(2, 1), [[[1]], [[1]]])  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("shape,kernel,strides,as_2d", [
+    ((2, 5, 6, 3), (3, 3), (2, 2), False),
+    ((1, 4, 5, 3), (5, 1), (3, 2), False),
+    ((2, 3, 4, 5, 3), (3, 3, 3), (2, 2, 2), False),
+    ((2, 3, 4, 5, 3), (1, 3, 3), (1, 2, 2), True),
+])
+def test_upsample_conv_equals_upsample_then_conv(shape, kernel, strides, as_2d):
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), kernel + (shape[-1], 4))
+
+  def reference(x, w):
+    for axis, stride in enumerate(strides, start=1):
+      x = jnp.repeat(x, stride, axis=axis)
+    return unet.conv(x, w, (1,) * len(strides), as_2d)
+
+  expected = reference(x, w)
+  got = unet.upsample_conv(x, w, strides, as_2d)
+  assert got.shape == expected.shape == shape[:1] + tuple(n * s for n, s in zip(shape[1:-1], strides)) + (4,)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  for a, b in zip(jax.grad(loss(reference), (0, 1))(x, w),
+                  jax.grad(loss(lambda x, w: unet.upsample_conv(x, w, strides, as_2d)), (0, 1))(x, w)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
