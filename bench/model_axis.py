@@ -3,6 +3,7 @@
     python bench/model_axis.py --json                      # the default strategy, M = 8, 2D
     python bench/model_axis.py --json --strategies=all --models=1,4,8,16
     python bench/model_axis.py --json --dims 3
+    python bench/model_axis.py --json --strategies=loop --chunk=2   # models per compiled program of `loop`
 
 Workload: the real training step of slicejax (on-device sampling, augmentation, U-Net, masked loss, Adam) for a
 base-16 U-Net, 2D: batch 8 of 128 x 128 slices; 3D: batch 2 of 32 x 64 x 64 patches. The baseline trains each of
@@ -23,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 WORKLOADS = {2: dict(shape=(128, 128), batch_size=8), 3: dict(shape=(32, 64, 64), batch_size=2)}
 
 
-def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int) -> dict:
+def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int, chunk: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
   from slicejax import parallel, train  # pylint: disable=g-import-not-at-top
@@ -56,7 +57,7 @@ def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int)
           s, _ = single(s, bank, per_model[m])
         states[m] = jax.block_until_ready(s)
   else:
-    axis = parallel.ModelAxis(strategy, num_models)
+    axis = parallel.ModelAxis(strategy, num_models, chunk)
     mapped = axis.map(step, donate_state=True)
     axis_state, axis_entries = axis.from_stacked(state), axis.from_stacked(entries)
 
@@ -69,6 +70,7 @@ def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int)
   timing = common.time_calls(run, repeats=repeats)
   return {"benchmark": "model_axis", "dims": dims, "strategy": strategy, "models": num_models, "steps": steps,
           "batch_size": work["batch_size"], "shape": list(work["shape"]),
+          "chunk": None if strategy == "baseline" else axis.chunk,
           "throughput": num_models * steps / timing["median_s"], **timing,
           "peak_memory_mb": common.peak_memory_mb(), **common.machine()}
 
@@ -81,12 +83,16 @@ def main():
   parser.add_argument("--strategies", default="default", help="'default', 'all' or a comma-separated list")
   parser.add_argument("--steps", type=int, default=3, help="steps per model per timed repetition")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--chunk", type=int, help="models per compiled program of `loop` (default: the library's)")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.chunk is None:
+    from slicejax import parallel  # pylint: disable=g-import-not-at-top
+    args.chunk = parallel.DEFAULT_CHUNK
 
   if args.one:
     strategy, models = args.one.split(":")
-    print(json.dumps(measure(strategy, int(models), args.dims, args.steps, args.repeats)))
+    print(json.dumps(measure(strategy, int(models), args.dims, args.steps, args.repeats, args.chunk)))
     return
 
   import common  # pylint: disable=g-import-not-at-top
@@ -101,8 +107,8 @@ def main():
 
   def run_one(strategy, models):
     out = subprocess.run([sys.executable, __file__, f"--one={strategy}:{models}", f"--dims={args.dims}",
-                          f"--steps={args.steps}", f"--repeats={args.repeats}"], capture_output=True, text=True,
-                         check=True)
+                          f"--steps={args.steps}", f"--repeats={args.repeats}", f"--chunk={args.chunk}"],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
   for models in [int(m) for m in args.models.split(",")]:

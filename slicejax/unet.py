@@ -4,8 +4,10 @@ Inputs are channels-last: `[B, H, W, C]` for `dims=2` and `[B, D, H, W, C]` for 
 (`down_i`) has `min(features * 2**i, max_features)` channels and two conv-norm-activation blocks; stages after the
 first start by downsampling with a strided convolution. The decoder stage `up_i` upsamples to the resolution of
 `down_i` (nearest-neighbour resize followed by a convolution, or a transposed convolution), concatenates the skip
-connection and applies two blocks. Normalisation keeps no running statistics (instance or group norm), so the
-model is a pure function of its parameters and one example's prediction never depends on the rest of the batch.
+connection and applies two blocks. Resize-then-convolve runs at the low resolution where the sizes divide by the
+stride (`upsample_conv`: the same parameters and results, without the upsampled tensor). Normalisation keeps no
+running statistics (instance or group norm), so the model is a pure function of its parameters and one example's
+prediction never depends on the rest of the batch.
 
 Per-stage kernel sizes and strides come from the config, so anisotropic 3D volumes can pool in-plane only, e.g.
 `strides=((1, 2, 2), (1, 2, 2), (2, 2, 2))` for the three downsamplings of a four-stage network.
@@ -82,9 +84,12 @@ def upsample_conv(x, kernel, strides: Sequence[int], as_2d: bool = False):
   convolution of the low-resolution input with summed kernel taps. So one convolution with `prod(strides) * F`
   outputs, whose kernel a fixed linear map builds from `kernel [*k, C, F]`, and a depth-to-space shuffle give the
   same result up to summation order without forming the upsampled input; gradients, the kernel's included, flow
-  through the same map. Odd kernel sizes only. `x [B, *low, C]` -> `[B, *(low * strides), F]`.
+  through the same map. Odd kernel sizes only. `x [B, *low, C]` -> `[B, *(low * strides), F]` in `x.dtype`; the
+  taps are summed in `kernel.dtype`.
   """
   dims = x.ndim - 2
+  if not all(k % 2 for k in kernel.shape[:dims]):
+    raise ValueError(f"upsample_conv needs odd kernel sizes, got {kernel.shape[:dims]}")
   features = kernel.shape[-1]
   combined = kernel
   for stride, k in zip(strides, kernel.shape[:dims]):  # contract the leading tap axis, append (phase, offset)
@@ -93,7 +98,7 @@ def upsample_conv(x, kernel, strides: Sequence[int], as_2d: bool = False):
   order = [3 + 2 * i for i in range(dims)] + [0] + [2 + 2 * i for i in range(dims)] + [1]
   combined = combined.transpose(order)
   combined = combined.reshape(combined.shape[:dims + 1] + (-1,))
-  y = conv(x, combined, (1,) * dims, as_2d)  # [B, *low, prod(strides) * F]
+  y = conv(x, combined.astype(x.dtype), (1,) * dims, as_2d)  # [B, *low, prod(strides) * F]
   batch, low = y.shape[0], y.shape[1:-1]
   y = y.reshape((batch,) + low + tuple(strides) + (features,))
   order = [0] + [i for axis in range(dims) for i in (1 + axis, 1 + dims + axis)] + [1 + 2 * dims]
@@ -118,10 +123,10 @@ class Conv(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    x = x.astype(self.dtype)
     if self.upsample is not None:
-      return upsample_conv(x, kernel, self.upsample, self.as_2d)
-    return conv(x, kernel, self.strides, self.as_2d)
+      return upsample_conv(x, kernel, self.upsample, self.as_2d)  # sums taps in float32, then casts
+    return conv(x, kernel.astype(self.dtype), self.strides, self.as_2d)
 
 
 class ConvBlock(nn.Module):

@@ -81,3 +81,5 @@ def test_upsample_conv_equals_upsample_then_conv(shape, kernel, strides, as_2d):
   for a, b in zip(jax.grad(loss(reference), (0, 1))(x, w),
                   jax.grad(loss(lambda x, w: unet.upsample_conv(x, w, strides, as_2d)), (0, 1))(x, w)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
+  with pytest.raises(ValueError, match="odd kernel"):
+    unet.upsample_conv(x, jnp.ones((2,) * len(strides) + (shape[-1], 4)), strides, as_2d)
