@@ -3,7 +3,9 @@
     python tools/kill_and_resume.py --config=configs/demo.py --kills=3 --workdir=/tmp/faults
 
 Runs the config once uninterrupted (WORKDIR/clean), then in WORKDIR/killed starts the same command, kills it with
-SIGKILL after a random delay, `--kills` times, and lets the last rerun finish. The two results.jsonl files must hold
+SIGKILL after a random delay, `--kills` times, and lets the last rerun finish. Each delay is drawn below the time
+the clean run still had left after the earlier kills, so that each attempt is killed before it can finish (an
+attempt that finishes anyway is reported with `"killed": false`). The two results.jsonl files must hold
 the same rows in the same order with the same values; fields that measure time (`*_seconds`) are left out of the
 comparison, as they differ between any two runs. Prints one JSON line and exits 1 on a mismatch.
 """
@@ -51,16 +53,19 @@ def main():
     sys.exit(f"the uninterrupted run failed (exit {clean.returncode})")
   duration = time.perf_counter() - start
 
-  kills = []
+  kills, lived = [], 0.0
   for _ in range(args.kills):
     process = launch(args.config, workdir / "killed", args.override)
-    delay = rng.uniform(0.05, 1.0) * duration
+    # A killed run did at most `lived` seconds of the clean run's work, so at least `duration - lived` is left: a
+    # delay drawn below that (with a margin for caches the killed runs fill) kills before the run finishes.
+    delay = rng.uniform(0.05, 0.8) * max(duration - lived, 0.05 * duration)
     try:
       process.wait(timeout=delay)
       kills.append({"delay_s": round(delay, 1), "killed": False})
     except subprocess.TimeoutExpired:
       os.kill(process.pid, signal.SIGKILL)
       process.wait()
+      lived += delay
       kills.append({"delay_s": round(delay, 1), "killed": True})
   final = launch(args.config, workdir / "killed", args.override)
   if final.wait() != 0:
