@@ -70,6 +70,12 @@ def machine() -> dict:
           "cores": os.cpu_count(), "jax": jax.__version__}
 
 
+def strategies(arg: str) -> list:
+  """Model-axis strategies named by a `--strategies` flag: "default", "all" or a comma-separated list."""
+  from slicejax import parallel  # pylint: disable=g-import-not-at-top
+  return {"all": list(parallel.STRATEGIES), "default": [parallel.default_strategy()]}.get(arg, arg.split(","))
+
+
 def emit(record: dict, as_json: bool) -> None:
   if as_json:
     print(json.dumps(record), flush=True)

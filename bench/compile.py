@@ -96,12 +96,10 @@ def main():
   from slicejax import parallel  # pylint: disable=g-import-not-at-top
 
   default = parallel.default_strategy()
-  strategies = {"all": list(parallel.STRATEGIES), "default": [default]}.get(args.strategies,
-                                                                          args.strategies.split(","))
   events = CompileEvents()
   for num_models in [int(m) for m in args.models.split(",")]:
     _, _, state, step, bank, entries = mfu.training_workload(args.dims, num_models, work, network)
-    for strategy in strategies:
+    for strategy in common.strategies(args.strategies):
       axis = parallel.ModelAxis(strategy, num_models)
 
       def make_run(axis=axis):
@@ -112,7 +110,8 @@ def main():
         return lambda: jax.block_until_ready(mapped(axis_state, shared, axis_entries))
 
       common.emit({"benchmark": "compile", "dims": args.dims, "strategy": strategy, "models": num_models,
-                   "chunk": getattr(axis, "chunk", None), "default": strategy == default, "batch_size": work["batch_size"],
+                   "chunk": getattr(axis, "chunk", None), "default": strategy == default,
+                   "batch_size": work["batch_size"],
                    "shape": list(work["shape"]), **network, "quick": args.quick,
                    **measure(events, make_run, args.repeats), **common.machine()}, args.json)
 

@@ -76,6 +76,7 @@ def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int,
 
 
 def main():
+  from slicejax import parallel  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--json", action="store_true", help="print only JSON lines")
   parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
@@ -83,12 +84,10 @@ def main():
   parser.add_argument("--strategies", default="default", help="'default', 'all' or a comma-separated list")
   parser.add_argument("--steps", type=int, default=3, help="steps per model per timed repetition")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--chunk", type=int, help="models per compiled program of `loop` (default: the library's)")
+  parser.add_argument("--chunk", type=int, default=parallel.DEFAULT_CHUNK,
+                      help="models per compiled program of `loop`")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.chunk is None:
-    from slicejax import parallel  # pylint: disable=g-import-not-at-top
-    args.chunk = parallel.DEFAULT_CHUNK
 
   if args.one:
     strategy, models = args.one.split(":")
@@ -96,14 +95,7 @@ def main():
     return
 
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import parallel  # pylint: disable=g-import-not-at-top
   default = parallel.default_strategy()
-  if args.strategies == "default":
-    strategies = [default]
-  elif args.strategies == "all":
-    strategies = list(parallel.STRATEGIES)
-  else:
-    strategies = args.strategies.split(",")
 
   def run_one(strategy, models):
     out = subprocess.run([sys.executable, __file__, f"--one={strategy}:{models}", f"--dims={args.dims}",
@@ -113,7 +105,7 @@ def main():
 
   for models in [int(m) for m in args.models.split(",")]:
     baseline = run_one("baseline", models)
-    for strategy in strategies:
+    for strategy in common.strategies(args.strategies):
       record = run_one(strategy, models)
       record.update(default=strategy == default, baseline_throughput=baseline["throughput"],
                     baseline_peak_memory_mb=baseline["peak_memory_mb"],

@@ -89,10 +89,6 @@ def _interpolate(config, volume, annotated, num_classes):
                                    align_centroids=config.interpolation.align_centroids)
 
 
-def _quality(truths, filleds, annotated, num_classes):
-  return interpolation.pooled_interpolation_dice(truths, filleds, annotated, num_classes)
-
-
 def slice_data(config, points, plans, pool, shape, num_classes):
   """2D training data of a group: the slice bank and each model's entries over it.
 
@@ -111,16 +107,16 @@ def slice_data(config, points, plans, pool, shape, num_classes):
   for m, (point, plan) in enumerate(zip(points, plans)):
     entries = []
     if point.interpolation:
-      filleds = []
-      for case in sorted(plan):
+      filleds, cases = [], sorted(plan)
+      for case in cases:
         filled, known = _interpolate(config, by_id[case], plan[case], num_classes)
         between = np.setdiff1d(np.flatnonzero(known), plan[case])
         label_rows.append(data_lib.fit_to_shape(filled[between], shape)[0])
         entries += [(offsets[case] + d, next_row + i, config.interpolation.weight) for i, d in enumerate(between)]
         next_row += len(between)
         filleds.append(filled)
-      quality[m] = _quality([by_id[c].label for c in sorted(plan)], filleds, [plan[c] for c in sorted(plan)],
-                            num_classes)
+      quality[m] = interpolation.pooled_interpolation_dice([by_id[c].label for c in cases], filleds,
+                                                           [plan[c] for c in cases], num_classes)
     extra.append(entries)
   bank["labels"] = np.concatenate(label_rows).astype(np.int32)
   return bank, sampler.model_entries(plans, offsets, extra), quality
@@ -147,8 +143,8 @@ def volume_data(config, points, plans, pool, num_classes):
   label_rows = np.tile(np.arange(len(pool), dtype=np.int32), (len(points), 1))
   quality = {}
   for m, (point, plan) in enumerate(zip(points, plans)):
-    filleds = []
-    for case in sorted(plan):
+    filleds, cases = [], sorted(plan)
+    for case in cases:
       v = index[case]
       if point.interpolation:
         filled, known = _interpolate(config, pool[v], plan[case], num_classes)
@@ -158,8 +154,8 @@ def volume_data(config, points, plans, pool, num_classes):
         filleds.append(filled)
       planes[m, v, plan[case]] = 1.0
     if point.interpolation:
-      quality[m] = _quality([pool[index[c]].label for c in sorted(plan)], filleds, [plan[c] for c in sorted(plan)],
-                            num_classes)
+      quality[m] = interpolation.pooled_interpolation_dice([pool[index[c]].label for c in cases], filleds,
+                                                           [plan[c] for c in cases], num_classes)
   bank["labels"] = np.stack(labels).astype(np.int32)
   return bank, {"planes": planes, "label_rows": label_rows}, quality
 
