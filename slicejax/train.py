@@ -24,6 +24,7 @@ import optax
 
 from slicejax import augment as augment_lib
 from slicejax import checkpoint
+from slicejax import config_lib
 from slicejax import data as data_lib
 from slicejax import distributed
 from slicejax import encoder
@@ -408,6 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
   Returns:
     All result rows in results.jsonl.
   """
+  config_lib.validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # Of the processes of a multi-process run, only the writer (process 0) locks the workdir and writes records; the
