@@ -3,6 +3,9 @@
 Several processes (hosts of a TPU pod slice, SLURM tasks) run one grid together with `--distributed`, or with
 `--coordinator=HOST:PORT --num_processes=N --process_id=I` given explicitly (README.md, "Scale-out").
 
+The console shows slicejax's own log lines and only warnings and errors from libraries (orbax, jax, ...);
+`--verbosity=1` (`-v 1`) shows the libraries' INFO lines too, `-v 2` their DEBUG lines.
+
 Bad input (data, config values, a misspelt config key, a workdir in use) ends with one line `error: <where>: <what>`
 on stderr and exit status 2, before anything in the workdir changes.
 """
@@ -14,6 +17,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from slicejax import console
 from slicejax import distributed
 from slicejax import train
 from slicejax.errors import InputError
@@ -51,6 +55,7 @@ def _parse_flags(argv):
 
 def main(argv):
   del argv
+  console.setup_logging(logging.get_verbosity())
   try:
     config = _CONFIG.value
     config.get("seed")  # A config file that failed to load raises here.
