@@ -10,14 +10,30 @@ Axis convention. The NIfTI data array `(X, Y, Z[, C])` has its slicing axis `a` 
 the same `(D, H, W)` order; the file's affine is kept unchanged, so `save_label` writes predictions back in the
 original axis order with the original affine and the original array shape.
 
-Intensities are normalised per volume and per channel (the files' scales differ by orders of magnitude):
-  * "zscore": `(x - mean) / max(std, 1e-8)` with mean and std over all voxels of the channel, in float64;
-  * "ct": clip to `ct_window = (lo, hi)` in Hounsfield units, then map linearly to [-1, 1]
-    (`2 * (x - lo) / (hi - lo) - 1`), so one HU value means the same number in every volume.
+Two steps. `index_msd` reads `dataset.json` and only the NIfTI headers, no voxels: per case its paths, shape,
+spacing, channels and affine, after every check a header allows (missing or unreadable files, dimensions, image and
+label shapes, spacing, voxel type, image and label affines, channel counts). Splits and annotation budgets can thus be
+checked against the cases' depths before any voxel is read or any cache file written. `load_volumes` then reads the
+voxels of an index's cases and runs the checks that need them (NaN or Inf images, non-integer labels, label values
+not declared in dataset.json); `load_msd` does both. Bad input raises `slicejax.errors.InputError` naming the file.
 
-Bad input raises `slicejax.errors.InputError` naming the file at load time. With `cache_dir`, each preprocessed case
-is stored as `.npy` arrays plus a JSON record, keyed by the SHA-256 of both files' bytes and the preprocessing
-settings; checks that depend on `dataset.json` or on the tolerance are re-run on cached entries.
+Intensities are normalised per volume and per channel (the files' scales differ by orders of magnitude), in float64:
+  * "zscore": `(x - mean) / max(std, 1e-8)` with mean and std over all voxels of the channel;
+  * "ct": clip to `ct_window = (lo, hi)` in Hounsfield units, then map linearly to [-1, 1]
+    (`2 * (x - lo) / (hi - lo) - 1`), so one HU value means the same number in every volume;
+then rounded once to float16, which `Volume.image` holds (half the host memory of float32; device arrays are built
+in float32 from it). float16 keeps 11 significant bits, a relative error of at most 2**-11 (about 3 significant
+digits): at most 2**-12 on "ct" values in [-1, 1] (0.25 HU of a 2000 HU window), and z-scores never come near
+float16's largest value 65504 (|z| <= sqrt(N - 1) over N voxels). Labels are held as uint8 (uint16 for more than
+256 classes).
+
+Cache. With `cache_dir`, each preprocessed case is stored as one uncompressed `.npz` file in `cache_dir/volumes/`:
+the float16 image, the label in the smallest unsigned type that holds its values, the sorted label values and the
+entry's key. The key (and, shortened, the file name) hashes both NIfTI files' bytes (SHA-256), the preprocessing
+settings and the format version, so work folders, datasets and processes can share one folder (`default_cache_dir()`).
+Each entry is written atomically: it is complete or absent, and concurrent writers of an entry write the same bytes
+twice. A load from the cache gives exactly the arrays of a load without it. The label values are checked against
+dataset.json on cached entries too, as dataset.json is not part of the key.
 """
 
 import dataclasses
@@ -27,7 +43,7 @@ import json
 import os
 import pathlib
 import time
-import uuid
+import zipfile
 import zlib
 
 from absl import logging
@@ -37,15 +53,16 @@ from nibabel import spatialimages
 from nibabel import wrapstruct
 import numpy as np
 
+from slicejax import files
 from slicejax.errors import InputError
 
 NORMALIZATIONS = ("zscore", "ct")
 _STD_FLOOR = 1e-8
 # Bumped whenever the cached arrays or their meaning change, so old entries miss.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 _GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI2_HEADER_SIZE = 540
-# Everything nibabel, gzip and zlib raise for a damaged file; caught while decoding the whole data block.
+# Everything nibabel, gzip and zlib raise for a damaged file; caught while decoding a header or a whole data block.
 _DECODE_ERRORS = (OSError, EOFError, zlib.error, ValueError, filebasedimages.ImageFileError,
                   spatialimages.HeaderDataError, wrapstruct.WrapStructError)
 
@@ -56,8 +73,8 @@ class Volume:
 
   Attributes:
     case_id: file name without `.nii.gz`, e.g. "hippocampus_001".
-    image: `[D, H, W, C]` float32, normalised per channel.
-    label: `[D, H, W]` int32 class indices.
+    image: `[D, H, W, C]` float16, normalised per channel.
+    label: `[D, H, W]` uint8 class indices (uint16 for more than 256 classes).
     spacing: `(sD, sH, sW)` voxel size in mm.
     affine: `[4, 4]` float64, the image file's voxel-to-world affine (NIfTI axis order).
     slicing_axis: the NIfTI axis (0, 1 or 2) that became D.
@@ -109,6 +126,77 @@ class Dataset:
     return {v.case_id: v for v in self.volumes}
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class CaseInfo:
+  """One case as its NIfTI headers describe it; no voxel has been read.
+
+  Attributes:
+    case_id: file name without `.nii.gz`.
+    image_path, label_path: the two files.
+    shape: `(D, H, W)`, the label's shape in volume order (the image's is `shape + (num_channels,)`).
+    spacing: `(sD, sH, sW)` voxel size in mm.
+    num_channels: C, 1 for a 3D image.
+    nifti_shape: the image file's array shape `(X, Y, Z[, C])`.
+    affine: `[4, 4]` float64, the image file's voxel-to-world affine.
+  """
+  case_id: str
+  image_path: pathlib.Path
+  label_path: pathlib.Path
+  shape: tuple
+  spacing: tuple
+  num_channels: int
+  nifti_shape: tuple
+  affine: np.ndarray
+
+  @property
+  def depth(self) -> int:
+    return self.shape[0]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DatasetIndex:
+  """An MSD folder read up to its NIfTI headers (see `index_msd`).
+
+  Attributes:
+    name: `name` from dataset.json, else the folder name.
+    root: the folder it was read from.
+    class_names: class names by label value; `class_names[0]` is the background.
+    channel_names: image channel names (from `modality`, else "channel_<i>").
+    slicing_axis: the NIfTI axis (0, 1 or 2) that becomes D.
+    cases: CaseInfo per case, sorted by case_id.
+  """
+  name: str
+  root: str
+  class_names: tuple
+  channel_names: tuple
+  slicing_axis: int
+  cases: tuple
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def num_channels(self) -> int:
+    return len(self.channel_names)
+
+  @property
+  def case_ids(self) -> tuple:
+    return tuple(c.case_id for c in self.cases)
+
+  def depths(self) -> dict:
+    """Returns {case_id: D}, the number of slices along the slicing axis."""
+    return {c.case_id: c.depth for c in self.cases}
+
+  def select(self, case_ids) -> "DatasetIndex":
+    """The same index restricted to `case_ids` (any order; kept sorted), e.g. the cases of a split."""
+    wanted = set(case_ids)
+    missing = sorted(wanted - set(self.case_ids))
+    if missing:
+      raise InputError(self.root, f"has no case(s) {missing}")
+    return dataclasses.replace(self, cases=tuple(c for c in self.cases if c.case_id in wanted))
+
+
 def to_volume_order(array: np.ndarray, slicing_axis: int) -> np.ndarray:
   """NIfTI `[X, Y, Z, ...]` -> `[D, H, W, ...]` by moving `slicing_axis` to the front."""
   return np.moveaxis(array, slicing_axis, 0)
@@ -119,8 +207,24 @@ def to_nifti_order(array: np.ndarray, slicing_axis: int) -> np.ndarray:
   return np.moveaxis(array, 0, slicing_axis)
 
 
+def default_cache_dir() -> pathlib.Path:
+  """The cache folder shared by every run of this user: `$SLICEJAX_CACHE` if set, else `$XDG_CACHE_HOME/slicejax`,
+  else `~/.cache/slicejax` (not created here). Entries are keyed by content (see the module docstring)."""
+  if os.environ.get("SLICEJAX_CACHE"):
+    return pathlib.Path(os.environ["SLICEJAX_CACHE"]).expanduser()
+  xdg = os.environ.get("XDG_CACHE_HOME", "")
+  # The XDG base directory spec says to ignore a relative path.
+  base = pathlib.Path(xdg) if os.path.isabs(xdg) else pathlib.Path.home() / ".cache"
+  return base / "slicejax"
+
+
+def _smallest_int(lo: int, hi: int):
+  """The smallest of uint8, uint16 and int32 that holds every integer in [lo, hi]."""
+  return next(t for t in (np.uint8, np.uint16, np.int32) if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# dataset.json.
+# dataset.json and the headers.
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -181,29 +285,131 @@ def _training_pairs(json_path: pathlib.Path, training) -> list:
   return [(c, *pairs[c]) for c in sorted(pairs)]
 
 
+def _nifti_class(head: bytes):
+  """The NIfTI-1 or NIfTI-2 image class, from the first (decompressed) bytes of a file."""
+  return nib.Nifti2Image if int.from_bytes(head[:4], "little") == _NIFTI2_HEADER_SIZE else nib.Nifti1Image
+
+
+def _cannot_read(path, e: Exception) -> InputError:
+  return InputError(path, f"cannot read NIfTI (corrupt or truncated file): {type(e).__name__}: {e}")
+
+
+def _read_header(path: pathlib.Path, json_path: pathlib.Path) -> tuple:
+  """Reads the header of a NIfTI file, not its voxels.
+
+  Returns:
+    (array shape, affine `[4, 4]` float64, zooms); InputError if the file is missing, unreadable or damaged, or its
+    voxel type is not a real number.
+  """
+  try:
+    with open(path, "rb") as f:
+      compressed = f.read(2) == _GZIP_MAGIC
+  except FileNotFoundError as e:
+    raise InputError(path, f"missing (listed in {json_path})") from e
+  except OSError as e:
+    raise InputError(path, f"cannot read: {e}") from e
+  try:
+    # Streaming through gzip decompresses only the header's bytes.
+    with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+      header_class = _nifti_class(f.read(4)).header_class
+      f.seek(0)
+      header = header_class.from_fileobj(f)
+    shape = tuple(int(s) for s in header.get_data_shape())
+    affine = np.asarray(header.get_best_affine(), np.float64)
+    zooms = tuple(float(z) for z in header.get_zooms()[:3])
+    dtype = header.get_data_dtype()
+  except _DECODE_ERRORS as e:
+    raise _cannot_read(path, e) from e
+  if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    raise InputError(path, f"unsupported voxel type {dtype}")
+  return shape, affine, zooms
+
+
+def _index_case(case_id, image_path, label_path, json_path, slicing_axis: int, affine_tolerance: float) -> CaseInfo:
+  """Reads and checks the two headers of one case."""
+  image_shape, affine, zooms = _read_header(image_path, json_path)
+  label_shape, label_affine, _ = _read_header(label_path, json_path)
+  if len(image_shape) not in (3, 4):
+    raise InputError(image_path, f"image must be 3D [X, Y, Z] or 4D [X, Y, Z, C], got shape {image_shape}")
+  if len(label_shape) != 3:
+    raise InputError(label_path, f"label must be 3D [X, Y, Z], got shape {label_shape}")
+  if image_shape[:3] != label_shape:
+    raise InputError(label_path, f"label shape {label_shape} differs from image shape {image_shape[:3]} ({image_path})")
+  if min(image_shape) < 1:
+    raise InputError(image_path, f"image has no voxels, shape {image_shape}")
+  if not all(np.isfinite(z) and z > 0 for z in zooms):
+    raise InputError(image_path, f"voxel spacing {zooms} must be positive")
+  difference = float(np.max(np.abs(affine - label_affine)))
+  if difference > affine_tolerance:
+    raise InputError(label_path, f"affine differs from the image's ({image_path.name}) by {difference:.3g} > "
+                     f"tolerance {affine_tolerance:g}")
+  order = [slicing_axis] + [a for a in range(3) if a != slicing_axis]
+  return CaseInfo(case_id=case_id, image_path=image_path, label_path=label_path,
+                  shape=tuple(label_shape[a] for a in order), spacing=tuple(zooms[a] for a in order),
+                  num_channels=image_shape[3] if len(image_shape) == 4 else 1, nifti_shape=image_shape, affine=affine)
+
+
+def _check_index_settings(slicing_axis, affine_tolerance, max_cases) -> None:
+  if slicing_axis not in (0, 1, 2) or isinstance(slicing_axis, bool):
+    raise InputError("slicing_axis", f"must be 0, 1 or 2, got {slicing_axis!r}")
+  if not affine_tolerance >= 0:
+    raise InputError("affine_tolerance", f"must be >= 0, got {affine_tolerance!r}")
+  if max_cases is not None and not (isinstance(max_cases, int) and max_cases > 0):
+    raise InputError("max_cases", f"must be a positive integer or None, got {max_cases!r}")
+
+
+def index_msd(root, *, slicing_axis: int = 2, affine_tolerance: float = 1e-3, max_cases=None) -> DatasetIndex:
+  """Reads dataset.json and the NIfTI headers of every training case, without reading any voxel.
+
+  Args:
+    root: folder holding `dataset.json`, `imagesTr/` and `labelsTr/`.
+    slicing_axis: NIfTI axis (0, 1 or 2) that becomes D.
+    affine_tolerance: largest allowed absolute difference between an image's and its label's affine entries.
+    max_cases: index only the first `max_cases` cases in case_id order.
+
+  Returns:
+    A DatasetIndex whose cases are sorted by case_id.
+
+  Raises:
+    InputError: naming the file (or setting) for anything a header shows to be wrong (see the module docstring).
+  """
+  _check_index_settings(slicing_axis, affine_tolerance, max_cases)
+  start = time.perf_counter()
+  root = pathlib.Path(root)
+  json_path = root / "dataset.json"
+  meta = _read_json(json_path)
+  class_names = _index_map(json_path, "labels", meta["labels"])
+  modality = _index_map(json_path, "modality", meta["modality"]) if "modality" in meta else None
+  cases = []
+  num_channels = len(modality) if modality else None
+  for case_id, image_path, label_path in _training_pairs(json_path, meta["training"])[:max_cases]:
+    case = _index_case(case_id, image_path, label_path, json_path, slicing_axis, affine_tolerance)
+    if num_channels is None:
+      num_channels = case.num_channels
+    if case.num_channels != num_channels:
+      expected = f"'modality' in {json_path.name} lists" if modality else "earlier cases have"
+      raise InputError(image_path, f"image has {case.num_channels} channel(s) but {expected} {num_channels}")
+    cases.append(case)
+  logging.info("Indexed %d cases of %s in %.2fs.", len(cases), root, time.perf_counter() - start)
+  return DatasetIndex(name=str(meta.get("name", root.name)), root=str(root), class_names=class_names,
+                      channel_names=modality or tuple(f"channel_{i}" for i in range(num_channels)),
+                      slicing_axis=slicing_axis, cases=tuple(cases))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# Decoding and checking one case.
+# Decoding and checking the voxels of one case.
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _decode_nifti(path: pathlib.Path, raw: bytes) -> tuple:
-  """File bytes -> (data array with scaling applied, affine [4, 4] float64, zooms (3,)); InputError if damaged."""
+def _decode_nifti(path: pathlib.Path, raw: bytes) -> np.ndarray:
+  """File bytes -> data array with scaling applied; InputError if damaged."""
   try:
     if raw[:2] == _GZIP_MAGIC:
       # Decompressing everything up front (and checking the CRC) catches a damaged data block, not just the header.
       raw = gzip.decompress(raw)
-    header_size = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
-    image_class = nib.Nifti2Image if header_size == _NIFTI2_HEADER_SIZE else nib.Nifti1Image
-    img = image_class.from_bytes(raw)
-    data = np.asanyarray(img.dataobj)
-    affine = np.asarray(img.affine, np.float64)
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return np.asanyarray(_nifti_class(raw).from_bytes(raw).dataobj)
   except _DECODE_ERRORS as e:
-    raise InputError(path, f"cannot read NIfTI (corrupt or truncated file): {type(e).__name__}: {e}") from e
-  if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
-          or data.dtype == np.bool_):
-    raise InputError(path, f"unsupported voxel type {data.dtype}")
-  return data, affine, zooms
+    raise _cannot_read(path, e) from e
 
 
 def _check_label_values(path, values: np.ndarray, num_classes: int) -> None:
@@ -235,45 +441,36 @@ def normalize(image: np.ndarray, normalization: str, ct_window=(-1000., 1000.)) 
     ct_window: `(lo, hi)` clipping window for "ct".
 
   Returns:
-    `[D, H, W, C]` float32.
+    `[D, H, W, C]` float16, computed in float64 and rounded once.
   """
   x = image.astype(np.float64)
   if normalization == "zscore":
     spatial = tuple(range(x.ndim - 1))
     mean = x.mean(axis=spatial)
     std = np.maximum(x.std(axis=spatial), _STD_FLOOR)
-    return ((x - mean) / std).astype(np.float32)
+    return ((x - mean) / std).astype(np.float16)
   if normalization == "ct":
     lo, hi = ct_window
-    return (2. * (np.clip(x, lo, hi) - lo) / (hi - lo) - 1.).astype(np.float32)
+    return (2. * (np.clip(x, lo, hi) - lo) / (hi - lo) - 1.).astype(np.float16)
   raise InputError("normalization", f"unknown normalisation {normalization!r}; choose from {NORMALIZATIONS}")
 
 
-def _decode_case(case_id, image_path, label_path, image_raw, label_raw, *, slicing_axis, normalization, ct_window):
-  """Decodes one pair and runs the checks that need only the two files; returns (Volume, record for the cache)."""
-  image, affine, zooms = _decode_nifti(image_path, image_raw)
-  label, label_affine, _ = _decode_nifti(label_path, label_raw)
-  if image.ndim not in (3, 4):
-    raise InputError(image_path, f"image must be 3D [X, Y, Z] or 4D [X, Y, Z, C], got shape {image.shape}")
-  if label.ndim != 3:
-    raise InputError(label_path, f"label must be 3D [X, Y, Z], got shape {label.shape}")
-  if image.shape[:3] != label.shape:
-    raise InputError(label_path, f"label shape {label.shape} differs from image shape {image.shape[:3]} ({image_path})")
-  if not all(np.isfinite(z) and z > 0 for z in zooms):
-    raise InputError(image_path, f"voxel spacing {zooms} must be positive")
+def _decode_case(case: CaseInfo, image_raw: bytes, label_raw: bytes, slicing_axis: int, normalization: str,
+                 ct_window) -> tuple:
+  """Decodes and checks one pair; returns (image `[D, H, W, C]` float16, label `[D, H, W]` int32)."""
+  image = _decode_nifti(case.image_path, image_raw)
+  label = _decode_nifti(case.label_path, label_raw)
+  for path, array, shape in ((case.image_path, image, case.nifti_shape),
+                             (case.label_path, label, case.nifti_shape[:3])):
+    if array.shape != shape:
+      raise InputError(path, f"changed since it was indexed: shape {array.shape}, its header said {shape}")
   if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
-    raise InputError(image_path, "image holds NaN or Inf voxels")
-  label = _as_int_label(label_path, label)
+    raise InputError(case.image_path, "image holds NaN or Inf voxels")
+  label = _as_int_label(case.label_path, label)
   if image.ndim == 3:
     image = image[..., None]
   image = normalize(to_volume_order(image, slicing_axis), normalization, ct_window)
-  label = np.ascontiguousarray(to_volume_order(label, slicing_axis))
-  order = [slicing_axis] + [a for a in range(3) if a != slicing_axis]
-  volume = Volume(case_id=case_id, image=np.ascontiguousarray(image), label=label,
-                  spacing=tuple(zooms[a] for a in order), affine=affine, slicing_axis=slicing_axis)
-  record = {"label_values": np.unique(label).tolist(),
-            "affine_difference": float(np.max(np.abs(affine - label_affine)))}
-  return volume, record
+  return np.ascontiguousarray(image), np.ascontiguousarray(to_volume_order(label, slicing_axis))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -287,58 +484,33 @@ def _cache_key(image_raw: bytes, label_raw: bytes, settings: dict) -> str:
   return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _temporary_sibling(path: pathlib.Path, suffix: str = ".tmp") -> pathlib.Path:
-  # A fresh name next to `path` (same file system, so os.replace is atomic); unlike tempfile.mkstemp, the file gets
-  # the usual umask permissions.
-  return path.parent / f".{path.name}.{uuid.uuid4().hex}{suffix}"
+def _cache_path(folder: pathlib.Path, case_id: str, key: str) -> pathlib.Path:
+  return folder / f"{case_id}.{key[:32]}.npz"
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-  """Calls `write(file)` on a temporary file next to `path`, then renames it into place."""
-  tmp = _temporary_sibling(path)
-  try:
-    with open(tmp, "xb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-
-
-def _cache_paths(cache_dir: pathlib.Path, case_id: str, key: str) -> dict:
-  stem = f"{case_id}.{key[:32]}"
-  return {k: cache_dir / f"{stem}.{k}" for k in ("image.npy", "label.npy", "json")}
-
-
-def _read_cache(paths: dict, key: str, case_id: str):
-  """Returns (Volume, record) for a complete entry with the right key, else None."""
-  if not paths["json"].is_file():
+def _read_cache(path: pathlib.Path, key: str, case: CaseInfo):
+  """Returns (image, label, label values) of the entry at `path` if it has the right key and shapes, else None."""
+  if not path.is_file():
     return None
   try:
-    meta = json.loads(paths["json"].read_text())
-    if meta.get("key") != key:
-      return None
-    image = np.load(paths["image.npy"])
-    label = np.load(paths["label.npy"])
-  except (OSError, ValueError) as e:
-    logging.warning("Ignoring unreadable cache entry %s: %s", paths["json"], e)
+    with np.load(path) as entry:
+      if str(entry["key"]) != key:
+        return None
+      image, label, label_values = entry["image"], entry["label"], entry["label_values"]
+  except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    logging.warning("Ignoring unreadable cache entry %s: %s", path, e)
     return None
-  if image.shape != tuple(meta["image_shape"]) or label.shape != tuple(meta["label_shape"]):
-    logging.warning("Ignoring cache entry %s: array shapes differ from its record", paths["json"])
+  if image.shape != case.shape + (case.num_channels,) or image.dtype != np.float16 or label.shape != case.shape:
+    logging.warning("Ignoring cache entry %s: its arrays do not match %s's header", path, case.image_path)
     return None
-  volume = Volume(case_id=case_id, image=image, label=label, spacing=tuple(meta["spacing"]),
-                  affine=np.asarray(meta["affine"], np.float64), slicing_axis=meta["slicing_axis"])
-  return volume, meta["record"]
+  return image, label, label_values
 
 
-def _write_cache(paths: dict, key: str, volume: Volume, record: dict) -> None:
-  # The JSON record is written last: an entry without it (a killed run) is never trusted.
-  _atomic_write(paths["image.npy"], lambda f: np.save(f, volume.image))
-  _atomic_write(paths["label.npy"], lambda f: np.save(f, volume.label))
-  meta = {"key": key, "case_id": volume.case_id, "image_shape": list(volume.image.shape),
-          "label_shape": list(volume.label.shape), "spacing": list(volume.spacing), "affine": volume.affine.tolist(),
-          "slicing_axis": volume.slicing_axis, "record": record}
-  _atomic_write(paths["json"], lambda f: f.write(json.dumps(meta).encode()))
+def _write_cache(path: pathlib.Path, key: str, image: np.ndarray, label: np.ndarray, label_values: np.ndarray):
+  # One file per entry, written atomically: an entry is complete or absent, never half written.
+  stored = label.astype(_smallest_int(label_values[0], label_values[-1]))
+  files.atomic_writer(path, lambda f: np.savez(f, key=np.array(key), image=image, label=stored,
+                                               label_values=label_values))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -355,90 +527,91 @@ def _read_bytes(path: pathlib.Path, json_path: pathlib.Path) -> bytes:
     raise InputError(path, f"cannot read: {e}") from e
 
 
-def _check_settings(slicing_axis, normalization, ct_window, affine_tolerance, max_cases) -> None:
-  if slicing_axis not in (0, 1, 2) or isinstance(slicing_axis, bool):
-    raise InputError("slicing_axis", f"must be 0, 1 or 2, got {slicing_axis!r}")
+def _check_normalization(normalization, ct_window) -> None:
   if normalization not in NORMALIZATIONS:
     raise InputError("normalization", f"unknown normalisation {normalization!r}; choose from {NORMALIZATIONS}")
   if normalization == "ct" and not (len(ct_window) == 2 and float(ct_window[0]) < float(ct_window[1])):
     raise InputError("ct_window", f"must be (lo, hi) with lo < hi, got {ct_window!r}")
-  if not affine_tolerance >= 0:
-    raise InputError("affine_tolerance", f"must be >= 0, got {affine_tolerance!r}")
-  if max_cases is not None and not (isinstance(max_cases, int) and max_cases > 0):
-    raise InputError("max_cases", f"must be a positive integer or None, got {max_cases!r}")
+
+
+def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_window=(-1000., 1000.),
+                 cache_dir=None) -> Dataset:
+  """Reads, checks and normalises the voxels of every case of `index`.
+
+  Args:
+    index: from `index_msd`, possibly narrowed with `DatasetIndex.select`.
+    normalization: "zscore" or "ct" (see the module docstring).
+    ct_window: `(lo, hi)` clipping window for "ct".
+    cache_dir: optional cache folder, e.g. `default_cache_dir()`; entries go in its `volumes/` folder, created if
+      missing.
+
+  Returns:
+    A Dataset whose volumes follow `index.cases`: images `[D, H, W, C]` float16, labels `[D, H, W]` uint8 (uint16
+    for more than 256 classes). The same arrays whether they come from the files or from the cache.
+
+  Raises:
+    InputError: naming the file (or setting) for any bad input; see the module docstring.
+  """
+  _check_normalization(normalization, ct_window)
+  start = time.perf_counter()
+  json_path = pathlib.Path(index.root) / "dataset.json"
+  settings = {"slicing_axis": index.slicing_axis, "normalization": normalization}
+  if normalization == "ct":
+    settings["ct_window"] = [float(w) for w in ct_window]
+  folder = None
+  if cache_dir is not None:
+    folder = pathlib.Path(cache_dir) / "volumes"
+    folder.mkdir(parents=True, exist_ok=True)
+  label_dtype = _smallest_int(0, index.num_classes - 1)
+
+  volumes, hits = [], 0
+  for case in index.cases:
+    image_raw = _read_bytes(case.image_path, json_path)
+    label_raw = _read_bytes(case.label_path, json_path)
+    cached = None
+    if folder is not None:
+      key = _cache_key(image_raw, label_raw, settings)
+      path = _cache_path(folder, case.case_id, key)
+      cached = _read_cache(path, key, case)
+    if cached is None:
+      image, label = _decode_case(case, image_raw, label_raw, index.slicing_axis, normalization, ct_window)
+      label_values = np.unique(label)
+      if folder is not None:
+        _write_cache(path, key, image, label, label_values)
+    else:
+      image, label, label_values = cached
+      hits += 1
+    # dataset.json is not part of the cache key, so this check runs on cached entries too.
+    _check_label_values(case.label_path, label_values, index.num_classes)
+    volumes.append(Volume(case_id=case.case_id, image=image, label=label.astype(label_dtype, copy=False),
+                          spacing=case.spacing, affine=case.affine, slicing_axis=index.slicing_axis))
+  logging.info("Loaded %d cases from %s in %.2fs (%d from cache).", len(volumes), index.root,
+               time.perf_counter() - start, hits)
+  return Dataset(name=index.name, root=index.root, class_names=index.class_names, channel_names=index.channel_names,
+                 volumes=tuple(volumes))
 
 
 def load_msd(root, *, slicing_axis: int = 2, normalization: str = "zscore", ct_window=(-1000., 1000.),
              cache_dir=None, affine_tolerance: float = 1e-3, max_cases=None) -> Dataset:
-  """Loads and checks every training case of an MSD folder.
+  """Indexes and loads every training case of an MSD folder: `load_volumes(index_msd(root, ...), ...)`.
 
   Args:
     root: folder holding `dataset.json`, `imagesTr/` and `labelsTr/`.
     slicing_axis: NIfTI axis (0, 1 or 2) moved to the front as D.
     normalization: "zscore" or "ct" (see the module docstring).
     ct_window: `(lo, hi)` clipping window for "ct".
-    cache_dir: optional folder for preprocessed cases; created if missing.
+    cache_dir: optional cache folder (see `load_volumes`).
     affine_tolerance: largest allowed absolute difference between an image's and its label's affine entries.
     max_cases: load only the first `max_cases` cases in case_id order.
 
   Returns:
-    A Dataset whose volumes are sorted by case_id: images `[D, H, W, C]` float32, labels `[D, H, W]` int32.
+    A Dataset whose volumes are sorted by case_id (see `load_volumes`).
 
   Raises:
     InputError: naming the file (or setting) for any bad input; see the module docstring.
   """
-  _check_settings(slicing_axis, normalization, ct_window, affine_tolerance, max_cases)
-  start = time.perf_counter()
-  root = pathlib.Path(root)
-  json_path = root / "dataset.json"
-  meta = _read_json(json_path)
-  class_names = _index_map(json_path, "labels", meta["labels"])
-  modality = _index_map(json_path, "modality", meta["modality"]) if "modality" in meta else None
-  pairs = _training_pairs(json_path, meta["training"])[:max_cases]
-
-  settings = {"slicing_axis": slicing_axis, "normalization": normalization}
-  if normalization == "ct":
-    settings["ct_window"] = [float(w) for w in ct_window]
-  if cache_dir is not None:
-    cache_dir = pathlib.Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-
-  volumes, hits = [], 0
-  num_channels = len(modality) if modality else None
-  for case_id, image_path, label_path in pairs:
-    image_raw = _read_bytes(image_path, json_path)
-    label_raw = _read_bytes(label_path, json_path)
-    cached = None
-    if cache_dir is not None:
-      key = _cache_key(image_raw, label_raw, settings)
-      paths = _cache_paths(cache_dir, case_id, key)
-      cached = _read_cache(paths, key, case_id)
-    if cached is None:
-      volume, record = _decode_case(case_id, image_path, label_path, image_raw, label_raw, slicing_axis=slicing_axis,
-                                    normalization=normalization, ct_window=ct_window)
-      if cache_dir is not None:
-        _write_cache(paths, key, volume, record)
-    else:
-      volume, record = cached
-      hits += 1
-    # Checks against dataset.json and the tolerance run on cached entries too: neither is part of the cache key.
-    _check_label_values(label_path, np.asarray(record["label_values"]), len(class_names))
-    if record["affine_difference"] > affine_tolerance:
-      raise InputError(label_path, f"affine differs from the image's ({image_path.name}) by "
-                       f"{record['affine_difference']:.3g} > tolerance {affine_tolerance:g}")
-    channels = volume.image.shape[-1]
-    if num_channels is None:
-      num_channels = channels
-    if channels != num_channels:
-      expected = f"'modality' in {json_path.name} lists" if modality else "earlier cases have"
-      raise InputError(image_path, f"image has {channels} channel(s) but {expected} {num_channels}")
-    volumes.append(volume)
-
-  channel_names = modality or tuple(f"channel_{i}" for i in range(num_channels))
-  logging.info("Loaded %d cases from %s in %.2fs (%d from cache).", len(volumes), root, time.perf_counter() - start,
-               hits)
-  return Dataset(name=str(meta.get("name", root.name)), root=str(root), class_names=class_names,
-                 channel_names=channel_names, volumes=tuple(volumes))
+  index = index_msd(root, slicing_axis=slicing_axis, affine_tolerance=affine_tolerance, max_cases=max_cases)
+  return load_volumes(index, normalization=normalization, ct_window=ct_window, cache_dir=cache_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -559,11 +732,5 @@ def save_label(path, label: np.ndarray, volume: Volume) -> pathlib.Path:
   img.header.set_slope_inter(1., 0.)
   suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = _temporary_sibling(path, suffix)
-  try:
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-  return path
+  # nibabel chooses gzip from the file name, so the temporary file keeps the suffix.
+  return files.atomic_save(path, lambda name: nib.save(img, name), suffix)

@@ -1,7 +1,9 @@
 """A synthetic MRI-like segmentation dataset written in the MSD layout.
 
 `write_phantom` writes `imagesTr/phantom_XXX.nii.gz`, `labelsTr/phantom_XXX.nii.gz` and `dataset.json`, so demos and
-tests go through the same reader (`slicejax.data.load_msd`) as real data.
+tests go through the same reader (`slicejax.data.load_msd`) as real data. `cached_phantom` keeps one such folder per
+set of arguments in a cache folder (e.g. `slicejax.data.default_cache_dir()`), shared by every run. Either way the
+folder is built under a temporary name and renamed into place, so it is complete or absent.
 
 Conventions. Arrays are built and written in NIfTI order `[X, Y, Z]` (images `[X, Y, Z, C]` when `num_channels > 1`)
 with voxel spacing 1 x 1 x 2 mm, so Z (axis 2) is the slicing axis; the depth of each case is drawn from
@@ -19,15 +21,16 @@ Anatomy of one case, all drawn from the case's own random stream (`seed`, case i
 
 import gzip
 import json
+import os
 import pathlib
 import shutil
-import uuid
 
 from absl import logging
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from slicejax import files
 from slicejax.errors import InputError
 
 CLASS_NAMES = ("background", "core", "rim")
@@ -165,17 +168,83 @@ def _holds(root: pathlib.Path, settings: dict) -> bool:
   return all((root / e[k]).is_file() for e in meta["training"] for k in ("image", "label"))
 
 
-def _check_args(num_cases, shape, num_channels, seed) -> None:
+def _checked_settings(num_cases, shape, num_channels, seed) -> dict:
+  """Checks the arguments and returns their `_settings` as plain Python numbers."""
+  shape = tuple(shape)
   if not (isinstance(num_cases, (int, np.integer)) and num_cases >= 1):
     raise InputError("num_cases", f"must be a positive integer, got {num_cases!r}")
   if not (len(shape) == 3 and all(isinstance(s, (int, np.integer)) for s in shape)):
     raise InputError("shape", f"must be three integers (X, Y, Z), got {shape!r}")
   if min(shape[:2]) < 16 or shape[2] < 2 * _DEPTH_SPREAD:
-    raise InputError("shape", f"must be at least (16, 16, {2 * _DEPTH_SPREAD}), got {tuple(shape)}")
+    raise InputError("shape", f"must be at least (16, 16, {2 * _DEPTH_SPREAD}), got {shape}")
   if num_channels not in (1, 2):
     raise InputError("num_channels", f"must be 1 or 2, got {num_channels!r}")
   if not isinstance(seed, (int, np.integer)):
     raise InputError("seed", f"must be an integer, got {seed!r}")
+  return _settings(int(num_cases), tuple(int(s) for s in shape), int(num_channels), int(seed))
+
+
+def _build_beside(root: pathlib.Path, settings: dict) -> pathlib.Path:
+  """Writes the whole phantom into a new hidden folder next to `root` and returns that folder.
+
+  A fresh sibling name (not tempfile.mkdtemp, whose 0700 mode the renamed folder would keep), on the same file system
+  so that renaming it to `root` is atomic. dataset.json, which `_holds` reads, is written last.
+  """
+  num_cases, shape, num_channels, seed = (settings[k] for k in ("num_cases", "shape", "num_channels", "seed"))
+  root.parent.mkdir(parents=True, exist_ok=True)
+  tmp = files.temporary_sibling(root, ".building")
+  tmp.mkdir()
+  try:
+    (tmp / "imagesTr").mkdir()
+    (tmp / "labelsTr").mkdir()
+    affine = np.diag([*SPACING, 1.])
+    affine[:3, 3] = -np.array(shape) * np.array(SPACING) / 2
+    training = []
+    for index in range(num_cases):
+      image, label = phantom_case(seed, index, tuple(shape), num_channels)
+      name = f"phantom_{index:03d}.nii.gz"
+      files.atomic_write(tmp / "imagesTr" / name, _nifti_gz(image, affine))
+      files.atomic_write(tmp / "labelsTr" / name, _nifti_gz(label, affine))
+      training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {
+        "name": "Phantom",
+        "description": "Synthetic MRI-like volumes with a core and a rim structure (slicejax.phantom)",
+        "tensorImageSize": "4D" if num_channels > 1 else "3D",
+        "modality": {str(i): n for i, n in enumerate(CHANNEL_NAMES[:num_channels])},
+        "labels": {str(i): n for i, n in enumerate(CLASS_NAMES)},
+        "numTraining": num_cases,
+        "numTest": 0,
+        "training": training,
+        "test": [],
+        "phantom": settings,
+    }
+    files.atomic_write(tmp / "dataset.json", json.dumps(meta, indent=1))
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return tmp
+
+
+def _publish(tmp: pathlib.Path, root: pathlib.Path, settings: dict) -> None:
+  """Renames the complete folder `tmp` to `root`, replacing whatever `root` holds unless it is this phantom."""
+  try:
+    try:
+      # Atomic; fails when `root` exists and is not an empty folder.
+      os.rename(tmp, root)
+    except OSError:
+      if _holds(root, settings):
+        # Another process published the same phantom first; its files are the same.
+        return
+      trash = files.temporary_sibling(root, ".old")
+      root.rename(trash)
+      tmp.rename(root)
+      if trash.is_dir():
+        shutil.rmtree(trash)
+      else:
+        trash.unlink()
+    files.fsync_dir(root.parent)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_phantom(root, *, num_cases: int = 60, shape=(40, 40, 24), num_channels: int = 1, seed: int = 0,
@@ -199,61 +268,42 @@ def write_phantom(root, *, num_cases: int = 60, shape=(40, 40, 24), num_channels
   Raises:
     InputError: bad arguments, or `root` holds something else and `overwrite` is False.
   """
-  shape = tuple(shape)
-  _check_args(num_cases, shape, num_channels, seed)
-  num_cases, shape, num_channels, seed = int(num_cases), tuple(int(s) for s in shape), int(num_channels), int(seed)
+  settings = _checked_settings(num_cases, shape, num_channels, seed)
   root = pathlib.Path(root)
-  settings = _settings(num_cases, shape, num_channels, seed)
   if root.exists():
     if _holds(root, settings):
       logging.info("Phantom already at %s.", root)
       return root
     if not overwrite and (not root.is_dir() or any(root.iterdir())):
       raise InputError(root, "exists and does not hold this phantom; pass overwrite=True to replace it")
+  _publish(_build_beside(root, settings), root, settings)
+  logging.info("Wrote a %d-case phantom to %s.", settings["num_cases"], root)
+  return root
 
-  root.parent.mkdir(parents=True, exist_ok=True)
-  # A fresh sibling name (not tempfile.mkdtemp, whose 0700 mode the renamed folder would keep).
-  tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex}"
-  tmp.mkdir()
-  try:
-    (tmp / "imagesTr").mkdir()
-    (tmp / "labelsTr").mkdir()
-    affine = np.diag([*SPACING, 1.])
-    affine[:3, 3] = -np.array(shape) * np.array(SPACING) / 2
-    training = []
-    for index in range(num_cases):
-      image, label = phantom_case(seed, index, shape, num_channels)
-      name = f"phantom_{index:03d}.nii.gz"
-      (tmp / "imagesTr" / name).write_bytes(_nifti_gz(image, affine))
-      (tmp / "labelsTr" / name).write_bytes(_nifti_gz(label, affine))
-      training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    meta = {
-        "name": "Phantom",
-        "description": "Synthetic MRI-like volumes with a core and a rim structure (slicejax.phantom)",
-        "tensorImageSize": "4D" if num_channels > 1 else "3D",
-        "modality": {str(i): n for i, n in enumerate(CHANNEL_NAMES[:num_channels])},
-        "labels": {str(i): n for i, n in enumerate(CLASS_NAMES)},
-        "numTraining": num_cases,
-        "numTest": 0,
-        "training": training,
-        "test": [],
-        "phantom": settings,
-    }
-    (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
-    if root.exists() and root.is_dir() and not any(root.iterdir()):
-      root.rmdir()
-    if root.exists():
-      trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex}"
-      root.rename(trash)
-      tmp.rename(root)
-      if trash.is_dir():
-        shutil.rmtree(trash)
-      else:
-        trash.unlink()
-    else:
-      tmp.rename(root)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  logging.info("Wrote a %d-case phantom to %s.", num_cases, root)
+
+def cached_phantom(cache_dir, *, num_cases: int = 60, shape=(40, 40, 24), num_channels: int = 1,
+                   seed: int = 0) -> pathlib.Path:
+  """The phantom of these arguments in a shared cache folder, written there on first use (see `write_phantom`).
+
+  Processes may ask for the same phantom at once: each that finds it missing builds it in a private folder, the first
+  rename publishes it and the others discard their copy (the same bytes). A generation killed part-way leaves at most
+  a hidden `.*.building` folder, which is never read.
+
+  Args:
+    cache_dir: the cache folder, e.g. `slicejax.data.default_cache_dir()`; the phantom goes in
+      `cache_dir/phantoms/phantom_v<version>_n<num_cases>_<X>x<Y>x<Z>_c<num_channels>_seed<seed>/`.
+    num_cases, shape, num_channels, seed: as in `write_phantom`.
+
+  Returns:
+    The phantom's folder, holding `dataset.json`, `imagesTr/` and `labelsTr/`.
+  """
+  settings = _checked_settings(num_cases, shape, num_channels, seed)
+  x, y, z = settings["shape"]
+  root = pathlib.Path(cache_dir) / "phantoms" / (
+      f"phantom_v{_VERSION}_n{settings['num_cases']}_{x}x{y}x{z}_c{settings['num_channels']}_seed{settings['seed']}")
+  if _holds(root, settings):
+    logging.info("Phantom cached at %s.", root)
+    return root
+  _publish(_build_beside(root, settings), root, settings)
+  logging.info("Wrote a %d-case phantom to %s.", settings["num_cases"], root)
   return root

@@ -68,6 +68,77 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
   assert list(tmp_path.iterdir()) == []
 
 
+CACHED = "phantom_v1_n2_24x24x12_c1_seed0"
+
+
+def test_cached_phantom_is_keyed_by_its_arguments_and_reused(tmp_path, monkeypatch):
+  root = phantom.cached_phantom(tmp_path / "cache", num_cases=2, shape=SMALL, seed=0)
+  assert root == tmp_path / "cache" / "phantoms" / CACHED
+  reference = phantom.write_phantom(tmp_path / "reference", num_cases=2, shape=SMALL, seed=0)
+  assert _files(root) == _files(reference)
+  assert filecmp.cmpfiles(root, reference, _files(root), shallow=False)[0] == _files(root)
+  with monkeypatch.context() as m:
+    m.setattr(phantom, "phantom_case", lambda *a, **k: pytest.fail("rewrote a cached phantom"))
+    assert phantom.cached_phantom(tmp_path / "cache", num_cases=2, shape=SMALL, seed=0) == root
+  other = phantom.cached_phantom(tmp_path / "cache", num_cases=2, shape=SMALL, num_channels=2, seed=3)
+  assert sorted(p.name for p in root.parent.iterdir()) == [CACHED, "phantom_v1_n2_24x24x12_c2_seed3"]
+  assert json.loads((other / "dataset.json").read_text())["phantom"]["seed"] == 3
+  with pytest.raises(InputError, match="num_channels"):
+    phantom.cached_phantom(tmp_path / "cache", num_channels=3)
+
+
+def _fail_at_case_one(monkeypatch):
+  make_case = phantom.phantom_case
+
+  def fail(seed, index, shape, num_channels):
+    if index == 1:
+      raise RuntimeError("killed")
+    return make_case(seed, index, shape, num_channels)
+
+  monkeypatch.setattr(phantom, "phantom_case", fail)
+
+
+def test_an_interrupted_or_damaged_cached_phantom_is_never_trusted(tmp_path, monkeypatch):
+  cache = tmp_path / "cache"
+  with monkeypatch.context() as m:
+    _fail_at_case_one(m)
+    with pytest.raises(RuntimeError):
+      phantom.cached_phantom(cache, num_cases=2, shape=SMALL)
+  assert list((cache / "phantoms").iterdir()) == []
+  # What a killed process can leave: its private folder, half written. A folder at the final name that lost a file
+  # can only come from outside; it is rebuilt too.
+  root = phantom.cached_phantom(cache, num_cases=2, shape=SMALL)
+  (root / "imagesTr" / "phantom_001.nii.gz").unlink()
+  leftover = cache / "phantoms" / f".{CACHED}.killed.building"
+  leftover.mkdir()
+  (leftover / "dataset.json").write_text("{")
+  assert phantom.cached_phantom(cache, num_cases=2, shape=SMALL) == root
+  assert len(_files(root)) == 5
+  assert sorted(p.name for p in root.parent.iterdir()) == [leftover.name, CACHED]
+
+
+def test_concurrent_generation_of_one_cached_phantom(tmp_path, monkeypatch):
+  cache = tmp_path / "cache"
+  make_case = phantom.phantom_case
+  raced = []
+
+  def racing(seed, index, shape, num_channels):
+    # While this process is building, another one builds and publishes the same phantom.
+    if not raced:
+      raced.append(None)
+      first = phantom.cached_phantom(cache, num_cases=2, shape=SMALL)
+      raced.append((first, (first / "dataset.json").stat().st_ino))
+    return make_case(seed, index, shape, num_channels)
+
+  monkeypatch.setattr(phantom, "phantom_case", racing)
+  root = phantom.cached_phantom(cache, num_cases=2, shape=SMALL)
+  # The first copy published stays; the later one is discarded, not swapped in.
+  assert raced == [None, (root, (root / "dataset.json").stat().st_ino)]
+  assert sorted(p.name for p in root.parent.iterdir()) == [CACHED]
+  reference = phantom.write_phantom(tmp_path / "reference", num_cases=2, shape=SMALL)
+  assert filecmp.cmpfiles(root, reference, _files(reference), shallow=False)[0] == _files(reference)
+
+
 def test_bad_arguments():
   for kwargs, key in [({"num_cases": 0}, "num_cases"), ({"shape": (8, 40, 24)}, "shape"),
                       ({"shape": (40, 40)}, "shape"), ({"num_channels": 3}, "num_channels")]:
