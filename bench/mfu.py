@@ -111,20 +111,20 @@ def training_workload(dims: int, num_models: int, work: dict, network: dict, dty
     (model, tx, state, step, bank, entries): `state` and `entries` stacked `[M, ...]`, `step` the single-model step.
   """
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import train  # pylint: disable=g-import-not-at-top
+  from slicejax import three_d, train, two_d  # pylint: disable=g-import-not-at-top
 
   shape, batch_size = tuple(work["shape"]), work["batch_size"]
   config = common.step_config(dims, batch_size=batch_size, **network)
   config.model.dtype = dtype
   if dims == 2:
     bank, entries = common.synthetic_bank(shape), common.model_entries(num_models)
-    sample_fn = train.slice_sampler(batch_size)
+    sample_fn = two_d.batch_sampler(config)
   else:
     config.three_d.update(features=network["features"], num_stages=network["stages"], patch=shape,
                           batch_size=batch_size)
     volume = (2 * shape[0],) + shape[1:]
     bank, entries = common.synthetic_volume_bank(volume), common.volume_planes(num_models, volume)
-    sample_fn = train.patch_sampler(config)
+    sample_fn = three_d.batch_sampler(config)
   model, tx, state = common.init_models(config, num_models, shape)
   return model, tx, state, train.make_train_step(model, tx, config, sample_fn), bank, entries
 

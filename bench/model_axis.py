@@ -27,20 +27,20 @@ WORKLOADS = {2: dict(shape=(128, 128), batch_size=8), 3: dict(shape=(32, 64, 64)
 def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int, chunk: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import parallel, train  # pylint: disable=g-import-not-at-top
+  from slicejax import parallel, three_d, train, two_d  # pylint: disable=g-import-not-at-top
 
   work = WORKLOADS[dims]
   config = common.step_config(dims, batch_size=work["batch_size"])
   if dims == 2:
     bank = common.synthetic_bank(work["shape"])
     entries = common.model_entries(num_models)
-    sample_fn = train.slice_sampler(config.train.batch_size)
+    sample_fn = two_d.batch_sampler(config)
   else:
     config.three_d.update(features=16, num_stages=4, patch=work["shape"], batch_size=work["batch_size"])
     volume = (work["shape"][0] * 2,) + tuple(work["shape"][1:])
     bank = common.synthetic_volume_bank(volume)
     entries = common.volume_planes(num_models, volume)
-    sample_fn = train.patch_sampler(config)
+    sample_fn = three_d.batch_sampler(config)
   model, tx, state = common.init_models(config, num_models, work["shape"])
   step = train.make_train_step(model, tx, config, sample_fn)
 

@@ -6,7 +6,7 @@
 
 Workload: M = 8 models with batch 32 of 48 x 64 slices (the hippocampus grid), a base-16, 4-stage U-Net. The
 sampler side is exactly the data half of `slicejax.train.make_train_step` (key folded with the step,
-`train.slice_sampler`, i.e. `sampler.sample`, then `augment.augment_batch`), mapped over the M models with the
+`two_d.batch_sampler`, i.e. `sampler.sample`, then `augment.augment_batch`), mapped over the M models with the
 step's model-axis strategy and returning the batches; the step side is the whole training step. Both are timed as
 M x steps / seconds, in batches (one model's batch) per second; `headroom` = sampler batches/s / step batches/s.
 Inside the real step the sampler's work is part of the step, so a headroom h means the data take about 1 / h of
@@ -83,7 +83,7 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import parallel, train  # pylint: disable=g-import-not-at-top
+  from slicejax import parallel, train, two_d  # pylint: disable=g-import-not-at-top
 
   config = common.step_config(2, batch_size=args.batch_size, **network)
   bank, num_slices = load_bank(args, shape)
@@ -92,7 +92,7 @@ def main():
   axis = parallel.ModelAxis(args.strategy, args.models)
   axis_entries, bank = axis.from_stacked(entries), axis.put_shared(bank)
 
-  sample_fn = train.slice_sampler(args.batch_size)
+  sample_fn = two_d.batch_sampler(config)
   data_fn = axis.map(make_data_step(sample_fn, config.train.augment), donate_state=True)
   # A copy: the data step donates its state, and the training step still needs the same streams.
   data_state = [axis.from_stacked(jax.tree.map(jnp.copy, {"rng": state["rng"], "step": state["step"]}))]

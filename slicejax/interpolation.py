@@ -58,16 +58,17 @@ Edge cases:
     only the annotated slices are known.
 
 Interpolation quality is measured as Dice of the interpolated slices against the true labels, per foreground class,
-with the rule used for evaluation: a class absent from both truth and prediction scores 1.0, a class absent from the
-prediction only or from the truth only scores 0.0. Counts (intersection and sizes) are kept as sums so that many
-volumes can be pooled before dividing.
+with the rule used for evaluation (`slicejax.metrics`: a class absent from both truth and prediction is undefined and
+left out, a class absent from the prediction only or from the truth only scores 0.0). Confusion counts are summed
+over volumes before dividing.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from slicejax import metrics
 from slicejax.errors import InputError
 
 
@@ -220,8 +221,8 @@ def interpolate(label, annotated, num_classes: int, spacing: tuple[float, float]
   return filled, known
 
 
-def interpolation_counts(label, filled, annotated, num_classes: int) -> dict:
-  """Dice counts of the interpolated slices of one volume, ready to be pooled over volumes.
+def interpolation_counts(label, filled, annotated, num_classes: int) -> tuple[np.ndarray, int]:
+  """Confusion counts of the interpolated slices of one volume, ready to be pooled over volumes.
 
   Args:
     label: `[D, H, W]` true integer labels.
@@ -230,8 +231,7 @@ def interpolation_counts(label, filled, annotated, num_classes: int) -> dict:
     num_classes: K, background included.
 
   Returns:
-    {"intersection": `[K-1]` int64 |truth & prediction| per foreground class, "size_sum": `[K-1]` int64
-    |truth| + |prediction|, "num_slices": number of interpolated slices}, counted over the interpolated slices.
+    (`[K, 3]` int64 counts of `metrics.confusion_counts` over the interpolated slices, number of interpolated slices).
   """
   label, annotated = _check_inputs(label, annotated, num_classes, "interpolation_counts")
   filled = np.asarray(filled)
@@ -239,62 +239,11 @@ def interpolation_counts(label, filled, annotated, num_classes: int) -> dict:
     raise InputError("interpolation_counts", f"filled has shape {filled.shape}, label {label.shape}")
   interpolated = known_slices(label.shape[0], annotated)
   interpolated[annotated] = False
-  classes = np.arange(1, num_classes)[:, None, None, None]
-  truth = label[interpolated][None] == classes
-  pred = filled[interpolated][None] == classes
-  return {
-      "intersection": np.sum(truth & pred, axis=(1, 2, 3), dtype=np.int64),
-      "size_sum": np.sum(truth, axis=(1, 2, 3), dtype=np.int64) + np.sum(pred, axis=(1, 2, 3), dtype=np.int64),
-      "num_slices": int(interpolated.sum()),
-  }
-
-
-def dice_from_counts(counts: Iterable[dict]) -> dict:
-  """Pools `interpolation_counts` of many volumes (sums, then divides) into Dice.
-
-  Args:
-    counts: dicts from `interpolation_counts`, all with the same number of classes.
-
-  Returns:
-    {"dice_mean": mean over foreground classes, "dice_per_class": [K-1] floats, "num_slices": interpolated slices
-    pooled}. A class absent from truth and prediction on all pooled slices scores 1.0. With no interpolated slice at
-    all the Dice is undefined and every value is NaN.
-  """
-  counts = list(counts)
-  if not counts:
-    raise InputError("dice_from_counts", "no counts to pool")
-  intersection = np.sum([c["intersection"] for c in counts], axis=0)
-  size_sum = np.sum([c["size_sum"] for c in counts], axis=0)
-  num_slices = sum(c["num_slices"] for c in counts)
-  if num_slices == 0:
-    per_class = np.full(intersection.shape, np.nan)
-  else:
-    per_class = np.where(size_sum > 0, 2.0 * intersection / np.maximum(size_sum, 1), 1.0)
-  return {
-      "dice_mean": float(np.mean(per_class)),
-      "dice_per_class": [float(d) for d in per_class],
-      "num_slices": int(num_slices),
-  }
-
-
-def interpolation_dice(label, filled, annotated, num_classes: int) -> dict:
-  """Dice of the interpolated slices of one volume against its true labels.
-
-  Args:
-    label: `[D, H, W]` true integer labels.
-    filled: `[D, H, W]` integer labels, e.g. the first output of `interpolate`.
-    annotated: `[n]` sorted distinct annotated slice indices.
-    num_classes: K, background included.
-
-  Returns:
-    {"dice_mean": float, "dice_per_class": [K-1] floats, "num_slices": int}, the interpolated slices pooled together
-    (see `dice_from_counts` for the absent-class rule).
-  """
-  return dice_from_counts([interpolation_counts(label, filled, annotated, num_classes)])
+  return metrics.confusion_counts(filled[interpolated], label[interpolated], num_classes), int(interpolated.sum())
 
 
 def pooled_interpolation_dice(labels: Sequence, filleds: Sequence, annotated: Sequence, num_classes: int) -> dict:
-  """Dice of the interpolated slices of many volumes, intersections and sizes summed over volumes before dividing.
+  """Dice of the interpolated slices of many volumes, counts summed over volumes before dividing.
 
   Args:
     labels: per volume, `[D_i, H_i, W_i]` true integer labels.
@@ -303,10 +252,42 @@ def pooled_interpolation_dice(labels: Sequence, filleds: Sequence, annotated: Se
     num_classes: K, background included.
 
   Returns:
-    The dict of `dice_from_counts`.
+    {"dice_mean": mean over defined classes, "dice_per_class": [K-1] floats, "num_slices": interpolated slices
+    pooled}, with the absent-class rule of `slicejax.metrics` (NaN: a class absent from truth and prediction on every
+    pooled slice, or no interpolated slice at all).
   """
   if not len(labels) == len(filleds) == len(annotated):
     raise InputError("pooled_interpolation_dice",
                      f"{len(labels)} labels, {len(filleds)} filled volumes and {len(annotated)} plans")
-  return dice_from_counts(
-      interpolation_counts(y, f, a, num_classes) for y, f, a in zip(labels, filleds, annotated))
+  if not len(labels):
+    raise InputError("pooled_interpolation_dice", "no volumes to pool")
+  counts = [interpolation_counts(y, f, a, num_classes) for y, f, a in zip(labels, filleds, annotated)]
+  num_slices = sum(n for _, n in counts)
+  per_class = metrics.dice_from_counts(np.sum([c for c, _ in counts], axis=0))
+  return {"dice_mean": float(metrics.nan_mean(per_class)), "dice_per_class": [float(d) for d in per_class],
+          "num_slices": int(num_slices)}
+
+
+def interpolation_dice(label, filled, annotated, num_classes: int) -> dict:
+  """Dice of the interpolated slices of one volume against its true labels (`pooled_interpolation_dice` of one)."""
+  return pooled_interpolation_dice([label], [filled], [annotated], num_classes)
+
+
+def interpolate_plan(volumes: Mapping, plan: Mapping, num_classes: int, *, align_centroids: bool = False) -> tuple:
+  """Interpolates every volume of an annotation plan and scores the interpolated slices.
+
+  Args:
+    volumes: case id -> `data.Volume` (label `[D, H, W]`, spacing `(d, h, w)` in mm).
+    plan: case id -> sorted annotated slice indices.
+    num_classes: K.
+    align_centroids: see `interpolate`.
+
+  Returns:
+    ({case id: (filled `[D, H, W]`, known `[D]` bool)}, the `pooled_interpolation_dice` of the plan).
+  """
+  cases = sorted(plan)
+  out = {case: interpolate(volumes[case].label, plan[case], num_classes, spacing=volumes[case].spacing[1:],
+                           align_centroids=align_centroids) for case in cases}
+  quality = pooled_interpolation_dice([volumes[c].label for c in cases], [out[c][0] for c in cases],
+                                      [plan[c] for c in cases], num_classes)
+  return out, quality

@@ -1,10 +1,13 @@
-"""Dense evaluation metrics.
+"""Dense evaluation metrics, with the one absent-class rule of slicejax.
 
-Dice per foreground class of one volume, with a fixed rule for classes that are absent:
-- absent from both truth and prediction: Dice 1.0 (nothing to find, nothing wrongly found);
+Dice per foreground class follows nnU-Net's evaluation:
+- absent from both truth and prediction: undefined (NaN), left out of every mean (nothing to find, nothing found);
 - absent from the truth but predicted: Dice 0.0 (every predicted voxel is a false positive);
 - present in the truth and absent from the prediction: Dice 0.0 by the formula.
-A volume's `dice_mean` is the mean over foreground classes; a study cell's figure is the mean over test volumes.
+A volume's Dice is the mean over its defined classes (NaN when no foreground class occurs in truth or prediction);
+a model's `dice_mean` is the mean over test volumes of the defined volume means, its `dice_per_class` the mean of each
+class over the volumes where it is defined. Interpolation quality (`slicejax.interpolation`) pools counts over
+slices with the same rule.
 """
 
 import numpy as np
@@ -31,12 +34,34 @@ def confusion_counts(prediction, truth, num_classes):
 
 
 def dice_from_counts(counts):
-  """Dice per foreground class from `[K, 3]` counts, with the absent-class rule of this module; returns `[K - 1]`."""
-  intersection, predicted, true = counts[1:, 0], counts[1:, 1], counts[1:, 2]
+  """Dice per foreground class from `[..., K, 3]` counts; `[..., K - 1]`, NaN where a class is absent from both."""
+  counts = np.asarray(counts)
+  intersection, predicted, true = counts[..., 1:, 0], counts[..., 1:, 1], counts[..., 1:, 2]
   denominator = predicted + true
-  return np.where(denominator == 0, 1.0, 2.0 * intersection / np.maximum(denominator, 1))
+  return np.where(denominator == 0, np.nan, 2.0 * intersection / np.maximum(denominator, 1))
 
 
 def dice_per_class(prediction, truth, num_classes):
-  """Dice per foreground class of one volume, `[K - 1]` float64."""
+  """Dice per foreground class of one volume, `[K - 1]` float64 (NaN: absent from both)."""
   return dice_from_counts(confusion_counts(prediction, truth, num_classes))
+
+
+def nan_mean(values, axis=None):
+  """Mean over the defined (non-NaN) entries along `axis`; NaN where none is defined, without a warning."""
+  values = np.asarray(values, np.float64)
+  defined = ~np.isnan(values)
+  total = np.where(defined, values, 0.0).sum(axis=axis)
+  count = defined.sum(axis=axis)
+  return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def summarise(dice):
+  """Means of per-volume Dice `[..., V, K - 1]`.
+
+  Returns:
+    dict of `volume_mean [..., V]` (mean over defined classes), `dice_mean [...]` (mean over volumes of the defined
+    volume means) and `dice_per_class [..., K - 1]` (mean over the volumes where the class is defined).
+  """
+  volume_mean = nan_mean(dice, axis=-1)
+  return {"volume_mean": volume_mean, "dice_mean": nan_mean(volume_mean, axis=-1),
+          "dice_per_class": nan_mean(dice, axis=-2)}

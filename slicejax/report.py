@@ -1,28 +1,23 @@
-"""The study report: result rows in; summary tables, paired comparisons and a figure out.
+"""The study report: result rows in; summary tables, paired comparisons and figures out.
 
 Conventions:
-- Every trained model appends one JSON object, a *row*, to `WORKDIR/results.jsonl` (through `append_rows`). A row
-  has at least `dims`, `budget`, `volumes`, `selection`, `seed` and `dice_mean`, and `slices_per_volume` unless it is
-  the fully annotated reference (`reference: true`, `selection: "all"`). Optional fields: `density`,
-  `interpolation` (false when absent), `steps`, `dice_per_class` ({class name: Dice}), `train_seconds`,
-  `interp_dice`, `diverged`, `diverged_step`, `encoder_seconds`.
+- Rows are those of `slicejax.results` (schema and `results.jsonl` I/O live there). The report needs at least
+  `dims`, `budget`, `volumes`, `selection`, `seed` and `dice_mean`, and `slices_per_volume` unless the row is the fully
+  annotated reference (`reference: true`, `selection: "all"`); other fields are optional. Null values (undefined
+  Dice) are left out of every mean.
 - A *cell* is a grid point without its seed: the fields in `CELL_KEY`. Its statistics are over its seeds. When one
   (cell, seed) has several rows, the last one counts: a rerun of a model replaces its earlier result.
 - Diverged models keep their rows (their Dice is what the run produced); cells count them in `n_diverged`.
 - Paired comparisons report `a - b` of `dice_mean` over the seeds present in both cells, so a positive difference
   means `a` is better. The fully annotated reference is summarised but never compared.
-- Every file written here is replaced atomically (a temporary file in the same folder, flush, fsync, os.replace), so
-  a reader never sees half a file and a killed writer never leaves one.
+- Every file written here is replaced atomically (`slicejax.files`), so a reader never sees half a file and a killed
+  writer never leaves one.
 """
 
-import contextlib
 import csv
-import fcntl
 import io
-import json
 import math
 import os
-import tempfile
 
 from absl import logging
 from matplotlib import figure as mpl_figure
@@ -31,6 +26,7 @@ from matplotlib.backends import backend_agg
 import numpy as np
 from scipy import stats
 
+from slicejax import files
 from slicejax.errors import InputError
 
 CELL_KEY = ("dims", "budget", "volumes", "slices_per_volume", "selection", "interpolation", "reference")
@@ -38,105 +34,6 @@ _REQUIRED = ("dims", "budget", "volumes", "selection", "seed", "dice_mean")
 # Tables list the baseline first, then the study's other techniques; unknown names follow alphabetically.
 _SELECTION_ORDER = ("random", "fixed", "ual", "all")
 _PNG_DPI = 120
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Reading and appending rows.
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def read_rows(path) -> list[dict]:
-  """Reads the rows of a results file.
-
-  Args:
-    path: a `results.jsonl` file, one JSON object per line. A missing file holds no rows.
-
-  Returns:
-    The rows in file order. An unterminated last line that is not valid JSON (a writer killed mid-line) is skipped
-    with a warning.
-
-  Raises:
-    InputError: naming `path:line` for any other line that is not a JSON object.
-  """
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    return []
-  try:
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
-  except UnicodeDecodeError as err:
-    raise InputError(path, f"not UTF-8 text ({err.reason})") from err
-  # A file that ends in a newline leaves an empty last element; anything else there was never terminated.
-  lines = text.split("\n")
-  rows = []
-  for number, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as err:
-      if number == len(lines):
-        logging.warning("%s:%d: ignoring a torn last line (%d characters)", path, number, len(line))
-        break
-      raise InputError(f"{path}:{number}", f"not valid JSON ({err.msg})") from err
-    if not isinstance(row, dict):
-      raise InputError(f"{path}:{number}", f"not a JSON object but {type(row).__name__}")
-    rows.append(row)
-  return rows
-
-
-def append_rows(path, rows) -> None:
-  """Appends rows to a results file without ever leaving it torn.
-
-  The existing rows and the new ones are written to a temporary file that replaces `path` atomically; a torn last
-  line left by an older writer is dropped on the way. An exclusive lock on `path + ".lock"` serialises writers that
-  share the file, so none loses another's rows.
-
-  Args:
-    path: the `results.jsonl` file; its folder must exist.
-    rows: dicts of JSON values; numpy and jax scalars and arrays are converted to plain numbers and lists.
-
-  Raises:
-    InputError: a new row is not a dict or holds a value JSON cannot store. Nothing is written then.
-  """
-  path = os.fspath(path)
-  new_lines = []
-  for index, row in enumerate(rows):
-    if not isinstance(row, dict):
-      raise InputError(f"new row {index}", f"not a dict but {type(row).__name__}")
-    try:
-      new_lines.append(json.dumps(row, default=_json_default) + "\n")
-    except (TypeError, ValueError) as err:
-      raise InputError(f"new row {index}", str(err)) from err
-  with open(path + ".lock", "a") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    old_lines = [json.dumps(row) + "\n" for row in read_rows(path)]
-    _write_atomic(path, "".join(old_lines + new_lines).encode("utf-8"))
-
-
-def _json_default(value):
-  # Metrics often arrive as numpy or jax scalars, which json cannot store directly.
-  if hasattr(value, "__array__"):
-    return np.asarray(value).tolist()
-  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _write_atomic(path, data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same folder and os.replace."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-      # mkstemp creates the file readable by its owner only; results are meant to be shared.
-      os.fchmod(f.fileno(), 0o644)
-    os.replace(temp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(temp)
-    raise
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -181,8 +78,10 @@ def _mean_per_class(rows) -> dict:
   classes = {}
   for row in rows:
     for name, dice in (row.get("dice_per_class") or {}).items():
-      classes.setdefault(name, []).append(dice)
-  return {name: float(np.mean(values)) for name, values in classes.items()}
+      values = classes.setdefault(name, [])
+      if dice is not None:
+        values.append(dice)
+  return {name: float(np.mean(values)) if values else None for name, values in classes.items()}
 
 
 def summarise(rows) -> list[dict]:
@@ -312,9 +211,9 @@ def write_summary(workdir, rows, confidence=0.95) -> None:
   workdir = os.fspath(workdir)
   cells = summarise(rows)
   comparisons = paired_comparisons(rows, confidence)
-  _write_atomic(os.path.join(workdir, "summary.md"), _markdown(cells, comparisons, confidence).encode("utf-8"))
-  _write_atomic(os.path.join(workdir, "summary.csv"), _csv(cells).encode("utf-8"))
-  _write_atomic(os.path.join(workdir, "dice_vs_allocation.png"), _figure_png(cells))
+  files.atomic_write(os.path.join(workdir, "summary.md"), _markdown(cells, comparisons, confidence))
+  files.atomic_write(os.path.join(workdir, "summary.csv"), _csv(cells))
+  files.atomic_write(os.path.join(workdir, "dice_vs_allocation.png"), _figure_png(cells))
   logging.info("wrote the summary of %d rows (%d cells) to %s", len(rows), len(cells), workdir)
 
 

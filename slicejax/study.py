@@ -47,13 +47,14 @@ class Point:
     return dataclasses.asdict(self)
 
 
-def expand(study, depths: Mapping[str, int]) -> list:
+def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) -> list:
   """All points of a config's `study` block, in a fixed order.
 
   Args:
     study: the config's `study` ConfigDict (dims, budgets, slices_per_volume, selections, interpolation, seeds,
       reference, reference_seeds; `three_d` overrides any of them for 3D points).
     depths: case id -> number of candidate slices, for every volume of the training pool.
+    left_out: if given, a list that receives one sentence per allocation left out, saying why.
 
   Returns:
     list of Point. An allocation whose s = B / rho is not an integer or exceeds the pool is left out (logged); a
@@ -70,8 +71,11 @@ def expand(study, depths: Mapping[str, int]) -> list:
       fitting = []
       for rho in grid["slices_per_volume"]:
         if budget % rho or budget // rho > pool:
-          logging.info("Budget %d with %d slices per volume needs %s volumes; the pool has %d: left out.",
-                       budget, rho, budget / rho, pool)
+          reason = (f"{dims}D budget {budget} at {rho} slices per volume: needs {budget / rho:g} volumes, "
+                    + ("not a whole number" if budget % rho else f"the pool has {pool}"))
+          logging.info("%s: left out.", reason)
+          if left_out is not None:
+            left_out.append(reason)
           continue
         fitting.append(rho)
       if not fitting:

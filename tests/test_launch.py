@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from slicejax import phantom
-from slicejax import report
+from slicejax import results
 from slicejax import train
 from slicejax.config_lib import load
 
@@ -50,6 +50,25 @@ def test_demo_rows(demo_run):
     assert len(plan) == row["volumes"] and sum(map(len, plan.values())) == row["budget"]
 
 
+def test_a_points_row_is_the_same_alone_in_a_grid_and_one_model_per_group(demo_run, tmp_path):
+  _, grid_rows = demo_run
+  name = "2d_b8_s4_rho2_fixed_seed0"
+  in_grid = next(r for r in grid_rows if r["name"] == name)
+  alone = load_config("configs/demo.py:tiny")
+  with alone.unlocked():
+    alone.study.update(budgets=(8,), slices_per_volume=(2,), selections=("fixed",), reference=False)
+  alone_rows = train.train_and_evaluate(alone, tmp_path / "alone")
+  one_per_group = load_config("configs/demo.py:tiny")
+  with one_per_group.unlocked():
+    one_per_group.model_axis.max_models = 1
+  single_rows = train.train_and_evaluate(one_per_group, tmp_path / "single")
+  assert [r["name"] for r in alone_rows] == [name]
+  assert (alone_rows[0]["group"], alone_rows[0]["model_index"], in_grid["model_index"]) == (0, 0, 3)
+  assert results.comparable(alone_rows[0]) == results.comparable(in_grid)
+  assert [results.comparable(r) for r in single_rows] == [results.comparable(r) for r in grid_rows]
+  assert [r["group"] for r in single_rows] == [0, 1, 2, 3, 4]
+
+
 def test_demo_summary_files(demo_run):
   workdir, rows = demo_run
   text = (workdir / "summary.md").read_text()
@@ -65,7 +84,7 @@ def test_rerun_skips_and_keeps_rows(demo_run):
   workdir, rows = demo_run
   again = train.train_and_evaluate(load_config("configs/demo.py:tiny"), workdir)
   assert again == rows
-  assert len(report.read_rows(workdir / "results.jsonl")) == 5
+  assert len(results.read_rows(workdir / "results.jsonl")) == 5
 
 
 def test_prostate_tiny_two_channels(tmp_path):
@@ -75,7 +94,7 @@ def test_prostate_tiny_two_channels(tmp_path):
       [sys.executable, "launch.py", "--config=configs/prostate.py:tiny", f"--config.data.root={root}",
        f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  rows = report.read_rows(workdir / "results.jsonl")
+  rows = results.read_rows(workdir / "results.jsonl")
   assert [r["name"] for r in rows] == ["2d_b6_s6_rho1_random_seed0", "2d_b6_s3_rho2_random_seed0",
                                        "2d_reference_seed0"]
   assert json.loads((workdir / "config.json").read_text())["data"]["root"] == str(root)

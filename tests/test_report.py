@@ -1,11 +1,9 @@
-"""Tests for slicejax.report: cell statistics, paired comparisons, and the files it reads and writes."""
+"""Tests for slicejax.report: cell statistics, paired comparisons, and the summary files."""
 
 import csv
-import json
 import math
 import os
 
-import numpy as np
 import pytest
 
 from slicejax import report
@@ -155,30 +153,6 @@ def test_paired_comparisons_rejects_a_bad_confidence():
     report.paired_comparisons([_row(0, 0.5)], confidence=1.0)
 
 
-def test_read_rows_ignores_a_torn_last_line(tmp_path):
-  path = tmp_path / "results.jsonl"
-  path.write_text(json.dumps(_row(0, 0.5)) + "\n" + json.dumps(_row(1, 0.25)) + "\n" + '{"dims": 2, "bud')
-  assert report.read_rows(path) == [_row(0, 0.5), _row(1, 0.25)]
-  # A complete last object whose newline was not yet written is kept.
-  path.write_text(json.dumps(_row(0, 0.5)) + "\n" + json.dumps(_row(1, 0.25)))
-  assert report.read_rows(path) == [_row(0, 0.5), _row(1, 0.25)]
-  assert report.read_rows(tmp_path / "missing.jsonl") == []
-
-
-def test_read_rows_rejects_a_corrupt_middle_line_with_its_number(tmp_path):
-  path = tmp_path / "results.jsonl"
-  path.write_text(json.dumps(_row(0, 0.5)) + "\n" + '{"dims": 2, "bud\n' + json.dumps(_row(1, 0.25)) + "\n")
-  with pytest.raises(InputError, match=rf"^{path}:2: not valid JSON"):
-    report.read_rows(path)
-  path.write_text(json.dumps(_row(0, 0.5)) + "\n\n[1, 2]\n")
-  with pytest.raises(InputError, match=rf"^{path}:3: not a JSON object"):
-    report.read_rows(path)
-  # A newline-terminated last line was written whole, so it is corrupt, not torn.
-  path.write_text(json.dumps(_row(0, 0.5)) + "\n" + '{"dims": 2, "bud\n')
-  with pytest.raises(InputError, match=rf"^{path}:2:"):
-    report.read_rows(path)
-
-
 def test_write_summary_writes_the_three_files(tmp_path):
   rows = _grid_rows()
   report.write_summary(tmp_path, rows)
@@ -220,26 +194,3 @@ def test_write_summary_with_no_rows(tmp_path):
   assert (tmp_path / "summary.csv").read_text().splitlines() == [
       ",".join(report.CELL_KEY) + ",n_seeds,density,dice_mean,dice_std,interp_dice,train_seconds,n_diverged"]
   assert (tmp_path / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_append_rows_keeps_earlier_rows(tmp_path):
-  path = tmp_path / "results.jsonl"
-  report.append_rows(path, [_row(0, 0.5)])
-  report.append_rows(path, [_row(1, np.float32(0.25), dice_per_class={"anterior": np.float64(0.125)})])
-  assert report.read_rows(path) == [_row(0, 0.5), _row(1, 0.25, dice_per_class={"anterior": 0.125})]
-  # A torn line left by a killed writer is dropped, not buried under the new rows.
-  with open(path, "a") as f:
-    f.write('{"dims": 3, "bu')
-  report.append_rows(path, [_row(2, 0.75)])
-  assert report.read_rows(path) == [_row(0, 0.5), _row(1, 0.25, dice_per_class={"anterior": 0.125}),
-                                    _row(2, 0.75)]
-  assert path.read_text().endswith("\n")
-  assert sorted(os.listdir(tmp_path)) == ["results.jsonl", "results.jsonl.lock"]
-
-
-def test_append_rows_rejects_unstorable_rows_and_writes_nothing(tmp_path):
-  path = tmp_path / "results.jsonl"
-  report.append_rows(path, [_row(0, 0.5)])
-  with pytest.raises(InputError, match="new row 1: set is not JSON serialisable"):
-    report.append_rows(path, [_row(1, 0.5), _row(2, {0.5})])
-  assert report.read_rows(path) == [_row(0, 0.5)]

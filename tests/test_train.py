@@ -1,4 +1,5 @@
-"""Pieces of the trainer: interpolated entries, the static shape, divergence containment."""
+"""Pieces of the trainer: the dims modules' training data, the static shape, keys owned by points, divergence
+containment, resume."""
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +7,12 @@ import numpy as np
 
 from slicejax import data as data_lib
 from slicejax import interpolation
+from slicejax import results
 from slicejax import sampler
 from slicejax import study
+from slicejax import three_d
 from slicejax import train
+from slicejax import two_d
 from slicejax.config_lib import base
 
 
@@ -31,7 +35,7 @@ def test_slice_data_appends_interpolated_slices():
   config.interpolation.weight = 0.5
   points = [study.Point(2, 2, 1, 2, "fixed", False, 0), study.Point(2, 2, 1, 2, "fixed", True, 0)]
   plans = [{"b": [1, 4]}, {"b": [1, 4]}]
-  bank, entries, quality = train.slice_data(config, points, plans, pool, (8, 8), 2)
+  bank, entries, quality = two_d.training_data(config, points, plans, pool, 2, (8, 8))
   # Volume b starts at bank row 6; its slices 2 and 3 lie between the annotated 1 and 4 and get label rows 12, 13.
   np.testing.assert_array_equal(entries["count"], [2, 4])
   np.testing.assert_array_equal(entries["image_row"][1], [7, 10, 8, 9])
@@ -50,7 +54,7 @@ def test_volume_data_planes_and_interpolated_label_rows():
   config.interpolation.weight = 0.25
   points = [study.Point(3, 2, 1, 2, "fixed", False, 0), study.Point(3, 2, 1, 2, "fixed", True, 0)]
   plans = [{"b": [1, 4]}, {"b": [1, 4]}]
-  bank, per_model, _ = train.volume_data(config, points, plans, pool, 2)
+  bank, per_model, _ = three_d.training_data(config, points, plans, pool, 2, (4, 8, 8))
   assert bank["images"].shape == (2, 6, 8, 8, 1) and bank["labels"].shape == (3, 6, 8, 8)
   np.testing.assert_array_equal(bank["valid"][0, 4:], 0.0)
   np.testing.assert_allclose(per_model["planes"][0], [[0] * 6, [0, 1, 0, 0, 1, 0]])
@@ -64,9 +68,53 @@ def test_static_shape_rounds_up_to_the_downsampling():
   config = base()
   config.model.num_stages = 4
   volumes = [_volume("a", np.zeros((3, 35, 50), np.int32)), _volume("b", np.zeros((3, 41, 44), np.int32))]
-  assert train.static_shape(config, volumes) == (48, 56)
+  assert two_d.example_shape(config, volumes) == (48, 56)
   config.data.shape = (32, 32)
-  assert train.static_shape(config, volumes) == (32, 32)
+  assert two_d.example_shape(config, volumes) == (32, 32)
+
+
+def test_keys_come_from_the_study_seed_not_the_slot():
+  config = base()
+  config.model.update(features=4, num_stages=2)
+  model = train.make_model(config, 3, 2)
+  tx = train.make_optimizer(config.train)
+  state = train.init_state(model, tx, [5, 7, 5], (8, 8, 1), base_seed=3)
+  alone = train.init_state(model, tx, [7], (8, 8, 1), base_seed=3)
+  other_base = train.init_state(model, tx, [7], (8, 8, 1), base_seed=4)
+  for stacked, single, moved in zip(jax.tree.leaves(state), jax.tree.leaves(alone), jax.tree.leaves(other_base)):
+    np.testing.assert_array_equal(stacked[0], stacked[2])  # same study seed, same keys
+    np.testing.assert_array_equal(stacked[1], single[0])  # the slot in the group does not matter
+  assert not np.array_equal(state["rng"][0], state["rng"][1])
+  assert not np.array_equal(alone["rng"][0], other_base["rng"][0])
+
+
+def test_interpolated_slices_with_weight_zero_are_never_drawn():
+  label = _growing_label()
+  pool = [_volume("b", label)]
+  config = base()
+  config.interpolation.weight = 0.0
+  points = [study.Point(2, 2, 1, 2, "fixed", True, 0)]
+  bank, entries, quality = two_d.training_data(config, points, [{"b": [1, 4]}], pool, 2, (8, 8))
+  np.testing.assert_array_equal(entries["count"], [2])
+  np.testing.assert_array_equal(entries["image_row"][0], [1, 4])
+  assert bank["labels"].shape == (6, 8, 8) and quality[0]["num_slices"] == 2
+  config.three_d.patch = (4, 8, 8)
+  _, per_model, _ = three_d.training_data(config, [study.Point(3, 2, 1, 2, "fixed", True, 0)], [{"b": [1, 4]}], pool,
+                                          2, (4, 8, 8))
+  np.testing.assert_allclose(per_model["planes"][0], [[0, 1, 0, 0, 1, 0]])
+
+
+def test_batches_are_uniform_over_labelled_slices():
+  # Annotated rows 0 and 3 (weight 1) and interpolated rows 1, 2 (weight 0.5): each entry drawn 1/4 of the time.
+  plans = [{"a": [0, 3]}]
+  entries = jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"a": 0}, [[(1, 4, 0.5), (2, 5, 0.5)]]))
+  bank = {"images": jnp.arange(6, dtype=jnp.float32)[:, None, None, None] * jnp.ones((6, 2, 2, 1)),
+          "labels": jnp.zeros((6, 2, 2), jnp.int32), "valid": jnp.ones((6, 2, 2))}
+  draw = jax.jit(lambda key: sampler.sample(key, bank, jax.tree.map(lambda e: e[0], entries), 64))
+  rows = np.concatenate([np.asarray(draw(jax.random.key(k))[0][:, 0, 0, 0]) for k in range(50)])
+  share = np.bincount(rows.astype(int), minlength=4)[:4] / len(rows)
+  # 3200 draws: the binomial standard deviation of each share is 0.0077.
+  np.testing.assert_allclose(share, [0.25] * 4, atol=0.03)
 
 
 def test_diverged_model_is_frozen_and_others_unaffected():
@@ -81,7 +129,8 @@ def test_diverged_model_is_frozen_and_others_unaffected():
   entries = jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"a": 0}))
   model = train.make_model(config, 3, 2)
   tx = train.make_optimizer(config.train)
-  step = jax.jit(jax.vmap(train.make_train_step(model, tx, config, train.slice_sampler(2)), in_axes=(0, None, 0)))
+  step = jax.jit(jax.vmap(train.make_train_step(model, tx, config, two_d.batch_sampler(config)),
+                               in_axes=(0, None, 0)))
 
   def run(bank_images):
     bank = {"images": jnp.asarray(bank_images), "labels": jnp.asarray(rng.integers(0, 3, (6, 8, 8)), jnp.int32),
@@ -114,7 +163,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
   config = load("configs/demo.py:tiny")
   with config.unlocked():
     config.train.checkpoint_every = 2
-  timeless = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]
+  timeless = lambda rows: [results.comparable(r) for r in rows]
   clean = train.train_and_evaluate(config, tmp_path / "clean")
 
   save = checkpoint.GroupCheckpoints.save
