@@ -1,5 +1,8 @@
 """Runs a study grid: `python launch.py --config=configs/NAME.py[:ARGS] --workdir=DIR [--config.key=value ...]`.
 
+`--check` instead loads and validates the config and the data and describes the run (classes, shapes, split, grid,
+an estimate of time and memory from a few measured steps) without training or writing anything.
+
 Several processes (hosts of a TPU pod slice, SLURM tasks) run one grid together with `--distributed`, or with
 `--coordinator=HOST:PORT --num_processes=N --process_id=I` given explicitly (README.md, "Scale-out").
 
@@ -19,11 +22,14 @@ from ml_collections import config_flags
 
 from slicejax import console
 from slicejax import distributed
+from slicejax import dryrun
 from slicejax import train
 from slicejax.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, plans and checkpoints.")
+_CHECK = flags.DEFINE_bool("check", False, "Check the config and the data and describe the run (grid, time and memory "
+                           "estimate), without training or writing anything; needs no --workdir.")
 _FRESH = flags.DEFINE_bool("fresh", False, "If WORKDIR holds a run of a different config, start this one in a new "
                            "subfolder WORKDIR/run_<n> instead of refusing.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join the other processes of a multi-host run "
@@ -32,7 +38,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator", "", "host:port of process 0, f
                                    "explicitly (with --num_processes and --process_id).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, with --coordinator.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def _fail(message) -> None:
@@ -63,6 +69,11 @@ def main(argv):
     _fail(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: cannot load the config "
           f"({err.__cause__ or err})")
   try:
+    if _CHECK.value:
+      print("\n".join(dryrun.dry_run(config)))
+      return
+    if not _WORKDIR.value:
+      _fail("--workdir: required (or --check for a dry run)")
     distributed.initialize(_DISTRIBUTED.value, coordinator=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                            process_id=_PROCESS_ID.value)
     train.train_and_evaluate(config, _WORKDIR.value, fresh=_FRESH.value)

@@ -66,14 +66,14 @@ def _measure(config, points, plans, splits, dataset):
   step = train.make_train_step(model, tx, config, dims_lib.batch_sampler(config))
   single = jax.tree.map(lambda leaf: leaf[0], (state, per_model))
   bank = jax.device_put(bank)
+  start = time.perf_counter()
   compiled = jax.jit(step, donate_argnums=0).lower(single[0], bank, single[1]).compile()
+  compile_seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   step_bytes = 0 if memory is None else int(memory.temp_size_in_bytes + memory.argument_size_in_bytes -
                                             sum(x.nbytes for x in jax.tree.leaves(bank)))
-  start = time.perf_counter()
   model_state, _ = compiled(single[0], bank, single[1])
   jax.block_until_ready(model_state)
-  compile_seconds = time.perf_counter() - start
   start = time.perf_counter()
   for _ in range(_MEASURED_STEPS):
     model_state, _ = compiled(model_state, bank, single[1])
@@ -157,7 +157,7 @@ def dry_run(config) -> list[str]:
     per_program = min(max(group_sizes), config.model_axis.chunk)
     peak = max(peak, rss + bank_bytes + per_program * step_bytes)
     lines.append(f"{dims}D: {step_s:.3f} s per step and model (measured, {_MEASURED_STEPS} steps), compile "
-                 f"{compile_s:.1f} s per group, evaluation {eval_s:.2f} s per model and volume -> "
+                 f"{compile_s:.1f} s (one model's program), evaluation {eval_s:.2f} s per model and volume -> "
                  f"{len(dims_points)} models x {config.train.steps} steps in {len(group_sizes)} groups: about "
                  f"{_duration(seconds)}")
   lines.append(f"estimate: about {_duration(total)} on this machine ({jax.default_backend()}, models of a group "

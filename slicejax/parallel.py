@@ -1,18 +1,18 @@
 """The model axis: how M independent models of one sweep group are executed together.
 
 This is the only module that knows about the model axis and devices. Models, losses and the training step are
-written for one model; `ModelAxis.map` turns such a per-model function into one over all M models, executed by one of
-several strategies:
+written for one model; `ModelAxis(strategy, M)` returns an `Executor` whose `map` turns such a per-model function
+into one over all M models. Each strategy is one executor class:
 
-- `vmap`: `jax.vmap` over the stacked state inside one jitted program. Convolutions become grouped convolutions;
-  the natural choice on accelerators, several times slower than separate models on XLA:CPU.
-- `loop`: the models are split into chunks of `chunk` models; each chunk is one jitted program that runs its models
-  as independent subgraphs (a Python loop unrolled at trace time), and the chunks are dispatched one after another.
-  XLA:CPU runs the independent subgraphs of a chunk concurrently, which keeps both cores busy where one model's
-  small convolutions do not; compile time grows with the chunk, not with M.
+- `vmap` (`VmapExecutor`): `jax.vmap` over the stacked state inside one jitted program. Convolutions become grouped
+  convolutions; the natural choice on accelerators, several times slower than separate models on XLA:CPU.
+- `loop` (`ChunkedExecutor`): the models are split into chunks of `chunk` models; each chunk is one jitted program
+  that runs its models as independent subgraphs (a Python loop unrolled at trace time), and the chunks are
+  dispatched one after another. XLA:CPU runs the independent subgraphs of a chunk concurrently, which keeps both
+  cores busy where one model's small convolutions do not; compile time grows with the chunk, not with M.
 - `sequential`: one single-model program dispatched M times (`loop` with chunks of one model).
-- `mesh`: the models are laid over a device mesh with axes `("model", "data")` (see below), on one host or across
-  the processes of a multi-host run (`slicejax.distributed`).
+- `mesh` (`MeshExecutor`): the models are laid over a device mesh with axes `("model", "data")` (see below), on one
+  host or across the processes of a multi-host run (`slicejax.distributed`).
 
 `default_strategy()` picks the fastest measured strategy for the backend (see BENCHMARKS.md); "auto" takes `mesh`
 when more than one device is visible and `default_strategy()` otherwise; the config key `model_axis.strategy`
@@ -139,8 +139,47 @@ class BatchSplit:
     return (loss, aux), jax.lax.psum(grads, self.axis_name)
 
 
-class ModelAxis:
-  """Executes per-model functions over M models with one strategy.
+def _unrolled(fn: Callable, in_axes: tuple) -> Callable:
+  """`jax.vmap(fn, in_axes)` for in_axes of 0 (split) and None (shared), as one independent subgraph per model."""
+  def unrolled(*args):
+    size = jax.tree.leaves(args[0])[0].shape[0]
+    split = [[arg] * size if axis is None else unstack_tree(arg, size) for arg, axis in zip(args, in_axes)]
+    return stack_trees([fn(*model_args) for model_args in zip(*split)])
+  return unrolled
+
+
+def _concatenate(trees: Sequence[Any]):
+  """Joins chunks' stacked outputs `[chunk, ...]` into `[M, ...]`."""
+  return jax.tree.map(lambda *chunks: jnp.concatenate(chunks), *trees)
+
+
+def ModelAxis(strategy: str, num_models: int, chunk: int = DEFAULT_CHUNK, *, mesh: Sequence[int] = (),
+              batch_size: int | None = None, local_strategy: str | None = None) -> "Executor":
+  """The model axis: the executor of `strategy` over M models (a factory, called like the class it makes).
+
+  Args:
+    strategy: one of `STRATEGIES` or "auto".
+    num_models: M.
+    chunk: models per compiled program of the loop strategy.
+    mesh: mesh strategy: `(model, data)` sizes, or `(model,)` for data 1; their product must be the number of
+      devices. Empty: `mesh_shape(M, devices, batch_size)`.
+    batch_size: examples per model and step, to check that the data axis divides it.
+    local_strategy: mesh strategy: how a device runs its local models, "loop" or "vmap"; None: the backend's
+      `default_strategy()` ("sequential" counts as "loop").
+  """
+  if strategy == "auto":
+    strategy = "mesh" if jax.device_count() > 1 else default_strategy()
+  if strategy == "vmap":
+    return VmapExecutor(num_models)
+  if strategy in ("loop", "sequential"):
+    return ChunkedExecutor(strategy, num_models, chunk if strategy == "loop" else 1)
+  if strategy == "mesh":
+    return MeshExecutor(num_models, tuple(mesh), batch_size, local_strategy or default_strategy())
+  raise ValueError(f"model_axis.strategy must be one of {STRATEGIES} or 'auto', got {strategy!r}")
+
+
+class Executor:
+  """Executes per-model functions over M models with one strategy; `ModelAxis` makes one.
 
   A per-model function takes `(model_state, shared, per_model)`: `model_state` is one model's pytree, `shared` is
   the same for every model (e.g. the image bank), `per_model` is one model's inputs that differ per model (e.g. its
@@ -151,38 +190,101 @@ class ModelAxis:
   the mesh's data axis when there is one.
   """
 
-  def __init__(self, strategy: str, num_models: int, chunk: int = DEFAULT_CHUNK, *, mesh: Sequence[int] = (),
-               batch_size: int | None = None, local_strategy: str | None = None):
-    """Chooses the strategy and, for `mesh`, lays out the device mesh.
+  num_padded = 0
+  batch_split = BatchSplit()
 
-    Args:
-      strategy: one of `STRATEGIES` or "auto".
-      num_models: M.
-      chunk: models per compiled program of the loop strategy.
-      mesh: mesh strategy: `(model, data)` sizes, or `(model,)` for data 1; their product must be the number of
-        devices. Empty: `mesh_shape(M, devices, batch_size)`.
-      batch_size: examples per model and step, to check that the data axis divides it.
-      local_strategy: mesh strategy: how a device runs its local models, "loop" or "vmap"; None: the backend's
-        `default_strategy()` ("sequential" counts as "loop").
-    """
-    if strategy == "auto":
-      strategy = "mesh" if jax.device_count() > 1 else default_strategy()
-    if strategy not in STRATEGIES:
-      raise ValueError(f"model_axis.strategy must be one of {STRATEGIES} or 'auto', got {strategy!r}")
+  def __init__(self, strategy: str, num_models: int):
     self.strategy = strategy
     self.num_models = num_models
-    self.num_padded = 0
-    self.batch_split = BatchSplit()
-    if strategy == "mesh":
-      self._init_mesh(tuple(mesh), batch_size, local_strategy or default_strategy())
-      return
-    self.chunk = {"vmap": num_models, "loop": max(1, min(chunk, num_models)), "sequential": 1}[strategy]
+
+  def from_stacked(self, stacked):
+    """Axis form of a stacked pytree (numpy or jax leaves with a leading `[M]` axis)."""
+    raise NotImplementedError
+
+  def to_stacked(self, state):
+    """Stacked pytree `[M, ...]` of a state in axis form (mesh: on `stacked_sharding`)."""
+    raise NotImplementedError
+
+  def put_shared(self, tree):
+    """Places inputs that every model shares (numpy or jax leaves) where the mapped functions read them."""
+    return jax.tree.map(jnp.asarray, tree)
+
+  def fetch(self, tree):
+    """Host copy of per-model values in stacked or axis form, as numpy `[M, ...]` (inert copies dropped)."""
+    return jax.tree.map(lambda leaf: np.asarray(leaf)[:self.num_models], tree)
+
+  def create_stacked(self, fn: Callable, *args):
+    """`jax.jit(fn)(*args)` for an `fn` that returns a stacked `[M, ...]` pytree (e.g. a vmapped init)."""
+    return jax.jit(fn)(*args)
+
+  def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
+    """Maps `fn(model_state, shared, per_model) -> (new_model_state, outputs)` over the model axis, jitted."""
+    raise NotImplementedError
+
+  def map_apply(self, fn: Callable) -> Callable:
+    """Maps a stateless `fn(params, shared) -> outputs` over the model axis: params in axis form, outputs `[M, ...]`."""
+    raise NotImplementedError
+
+
+class VmapExecutor(Executor):
+  """`vmap`: one program over the stacked state; the axis form is the stacked form."""
+
+  def __init__(self, num_models: int):
+    super().__init__("vmap", num_models)
+    self.chunk = num_models
+
+  def from_stacked(self, stacked):
+    return jax.tree.map(jnp.asarray, stacked)
+
+  def to_stacked(self, state):
+    return state
+
+  def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
+    return jax.jit(jax.vmap(fn, in_axes=(0, None, 0)), donate_argnums=(0,) if donate_state else ())
+
+  def map_apply(self, fn: Callable) -> Callable:
+    return jax.jit(jax.vmap(fn, in_axes=(0, None)))
+
+
+class ChunkedExecutor(Executor):
+  """`loop` and `sequential` (chunks of one model): one unrolled program per chunk; axis form: a list of chunks."""
+
+  def __init__(self, strategy: str, num_models: int, chunk: int):
+    super().__init__(strategy, num_models)
+    self.chunk = max(1, min(chunk, num_models))
     self._bounds = [(start, min(start + self.chunk, num_models)) for start in range(0, num_models, self.chunk)]
 
-  def _init_mesh(self, sizes: tuple, batch_size: int | None, local: str) -> None:
+  def from_stacked(self, stacked):
+    stacked = jax.tree.map(jnp.asarray, stacked)
+    return [jax.tree.map(lambda leaf, a=a, b=b: leaf[a:b], stacked) for a, b in self._bounds]
+
+  def to_stacked(self, state):
+    return _concatenate(state)
+
+  def fetch(self, tree):
+    return super().fetch(self.to_stacked(tree) if isinstance(tree, list) else tree)
+
+  def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
+    program = jax.jit(_unrolled(fn, in_axes=(0, None, 0)), donate_argnums=(0,) if donate_state else ())
+
+    def chunked(states, shared, per_model):
+      states, outputs = zip(*[program(s, shared, p) for s, p in zip(states, per_model)])
+      return list(states), _concatenate(outputs)
+    return chunked
+
+  def map_apply(self, fn: Callable) -> Callable:
+    program = jax.jit(_unrolled(fn, in_axes=(0, None)))
+    return lambda chunks, shared: _concatenate([program(p, shared) for p in chunks])
+
+
+class MeshExecutor(Executor):
+  """`mesh`: the padded stacked state over a `(model, data)` device mesh; each device runs its local models."""
+
+  def __init__(self, num_models: int, sizes: tuple, batch_size: int | None, local_strategy: str):
+    super().__init__("mesh", num_models)
     devices = jax.device_count()
     if not sizes:
-      sizes = mesh_shape(self.num_models, devices, batch_size)
+      sizes = mesh_shape(num_models, devices, batch_size)
     sizes = tuple(int(s) for s in sizes) + (1,) * (2 - len(sizes))
     if len(sizes) != 2 or min(sizes) < 1 or math.prod(sizes) != devices:
       raise InputError("config.model_axis.mesh", f"(model, data) sizes {sizes} must multiply to the {devices} "
@@ -191,21 +293,21 @@ class ModelAxis:
       raise InputError("config.model_axis.mesh", f"the data axis ({sizes[1]} devices) must divide the batch of each "
                        f"model ({batch_size})")
     self.mesh = jax.make_mesh(sizes, (MODEL, DATA), axis_types=(AxisType.Auto, AxisType.Auto))
-    self.local_strategy = "vmap" if local == "vmap" else "loop"
-    self.padded_models = -(-self.num_models // sizes[0]) * sizes[0]
-    self.num_padded = self.padded_models - self.num_models
+    self.local_strategy = "vmap" if local_strategy == "vmap" else "loop"
+    self._local = jax.vmap if self.local_strategy == "vmap" else _unrolled
+    self.padded_models = -(-num_models // sizes[0]) * sizes[0]
+    self.num_padded = self.padded_models - num_models
     self.batch_split = BatchSplit(DATA, sizes[1])
     self._by_model = NamedSharding(self.mesh, P(MODEL))
     self._replicated = NamedSharding(self.mesh, P())
     # Checkpoints and results hold exactly M models; a leading axis that `model` does not divide is replicated.
     self.stacked_sharding = self._replicated if self.num_padded else self._by_model
     self._pad = jax.jit(lambda tree: jax.tree.map(self._pad_leaf, tree), out_shardings=self._by_model)
-    self._unpad = jax.jit(lambda tree: jax.tree.map(lambda leaf: leaf[:self.num_models], tree),
+    self._unpad = jax.jit(lambda tree: jax.tree.map(lambda leaf: leaf[:num_models], tree),
                           out_shardings=self.stacked_sharding)
     self._gather = jax.jit(lambda tree: tree, out_shardings=self._replicated)
     logging.info("Model axis: %d models on a (model=%d, data=%d) mesh of %d processes' devices, %s on each device, "
-                 "%d inert copies.", self.num_models, *sizes, jax.process_count(), self.local_strategy,
-                 self.num_padded)
+                 "%d inert copies.", num_models, *sizes, jax.process_count(), self.local_strategy, self.num_padded)
 
   def _pad_leaf(self, leaf):
     """`[M, ...]` -> `[M', ...]`, the inert copies repeating the last model."""
@@ -214,17 +316,13 @@ class ModelAxis:
     xp = np if isinstance(leaf, np.ndarray) else jnp
     return xp.concatenate([leaf, xp.repeat(leaf[-1:], self.num_padded, axis=0)])
 
-  # -------------------------------------------------------------------------------------------------------------------
-  # Placement: converting between the stacked form, the axis form, and the host.
-  # -------------------------------------------------------------------------------------------------------------------
+  @staticmethod
+  def _from_host(array: np.ndarray, sharding):
+    if jax.process_count() == 1:
+      return jax.device_put(array, sharding)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
   def from_stacked(self, stacked):
-    """Axis form of a stacked pytree (numpy or jax leaves with a leading `[M]` axis)."""
-    if self.strategy != "mesh":
-      stacked = jax.tree.map(jnp.asarray, stacked)
-      if self.strategy == "vmap":
-        return stacked
-      return [jax.tree.map(lambda leaf, a=a, b=b: leaf[a:b], stacked) for a, b in self._bounds]
     if all(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(stacked)):
       # Host data: each process copies only the shards of its own devices.
       return jax.tree.map(lambda leaf: self._from_host(self._pad_leaf(leaf), self._by_model), stacked)
@@ -233,100 +331,33 @@ class ModelAxis:
     return self._pad(stacked)
 
   def to_stacked(self, state):
-    """Stacked pytree `[M, ...]` of a state in axis form (mesh: on `stacked_sharding`)."""
-    if self.strategy == "mesh":
-      return self._unpad(state) if self.num_padded else state
-    if self.strategy == "vmap":
-      return state
-    return jax.tree.map(lambda *chunks: jnp.concatenate(chunks), *state)
+    return self._unpad(state) if self.num_padded else state
 
   def put_shared(self, tree):
-    """Places inputs that every model shares (numpy or jax leaves) where the mapped functions read them."""
-    if self.strategy != "mesh":
-      return jax.tree.map(jnp.asarray, tree)
     return jax.tree.map(lambda leaf: self._from_host(np.asarray(leaf), self._replicated), tree)
 
-  @staticmethod
-  def _from_host(array: np.ndarray, sharding):
-    if jax.process_count() == 1:
-      return jax.device_put(array, sharding)
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
   def fetch(self, tree):
-    """Host copy of per-model values in stacked or axis form, as numpy `[M, ...]` (inert copies dropped).
-
-    With the mesh strategy across processes this gathers from every host, so every process must call it.
-    """
-    if self.strategy == "mesh":
-      tree = self._gather(tree)
-    elif self.strategy != "vmap" and isinstance(tree, list):
-      tree = self.to_stacked(tree)
-    return jax.tree.map(lambda leaf: np.asarray(leaf)[:self.num_models], tree)
+    """Gathers from every host: across processes, every process must call it."""
+    return super().fetch(self._gather(tree))
 
   def create_stacked(self, fn: Callable, *args):
-    """`jax.jit(fn)(*args)` for an `fn` that returns a stacked `[M, ...]` pytree (e.g. a vmapped init).
-
-    With the mesh strategy the result is created directly on `stacked_sharding` (jit with out_shardings); `args`
-    are replicated.
-    """
-    if self.strategy != "mesh":
-      return jax.jit(fn)(*args)
+    """Creates the result directly on `stacked_sharding` (jit with out_shardings); `args` are replicated."""
     return jax.jit(fn, out_shardings=self.stacked_sharding)(*self.put_shared(args))
 
-  # -------------------------------------------------------------------------------------------------------------------
-  # Mapping per-model functions.
-  # -------------------------------------------------------------------------------------------------------------------
-
-  def _unrolled(self, fn: Callable, with_state: bool) -> Callable:
-    """One program for a chunk: `fn` applied to each model of the chunk, results stacked."""
-    def chunk_fn(*args):
-      size = jax.tree.leaves(args[0])[0].shape[0]
-      if with_state:
-        state, shared, per_model = args
-        results = [fn(s, shared, p) for s, p in unstack_tree((state, per_model), size)]
-        return stack_trees([r[0] for r in results]), stack_trees([r[1] for r in results])
-      params, shared = args
-      return stack_trees([fn(p, shared) for p in unstack_tree(params, size)])
-    return chunk_fn
-
-  def _local(self, fn: Callable, with_state: bool) -> Callable:
-    """A mesh device's body: `fn` over its local models, by the local strategy."""
-    if self.local_strategy == "vmap":
-      return jax.vmap(fn, in_axes=(0, None, 0) if with_state else (0, None))
-    return self._unrolled(fn, with_state)
-
   def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
-    """Maps `fn(model_state, shared, per_model) -> (new_model_state, outputs)` over the model axis, jitted."""
-    donate = (0,) if donate_state else ()
-    if self.strategy == "vmap":
-      return jax.jit(jax.vmap(fn, in_axes=(0, None, 0)), donate_argnums=donate)
-    if self.strategy == "mesh":
-      # check_vma=False: outputs are identical on a model's data devices by construction (BatchSplit), which the
-      # replication checker cannot see through the gathered logits.
-      body = jax.shard_map(self._local(fn, with_state=True), mesh=self.mesh, in_specs=(P(MODEL), P(), P(MODEL)),
-                           out_specs=(P(MODEL), P(MODEL)), check_vma=False)
-      return jax.jit(body, donate_argnums=donate)
-    program = jax.jit(self._unrolled(fn, with_state=True), donate_argnums=donate)
-
-    def chunked(states, shared, per_model):
-      results = [program(s, shared, p) for s, p in zip(states, per_model)]
-      return [r[0] for r in results], jax.tree.map(lambda *o: jnp.concatenate(o), *[r[1] for r in results])
-    return chunked
+    # check_vma=False: outputs are identical on a model's data devices by construction (BatchSplit), which the
+    # replication checker cannot see through the gathered logits.
+    body = jax.shard_map(self._local(fn, in_axes=(0, None, 0)), mesh=self.mesh, in_specs=(P(MODEL), P(), P(MODEL)),
+                         out_specs=(P(MODEL), P(MODEL)), check_vma=False)
+    return jax.jit(body, donate_argnums=(0,) if donate_state else ())
 
   def map_apply(self, fn: Callable) -> Callable:
-    """Maps a stateless `fn(model_params, shared) -> outputs` over the model axis; params in axis form.
+    """Outputs as numpy arrays on every host (inert copies dropped): each host evaluates every model's predictions.
 
-    Outputs are stacked `[M, ...]`; the mesh strategy returns them as numpy arrays on every host (inert copies
-    dropped), since each host evaluates every model's predictions. `shared` is not split over `data`: a model's data
-    devices compute the same outputs.
+    `shared` is not split over `data`: a model's data devices compute the same outputs.
     """
-    if self.strategy == "vmap":
-      return jax.jit(jax.vmap(fn, in_axes=(0, None)))
-    if self.strategy == "mesh":
-      body = jax.shard_map(self._local(fn, with_state=False), mesh=self.mesh, in_specs=(P(MODEL), P()),
-                           out_specs=P(MODEL), check_vma=False)
-      program = jax.jit(lambda params, shared: jax.tree.map(lambda o: o[:self.num_models], body(params, shared)),
-                        out_shardings=self._replicated)
-      return lambda params, shared: jax.tree.map(np.asarray, program(params, self.put_shared(shared)))
-    program = jax.jit(self._unrolled(fn, with_state=False))
-    return lambda chunks, shared: jnp.concatenate([program(p, shared) for p in chunks])
+    body = jax.shard_map(self._local(fn, in_axes=(0, None)), mesh=self.mesh, in_specs=(P(MODEL), P()),
+                         out_specs=P(MODEL), check_vma=False)
+    program = jax.jit(lambda params, shared: jax.tree.map(lambda o: o[:self.num_models], body(params, shared)),
+                      out_shardings=self._replicated)
+    return lambda params, shared: jax.tree.map(np.asarray, program(params, self.put_shared(shared)))

@@ -27,6 +27,7 @@ from slicejax import config_lib  # noqa: E402
 from slicejax import parallel  # noqa: E402
 from slicejax import sampler  # noqa: E402
 from slicejax import train  # noqa: E402
+from slicejax import two_d  # noqa: E402
 
 STEPS, SHAPE, BATCH = 3, (8, 8), 4
 # (models, mesh, local strategy): every model on its own device; inert copies, a data axis and vmap on each device
@@ -114,7 +115,7 @@ def _first(tree, num_models: int):
 
 def _one_by_one(config, model, tx, bank, entries, state):
   """Parameters `[M, ...]` of each model trained by itself with a single-model program."""
-  step = jax.jit(train.make_train_step(model, tx, config, train.slice_sampler(BATCH)))
+  step = jax.jit(train.make_train_step(model, tx, config, two_d.batch_sampler(config)))
   params = []
   for m in range(len(entries["count"])):
     s, e = jax.tree.map(lambda leaf: leaf[m], (state, entries))
@@ -130,7 +131,7 @@ def run_step() -> dict:
   want = _one_by_one(config, model, tx, bank, entries, state)
   for num_models, mesh, local in STEP_CASES:
     axis = parallel.ModelAxis("mesh", num_models, mesh=mesh, batch_size=BATCH, local_strategy=local)
-    mapped = axis.map(train.make_train_step(model, tx, config, train.slice_sampler(BATCH), axis.batch_split),
+    mapped = axis.map(train.make_train_step(model, tx, config, two_d.batch_sampler(config), axis.batch_split),
                       donate_state=True)
     axis_state = axis.from_stacked(_first(state, num_models))
     shared, per_model = axis.put_shared(bank), axis.from_stacked(_first(entries, num_models))

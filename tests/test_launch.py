@@ -1,6 +1,7 @@
 """End-to-end runs of tiny configs: the phantom demo, a generated two-channel prostate-like set, real hippocampus."""
 
 import csv
+import os
 import json
 import pathlib
 import subprocess
@@ -160,3 +161,21 @@ def test_3d_points_train_and_evaluate(tmp_path):
   plans = tmp_path / "plans"
   assert (json.loads((plans / "2d_b8_s4_rho2_fixed_seed0.json").read_text()) ==
           json.loads((plans / "3d_b8_s4_rho2_fixed_seed0.json").read_text()))
+
+
+def test_check_describes_the_run_and_writes_nothing(tmp_path):
+  cache = tmp_path / "cache"
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/demo.py:tiny", "--check", f"--workdir={tmp_path / 'run'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "SLICEJAX_CACHE": str(cache)})
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[1] == "classes (test volumes containing each): 1 core (3/3), 2 rim (3/3)"
+  assert lines[4] == "split (seed 0): 8 train / 1 val / 3 test"
+  assert lines[5].startswith("2D in-plane shape 16 x 16 (derived): 0 volumes padded, 0 centre-cropped")
+  assert lines[6] == "grid: 5 points in 1 groups of at most 37 models; 2D 5 (1 reference)"
+  assert lines[7].startswith("2D: ") and "5 models x 6 steps in 1 groups" in lines[7]
+  assert lines[-1].endswith("nothing was trained or written")
+  assert not (tmp_path / "run").exists()
+  # Only the generated phantom: no preprocessed volumes.
+  assert [p.name for p in cache.iterdir()] == ["phantoms"]

@@ -22,7 +22,7 @@ import mesh_worker
 from slicejax import distributed
 from slicejax import losses
 from slicejax import parallel
-from slicejax import report
+from slicejax import results
 from slicejax import train
 from slicejax.errors import InputError
 
@@ -194,7 +194,7 @@ def test_two_processes_write_each_row_once(runs, one_device_rows):
     runs.result(process, f"two_{i}")
   workdir = runs.tmp / "two"
   lines = (workdir / "results.jsonl").read_text().splitlines()
-  rows = report.read_rows(workdir / "results.jsonl")
+  rows = results.read_rows(workdir / "results.jsonl")
   assert len(lines) == len(rows) == 8
   assert len({r["name"] for r in rows}) == 8
   _assert_rows_match(rows, one_device_rows)

@@ -9,6 +9,7 @@ import pytest
 from slicejax import parallel
 from slicejax import sampler
 from slicejax import train
+from slicejax import two_d
 from slicejax.config_lib import base
 
 NUM_MODELS, STEPS, SHAPE = 3, 3, (8, 8)
@@ -27,7 +28,7 @@ def _setup():
   model = train.make_model(config, 3, 2)
   tx = train.make_optimizer(config.train)
   state = train.init_state(model, tx, [11, 12, 13], SHAPE + (1,))
-  return train.make_train_step(model, tx, config, train.slice_sampler(2)), bank, entries, state
+  return train.make_train_step(model, tx, config, two_d.batch_sampler(config)), bank, entries, state
 
 
 def _one_by_one():
@@ -73,3 +74,11 @@ def test_default_strategy_known():
   assert parallel.default_strategy("gpu") in parallel.STRATEGIES
   with pytest.raises(ValueError, match="model_axis.strategy"):
     parallel.ModelAxis("bogus", 2)
+
+
+def test_model_axis_makes_one_executor_per_strategy():
+  made = [parallel.ModelAxis(strategy, NUM_MODELS, chunk=chunk) for strategy, chunk in
+          [("vmap", 2), ("loop", 2), ("loop", 5), ("sequential", 2)]]
+  assert [(type(axis), axis.strategy, axis.chunk) for axis in made] == [
+      (parallel.VmapExecutor, "vmap", 3), (parallel.ChunkedExecutor, "loop", 2),
+      (parallel.ChunkedExecutor, "loop", 3), (parallel.ChunkedExecutor, "sequential", 1)]
