@@ -70,7 +70,7 @@ def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int,
   timing = common.time_calls(run, repeats=repeats)
   return {"benchmark": "model_axis", "dims": dims, "strategy": strategy, "models": num_models, "steps": steps,
           "batch_size": work["batch_size"], "shape": list(work["shape"]),
-          "chunk": None if strategy == "baseline" else axis.chunk,
+          "chunk": None if strategy == "baseline" else getattr(axis, "chunk", None),
           "throughput": num_models * steps / timing["median_s"], **timing,
           "peak_memory_mb": common.peak_memory_mb(), **common.machine()}
 
