@@ -78,7 +78,6 @@ def main(argv):
                            process_id=_PROCESS_ID.value)
     train.train_and_evaluate(config, _WORKDIR.value, fresh=_FRESH.value)
   except InputError as err:
-    logging.error("%s", err)
     _fail(err)
 
 

@@ -1,4 +1,5 @@
-"""The full set of config keys with their defaults, and argument parsing for `get_config(arg)`.
+"""The full set of config keys with their defaults, the checks of their values, and argument parsing for
+`get_config(arg)`.
 
 Every experiment config in `configs/` starts from `base()` and changes what its dataset needs, so every key exists
 in every config and a misspelt `--config.key=value` fails (configs are locked). Defaults where the study is silent
@@ -6,12 +7,20 @@ are documented in STUDY.md and README.md.
 """
 
 import importlib.util
+import math
+import numbers
 import pathlib
+import pkgutil
 
 import ml_collections
 
 from slicejax import augment
+from slicejax import data as data_lib
 from slicejax import encoder
+from slicejax import parallel
+from slicejax import phantom
+from slicejax import selection as selection_lib
+from slicejax.errors import InputError
 from slicejax.selection import ual
 
 
@@ -28,7 +37,7 @@ def base() -> ml_collections.ConfigDict:
       normalization="zscore",   # "zscore" per volume and channel, or "ct" (clip to ct_window, scale to [-1, 1])
       ct_window=(-1000.0, 1000.0),
       shape=(),                 # static in-plane (H, W); () = smallest that holds every volume
-      cache_dir="",             # preprocessed-volume cache; "" = WORKDIR/cache
+      cache_dir="",             # cache of preprocessed volumes, the phantom and UAL encoders; "" = the user cache
       split=dict(train=180, val=20, test=60, seed=0),
       phantom=dict(num_cases=60, shape=(40, 40, 24), num_channels=1, seed=0),
   ))
@@ -94,9 +103,342 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation of the values that do not depend on the data.
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Choices that `slicejax.unet.UNet` and `slicejax.train` accept.
+_MODEL_NAMES = ("unet",)
+_NORMS = ("instance", "group", "none")
+_UPSAMPLES = ("resize", "transpose")
+_DTYPES = ("float32", "bfloat16", "float16")
+_SOURCES = ("msd", "phantom")
+_CONV_IMPLS = ("auto", "2d", "3d")
+# Group norm in `slicejax.unet` uses min(8, channels) groups, which must divide the channels.
+_UNET_GROUPS = 8
+# The study grid's keys with what their items must be; `reference` is a plain bool (a one-item tuple in `three_d`).
+_GRID_ITEMS = {
+    "budgets": ("positive integers", lambda v: _is_int(v) and v >= 1),
+    "slices_per_volume": ("positive integers", lambda v: _is_int(v) and v >= 1),
+    "selections": ("selection names", lambda v: isinstance(v, str)),
+    "interpolation": ("booleans", lambda v: isinstance(v, bool)),
+    "seeds": ("non-negative integers", lambda v: _is_int(v) and v >= 0),
+    "reference_seeds": ("non-negative integers", lambda v: _is_int(v) and v >= 0),
+}
+# Grid keys that multiply into the sparse points: one left empty while budgets are given leaves no point.
+_GRID_FACTORS = ("slices_per_volume", "selections", "interpolation", "seeds")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool) and (
+      isinstance(value, numbers.Integral) or math.isfinite(value))
+
+
+def _is_sequence(value) -> bool:
+  return isinstance(value, (tuple, list))
+
+
+def _per_axis(value, ok) -> bool:
+  """Whether `value` is an int or three ints (one per axis of a 3D kernel or stride) that all pass `ok`."""
+  return ok(value) or (_is_sequence(value) and len(value) == 3 and all(ok(n) for n in value))
+
+
+def _interval(lo, hi, lo_open: bool, hi_open: bool) -> str:
+  if hi is None:
+    return f"{'>' if lo_open else '>='} {lo}"
+  if lo is None:
+    return f"{'<' if hi_open else '<='} {hi}"
+  return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _within(value, lo, hi, lo_open: bool, hi_open: bool) -> bool:
+  above = lo is None or (value > lo if lo_open else value >= lo)
+  below = hi is None or (value < hi if hi_open else value <= hi)
+  return above and below
+
+
+class _Checker:
+  """Reads dotted keys of a config and raises `InputError("config.<key>", ...)` for a bad value."""
+
+  def __init__(self, config):
+    self._config = config
+
+  def fail(self, key: str, problem: str):
+    raise InputError(f"config.{key}", problem)
+
+  def get(self, key: str):
+    node = self._config
+    for part in key.split("."):
+      try:
+        node = node[part]
+      except (KeyError, TypeError, AttributeError, IndexError):
+        self.fail(key, "missing")
+    return node
+
+  def integer(self, key: str, lo=None, hi=None) -> int:
+    value = self.get(key)
+    if not _is_int(value):
+      self.fail(key, f"must be an integer, got {value!r}")
+    if not _within(value, lo, hi, False, False):
+      self.fail(key, f"must be {_interval(lo, hi, False, False)}, got {value!r}")
+    return int(value)
+
+  def real(self, key: str, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False) -> float:
+    value = self.get(key)
+    if not _is_real(value):
+      self.fail(key, f"must be a finite number, got {value!r}")
+    if not _within(value, lo, hi, lo_open, hi_open):
+      self.fail(key, f"must be {_interval(lo, hi, lo_open, hi_open)}, got {value!r}")
+    return float(value)
+
+  def boolean(self, key: str) -> bool:
+    value = self.get(key)
+    if not isinstance(value, bool):
+      self.fail(key, f"must be True or False, got {value!r}")
+    return value
+
+  def text(self, key: str) -> str:
+    value = self.get(key)
+    if not isinstance(value, str):
+      self.fail(key, f"must be a string, got {value!r}")
+    return value
+
+  def choice(self, key: str, choices) -> str:
+    value = self.get(key)
+    if not (isinstance(value, str) and value in choices):
+      self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+  def items(self, key: str, what: str, ok, lengths=None, *, nonempty: bool = False) -> tuple:
+    """A tuple (or list) whose items all pass `ok`; `what` completes "must be ..." in the error."""
+    value = self.get(key)
+    if not (_is_sequence(value) and (lengths is None or len(value) in lengths) and (value or not nonempty)
+            and all(ok(v) for v in value)):
+      self.fail(key, f"must be {what}, got {value!r}")
+    return tuple(value)
+
+
+def _check_group_norm(c: _Checker, key: str, features: int, num_stages: int, max_features: int, norm: str) -> None:
+  """Every stage's channels, min(features * 2**i, max_features), must split into group norm's groups."""
+  if norm != "group":
+    return
+  for i in range(num_stages):
+    channels = min(features * 2**i, max_features)
+    if channels % min(_UNET_GROUPS, channels):
+      c.fail(key, f"with config.model.norm 'group', every stage's channels must be a multiple of "
+             f"{_UNET_GROUPS} (or below it); stage {i} has {channels}")
+
+
+def _check_model(c: _Checker) -> None:
+  c.choice("model.name", _MODEL_NAMES)
+  features = c.integer("model.features", lo=1)
+  num_stages = c.integer("model.num_stages", lo=1)
+  max_features = c.integer("model.max_features", lo=1)
+  if max_features < features:
+    c.fail("model.max_features", f"must be >= config.model.features ({features}), got {max_features}")
+  norm = c.choice("model.norm", _NORMS)
+  c.choice("model.upsample", _UPSAMPLES)
+  c.choice("model.dtype", _DTYPES)
+  _check_group_norm(c, "model.features", features, num_stages, max_features, norm)
+
+
+def _check_data(c: _Checker) -> None:
+  source = c.choice("data.source", _SOURCES)
+  for key in ("data.root", "data.missing_root_hint", "data.cache_dir"):
+    c.text(key)
+  c.integer("data.slicing_axis", lo=0, hi=2)
+  c.choice("data.normalization", data_lib.NORMALIZATIONS)
+  window = c.items("data.ct_window", "two numbers (lo, hi) with lo < hi", _is_real, (2,))
+  if not window[0] < window[1]:
+    c.fail("data.ct_window", f"must be two numbers (lo, hi) with lo < hi, got {window!r}")
+  multiple = 2 ** (c.integer("model.num_stages") - 1)
+  c.items("data.shape", f"() or two positive integers divisible by {multiple} (2**(config.model.num_stages - 1))",
+          lambda n: _is_int(n) and n >= 1 and n % multiple == 0, (0, 2))
+  total = c.integer("data.split.train", lo=1) + c.integer("data.split.val", lo=0) + c.integer("data.split.test", lo=1)
+  c.integer("data.split.seed", lo=0)
+  if source == "phantom":
+    num_cases = c.integer("data.phantom.num_cases", lo=1)
+    if num_cases < total:
+      c.fail("data.phantom.num_cases", f"must be >= the split's train + val + test ({total}), got {num_cases}")
+    c.items("data.phantom.shape", "three positive integers (X, Y, Z)", lambda n: _is_int(n) and n >= 1, (3,))
+    c.integer("data.phantom.num_channels", lo=1, hi=len(phantom.CHANNEL_NAMES))
+    c.integer("data.phantom.seed", lo=0)
+
+
+def _check_train(c: _Checker) -> None:
+  steps = c.integer("train.steps", lo=1)
+  c.integer("train.batch_size", lo=1)
+  c.real("train.learning_rate", lo=0, lo_open=True)
+  warmup = c.integer("train.warmup_steps", lo=0)
+  if warmup >= steps:
+    c.fail("train.warmup_steps", f"must be < config.train.steps ({steps}), got {warmup}")
+  c.real("train.final_lr_fraction", 0, 1)
+  c.real("train.weight_decay", lo=0)
+  c.real("train.grad_clip", lo=0, lo_open=True)
+  weights = c.real("train.ce_weight", lo=0), c.real("train.dice_weight", lo=0)
+  if weights == (0, 0):
+    c.fail("train.dice_weight", "must be > 0 when config.train.ce_weight is 0 (the loss would be 0)")
+  c.integer("train.log_every", lo=1)
+  c.integer("train.checkpoint_every", lo=1)
+  for key in ("flip_prob", "affine_prob"):
+    c.real(f"train.augment.{key}", 0, 1)
+  c.real("train.augment.rotate_degrees", lo=0)
+  scale = c.items("train.augment.scale_range", "two numbers (lo, hi) with 0 < lo <= hi", _is_real, (2,))
+  if not 0 < scale[0] <= scale[1]:
+    c.fail("train.augment.scale_range", f"must be two numbers (lo, hi) with 0 < lo <= hi, got {scale!r}")
+  for key in ("intensity_scale", "intensity_shift"):
+    c.real(f"train.augment.{key}", lo=0)
+
+
+def _check_selection(c: _Checker, key: str, name: str) -> None:
+  try:
+    selection_lib.get(name)
+  except InputError:
+    known = sorted(m.name for m in pkgutil.iter_modules(selection_lib.__path__))
+    c.fail(key, f"must name modules of slicejax/selection ({', '.join(known)}), got {name!r}")
+
+
+def _check_grid_entry(c: _Checker, key: str, name: str) -> None:
+  what, ok = _GRID_ITEMS[name]
+  for item in c.items(key, f"a tuple of {what}", ok):
+    if name == "selections":
+      _check_selection(c, key, item)
+
+
+def _check_study(c: _Checker) -> tuple:
+  """Checks the study block; returns (dims, the selections of the sparse points of the grid)."""
+  dims = c.items("study.dims", "a non-empty subset of (2, 3)", lambda d: _is_int(d) and d in (2, 3), (1, 2))
+  if len(set(dims)) != len(dims):
+    c.fail("study.dims", f"must be a non-empty subset of (2, 3), got {dims!r}")
+  for name in _GRID_ITEMS:
+    _check_grid_entry(c, f"study.{name}", name)
+  c.boolean("study.reference")
+  roi = c.items("study.roi", "() or two fractions (lo, hi) with 0 <= lo < hi <= 1", _is_real, (0, 2))
+  if roi and not 0 <= roi[0] < roi[1] <= 1:
+    c.fail("study.roi", f"must be () or two fractions (lo, hi) with 0 <= lo < hi <= 1, got {roi!r}")
+  # The 3D grid: an empty entry takes the value above (see `slicejax.study`).
+  for name in _GRID_ITEMS:
+    if c.get(f"study.three_d.{name}") != ():
+      _check_grid_entry(c, f"study.three_d.{name}", name)
+  if c.get("study.three_d.reference") != ():
+    c.items("study.three_d.reference", "() or a one-item tuple (True,) or (False,)", lambda v: isinstance(v, bool),
+            (1,))
+
+  selections, any_point = set(), False
+  for d in dims:
+    # Where each grid value comes from for this dims.
+    keys = {name: f"study.{name}" for name in (*_GRID_ITEMS, "reference")}
+    if d == 3:
+      keys.update({name: f"study.three_d.{name}" for name in keys if c.get(f"study.three_d.{name}") != ()})
+    grid = {name: c.get(key) for name, key in keys.items()}
+    reference = grid["reference"] if keys["reference"] == "study.reference" else grid["reference"][0]
+    if grid["budgets"]:
+      for name in _GRID_FACTORS:
+        if not grid[name]:
+          c.fail(keys[name], f"must not be empty while config.{keys['budgets']} is {tuple(grid['budgets'])!r}")
+      selections.update(grid["selections"])
+    if reference and not grid["reference_seeds"]:
+      c.fail(keys["reference_seeds"], "must not be empty when the reference is trained")
+    any_point = any_point or bool(grid["budgets"]) or reference
+  if not any_point:
+    c.fail("study", "the grid is empty: no budgets and no reference")
+  return dims, selections
+
+
+def _check_three_d(c: _Checker) -> None:
+  """The 3D network, patches and inference (points with dims 3)."""
+  features = c.integer("three_d.features", lo=1)
+  num_stages = c.integer("three_d.num_stages", lo=1)
+  max_features = c.integer("model.max_features")
+  if max_features < features:
+    c.fail("model.max_features", f"must be >= config.three_d.features ({features}), got {max_features}")
+  _check_group_norm(c, "three_d.features", features, num_stages, max_features, c.get("model.norm"))
+  odd = lambda n: _is_int(n) and n >= 1 and n % 2 == 1
+  positive = lambda n: _is_int(n) and n >= 1
+  c.items("three_d.kernel_sizes", f"() or {num_stages} odd kernel sizes (one per stage, each an int or three ints)",
+          lambda k: _per_axis(k, odd), (0, num_stages))
+  strides = c.items("three_d.strides", f"() or {num_stages - 1} strides (one per downsampling, each a positive "
+                    "int or three)", lambda s: _per_axis(s, positive), (0, num_stages - 1))
+  strides = strides or (2,) * (num_stages - 1)
+  factor = tuple(math.prod(s if _is_int(s) else s[axis] for s in strides) for axis in range(3))
+  patch = c.items("three_d.patch", "three positive integers (D, H, W)", lambda n: _is_int(n) and n >= 1, (3,))
+  if any(n % f for n, f in zip(patch, factor)):
+    c.fail("three_d.patch", f"must be divisible along each axis by the product of config.three_d.strides {factor}, "
+           f"got {patch!r}")
+  c.integer("three_d.batch_size", lo=1)
+  c.real("three_d.foreground_prob", 0, 1)
+  c.real("three_d.overlap", 0, 1, hi_open=True)
+  c.integer("three_d.eval_batch_size", lo=1)
+  c.choice("three_d.conv_impl", _CONV_IMPLS)
+
+
+def _check_ual(c: _Checker) -> None:
+  """The `ual` selection's options and its slice encoder (`slicejax.encoder.default_config`)."""
+  c.choice("ual.method", ual.METHODS)
+  for key in ("kmeans_iterations", "kmeans_inits", "typiclust_neighbors"):
+    c.integer(f"ual.{key}", lo=1)
+  c.boolean("ual.select_volumes")
+  c.integer("ual.seed", lo=0)
+  e = "ual.encoder."
+  features = c.items(e + "features", "a non-empty tuple of positive integers", lambda n: _is_int(n) and n >= 1,
+                     nonempty=True)
+  for key in ("convs_per_stage", "norm_groups", "embedding_dim", "projection_dim", "steps", "log_every"):
+    c.integer(e + key, lo=1)
+  groups = c.integer(e + "norm_groups")
+  for f in features:
+    if f % min(groups, f):
+      c.fail(e + "norm_groups", f"must divide every stage's channels of config.ual.encoder.features that it does "
+             f"not exceed; {groups} does not divide {f}")
+  c.integer(e + "batch_size", lo=2)
+  c.real(e + "learning_rate", lo=0, lo_open=True)
+  c.real(e + "temperature", lo=0, lo_open=True)
+  a = e + "augment."
+  c.real(a + "crop_min_area", 0, 1, lo_open=True)
+  c.real(a + "crop_max_aspect", lo=1)
+  for key in ("flip_lr_prob", "flip_ud_prob", "blur_prob"):
+    c.real(a + key, 0, 1)
+  for key in ("rotation_degrees", "intensity_scale", "intensity_shift", "gamma", "blur_sigma_max", "noise_std"):
+    c.real(a + key, lo=0)
+
+
+def _check_model_axis(c: _Checker) -> None:
+  c.choice("model_axis.strategy", ("auto",) + parallel.STRATEGIES)
+  c.items("model_axis.mesh", "() or one or two positive integers (model, data)", lambda n: _is_int(n) and n >= 1,
+          (0, 1, 2))
+  c.integer("model_axis.max_models", lo=1)
+  c.integer("model_axis.chunk", lo=1)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks every config value that does not depend on the data; raises `InputError` naming the first bad key."""
-  del config
+  """Checks every config value that does not depend on the data, before anything is read or written.
+
+  Blocks that only some grids use are checked when used: `three_d` when 3 is in `study.dims`, a selection's
+  options block (`ual`) when that selection makes points of the grid.
+
+  Args:
+    config: a config built on `base()`.
+
+  Raises:
+    InputError: for the first bad value, naming its full key (e.g. `config.train.warmup_steps`) and what is allowed.
+  """
+  c = _Checker(config)
+  c.integer("seed", lo=0)
+  _check_model(c)
+  _check_data(c)
+  _check_train(c)
+  c.integer("eval.batch_size", lo=1)
+  dims, selections = _check_study(c)
+  c.real("interpolation.weight", lo=0)
+  c.boolean("interpolation.align_centroids")
+  if 3 in dims:
+    _check_three_d(c)
+  if "ual" in selections:
+    _check_ual(c)
+  _check_model_axis(c)
 
 
 def parse_arg(arg: str, **spec) -> ml_collections.ConfigDict:

@@ -268,11 +268,6 @@ def pooled_interpolation_dice(labels: Sequence, filleds: Sequence, annotated: Se
           "num_slices": int(num_slices)}
 
 
-def interpolation_dice(label, filled, annotated, num_classes: int) -> dict:
-  """Dice of the interpolated slices of one volume against its true labels (`pooled_interpolation_dice` of one)."""
-  return pooled_interpolation_dice([label], [filled], [annotated], num_classes)
-
-
 def interpolate_plan(volumes: Mapping, plan: Mapping, num_classes: int, *, align_centroids: bool = False) -> tuple:
   """Interpolates every volume of an annotation plan and scores the interpolated slices.
 

@@ -327,6 +327,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       (rundir / "plans").mkdir(exist_ok=True)
       for name, plan in plans.items():
         files.atomic_write(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
+      # Plans of points that are not in this grid were left by a launch whose config this one replaced.
+      for stale in set((rundir / "plans").glob("*.json")) - {rundir / "plans" / f"{name}.json" for name in plans}:
+        stale.unlink()
     logging.info("%d points in %d groups; results in %s.", len(plans), len(groups), rundir)
 
     results_path = rundir / "results.jsonl"

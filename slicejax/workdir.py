@@ -1,14 +1,17 @@
-"""Keeping a workdir safe: atomic writes, one launch at a time, and one config per run.
+"""Keeping a workdir safe: one launch at a time, and one config per run.
 
 Conventions:
-- `atomic_write_text` writes a temporary file next to the target (same file system), flushes and fsyncs it, then
-  renames it into place, so a reader sees the old or the new file, never half of one.
+- Files are written through `slicejax.files.atomic_write`, so a reader sees the old or the new file, never half of
+  one.
 - `WorkdirLock` holds `WORKDIR/.lock`, a JSON object `{"pid": int, "host": str, "token": str}`, for as long as a
-  launch runs. A lock whose pid no longer runs on this host is stale (its launch was killed) and is taken over.
-  Lock holders on other hosts cannot be checked, so their locks are never taken over.
+  launch runs, and removes it when the launch ends, refused or not. A lock whose pid no longer runs on this host is
+  stale (its launch was killed) and is taken over. Lock holders on other hosts cannot be checked, so their locks are
+  never taken over.
 - `check_config` ties a workdir to one resolved config (`WORKDIR/config.json`, a JSON object of nested dicts). A
   rerun with the same config resumes; a different config is refused, or, with `fresh=True`, gets its own subfolder
-  `WORKDIR/run_<n>`. Configs are compared as JSON values, so tuples and lists of the same items are equal.
+  `WORKDIR/run_<n>`. Configs are compared as JSON values, so tuples and lists of the same items are equal. A run that
+  has trained nothing yet (no row in `results.jsonl`, nothing under `checkpoints/`, e.g. a launch that failed in its
+  setup) is no finished run: a different config replaces its config.json and runs there.
 """
 
 import contextlib
@@ -22,48 +25,19 @@ from typing import Mapping
 
 from absl import logging
 
+from slicejax import files
 from slicejax.errors import InputError
 
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
+RESULTS_NAME = "results.jsonl"
+CHECKPOINTS_NAME = "checkpoints"
 RUN_PREFIX = "run_"
 # How many differing keys an error message names before it only counts the rest.
 _MAX_NAMED_KEYS = 8
 # Paths of the locks this process holds; a lock file with our own pid is stale unless it is one of these.
 _HELD = set()
 
-
-def atomic_write_text(path, text: str) -> None:
-  """Replaces the file at `path` with `text` (UTF-8) atomically.
-
-  Args:
-    path: the file to write; its folder must exist.
-    text: the whole new content.
-  """
-  path = pathlib.Path(path)
-  # A unique name, so that two writers of the same file never share a temporary file.
-  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-  try:
-    with open(tmp, "x", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-  _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: pathlib.Path) -> None:
-  # Makes the rename itself durable; some file systems refuse to fsync a folder, which then only costs durability.
-  fd = os.open(folder, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -137,10 +111,15 @@ class WorkdirLock:
       except FileExistsError as err:
         # Only a launch that bypassed the guard (see `_guard`) gets here.
         raise InputError(str(self.workdir), "in use by another launch that started at the same time") from err
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"pid": os.getpid(), "host": host, "token": token}) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+      try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+          f.write(json.dumps({"pid": os.getpid(), "host": host, "token": token}) + "\n")
+          f.flush()
+          os.fsync(f.fileno())
+      except BaseException:
+        # A half-written lock would otherwise stay behind and be taken for a stale one by the next launch.
+        self.path.unlink(missing_ok=True)
+        raise
     self._token = token
     _HELD.add(key)
     logging.info("Locked %s.", self.path)
@@ -226,7 +205,22 @@ def _stored_config(path: pathlib.Path):
 
 
 def _write_config(folder: pathlib.Path, config: dict) -> None:
-  atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+  files.atomic_write(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _has_trained(folder: pathlib.Path) -> bool:
+  """Whether the run in `folder` has a result row or a checkpoint (anything but a missing or blank results.jsonl
+  and a missing or empty checkpoints/ counts)."""
+  results, checkpoints = folder / RESULTS_NAME, folder / CHECKPOINTS_NAME
+  if results.exists() and (not results.is_file() or results.read_bytes().strip()):
+    return True
+  return checkpoints.exists() and (not checkpoints.is_dir() or any(checkpoints.iterdir()))
+
+
+def _replace_untrained(folder: pathlib.Path, stored: dict, config: dict) -> None:
+  _write_config(folder, config)
+  logging.warning("Replaced %s: it held a different config (keys differ: %s) but its run had trained nothing; the "
+                  "run starts there.", folder / CONFIG_NAME, _describe(differing_keys(stored, config)))
 
 
 def _run_number(path: pathlib.Path):
@@ -242,16 +236,18 @@ def check_config(workdir, resolved: Mapping, *, fresh: bool = False) -> pathlib.
   Args:
     workdir: the launch's workdir; created if missing.
     resolved: the resolved config as a JSON-serialisable nested dict (e.g. `config.to_dict()` with tuples).
-    fresh: when `workdir` holds a different config, run in a new subfolder `workdir/run_<n>` instead of failing.
-      A subfolder that already holds this config is reused, so rerunning a `fresh` launch resumes it.
+    fresh: when `workdir` holds a run of a different config that has result rows or checkpoints, run in a
+      subfolder `workdir/run_<n>` instead of failing: the one that holds this config (so rerunning a `fresh` launch
+      resumes it), else the first that holds a config but has trained nothing, else a new one.
 
   Returns:
-    `workdir` when it has no config.json yet (which is then written) or holds this config (a resume); with
-    `fresh`, the `run_<n>` subfolder that holds this config, or a new one with the lowest free n >= 1.
+    `workdir` when it has no config.json yet (which is then written), holds this config (a resume), or holds a
+    different config but has trained nothing (its config.json is replaced); otherwise, with `fresh`, the `run_<n>`
+    subfolder described above, a new one with the lowest free n >= 1.
 
   Raises:
-    InputError: `workdir/config.json` holds a different (or unreadable) config and `fresh` is False; the message
-      names the dotted keys that differ.
+    InputError: `workdir/config.json` holds a different config and the run there has result rows or checkpoints,
+      or config.json cannot be read, and `fresh` is False; the message names the dotted keys that differ.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -265,6 +261,10 @@ def check_config(workdir, resolved: Mapping, *, fresh: bool = False) -> pathlib.
   if stored == config:
     logging.info("Resuming the run in %s (same config).", workdir)
     return workdir
+  # An unreadable config.json may not be ours; it is never replaced.
+  if stored is not None and not _has_trained(workdir):
+    _replace_untrained(workdir, stored, config)
+    return workdir
   if not fresh:
     if stored is None:
       problem = "cannot be read as a JSON config object"
@@ -273,9 +273,14 @@ def check_config(workdir, resolved: Mapping, *, fresh: bool = False) -> pathlib.
     raise InputError(str(path), f"{problem}; rerun with --fresh to start a new run in a subfolder")
 
   runs = sorted((n, p) for p in workdir.iterdir() if p.is_dir() and (n := _run_number(p)) is not None)
-  for _, folder in runs:
-    if _stored_config(folder / CONFIG_NAME) == config:
+  stored_runs = [(folder, _stored_config(folder / CONFIG_NAME)) for _, folder in runs]
+  for folder, stored in stored_runs:
+    if stored == config:
       logging.info("Resuming the run in %s (same config).", folder)
+      return folder
+  for folder, stored in stored_runs:
+    if stored is not None and not _has_trained(folder):
+      _replace_untrained(folder, stored, config)
       return folder
   n = 1
   while True:

@@ -1,8 +1,10 @@
-"""End-to-end bad input: `launch.py` must reject it with exit status 2, a one-line `error: <where>: <problem>` naming
-the file or key, and leave the workdir's existing files as they were.
+"""End-to-end bad input: `launch.py` must reject it with exit status 2, one line `error: <where>: <problem>` naming
+the file or key (besides log records), no traceback, and leave an existing workdir exactly as it was.
 
-Each case copies a valid 12-case phantom in the MSD layout (16 x 16 x 4..8 voxels), breaks one thing and runs
-`launch.py --config=configs/hippocampus.py:tiny` on it in a subprocess (tiny split: 6 train, 1 val, 2 test). Every
+A data case copies a valid 12-case phantom in the MSD layout (16 x 16 x 4..8 voxels) and breaks one thing; a config
+case sets one bad value that `config_lib.validate` rejects, without a data folder. Each runs
+`launch.py --config=configs/hippocampus.py:tiny` in a subprocess (tiny split: 6 train, 1 val, 2 test; 4 steps with 1
+warmup; budget 6 at 1 or 2 slices per volume, fixed, plus the reference; a 2-stage U-Net on 48 x 64 slices). Every
 launch spends seconds importing jax, so the selected cases are launched together, a few at a time, by one fixture.
 """
 
@@ -11,6 +13,7 @@ import gzip
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from slicejax import config_lib
 from slicejax import phantom
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -29,6 +33,10 @@ LABEL = f"labelsTr/{CASE}"
 PARALLEL_LAUNCHES = min(3, os.cpu_count() or 1)
 SENTINEL_ROW = {"name": "2d_b6_s6_rho1_fixed_seed9", "dims": 2, "budget": 6, "volumes": 6, "slices_per_volume": 1,
                 "selection": "fixed", "interpolation": False, "seed": 9, "reference": False, "dice_mean": 0.5}
+# A finished run of another config, which no rejected launch may touch.
+SENTINEL_CONFIG = {"seed": 9, "train": {"steps": 3}}
+# absl's log record prefix, e.g. "E1129 12:59:18.399208 140523023641472 launch.py:70] ".
+LOG_RECORD = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -109,17 +117,59 @@ CASES = [
      ("study.slices_per_volume", "exceeds")),
     ("s_exceeds_pool", _keep, ("--config.study.budgets=(7,)", "--config.study.slices_per_volume=(1,)"),
      ("study.budgets", "no allocation with s <= 6")),
-    ("unknown_selection", _keep, ("--config.study.selections=('nope',)",), ("selection", "'nope'")),
-    ("unknown_model", _keep, ("--config.model.name=nope",), ("config.model.name", "unknown model")),
     ("missing_data_root", None, ("--config.data.root=",), ("config.data.root", "no data folder")),
     ("misspelt_config_key", _keep, ("--config.trian.steps=3",), ("trian", "train")),
-]
+] + [(case_id, None, flags, (f"error: {line}",)) for case_id, flags, line in [
+    # Config values, each rejected by `config_lib.validate` before anything is read or written; the whole line.
+    ("warmup_not_below_steps", ("--config.train.steps=20", "--config.train.warmup_steps=50"),
+     "config.train.warmup_steps: must be < config.train.steps (20), got 50"),
+    ("zero_batch_size", ("--config.train.batch_size=0",), "config.train.batch_size: must be >= 1, got 0"),
+    ("negative_learning_rate", ("--config.train.learning_rate=-1",),
+     "config.train.learning_rate: must be > 0, got -1.0"),
+    ("final_lr_fraction_above_1", ("--config.train.final_lr_fraction=2",),
+     "config.train.final_lr_fraction: must be in [0, 1], got 2.0"),
+    ("no_loss", ("--config.train.ce_weight=0", "--config.train.dice_weight=0"),
+     "config.train.dice_weight: must be > 0 when config.train.ce_weight is 0 (the loss would be 0)"),
+    ("reversed_scale_range", ("--config.train.augment.scale_range=(1.2, 0.8)",),
+     "config.train.augment.scale_range: must be two numbers (lo, hi) with 0 < lo <= hi, got (1.2, 0.8)"),
+    ("unknown_norm", ("--config.model.norm=banana",),
+     "config.model.norm: must be one of instance, group, none, got 'banana'"),
+    ("unknown_model", ("--config.model.name=nope",), "config.model.name: must be one of unet, got 'nope'"),
+    ("shape_not_divisible", ("--config.data.shape=(47, 64)",), "config.data.shape: must be () or two positive "
+     "integers divisible by 2 (2**(config.model.num_stages - 1)), got (47, 64)"),
+    ("slicing_axis_out_of_range", ("--config.data.slicing_axis=3",),
+     "config.data.slicing_axis: must be in [0, 2], got 3"),
+    ("zero_budget", ("--config.study.budgets=(0,)",),
+     "config.study.budgets: must be a tuple of positive integers, got (0,)"),
+    ("budget_as_text", ("--config.study.budgets=('6',)",),
+     "config.study.budgets: must be a tuple of positive integers, got ('6',)"),
+    ("unknown_selection", ("--config.study.selections=('nope',)",),
+     "config.study.selections: must name modules of slicejax/selection (fixed, random, ual), got 'nope'"),
+    ("reversed_roi", ("--config.study.roi=(0.6, 0.4)",),
+     "config.study.roi: must be () or two fractions (lo, hi) with 0 <= lo < hi <= 1, got (0.6, 0.4)"),
+    ("negative_interpolation_weight", ("--config.interpolation.weight=-1",),
+     "config.interpolation.weight: must be >= 0, got -1.0"),
+    ("three_d_patch_not_divisible", ("--config.study.dims=(2, 3)", "--config.three_d.patch=(48, 50, 48)"),
+     "config.three_d.patch: must be divisible along each axis by the product of config.three_d.strides (8, 8, 8), "
+     "got (48, 50, 48)"),
+    ("unknown_ual_method", ("--config.study.selections=('ual',)", "--config.ual.method=kmedoids"),
+     "config.ual.method: must be one of kmeans, kcenter, typiclust, got 'kmedoids'"),
+    ("misspelt_strategy", ("--config.model_axis.strategy=vmapp",),
+     "config.model_axis.strategy: must be one of auto, vmap, loop, sequential, mesh, got 'vmapp'"),
+]]
 BY_ID = {c[0]: c[1:] for c in CASES}
-MISSPELT = "misspelt_config_key"
 
 
 def _snapshot(folder: pathlib.Path) -> dict:
   return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _launch(workdir: pathlib.Path, flags, cache: pathlib.Path) -> subprocess.CompletedProcess:
+  # The cache (preprocessed volumes) goes to the test's own folder, not the user's.
+  return subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/hippocampus.py:tiny", f"--workdir={workdir}", *flags],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", SLICEJAX_CACHE=str(cache)), capture_output=True, text=True,
+      timeout=300)
 
 
 def _run_case(case_id: str, folder: pathlib.Path, template: pathlib.Path) -> dict:
@@ -130,46 +180,76 @@ def _run_case(case_id: str, folder: pathlib.Path, template: pathlib.Path) -> dic
     shutil.copytree(template, root)
     breaker(root)
     flags = (f"--config.data.root={root}",) + flags
-  # A workdir holding a finished results row and an unrelated file, which a rejected launch must leave as they are.
+  # A workdir holding a finished run of another config and an unrelated file, which a rejected launch must leave
+  # as they are.
   workdir = folder / "wd"
   workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(SENTINEL_CONFIG) + "\n")
   (workdir / "results.jsonl").write_text(json.dumps(SENTINEL_ROW) + "\n")
   (workdir / "keep.txt").write_text("left alone\n")
   before = _snapshot(workdir)
-  result = subprocess.run(
-      [sys.executable, "launch.py", "--config=configs/hippocampus.py:tiny", f"--workdir={workdir}", *flags],
-      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+  result = _launch(workdir, flags, folder / "cache")
   return {"result": result, "before": before, "after": _snapshot(workdir)}
 
 
 @pytest.fixture(scope="module")
-def outcomes(request, tmp_path_factory) -> dict:
+def template(tmp_path_factory) -> pathlib.Path:
+  return phantom.write_phantom(tmp_path_factory.mktemp("template") / "msd", num_cases=12, shape=(16, 16, 8))
+
+
+@pytest.fixture(scope="module")
+def outcomes(request, tmp_path_factory, template) -> dict:
   """Case id -> outcome of `_run_case`, for the cases selected in this session."""
   wanted = sorted({item.callspec.params["case"] for item in request.session.items
                    if item.module is request.module and hasattr(item, "callspec")})
-  template = phantom.write_phantom(tmp_path_factory.mktemp("template") / "msd", num_cases=12, shape=(16, 16, 8))
   folders = [tmp_path_factory.mktemp(case_id) for case_id in wanted]
   with futures.ThreadPoolExecutor(PARALLEL_LAUNCHES) as pool:
     done = pool.map(_run_case, wanted, folders, [template] * len(wanted))
     return dict(zip(wanted, done))
 
 
-def _last_line(text: str) -> str:
-  lines = [line for line in text.splitlines() if line.strip()]
-  return lines[-1] if lines else ""
+def _message_lines(stderr: str) -> list:
+  """The lines of stderr that are not absl log records."""
+  return [line for line in stderr.splitlines() if line.strip() and not LOG_RECORD.match(line)]
 
 
 def _assert_rejected(outcome, expected):
   result = outcome["result"]
-  last = _last_line(result.stderr)
   assert result.returncode == 2, f"exit status {result.returncode}; stderr ends:\n{result.stderr[-2000:]}"
-  assert last.startswith("error: "), last
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
+  lines = _message_lines(result.stderr)
+  assert len(lines) == 1 and lines[0].startswith("error: "), lines
   for part in expected:
-    assert part in last, f"{part!r} not in {last!r}"
-  for path, data in outcome["before"].items():
-    assert outcome["after"].get(path) == data, f"{path} changed or vanished"
+    assert part in lines[0], f"{part!r} not in {lines[0]!r}"
+  assert outcome["after"] == outcome["before"], "the workdir changed"
 
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
 def test_bad_input_is_rejected_in_one_line_and_workdir_kept(outcomes, case):
   _assert_rejected(outcomes[case], BY_ID[case][2])
+
+
+def test_refused_launch_then_corrected_one_runs_in_the_same_workdir(tmp_path, template):
+  # The workdir of an earlier launch that failed after writing its config.json: nothing trained there.
+  workdir = tmp_path / "wd"
+  workdir.mkdir()
+  failed = config_lib.load("configs/hippocampus.py:tiny")
+  failed.data.root = str(template)
+  failed.train.learning_rate = 1.0
+  (workdir / "config.json").write_text(failed.to_json_best_effort())
+  (workdir / "results.jsonl").write_text("")
+  before = _snapshot(workdir)
+  flags = (f"--config.data.root={template}",)
+
+  refused = _launch(workdir, flags + ("--config.train.warmup_steps=50",), tmp_path / "cache")
+  _assert_rejected({"result": refused, "before": before, "after": _snapshot(workdir)},
+                   ("error: config.train.warmup_steps: must be < config.train.steps (4), got 50",))
+
+  corrected = _launch(workdir, flags + ("--config.train.warmup_steps=2",), tmp_path / "cache")
+  assert corrected.returncode == 0, corrected.stderr[-3000:]
+  assert f"Replaced {workdir}/config.json: it held a different config (keys differ: train.learning_rate, " \
+         "train.warmup_steps)" in corrected.stderr
+  config = json.loads((workdir / "config.json").read_text())
+  assert (config["train"]["learning_rate"], config["train"]["warmup_steps"]) == (3e-3, 2)
+  rows = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+  assert [r["name"] for r in rows] == ["2d_b6_s6_rho1_fixed_seed0", "2d_b6_s3_rho2_fixed_seed0", "2d_reference_seed0"]

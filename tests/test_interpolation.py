@@ -146,7 +146,7 @@ def test_interpolation_dice_on_a_hand_built_case():
   filled[2, 3, :2] = 1
   # Class 2: absent from truth and prediction on the interpolated slices; a mismatch on an annotated slice is ignored.
   filled[0, 2, 2] = 2
-  dice = interpolation.interpolation_dice(label, filled, [0, 3], 3)
+  dice = interpolation.pooled_interpolation_dice([label], [filled], [[0, 3]], 3)
   assert dice["dice_per_class"][0] == 0.5 and math.isnan(dice["dice_per_class"][1])
   assert (dice["dice_mean"], dice["num_slices"]) == (0.5, 2)
 
@@ -155,7 +155,7 @@ def test_interpolation_dice_absent_from_truth_only_scores_zero():
   label = np.zeros((3, 2, 2), np.int32)
   filled = np.zeros_like(label)
   filled[1, 0, 0] = 2
-  dice = interpolation.interpolation_dice(label, filled, [0, 2], 3)
+  dice = interpolation.pooled_interpolation_dice([label], [filled], [[0, 2]], 3)
   assert math.isnan(dice["dice_per_class"][0]) and dice["dice_per_class"][1] == 0.0
   assert (dice["dice_mean"], dice["num_slices"]) == (0.0, 1)
 
@@ -181,7 +181,7 @@ def test_pooled_dice_sums_counts_over_volumes():
 
 def test_dice_without_interpolated_slices_is_undefined():
   label = np.ones((4, 2, 2), np.int32)
-  dice = interpolation.interpolation_dice(label, label, [1], 2)
+  dice = interpolation.pooled_interpolation_dice([label], [label], [[1]], 2)
   assert dice["num_slices"] == 0 and math.isnan(dice["dice_mean"]) and math.isnan(dice["dice_per_class"][0])
 
 

@@ -1,6 +1,7 @@
-"""Tests for slicejax.workdir: atomic writes, the workdir lock and the one-config-per-run check."""
+"""Tests for slicejax.workdir: the workdir lock and the one-config-per-run check."""
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from slicejax.errors import InputError
 
 CONFIG = {"data": {"root": "/data/a", "split": {"train": 6, "val": 1}}, "train": {"steps": 4, "batch_size": 4},
           "study": {"budgets": [6], "selections": ["fixed"]}, "seed": 0}
+ROW = json.dumps({"name": "2d_b6_s6_rho1_fixed_seed0", "dice_mean": 0.5}) + "\n"
 
 
 def _write_lock(workdir, pid, host=None):
@@ -19,6 +21,17 @@ def _write_lock(workdir, pid, host=None):
   lock = workdir / workdir_lib.LOCK_NAME
   lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "token": "theirs"}))
   return lock
+
+
+def _finished(folder, config=CONFIG):
+  """Makes `folder` hold a run of `config` with one result row."""
+  workdir_lib.check_config(folder, config)
+  (folder / "results.jsonl").write_text(ROW)
+  return folder
+
+
+def _snapshot(folder) -> dict:
+  return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _changed(**changes):
@@ -31,29 +44,6 @@ def _changed(**changes):
       node = node[key]
     node[leaf] = value
   return config
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# atomic_write_text.
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_atomic_write_creates_and_replaces_without_leftovers(tmp_path):
-  path = tmp_path / "notes.txt"
-  workdir_lib.atomic_write_text(path, "first\n")
-  assert path.read_text() == "first\n"
-  workdir_lib.atomic_write_text(path, "second, ü\n")
-  assert path.read_text(encoding="utf-8") == "second, ü\n"
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-
-
-def test_atomic_write_failure_keeps_old_file_and_leaves_no_temporary(tmp_path):
-  path = tmp_path / "notes.txt"
-  path.write_text("old")
-  with pytest.raises(TypeError):
-    workdir_lib.atomic_write_text(path, b"bytes are not text")
-  assert path.read_text() == "old"
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -154,6 +144,20 @@ def test_lock_is_released_when_the_body_raises(tmp_path):
   assert not (wd / ".lock").exists()
 
 
+def test_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
+  wd = tmp_path / "wd"
+  wd.mkdir()
+
+  def full_disk(fd):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    with workdir_lib.WorkdirLock(wd):
+      pytest.fail("entered without a lock")
+  assert list(wd.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # check_config.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -173,8 +177,8 @@ def test_first_run_writes_config_and_same_config_resumes(tmp_path):
 
 
 def test_different_config_names_exactly_the_differing_keys(tmp_path):
-  wd = tmp_path / "wd"
-  workdir_lib.check_config(wd, CONFIG)
+  wd = _finished(tmp_path / "wd")
+  before = _snapshot(wd)
   changed = _changed(**{"data.root": "/data/b", "train.steps": 3})
   changed["study"]["extra"] = 1          # only in the new config
   del changed["data"]["split"]["val"]    # only in the stored one
@@ -183,17 +187,68 @@ def test_different_config_names_exactly_the_differing_keys(tmp_path):
   assert str(err.value) == (
       f"{wd}/config.json: holds a different config (keys differ: data.root, data.split.val, study.extra, "
       "train.steps); rerun with --fresh to start a new run in a subfolder")
-  assert json.loads((wd / "config.json").read_text()) == CONFIG
-  assert sorted(p.name for p in wd.iterdir()) == ["config.json"]
+  assert _snapshot(wd) == before
+  assert sorted(p.name for p in wd.iterdir()) == ["config.json", "results.jsonl"]
 
 
 def test_many_differing_keys_are_named_up_to_eight(tmp_path):
   wd = tmp_path / "wd"
   base = {f"k{i:02d}": i for i in range(11)}
-  workdir_lib.check_config(wd, base)
+  _finished(wd, base)
   with pytest.raises(InputError) as err:
     workdir_lib.check_config(wd, {k: v + 1 for k, v in base.items()})
   assert "(keys differ: k00, k01, k02, k03, k04, k05, k06, k07 and 3 more);" in str(err.value)
+
+
+@pytest.mark.parametrize("results", [None, "", "\n \n"])
+@pytest.mark.parametrize("checkpoints", [None, []])
+def test_run_that_trained_nothing_takes_the_different_config(tmp_path, caplog, results, checkpoints):
+  # E.g. a launch that failed after writing config.json: no result row, no checkpoint; its rerun goes ahead there.
+  wd = tmp_path / "wd"
+  workdir_lib.check_config(wd, CONFIG)
+  if results is not None:
+    (wd / "results.jsonl").write_text(results)
+  if checkpoints is not None:
+    (wd / "checkpoints").mkdir()
+  (wd / "groups.json").write_text("[]")
+  corrected = _changed(**{"train.steps": 40})
+  with caplog.at_level(logging.WARNING):
+    assert workdir_lib.check_config(wd, corrected) == wd
+  assert json.loads((wd / "config.json").read_text()) == corrected
+  assert f"Replaced {wd}/config.json: it held a different config (keys differ: train.steps)" in caplog.text
+  # Nothing else is touched, and the replaced config now resumes.
+  assert (wd / "groups.json").read_text() == "[]"
+  assert workdir_lib.check_config(wd, corrected) == wd
+  assert not any(p.name.startswith(".") for p in wd.iterdir())
+
+
+@pytest.mark.parametrize("trained", ["row", "checkpoint", "results_folder"])
+def test_run_with_a_row_or_a_checkpoint_keeps_its_config(tmp_path, trained):
+  wd = tmp_path / "wd"
+  workdir_lib.check_config(wd, CONFIG)
+  if trained == "row":
+    (wd / "results.jsonl").write_text(ROW)
+  elif trained == "checkpoint":
+    (wd / "checkpoints" / "group_0" / "2").mkdir(parents=True)
+  else:
+    (wd / "results.jsonl").mkdir()
+  before = _snapshot(wd)
+  with pytest.raises(InputError, match=r"holds a different config \(keys differ: train\.steps\); rerun with --fresh"):
+    workdir_lib.check_config(wd, _changed(**{"train.steps": 40}))
+  assert _snapshot(wd) == before
+
+
+def test_refused_launch_leaves_the_workdir_unchanged(tmp_path):
+  wd = _finished(tmp_path / "wd")
+  (wd / "checkpoints" / "group_0").mkdir(parents=True)
+  (wd / "checkpoints" / "group_0" / "state").write_bytes(b"\x00\x01")
+  before = _snapshot(wd)
+  names = sorted(p.name for p in wd.rglob("*"))
+  with pytest.raises(InputError, match="holds a different config"):
+    with workdir_lib.WorkdirLock(wd):
+      workdir_lib.check_config(wd, _changed(**{"seed": 1}))
+  assert _snapshot(wd) == before
+  assert sorted(p.name for p in wd.rglob("*")) == names
 
 
 def test_differing_keys_flattens_nested_dicts():
@@ -212,19 +267,40 @@ def test_unreadable_config_is_refused(tmp_path):
 
 
 def test_fresh_runs_get_numbered_subfolders_and_resume_there(tmp_path):
-  wd = tmp_path / "wd"
-  workdir_lib.check_config(wd, CONFIG)
+  wd = _finished(tmp_path / "wd")
   second = _changed(**{"train.steps": 100})
   third = _changed(**{"train.steps": 200})
   assert workdir_lib.check_config(wd, second, fresh=True) == wd / "run_1"
+  (wd / "run_1" / "results.jsonl").write_text(ROW)
   assert workdir_lib.check_config(wd, third, fresh=True) == wd / "run_2"
+  (wd / "run_2" / "results.jsonl").write_text(ROW)
   assert json.loads((wd / "run_1" / "config.json").read_text()) == second
   assert json.loads((wd / "run_2" / "config.json").read_text()) == third
   assert json.loads((wd / "config.json").read_text()) == CONFIG
   # Rerunning a fresh launch resumes its subfolder instead of starting yet another.
   assert workdir_lib.check_config(wd, second, fresh=True) == wd / "run_1"
-  # A folder whose name only looks like a run is skipped.
+  # A folder without a config, or whose name only looks like a run, is skipped.
   (wd / "run_3").mkdir()
   (wd / "run_04").mkdir()
   assert workdir_lib.check_config(wd, _changed(**{"seed": 7}), fresh=True) == wd / "run_4"
-  assert sorted(p.name for p in wd.iterdir()) == ["config.json", "run_04", "run_1", "run_2", "run_3", "run_4"]
+  assert sorted(p.name for p in wd.iterdir()) == ["config.json", "results.jsonl", "run_04", "run_1", "run_2",
+                                                  "run_3", "run_4"]
+
+
+def test_fresh_run_takes_over_a_run_folder_that_trained_nothing(tmp_path):
+  wd = _finished(tmp_path / "wd")
+  failed = _changed(**{"train.steps": 100})
+  assert workdir_lib.check_config(wd, failed, fresh=True) == wd / "run_1"
+  corrected = _changed(**{"train.steps": 50})
+  assert workdir_lib.check_config(wd, corrected, fresh=True) == wd / "run_1"
+  assert json.loads((wd / "run_1" / "config.json").read_text()) == corrected
+  # A run folder is a workdir of its own too.
+  assert workdir_lib.check_config(wd / "run_1", failed) == wd / "run_1"
+  assert sorted(p.name for p in wd.iterdir()) == ["config.json", "results.jsonl", "run_1"]
+
+
+def test_fresh_run_of_an_untrained_workdir_stays_there(tmp_path):
+  wd = tmp_path / "wd"
+  workdir_lib.check_config(wd, CONFIG)
+  assert workdir_lib.check_config(wd, _changed(**{"seed": 7}), fresh=True) == wd
+  assert sorted(p.name for p in wd.iterdir()) == ["config.json"]
