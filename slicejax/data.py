@@ -96,8 +96,20 @@ class Volume:
     return tuple(to_nifti_order(np.empty(self.label.shape, np.bool_), self.slicing_axis).shape)
 
 
+class _ClassesAndChannels:
+  """`num_classes` and `num_channels` of anything with `class_names` and `channel_names`."""
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def num_channels(self) -> int:
+    return len(self.channel_names)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
+class Dataset(_ClassesAndChannels):
   """A loaded MSD folder.
 
   Attributes:
@@ -112,14 +124,6 @@ class Dataset:
   class_names: tuple
   channel_names: tuple
   volumes: tuple
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  @property
-  def num_channels(self) -> int:
-    return len(self.channel_names)
 
   def by_id(self) -> dict:
     """Returns {case_id: Volume}."""
@@ -154,7 +158,7 @@ class CaseInfo:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class DatasetIndex:
+class DatasetIndex(_ClassesAndChannels):
   """An MSD folder read up to its NIfTI headers (see `index_msd`).
 
   Attributes:
@@ -171,14 +175,6 @@ class DatasetIndex:
   channel_names: tuple
   slicing_axis: int
   cases: tuple
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  @property
-  def num_channels(self) -> int:
-    return len(self.channel_names)
 
   @property
   def case_ids(self) -> tuple:

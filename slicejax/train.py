@@ -1,13 +1,16 @@
 """Trains and evaluates every point of a study grid: `train_and_evaluate(config, workdir)`.
 
-Reads top to bottom: setup, data, then per group of points that share shapes: plans, model and optimiser, the
-training step, the loop, evaluation and results. A group's M models train together on the model axis
-(`slicejax.parallel`), each with its own parameters, optimiser state, annotated slices and random stream; they share
-the step count and schedule, so budgets differ only in data.
+Reads top to bottom: setup and data, model and optimiser, the training step, then per group of points that share
+shapes: training data, state, the loop, evaluation and rows; last the study, which checks every input before the
+workdir is touched. Everything that differs between 2D slices and 3D patches comes from the dims modules
+(`slicejax.two_d`, `slicejax.three_d`, the same functions). A group's M models train together on the model axis
+(`slicejax.parallel`), each with its own parameters, optimiser state, annotated slices and random stream, whose keys
+come from its point's study seed alone; they share the step count and schedule, so budgets differ only in data.
 
 The workdir is the unit of record: `config.json` (the resolved config), `groups.json` (group -> model index ->
-point), `plans/<point>.json` (annotation plans), `results.jsonl` (one row per trained model) and the summary
-files. A group whose rows are all in results.jsonl is skipped when the same command runs again.
+point), `plans/<point>.json` (annotation plans), `results.jsonl` (one row per trained model, `slicejax.results`),
+`curves/` (TensorBoard loss curves) and the summary files. A group whose rows are all in results.jsonl is skipped
+when the same command runs again.
 """
 
 import contextlib

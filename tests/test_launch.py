@@ -19,6 +19,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 ROW_KEYS = {"dims", "budget", "volumes", "slices_per_volume", "selection", "interpolation", "seed", "steps",
             "dice_mean", "dice_per_class", "train_seconds"}
 
+TINY_DEMO_DICE = [0.031008754, 0.029006519, 0.028892580, 0.043682356, 0.040369585]
+TINY_DEMO_VAL_DICE = [0.047017242, 0.045480272, 0.038665132, 0.050575965, 0.051671887]
+
 
 def load_config(spec):
   return load(str(REPO / spec))
@@ -41,9 +44,12 @@ def test_demo_rows(demo_run):
   for row in rows:
     assert ROW_KEYS <= set(row)
     assert row["dims"] == 2 and row["steps"] == 6 and row["interpolation"] is False
-    assert 0.0 <= row["dice_mean"] <= 1.0
+    assert (row["test_volumes"], row["val_volumes"]) == (3, 1)
     np.testing.assert_allclose(row["dice_mean"], np.mean(list(row["dice_per_class"].values())), rtol=1e-9)
     assert set(row["dice_per_class"]) == {"core", "rim"}
+  # Pinned on this CPU (jax 0.10.2): six steps of tiny models give poor but exactly reproducible Dice.
+  np.testing.assert_allclose([r["dice_mean"] for r in rows], TINY_DEMO_DICE, atol=1e-6)
+  np.testing.assert_allclose([r["val_dice_mean"] for r in rows], TINY_DEMO_VAL_DICE, atol=1e-6)
   assert rows[-1]["reference"] and rows[-1]["selection"] == "all" and rows[-1]["volumes"] == 8
   # Every row's plan is on disk with exactly its budget.
   for row in rows[:-1]:

@@ -54,7 +54,7 @@ def test_existing_phantom_is_reused_and_a_different_one_refused(tmp_path, monkey
   assert (other / "notes.txt").read_text() == "keep me"
 
 
-def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+def _fail_at_case_one(monkeypatch):
   make_case = phantom.phantom_case
 
   def fail(seed, index, shape, num_channels):
@@ -63,6 +63,10 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     return make_case(seed, index, shape, num_channels)
 
   monkeypatch.setattr(phantom, "phantom_case", fail)
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+  _fail_at_case_one(monkeypatch)
   with pytest.raises(RuntimeError):
     phantom.write_phantom(tmp_path / "p", num_cases=3, shape=SMALL)
   assert list(tmp_path.iterdir()) == []
@@ -85,17 +89,6 @@ def test_cached_phantom_is_keyed_by_its_arguments_and_reused(tmp_path, monkeypat
   assert json.loads((other / "dataset.json").read_text())["phantom"]["seed"] == 3
   with pytest.raises(InputError, match="num_channels"):
     phantom.cached_phantom(tmp_path / "cache", num_channels=3)
-
-
-def _fail_at_case_one(monkeypatch):
-  make_case = phantom.phantom_case
-
-  def fail(seed, index, shape, num_channels):
-    if index == 1:
-      raise RuntimeError("killed")
-    return make_case(seed, index, shape, num_channels)
-
-  monkeypatch.setattr(phantom, "phantom_case", fail)
 
 
 def test_an_interrupted_or_damaged_cached_phantom_is_never_trusted(tmp_path, monkeypatch):

@@ -6,8 +6,8 @@ Runs the config once uninterrupted (WORKDIR/clean), then in WORKDIR/killed start
 SIGKILL after a random delay, `--kills` times, and lets the last rerun finish. Each delay is drawn below the time
 the clean run still had left after the earlier kills, so that each attempt is killed before it can finish (an
 attempt that finishes anyway is reported with `"killed": false`). The two results.jsonl files must hold
-the same rows in the same order with the same values; fields that measure time (`*_seconds`) are left out of the
-comparison, as they differ between any two runs. Prints one JSON line and exits 1 on a mismatch.
+the same rows in the same order with the same values; fields that measure time (`*_seconds`) and placement are left
+out of the comparison (`results.comparable`), as timings differ between any two runs. Prints one JSON line and exits 1 on a mismatch.
 """
 
 import argparse
@@ -21,6 +21,9 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from slicejax import results  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def launch(config, workdir, extra):
@@ -29,11 +32,7 @@ def launch(config, workdir, extra):
 
 
 def rows(path):
-  out = []
-  for line in pathlib.Path(path).read_text().splitlines():
-    row = json.loads(line)
-    out.append({k: v for k, v in row.items() if not k.endswith("_seconds")})
-  return out
+  return [results.comparable(row) for row in results.read_rows(path)]
 
 
 def main():
