@@ -4,6 +4,9 @@ Every loss takes a per-voxel weight that is 0 where nothing is annotated (and on
 `(sum, normalizer)`; the caller divides last with `divide`, which maps 0 / 0 to 0. Nothing branches on data, so an
 example or a whole batch without annotated voxels gives exactly zero loss and zero gradient instead of a NaN, and
 voxels with weight 0 never receive gradient.
+
+Logits and weights are cast to float32 first, so softmax, log-softmax and every sum run in float32 whatever dtype the
+model computes in (`slicejax.precision`); gradients flow back through the cast in the logits' own dtype.
 """
 
 import jax
@@ -13,6 +16,11 @@ import jax.numpy as jnp
 def divide(total, normalizer):
   """`total / normalizer`, and 0 where the normalizer is 0."""
   return total / jnp.maximum(normalizer, 1e-12) * (normalizer > 0)
+
+
+def _float32(logits, weights):
+  """`(logits, weights)` in float32: a bfloat16 softmax or sum over a batch's voxels keeps only 8 significant bits."""
+  return logits.astype(jnp.float32), weights.astype(jnp.float32)
 
 
 def _only_weighted(logits, weights):
@@ -30,8 +38,9 @@ def masked_cross_entropy(logits, labels, weights):
     weights: `[...]` non-negative voxel weights (0 = not annotated).
 
   Returns:
-    `(sum of weight * CE, sum of weights)`, both scalars.
+    `(sum of weight * CE, sum of weights)`, both float32 scalars.
   """
+  logits, weights = _float32(logits, weights)
   log_probs = jax.nn.log_softmax(_only_weighted(logits, weights), axis=-1)
   picked = jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
   return -jnp.sum(picked * weights), jnp.sum(weights)
@@ -51,8 +60,9 @@ def masked_soft_dice(logits, labels, weights, *, smooth=1e-5):
     smooth: additive smoothing of numerator and denominator.
 
   Returns:
-    `(sum over foreground classes of the Dice loss, number of foreground classes counted)`.
+    `(sum over foreground classes of the Dice loss, number of foreground classes counted)`, float32 scalars.
   """
+  logits, weights = _float32(logits, weights)
   num_classes = logits.shape[-1]
   probs = jax.nn.softmax(_only_weighted(logits, weights), axis=-1)
   onehot = jax.nn.one_hot(labels, num_classes, dtype=probs.dtype)

@@ -9,6 +9,11 @@ stride (`upsample_conv`: the same parameters and results, without the upsampled 
 running statistics (instance or group norm), so the model is a pure function of its parameters and one example's
 prediction never depends on the rest of the batch.
 
+Precision (`dtype`, from `slicejax.precision`): parameters are float32 and are cast to `dtype` where they are used, so
+gradients and the optimiser stay float32; convolutions and activations run in `dtype`; normalisation statistics and
+the normalisation itself are computed in float32 and rounded to `dtype` once; the 1x1 head runs in float32, so the
+logits are float32 whatever `dtype` is.
+
 Per-stage kernel sizes and strides come from the config, so anisotropic 3D volumes can pool in-plane only, e.g.
 `strides=((1, 2, 2), (1, 2, 2), (2, 2, 2))` for the three downsamplings of a four-stage network.
 """
@@ -141,6 +146,8 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = Conv(self.features, tuple(self.kernel_size), tuple(self.strides), self.as_2d, self.dtype, name="conv")(x)
+    # flax computes the statistics and normalises in at least float32 (`force_float32_reductions`); `dtype` is only
+    # the output's. The variance is E[x^2] - E[x]^2, which bfloat16's 8 bits would lose where the mean dominates.
     if self.norm == "instance":
       x = nn.GroupNorm(num_groups=None, group_size=1, dtype=self.dtype)(x)
     elif self.norm == "group":
@@ -163,7 +170,8 @@ class UNet(nn.Module):
     norm: "instance", "group" or "none".
     upsample: "resize" (nearest resize then conv) or "transpose" (transposed conv).
     conv3d_as_2d: run 3D convolutions as 2D convolutions over depth-stacked planes (see `Conv`).
-    dtype: computation dtype (parameters stay float32).
+    dtype: compute dtype of the convolutions and activations (float32 or bfloat16); parameters, normalisation
+      statistics and the logits stay float32.
   """
   num_classes: int
   dims: int = 2
@@ -222,5 +230,5 @@ class UNet(nn.Module):
       x = block(f, kernels[i], ones, f"up_{i}_0")(x)
       x = block(f, kernels[i], ones, f"up_{i}_1")(x)
 
-    logits = nn.Conv(self.num_classes, ones, dtype=self.dtype, name="head")(x)  # 1x1(x1): as cheap as a matmul
-    return logits.astype(jnp.float32)
+    # 1x1(x1), as cheap as a matmul, so it runs in float32: the logits are not rounded to bfloat16's 8 bits.
+    return nn.Conv(self.num_classes, ones, dtype=jnp.float32, name="head")(x)

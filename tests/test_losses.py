@@ -61,3 +61,19 @@ def test_loss_equals_loss_on_annotated_voxels_only():
   masked = losses.segmentation_loss(logits, labels, weights)[0]
   alone = losses.segmentation_loss(logits[2:], labels[2:], jnp.ones((1, 5, 5)))[0]
   np.testing.assert_allclose(masked, alone, rtol=1e-6)
+
+
+def test_bfloat16_inputs_reduce_in_float32():
+  # 4097 voxels of weight 1 with logits (0, 0): CE sum 4097 log 2 = 2839.79 and normalizer 4097, neither of which
+  # bfloat16 holds (it rounds them to 2832 and 4096).
+  logits = jnp.zeros((4097, 2), jnp.bfloat16)
+  labels = jnp.zeros((4097,), jnp.int32)
+  weights = jnp.ones((4097,), jnp.bfloat16)
+  total, norm = losses.masked_cross_entropy(logits, labels, weights)
+  assert total.dtype == norm.dtype == jnp.float32
+  np.testing.assert_allclose(total, 4097 * np.log(2.0), rtol=1e-6)
+  assert norm == 4097.0
+  loss_fn = lambda z: losses.segmentation_loss(z, labels, weights)[0]
+  loss, grad = jax.value_and_grad(loss_fn)(logits)
+  assert loss == loss_fn(logits.astype(jnp.float32)) and loss.dtype == jnp.float32
+  assert grad.dtype == jnp.bfloat16  # the gradient comes back in the logits' dtype

@@ -1,4 +1,5 @@
-"""The U-Net: shapes, stage names, per-example independence, 3D convolutions run as 2D ones, sub-pixel upsampling."""
+"""The U-Net: shapes, stage names, per-example independence, 3D convolutions run as 2D ones, sub-pixel upsampling,
+bfloat16 compute."""
 
 import jax
 import jax.numpy as jnp
@@ -83,3 +84,18 @@ def test_upsample_conv_equals_upsample_then_conv(shape, kernel, strides, as_2d):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
   with pytest.raises(ValueError, match="odd kernel"):
     unet.upsample_conv(x, jnp.ones((2,) * len(strides) + (shape[-1], 4)), strides, as_2d)
+
+
+@pytest.mark.parametrize("kwargs, shape", [
+    ({}, (2, 10, 12, 1)),  # 10 x 12 -> 5 x 6 -> 3 x 3: sub-pixel upsampling and upsample-crop-convolve
+    ({"dims": 3, "strides": ((1, 2, 2), (2, 2, 2)), "conv3d_as_2d": True}, (1, 4, 8, 8, 1)),
+])
+def test_bfloat16_compute_follows_float32(kwargs, shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  model = unet.UNet(num_classes=3, features=4, num_stages=3, **kwargs)
+  params = jax.jit(model.init)(jax.random.key(1), x)
+  exact = jax.jit(model.apply)(params, x)
+  mixed = jax.jit(model.clone(dtype=jnp.bfloat16).apply)(params, x)
+  assert mixed.dtype == jnp.float32
+  # Measured 1.4% for both: every activation is rounded to bfloat16's 8 significant bits, by up to 0.4% each.
+  assert jnp.linalg.norm(mixed - exact) / jnp.linalg.norm(exact) < 0.05
