@@ -95,6 +95,8 @@ def main():
   import mfu  # pylint: disable=g-import-not-at-top
   from slicejax import parallel  # pylint: disable=g-import-not-at-top
 
+  # Cold compilations only, even where JAX_COMPILATION_CACHE_DIR names a persistent cache.
+  jax.config.update("jax_enable_compilation_cache", False)
   default = parallel.default_strategy()
   events = CompileEvents()
   for num_models in [int(m) for m in args.models.split(",")]:

@@ -1,111 +1,194 @@
 #!/usr/bin/env bash
-# Every benchmark of bench/ on one GPU machine, within 8 minutes in all.
+# The benchmarks of bench/ on one GPU, most important first, within BENCH_BUDGET_S seconds (default 500).
 #
-#   bash bench/gpu.sh                          # on the GPU machine; PYTHON=... picks the interpreter (python3)
-#   PYTHON=.venv/bin/python bash bench/gpu.sh --quick   # every step at tiny sizes, on any machine
+#   bash bench/gpu.sh             # on the GPU machine; stops at once unless JAX's backend is "gpu"
+#   bash bench/gpu.sh --dry-run   # every step at tiny sizes on the CPU (JAX_PLATFORMS=cpu), on any machine
 #
-# Writes one JSON line per measurement to $OUT/bench_gpu.jsonl ($OUT if set, else .), each step's stderr to
-# bench_gpu.log beside it, and after every step a line {"benchmark": "gpu_sh_step", "step", "rc", "seconds",
-# "limit_s"} (rc 124: the step ran out of time; what it printed until then is kept). Steps run in order of
-# importance, each under `timeout` with its own limit times BENCH_LIMIT_SCALE (default 1; 4 with --quick, for slow
-# CPUs), cut further so that the whole script ends within BENCH_BUDGET_S seconds (default 470, i.e. 8 minutes less
-# a margin; 1800 with --quick); a step with under 15 s left is skipped with a "skipped" line.
+# PYTHON picks the interpreter (default python3). slicejax is imported from this checkout (PYTHONPATH), never
+# installed. If the interpreter lacks nibabel or ml_collections, they are installed from the wheels in .whl/ (or
+# $WHEELS) with `pip install --no-index --no-deps --target` into a folder put on PYTHONPATH; nothing else is ever
+# installed, and any other missing package stops the script. SLICEJAX_HIPPOCAMPUS=PATH (an MSD Task04 folder) times
+# the hippocampus grid; without it that step leaves a "skipped" record. bench/README.md gives the call on a GPU
+# machine, how .whl/ is prepared and how the limits were sized.
 #
-# Setup: what the benchmarks import is checked first. Missing packages are installed with pip: from a wheel folder
-# $WHEELS (default ./wheels, if it exists) without an index, else `pip install -e '.[cuda,bench]'` when JAX or
-# PyTorch is missing, else by name. A machine without network needs the wheel folder (see bench/README.md). The
-# "gpu_sh_setup" line records the backend JAX found.
+# Writes one JSON line per measurement to $OUT/bench_gpu.jsonl ($OUT if set, else .) and the steps' stderr to
+# bench_gpu.log beside it: {"benchmark": "gpu_sh_plan", "budget_s", "limits_s", ...}, {"benchmark": "gpu_sh_setup",
+# "backend", ...}, then per step its benchmark lines and {"benchmark": "gpu_sh_step", "step", "rc", "seconds",
+# "limit_s"} (rc 124: out of time, the lines printed until then are kept) or {..., "skipped": why}. Each step runs
+# under `timeout` with its own limit; the limits add up to less than the budget (checked before anything runs), and
+# a step is cut further if the budget runs short. Every python process of the run shares one persistent JAX
+# compilation cache under $TMPDIR (default /tmp), so a rerun on the same machine compiles little. The script exits 1
+# if a step failed or had no time left.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 
-QUICK=""
-[[ "${1:-}" == "--quick" ]] && QUICK="--quick"
-PY="${PYTHON:-python3}"
-OUT_DIR="${OUT:-.}"
-mkdir -p "$OUT_DIR"
-JSONL="$OUT_DIR/bench_gpu.jsonl"
-LOG="$OUT_DIR/bench_gpu.log"
-if [[ -n "$QUICK" ]]; then
-  BUDGET_S="${BENCH_BUDGET_S:-1800}"
-  SCALE="${BENCH_LIMIT_SCALE:-4}"
-else
-  BUDGET_S="${BENCH_BUDGET_S:-470}"
-  SCALE="${BENCH_LIMIT_SCALE:-1}"
-fi
-WHEELS="${WHEELS:-wheels}"
+case "${1:-}" in
+  "") DRY_RUN=0 ;;
+  --dry-run) DRY_RUN=1 ;;
+  *) echo "usage: bash bench/gpu.sh [--dry-run]" >&2; exit 2 ;;
+esac
+# Paths given relative to the caller's folder, made absolute before the script moves to the checkout's root.
+absolute() { [[ "$1" == /* ]] && echo "$1" || echo "$PWD/$1"; }
+PY=${PYTHON:-python3}
+[[ "$PY" == */* ]] && PY=$(absolute "$PY")  # a bare command name is looked up on PATH
+OUT_DIR=$(absolute "${OUT:-.}")
+DATA=${SLICEJAX_HIPPOCAMPUS:+$(absolute "$SLICEJAX_HIPPOCAMPUS")}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WHEELS=$(absolute "${WHEELS:-$ROOT/.whl}")
+cd "$ROOT" || exit 2
+
 START=$(date +%s)
+BUDGET_S=${BENCH_BUDGET_S:-500}
 DEADLINE=$((START + BUDGET_S))
+TMP=${TMPDIR:-/tmp}
+SITE=$TMP/slicejax_gpu_sh_site
+JSONL=$OUT_DIR/bench_gpu.jsonl
+LOG=$OUT_DIR/bench_gpu.log
+mkdir -p "$OUT_DIR"
 : > "$JSONL"
 : > "$LOG"
+export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export JAX_COMPILATION_CACHE_DIR=$TMP/slicejax_gpu_sh_jax_cache
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+QUICK=()
+MODELS_2D=1,8,16,32
+if ((DRY_RUN)); then
+  export JAX_PLATFORMS=cpu
+  # Dry-run figures are never results: XLA:CPU's cheapest compile settings halve its compile times, and two values
+  # of M keep both code paths of the model axis (one model; more models than one chunk) with half the processes.
+  CHEAP="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$CHEAP"
+  QUICK=(--quick)
+  MODELS_2D=1,8
+fi
 
-# step NAME LIMIT_S COMMAND...: runs COMMAND under timeout, appending its stdout to the JSON lines (to the log for
-# the setup step).
+# step NAME LIMIT_S COMMAND...: with MODE=plan, adds LIMIT_S to the plan; with MODE=run, runs COMMAND under timeout
+# with its stdout appended to the JSON lines. skip NAME LIMIT_S WHY: the same, for a step that cannot run here.
+PLAN=()
+PLANNED_S=0
+FAILED=()
+HAVE_TORCH=0  # found in the setup below; the plan counts vs_torch either way
 step() {
-  local name=$1 limit=$(($2 * SCALE))
+  local name=$1 limit=$2
   shift 2
+  if [[ "$MODE" == plan ]]; then
+    PLAN+=("\"$name\": $limit")
+    PLANNED_S=$((PLANNED_S + limit))
+    return
+  fi
   local left=$((DEADLINE - $(date +%s)))
   ((limit > left)) && limit=$left
   if ((limit < 15)); then
     printf '{"benchmark": "gpu_sh_step", "step": "%s", "skipped": "under 15 s left of %s s"}\n' "$name" \
       "$BUDGET_S" >> "$JSONL"
     echo "gpu.sh: skipped $name (no time left)"
+    FAILED+=("$name")
     return
   fi
-  echo "gpu.sh: $name (limit ${limit} s)"
+  echo "gpu.sh: $name (limit $limit s)"
   echo "=== $name: $*" >> "$LOG"
   local begin rc
   begin=$(date +%s)
-  local sink=$JSONL
-  [[ "$name" == setup ]] && sink=$LOG
-  timeout -k 5 "$limit" "$@" >> "$sink" 2>> "$LOG"
+  timeout -k 5 "$limit" "$@" >> "$JSONL" 2>> "$LOG"
   rc=$?
+  ((rc)) && FAILED+=("$name")
   printf '{"benchmark": "gpu_sh_step", "step": "%s", "rc": %d, "seconds": %d, "limit_s": %d}\n' "$name" "$rc" \
     "$(($(date +%s) - begin))" "$limit" >> "$JSONL"
 }
-
-# Setup.
-missing=$("$PY" - <<'EOF'
-import importlib.util
-names = {"jax": "jax", "flax": "flax", "optax": "optax", "orbax": "orbax-checkpoint", "numpy": "numpy",
-         "scipy": "scipy", "nibabel": "nibabel", "ml_collections": "ml_collections", "absl": "absl-py",
-         "matplotlib": "matplotlib", "torch": "torch"}
-print(" ".join(package for module, package in names.items() if importlib.util.find_spec(module) is None))
-EOF
-)
-if [[ -n "$missing" ]]; then
-  if [[ -d "$WHEELS" ]]; then
-    step setup 200 "$PY" -m pip install -q --no-index --find-links "$WHEELS" $missing
-  elif [[ -z "$QUICK" ]] && [[ " $missing " == *" jax "* || " $missing " == *" torch "* ]]; then
-    step setup 200 "$PY" -m pip install -q -e '.[cuda,bench]'
-  else
-    step setup 200 "$PY" -m pip install -q $missing
+skip() {
+  if [[ "$MODE" == plan ]]; then
+    step "$1" "$2"
+    return
   fi
-fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >> "$LOG" 2>&1
-"$PY" -c 'import json, jax; d = jax.devices()[0]; print(json.dumps({"benchmark": "gpu_sh_setup",
-  "backend": jax.default_backend(), "device": getattr(d, "device_kind", str(d)), "jax": jax.__version__}))' \
-  >> "$JSONL" 2>> "$LOG"
+  printf '{"benchmark": "gpu_sh_step", "step": "%s", "skipped": "%s"}\n' "$1" "$3" >> "$JSONL"
+  echo "gpu.sh: skipped $1 ($3)"
+}
 
-# Benchmarks, most important first.
-if [[ -n "$QUICK" ]]; then
-  AXIS_2D=(--models=1 --steps=1 --repeats=1)
-  AXIS_3D=(--dims=3 --models=1 --steps=1 --repeats=1)
-  AXIS_REST=(--models=1 --strategies=sequential --steps=1 --repeats=1)
-  COMPILE=(--quick)
-  STUDY=(--quick)
-else
-  AXIS_2D=(--models=16,8,4,1 --strategies=default)
-  AXIS_3D=(--dims=3 --models=8 --strategies=default)
-  AXIS_REST=(--models=16,8,4,1 --strategies=loop,sequential)
-  COMPILE=(--models=1,8 --repeats=3)
-  STUDY=()
+# The steps, most important first, with their limits in seconds on one H200 (bench/README.md: how they were sized).
+steps() {
+  step model_axis_2d 180 "$PY" bench/model_axis.py --json --dims=2 --models=$MODELS_2D --strategies=default \
+    "${QUICK[@]}"
+  if ((HAVE_TORCH)); then
+    step vs_torch 80 "$PY" bench/vs_torch.py --json --dims=2,3 "${QUICK[@]}"
+  else
+    skip vs_torch 80 "no PyTorch"
+  fi
+  step mfu_3d_bf16 70 "$PY" bench/mfu.py --json --dims=3 --dtypes=bfloat16 "${QUICK[@]}"
+  if [[ -n "$DATA" ]]; then
+    step study_hippocampus 90 "$PY" bench/study.py --json --grid=hippocampus --data="$DATA" "${QUICK[@]}"
+  else
+    skip study_hippocampus 90 "no data: SLICEJAX_HIPPOCAMPUS is unset"
+  fi
+  step pipeline 50 "$PY" bench/pipeline.py --json "${QUICK[@]}"
+}
+
+# The plan: every step's limit (a plan counts a step whether it will run or be skipped).
+MODE=plan
+steps
+if ((PLANNED_S >= BUDGET_S)); then
+  echo "gpu.sh: the step limits add up to $PLANNED_S s, not under the budget of $BUDGET_S s" >&2
+  exit 2
 fi
-step mfu 80 "$PY" bench/mfu.py --json --dims=3,2 --dtypes=bfloat16,float32 $QUICK
-step vs_torch 70 "$PY" bench/vs_torch.py --json $QUICK
-step model_axis_2d 110 "$PY" bench/model_axis.py --json "${AXIS_2D[@]}"
-step model_axis_3d 50 "$PY" bench/model_axis.py --json "${AXIS_3D[@]}"
-step pipeline 40 "$PY" bench/pipeline.py --json $QUICK
-step study_demo 90 "$PY" bench/study.py --json --grid=demo "${STUDY[@]}"
-step compile 60 "$PY" bench/compile.py --json "${COMPILE[@]}"
-step model_axis_2d_other 470 "$PY" bench/model_axis.py --json "${AXIS_REST[@]}"
+IFS=,
+printf '{"benchmark": "gpu_sh_plan", "dry_run": %s, "budget_s": %d, "planned_s": %d, "limits_s": {%s}}\n' \
+  "$( ((DRY_RUN)) && echo true || echo false)" "$BUDGET_S" "$PLANNED_S" "${PLAN[*]}" >> "$JSONL"
+unset IFS
+
+# Setup: nibabel and ml_collections from .whl/ if missing; any other missing package stops the run.
+missing=$("$PY" - 2>> "$LOG" <<'EOF'
+import importlib.util
+for module in ("jax", "flax", "optax", "orbax.checkpoint", "etils", "numpy", "scipy", "absl", "matplotlib",
+               "tensorboard", "yaml", "nibabel", "ml_collections"):
+  try:
+    found = importlib.util.find_spec(module) is not None
+  except ImportError:  # a missing parent package of a dotted name
+    found = False
+  if not found:
+    print(module)
+EOF
+) || { echo "gpu.sh: $PY does not run (see $LOG)" >&2; exit 1; }
+wheels=()
+for module in $missing; do
+  found=("$WHEELS/$module"-*.whl)
+  if [[ "$module" != nibabel && "$module" != ml_collections ]]; then
+    echo "gpu.sh: $PY lacks $module; this script installs only nibabel and ml_collections" >&2
+    exit 1
+  elif [[ ! -f "${found[-1]}" ]]; then
+    echo "gpu.sh: $PY lacks $module and there is no $WHEELS/$module-*.whl (bench/README.md: prepare .whl/)" >&2
+    exit 1
+  fi
+  wheels+=("${found[-1]}")  # the highest version by name, if there are several
+done
+if ((${#wheels[@]})); then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "${wheels[@]}" >> "$LOG" 2>&1 || { echo "gpu.sh: pip could not install ${wheels[*]} (see $LOG)" >&2; exit 1; }
+fi
+
+setup=$("$PY" - "$DRY_RUN" 2>> "$LOG" <<'EOF'
+import importlib.metadata, importlib.util, json, platform, sys
+import jax
+device = jax.devices()[0]
+torch = importlib.metadata.version("torch") if importlib.util.find_spec("torch") else None
+print(json.dumps({"benchmark": "gpu_sh_setup", "dry_run": sys.argv[1] == "1", "backend": jax.default_backend(),
+                  "device": getattr(device, "device_kind", str(device)), "devices": jax.device_count(),
+                  "jax": jax.__version__, "jaxlib": importlib.metadata.version("jaxlib"), "torch": torch,
+                  "python": platform.python_version()}))
+EOF
+) || { echo "gpu.sh: JAX does not start (see $LOG)" >&2; exit 1; }
+echo "$setup" >> "$JSONL"
+backend=$(sed -n 's/.*"backend": "\([a-z]*\)".*/\1/p' <<< "$setup")
+if ((!DRY_RUN)) && [[ "$backend" != gpu ]]; then
+  echo "gpu.sh: JAX's backend is $backend, not gpu: stopping (bash bench/gpu.sh --dry-run runs on the CPU)" >&2
+  exit 1
+fi
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+  >> "$LOG" 2>&1
+[[ "$setup" == *'"torch": null'* ]] || HAVE_TORCH=1
+
+MODE=run
+steps
+if ((${#FAILED[@]})); then
+  echo "gpu.sh: done in $(($(date +%s) - START)) s; failed: ${FAILED[*]}; results in $JSONL, stderr in $LOG" >&2
+  exit 1
+fi
 echo "gpu.sh: done in $(($(date +%s) - START)) s; results in $JSONL"

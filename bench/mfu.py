@@ -30,12 +30,12 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from model_axis import WORKLOADS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from model_axis import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    NETWORK, QUICK_NETWORK, QUICK_WORKLOADS, WORKLOADS)
 
 NUM_CLASSES = 3
 # Dense bfloat16 tensor-core peaks in FLOP/s, matched in order against the GPU name.
 PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
-QUICK_WORKLOADS = {2: dict(shape=(32, 32), batch_size=2), 3: dict(shape=(8, 16, 16), batch_size=1)}
 
 
 def _per_dim(value, dims: int) -> tuple:
@@ -187,7 +187,7 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
 
-  network = dict(features=4, stages=3) if args.quick else dict(features=16, stages=4)
+  network = dict(QUICK_NETWORK if args.quick else NETWORK)
   if args.quick:
     args.models, args.steps, args.repeats = 2, 1, 2
   if args.peak_tflops:

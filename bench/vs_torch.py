@@ -31,18 +31,16 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from model_axis import WORKLOADS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from model_axis import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    NETWORK, QUICK_NETWORK, QUICK_WORKLOADS, WORKLOADS)
 
 NUM_CLASSES = 3
-# `--quick`: a small network on tiny batches, only to check the script.
-QUICK_WORKLOADS = {2: dict(shape=(32, 32), batch_size=2), 3: dict(shape=(8, 16, 16), batch_size=1)}
-QUICK_NETWORK = dict(features=4, stages=3)
 TORCH_MISSING = "vs_torch needs PyTorch: pip install -e '.[bench]' (or pip install torch==2.13.0)"
 
 
 def workload(dims: int, quick: bool) -> dict:
   work = dict((QUICK_WORKLOADS if quick else WORKLOADS)[dims])
-  work.update(QUICK_NETWORK if quick else dict(features=16, stages=4))
+  work.update(QUICK_NETWORK if quick else NETWORK)
   return work
 
 
@@ -116,7 +114,8 @@ def measure_jax(dims: int, work: dict, steps: int, repeats: int) -> dict:
 
   timing = common.time_calls(run, repeats=repeats)
   return {"step_s": timing["median_s"] / steps, "min_step_s": timing["min_s"] / steps,
-          "max_step_s": timing["max_s"] / steps, "peak_memory_mb": common.peak_memory_mb()}
+          "max_step_s": timing["max_s"] / steps, "peak_memory_mb": common.peak_memory_mb(),
+          "machine": common.machine()}
 
 
 def torch_setup(dims: int, work: dict, config, device):
@@ -246,6 +245,8 @@ def main():
       sys.exit(f"vs_torch {what} dims={dims} failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
+  # The machine fields come from the JAX run: this process never starts a JAX backend, which on a GPU would hold
+  # device memory while the next runs go.
   for dims in [int(d) for d in args.dims.split(",")]:
     work = workload(dims, args.quick)
     jax_result, torch_result = run_one("jax", dims), run_one("torch", dims)
@@ -257,7 +258,7 @@ def main():
               "torch_min_step_s": torch_result["min_step_s"], "torch_max_step_s": torch_result["max_step_s"],
               "jax_peak_memory_mb": jax_result["peak_memory_mb"],
               "torch_peak_memory_mb": torch_result["peak_memory_mb"],
-              **{k: torch_result[k] for k in ("torch", "torch_device", "torch_threads")}, **common.machine()}
+              **{k: torch_result[k] for k in ("torch", "torch_device", "torch_threads")}, **jax_result["machine"]}
     if args.check:
       result = run_one("check", dims)
       record.update(result)

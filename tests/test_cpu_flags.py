@@ -1,5 +1,7 @@
 """The XLA:CPU flags slicejax sets on import."""
 
+import importlib.metadata
+import importlib.util
 import os
 
 import jax
@@ -9,8 +11,10 @@ import pytest
 import slicejax
 
 
-def _set(monkeypatch, flags, version, opt_out=None):
+def _set(monkeypatch, flags, version, opt_out=None, platforms="cpu", plugins=()):
   monkeypatch.setattr(slicejax, "_jaxlib_version", lambda: version)
+  monkeypatch.setattr(slicejax, "_accelerator_plugins", lambda: list(plugins))
+  monkeypatch.setenv("JAX_PLATFORMS", platforms)
   monkeypatch.setenv("XLA_FLAGS", flags or "")  # so that monkeypatch restores what _set_cpu_flags writes
   if flags is None:
     monkeypatch.delenv("XLA_FLAGS")
@@ -35,6 +39,26 @@ def test_flags_left_alone(monkeypatch):
   assert _set(monkeypatch, None, (0, 10), opt_out="0") is None
   own = "--xla_cpu_experimental_ynn_fusion_type=dot"
   assert _set(monkeypatch, own, (0, 10)) == own
+
+
+def test_flags_only_for_cpu_runs(monkeypatch):
+  assert _set(monkeypatch, None, (0, 10), platforms="") == slicejax.CPU_FLAGS[0]  # unset, no accelerator plugin
+  assert _set(monkeypatch, None, (0, 10), platforms="CPU") == slicejax.CPU_FLAGS[0]
+  for platforms in ("cuda", "gpu", "tpu", "rocm", "cuda,cpu", "cpu, tpu"):
+    assert _set(monkeypatch, None, (0, 10), platforms=platforms) is None, platforms
+  cuda = ["jax_plugins.xla_cuda13"]
+  assert _set(monkeypatch, None, (0, 10), platforms="", plugins=cuda) is None  # JAX would pick the GPU
+  assert _set(monkeypatch, None, (0, 10), platforms="cpu", plugins=cuda) == slicejax.CPU_FLAGS[0]
+
+
+def test_accelerator_plugins_found(monkeypatch):
+  entry = importlib.metadata.EntryPoint("xla_cuda13", "jax_plugins.xla_cuda13", "jax_plugins")
+  monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [entry] if group == "jax_plugins" else [])
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "libtpu" else None)
+  assert slicejax._accelerator_plugins() == ["jax_plugins.xla_cuda13", "libtpu"]  # pylint: disable=protected-access
+  monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  assert not slicejax._accelerator_plugins()  # pylint: disable=protected-access
 
 
 def test_convolutions_run_outside_ynnpack():
