@@ -13,11 +13,13 @@ Bad input (data, config values, a misspelt config key, a workdir in use) ends wi
 on stderr and exit status 2, before anything in the workdir changes.
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from slicejax import console
@@ -74,6 +76,10 @@ def main(argv):
       return
     if not _WORKDIR.value:
       _fail("--workdir: required (or --check for a dry run)")
+    # Compiled programs persist across launches (a resumed or repeated grid skips compilation), in the cache folder
+    # unless JAX_COMPILATION_CACHE_DIR names another.
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+      jax.config.update("jax_compilation_cache_dir", str(train.cache_dir(config) / "jax"))
     distributed.initialize(_DISTRIBUTED.value, coordinator=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                            process_id=_PROCESS_ID.value)
     train.train_and_evaluate(config, _WORKDIR.value, fresh=_FRESH.value)

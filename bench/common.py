@@ -27,15 +27,15 @@ def step_config(dims: int, features: int = 16, batch_size: int = 8, size: int = 
 def synthetic_bank(shape, num_slices: int = 64, num_classes: int = 3, seed: int = 0):
   rng = np.random.default_rng(seed)
   return {"images": jnp.asarray(rng.normal(size=(num_slices,) + tuple(shape) + (1,)), jnp.float32),
-          "labels": jnp.asarray(rng.integers(0, num_classes, size=(num_slices,) + tuple(shape)), jnp.int32),
-          "valid": jnp.ones((num_slices,) + tuple(shape), jnp.float32)}
+          "labels": jnp.asarray(rng.integers(0, num_classes, size=(num_slices,) + tuple(shape)), jnp.uint8),
+          "extents": jnp.tile(jnp.asarray(shape, jnp.int32), (num_slices, 1))}
 
 
 def model_entries(num_models: int, num_slices: int = 64):
   """Each model annotates its own half of the bank (different data per model)."""
   plans = [{"bank": sorted(np.random.default_rng(m).choice(num_slices, num_slices // 2, replace=False).tolist())}
            for m in range(num_models)]
-  return jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"bank": 0}))
+  return jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"bank": np.arange(num_slices)}))
 
 
 def time_calls(fn, repeats: int = 5, warmup: int = 1) -> dict:
@@ -87,8 +87,8 @@ def synthetic_volume_bank(shape, num_volumes: int = 8, num_classes: int = 3, see
   """A 3D bank `[V, D, H, W, ...]` of noise volumes with random labels."""
   rng = np.random.default_rng(seed)
   return {"images": jnp.asarray(rng.normal(size=(num_volumes,) + tuple(shape) + (1,)), jnp.float32),
-          "labels": jnp.asarray(rng.integers(0, num_classes, size=(num_volumes,) + tuple(shape)), jnp.int32),
-          "valid": jnp.ones((num_volumes,) + tuple(shape), jnp.float32)}
+          "labels": jnp.asarray(rng.integers(0, num_classes, size=(num_volumes,) + tuple(shape)), jnp.uint8),
+          "extents": jnp.tile(jnp.asarray(shape, jnp.int32), (num_volumes, 1))}
 
 
 def volume_planes(num_models: int, shape, num_volumes: int = 8):

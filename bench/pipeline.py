@@ -54,7 +54,7 @@ def load_bank(args, shape):
   if args.data:
     dataset = data.load_msd(args.data, slicing_axis=2, normalization="zscore", max_cases=args.cases)
     bank = sampler.slice_bank(dataset.volumes, shape)
-    return {k: jnp.asarray(bank[k]) for k in ("images", "labels", "valid")}, len(bank["images"])
+    return {k: jnp.asarray(bank[k]) for k in ("images", "labels", "extents")}, len(bank["images"])
   return common.synthetic_bank(shape, num_slices=args.slices), args.slices
 
 

@@ -44,7 +44,10 @@ def base() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       name="unet", features=16, max_features=256, num_stages=4, norm="instance", upsample="resize",
-      dtype="float32"))
+      dtype="auto",             # "bfloat16" convolutions, activations and device images (parameters, optimiser,
+                                # norm statistics, logits and losses stay float32) or "float32"; "auto": bfloat16 on
+                                # GPU and TPU, float32 on CPU (slicejax.precision)
+  ))
 
   # 3D models (points with dims 3): their network size, training patches and sliding-window inference.
   c.three_d = ml_collections.ConfigDict(dict(
@@ -97,7 +100,8 @@ def base() -> ml_collections.ConfigDict:
       strategy="auto",          # "auto" (mesh on several devices, else the fastest for the backend), "mesh",
                                 # "vmap", "loop" or "sequential"
       mesh=(),                  # mesh strategy: (model, data) axis sizes; () = every device on the model axis
-      max_models=8,             # models trained together; larger groups are split
+      max_models=8,             # models trained together; larger groups are split; 0 = as many as memory allows
+                                # (from the compiled step's memory analysis, at most 64)
       chunk=4,                  # loop strategy: models per compiled program
   ))
   return c
@@ -111,7 +115,7 @@ def base() -> ml_collections.ConfigDict:
 _MODEL_NAMES = ("unet",)
 _NORMS = ("instance", "group", "none")
 _UPSAMPLES = ("resize", "transpose")
-_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = ("auto", "float32", "bfloat16")  # `slicejax.precision.compute_dtype`
 _SOURCES = ("msd", "phantom")
 _CONV_IMPLS = ("auto", "2d", "3d")
 # Group norm in `slicejax.unet` uses min(8, channels) groups, which must divide the channels.
@@ -409,7 +413,7 @@ def _check_model_axis(c: _Checker) -> None:
   c.choice("model_axis.strategy", ("auto",) + parallel.STRATEGIES)
   c.items("model_axis.mesh", "() or one or two positive integers (model, data)", lambda n: _is_int(n) and n >= 1,
           (0, 1, 2))
-  c.integer("model_axis.max_models", lo=1)
+  c.integer("model_axis.max_models", lo=0)
   c.integer("model_axis.chunk", lo=1)
 
 

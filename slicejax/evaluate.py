@@ -1,52 +1,87 @@
 """Dense evaluation of every model of a group on held-out volumes.
 
-The dims modules (`two_d.predictor`, `three_d.predictor`) predict whole volumes on their own grids; `score` turns the
-predictions into Dice per model, volume and foreground class with the rule of `slicejax.metrics`.
+The dims modules' predictors (`two_d.predictor`, `three_d.predictor`) predict whole volumes with every model of a
+group and reduce the predictions on the device to confusion counts (`confusion_counts`), so that the host receives a
+few integers per model and volume, never a label map; `score` turns the counts into Dice per model, volume and
+foreground class with the rule of `slicejax.metrics`.
 """
 
+import functools
 from typing import Callable, Iterable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from slicejax import metrics
 
 
-def predict_slices(predict: Callable, params, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """Labels for every row of `images`.
+@functools.partial(jax.jit, static_argnames="num_classes")
+def confusion_counts(prediction, truth, valid, num_classes: int):
+  """Per-model, per-class (|P & T|, |P|, |T|) voxel counts over the valid voxels, on the device.
 
   Args:
-    predict: model-axis mapped `(params, images [b, H, W, C]) -> labels [M, b, H, W]`.
-    params: parameters in the axis form `predict` expects.
-    images: `[N, H, W, C]`.
-    batch_size: slices per call; the last chunk is padded so every call has the same shape.
+    prediction: `[M, ...]` integer labels, or `[M, ..., K]` floating-point logits, whose argmax over the last axis
+      is the label.
+    truth: `[...]` integer labels (uint8, as `slicejax.data` loads them).
+    valid: `[...]` bool, True where a voxel counts (False on padding).
+    num_classes: K, background included.
 
   Returns:
-    `[M, N, H, W]` uint8 labels.
+    `[M, K, 3]` int32: per model, `metrics.confusion_counts` of its labels and the truth over the valid voxels.
   """
-  chunks = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    padded = np.zeros((batch_size,) + images.shape[1:], images.dtype)
-    padded[:len(chunk)] = chunk
-    chunks.append(np.asarray(predict(params, jnp.asarray(padded)))[:, :len(chunk)].astype(np.uint8))
-  return np.concatenate(chunks, axis=1)
+  if jnp.issubdtype(prediction.dtype, jnp.floating):
+    prediction = jnp.argmax(prediction, axis=-1).astype(jnp.uint8 if num_classes <= 256 else jnp.int32)
+  if prediction.shape[1:] != truth.shape or valid.shape != truth.shape:
+    raise ValueError(f"prediction {prediction.shape}, truth {truth.shape} and valid {valid.shape} do not match")
+  classes = jnp.arange(num_classes)
+  true = (truth[..., None] == classes) & valid[..., None]
+  predicted = (prediction[..., None] == classes) & valid[..., None]
+  voxels = tuple(range(1, prediction.ndim))
+  true_counts = jnp.sum(true, axis=tuple(range(truth.ndim)), dtype=jnp.int32)
+  return jnp.stack([jnp.sum(predicted & true, axis=voxels, dtype=jnp.int32),
+                    jnp.sum(predicted, axis=voxels, dtype=jnp.int32),
+                    jnp.broadcast_to(true_counts, (prediction.shape[0], num_classes))], axis=-1)
 
 
-def score(predictions: Iterable[np.ndarray], volumes: Sequence, num_classes: int) -> dict:
+def map_slices(fn: Callable, params, slices: tuple, batch_size: int) -> np.ndarray:
+  """A model-axis mapped function of slices over every row of `slices`, in chunks of one static shape.
+
+  Args:
+    fn: model-axis mapped `(params, chunk) -> [M, b, ...]`, `chunk` a tuple of `[b, ...]` arrays.
+    params: parameters in the axis form `fn` expects.
+    slices: tuple of `[N, ...]` numpy arrays.
+    batch_size: rows per call; the last chunk is zero-padded so that every call has the same shapes.
+
+  Returns:
+    `[M, N, ...]` numpy array. Every chunk is dispatched before the first is read back, so the device does not wait
+    on the host.
+  """
+  size = len(slices[0])
+  outputs = []
+  for start in range(0, size, batch_size):
+    chunk = tuple(np.zeros((batch_size,) + a.shape[1:], a.dtype) for a in slices)
+    for padded, array in zip(chunk, slices):
+      padded[:min(batch_size, size - start)] = array[start:start + batch_size]
+    outputs.append(fn(params, chunk))
+  return np.concatenate([np.asarray(out) for out in outputs], axis=1)[:, :size]
+
+
+def score(counts: Iterable[np.ndarray], volumes: Sequence, num_classes: int) -> dict:
   """Dice of every model on every volume.
 
   Args:
-    predictions: one `[M, D, H, W]` label map per volume, in the order of `volumes`.
-    volumes: `data.Volume`s with dense labels `[D, H, W]`.
+    counts: per volume, in the order of `volumes`, the `[M, K, 3]` confusion counts (|P & T|, |P|, |T|) of every
+      model's prediction on the volume's own grid (see `metrics.confusion_counts`).
+    volumes: the `data.Volume`s.
     num_classes: K, background included.
 
   Returns:
     dict with `dice [M, V, K-1]` (NaN: class absent from truth and prediction), `volume_mean [M, V]`,
     `dice_mean [M]`, `dice_per_class [M, K-1]` (see `metrics.summarise`) and `volumes` (V).
   """
-  dice = []
-  for labels, volume in zip(predictions, volumes):
-    dice.append([metrics.dice_per_class(labels[m], volume.label, num_classes) for m in range(labels.shape[0])])
-  dice = np.asarray(dice, np.float64).transpose(1, 0, 2)
+  counts = np.asarray(list(counts), np.int64)
+  if counts.ndim != 4 or counts.shape[0] != len(volumes) or counts.shape[2:] != (num_classes, 3):
+    raise ValueError(f"need [M, {num_classes}, 3] counts for each of {len(volumes)} volumes, got {counts.shape}")
+  dice = metrics.dice_from_counts(counts.transpose(1, 0, 2, 3))
   return {"dice": dice, **metrics.summarise(dice), "volumes": len(volumes)}

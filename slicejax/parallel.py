@@ -148,6 +148,17 @@ def _unrolled(fn: Callable, in_axes: tuple) -> Callable:
   return unrolled
 
 
+# Compiled programs by (how, per-model function, options): executors of every group of a grid map the same per-model
+# functions, and reusing one jitted callable keeps jax's cache of compiled programs, so equal shapes compile once.
+_PROGRAMS = {}
+
+
+def _cached_jit(key: tuple, build: Callable) -> Callable:
+  if key not in _PROGRAMS:
+    _PROGRAMS[key] = build()
+  return _PROGRAMS[key]
+
+
 def _concatenate(trees: Sequence[Any]):
   """Joins chunks' stacked outputs `[chunk, ...]` into `[M, ...]`."""
   return jax.tree.map(lambda *chunks: jnp.concatenate(chunks), *trees)
@@ -215,7 +226,7 @@ class Executor:
 
   def create_stacked(self, fn: Callable, *args):
     """`jax.jit(fn)(*args)` for an `fn` that returns a stacked `[M, ...]` pytree (e.g. a vmapped init)."""
-    return jax.jit(fn)(*args)
+    return _cached_jit(("create", fn), lambda: jax.jit(fn))(*args)
 
   def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
     """Maps `fn(model_state, shared, per_model) -> (new_model_state, outputs)` over the model axis, jitted."""
@@ -240,10 +251,11 @@ class VmapExecutor(Executor):
     return state
 
   def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
-    return jax.jit(jax.vmap(fn, in_axes=(0, None, 0)), donate_argnums=(0,) if donate_state else ())
+    return _cached_jit(("vmap", fn, donate_state), lambda: jax.jit(jax.vmap(fn, in_axes=(0, None, 0)),
+                                                                   donate_argnums=(0,) if donate_state else ()))
 
   def map_apply(self, fn: Callable) -> Callable:
-    return jax.jit(jax.vmap(fn, in_axes=(0, None)))
+    return _cached_jit(("vmap_apply", fn), lambda: jax.jit(jax.vmap(fn, in_axes=(0, None))))
 
 
 class ChunkedExecutor(Executor):
@@ -252,6 +264,9 @@ class ChunkedExecutor(Executor):
   def __init__(self, strategy: str, num_models: int, chunk: int):
     super().__init__(strategy, num_models)
     self.chunk = max(1, min(chunk, num_models))
+    # Stateless programs (evaluation) always see chunks of the configured size, a short chunk padded with copies of
+    # its last model: they are cheap, and every group of a grid then shares one compiled evaluation program.
+    self._apply_chunk = max(1, chunk)
     self._bounds = [(start, min(start + self.chunk, num_models)) for start in range(0, num_models, self.chunk)]
 
   def from_stacked(self, stacked):
@@ -265,7 +280,8 @@ class ChunkedExecutor(Executor):
     return super().fetch(self.to_stacked(tree) if isinstance(tree, list) else tree)
 
   def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
-    program = jax.jit(_unrolled(fn, in_axes=(0, None, 0)), donate_argnums=(0,) if donate_state else ())
+    program = _cached_jit(("unrolled", fn, donate_state), lambda: jax.jit(
+        _unrolled(fn, in_axes=(0, None, 0)), donate_argnums=(0,) if donate_state else ()))
 
     def chunked(states, shared, per_model):
       states, outputs = zip(*[program(s, shared, p) for s, p in zip(states, per_model)])
@@ -273,8 +289,19 @@ class ChunkedExecutor(Executor):
     return chunked
 
   def map_apply(self, fn: Callable) -> Callable:
-    program = jax.jit(_unrolled(fn, in_axes=(0, None)))
-    return lambda chunks, shared: _concatenate([program(p, shared) for p in chunks])
+    program = _cached_jit(("unrolled_apply", fn), lambda: jax.jit(_unrolled(fn, in_axes=(0, None))))
+
+    def padded(params):
+      size = jax.tree.leaves(params)[0].shape[0]
+      if size == self._apply_chunk:
+        return params
+      return jax.tree.map(lambda leaf: jnp.concatenate([leaf] + [leaf[-1:]] * (self._apply_chunk - size)), params)
+
+    def apply(chunks, shared):
+      outputs = [jax.tree.map(lambda o, n=jax.tree.leaves(p)[0].shape[0]: o[:n], program(padded(p), shared))
+                 for p in chunks]
+      return _concatenate(outputs)
+    return apply
 
 
 class MeshExecutor(Executor):
@@ -342,22 +369,29 @@ class MeshExecutor(Executor):
 
   def create_stacked(self, fn: Callable, *args):
     """Creates the result directly on `stacked_sharding` (jit with out_shardings); `args` are replicated."""
-    return jax.jit(fn, out_shardings=self.stacked_sharding)(*self.put_shared(args))
+    program = _cached_jit(("mesh_create", fn, self.stacked_sharding),
+                          lambda: jax.jit(fn, out_shardings=self.stacked_sharding))
+    return program(*self.put_shared(args))
 
   def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
     # check_vma=False: outputs are identical on a model's data devices by construction (BatchSplit), which the
     # replication checker cannot see through the gathered logits.
-    body = jax.shard_map(self._local(fn, in_axes=(0, None, 0)), mesh=self.mesh, in_specs=(P(MODEL), P(), P(MODEL)),
-                         out_specs=(P(MODEL), P(MODEL)), check_vma=False)
-    return jax.jit(body, donate_argnums=(0,) if donate_state else ())
+    def build():
+      body = jax.shard_map(self._local(fn, in_axes=(0, None, 0)), mesh=self.mesh,
+                           in_specs=(P(MODEL), P(), P(MODEL)), out_specs=(P(MODEL), P(MODEL)), check_vma=False)
+      return jax.jit(body, donate_argnums=(0,) if donate_state else ())
+    return _cached_jit(("mesh", fn, donate_state, self.mesh, self.local_strategy), build)
 
   def map_apply(self, fn: Callable) -> Callable:
     """Outputs as numpy arrays on every host (inert copies dropped): each host evaluates every model's predictions.
 
     `shared` is not split over `data`: a model's data devices compute the same outputs.
     """
-    body = jax.shard_map(self._local(fn, in_axes=(0, None)), mesh=self.mesh, in_specs=(P(MODEL), P()),
-                         out_specs=P(MODEL), check_vma=False)
-    program = jax.jit(lambda params, shared: jax.tree.map(lambda o: o[:self.num_models], body(params, shared)),
-                      out_shardings=self._replicated)
+    def build():
+      body = jax.shard_map(self._local(fn, in_axes=(0, None)), mesh=self.mesh, in_specs=(P(MODEL), P()),
+                           out_specs=P(MODEL), check_vma=False)
+      num_models = self.num_models
+      return jax.jit(lambda params, shared: jax.tree.map(lambda o: o[:num_models], body(params, shared)),
+                     out_shardings=self._replicated)
+    program = _cached_jit(("mesh_apply", fn, self.mesh, self.local_strategy, self.num_models), build)
     return lambda params, shared: jax.tree.map(np.asarray, program(params, self.put_shared(shared)))

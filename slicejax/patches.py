@@ -1,9 +1,9 @@
 """3D training patches from volumes in which only some planes are annotated.
 
 Conventions:
-  * The bank holds the training pool padded at the end to one shape: `images [V, Dm, Hm, Wm, C]` float32,
-    `labels [V, Dm, Hm, Wm]` int32 and `valid [V, Dm, Hm, Wm]` float32, 1 inside each volume's real extent (a box
-    at the origin) and 0 in the padding. D is the slicing axis; a *plane* is one index d along it.
+  * The bank holds volumes padded at the end to one shape: `images [V, Dm, Hm, Wm, C]`, `labels [L, Dm, Hm, Wm]`
+    (uint8 or int) and `extents [V, 3]`, each volume's real size (a box at the origin; the rest is padding). D is
+    the slicing axis; a *plane* is one index d along it.
   * A model's plane weights `planes [V, Dm]` float32 are its per-plane loss weights: 1 on annotated planes, the
     configured weight on interpolated planes, 0 on planes it knows nothing about.
   * A patch is `(pd, ph, pw)`, no larger than the bank's `(Dm, Hm, Wm)`.
@@ -17,7 +17,8 @@ Sampling, per patch:
      rarely seen.
 All starts are clipped to `[0, end - patch]`, where `end` is the end of the volume's real extent along that axis, so
 a patch lies inside the volume wherever the volume is at least as large as the patch, and inside the bank always.
-The patch's weights are the plane weights of its planes broadcast over H and W, times `valid`; a model without any
+The patch's weights are the plane weights of its planes broadcast over H and W, times the volume's extent (0 on
+padding); a model without any
 weighted plane gets all-zero weights (and so a zero loss), not NaN. The function is pure and jittable; all randomness
 comes from `key`, so models on the model axis sample independently through their own keys.
 """
@@ -51,23 +52,20 @@ def _start_containing(key, index, size, end):
 
 
 def _sample_one(key, bank, planes, label_rows, patch, foreground_prob):
-  """One patch: `image [pd, ph, pw, C]`, `label [pd, ph, pw]`, `weight [pd, ph, pw]`."""
+  """One patch: `image [pd, ph, pw, C]`, `label [pd, ph, pw]` int32, `weight [pd, ph, pw]`."""
   pd, ph, pw = patch
-  _, depth, height, width = bank["valid"].shape
+  _, depth, height, width = bank["images"].shape[:4]
   keys = jax.random.split(key, 6)
 
   pair = _uniform_index(keys[0], planes.reshape(-1) > 0)
   v, d = pair // depth, pair % depth
-  volume_valid = bank["valid"][v] > 0
-  end_d = _extent_end(volume_valid.any(axis=(1, 2)))
-  plane_valid = volume_valid[d]
-  end_h = _extent_end(plane_valid.any(axis=1))
-  end_w = _extent_end(plane_valid.any(axis=0))
+  end_d, end_h, end_w = bank["extents"][v, 0], bank["extents"][v, 1], bank["extents"][v, 2]
   start_d = _start_containing(keys[1], d, pd, end_d)
 
   start_h = jax.random.randint(keys[2], (), 0, jnp.maximum(end_h - ph, 0) + 1)
   start_w = jax.random.randint(keys[3], (), 0, jnp.maximum(end_w - pw, 0) + 1)
   row = label_rows[v]
+  plane_valid = (jnp.arange(height)[:, None] < end_h) & (jnp.arange(width)[None, :] < end_w)
   foreground = (bank["labels"][row, d] > 0) & plane_valid
   voxel = _uniform_index(keys[4], foreground.reshape(-1))
   centre_h = jnp.clip(voxel // width - ph // 2, 0, jnp.maximum(end_h - ph, 0))
@@ -78,8 +76,10 @@ def _sample_one(key, bank, planes, label_rows, patch, foreground_prob):
 
   at = (v, start_d, start_h, start_w)
   image = jax.lax.dynamic_slice(bank["images"], at + (0,), (1, pd, ph, pw, bank["images"].shape[-1]))[0]
-  label = jax.lax.dynamic_slice(bank["labels"], (row,) + at[1:], (1, pd, ph, pw))[0]
-  valid = jax.lax.dynamic_slice(bank["valid"], at, (1, pd, ph, pw))[0]
+  label = jax.lax.dynamic_slice(bank["labels"], (row,) + at[1:], (1, pd, ph, pw))[0].astype(jnp.int32)
+  inside = [(start + jnp.arange(size)) < end for start, size, end in ((start_d, pd, end_d), (start_h, ph, end_h),
+                                                                       (start_w, pw, end_w))]
+  valid = (inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]).astype(jnp.float32)
   plane_weight = jax.lax.dynamic_slice(planes, (v, start_d), (1, pd))[0]
   return image, label, plane_weight[:, None, None] * valid
 
@@ -90,7 +90,8 @@ def sample_patches(key, bank: Mapping[str, jax.Array], planes, patch: Sequence[i
 
   Args:
     key: PRNG key; the only source of randomness.
-    bank: `images [V, Dm, Hm, Wm, C]`, `labels [L, Dm, Hm, Wm]` (L >= V), `valid [V, Dm, Hm, Wm]`.
+    bank: `images [V, Dm, Hm, Wm, C]`, `labels [L, Dm, Hm, Wm]` (L >= V), `extents [V, 3]` int (each volume's real
+      size; the rest of its `[Dm, Hm, Wm]` is padding).
     planes: `[V, Dm]` float32 plane weights of this model (0 where it has no label).
     patch: static patch shape `(pd, ph, pw)`, at most `(Dm, Hm, Wm)`.
     batch_size: static number of patches B.
@@ -103,11 +104,11 @@ def sample_patches(key, bank: Mapping[str, jax.Array], planes, patch: Sequence[i
     `images [B, pd, ph, pw, C]`, `labels [B, pd, ph, pw]`, `weights [B, pd, ph, pw]` (plane weight times `valid`).
   """
   patch = tuple(int(p) for p in patch)
-  bank_shape = tuple(bank["valid"].shape[1:])
+  bank_shape = tuple(bank["images"].shape[1:4])
   if len(patch) != 3 or any(p < 1 or p > s for p, s in zip(patch, bank_shape)):
     raise InputError("patch", f"{patch} must be 3 positive sizes no larger than the bank's volumes {bank_shape}")
-  if planes.shape != bank["valid"].shape[:2]:
-    raise InputError("planes", f"shape {planes.shape} does not match the bank's [V, Dm] {bank['valid'].shape[:2]}")
+  if planes.shape != bank["images"].shape[:2]:
+    raise InputError("planes", f"shape {planes.shape} does not match the bank's [V, Dm] {bank['images'].shape[:2]}")
   if label_rows is None:
     label_rows = jnp.arange(planes.shape[0])
   if isinstance(foreground_prob, (int, float)) and not 0 <= foreground_prob <= 1:

@@ -11,13 +11,17 @@ Conventions:
 Each voxel's output is the average of the logits of the windows that contain it, weighted by a Gaussian centred on
 each window (`gaussian_weights`), since predictions near a window's border see less context and are less reliable.
 
+Static shapes: a volume may be padded beyond the `extent` the windows cover, e.g. to `bucket_shape` of the largest
+volume of a test set, so that volumes of different sizes share one compiled program per function. The windows lie
+inside the extent, so what lies beyond it never enters a window and the output there is 0.
+
 Execution: the host only plans. It lists the window starts and cuts them into batches of `batch_size` (the last one
 padded with copies of the final window, so every call to `predict` has the same shape and compiles once). Windows are
 cut out of the image on the device, where the image is copied once, and the weighted logits are accumulated on the
 device into the `[M, D, H, W, K]` output, which is donated to each update so it is written in place. The per-voxel sum
-of Gaussians depends on the window layout only, so it is computed before any logits, and every window's logits are
-scaled by `gaussian / sum of gaussians` as they are added: a voxel covered by a single window gets exactly that
-window's logits. All of it is dispatched asynchronously, so the host loop runs ahead of the device.
+of Gaussians depends on the window layout only, so it is accumulated first, batch by batch like the logits, and every
+window's logits are scaled by `gaussian / sum of gaussians` as they are added: a voxel covered by a single window gets
+exactly that window's logits. All of it is dispatched asynchronously, so the host loop runs ahead of the device.
 """
 
 import functools
@@ -80,6 +84,19 @@ def window_starts(size: int, patch: int, overlap: float) -> list:
   return [(2 * i * span + intervals) // (2 * intervals) for i in range(intervals + 1)]
 
 
+def bucket_size(size: int) -> int:
+  """The smallest size of at least `size` with at most three significant bits (4, 5, 6 or 7 times a power of two):
+  at most 25% more than `size`, and four sizes per octave, so that volumes of different sizes share a few shapes."""
+  size = int(size)
+  quantum = 1 << max(0, size.bit_length() - 3)
+  return -(-size // quantum) * quantum
+
+
+def bucket_shape(shape: Sequence[int]) -> tuple:
+  """`bucket_size` of every axis of `shape`."""
+  return tuple(bucket_size(n) for n in shape)
+
+
 @functools.partial(jax.jit, static_argnums=2)
 def _cut_windows(image, starts, patch):
   """`image [D, H, W, C]`, `starts [b, 3]` -> windows `[b, pd, ph, pw, C]`."""
@@ -87,16 +104,16 @@ def _cut_windows(image, starts, patch):
   return jax.vmap(cut)(starts)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _normaliser(gaussian, starts, shape):
-  """Sum over all windows `starts [n, 3]` of `gaussian [pd, ph, pw]`, as `[D, H, W]`."""
+@functools.partial(jax.jit, donate_argnums=0)
+def _add_gaussians(normaliser, gaussian, starts, count):
+  """Adds `gaussian [pd, ph, pw]` at each of the first `count` windows `starts [b, 3]` into `normaliser [D, H, W]`."""
 
   def add(i, total):
     at = tuple(starts[i])
     window = jax.lax.dynamic_slice(total, at, gaussian.shape)
     return jax.lax.dynamic_update_slice(total, window + gaussian, at)
 
-  return jax.lax.fori_loop(0, starts.shape[0], add, jnp.zeros(shape, jnp.float32))
+  return jax.lax.fori_loop(0, count, add, normaliser)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -114,21 +131,24 @@ def _accumulate(total, logits, gaussian, normaliser, starts, count):
   return jax.lax.fori_loop(0, count, add, total)
 
 
-def sliding_window_logits(predict: Callable, image, patch: Sequence[int], *, overlap: float = 0.5,
-                          batch_size: int = 4, sigma_scale: float = 0.125) -> jax.Array:
+def sliding_window_logits(predict: Callable, image, patch: Sequence[int], *, extent: Sequence[int] | None = None,
+                          overlap: float = 0.5, batch_size: int = 4, sigma_scale: float = 0.125) -> jax.Array:
   """Gaussian-blended logits of `predict` over a whole volume.
 
   Args:
     predict: windows `[b, pd, ph, pw, C]` -> logits `[M, b, pd, ph, pw, K]`, with `b = batch_size`.
     image: `[D, H, W, C]` (numpy or jax), at least `patch` along each spatial axis.
     patch: window shape `(pd, ph, pw)`.
+    extent: `(d, h, w)`, the part of `image` at the origin that the windows cover (at least `patch`, at most the
+      image); the rest is padding that gives the image a shape shared with other volumes. None: the whole image.
     overlap: fraction of a window shared with its neighbour along each axis (see `window_starts`).
     batch_size: windows per call to `predict`.
     sigma_scale: Gaussian standard deviation as a fraction of the window (see `gaussian_weights`).
 
   Returns:
-    `[M, D, H, W, K]` float32 device array: per voxel, the sum over the windows containing it of
-    `gaussian * logits`, divided by the sum of their `gaussian`.
+    `[M, D, H, W, K]` float32 device array: per voxel of the extent, the sum over the windows containing it of
+    `gaussian * logits`, divided by the sum of their `gaussian`; 0 outside the extent. Compiled once per image shape,
+    patch, batch size and M, whatever the extent.
   """
   patch = tuple(int(p) for p in patch)
   if image.ndim != 4 or len(patch) != 3:
@@ -136,23 +156,28 @@ def sliding_window_logits(predict: Callable, image, patch: Sequence[int], *, ove
   if batch_size < 1:
     raise InputError("batch_size", f"must be at least 1, got {batch_size}")
   shape = tuple(image.shape[:3])
-  per_axis = [window_starts(size, p, overlap) for size, p in zip(shape, patch)]
+  extent = shape if extent is None else tuple(int(n) for n in extent)
+  if len(extent) != 3 or any(n > s for n, s in zip(extent, shape)):
+    raise InputError("extent", f"{extent} must be 3 sizes within the image's {shape}")
+  per_axis = [window_starts(size, p, overlap) for size, p in zip(extent, patch)]
   starts = np.array(list(itertools.product(*per_axis)), np.int32)
   num_windows = len(starts)
   num_batches = -(-num_windows // batch_size)
   starts = np.concatenate([starts, np.repeat(starts[-1:], num_batches * batch_size - num_windows, axis=0)])
+  batches = [(jnp.asarray(starts[b * batch_size:(b + 1) * batch_size]), min(batch_size, num_windows - b * batch_size))
+             for b in range(num_batches)]
 
   image = jnp.asarray(image)
   gaussian = jnp.asarray(gaussian_weights(patch, sigma_scale))
-  normaliser = _normaliser(gaussian, jnp.asarray(starts[:num_windows]), shape)
+  normaliser = jnp.zeros(shape, jnp.float32)
+  for batch_starts, count in batches:
+    normaliser = _add_gaussians(normaliser, gaussian, batch_starts, count)
   total = None
-  for b in range(num_batches):
-    batch_starts = jnp.asarray(starts[b * batch_size:(b + 1) * batch_size])
+  for batch_starts, count in batches:
     logits = predict(_cut_windows(image, batch_starts, patch))
     if logits.ndim != 6 or logits.shape[1:5] != (batch_size,) + patch:
       raise ValueError(f"predict must return [M, {batch_size}, *{patch}, K] logits, got shape {logits.shape}")
     if total is None:
       total = jnp.zeros((logits.shape[0],) + shape + logits.shape[-1:], jnp.float32)
-    count = min(batch_size, num_windows - b * batch_size)
     total = _accumulate(total, logits.astype(jnp.float32), gaussian, normaliser, batch_starts, count)
   return total

@@ -1,19 +1,23 @@
 """3D models: examples are patches `[pd, ph, pw, C]` of whole volumes; the same functions as `slicejax.two_d`.
 
 Training sees the annotated planes of a model's volumes (and, with interpolation on, the interpolated ones) through
-per-plane loss weights (`slicejax.patches`); test volumes are predicted by Gaussian-weighted sliding windows.
+per-plane loss weights (`slicejax.patches`); test volumes are predicted by Gaussian-weighted sliding windows
+(`slicejax.sliding_window`) and scored on the device (`predictor`).
 Sampling policy, as in 2D: every patch is centred on a plane drawn uniformly from the model's labelled planes
 (annotated, and interpolated ones with a positive `interpolation.weight`; weight 0 planes are never drawn).
 """
 
+import functools
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from slicejax import data as data_lib
+from slicejax import evaluate
 from slicejax import interpolation
+from slicejax import precision
+from slicejax import sampler
 from slicejax import patches
 from slicejax import sliding_window
 
@@ -36,25 +40,38 @@ def batch_size(config) -> int:
   return config.three_d.batch_size
 
 
-def training_data(config, points, plans, pool, num_classes: int, shape) -> tuple:
-  """The volume bank of the training pool and each model's plane weights.
+def data_sizes(config, points, plans) -> dict:
+  """The sizes of a group's training data: `volumes` (distinct annotated volumes) and `labels` (label volumes:
+  one per volume, plus one per volume of each model with interpolation); see `two_d.data_sizes`."""
+  volumes = set().union(*(plan.keys() for plan in plans))
+  extra = sum(len(plan) for point, plan in zip(points, plans) if point.interpolation)
+  return {"volumes": len(volumes), "labels": len(volumes) + extra}
 
-  Every pool volume is padded at the end to the largest size in the pool (and at least the patch `shape`). A model's
-  `planes [V, Dm]` are 1 on its annotated planes and `config.interpolation.weight` on interpolated ones; a model
-  with interpolation gets its own label volume (true labels on annotated planes, interpolated ones between) appended
-  to the bank's labels, and `label_rows [V]` says which label row each volume uses.
+
+def training_data(config, points, plans, pool, num_classes: int, shape, sizes=None) -> tuple:
+  """The volume bank of the volumes the group's plans annotate, and each model's plane weights.
+
+  Volumes are padded at the end to the largest size in the pool (and at least the patch `shape`); `extents [V, 3]`
+  holds each one's real size. A model's `planes [V, Dm]` are 1 on its annotated planes and
+  `config.interpolation.weight` on interpolated ones; a model with interpolation gets its own label volume (true
+  labels on annotated planes, interpolated ones between) appended to the bank's labels, and `label_rows [V]` says
+  which label row each volume uses.
 
   Returns:
-    (bank, per_model, quality) as in `two_d.training_data`, with per_model = {planes [M, V, Dm], label_rows [M, V]}.
+    (bank, per_model, quality) as in `two_d.training_data`, with bank = {images [V, Dm, Hm, Wm, C], labels
+    [L, Dm, Hm, Wm] uint8, extents [V, 3] int32} and per_model = {planes [M, V, Dm], label_rows [M, V]}.
   """
+  sizes = sizes or data_sizes(config, points, plans)
   size = tuple(int(max([v.label.shape[i] for v in pool] + [shape[i]])) for i in range(3))
-  index = {v.case_id: i for i, v in enumerate(pool)}
-  by_id = {v.case_id: v for v in pool}
-  bank = {"images": np.stack([data_lib.pad_volume(v.image, size) for v in pool]).astype(np.float32),
-          "valid": np.stack([data_lib.pad_volume(np.ones(v.label.shape, np.float32), size) for v in pool])}
-  labels = [data_lib.pad_volume(v.label, size) for v in pool]
-  planes = np.zeros((len(points), len(pool), size[0]), np.float32)
-  label_rows = np.tile(np.arange(len(pool), dtype=np.int32), (len(points), 1))
+  used = [v for v in pool if any(v.case_id in plan for plan in plans)]
+  index = {v.case_id: i for i, v in enumerate(used)}
+  by_id = {v.case_id: v for v in used}
+  image_dtype = precision.bank_dtype(config)
+  bank = {"images": np.stack([data_lib.pad_volume(v.image, size).astype(image_dtype) for v in used]),
+          "extents": np.array([v.label.shape for v in used], np.int32)}
+  labels = [data_lib.pad_volume(v.label, size).astype(np.uint8) for v in used]
+  planes = np.zeros((len(points), sizes["volumes"], size[0]), np.float32)
+  label_rows = np.tile(np.arange(sizes["volumes"], dtype=np.int32), (len(points), 1))
   quality = {}
   for m, (point, plan) in enumerate(zip(points, plans)):
     if point.interpolation:
@@ -65,10 +82,14 @@ def training_data(config, points, plans, pool, num_classes: int, shape) -> tuple
       if point.interpolation:
         volume_labels, known = filled[case]
         planes[m, v, :len(known)] = known * config.interpolation.weight
-        label_rows[m, v] = len(labels)
-        labels.append(data_lib.pad_volume(volume_labels, size))
+        label_rows[m, v] = sizes["volumes"] + len(labels) - len(used)
+        labels.append(data_lib.pad_volume(volume_labels, size).astype(np.uint8))
       planes[m, v, plan[case]] = 1.0
-  bank["labels"] = np.stack(labels).astype(np.int32)
+  true_labels, interpolated = labels[:len(used)], labels[len(used):]
+  bank = sampler.pad_rows(bank, sizes["volumes"])
+  bank["labels"] = np.concatenate([sampler.pad_rows({"l": np.stack(true_labels)}, sizes["volumes"])["l"]] +
+                                  ([np.stack(interpolated)] if interpolated else []))
+  bank["labels"] = sampler.pad_rows({"l": bank["labels"]}, sizes["labels"])["l"]
   return bank, {"planes": planes, "label_rows": label_rows}, quality
 
 
@@ -80,17 +101,37 @@ def batch_sampler(config):
       label_rows=per_model["label_rows"])
 
 
+@functools.cache
+def _window_logits(model):
+  """One model's logits of a batch of windows; one function object per model, so that groups of equal shapes share
+  the mapped program."""
+  return lambda params, windows: model.apply({"params": params}, windows)
+
+
 def predictor(config, model, axis):
-  """Sliding-window prediction of whole volumes by every model of the group; see `two_d.predictor`."""
+  """Sliding-window prediction of whole volumes by every model of the group, scored on the device.
+
+  Every volume of a `predict` call is padded at the end to one shape, `sliding_window.bucket_shape` of the largest
+  (and at least the patch), so that each program compiles once for all of them; the windows cover the volume's own
+  extent only (as if it alone were padded to the patch), and only its own voxels count.
+
+  Returns:
+    `predict(params, volumes, shape)` as in `two_d.predictor`, `shape` being the patch: yields one `[M, K, 3]` int32
+    array of confusion counts per volume.
+  """
   c3 = config.three_d
-  logits_of = axis.map_apply(lambda p, windows: model.apply({"params": p}, windows))
+  logits_of = axis.map_apply(_window_logits(model))
 
   def predict(params, volumes, shape):
-    for volume in volumes:
-      padded = tuple(max(n, p) for n, p in zip(volume.label.shape, shape))
+    if not volumes:
+      return
+    extents = [tuple(max(n, p) for n, p in zip(volume.label.shape, shape)) for volume in volumes]
+    grid = sliding_window.bucket_shape(np.max(extents, axis=0))
+    for volume, extent in zip(volumes, extents):
       logits = sliding_window.sliding_window_logits(lambda windows: logits_of(params, windows),
-                                                    data_lib.pad_volume(volume.image, padded).astype(np.float32), shape,
-                                                    overlap=c3.overlap, batch_size=c3.eval_batch_size)
-      depth, height, width = volume.label.shape
-      yield np.asarray(jnp.argmax(logits, axis=-1).astype(jnp.uint8))[:, :depth, :height, :width]
+                                                    data_lib.pad_volume(volume.image, grid).astype(np.float32), shape,
+                                                    extent=extent, overlap=c3.overlap, batch_size=c3.eval_batch_size)
+      valid = data_lib.pad_volume(np.ones(volume.label.shape, bool), grid)
+      yield np.asarray(evaluate.confusion_counts(logits, data_lib.pad_volume(volume.label, grid), valid,
+                                                 model.num_classes))
   return predict

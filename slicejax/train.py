@@ -15,6 +15,7 @@ when the same command runs again.
 
 import contextlib
 import json
+import os
 import pathlib
 import time
 
@@ -37,6 +38,7 @@ from slicejax import files
 from slicejax import losses
 from slicejax import parallel
 from slicejax import phantom
+from slicejax import precision
 from slicejax import report
 from slicejax import results
 from slicejax import selection as selection_lib
@@ -49,6 +51,8 @@ from slicejax.errors import InputError
 
 # The dims modules: the same functions for 2D slices and 3D patches (see `slicejax.two_d`).
 DIMS = {2: two_d, 3: three_d}
+# Backends on which the steps between log steps loop inside one compiled program (`make_multi_step`).
+_LOOP_IN_PROGRAM = ("gpu", "tpu")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -83,7 +87,7 @@ def make_model(config, num_classes: int, dims: int) -> unet.UNet:
   """The U-Net of `config.model`, sized for `dims` by `DIMS[dims].network`."""
   cfg = config.model
   return unet.UNet(num_classes=num_classes, dims=dims, max_features=cfg.max_features, norm=cfg.norm,
-                   upsample=cfg.upsample, dtype=jnp.dtype(cfg.dtype), **DIMS[dims].network(config))
+                   upsample=cfg.upsample, dtype=precision.compute_dtype(config), **DIMS[dims].network(config))
 
 
 def make_schedule(cfg) -> optax.Schedule:
@@ -147,14 +151,26 @@ def make_train_step(model, tx, config, sample_fn, batch_split=parallel.BatchSpli
   return train_step
 
 
-def init_state(model, tx, seeds, example_shape, *, base_seed: int = 0, axis=None):
-  """Stacked initial states `[M, ...]`, one per model; model m's keys derive from `base_seed` and `seeds[m]` only.
+def make_multi_step(train_step):
+  """Several steps of one model in one program: `(state, shared, per_model) -> (state, outputs of the last step)`.
+
+  `shared` is `{"bank": ..., "steps": int32 []}`; the step count is an argument of the program, not a constant in it,
+  so the segments between log and checkpoint steps, whatever their length, share one compiled program and the host
+  dispatches once per segment rather than once per step.
+  """
+  def multi_step(state, shared, per_model):
+    step = lambda carry: train_step(carry[0], shared["bank"], per_model)
+    outputs = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(step, (state, None))[1])
+    return jax.lax.fori_loop(0, shared["steps"], lambda _, carry: step(carry), (state, outputs))
+  return multi_step
+
+
+def make_init(model, tx, example_shape, base_seed: int = 0):
+  """`seeds [M] uint32 -> stacked initial states [M, ...]`; model m's keys derive from `base_seed` and `seeds[m]` only.
 
   A model's initialisation and data-stream keys are `fold_in(key(base_seed), seed)` split in two: they depend on its
   point's study seed, not on its place in a group, so a point trains the same alone or in any grid, and points of
   one study seed share both keys (common random numbers: they differ only in what the study varies).
-
-  With a `parallel.ModelAxis`, the states are created where it keeps the stacked state (over a device mesh).
   """
   def init_one(seed):
     k_init, k_train = jax.random.split(jax.random.fold_in(jax.random.key(base_seed), seed))
@@ -162,10 +178,31 @@ def init_state(model, tx, seeds, example_shape, *, base_seed: int = 0, axis=None
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(k_train), "diverged": jnp.zeros((), bool),
             "diverged_step": jnp.full((), -1, jnp.int32)}
-  seeds = np.asarray(seeds, np.uint32)
-  if axis is not None:
-    return axis.create_stacked(jax.vmap(init_one), seeds)
-  return jax.jit(jax.vmap(init_one))(jnp.asarray(seeds))
+  return jax.vmap(init_one)
+
+
+def init_state(model, tx, seeds, example_shape, *, base_seed: int = 0):
+  """`make_init`'s stacked initial states for `seeds`, on the default device."""
+  return jax.jit(make_init(model, tx, example_shape, base_seed))(jnp.asarray(np.asarray(seeds, np.uint32)))
+
+
+def grid_programs(config, dims: int, num_classes: int, example_shape, batch_split) -> dict:
+  """What every group of one dims shares: the model, optimiser, schedule and the per-model functions.
+
+  Built once per grid (`train_and_evaluate` keeps them), so that the model axis maps the same function objects in
+  every group and groups of equal shapes reuse one compiled program.
+  """
+  dims_lib = DIMS[dims]
+  model = make_model(config, num_classes, dims)
+  tx = make_optimizer(config.train)
+  step = make_train_step(model, tx, config, dims_lib.batch_sampler(config), batch_split)
+  # On accelerators the steps between two log steps run inside one program. XLA:CPU runs a training step inside a
+  # loop about 45 times slower than the same step on its own (BENCHMARKS.md), so there the host dispatches each step.
+  looped = jax.default_backend() in _LOOP_IN_PROGRAM
+  return {"model": model, "schedule": make_schedule(config.train), "looped": looped,
+          "step": make_multi_step(step) if looped else lambda state, shared, per_model: step(
+              state, shared["bank"], per_model),
+          "init": jax.jit(make_init(model, tx, example_shape, config.seed))}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -173,52 +210,65 @@ def init_state(model, tx, seeds, example_shape, *, base_seed: int = 0, axis=None
 # ---------------------------------------------------------------------------------------------------------------------
 
 def train_group(config, points, plans, splits, dataset, group_index: int, checkpoint_dir: pathlib.Path, *,
-                curves=None, eval_seconds=None) -> list:
+                sizes=None, programs=None, curves=None, eval_seconds=None) -> list:
   """Trains the points of one group together on their plans and returns their result rows.
 
   The group's state is checkpointed to `checkpoint_dir` every `train.checkpoint_every` steps and at the end; a
-  group that finds a checkpoint there continues from it. Each model's loss at every log step goes to `curves` (a
+  group that finds a checkpoint there continues from it. `sizes` pads the group's data to the grid's largest
+  (`data_sizes` of the dims module) and `programs` caches `grid_programs` by dims, so that the groups of a grid share
+  compiled programs; None: the group's own. Each model's loss at every log step goes to `curves` (a
   `console.CurveWriter`, or None); `eval_seconds` estimates the group's evaluation for the progress line's ETA.
   """
   dims_lib = DIMS[points[0].dims]
   pool, num_classes = splits["train"], dataset.num_classes
   shape = dims_lib.example_shape(config, pool + splits["val"] + splits["test"])
-  bank, per_model, interp_quality = dims_lib.training_data(config, points, plans, pool, num_classes, shape)
+  bank, per_model, interp_quality = dims_lib.training_data(config, points, plans, pool, num_classes, shape, sizes)
   axis = parallel.ModelAxis(config.model_axis.strategy, len(points), chunk=config.model_axis.chunk,
                             mesh=tuple(config.model_axis.mesh), batch_size=dims_lib.batch_size(config))
   device_bank = axis.put_shared(bank)
 
   # Model, optimiser, state: the latest checkpoint of this group if there is one.
-  model = make_model(config, num_classes, points[0].dims)
-  tx = make_optimizer(config.train)
-  initial = init_state(model, tx, [p.seed for p in points], shape + (dataset.num_channels,), base_seed=config.seed,
-                       axis=axis)
+  key = (points[0].dims, axis.batch_split.axis_name, axis.batch_split.size)
+  programs = {} if programs is None else programs
+  if key not in programs:
+    programs[key] = grid_programs(config, points[0].dims, num_classes, shape + (dataset.num_channels,),
+                                  axis.batch_split)
+  model, schedule, looped = programs[key]["model"], programs[key]["schedule"], programs[key]["looped"]
+  # One model at a time: one compiled initialisation for groups of any size.
+  init = programs[key]["init"]
+  initial = axis.from_stacked(jax.tree.map(lambda *leaves: np.concatenate(leaves), *[
+      jax.tree.map(np.asarray, init(np.asarray([p.seed], np.uint32))) for p in points]))
+  initial = axis.to_stacked(initial)
   checkpoints = checkpoint.GroupCheckpoints(checkpoint_dir)
   restored = checkpoints.restore_latest(initial)
   state = axis.from_stacked(initial if restored is None else restored)
   first_step = 0 if restored is None else int(axis.fetch(restored["step"])[0])
   per_model = axis.from_stacked(per_model)
-  step_fn = axis.map(make_train_step(model, tx, config, dims_lib.batch_sampler(config), axis.batch_split),
-                     donate_state=True)
+  step_fn = axis.map(programs[key]["step"], donate_state=True)
   logging.info("Group %d: %d %dD models (%s), %s strategy, inputs %s, %d steps of batch %d from step %d.",
                group_index, len(points), points[0].dims, ", ".join(p.name for p in points[:4]) +
                (" ..." if len(points) > 4 else ""), axis.strategy, shape, config.train.steps,
                dims_lib.batch_size(config), first_step)
 
-  # Loop.
-  steps, names, schedule = config.train.steps, [p.name for p in points], make_schedule(config.train)
-  start = time.perf_counter()
+  # Loop: segments between the first step (compilation), log steps and checkpoint steps; one dispatch per segment
+  # where the step loops inside its program, one per step otherwise.
+  steps, names = config.train.steps, [p.name for p in points]
+  ends = sorted({first_step + 1, steps} | {s for s in range(first_step + 1, steps + 1)
+                                           if s % config.train.log_every == 0 or s % config.train.checkpoint_every == 0})
+  start, done = time.perf_counter(), first_step
   with console.GroupProgress(group_index, len(points), steps, first_step, eval_seconds=eval_seconds) as progress:
-    for step in range(first_step + 1, steps + 1):
-      state, outputs = step_fn(state, device_bank, per_model)
-      if step == first_step + 1 or step % config.train.log_every == 0 or step == steps:
+    for end in ends if first_step < steps else ():
+      for count in [end - done] if looped else [1] * (end - done):
+        state, outputs = step_fn(state, {"bank": device_bank, "steps": axis.put_shared(np.int32(count))}, per_model)
+      done = end
+      if end == first_step + 1 or end % config.train.log_every == 0 or end == steps:
         loss, diverged = axis.fetch((outputs["loss"], outputs["diverged"]))
-        progress.update(step, loss, diverged)
+        progress.update(end, loss, diverged)
         if curves is not None:
-          curves.write_scalars(step, console.curve_scalars(group_index, names, loss, lr=float(schedule(step - 1)),
-                                                           diverged=diverged))
-      if step % config.train.checkpoint_every == 0 or step == steps:
-        checkpoints.save(step, axis.to_stacked(state))
+          curves.write_scalars(end, console.curve_scalars(group_index, names, loss, lr=float(schedule(end - 1)),
+                                                          diverged=diverged))
+      if end % config.train.checkpoint_every == 0 or end == steps:
+        checkpoints.save(end, axis.to_stacked(state))
     jax.block_until_ready(state)
   checkpoints.close()
   train_seconds = time.perf_counter() - start
@@ -297,7 +347,50 @@ def prepare(config):
     costs = {"encoder_seconds": info["train_seconds"] + info["embed_seconds"]}
     plans.update({p.name: plan_of(p, embeddings) for p in points if needs_embeddings(p)})
   plans = {p.name: plans[p.name] for p in points}
-  return dataset, splits, study.group(points, config.model_axis.max_models), plans, costs
+  max_models = config.model_axis.max_models or auto_max_models(config, points, plans, splits, dataset)
+  return dataset, splits, study.group(points, max_models), plans, costs
+
+
+def auto_max_models(config, points, plans, splits, dataset, limit: int = 64) -> int:
+  """The most models per group that fit in memory, from the compiled training step's memory analysis.
+
+  One model's step is compiled for each dims of the grid; its temporary buffers and its state (in and out) are one
+  model's share, the grid's largest bank is shared. The group size leaves a quarter of the device's memory (the
+  host's on the CPU) free, and is at most `limit`.
+  """
+  stats = jax.devices()[0].memory_stats() or {}
+  available = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  size = limit
+  for dims in sorted({p.dims for p in points}):
+    dims_lib, same = DIMS[dims], [p for p in points if p.dims == dims]
+    shape = dims_lib.example_shape(config, splits["train"] + splits["val"] + splits["test"])
+    sizes = dims_lib.data_sizes(config, same, [plans[p.name] for p in same])
+    bank, per_model, _ = dims_lib.training_data(config, same[:1], [plans[same[0].name]], splits["train"],
+                                                dataset.num_classes, shape, sizes)
+    programs = grid_programs(config, dims, dataset.num_classes, shape + (dataset.num_channels,),
+                             parallel.BatchSplit())
+    state = jax.tree.map(lambda leaf: leaf[0], programs["init"](np.zeros(1, np.uint32)))
+    shared = {"bank": jax.tree.map(jnp.asarray, bank), "steps": jnp.int32(1)}
+    memory = jax.jit(programs["step"]).lower(state, shared, jax.tree.map(lambda x: x[0], per_model)).compile()
+    analysis = memory.memory_analysis()
+    state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    per_model_bytes = (analysis.temp_size_in_bytes if analysis else 0) + 2 * state_bytes
+    bank_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(bank))
+    fits = int((0.75 * available - bank_bytes) // max(per_model_bytes, 1))
+    logging.info("%dD: %.1f MB per model, bank %.1f MB, %.1f GB available: %d models per group fit.", dims,
+                 per_model_bytes / 2**20, bank_bytes / 2**20, available / 2**30, fits)
+    size = min(size, max(fits, 1))
+  return size
+
+
+def grid_sizes(config, groups, plans) -> dict:
+  """dims -> the largest `data_sizes` over the groups of that dims: every group is padded to them."""
+  sizes = {}
+  for group_points in groups:
+    dims = group_points[0].dims
+    group = DIMS[dims].data_sizes(config, group_points, [plans[p.name] for p in group_points])
+    sizes[dims] = {k: max(v, sizes.get(dims, {}).get(k, 0)) for k, v in group.items()}
+  return sizes
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: bool = False) -> list:
@@ -340,6 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
     done = {row["name"] for row in results.read_rows(results_path)}
     curves = lock.enter_context(console.CurveWriter(rundir / "curves")) if writer else None
     eval_per_model = {}  # dims -> seconds of evaluation per model, measured on the last group of that dims
+    sizes, programs = grid_sizes(config, groups, plans), {}
     for index, group_points in enumerate(groups):
       if all(p.name in done for p in group_points):
         logging.info("Group %d: results exist, skipped.", index)
@@ -347,7 +441,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       dims = group_points[0].dims
       estimate = eval_per_model[dims] * len(group_points) if dims in eval_per_model else None
       rows = train_group(config, group_points, [plans[p.name] for p in group_points], splits, dataset, index,
-                         rundir / "checkpoints" / f"group_{index}", curves=curves, eval_seconds=estimate)
+                         rundir / "checkpoints" / f"group_{index}", sizes=sizes[dims], programs=programs,
+                         curves=curves, eval_seconds=estimate)
       eval_per_model[dims] = rows[0]["eval_seconds"]
       for point, row in zip(group_points, rows):
         if not point.reference and selection_lib.get(point.selection).NEEDS_EMBEDDINGS:

@@ -100,9 +100,9 @@ def _step_setup():
   rng = np.random.default_rng(0)
   bank = {"images": rng.normal(size=(12,) + SHAPE + (1,)).astype(np.float32),
           "labels": rng.integers(0, 3, size=(12,) + SHAPE).astype(np.int32),
-          "valid": np.ones((12,) + SHAPE, np.float32)}
+          "extents": np.tile(np.asarray(SHAPE, np.int32), (12, 1))}
   plans = [{"a": [m % 6]} if m % 3 == 0 else {"a": [1, 2], "b": [m % 6]} for m in range(num_models)]
-  entries = sampler.model_entries(plans, {"a": 0, "b": 6})
+  entries = sampler.model_entries(plans, {"a": np.arange(6), "b": np.arange(6, 12)})
   model = train.make_model(config, 3, 2)
   tx = train.make_optimizer(config.train)
   state = jax.device_get(train.init_state(model, tx, [100 + m for m in range(num_models)], SHAPE + (1,)))

@@ -61,7 +61,7 @@ BAD = [
     ({"model.name": "resnet"}, "config.model.name: must be one of unet, got 'resnet'"),
     ({"model.norm": "banana"}, "config.model.norm: must be one of instance, group, none, got 'banana'"),
     ({"model.upsample": "bilinear"}, "config.model.upsample: must be one of resize, transpose, got 'bilinear'"),
-    ({"model.dtype": "float64"}, "config.model.dtype: must be one of float32, bfloat16, float16, got 'float64'"),
+    ({"model.dtype": "float64"}, "config.model.dtype: must be one of auto, float32, bfloat16, got 'float64'"),
     ({"model.features": 0}, "config.model.features: must be >= 1, got 0"),
     ({"model.num_stages": 0}, "config.model.num_stages: must be >= 1, got 0"),
     ({"model.max_features": 2}, "config.model.max_features: must be >= config.model.features (4), got 2"),
@@ -167,7 +167,7 @@ BAD = [
     # model_axis
     ({"model_axis.strategy": "vmapp"},
      "config.model_axis.strategy: must be one of auto, vmap, loop, sequential, mesh, got 'vmapp'"),
-    ({"model_axis.max_models": 0}, "config.model_axis.max_models: must be >= 1, got 0"),
+    ({"model_axis.max_models": -1}, "config.model_axis.max_models: must be >= 0, got -1"),
     ({"model_axis.chunk": 0}, "config.model_axis.chunk: must be >= 1, got 0"),
     ({"model_axis.mesh": (0,)},
      "config.model_axis.mesh: must be () or one or two positive integers (model, data), got (0,)"),

@@ -22,9 +22,9 @@ def _setup():
   rng = np.random.default_rng(0)
   bank = {"images": jnp.asarray(rng.normal(size=(12,) + SHAPE + (1,)), jnp.float32),
           "labels": jnp.asarray(rng.integers(0, 3, size=(12,) + SHAPE), jnp.int32),
-          "valid": jnp.ones((12,) + SHAPE, jnp.float32)}
+          "extents": jnp.tile(jnp.asarray(SHAPE, jnp.int32), (12, 1))}
   plans = [{"a": [0, 1]}, {"a": [2], "b": [1, 3]}, {"b": [0]}]
-  entries = jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"a": 0, "b": 6}))
+  entries = jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"a": np.arange(6), "b": np.arange(6, 12)}))
   model = train.make_model(config, 3, 2)
   tx = train.make_optimizer(config.train)
   state = train.init_state(model, tx, [11, 12, 13], SHAPE + (1,))

@@ -20,13 +20,18 @@ def _bank():
   """Images carry (v, d, h, w) as channels so a patch tells where it was cut."""
   shape = (3, 6, 8, 7)
   coords = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).astype(np.float32)
-  valid = np.zeros(shape, np.float32)
-  for v, (d, h, w) in enumerate(EXTENTS):
-    valid[v, :d, :h, :w] = 1
-  labels = np.zeros(shape, np.int32)
+  labels = np.zeros(shape, np.uint8)
   labels[0, 1, 6, 2] = 1
   labels[1, 3, 1, 5] = 2
-  return {"images": jnp.asarray(coords), "labels": jnp.asarray(labels), "valid": jnp.asarray(valid)}
+  return {"images": jnp.asarray(coords), "labels": jnp.asarray(labels), "extents": jnp.asarray(EXTENTS, jnp.int32)}
+
+
+def _valid():
+  """`[V, Dm, Hm, Wm]` 1 inside each volume's extent."""
+  valid = np.zeros((3, 6, 8, 7), np.float32)
+  for v, (d, h, w) in enumerate(EXTENTS):
+    valid[v, :d, :h, :w] = 1
+  return valid
 
 
 def _planes():
@@ -67,7 +72,7 @@ def test_patches_are_cut_from_the_bank_inside_the_volume():
 def test_weights_are_plane_weights_times_valid_and_every_patch_has_a_weighted_plane():
   bank, planes = _bank(), _planes()
   images, _, weights = _sample(jax.random.key(1), bank, planes, 0.33)
-  valid, plane_weights = np.asarray(bank["valid"]), np.asarray(planes)
+  valid, plane_weights = _valid(), np.asarray(planes)
   windows = set()
   for weight, (v, d, h, w) in zip(np.asarray(weights), _starts(images)):
     expected = plane_weights[v, d:d + 3, None, None] * valid[v, d:d + 3, h:h + 4, w:w + 4]
@@ -104,7 +109,7 @@ def test_foreground_option_centres_on_foreground():
   shape = (1, 4, 16, 16)
   labels = np.zeros(shape, np.int32)
   labels[0, 1, 12, 3] = 1
-  bank = {"images": jnp.zeros(shape + (1,)), "labels": jnp.asarray(labels), "valid": jnp.ones(shape)}
+  bank = {"images": jnp.zeros(shape + (1,)), "labels": jnp.asarray(labels), "extents": jnp.asarray([shape[1:]])}
   planes = jnp.zeros((1, 4)).at[0, 1].set(1.0)
   hits = {}
   for prob in (0.0, 0.5, 1.0):

@@ -1,4 +1,4 @@
-"""Tests of sliding-window inference: window layout, Gaussian weights and the blend, pinned by hand."""
+"""Tests of sliding-window inference: window layout, Gaussian weights, the blend and shape buckets, pinned by hand."""
 
 import itertools
 
@@ -130,3 +130,39 @@ def test_unet_overlapping_windows_match_reference_blend():
 def test_rejects_image_smaller_than_patch():
   with pytest.raises(InputError, match="pad the volume"):
     sliding_window.sliding_window_logits(_linear_predict(), np.zeros((2, 4, 4, 2), np.float32), (3, 4, 4))
+
+
+def test_bucket_size_hand_computed():
+  # At most three significant bits: 4, 5, 6 or 7 times a power of two, never more than 25% above the size.
+  assert [sliding_window.bucket_size(n) for n in (1, 5, 7, 8, 9, 10, 11, 17, 33, 64, 65, 130)] == [
+      1, 5, 7, 8, 10, 10, 12, 20, 40, 64, 80, 160]
+  for n in range(1, 600):
+    bucket = sliding_window.bucket_size(n)
+    assert n <= bucket < 1.25 * n
+  assert sliding_window.bucket_shape((9, 10, 33)) == (10, 10, 40)
+
+
+def test_extent_in_a_padded_image_blends_as_the_image_alone_and_compiles_once():
+  image = np.random.default_rng(4).normal(size=(8, 8, 8, 2)).astype(np.float32)
+  predict = _linear_predict()
+  programs = (sliding_window._cut_windows, sliding_window._add_gaussians, sliding_window._accumulate)
+  extents = [(5, 6, 7), (8, 4, 4), (4, 8, 5)]
+  padded = {}
+  for extent in extents:
+    # Zeros beyond the extent, as a volume padded to a bucket has.
+    padded[extent] = np.zeros_like(image)
+    padded[extent][:extent[0], :extent[1], :extent[2]] = image[:extent[0], :extent[1], :extent[2]]
+  before = [f._cache_size() for f in programs]
+  outs = [np.asarray(sliding_window.sliding_window_logits(predict, padded[e], (4, 4, 4), extent=e, batch_size=3))
+          for e in extents]
+  # Three extents in one 8^3 image: each program compiles at most once.
+  assert all(f._cache_size() - b <= 1 for f, b in zip(programs, before))
+  for extent, out in zip(extents, outs):
+    inside = tuple(slice(0, n) for n in extent)
+    alone = sliding_window.sliding_window_logits(predict, padded[extent][inside], (4, 4, 4), batch_size=3)
+    np.testing.assert_array_equal(out[(slice(None),) + inside], np.asarray(alone))
+    outside = np.ones(image.shape[:3], bool)
+    outside[inside] = False
+    assert not np.any(out[:, outside])
+  with pytest.raises(InputError, match="extent"):
+    sliding_window.sliding_window_logits(predict, image, (4, 4, 4), extent=(9, 8, 8))

@@ -28,39 +28,52 @@ def _growing_label():
   return label
 
 
-def test_slice_data_appends_interpolated_slices():
+def test_slice_data_holds_referenced_slices_and_appends_interpolated_ones():
   label = _growing_label()
   pool = [_volume("a", np.zeros_like(label)), _volume("b", label)]
   config = base()
   config.interpolation.weight = 0.5
   points = [study.Point(2, 2, 1, 2, "fixed", False, 0), study.Point(2, 2, 1, 2, "fixed", True, 0)]
   plans = [{"b": [1, 4]}, {"b": [1, 4]}]
+  assert two_d.data_sizes(config, points, plans) == {"images": 4, "labels": 6, "entries": 4}
   bank, entries, quality = two_d.training_data(config, points, plans, pool, 2, (8, 8))
-  # Volume b starts at bank row 6; its slices 2 and 3 lie between the annotated 1 and 4 and get label rows 12, 13.
+  # Only volume b's slices 1-4 are in the bank (rows 0-3); its slices 2 and 3 lie between the annotated 1 and 4 and
+  # get label rows 4, 5.
   np.testing.assert_array_equal(entries["count"], [2, 4])
-  np.testing.assert_array_equal(entries["image_row"][1], [7, 10, 8, 9])
-  np.testing.assert_array_equal(entries["label_row"][1], [7, 10, 12, 13])
+  np.testing.assert_array_equal(entries["image_row"][1], [0, 3, 1, 2])
+  np.testing.assert_array_equal(entries["label_row"][1], [0, 3, 4, 5])
   np.testing.assert_allclose(entries["weight"][1], [1.0, 1.0, 0.5, 0.5])
   filled, _ = interpolation.interpolate(label, [1, 4], 2)
-  np.testing.assert_array_equal(bank["labels"][12:14], filled[2:4])
-  assert bank["labels"].shape == (14, 8, 8) and list(quality) == [1] and quality[1]["num_slices"] == 2
+  np.testing.assert_array_equal(bank["labels"][:4], label[1:5])
+  np.testing.assert_array_equal(bank["labels"][4:6], filled[2:4])
+  assert bank["labels"].dtype == np.uint8 and bank["images"].shape == (4, 8, 8, 1)
+  np.testing.assert_array_equal(bank["extents"], [[8, 8]] * 4)
+  assert list(quality) == [1] and quality[1]["num_slices"] == 2
+  # Padded to a grid's larger sizes: zero rows, and entries padded past `count`.
+  bank, entries, _ = two_d.training_data(config, points, plans, pool, 2, (8, 8),
+                                         {"images": 7, "labels": 9, "entries": 5})
+  assert (bank["images"].shape[0], bank["labels"].shape[0], entries["image_row"].shape) == (7, 9, (2, 5))
+  np.testing.assert_array_equal(bank["extents"][4:], 0)
 
 
-def test_volume_data_planes_and_interpolated_label_rows():
+def test_volume_data_holds_annotated_volumes_planes_and_interpolated_label_rows():
   label = _growing_label()
-  pool = [_volume("a", np.zeros((4, 8, 8), np.int32)), _volume("b", label)]
+  pool = [_volume("a", np.zeros((4, 8, 8), np.int32)), _volume("b", label), _volume("c", np.zeros_like(label))]
   config = base()
   config.three_d.patch = (4, 8, 8)
   config.interpolation.weight = 0.25
   points = [study.Point(3, 2, 1, 2, "fixed", False, 0), study.Point(3, 2, 1, 2, "fixed", True, 0)]
   plans = [{"b": [1, 4]}, {"b": [1, 4]}]
-  bank, per_model, _ = three_d.training_data(config, points, plans, pool, 2, (4, 8, 8))
+  assert three_d.data_sizes(config, points, plans) == {"volumes": 1, "labels": 2}
+  bank, per_model, _ = three_d.training_data(config, points, plans, pool, 2, (4, 8, 8),
+                                             {"volumes": 2, "labels": 3})
   assert bank["images"].shape == (2, 6, 8, 8, 1) and bank["labels"].shape == (3, 6, 8, 8)
-  np.testing.assert_array_equal(bank["valid"][0, 4:], 0.0)
-  np.testing.assert_allclose(per_model["planes"][0], [[0] * 6, [0, 1, 0, 0, 1, 0]])
-  np.testing.assert_allclose(per_model["planes"][1], [[0] * 6, [0, 1, 0.25, 0.25, 1, 0]])
-  np.testing.assert_array_equal(per_model["label_rows"], [[0, 1], [0, 2]])
+  np.testing.assert_array_equal(bank["extents"], [[6, 8, 8], [0, 0, 0]])
+  np.testing.assert_allclose(per_model["planes"][0], [[0, 1, 0, 0, 1, 0], [0] * 6])
+  np.testing.assert_allclose(per_model["planes"][1], [[0, 1, 0.25, 0.25, 1, 0], [0] * 6])
+  np.testing.assert_array_equal(per_model["label_rows"], [[0, 1], [2, 1]])
   filled, _ = interpolation.interpolate(label, [1, 4], 2)
+  np.testing.assert_array_equal(bank["labels"][0], label)
   np.testing.assert_array_equal(bank["labels"][2], filled)
 
 
@@ -96,8 +109,8 @@ def test_interpolated_slices_with_weight_zero_are_never_drawn():
   points = [study.Point(2, 2, 1, 2, "fixed", True, 0)]
   bank, entries, quality = two_d.training_data(config, points, [{"b": [1, 4]}], pool, 2, (8, 8))
   np.testing.assert_array_equal(entries["count"], [2])
-  np.testing.assert_array_equal(entries["image_row"][0], [1, 4])
-  assert bank["labels"].shape == (6, 8, 8) and quality[0]["num_slices"] == 2
+  np.testing.assert_array_equal(entries["image_row"][0], [0, 1])
+  assert bank["labels"].shape == (2, 8, 8) and quality[0]["num_slices"] == 2
   config.three_d.patch = (4, 8, 8)
   _, per_model, _ = three_d.training_data(config, [study.Point(3, 2, 1, 2, "fixed", True, 0)], [{"b": [1, 4]}], pool,
                                           2, (4, 8, 8))
@@ -107,9 +120,9 @@ def test_interpolated_slices_with_weight_zero_are_never_drawn():
 def test_batches_are_uniform_over_labelled_slices():
   # Annotated rows 0 and 3 (weight 1) and interpolated rows 1, 2 (weight 0.5): each entry drawn 1/4 of the time.
   plans = [{"a": [0, 3]}]
-  entries = jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"a": 0}, [[(1, 4, 0.5), (2, 5, 0.5)]]))
+  entries = jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"a": np.arange(4)}, [[(1, 4, 0.5), (2, 5, 0.5)]]))
   bank = {"images": jnp.arange(6, dtype=jnp.float32)[:, None, None, None] * jnp.ones((6, 2, 2, 1)),
-          "labels": jnp.zeros((6, 2, 2), jnp.int32), "valid": jnp.ones((6, 2, 2))}
+          "labels": jnp.zeros((6, 2, 2), jnp.uint8), "extents": jnp.full((6, 2), 2, jnp.int32)}
   draw = jax.jit(lambda key: sampler.sample(key, bank, jax.tree.map(lambda e: e[0], entries), 64))
   rows = np.concatenate([np.asarray(draw(jax.random.key(k))[0][:, 0, 0, 0]) for k in range(50)])
   share = np.bincount(rows.astype(int), minlength=4)[:4] / len(rows)
@@ -126,15 +139,15 @@ def test_diverged_model_is_frozen_and_others_unaffected():
   bad = images.copy()
   bad[3:] = np.nan  # model 1 trains only on rows 3-5
   plans = [{"a": [0, 1, 2]}, {"a": [3, 4, 5]}]
-  entries = jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"a": 0}))
+  entries = jax.tree.map(jnp.asarray, sampler.model_entries(plans, {"a": np.arange(6)}))
   model = train.make_model(config, 3, 2)
   tx = train.make_optimizer(config.train)
   step = jax.jit(jax.vmap(train.make_train_step(model, tx, config, two_d.batch_sampler(config)),
                                in_axes=(0, None, 0)))
 
   def run(bank_images):
-    bank = {"images": jnp.asarray(bank_images), "labels": jnp.asarray(rng.integers(0, 3, (6, 8, 8)), jnp.int32),
-            "valid": jnp.ones((6, 8, 8))}
+    bank = {"images": jnp.asarray(bank_images), "labels": jnp.asarray(rng.integers(0, 3, (6, 8, 8)), jnp.uint8),
+            "extents": jnp.full((6, 2), 8, jnp.int32)}
     state = train.init_state(model, tx, [1, 2], (8, 8, 1))
     initial = state["params"]
     for _ in range(3):
@@ -171,6 +184,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
   def save_then_crash(self, step, state):
     save(self, step, state)
     if step == 4:
+      self.close()  # The crash comes once step 4's checkpoint is complete (saves finish in the background).
       raise Crash()
 
   monkeypatch.setattr(checkpoint.GroupCheckpoints, "save", save_then_crash)
@@ -185,3 +199,39 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
   assert not (tmp_path / "resumed" / "results.jsonl").exists()
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
   assert timeless(resumed) == timeless(clean)
+
+
+def test_auto_group_size_follows_memory(monkeypatch):
+  from slicejax.config_lib import load
+  config = load("configs/demo.py:tiny")
+  with config.unlocked():
+    config.model_axis.max_models = 0
+  _, _, groups, _, _ = train.prepare(config)
+  assert [len(g) for g in groups] == [5]  # a few MB per model: the whole grid fits
+  # With 64 KB of memory (the CPU reports no device limit), one model per group is all that fits.
+  monkeypatch.setattr(train.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 16}[name])
+  _, _, groups, _, _ = train.prepare(config)
+  assert [len(g) for g in groups] == [1] * 5
+
+
+def test_several_steps_in_one_program_equal_steps_one_by_one():
+  config = base()
+  config.model.update(features=4, num_stages=2)
+  config.train.update(batch_size=2, steps=4, warmup_steps=1)
+  rng = np.random.default_rng(0)
+  bank = {"images": jnp.asarray(rng.normal(size=(6, 8, 8, 1)), jnp.float32),
+          "labels": jnp.asarray(rng.integers(0, 3, (6, 8, 8)), jnp.uint8), "extents": jnp.full((6, 2), 8, jnp.int32)}
+  entries = jax.tree.map(lambda e: jnp.asarray(e[0]), sampler.model_entries([{"a": [0, 2, 5]}], {"a": np.arange(6)}))
+  model = train.make_model(config, 3, 2)
+  tx = train.make_optimizer(config.train)
+  state = jax.tree.map(lambda leaf: leaf[0], train.init_state(model, tx, [0], (8, 8, 1)))
+  step = train.make_train_step(model, tx, config, two_d.batch_sampler(config))
+  one = jax.jit(step)
+  expected = state
+  for _ in range(3):
+    expected, expected_out = one(expected, bank, entries)
+  looped, out = jax.jit(train.make_multi_step(step))(state, {"bank": bank, "steps": jnp.int32(3)}, entries)
+  assert int(looped["step"]) == 3
+  for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(out["loss"], expected_out["loss"], rtol=1e-5)

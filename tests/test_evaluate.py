@@ -1,0 +1,179 @@
+"""Evaluation on the device: confusion counts of all models at once, and the 2D and 3D predictors scored by them equal
+to predicting label maps and scoring them in numpy."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from slicejax import data
+from slicejax import evaluate
+from slicejax import metrics
+from slicejax import parallel
+from slicejax import sliding_window
+from slicejax import three_d
+from slicejax import two_d
+
+K = 3
+
+
+def _volume(case_id, image, label):
+  return data.Volume(case_id=case_id, image=image, label=label, spacing=(1.0, 1.0, 1.0), affine=np.eye(4),
+                     slicing_axis=2)
+
+
+def test_confusion_counts_hand_computed():
+  truth = np.array([[0, 1, 1, 2], [0, 0, 1, 2]], np.uint8)
+  valid = np.array([[True, True, True, True], [True, True, True, False]])
+  labels = np.array([[[0, 1, 0, 2], [0, 1, 1, 2]],
+                     [[2, 2, 2, 2], [2, 2, 2, 2]]], np.uint8)
+  counts = evaluate.confusion_counts(labels, truth, valid, K)
+  assert counts.shape == (2, K, 3) and counts.dtype == jnp.int32
+  # The last column is left out. Model 0: class 0 |P&T| 2 |P| 3 |T| 3; class 1: 2, 3, 3; class 2: 1, 1, 1.
+  # Model 1 predicts 2 everywhere: class 2 |P| 7, |P&T| 1.
+  np.testing.assert_array_equal(counts, [[[2, 3, 3], [2, 3, 3], [1, 1, 1]],
+                                         [[0, 0, 3], [0, 0, 3], [1, 7, 1]]])
+  # Logits give the counts of their argmax.
+  logits = jax.nn.one_hot(labels, K) * 2.0 - 1.0
+  np.testing.assert_array_equal(evaluate.confusion_counts(logits, truth, valid, K), counts)
+  np.testing.assert_array_equal(counts[0], metrics.confusion_counts(labels[0][valid], truth[valid], K))
+
+
+def test_score_equals_numpy_dice():
+  rng = np.random.default_rng(0)
+  volumes = [_volume(f"v{i}", np.zeros(shape + (1,), np.float16), rng.integers(0, K, shape).astype(np.uint8))
+             for i, shape in enumerate([(2, 3, 4), (3, 2, 2), (1, 4, 4)])]
+  # Model 2 predicts background only: classes absent from its prediction and, on volume 1, from the truth too.
+  volumes[1].label[:] = np.minimum(volumes[1].label, 1)
+  labels = [np.stack([rng.integers(0, K, v.label.shape), (v.label + 1) % K, np.zeros(v.label.shape, int)])
+            for v in volumes]
+  counts = [np.stack([metrics.confusion_counts(m, v.label, K) for m in per_model])
+            for per_model, v in zip(labels, volumes)]
+  out = evaluate.score(iter(counts), volumes, K)
+  dice = np.array([[metrics.dice_per_class(labels[v][m], volumes[v].label, K) for v in range(3)] for m in range(3)])
+  np.testing.assert_array_equal(out["dice"], dice)
+  assert np.isnan(out["dice"][2, 1, 1]) and out["dice"][2, 1, 0] == 0.0
+  for key, value in metrics.summarise(dice).items():
+    np.testing.assert_array_equal(out[key], value)
+  assert out["volumes"] == 3
+  with pytest.raises(ValueError, match="counts for each of 3 volumes"):
+    evaluate.score(counts[:2], volumes, K)
+
+
+class _Model:
+  """A stand-in U-Net: per voxel a linear map plus one of the mean of the whole input, so that what a slice or a
+  window holds (padding, context) changes every voxel's logits; a bias makes an all-zero input predict class 2.
+
+  Params `{"w": [C, K], "v": [C, K], "b": [K]}`; `traces` counts the traces of `apply` (its compilations).
+  """
+
+  num_classes = K
+
+  def __init__(self):
+    self.traces = 0
+
+  def apply(self, variables, x):
+    self.traces += 1
+    p = variables["params"]
+    spatial = tuple(range(1, x.ndim - 1))
+    return x @ p["w"] + jnp.mean(x, axis=spatial, keepdims=True) @ p["v"] + p["b"]
+
+  def numpy_apply(self, p, x):
+    """`apply` of one model on one example `[*spatial, C]`, in float64."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    mean = x.reshape(-1, x.shape[-1]).mean(axis=0)
+    return x @ p["w"] + mean @ p["v"] + p["b"]
+
+
+def _params(num_models, channels, seed):
+  rng = np.random.default_rng(seed)
+  return {"w": rng.normal(size=(num_models, channels, K)).astype(np.float32),
+          "v": rng.normal(size=(num_models, channels, K)).astype(np.float32),
+          "b": np.tile(np.array([0.0, 0.0, 0.5], np.float32), (num_models, 1))}
+
+
+def _volumes(shapes, channels, seed):
+  rng = np.random.default_rng(seed)
+  return [_volume(f"case_{i}", rng.normal(size=s + (channels,)).astype(np.float16),
+                  rng.integers(0, K, s).astype(np.uint8)) for i, s in enumerate(shapes)]
+
+
+def _config(**eval_sizes):
+  return ml_collections.ConfigDict({"eval": {"batch_size": eval_sizes.get("slices", 4)},
+                                    "three_d": {"overlap": 0.5, "eval_batch_size": eval_sizes.get("windows", 3)}})
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop", "mesh"])
+def test_2d_counts_equal_numpy_path_with_padding_and_cropping(strategy):
+  # In-plane shape (6, 6): case_0 is padded along both axes, case_1 centre-cropped along W (offset 2) and padded
+  # along H, case_2 cropped along both. Depths 3 + 5 + 2 = 10 slices in chunks of 4 that straddle the volumes.
+  shape, num_models = (6, 6), 3
+  volumes = _volumes([(3, 4, 5), (5, 3, 10), (2, 9, 7)], channels=2, seed=1)
+  params = _params(num_models, 2, seed=2)
+  model = _Model()
+  axis = parallel.ModelAxis(strategy, num_models, chunk=2)
+  counts = list(two_d.predictor(_config(), model, axis)(axis.from_stacked(params), volumes, shape))
+
+  # Today's path on the host: predict the fitted slices, crop the label map back to the volume's grid, count.
+  reference, fitted_labels = [], []
+  for volume in volumes:
+    images, _, offsets = data.fit_to_shape(volume.image.astype(np.float32), shape)
+    labels = np.stack([[model.numpy_apply({k: v[m] for k, v in params.items()}, s).argmax(-1) for s in images]
+                       for m in range(num_models)])
+    on_grid = [data.unfit(labels[m], volume.label.shape[1:], offsets) for m in range(num_models)]
+    reference.append(np.stack([metrics.confusion_counts(l, volume.label, K) for l in on_grid]))
+    fitted_labels.append(labels)
+  # The padding of case_0 (rows 4-5, column 5) is predicted foreground, which must not count.
+  assert np.any(fitted_labels[0][:, :, 4:] > 0) and np.any(fitted_labels[0][:, :, :, 5] > 0)
+  for got, want in zip(counts, reference):
+    assert got.shape == (num_models, K, 3)
+    np.testing.assert_array_equal(got, want)
+  out = evaluate.score(counts, volumes, K)
+  dice = np.array([[metrics.dice_from_counts(r[m]) for r in reference] for m in range(num_models)])
+  np.testing.assert_array_equal(out["dice"], dice)
+  assert np.all(np.isfinite(out["dice"]))
+
+
+def _numpy_sliding_window(model, p, image, patch, overlap):
+  """The volume's logits, blended window by window in float64 (`slicejax.sliding_window`'s rule)."""
+  gaussian = sliding_window.gaussian_weights(patch).astype(np.float64)
+  total, norm = np.zeros(image.shape[:3] + (K,)), np.zeros(image.shape[:3])
+  per_axis = [sliding_window.window_starts(s, q, overlap) for s, q in zip(image.shape[:3], patch)]
+  for d, h, w in itertools.product(*per_axis):
+    where = (slice(d, d + patch[0]), slice(h, h + patch[1]), slice(w, w + patch[2]))
+    total[where] += gaussian[..., None] * model.numpy_apply(p, image[where].astype(np.float64))
+    norm[where] += gaussian
+  return total / norm[..., None]
+
+
+def test_3d_counts_equal_numpy_path_and_compile_once():
+  # Patch (4, 4, 4); volumes of five sizes, two of them smaller than the patch along an axis. All are padded to
+  # bucket_shape of the largest extent (9, 10, 6) -> (10, 10, 6).
+  patch, num_models = (4, 4, 4), 2
+  shapes = [(9, 5, 4), (4, 10, 6), (2, 7, 5), (6, 6, 3), (5, 4, 4)]
+  volumes = _volumes(shapes, channels=1, seed=3)
+  params = _params(num_models, 1, seed=4)
+  model = _Model()
+  axis = parallel.ModelAxis("vmap", num_models)
+  programs = (sliding_window._cut_windows, sliding_window._add_gaussians, sliding_window._accumulate,
+              evaluate.confusion_counts)
+  before = [f._cache_size() for f in programs]
+  counts = list(three_d.predictor(_config(windows=3), model, axis)(axis.from_stacked(params), volumes, patch))
+  # One trace of the network for every window batch, one compilation of each program for every volume.
+  assert model.traces == 1
+  assert all(f._cache_size() - b <= 1 for f, b in zip(programs, before))
+
+  for volume, got in zip(volumes, counts):
+    padded = data.pad_volume(volume.image.astype(np.float32), [max(n, q) for n, q in zip(volume.label.shape, patch)])
+    depth, height, width = volume.label.shape
+    want = []
+    for m in range(num_models):
+      logits = _numpy_sliding_window(model, {k: v[m] for k, v in params.items()}, padded, patch, 0.5)
+      want.append(metrics.confusion_counts(logits.argmax(-1)[:depth, :height, :width], volume.label, K))
+    np.testing.assert_array_equal(got, want)
+  out = evaluate.score(counts, volumes, K)
+  np.testing.assert_array_equal(
+      out["dice"], np.stack([metrics.dice_from_counts(c) for c in counts], axis=1))
