@@ -113,8 +113,8 @@ def dry_run(config) -> list[str]:
   names = dataset.class_names[1:]
   shapes = np.array([v.label.shape for v in dataset.volumes])
   spacings = np.array([v.spacing for v in dataset.volumes])
-  lines = [f"data: {root} ({dataset.name}), {len(index.cases)} cases ({len(used)} in the split), {dataset.num_channels} channel(s), "
-           f"slicing along NIfTI axis {cfg.slicing_axis}"]
+  lines = [f"data: {root} ({dataset.name}), {len(index.cases)} cases ({len(used)} in the split), "
+           f"{dataset.num_channels} channel(s), slicing along NIfTI axis {cfg.slicing_axis}"]
   present = [sum(bool(np.any(v.label == k)) for v in splits["test"]) for k in range(1, dataset.num_classes)]
   lines.append("classes (test volumes containing each): " + ", ".join(
       f"{k} {n} ({c}/{len(splits['test'])})" for k, (n, c) in enumerate(zip(names, present), start=1)))

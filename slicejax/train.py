@@ -253,8 +253,8 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   # Loop: segments between the first step (compilation), log steps and checkpoint steps; one dispatch per segment
   # where the step loops inside its program, one per step otherwise.
   steps, names = config.train.steps, [p.name for p in points]
-  ends = sorted({first_step + 1, steps} | {s for s in range(first_step + 1, steps + 1)
-                                           if s % config.train.log_every == 0 or s % config.train.checkpoint_every == 0})
+  boundary = lambda s: s % config.train.log_every == 0 or s % config.train.checkpoint_every == 0
+  ends = sorted({first_step + 1, steps} | {s for s in range(first_step + 1, steps + 1) if boundary(s)})
   start, done = time.perf_counter(), first_step
   with console.GroupProgress(group_index, len(points), steps, first_step, eval_seconds=eval_seconds) as progress:
     for end in ends if first_step < steps else ():

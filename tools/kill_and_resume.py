@@ -7,7 +7,8 @@ SIGKILL after a random delay, `--kills` times, and lets the last rerun finish. E
 the clean run still had left after the earlier kills, so that each attempt is killed before it can finish (an
 attempt that finishes anyway is reported with `"killed": false`). The two results.jsonl files must hold
 the same rows in the same order with the same values; fields that measure time (`*_seconds`) and placement are left
-out of the comparison (`results.comparable`), as timings differ between any two runs. Prints one JSON line and exits 1 on a mismatch.
+out of the comparison (`results.comparable`), as timings differ between any two runs. Prints one JSON line and exits
+1 on a mismatch.
 """
 
 import argparse
