@@ -160,9 +160,11 @@ def test_3d_points_train_and_evaluate(tmp_path):
       (2, "2d_b8_s8_rho1_fixed_seed0"), (2, "2d_b8_s4_rho2_fixed_seed0"),
       (3, "3d_b8_s4_rho2_fixed_seed0"), (3, "3d_b8_s4_rho2_fixed_interp_seed0")]
   assert [r["group"] for r in rows] == [0, 0, 1, 1]
-  for row in rows[2:]:
-    assert 0.0 <= row["dice_mean"] <= 1.0 and row["steps"] == 6
-  assert rows[3]["interp_slices"] > 0
+  assert all(row["steps"] == 6 for row in rows)
+  # Pinned on this CPU (jax 0.10.2); the 2D rows equal those of the 2D-only grid (keys owned by points).
+  np.testing.assert_allclose([r["dice_mean"] for r in rows], [0.029006519, 0.043682356, 0.017052544, 0.098563333],
+                             atol=1e-6)
+  assert rows[3]["interp_slices"] > 0 and abs(rows[3]["interp_dice"] - 2 / 13) < 1e-12
   # 3D and 2D points of one seed and allocation share the plan.
   plans = tmp_path / "plans"
   assert (json.loads((plans / "2d_b8_s4_rho2_fixed_seed0.json").read_text()) ==

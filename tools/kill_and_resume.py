@@ -19,6 +19,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -28,8 +29,12 @@ from slicejax import results  # pylint: disable=g-import-not-at-top,wrong-import
 
 
 def launch(config, workdir, extra):
+  # Every launch compiles afresh (its own empty compilation cache): a rerun that found the clean run's programs in
+  # the persistent cache would finish before the kill delays, which are drawn from the clean run's duration.
+  cache = pathlib.Path(tempfile.mkdtemp(prefix="jax_cache_", dir=pathlib.Path(workdir).parent))
   return subprocess.Popen([sys.executable, str(REPO / "launch.py"), f"--config={config}", f"--workdir={workdir}",
-                           *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)})
 
 
 def rows(path):
@@ -45,6 +50,7 @@ def main():
   parser.add_argument("--override", action="append", default=[], help="extra --config.key=value flags")
   args = parser.parse_args()
   workdir = pathlib.Path(args.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   rng = random.Random(args.seed)
 
   start = time.perf_counter()
