@@ -139,7 +139,8 @@ class _LiveLine:
 _LIVE = _LiveLine()
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """A time span for people: 4.2s, 37s, 2m05s, 13h54m."""
   if seconds < 9.95:
     return f"{seconds:.1f}s"
   whole = round(seconds)
@@ -226,7 +227,7 @@ class GroupProgress:
       loss += f" ({int((~training).sum())} diverged)"
     first_step, first_seconds, first_clock = self._first
     first_steps = first_step - self._first_step
-    rate = f"first {'step' if first_steps == 1 else f'{first_steps} steps'} {_duration(first_seconds)}"
+    rate = f"first {'step' if first_steps == 1 else f'{first_steps} steps'} {duration(first_seconds)}"
     per_step = (now - first_clock) / (step - first_step) if step > first_step else None
     if per_step is not None:
       rate = f"{per_step:.3g} s/step, {rate}"
@@ -234,9 +235,9 @@ class GroupProgress:
     if remaining is None:
       eta = "ETA -"
     elif self._eval_seconds is None:
-      eta = f"ETA {_duration(remaining)} + eval"
+      eta = f"ETA {duration(remaining)} + eval"
     else:
-      eta = f"ETA {_duration(remaining + self._eval_seconds)} incl. {_duration(self._eval_seconds)} eval"
+      eta = f"ETA {duration(remaining + self._eval_seconds)} incl. {duration(self._eval_seconds)} eval"
     return "  ".join([f"group {self._group_index}: {models}", f"step {step}/{self._steps}", loss, eta, rate])
 
 

@@ -15,13 +15,14 @@ import time
 import jax
 import numpy as np
 
-from slicejax import config_lib
+from slicejax import console
 from slicejax import data as data_lib
 from slicejax import evaluate as evaluate_lib
 from slicejax import parallel
 from slicejax import selection as selection_lib
 from slicejax import study
 from slicejax import train
+from slicejax import two_d
 
 _MEASURED_STEPS = 3
 
@@ -31,14 +32,6 @@ def _spread(values) -> str:
   lo, mid, hi = np.min(values), np.median(values), np.max(values)
   fmt = (lambda v: f"{v:g}") if np.all(values == np.round(values)) else (lambda v: f"{v:.3g}")
   return fmt(lo) if lo == hi else f"{fmt(lo)}-{fmt(hi)} (median {fmt(mid)})"
-
-
-def _duration(seconds: float) -> str:
-  if seconds < 120:
-    return f"{seconds:.0f} s"
-  if seconds < 7200:
-    return f"{seconds / 60:.0f} min"
-  return f"{seconds / 3600:.1f} h"
 
 
 def _cropped_share(volumes, shape, num_classes) -> np.ndarray:
@@ -52,41 +45,26 @@ def _cropped_share(volumes, shape, num_classes) -> np.ndarray:
   return np.where(total > 0, 1.0 - kept / np.maximum(total, 1), 0.0)
 
 
-def _measure(config, points, plans, splits, dataset):
-  """Seconds per step of one model of `points`' dims, compilation seconds, evaluation seconds per model and volume,
-  and XLA's estimate of one model's step memory (bytes)."""
-  dims_lib = train.DIMS[points[0].dims]
-  pool, num_classes = splits["train"], dataset.num_classes
-  shape = dims_lib.example_shape(config, pool + splits["val"] + splits["test"])
-  bank, per_model, _ = dims_lib.training_data(config, points[:1], plans[:1], pool, num_classes, shape)
-  axis = parallel.ModelAxis("sequential", 1)
-  model = train.make_model(config, num_classes, points[0].dims)
-  tx = train.make_optimizer(config.train)
-  state = train.init_state(model, tx, [points[0].seed], shape + (dataset.num_channels,), base_seed=config.seed)
-  step = train.make_train_step(model, tx, config, dims_lib.batch_sampler(config))
-  single = jax.tree.map(lambda leaf: leaf[0], (state, per_model))
-  bank = jax.device_put(bank)
-  start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(single[0], bank, single[1]).compile()
-  compile_seconds = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  step_bytes = 0 if memory is None else int(memory.temp_size_in_bytes + memory.argument_size_in_bytes -
-                                            sum(x.nbytes for x in jax.tree.leaves(bank)))
-  model_state, _ = compiled(single[0], bank, single[1])
-  jax.block_until_ready(model_state)
+def _measure(config, dims, points, plans, splits, dataset):
+  """Measured seconds per step of one model, its compilation, evaluation seconds per model and volume, and bytes."""
+  step = train.one_model_step(config, dims, points, plans, splits, dataset)
+  compiled, state, shared, per_model = step["compiled"], step["state"], step["shared"], step["per_model"]
+  state, _ = compiled(state, shared, per_model)
+  jax.block_until_ready(state)
   start = time.perf_counter()
   for _ in range(_MEASURED_STEPS):
-    model_state, _ = compiled(model_state, bank, single[1])
-  jax.block_until_ready(model_state)
+    state, _ = compiled(state, shared, per_model)
+  jax.block_until_ready(state)
   step_seconds = (time.perf_counter() - start) / _MEASURED_STEPS
+  axis = parallel.ModelAxis("sequential", 1)
+  predict = train.DIMS[dims].predictor(config, step["programs"]["model"], axis)
+  params = axis.from_stacked(jax.tree.map(lambda leaf: leaf[None], state["params"]))
   volumes = splits["test"][:2]
-  predict = dims_lib.predictor(config, model, axis)
-  params = axis.from_stacked(jax.tree.map(lambda leaf: leaf[None], model_state["params"]))
-  list(predict(params, volumes[:1], shape))  # compiles
+  list(predict(params, volumes, step["shape"]))  # compiles
   start = time.perf_counter()
-  evaluate_lib.score(predict(params, volumes, shape), volumes, num_classes)
+  evaluate_lib.score(predict(params, volumes, step["shape"]), volumes, dataset.num_classes)
   eval_seconds = (time.perf_counter() - start) / max(len(volumes), 1)
-  return step_seconds, compile_seconds, eval_seconds, step_bytes, sum(x.nbytes for x in jax.tree.leaves(bank))
+  return step_seconds, step["compile_seconds"], eval_seconds, step["model_bytes"], step["bank_bytes"]
 
 
 def dry_run(config) -> list[str]:
@@ -96,35 +74,29 @@ def dry_run(config) -> list[str]:
     InputError: bad config values or data, exactly as a launch would.
   """
   start = time.perf_counter()
-  config_lib.validate(config)
   cfg = config.data
-  root = train.dataset_root(config)
-  index = data_lib.index_msd(root, slicing_axis=cfg.slicing_axis)
-  split = train.split_index(config, index)
-  depths = {case.case_id: case.depth for case in index.cases if case.case_id in set(split["train"])}
   left_out = []
-  points = study.expand(config.study, depths, left_out)
-  groups = study.group(points, config.model_axis.max_models)
-  used = split["train"] + split["val"] + split["test"]
-  dataset = data_lib.load_volumes(index.select(used), normalization=cfg.normalization, ct_window=tuple(cfg.ct_window),
-                                  cache_dir=None)
-  by_id = dataset.by_id()
-  splits = {name: [by_id[c] for c in ids] for name, ids in split.items()}
+  dataset, splits, depths, points, plans = train.read_inputs(config, use_cache=False, left_out=left_out)
+  for point in points:
+    if point.name not in plans:  # ual: the same allocation, without training the encoder
+      plans[point.name] = train.plan_of(config, dataclasses.replace(point, selection="random"), depths)
+  max_models = config.model_axis.max_models or train.auto_max_models(config, points, plans, splits, dataset)
+  groups = study.group(points, max_models)
   names = dataset.class_names[1:]
   shapes = np.array([v.label.shape for v in dataset.volumes])
   spacings = np.array([v.spacing for v in dataset.volumes])
-  lines = [f"data: {root} ({dataset.name}), {len(index.cases)} cases ({len(used)} in the split), "
+  lines = [f"data: {dataset.root} ({dataset.name}), {len(dataset.volumes)} cases in the split, "
            f"{dataset.num_channels} channel(s), slicing along NIfTI axis {cfg.slicing_axis}"]
   present = [sum(bool(np.any(v.label == k)) for v in splits["test"]) for k in range(1, dataset.num_classes)]
   lines.append("classes (test volumes containing each): " + ", ".join(
       f"{k} {n} ({c}/{len(splits['test'])})" for k, (n, c) in enumerate(zip(names, present), start=1)))
   lines.append("volume shape (slices x H x W): " + " x ".join(_spread(shapes[:, i]) for i in range(3)))
   lines.append("spacing (mm, slice x H x W): " + " x ".join(_spread(spacings[:, i]) for i in range(3)))
-  lines.append(f"split (seed {cfg.split.seed}): {len(split['train'])} train / {len(split['val'])} val / "
-               f"{len(split['test'])} test")
+  lines.append(f"split (seed {cfg.split.seed}): {len(splits['train'])} train / {len(splits['val'])} val / "
+               f"{len(splits['test'])} test")
   everything = dataset.volumes
   if 2 in config.study.dims:
-    shape = train.two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
+    shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
     padded = sum(v.label.shape[1] < shape[0] or v.label.shape[2] < shape[1] for v in everything)
     cropped = sum(v.label.shape[1] > shape[0] or v.label.shape[2] > shape[1] for v in everything)
     share = _cropped_share(everything, shape, dataset.num_classes)
@@ -135,7 +107,7 @@ def dry_run(config) -> list[str]:
     lines.append(f"3D patch {' x '.join(map(str, config.three_d.patch))}; volumes are padded to at least the patch, "
                  "never cropped")
   per_dims = {d: [p for p in points if p.dims == d] for d in sorted({p.dims for p in points})}
-  lines.append(f"grid: {len(points)} points in {len(groups)} groups of at most {config.model_axis.max_models} "
+  lines.append(f"grid: {len(points)} points in {len(groups)} groups of at most {max_models} "
                "models; " + "; ".join(f"{d}D {len(ps)} ({sum(p.reference for p in ps)} reference)"
                                        for d, ps in per_dims.items()))
   lines += [f"  left out: {reason}" for reason in left_out]
@@ -145,11 +117,7 @@ def dry_run(config) -> list[str]:
   total, peak = 0.0, 0
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   for dims, dims_points in per_dims.items():
-    point = dims_points[0]
-    if not point.reference and selection_lib.get(point.selection).NEEDS_EMBEDDINGS:
-      point = dataclasses.replace(point, selection="random")  # The same data volume, without training the encoder.
-    plan = study.make_plan(point, depths, roi=config.study.roi)
-    step_s, compile_s, eval_s, step_bytes, bank_bytes = _measure(config, [point], [plan], splits, dataset)
+    step_s, compile_s, eval_s, step_bytes, bank_bytes = _measure(config, dims, dims_points, plans, splits, dataset)
     group_sizes = [len(g) for g in groups if g[0].dims == dims]
     eval_volumes = len(splits["test"]) + len(splits["val"])
     seconds = sum(compile_s + m * (step_s * config.train.steps + eval_s * eval_volumes) for m in group_sizes)
@@ -159,8 +127,8 @@ def dry_run(config) -> list[str]:
     lines.append(f"{dims}D: {step_s:.3f} s per step and model (measured, {_MEASURED_STEPS} steps), compile "
                  f"{compile_s:.1f} s (one model's program), evaluation {eval_s:.2f} s per model and volume -> "
                  f"{len(dims_points)} models x {config.train.steps} steps in {len(group_sizes)} groups: about "
-                 f"{_duration(seconds)}")
-  lines.append(f"estimate: about {_duration(total)} on this machine ({jax.default_backend()}, models of a group "
+                 f"{console.duration(seconds)}")
+  lines.append(f"estimate: about {console.duration(total)} on this machine ({jax.default_backend()}, models of a group "
                f"counted one after another), peak memory about {peak / 2**30:.1f} GiB")
   lines.append(f"checked in {time.perf_counter() - start:.1f} s; nothing was trained or written")
   return lines

@@ -31,11 +31,10 @@ def slice_bank(volumes: Sequence, shape: Sequence[int], keep: Mapping[str, Seque
 
   Returns:
     dict of numpy arrays `images [N, H', W', C]`, `labels [N, H', W']` uint8, `extents [N, 2]` int32 (the height and
-    width of each slice's real data, a box at the origin: the rest is padding), `rows`: case id -> `[D]` int32
-    bank row of each slice of the volume (-1 where it is not in the bank), and `offsets`: case id -> the bank row of
-    its first kept slice (its kept slices follow in order).
+    width of each slice's real data, a box at the origin: the rest is padding), and `rows`: case id -> `[D]` int32
+    bank row of each slice of the volume (-1 where it is not in the bank).
   """
-  images, labels, extents, rows, offsets, row = [], [], [], {}, {}, 0
+  images, labels, extents, rows, row = [], [], [], {}, 0
   for volume in volumes:
     chosen = np.arange(volume.depth) if keep is None else np.asarray(keep.get(volume.case_id, ()), np.int64)
     image, _, _ = data_lib.fit_to_shape(volume.image[chosen], shape)
@@ -45,14 +44,12 @@ def slice_bank(volumes: Sequence, shape: Sequence[int], keep: Mapping[str, Seque
     extents.append(np.tile(np.minimum(volume.label.shape[1:], shape), (len(chosen), 1)))
     rows[volume.case_id] = np.full(volume.depth, -1, np.int32)
     rows[volume.case_id][chosen] = row + np.arange(len(chosen))
-    offsets[volume.case_id] = row
     row += len(chosen)
   return {
       "images": np.concatenate(images),
       "labels": np.concatenate(labels),
       "extents": np.concatenate(extents).astype(np.int32),
       "rows": rows,
-      "offsets": offsets,
   }
 
 

@@ -69,7 +69,9 @@ def training_data(config, points, plans, pool, num_classes: int, shape, sizes=No
   image_dtype = precision.bank_dtype(config)
   bank = {"images": np.stack([data_lib.pad_volume(v.image, size).astype(image_dtype) for v in used]),
           "extents": np.array([v.label.shape for v in used], np.int32)}
+  # Label rows: the true labels of the bank's volumes (padded to the grid's volume count), then interpolated ones.
   labels = [data_lib.pad_volume(v.label, size).astype(np.uint8) for v in used]
+  labels += [np.zeros(size, np.uint8)] * (sizes["volumes"] - len(used))
   planes = np.zeros((len(points), sizes["volumes"], size[0]), np.float32)
   label_rows = np.tile(np.arange(sizes["volumes"], dtype=np.int32), (len(points), 1))
   quality = {}
@@ -82,14 +84,10 @@ def training_data(config, points, plans, pool, num_classes: int, shape, sizes=No
       if point.interpolation:
         volume_labels, known = filled[case]
         planes[m, v, :len(known)] = known * config.interpolation.weight
-        label_rows[m, v] = sizes["volumes"] + len(labels) - len(used)
+        label_rows[m, v] = len(labels)
         labels.append(data_lib.pad_volume(volume_labels, size).astype(np.uint8))
       planes[m, v, plan[case]] = 1.0
-  true_labels, interpolated = labels[:len(used)], labels[len(used):]
-  bank = sampler.pad_rows(bank, sizes["volumes"])
-  bank["labels"] = np.concatenate([sampler.pad_rows({"l": np.stack(true_labels)}, sizes["volumes"])["l"]] +
-                                  ([np.stack(interpolated)] if interpolated else []))
-  bank["labels"] = sampler.pad_rows({"l": bank["labels"]}, sizes["labels"])["l"]
+  bank = {**sampler.pad_rows(bank, sizes["volumes"]), **sampler.pad_rows({"labels": np.stack(labels)}, sizes["labels"])}
   return bank, {"planes": planes, "label_rows": label_rows}, quality
 
 

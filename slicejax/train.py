@@ -234,12 +234,12 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
     programs[key] = grid_programs(config, points[0].dims, num_classes, shape + (dataset.num_channels,),
                                   axis.batch_split)
   model, schedule, looped = programs[key]["model"], programs[key]["schedule"], programs[key]["looped"]
-  # One model at a time: one compiled initialisation for groups of any size.
+  # One model at a time (one compiled initialisation for groups of any size), stacked on the host.
   init = programs[key]["init"]
-  initial = axis.from_stacked(jax.tree.map(lambda *leaves: np.concatenate(leaves), *[
-      jax.tree.map(np.asarray, init(np.asarray([p.seed], np.uint32))) for p in points]))
-  initial = axis.to_stacked(initial)
+  initial = jax.tree.map(lambda *leaves: np.concatenate(leaves), *[
+      jax.tree.map(np.asarray, init(np.asarray([p.seed], np.uint32))) for p in points])
   checkpoints = checkpoint.GroupCheckpoints(checkpoint_dir)
+  initial = axis.to_stacked(axis.from_stacked(initial))  # where the model axis keeps it: the restore's template
   restored = checkpoints.restore_latest(initial)
   state = axis.from_stacked(initial if restored is None else restored)
   first_step = 0 if restored is None else int(axis.fetch(restored["step"])[0])
@@ -256,10 +256,14 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   boundary = lambda s: s % config.train.log_every == 0 or s % config.train.checkpoint_every == 0
   ends = sorted({first_step + 1, steps} | {s for s in range(first_step + 1, steps + 1) if boundary(s)})
   start, done = time.perf_counter(), first_step
+  one_step = {"bank": device_bank, "steps": axis.put_shared(np.int32(1))}
   with console.GroupProgress(group_index, len(points), steps, first_step, eval_seconds=eval_seconds) as progress:
     for end in ends if first_step < steps else ():
-      for count in [end - done] if looped else [1] * (end - done):
-        state, outputs = step_fn(state, {"bank": device_bank, "steps": axis.put_shared(np.int32(count))}, per_model)
+      if looped:
+        state, outputs = step_fn(state, {"bank": device_bank, "steps": axis.put_shared(np.int32(end - done))},
+                                 per_model)
+      for _ in range(0 if looped else end - done):
+        state, outputs = step_fn(state, one_step, per_model)
       done = end
       if end == first_step + 1 or end % config.train.log_every == 0 or end == steps:
         loss, diverged = axis.fetch((outputs["loss"], outputs["diverged"]))
@@ -305,80 +309,113 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
 # The study.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def prepare(config):
-  """Checks every input and builds every group's points and plans; writes nothing but cache entries.
+def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None):
+  """Checks the config and the data and builds the grid and the plans that need no voxels; writes nothing but cache
+  entries (none with `use_cache=False`).
 
   Order: the config (`config_lib.validate`), the dataset's structure and headers (`data.index_msd`), the split and the
-  grid against the pool's depths, the plans that need no voxels; only then are voxels read (through the cache), and
-  the plans that need slice embeddings (`ual`) made.
+  grid against the pool's depths, the plans that need no voxels; only then are voxels read.
 
   Returns:
-    (dataset, splits, groups, plans, costs): splits maps "train"/"val"/"test" to lists of Volumes; plans maps point
-    name -> annotation plan; costs holds the encoder's seconds (training plus embedding) when a strategy needs slice
-    embeddings.
+    (dataset, splits, depths, points, plans): splits maps "train"/"val"/"test" to lists of Volumes, depths the
+    training pool's case ids to their depths; plans maps point name -> annotation plan for every point whose
+    selection needs no slice embeddings. `left_out`, if given, receives the allocations the grid leaves out.
   """
   config_lib.validate(config)
   cfg = config.data
-  root = dataset_root(config)
-  index = data_lib.index_msd(root, slicing_axis=cfg.slicing_axis)
+  index = data_lib.index_msd(dataset_root(config), slicing_axis=cfg.slicing_axis)
   split = split_index(config, index)
   depths = {case.case_id: case.depth for case in index.cases if case.case_id in set(split["train"])}
-  points = study.expand(config.study, depths)
-  needs_embeddings = lambda p: not p.reference and selection_lib.get(p.selection).NEEDS_EMBEDDINGS
-  plan_of = lambda point, embeddings=None: study.make_plan(
-      point, depths, roi=config.study.roi, options=config.get(point.selection) if point.selection in config else None,
-      embeddings=embeddings)
-  plans = {p.name: plan_of(p) for p in points if not needs_embeddings(p)}
-
+  points = study.expand(config.study, depths, left_out)
+  plans = {p.name: plan_of(config, p, depths) for p in points if not _needs_embeddings(p)}
   used = split["train"] + split["val"] + split["test"]
   dataset = data_lib.load_volumes(index.select(used), normalization=cfg.normalization, ct_window=tuple(cfg.ct_window),
-                                  cache_dir=cache_dir(config))
+                                  cache_dir=cache_dir(config) if use_cache else None)
   by_id = dataset.by_id()
   splits = {name: [by_id[c] for c in ids] for name, ids in split.items()}
   logging.info("Data %s: %d classes %s, %d channels; %d train / %d val / %d test volumes.", dataset.name,
                dataset.num_classes, dataset.class_names, dataset.num_channels,
                *(len(splits[k]) for k in ("train", "val", "test")))
+  return dataset, splits, depths, points, plans
+
+
+def _needs_embeddings(point) -> bool:
+  return not point.reference and selection_lib.get(point.selection).NEEDS_EMBEDDINGS
+
+
+def plan_of(config, point, depths, embeddings=None) -> dict:
+  """The annotation plan of `point` over the training pool's `depths` (`study.make_plan` with the config's options)."""
+  options = config.get(point.selection) if point.selection in config else None
+  return study.make_plan(point, depths, roi=config.study.roi, options=options, embeddings=embeddings)
+
+
+def prepare(config):
+  """Checks every input (`read_inputs`) and builds every group's points and plans; writes nothing but cache entries.
+
+  Returns:
+    (dataset, splits, groups, plans, costs): as `read_inputs`, with the points split into groups, plans for every
+    point (those of `ual` points made from slice embeddings once the voxels are read), and costs holding the encoder's
+    seconds (training plus embedding) when a strategy needs slice embeddings.
+  """
+  dataset, splits, depths, points, plans = read_inputs(config)
   costs = {}
-  if any(needs_embeddings(p) for p in points):
+  if any(_needs_embeddings(p) for p in points):
     shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
     images = {v.case_id: data_lib.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
     embeddings, info = encoder.slice_embeddings(images, config.ual.encoder, seed=config.ual.seed,
                                                 cache_dir=cache_dir(config) / "encoder")
     costs = {"encoder_seconds": info["train_seconds"] + info["embed_seconds"]}
-    plans.update({p.name: plan_of(p, embeddings) for p in points if needs_embeddings(p)})
+    plans.update({p.name: plan_of(config, p, depths, embeddings) for p in points if _needs_embeddings(p)})
   plans = {p.name: plans[p.name] for p in points}
   max_models = config.model_axis.max_models or auto_max_models(config, points, plans, splits, dataset)
   return dataset, splits, study.group(points, max_models), plans, costs
 
 
+def one_model_step(config, dims: int, points, plans, splits, dataset) -> dict:
+  """One model's training step of a dims, compiled over the bank of all `points` of that dims (the grid's largest).
+
+  Used to size groups (`auto_max_models`) and to measure a run before it starts (`slicejax.dryrun`).
+
+  Returns:
+    dict of the `grid_programs`, the `compiled` step, its inputs `state`, `shared` and `per_model` (one model's, the
+    first of `points`), `compile_seconds`, and `model_bytes` (the step's temporary buffers and one model's state in
+    and out, from XLA's memory analysis) and `bank_bytes`.
+  """
+  dims_lib, same = DIMS[dims], [p for p in points if p.dims == dims]
+  shape = dims_lib.example_shape(config, splits["train"] + splits["val"] + splits["test"])
+  sizes = dims_lib.data_sizes(config, same, [plans[p.name] for p in same])
+  bank, per_model, _ = dims_lib.training_data(config, same[:1], [plans[same[0].name]], splits["train"],
+                                              dataset.num_classes, shape, sizes)
+  programs = grid_programs(config, dims, dataset.num_classes, shape + (dataset.num_channels,), parallel.BatchSplit())
+  state = jax.tree.map(lambda leaf: leaf[0], programs["init"](np.asarray([same[0].seed], np.uint32)))
+  shared = {"bank": jax.tree.map(jnp.asarray, bank), "steps": jnp.int32(1)}
+  per_model = jax.tree.map(lambda x: jnp.asarray(x[0]), per_model)
+  start = time.perf_counter()
+  compiled = jax.jit(programs["step"], donate_argnums=0).lower(state, shared, per_model).compile()
+  compile_seconds = time.perf_counter() - start
+  analysis = compiled.memory_analysis()
+  state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+  return {"programs": programs, "compiled": compiled, "state": state, "shared": shared, "per_model": per_model,
+          "shape": shape, "compile_seconds": compile_seconds,
+          "model_bytes": (analysis.temp_size_in_bytes if analysis else 0) + 2 * state_bytes,
+          "bank_bytes": sum(leaf.nbytes for leaf in jax.tree.leaves(bank))}
+
+
 def auto_max_models(config, points, plans, splits, dataset, limit: int = 64) -> int:
   """The most models per group that fit in memory, from the compiled training step's memory analysis.
 
-  One model's step is compiled for each dims of the grid; its temporary buffers and its state (in and out) are one
-  model's share, the grid's largest bank is shared. The group size leaves a quarter of the device's memory (the
-  host's on the CPU) free, and is at most `limit`.
+  One model's step is compiled for each dims of the grid (`one_model_step`); its temporary buffers and its state (in
+  and out) are one model's share, the grid's largest bank is shared. The group size leaves a quarter of the device's
+  memory (the host's on the CPU) free, and is at most `limit`.
   """
   stats = jax.devices()[0].memory_stats() or {}
   available = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   size = limit
   for dims in sorted({p.dims for p in points}):
-    dims_lib, same = DIMS[dims], [p for p in points if p.dims == dims]
-    shape = dims_lib.example_shape(config, splits["train"] + splits["val"] + splits["test"])
-    sizes = dims_lib.data_sizes(config, same, [plans[p.name] for p in same])
-    bank, per_model, _ = dims_lib.training_data(config, same[:1], [plans[same[0].name]], splits["train"],
-                                                dataset.num_classes, shape, sizes)
-    programs = grid_programs(config, dims, dataset.num_classes, shape + (dataset.num_channels,),
-                             parallel.BatchSplit())
-    state = jax.tree.map(lambda leaf: leaf[0], programs["init"](np.zeros(1, np.uint32)))
-    shared = {"bank": jax.tree.map(jnp.asarray, bank), "steps": jnp.int32(1)}
-    memory = jax.jit(programs["step"]).lower(state, shared, jax.tree.map(lambda x: x[0], per_model)).compile()
-    analysis = memory.memory_analysis()
-    state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
-    per_model_bytes = (analysis.temp_size_in_bytes if analysis else 0) + 2 * state_bytes
-    bank_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(bank))
-    fits = int((0.75 * available - bank_bytes) // max(per_model_bytes, 1))
+    step = one_model_step(config, dims, points, plans, splits, dataset)
+    fits = int((0.75 * available - step["bank_bytes"]) // max(step["model_bytes"], 1))
     logging.info("%dD: %.1f MB per model, bank %.1f MB, %.1f GB available: %d models per group fit.", dims,
-                 per_model_bytes / 2**20, bank_bytes / 2**20, available / 2**30, fits)
+                 step["model_bytes"] / 2**20, step["bank_bytes"] / 2**20, available / 2**30, fits)
     size = min(size, max(fits, 1))
   return size
 

@@ -107,7 +107,6 @@ def training_data(config, points, plans, pool, num_classes: int, shape, sizes=No
   bank = sampler.slice_bank([v for v in pool if v.case_id in keep], shape, keep,
                             image_dtype=precision.bank_dtype(config))
   rows = bank.pop("rows")
-  bank.pop("offsets")
   by_id = {v.case_id: v for v in pool}
   weight = float(config.interpolation.weight)
   extra, label_rows, quality = [], [bank["labels"]], {}

@@ -163,7 +163,7 @@ def test_progress_logs_a_line_per_update_off_a_terminal(caplog):
 @pytest.mark.parametrize("seconds, text", [(3.26, "3.3s"), (9.96, "10s"), (59.6, "1m00s"), (65, "1m05s"),
                                            (3725, "1h02m")])
 def test_duration(seconds, text):
-  assert console._duration(seconds) == text
+  assert console.duration(seconds) == text
 
 
 # ---------------------------------------------------------------------------------------------------------------------
