@@ -13,13 +13,25 @@ Arguments:
   reference: train only the fully annotated 2D reference (about 9 minutes on 2 CPU cores, dice_mean ~0.86).
   reference3d: train only the fully annotated 3D reference (base-8 3D U-Net, 48^3 patches, 2400 steps of batch 2).
   tiny: a few volumes and steps, for tests.
+
+The documented study (docs/hippocampus_study.md; batch 16, seeds 0-4, fewer budgets and steps than the default grid
+so that each part runs in about 90 minutes on 2 CPU cores):
+  pilot: learning curves of the extreme allocations (budgets 36 and 144 at 1 and the most slices per volume,
+    600 steps, validation Dice every 50 steps) that chose the study's step count.
+  study2d: budgets 36 and 144, every fitting rho, random / fixed / ual, 5 seeds, and the reference.
+  interp: the fixed-interval cells of study2d with more than one slice per volume, with mask interpolation.
+  study3d: a 3D subset: budget 144 at 2 and 16 slices per volume, fixed interval, interpolation off and on.
 """
 
 from slicejax import config_lib
 
+# The documented study's training steps (batch 16), chosen from the pilot's learning curves.
+STUDY_STEPS = 300
+
 
 def get_config(arg=""):
-  arg = config_lib.parse_arg(arg, reference=False, reference3d=False, tiny=False)
+  arg = config_lib.parse_arg(arg, reference=False, reference3d=False, tiny=False, pilot=False, study2d=False,
+                             interp=False, study3d=False)
   config = config_lib.base()
   config.data.update(
       source="msd", slicing_axis=2, normalization="zscore", shape=(48, 64),
@@ -44,6 +56,21 @@ def get_config(arg=""):
   if arg.reference3d:
     config.study.update(dims=(3,), budgets=(), reference=True)
     config.train.update(steps=2400, log_every=100)
+  if arg.pilot or arg.study2d or arg.interp or arg.study3d:
+    config.train.update(steps=STUDY_STEPS, batch_size=16, log_every=50, checkpoint_every=100)
+    config.study.update(budgets=(36, 144), seeds=(0, 1, 2, 3, 4), reference=False)
+    config.eval.update(curve_points=5, curve_volumes=8)
+  if arg.pilot:
+    config.train.steps = 600
+    config.eval.curve_points = 12
+    config.study.update(slices_per_volume=(1, 4, 16), selections=("random",), seeds=(0,))
+  if arg.study2d:
+    config.study.update(reference=True, reference_seeds=(0,))
+  if arg.interp:
+    config.study.update(slices_per_volume=(2, 4, 8, 16), selections=("fixed",), interpolation=(True,))
+  if arg.study3d:
+    config.study.update(dims=(3,), budgets=(144,), slices_per_volume=(2, 16), selections=("fixed",),
+                        interpolation=(False, True))
   if arg.tiny:
     config.data.split.update(train=6, val=1, test=2)
     config.model.update(features=4, num_stages=2)

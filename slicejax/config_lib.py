@@ -68,7 +68,14 @@ def base() -> ml_collections.ConfigDict:
       grad_clip=1.0, ce_weight=1.0, dice_weight=1.0, log_every=50, checkpoint_every=500,
       augment=augment.default_config()))
 
-  c.eval = ml_collections.ConfigDict(dict(batch_size=64))
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=64,
+      surface_metrics=True,     # HD95 and normalised surface Dice per test volume and class (slicejax.metrics)
+      nsd_tolerance_mm=1.0,     # normalised surface Dice tolerance
+      curve_points=5,           # validation Dice this many times during training (evenly spaced, the last at the
+                                # end), for learning curves; 0 = never
+      curve_volumes=8,          # on the first this many validation volumes (a fixed subset)
+  ))
 
   c.study = ml_collections.ConfigDict(dict(
       dims=(2,),
@@ -435,6 +442,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_data(c)
   _check_train(c)
   c.integer("eval.batch_size", lo=1)
+  c.boolean("eval.surface_metrics")
+  c.real("eval.nsd_tolerance_mm", lo=0, lo_open=True)
+  c.integer("eval.curve_points", lo=0)
+  c.integer("eval.curve_volumes", lo=1)
   dims, selections = _check_study(c)
   c.real("interpolation.weight", lo=0)
   c.boolean("interpolation.align_centroids")

@@ -277,7 +277,8 @@ class CurveWriter:
   """
 
   def __init__(self, logdir, flush_seconds: float = 30.0):
-    self._writer = event_file_writer.EventFileWriter(os.fspath(logdir), flush_secs=flush_seconds)
+    self.logdir = os.fspath(logdir)
+    self._writer = event_file_writer.EventFileWriter(self.logdir, flush_secs=flush_seconds)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     """Writes {tag: value} at `step` as one event."""

@@ -4,6 +4,10 @@ The dims modules' predictors (`two_d.predictor`, `three_d.predictor`) predict wh
 group and reduce the predictions on the device to confusion counts (`confusion_counts`), so that the host receives a
 few integers per model and volume, never a label map; `score` turns the counts into Dice per model, volume and
 foreground class with the rule of `slicejax.metrics`.
+
+The test split is scored from label maps instead (the dims modules' `segmenter`s): `score_labels` gives per model,
+volume and class the Dice, HD95 and normalised surface Dice (`metrics.surface_metrics`), which the study's paired
+statistics resample by test volume.
 """
 
 import functools
@@ -85,3 +89,38 @@ def score(counts: Iterable[np.ndarray], volumes: Sequence, num_classes: int) -> 
     raise ValueError(f"need [M, {num_classes}, 3] counts for each of {len(volumes)} volumes, got {counts.shape}")
   dice = metrics.dice_from_counts(counts.transpose(1, 0, 2, 3))
   return {"dice": dice, **metrics.summarise(dice), "volumes": len(volumes)}
+
+
+def score_labels(label_maps: Iterable[np.ndarray], volumes: Sequence, num_classes: int, *, tolerance_mm: float,
+                 surface: bool = True) -> dict:
+  """Dice and surface metrics of every model on every volume, from label maps on the volumes' own grids.
+
+  Args:
+    label_maps: per volume, in the order of `volumes`, the `[M, D, H, W]` labels of every model.
+    volumes: the `data.Volume`s (their `label` is the truth, their `spacing` the voxel size in mm).
+    num_classes: K, background included.
+    tolerance_mm: the normalised surface Dice tolerance.
+    surface: also compute HD95 and NSD; False leaves them NaN.
+
+  Returns:
+    dict as `score` (`dice [M, V, K-1]`, `volume_mean`, `dice_mean [M]`, `dice_per_class [M, K-1]`, `volumes`),
+    plus `hd95` and `nsd` `[M, V, K-1]` with their `metrics.summarise` means under the same names with the prefix
+    (`hd95_mean [M]`, `hd95_per_class [M, K-1]`, ...), `cases` (the case ids) and `class_volumes [K-1]` (the number
+    of volumes whose truth holds each class).
+  """
+  counts, hd95, nsd = [], [], []
+  for labels, volume in zip(label_maps, volumes):
+    counts.append(np.stack([metrics.confusion_counts(m, volume.label, num_classes) for m in labels]))
+    per_model = [metrics.surface_metrics(m, volume.label, num_classes, volume.spacing, tolerance_mm) if surface else
+                 {"hd95": np.full(num_classes - 1, np.nan), "nsd": np.full(num_classes - 1, np.nan)} for m in labels]
+    hd95.append([s["hd95"] for s in per_model])
+    nsd.append([s["nsd"] for s in per_model])
+  out = score(counts, volumes, num_classes)
+  for name, values in (("hd95", hd95), ("nsd", nsd)):
+    values = np.asarray(values, np.float64).reshape(len(volumes), -1, num_classes - 1).transpose(1, 0, 2)
+    means = metrics.summarise(values)
+    out.update({name: values, f"{name}_mean": means["dice_mean"], f"{name}_per_class": means["dice_per_class"]})
+  out["cases"] = [volume.case_id for volume in volumes]
+  out["class_volumes"] = np.array([[np.any(volume.label == k) for k in range(1, num_classes)] for volume in volumes],
+                                  np.int64).reshape(len(volumes), num_classes - 1).sum(axis=0)
+  return out

@@ -6,9 +6,14 @@ builds rows; `slicejax.report` reads them. A row holds:
   `interpolation`, `seed`, `reference`) and what it was trained with (`steps`, `density` = rho / mean depth of the
   annotated volumes);
 - test results: `dice_mean` (mean over test volumes of each volume's mean over its defined classes), `dice_per_class`
-  ({class name: mean over the volumes where it is defined}), `test_volumes`; the same on the validation split as
-  `val_dice_mean` and `val_dice_per_class` (`val_volumes`; absent with an empty validation split). Undefined values
-  (see `slicejax.metrics`) are stored as null;
+  ({class name: mean over the volumes where it is defined}), `test_volumes`; the surface metrics the same way,
+  `hd95_mean`, `hd95_per_class` (mm) and `nsd_mean`, `nsd_per_class` (at `nsd_tolerance_mm`); `class_volumes`
+  ({class: number of test volumes whose truth holds it}); and per test volume, `test_cases` (case ids) and
+  `per_volume` ({"dice" | "hd95" | "nsd": `[V][K - 1]` lists in the order of `test_cases` and the classes}), what
+  the paired statistics of `slicejax.stats` resample. The same Dice on the validation split as `val_dice_mean` and
+  `val_dice_per_class` (`val_volumes`; absent with an empty validation split), and `val_curve` ({"steps": [...],
+  "dice": [...]}: the mean Dice on a fixed subset of validation volumes during training). Undefined values (see
+  `slicejax.metrics`) are stored as null;
 - `diverged` (and `diverged_step` when true); with interpolation, `interp_dice` (Dice of the interpolated slices,
   null with nothing to interpolate) and `interp_slices`;
 - where it ran and how long it took: `group`, `model_index` (placement) and the `*_seconds` fields (timing). These
@@ -38,6 +43,10 @@ def _per_class(names, values) -> dict:
   return {name: _number(v) for name, v in zip(names, values)}
 
 
+def _nested(values) -> list:
+  return [[_number(v) for v in per_volume] for per_volume in values]
+
+
 def make_row(point, *, group: int, model_index: int, steps: int, density, class_names, test: dict, val: dict | None,
              diverged: bool, diverged_step: int, interpolation: dict | None, seconds: dict) -> dict:
   """The result row of one trained model.
@@ -49,7 +58,9 @@ def make_row(point, *, group: int, model_index: int, steps: int, density, class_
     density: slices per volume over the mean depth of its annotated volumes (None for the reference).
     class_names: foreground class names, `[K - 1]`.
     test, val: this model's `dice_mean` (scalar) and `dice_per_class` (`[K - 1]`) on the test and validation
-      volumes, with `volumes` (their number); val None when the split has none.
+      volumes, with `volumes` (their number); val None when the split has none. Test may also hold `hd95_mean`,
+      `hd95_per_class`, `nsd_mean`, `nsd_per_class`, `nsd_tolerance_mm`, `class_volumes` (`[K - 1]`), `cases` and
+      `per_volume` ({metric: `[V, K - 1]`}); val may hold `curve` ({"steps", "dice"}).
     diverged, diverged_step: whether (and at which step) its loss or gradients became non-finite.
     interpolation: with interpolation on, the `pooled_interpolation_dice` of its plan; else None.
     seconds: timing fields, e.g. {"train_seconds": ..., "eval_seconds": ...}.
@@ -57,10 +68,24 @@ def make_row(point, *, group: int, model_index: int, steps: int, density, class_
   row = {"name": point.name, **point.fields(), **dict(zip(PLACEMENT_FIELDS, (group, model_index))),
          "density": density, "steps": steps, "dice_mean": _number(test["dice_mean"]),
          "dice_per_class": _per_class(class_names, test["dice_per_class"]), "test_volumes": test["volumes"]}
+  for metric in ("hd95", "nsd"):
+    if f"{metric}_mean" in test:
+      row.update({f"{metric}_mean": _number(test[f"{metric}_mean"]),
+                  f"{metric}_per_class": _per_class(class_names, test[f"{metric}_per_class"])})
+  if "nsd_tolerance_mm" in test:
+    row["nsd_tolerance_mm"] = float(test["nsd_tolerance_mm"])
+  if "class_volumes" in test:
+    row["class_volumes"] = {name: int(n) for name, n in zip(class_names, test["class_volumes"])}
+  if "per_volume" in test:
+    row["test_cases"] = list(test["cases"])
+    row["per_volume"] = {metric: _nested(values) for metric, values in test["per_volume"].items()}
   if val is not None:
     row.update(val_dice_mean=_number(val["dice_mean"]), val_dice_per_class=_per_class(class_names,
                                                                                        val["dice_per_class"]),
                val_volumes=val["volumes"])
+    if val.get("curve"):
+      row["val_curve"] = {"steps": [int(s) for s in val["curve"]["steps"]],
+                          "dice": [_number(d) for d in val["curve"]["dice"]]}
   row["diverged"] = bool(diverged)
   if diverged:
     row["diverged_step"] = int(diverged_step)

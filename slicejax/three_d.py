@@ -11,6 +11,7 @@ import functools
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from slicejax import data as data_lib
@@ -133,3 +134,32 @@ def predictor(config, model, axis):
       yield np.asarray(evaluate.confusion_counts(logits, data_lib.pad_volume(volume.label, grid), valid,
                                                  model.num_classes))
   return predict
+
+
+def segmenter(config, model, axis):
+  """Sliding-window label maps of whole volumes by every model of the group (windows and shapes as in
+  `predictor`).
+
+  Returns:
+    `segment(params, volumes, shape)`: yields one `[M, D, H, W]` uint8 label map per volume, on its own grid.
+  """
+  c3 = config.three_d
+  logits_of = axis.map_apply(_window_logits(model))
+
+  def segment(params, volumes, shape):
+    if not volumes:
+      return
+    extents = [tuple(max(n, p) for n, p in zip(volume.label.shape, shape)) for volume in volumes]
+    grid = sliding_window.bucket_shape(np.max(extents, axis=0))
+    for volume, extent in zip(volumes, extents):
+      logits = sliding_window.sliding_window_logits(lambda windows: logits_of(params, windows),
+                                                    data_lib.pad_volume(volume.image, grid).astype(np.float32), shape,
+                                                    extent=extent, overlap=c3.overlap, batch_size=c3.eval_batch_size)
+      depth, height, width = volume.label.shape
+      yield np.asarray(_argmax(logits))[:, :depth, :height, :width]
+  return segment
+
+
+@jax.jit
+def _argmax(logits):
+  return jnp.argmax(logits, axis=-1).astype(jnp.uint8)

@@ -250,10 +250,18 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
                (" ..." if len(points) > 4 else ""), axis.strategy, shape, config.train.steps,
                dims_lib.batch_size(config), first_step)
 
-  # Loop: segments between the first step (compilation), log steps and checkpoint steps; one dispatch per segment
-  # where the step loops inside its program, one per step otherwise.
+  # Learning curves: validation Dice on a fixed subset of the validation volumes at `curve_steps`, kept in a file
+  # beside the loss curves so that a resumed group keeps the points it had.
   steps, names = config.train.steps, [p.name for p in points]
-  boundary = lambda s: s % config.train.log_every == 0 or s % config.train.checkpoint_every == 0
+  curve_volumes = splits["val"][:config.eval.curve_volumes]
+  curve_steps = set(curve_schedule(steps, config.eval.curve_points)) if curve_volumes else set()
+  predict = dims_lib.predictor(config, model, axis)
+  curve_path = None if curves is None else pathlib.Path(curves.logdir) / f"val_group_{group_index}.json"
+  val_curve = _read_val_curve(curve_path, names)
+
+  # Loop: segments between the first step (compilation), log steps, checkpoint steps and curve steps; one dispatch
+  # per segment where the step loops inside its program, one per step otherwise.
+  boundary = lambda s: s % config.train.log_every == 0 or s % config.train.checkpoint_every == 0 or s in curve_steps
   ends = sorted({first_step + 1, steps} | {s for s in range(first_step + 1, steps + 1) if boundary(s)})
   start, done = time.perf_counter(), first_step
   one_step = {"bank": device_bank, "steps": axis.put_shared(np.int32(1))}
@@ -271,6 +279,13 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
         if curves is not None:
           curves.write_scalars(end, console.curve_scalars(group_index, names, loss, lr=float(schedule(end - 1)),
                                                           diverged=diverged))
+      if end in curve_steps:
+        params = axis.from_stacked(axis.to_stacked(state)["params"])
+        dice = evaluate_lib.score(predict(params, curve_volumes, shape), curve_volumes, num_classes)["dice_mean"]
+        val_curve[end] = [float(d) for d in dice]
+        if curve_path is not None:
+          files.atomic_write(curve_path, json.dumps({"names": names, "curve": val_curve}))
+          curves.write_scalars(end, {f"val_dice/group_{group_index}/{name}": d for name, d in zip(names, dice)})
       if end % config.train.checkpoint_every == 0 or end == steps:
         checkpoints.save(end, axis.to_stacked(state))
     jax.block_until_ready(state)
@@ -281,21 +296,22 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   stacked = axis.to_stacked(state)
   params = axis.from_stacked(stacked["params"])
   start = time.perf_counter()
-  predict = dims_lib.predictor(config, model, axis)
-  scores = {split: evaluate_lib.score(predict(params, splits[split], shape), splits[split], num_classes)
-            for split in ("test", "val") if splits[split]}
+  segment = dims_lib.segmenter(config, model, axis)
+  scores = {"test": evaluate_lib.score_labels(segment(params, splits["test"], shape), splits["test"], num_classes,
+                                              tolerance_mm=config.eval.nsd_tolerance_mm,
+                                              surface=config.eval.surface_metrics)}
+  if splits["val"]:
+    scores["val"] = evaluate_lib.score(predict(params, splits["val"], shape), splits["val"], num_classes)
   eval_seconds = time.perf_counter() - start
 
   depths = {v.case_id: v.depth for v in pool}
   diverged = axis.fetch(stacked["diverged"])
   diverged_step = axis.fetch(stacked["diverged_step"])
-  per_model_scores = lambda split, m: ({"dice_mean": scores[split]["dice_mean"][m],
-                                       "dice_per_class": scores[split]["dice_per_class"][m],
-                                       "volumes": scores[split]["volumes"]} if split in scores else None)
   rows = [results.make_row(
       point, group=group_index, model_index=m, steps=steps,
       density=None if point.reference else point.slices_per_volume / float(np.mean([depths[c] for c in plan])),
-      class_names=dataset.class_names[1:], test=per_model_scores("test", m), val=per_model_scores("val", m),
+      class_names=dataset.class_names[1:], test=_test_scores(config, scores["test"], m),
+      val=_val_scores(scores.get("val"), val_curve, m),
       diverged=diverged[m], diverged_step=diverged_step[m], interpolation=interp_quality.get(m),
       seconds={"train_seconds": train_seconds / len(points), "group_train_seconds": train_seconds,
                "eval_seconds": eval_seconds / len(points)})
@@ -303,6 +319,40 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   logging.info("Group %d: dice_mean %s (%.0f s training, %.0f s evaluation).", group_index,
                np.array2string(scores["test"]["dice_mean"], precision=3), train_seconds, eval_seconds)
   return rows
+
+
+def curve_schedule(steps: int, points: int) -> list:
+  """The steps at which learning curves are measured: `points` evenly spaced steps, the last one `steps`."""
+  return sorted({max(1, round(steps * i / points)) for i in range(1, points + 1)}) if points else []
+
+
+def _read_val_curve(path, names) -> dict:
+  """The learning-curve points a resumed group had measured: {step: [M] Dice}; {} without any."""
+  if path is None or not path.exists():
+    return {}
+  saved = json.loads(path.read_text())
+  return {int(step): dice for step, dice in saved["curve"].items()} if saved.get("names") == names else {}
+
+
+def _test_scores(config, scores, m) -> dict:
+  """Model m's test results for `results.make_row`."""
+  out = {"volumes": scores["volumes"], "cases": scores["cases"], "class_volumes": scores["class_volumes"],
+         "per_volume": {"dice": scores["dice"][m]}}
+  for metric in ("dice", "hd95", "nsd") if config.eval.surface_metrics else ("dice",):
+    out.update({f"{metric}_mean": scores[f"{metric}_mean"][m], f"{metric}_per_class": scores[f"{metric}_per_class"][m]})
+    out["per_volume"][metric] = scores[metric][m]
+  if config.eval.surface_metrics:
+    out["nsd_tolerance_mm"] = config.eval.nsd_tolerance_mm
+  return out
+
+
+def _val_scores(scores, val_curve, m) -> dict | None:
+  """Model m's validation results for `results.make_row`, with its learning curve."""
+  if scores is None:
+    return None
+  steps = sorted(val_curve)
+  return {"dice_mean": scores["dice_mean"][m], "dice_per_class": scores["dice_per_class"][m],
+          "volumes": scores["volumes"], "curve": {"steps": steps, "dice": [val_curve[s][m] for s in steps]}}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

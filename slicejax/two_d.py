@@ -25,6 +25,7 @@ import functools
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from slicejax import data as data_lib
@@ -145,6 +146,40 @@ def _slice_counts(model):
     per_slice = lambda l, t, v: evaluate.confusion_counts(l[None], t, v, model.num_classes)[0]
     return jax.vmap(per_slice)(logits, truth, valid)
   return counts
+
+
+@functools.cache
+def _slice_labels(model):
+  """One model's label maps of a batch of slices: `(params, (images [b, H, W, C],)) -> [b, H, W]` uint8."""
+  def labels(params, chunk):
+    logits = model.apply({"params": params}, chunk[0])
+    return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
+  return labels
+
+
+def segmenter(config, model, axis):
+  """Dense label maps of whole volumes by every model of the group, slice by slice.
+
+  Slices are fitted to the trained in-plane shape as in `predictor` and the labels put back on the volume's grid
+  (`data.unfit`: what centre-cropping left out is background).
+
+  Returns:
+    `segment(params, volumes, shape)`: yields one `[M, D, H, W]` uint8 label map per volume, on its own grid.
+  """
+  labels_of = axis.map_apply(_slice_labels(model))
+
+  def segment(params, volumes, shape):
+    if not volumes:
+      return
+    fitted = [data_lib.fit_to_shape(volume.image, shape) for volume in volumes]
+    images = np.concatenate([image.astype(np.float32) for image, _, _ in fitted])
+    labels = evaluate.map_slices(labels_of, params, (images,), config.eval.batch_size)
+    start = 0
+    for volume, (_, _, offsets) in zip(volumes, fitted):
+      per_model = labels[:, start:start + volume.depth]
+      start += volume.depth
+      yield np.stack([data_lib.unfit(m, volume.label.shape[1:], offsets) for m in per_model])
+  return segment
 
 
 def _cropped_away(label: np.ndarray, kept: np.ndarray, num_classes: int) -> np.ndarray:
