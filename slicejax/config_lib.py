@@ -103,6 +103,10 @@ def base() -> ml_collections.ConfigDict:
   c.ual.seed = 0
   c.ual.encoder = encoder.default_config()
 
+  # Annotation cost model of the report (slicejax.report): seconds to open and orient a volume, and per slice.
+  # The defaults make the cost the slice budget.
+  c.cost = ml_collections.ConfigDict(dict(seconds_per_volume=0.0, seconds_per_slice=1.0))
+
   c.model_axis = ml_collections.ConfigDict(dict(
       strategy="auto",          # "auto" (mesh on several devices, else the fastest for the backend), "mesh",
                                 # "vmap", "loop" or "sequential"
@@ -454,6 +458,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "ual" in selections:
     _check_ual(c)
   _check_model_axis(c)
+  c.real("cost.seconds_per_volume", lo=0)
+  c.real("cost.seconds_per_slice", lo=0)
 
 
 def parse_arg(arg: str, **spec) -> ml_collections.ConfigDict:

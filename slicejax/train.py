@@ -541,7 +541,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
     with distributed.writer_first("summary"):
       rows = results.read_rows(results_path)
       if writer:
-        report.write_summary(rundir, rows)
+        report.write_summary(rundir, rows, cost=config.cost.to_dict())
         console.plot_curves(rundir / "curves", rundir / "curves.png")
         logging.info("Wrote %s, summary.md, summary.csv, dice_vs_allocation.png and curves.png.", results_path)
   return rows

@@ -177,3 +177,35 @@ def test_3d_counts_equal_numpy_path_and_compile_once():
   out = evaluate.score(counts, volumes, K)
   np.testing.assert_array_equal(
       out["dice"], np.stack([metrics.dice_from_counts(c) for c in counts], axis=1))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_segmenter_labels_give_the_predictors_counts(dims):
+  # The test split is scored from label maps on the volumes' own grids; their counts must be the device counts.
+  num_models = 2
+  if dims == 2:
+    volumes, shape, lib = _volumes([(3, 4, 5), (5, 3, 10), (2, 9, 7)], channels=2, seed=1), (6, 6), two_d
+  else:
+    volumes, shape, lib = _volumes([(9, 5, 4), (2, 7, 5)], channels=2, seed=3), (4, 4, 4), three_d
+  params = _params(num_models, 2, seed=2)
+  axis = parallel.ModelAxis("vmap", num_models)
+  model = _Model()
+  counts = list(lib.predictor(_config(), model, axis)(axis.from_stacked(params), volumes, shape))
+  labels = list(lib.segmenter(_config(), model, axis)(axis.from_stacked(params), volumes, shape))
+  for volume, label, want in zip(volumes, labels, counts):
+    assert label.shape == (num_models,) + volume.label.shape and label.dtype == np.uint8
+    np.testing.assert_array_equal([metrics.confusion_counts(m, volume.label, K) for m in label], want)
+
+  scored = evaluate.score_labels(labels, volumes, K, tolerance_mm=1.0)
+  by_counts = evaluate.score(counts, volumes, K)
+  np.testing.assert_array_equal(scored["dice"], by_counts["dice"])
+  np.testing.assert_array_equal(scored["dice_mean"], by_counts["dice_mean"])
+  assert scored["cases"] == [v.case_id for v in volumes]
+  np.testing.assert_array_equal(scored["class_volumes"],
+                                [sum(np.any(v.label == k) for v in volumes) for k in range(1, K)])
+  for v, (volume, label) in enumerate(zip(volumes, labels)):
+    for m in range(num_models):
+      want = metrics.surface_metrics(label[m], volume.label, K, volume.spacing, 1.0)
+      np.testing.assert_array_equal(scored["hd95"][m, v], want["hd95"])
+      np.testing.assert_array_equal(scored["nsd"][m, v], want["nsd"])
+  np.testing.assert_allclose(scored["hd95_mean"], metrics.summarise(scored["hd95"])["dice_mean"])

@@ -38,3 +38,44 @@ def test_means_leave_undefined_classes_and_volumes_out():
 def test_nan_mean_of_nothing_is_nan_without_warning(recwarn):
   assert math.isnan(float(metrics.nan_mean([nan := float("nan"), nan])))
   assert not recwarn.list
+
+
+def _sphere(shape, centre, radius, spacing=(1.0, 1.0, 1.0)):
+  """A ball in physical coordinates: voxel i covers [i, i + 1) x spacing, its centre at (i + 0.5) x spacing."""
+  grids = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing)], indexing="ij")
+  return (sum((g - c) ** 2 for g, c in zip(grids, centre)) <= radius ** 2).astype(np.uint8)
+
+
+def test_surface_metrics_of_concentric_spheres():
+  # Every point of either surface is 3 mm from the other: HD95 is 3 mm (within a voxel of staircase), NSD is 0 at a
+  # tolerance well under 3 mm and 1 well above.
+  inner, outer = _sphere((30, 30, 30), (15, 15, 15), 8), _sphere((30, 30, 30), (15, 15, 15), 11)
+  tight = metrics.surface_metrics(outer, inner, 2, (1, 1, 1), 1.0)
+  loose = metrics.surface_metrics(outer, inner, 2, (1, 1, 1), 5.0)
+  assert abs(tight["hd95"][0] - 3.0) < 0.5
+  assert tight["nsd"][0] == 0.0 and loose["nsd"][0] == 1.0
+  # The same physical spheres on a grid twice as coarse along D.
+  inner, outer = (_sphere((15, 30, 30), (15, 15, 15), r, (2, 1, 1)) for r in (8, 11))
+  coarse = metrics.surface_metrics(outer, inner, 2, (2, 1, 1), 1.0)
+  assert abs(coarse["hd95"][0] - 3.0) <= 2.0 and coarse["nsd"][0] == 0.0  # within one coarse voxel
+
+
+def test_surface_metrics_of_shifted_spheres_and_identity():
+  a, b = _sphere((30, 30, 36), (15, 15, 15), 10), _sphere((30, 30, 36), (15, 15, 18), 10)
+  # No surface point is farther than the 3 mm shift from the other sphere.
+  shifted = metrics.surface_metrics(b, a, 2, (1, 1, 1), 1.0)
+  assert 2.0 < shifted["hd95"][0] <= 3.0 and 0.0 < shifted["nsd"][0] < 1.0
+  same = metrics.surface_metrics(a, a, 2, (1, 1, 1), 1.0)
+  assert same["hd95"][0] == 0.0 and same["nsd"][0] == 1.0
+
+
+def test_surface_metrics_absent_classes():
+  truth = np.zeros((4, 5, 6), np.uint8)
+  truth[1:3, 1:3, 1:3] = 1
+  prediction = np.zeros_like(truth)
+  prediction[0, 0, 0] = 2  # class 2 predicted, absent from the truth; class 1 missed
+  out = metrics.surface_metrics(prediction, truth, 4, (1.0, 2.0, 0.5), 1.0)
+  diagonal = np.sqrt(4.0 ** 2 + 10.0 ** 2 + 3.0 ** 2)
+  np.testing.assert_allclose(out["hd95"][:2], [diagonal, diagonal])
+  np.testing.assert_array_equal(out["nsd"][:2], [0.0, 0.0])
+  assert np.isnan(out["hd95"][2]) and np.isnan(out["nsd"][2])  # class 3 in neither

@@ -1,16 +1,20 @@
 """Tests for slicejax.report: cell statistics, paired comparisons, and the summary files."""
 
 import csv
+import json
 import math
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from slicejax import report
+from slicejax import results
+from slicejax import stats
 from slicejax.errors import InputError
 
-# t_{0.975, 2} from a t table (scipy.stats.t.ppf(0.975, 2)).
-T_975_2 = 4.302652729749464
 
 
 def _row(seed, dice, *, dims=2, budget=8, slices=1, selection="random", interpolation=False, **extra):
@@ -69,7 +73,9 @@ def test_summarise_means_std_counts_and_order():
   assert two["dice_mean"] == 0.625
   assert two["dice_std"] == pytest.approx(math.sqrt(0.046875), rel=1e-15)
   assert (two["n_diverged"], two["density"], two["dice_per_class"]) == (1, 0.0625, {})
-  assert (two_interp["n_seeds"], two_interp["dice_std"], two_interp["interp_dice"]) == (1, 0.0, 0.75)
+  assert (two_interp["n_seeds"], two_interp["dice_std"], two_interp["interp_dice"]) == (1, None, 0.75)
+  # Cost model defaults: the cost is the budget.
+  assert one["cost"] == 8 and reference["cost"] == 320
   assert (fixed["dice_mean"], fixed["train_seconds"], fixed["density"]) == (0.25, None, None)
   assert (reference["dice_mean"], reference["train_seconds"], reference["density"]) == (0.875, 40.0, 1.0)
   assert three_d["dice_mean"] == 0.75
@@ -97,44 +103,51 @@ def _find(comparisons, kind, **a_fields):
   return found[0]
 
 
-def test_allocation_comparison_mean_and_t_interval():
+def test_allocation_comparison_against_the_best_with_the_bootstrap():
   rows = [_row(seed, 0.5, slices=1) for seed in range(3)]
   rows += [_row(seed, 0.5 + diff, slices=2) for seed, diff in enumerate([0.01, 0.03, 0.02])]
-  (comparison,) = report.paired_comparisons(rows)
-  assert comparison["comparison"] == "allocation"
-  assert (comparison["a"]["slices_per_volume"], comparison["b"]["slices_per_volume"]) == (2, 1)
-  assert (comparison["n_pairs"], comparison["seeds"], comparison["confidence"]) == (3, [0, 1, 2], 0.95)
-  # Differences [0.01, 0.03, 0.02]: mean 0.02, sample std 0.01, half-width t_{0.975,2} * 0.01 / sqrt(3).
-  half = T_975_2 * 0.01 / math.sqrt(3)
-  assert comparison["mean_diff"] == pytest.approx(0.02, abs=1e-12)
-  assert comparison["ci_low"] == pytest.approx(0.02 - half, abs=1e-12)
-  assert comparison["ci_high"] == pytest.approx(0.02 + half, abs=1e-12)
+  comparisons = report.paired_comparisons(rows, resamples=2000)
+  allocation = _find(comparisons, "allocation")
+  # Slices 2 is the best cell; the other is compared with it: a - b per seed [-0.01, -0.03, -0.02].
+  assert (allocation["a"]["slices_per_volume"], allocation["b"]["slices_per_volume"]) == (1, 2)
+  assert (allocation["n_pairs"], allocation["seeds"], allocation["confidence"]) == (3, [0, 1, 2], 0.95)
+  assert allocation["mean_diff"] == pytest.approx(-0.02, abs=1e-12)
+  # Without per-volume results each seed is one value: the same bootstrap as stats on the per-seed column.
+  want = stats.hierarchical_bootstrap(np.array([[-0.01], [-0.03], [-0.02]]), resamples=2000)
+  assert (allocation["ci_low"], allocation["ci_high"]) == pytest.approx((want["low"], want["high"]))
+  assert -0.03 - 1e-12 <= allocation["ci_low"] < allocation["ci_high"] <= -0.01 + 1e-12
+  assert allocation["verdict"] == "worse"
+  fewest = _find(comparisons, "fewest")
+  assert fewest["mean_diff"] == pytest.approx(-0.02, abs=1e-12) and fewest["verdict"] == "worse"
 
 
-def test_allocations_are_compared_with_the_fewest_slices_per_volume():
+def test_allocations_against_the_best_and_the_fewest_slices():
   rows = [_row(0, 0.5, slices=2), _row(0, 0.75, slices=4), _row(0, 0.625, slices=8)]
   comparisons = report.paired_comparisons(rows)
-  assert [(c["a"]["slices_per_volume"], c["b"]["slices_per_volume"], c["mean_diff"]) for c in comparisons] == [
-      (4, 2, 0.25), (8, 2, 0.125)]
+  assert [(c["comparison"], c["a"]["slices_per_volume"], c["b"]["slices_per_volume"], c["mean_diff"])
+          for c in comparisons] == [("allocation", 2, 4, -0.25), ("allocation", 8, 4, -0.125),
+                                    ("fewest", 2, 4, -0.25), ("fewest", 2, 8, -0.125)]
+  assert all(c["verdict"] == stats.ONE_SEED and c["ci_low"] is None for c in comparisons)
 
 
 def test_unpaired_seeds_are_excluded_and_a_single_pair_has_no_interval():
   rows = [_row(seed, 0.5, slices=1) for seed in (1, 2, 5)]
   rows += [_row(seed, dice, slices=2) for seed, dice in [(0, 0.0), (1, 0.75), (2, 0.625), (3, 0.0)]]
-  (comparison,) = report.paired_comparisons(rows)
-  assert (comparison["seeds"], comparison["n_pairs"], comparison["mean_diff"]) == ([1, 2], 2, 0.1875)
-  # Differences [0.25, 0.125]: sample std 0.125 / sqrt(2); half-width t_{0.975,1} * std / sqrt(2) = 12.706 * 0.0625.
-  assert comparison["ci_high"] - comparison["mean_diff"] == pytest.approx(12.706204736174705 * 0.0625, rel=1e-12)
-  (single,) = report.paired_comparisons([_row(1, 0.5, slices=1), _row(1, 0.75, slices=2), _row(2, 0.0, slices=2)])
-  assert (single["n_pairs"], single["mean_diff"], single["ci_low"], single["ci_high"]) == (1, 0.25, None, None)
+  comparison = _find(report.paired_comparisons(rows), "fewest")
+  assert (comparison["seeds"], comparison["n_pairs"], comparison["mean_diff"]) == ([1, 2], 2, -0.1875)
+  single = _find(report.paired_comparisons([_row(1, 0.5, slices=1), _row(1, 0.75, slices=2), _row(2, 0.0, slices=2)]),
+                 "fewest")
+  assert (single["n_pairs"], single["mean_diff"], single["ci_low"], single["ci_high"]) == (1, -0.25, None, None)
+  assert single["verdict"] == stats.ONE_SEED
   assert report.paired_comparisons([_row(0, 0.5, slices=1), _row(1, 0.75, slices=2)]) == []
 
 
 def test_selection_and_interpolation_comparisons():
   comparisons = report.paired_comparisons(_grid_rows())
-  assert [c["comparison"] for c in comparisons] == ["allocation", "selection", "interpolation"]
+  assert [c["comparison"] for c in comparisons] == ["allocation", "fewest", "selection", "interpolation"]
   allocation = _find(comparisons, "allocation", interpolation=False, selection="random")
-  # Random, 2 vs 1 slices per volume, seeds 0-2: [0.5 - 0.5, 0.5 - 0.625, 0.875 - 0.75] = [0, -0.125, 0.125].
+  # Random: 1 slice per volume (mean 0.625) ties with 2 (mean 0.625); the first is the best, so 2 - 1 per seed:
+  # [0.5 - 0.5, 0.5 - 0.625, 0.875 - 0.75] = [0, -0.125, 0.125].
   assert (allocation["n_pairs"], allocation["mean_diff"]) == (3, 0.0)
   selection = _find(comparisons, "selection", selection="fixed")
   assert selection["b"] == {"dims": 2, "budget": 8, "volumes": 4, "slices_per_volume": 2, "selection": "random",
@@ -143,8 +156,6 @@ def test_selection_and_interpolation_comparisons():
   interpolation = _find(comparisons, "interpolation", selection="random")
   assert (interpolation["a"]["interpolation"], interpolation["b"]["interpolation"]) == (True, False)
   assert interpolation["mean_diff"] == 0.0
-  # The fixed-interval and interpolated cells have one allocation each, so no allocation comparison of their own;
-  # the reference is never compared.
   assert all(not c["a"]["reference"] and not c["b"]["reference"] for c in comparisons)
 
 
@@ -153,12 +164,122 @@ def test_paired_comparisons_rejects_a_bad_confidence():
     report.paired_comparisons([_row(0, 0.5)], confidence=1.0)
 
 
-def test_write_summary_writes_the_three_files(tmp_path):
-  rows = _grid_rows()
-  report.write_summary(tmp_path, rows)
-  assert sorted(os.listdir(tmp_path)) == ["dice_vs_allocation.png", "summary.csv", "summary.md"]
+def _volume_row(seed, dice, *, cases=("v0", "v1", "v2", "v3"), **fields):
+  """A row with per-volume Dice `dice [V]` (one class), named like a grid point."""
+  row = _row(seed, float(np.mean(dice)), **fields)
+  row.update(name=f"{row['dims']}d_b{row['budget']}_rho{row['slices_per_volume']}_{row['selection']}"
+                  f"{'_interp' if row['interpolation'] else ''}_seed{seed}",
+             test_cases=list(cases), per_volume={"dice": [[d] for d in dice]}, test_volumes=len(cases),
+             class_volumes={"a": len(cases)})
+  return row
 
-  assert (tmp_path / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+def _study_rows():
+  """Budget 8, 5 seeds: 1 slice per volume clearly beats 2; ual ties with random; interpolation helps."""
+  rows = []
+  for seed in range(5):
+    wobble = [0.01 * seed, -0.01 * seed, 0.02, -0.02]
+    base = [0.8 + w for w in wobble]
+    rows.append(_volume_row(seed, base, slices=1))
+    rows.append(_volume_row(seed, [b - 0.1 for b in base], slices=2))
+    rows.append(_volume_row(seed, [b + (0.01 if i % 2 else -0.01) for i, b in enumerate(base)], slices=1,
+                            selection="ual"))
+    rows.append(_volume_row(seed, [b - 0.05 for b in base], slices=2, interpolation=True))
+  return rows
+
+
+def test_findings_from_clear_cases():
+  rows = _study_rows()
+  comparisons = report.paired_comparisons(rows, resamples=2000)
+  found = report.findings(comparisons, report.summarise(rows))
+  assert [f["verdict"] for f in found] == ["reproduced", "reproduced", "not reproduced"]
+  one, two, three = found
+  assert one["counts"]["better"] == 1 and one["best"]["2D budget 8"]["slices_per_volume"] == 1
+  (evidence,) = one["evidence"]
+  assert evidence["mean_diff"] == pytest.approx(0.1) and evidence["ci_low"] == pytest.approx(0.1)
+  # UAL against random at 1 slice per volume: differences +-0.01 per volume, mean 0: no detectable difference.
+  (ual,) = two["evidence"]
+  assert ual["a"].endswith("ual") and ual["mean_diff"] == pytest.approx(0.0, abs=1e-12)
+  assert ual["verdict"] == "no detectable difference"
+  assert three["counts"]["better"] == 1 and three["evidence"][0]["mean_diff"] == pytest.approx(0.05)
+
+
+def test_cost_frontier_and_cost_model():
+  rows = [_row(0, 0.7, budget=8, slices=1), _row(0, 0.75, budget=8, slices=2), _row(0, 0.72, budget=8, slices=8),
+          _row(0, 0.8, budget=16, slices=4)]
+  # 30 s per volume + 2 s per slice: 8x1 -> 256, 4x2 -> 136, 1x8 -> 46, 4x4 -> 152.
+  cells = report.summarise(rows, {"seconds_per_volume": 30.0, "seconds_per_slice": 2.0})
+  assert sorted(cell["cost"] for cell in cells) == [46, 136, 152, 256]
+  frontier = report.cost_frontier(cells)
+  assert [(c["cost"], c["dice_mean"]) for c in frontier] == [(46, 0.72), (136, 0.75), (152, 0.8)]
+
+
+def test_still_improving_flag_from_learning_curves():
+  rows = [_row(s, 0.5, val_curve={"steps": [50, 100], "dice": [0.5, 0.5 + 0.0078125 * s]}) for s in range(2)]
+  rows += [_row(s, 0.5, slices=2, val_curve={"steps": [50, 100], "dice": [0.625, 0.5]}) for s in range(2)]
+  improving, falling = report.summarise(rows)
+  # Mean rise 0.00390625 is within the tolerance 0.005; with a third seed rising 0.015625 the mean rise is 0.0078125.
+  assert (improving["curve_steps"], improving["curve_dice"]) == ([50, 100], [0.5, 0.50390625])
+  assert improving["still_improving"] is False and falling["still_improving"] is False
+  rows.append(_row(2, 0.5, val_curve={"steps": [50, 100], "dice": [0.5, 0.515625]}))
+  assert report.summarise(rows)[0]["still_improving"] is True
+
+
+def test_absent_classes_are_flagged(tmp_path):
+  rows = [_row(0, 0.5, test_volumes=10, class_volumes={"anterior": 10, "posterior": 7})]
+  (cell,) = report.summarise(rows)
+  assert cell["absent"] == {"posterior": 3}
+  report.write_summary(tmp_path, rows)
+  assert "absent: posterior in 3/10" in (tmp_path / "summary.md").read_text()
+
+
+def _run_folder(path, rows, **config_changes):
+  config = {"seed": 0, "data": {"root": str(path), "split": {"seed": 0}}, "model": {"features": 8},
+            "train": {"steps": 100}, "study": {"seeds": [0]}}
+  for key, value in config_changes.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  path.mkdir()
+  (path / "config.json").write_text(json.dumps(config))
+  results.append_rows(path / "results.jsonl", rows)
+  return path
+
+
+def test_merging_two_runs_equals_one_run_of_the_union(tmp_path):
+  rows = _study_rows()
+  half = len(rows) // 2
+  one = _run_folder(tmp_path / "one", rows)
+  first = _run_folder(tmp_path / "first", rows[:half], **{"study.seeds": [0, 1]})
+  second = _run_folder(tmp_path / "second", rows[half - 2:], **{"data.root": "/elsewhere"})  # overlapping rows
+  report.run([one], resamples=500)
+  report.run([first, second], tmp_path / "merged", resamples=500)
+  for name in ("summary.md", "summary.csv", "findings.json"):
+    assert (tmp_path / "merged" / name).read_text() == (one / name).read_text(), name
+
+
+def test_merging_incompatible_runs_names_the_key(tmp_path):
+  first = _run_folder(tmp_path / "first", _study_rows()[:2])
+  second = _run_folder(tmp_path / "second", _study_rows()[2:4], **{"train.steps": 200})
+  with pytest.raises(InputError, match=r"second/config.json: train.steps is 200 here but 100 in"):
+    report.run([first, second], tmp_path / "merged")
+  assert not (tmp_path / "merged").exists()
+  out = subprocess.run([sys.executable, "-m", "slicejax.report", f"--workdir={first}", f"--workdir={second}",
+                        f"--out={tmp_path / 'merged'}"], capture_output=True, text=True)
+  assert out.returncode == 2
+  assert out.stderr.strip().count("\n") == 0 and "train.steps is 200 here but 100" in out.stderr
+  with pytest.raises(InputError, match="no config.json"):
+    report.run([tmp_path / "nothing"])
+
+
+def test_write_summary_writes_every_file(tmp_path):
+  rows = _grid_rows()
+  report.write_summary(tmp_path, rows, resamples=200)
+  assert sorted(os.listdir(tmp_path)) == [
+      "dice_per_class.png", "dice_vs_allocation.png", "dice_vs_budget.png", "dice_vs_cost.png", "findings.json",
+      "forest.png", "learning_curves.png", "summary.csv", "summary.md"]
+  for name in os.listdir(tmp_path):
+    if name.endswith(".png"):
+      assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
   with open(tmp_path / "summary.csv", newline="") as f:
     table = list(csv.DictReader(f))
@@ -168,29 +289,32 @@ def test_write_summary_writes_the_three_files(tmp_path):
     assert int(line["dims"]) == cell["dims"] and int(line["budget"]) == cell["budget"]
     assert line["selection"] == cell["selection"] and int(line["interpolation"]) == cell["interpolation"]
     assert int(line["n_seeds"]) == cell["n_seeds"] and int(line["n_diverged"]) == cell["n_diverged"]
-    assert float(line["dice_mean"]) == cell["dice_mean"] and float(line["dice_std"]) == cell["dice_std"]
+    assert float(line["dice_mean"]) == cell["dice_mean"]
+    assert (None if line["dice_std"] == "" else float(line["dice_std"])) == cell["dice_std"]
     for name in ("density", "train_seconds", "interp_dice", "slices_per_volume"):
       assert (None if line[name] == "" else float(line[name])) == cell[name]
     for name in ("anterior", "posterior"):
       assert (None if line[f"dice_{name}"] == "" else float(line[f"dice_{name}"])) == cell["dice_per_class"].get(name)
 
   markdown = (tmp_path / "summary.md").read_text()
-  assert ("| dims | budget | volumes | slices/volume | density | selection | interpolation | Dice mean ± std (n) "
-          "| Dice anterior | Dice posterior | interp Dice | train s | diverged |") in markdown
-  assert "| 2D | 8 | 8 | 1 | 0.031 | random | off | 0.625 ± 0.125 (3) | 0.500 | 0.750 | — | 20.000 | 0 |" in markdown
-  assert "## Reference (every slice annotated)" in markdown
-  reference_line = "| 2D | 320 | 10 | all | 1.000 | all | off | 0.875 ± 0.000 (1) | 0.875 | 0.875 | — | 40.000 | 0 |"
+  assert markdown.index("## Findings") < markdown.index("## Cells") < markdown.index("## Paired comparisons")
+  assert "| 2D | 8 | 8 | 1 | 0.031 | random | off | 0.625 ± 0.125 (3) | 0.500 | 0.750 | — | — | — | 8 | 20.0 | 0 |" \
+      in markdown
+  reference_line = "| 2D | 320 | 10 | all | 1.000 | all | off | 0.875 (1 seed: no spread) | 0.875 | 0.875 |"
   assert reference_line in markdown.split("## Reference (every slice annotated)")[1]
-  assert "| comparison | dims | budget | a | b | pairs | Δ Dice | 95% CI |" in markdown
-  assert "| selection | 2D | 8 | 4×2 fixed | 4×2 random | 1 | -0.250 | — |" in markdown
+  assert "| selection | 2D | 8 | 4×2 fixed | 4×2 random | 1 | 1 | -0.250 | — (1 seed) | — | one seed: no interval |" \
+      in markdown
   assert ("- 2D, budget 8: the best allocation is 8 volumes × 1 slice per volume, random selection, "
-          "interpolation off (Dice 0.625 ± 0.125, 3 seeds).") in markdown
+          "interpolation off (Dice 0.625 ± 0.125 (3)).") in markdown
   assert "- 3D, budget 8:" in markdown
+  found = json.loads((tmp_path / "findings.json").read_text())
+  assert [f["finding"] for f in found["findings"]] == [1, 2, 3]
 
 
 def test_write_summary_with_no_rows(tmp_path):
   report.write_summary(tmp_path, [])
   assert "No results yet." in (tmp_path / "summary.md").read_text()
   assert (tmp_path / "summary.csv").read_text().splitlines() == [
-      ",".join(report.CELL_KEY) + ",n_seeds,density,dice_mean,dice_std,interp_dice,train_seconds,n_diverged"]
+      ",".join(report.CELL_KEY) + ",n_seeds,density,dice_mean,dice_std,hd95_mean,nsd_mean,interp_dice,cost,"
+      "train_seconds,n_diverged,still_improving"]
   assert (tmp_path / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
