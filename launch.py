@@ -1,5 +1,9 @@
 """Runs a study grid: `python launch.py --config=configs/NAME.py[:ARGS] --workdir=DIR [--config.key=value ...]`.
 
+`--mode` chooses what runs: `study` (the default, above); `plan` writes an annotation plan for unlabelled volumes
+(configs/plan.py), `predict` segments new volumes with a trained model (configs/predict.py), `export` writes sparse
+annotations as an nnU-Net v2 raw dataset (configs/export.py); each writes into --workdir (docs/annotate.md).
+
 `--check` instead loads and validates the config and the data and describes the run (classes, shapes, split, grid,
 an estimate of time and memory from a few measured steps) without training or writing anything.
 
@@ -30,6 +34,9 @@ from slicejax.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, plans and checkpoints.")
+_MODE = flags.DEFINE_enum("mode", "study", ["study", "plan", "predict", "export"],
+                          "study: train and evaluate the config's grid; plan: an annotation plan for unlabelled "
+                          "volumes; predict: segment new volumes; export: an nnU-Net v2 raw dataset.")
 _CHECK = flags.DEFINE_bool("check", False, "Check the config and the data and describe the run (grid, time and memory "
                            "estimate), without training or writing anything; needs no --workdir.")
 _FRESH = flags.DEFINE_bool("fresh", False, "If WORKDIR holds a run of a different config, start this one in a new "
@@ -61,6 +68,19 @@ def _parse_flags(argv):
     _fail(f"--config: {lines[-1]}" if "Traceback" in str(err) else err)
 
 
+def _run_mode(mode: str, config, workdir) -> None:
+  """The modes other than the study; their modules are imported only when used."""
+  if mode == "plan":
+    from slicejax import plan
+    plan.run(config, workdir)
+  elif mode == "predict":
+    from slicejax import predict
+    predict.run(config, workdir)
+  elif mode == "export":
+    from slicejax import export
+    export.run(config, workdir)
+
+
 def main(argv):
   del argv
   console.setup_logging(logging.get_verbosity())
@@ -71,6 +91,11 @@ def main(argv):
     _fail(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: cannot load the config "
           f"({err.__cause__ or err})")
   try:
+    if _MODE.value != "study":
+      if not _WORKDIR.value:
+        _fail(f"--workdir: required (where --mode={_MODE.value} writes)")
+      _run_mode(_MODE.value, config, _WORKDIR.value)
+      return
     if _CHECK.value:
       print("\n".join(dryrun.dry_run(config)))
       return

@@ -34,9 +34,12 @@ def base() -> ml_collections.ConfigDict:
       root="",
       missing_root_hint="",     # said when `root` is empty: how to get the data
       slicing_axis=2,           # NIfTI axis along which slices are annotated
-      normalization="zscore",   # "zscore" per volume and channel, or "ct" (clip to ct_window, scale to [-1, 1])
+      normalization="zscore",   # "zscore" per volume and channel, "ct" (clip to ct_window, scale to [-1, 1]), or
+                                # per channel, comma-separated: "zscore", "ct" or "ct:LO:HI:MEAN:STD" (slicejax.data)
       ct_window=(-1000.0, 1000.0),
       shape=(),                 # static in-plane (H, W); () = smallest that holds every volume
+      target_spacing=(),        # resample to (sX, sY, sZ) mm, NIfTI axes (0 keeps an axis); () = the files' grid
+      fingerprint=False,        # settings derived from the dataset's fingerprint (slicejax.fingerprint.bind)
       cache_dir="",             # cache of preprocessed volumes, the phantom and UAL encoders; "" = the user cache
       split=dict(train=180, val=20, test=60, seed=0),
       phantom=dict(num_cases=60, shape=(40, 40, 24), num_channels=1, seed=0),
@@ -266,7 +269,16 @@ def _check_data(c: _Checker) -> None:
   for key in ("data.root", "data.missing_root_hint", "data.cache_dir"):
     c.text(key)
   c.integer("data.slicing_axis", lo=0, hi=2)
-  c.choice("data.normalization", data_lib.NORMALIZATIONS)
+  normalization = c.get("data.normalization")
+  if isinstance(normalization, str) and not any(s in normalization for s in ",:"):
+    c.choice("data.normalization", data_lib.NORMALIZATIONS)
+  try:
+    data_lib.parse_normalization(normalization)
+  except InputError as e:
+    c.fail("data.normalization", str(e).partition(": ")[2])
+  c.items("data.target_spacing", "() or three numbers >= 0 (mm, NIfTI axes X, Y, Z; 0 keeps an axis)",
+          lambda s: _is_real(s) and s >= 0, (0, 3))
+  c.boolean("data.fingerprint")
   window = c.items("data.ct_window", "two numbers (lo, hi) with lo < hi", _is_real, (2,))
   if not window[0] < window[1]:
     c.fail("data.ct_window", f"must be two numbers (lo, hi) with lo < hi, got {window!r}")
@@ -356,6 +368,10 @@ def _check_study(c: _Checker) -> tuple:
         if not grid[name]:
           c.fail(keys[name], f"must not be empty while config.{keys['budgets']} is {tuple(grid['budgets'])!r}")
       selections.update(grid["selections"])
+    elif "annotated" in grid["selections"]:
+      # Real sparse annotations (`slicejax.sparse`): the plan, not a budget, makes the points.
+      selections.add("annotated")
+      any_point = True
     if reference and not grid["reference_seeds"]:
       c.fail(keys["reference_seeds"], "must not be empty when the reference is trained")
     any_point = any_point or bool(grid["budgets"]) or reference
@@ -496,3 +512,114 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Annotation plans, prediction and nnU-Net export (`launch.py --mode=plan|predict|export`): their own blocks, added by
+# their configs (configs/plan.py, configs/predict.py, configs/export.py), so that a study's config is unchanged.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def plan_block() -> ml_collections.ConfigDict:
+  """The `plan` block of configs/plan.py (`slicejax.plan`)."""
+  return ml_collections.ConfigDict(dict(
+      budget=32,                # B: slices to annotate in all
+      volumes=16,               # s: volumes to annotate (rho = B / s slices each)
+      selection="fixed",        # a module of slicejax/selection/ (random, fixed, ual)
+      seed=0,                   # which volumes, and the slices of random/fixed
+      roi=(),                   # () or (lo, hi) fractions of the depth that bound the candidate slices
+      from_study="",            # a finished study's workdir: take s, rho and the selection of its best cell at B
+      dims=0,                   # with from_study: only cells of 2D or 3D models; 0 = any
+      classes=(),               # class names, background first, for folders without a dataset.json 'labels'
+      sheet_tiles=64,           # slices per contact sheet image
+  ))
+
+
+def predict_block() -> ml_collections.ConfigDict:
+  """The `predict` block of configs/predict.py (`slicejax.predict`)."""
+  return ml_collections.ConfigDict(dict(
+      model="",                 # a workdir that trained the model (a sparse training run, or a study)
+      point="",                 # the point's name (plans/<point>.json) when the workdir trained several
+      input="",                 # images: an MSD / nnU-Net v2 raw folder, or a folder of .nii.gz files
+      probabilities=False,      # also write <case>_probabilities.nii.gz, [X, Y, Z, K] float32 softmax
+      batch_size=0,             # slices (2D) or windows (3D) per call; 0 = the model's eval settings
+  ))
+
+
+def export_block() -> ml_collections.ConfigDict:
+  """The `export` block of configs/export.py (`slicejax.export`)."""
+  return ml_collections.ConfigDict(dict(
+      plan="",                  # a plan workdir (slicejax.plan) ...
+      annotations="",           # ... and the folder of its filled label files <case>.nii.gz ("" = its templates/)
+      study="",                 # or a study workdir ...
+      point="",                 # ... and one of its points: its plan's slices of the true labels
+      verify=False,             # run nnU-Net v2's own integrity check on the result (needs the `nnunet` extra)
+  ))
+
+
+def _check_data_source(c: _Checker) -> None:
+  source = c.choice("data.source", _SOURCES)
+  for key in ("data.root", "data.cache_dir"):
+    c.text(key)
+  c.integer("data.slicing_axis", lo=0, hi=2)
+  c.choice("data.normalization", data_lib.NORMALIZATIONS)
+  if source == "phantom":
+    c.integer("data.phantom.num_cases", lo=1)
+    c.items("data.phantom.shape", "three positive integers (X, Y, Z)", lambda n: _is_int(n) and n >= 1, (3,))
+    c.integer("data.phantom.num_channels", lo=1, hi=len(phantom.CHANNEL_NAMES))
+    c.integer("data.phantom.seed", lo=0)
+  elif not c.get("data.root"):
+    c.fail("data.root", "set it to the folder of images to plan")
+
+
+def validate_plan(config) -> None:
+  """Checks the keys `slicejax.plan` reads (data source, the plan block, `ual` when it selects)."""
+  c = _Checker(config)
+  _check_data_source(c)
+  budget = c.integer("plan.budget", lo=1)
+  study = c.text("plan.from_study")
+  c.integer("plan.dims", lo=0, hi=3)
+  if c.get("plan.dims") == 1:
+    c.fail("plan.dims", "must be 0, 2 or 3, got 1")
+  if not study:
+    volumes = c.integer("plan.volumes", lo=1)
+    if volumes > budget:
+      c.fail("plan.volumes", f"must be <= config.plan.budget ({budget}), got {volumes}")
+    _check_selection(c, "plan.selection", c.text("plan.selection"))
+    if c.get("plan.selection") == "ual":
+      _check_ual(c)
+  c.integer("plan.seed", lo=0)
+  roi = c.items("plan.roi", "() or two fractions (lo, hi) with 0 <= lo < hi <= 1", _is_real, (0, 2))
+  if roi and not 0 <= roi[0] < roi[1] <= 1:
+    c.fail("plan.roi", f"must be () or two fractions (lo, hi) with 0 <= lo < hi <= 1, got {roi!r}")
+  names = c.items("plan.classes", "() or at least two class names, background first",
+                  lambda n: isinstance(n, str) and n != "", (0, *range(2, 256)))
+  if "ignore" in names or len(set(names)) != len(names):
+    c.fail("plan.classes", f"must be distinct names other than 'ignore' (the ignore label's), got {names!r}")
+  c.integer("plan.sheet_tiles", lo=1)
+
+
+def validate_predict(config) -> None:
+  """Checks the `predict` block (the model's own config is checked when it is loaded)."""
+  c = _Checker(config)
+  if not c.text("predict.model"):
+    c.fail("predict.model", "set it to the workdir of a trained model")
+  c.text("predict.point")
+  if not c.text("predict.input"):
+    c.fail("predict.input", "set it to a folder of images")
+  c.boolean("predict.probabilities")
+  c.integer("predict.batch_size", lo=0)
+
+
+def validate_export(config) -> None:
+  """Checks the `export` block: a plan (with annotations) or a study point, not both."""
+  c = _Checker(config)
+  plan, study = c.text("export.plan"), c.text("export.study")
+  c.text("export.annotations")
+  point = c.text("export.point")
+  if bool(plan) == bool(study):
+    c.fail("export.plan", "set exactly one of config.export.plan (a plan workdir) and config.export.study")
+  if study and not point:
+    c.fail("export.point", "name the study point to export (a file name of STUDY/plans/ without .json)")
+  if plan and point:
+    c.fail("export.point", "applies to config.export.study only")
+  c.boolean("export.verify")

@@ -1,8 +1,21 @@
-"""Reading Medical Segmentation Decathlon (MSD) folders into per-case volumes.
+"""Reading Medical Segmentation Decathlon (MSD) and nnU-Net v2 folders into per-case volumes.
 
-Layout read: `ROOT/dataset.json` with `labels` ({"0": "background", "1": ...}), `training` (a list of
-{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}), an optional `modality` ({"0": "T2", ...}) and an
-optional `name`. Images are 3D `[X, Y, Z]` or 4D multi-channel `[X, Y, Z, C]` (channels last); labels are 3D integers.
+Layouts read, both `ROOT/dataset.json` with `imagesTr/` and `labelsTr/`:
+  * MSD: `labels` ({"0": "background", "1": ...}), `training` (a list of {"image": "./imagesTr/x.nii.gz",
+    "label": "./labelsTr/x.nii.gz"}; without it the cases are the files of `labelsTr/`), an optional `modality`
+    ({"0": "T2", ...}) and an optional `name`. Images are 3D `[X, Y, Z]` or 4D multi-channel `[X, Y, Z, C]`
+    (channels last).
+  * nnU-Net v2 (recognised by `channel_names` or `file_ending`): `channel_names` ({"0": "CT", ...}), `labels`
+    ({"background": 0, "x": 1, ...}), `file_ending` (".nii.gz" or ".nii"), no case list: every
+    `labelsTr/x{file_ending}` is a case whose channel i is the 3D file `imagesTr/x_{i:04d}{file_ending}`.
+Labels are 3D integers. Either spelling of `labels` is read in both layouts. A label named "ignore" (nnU-Net v2's
+ignore label, the highest value) marks voxels that are not annotated: it is not a class (not in `class_names` nor
+`num_classes`), its value is `ignore_label` of the index and dataset, and label maps keep it as it is.
+
+Resampling. With a target spacing (`index_msd(target_spacing=...)`), each case is resampled after normalisation
+(`slicejax.resample`: images by cubic splines, labels per-class linear, anisotropic volumes in-plane and
+through-plane separately); its `shape` and `spacing` describe the new grid, and `Volume.original_label` keeps the
+label on the files' grid, where predictions are scored (`resample.to_original` maps them there).
 
 Axis convention. The NIfTI data array `(X, Y, Z[, C])` has its slicing axis `a` (0, 1 or 2) moved to the front with
 `np.moveaxis(arr, a, 0)`; the two remaining spatial axes keep their order. Labels become `[D, H, W]` and images
@@ -21,6 +34,9 @@ Intensities are normalised per volume and per channel (the files' scales differ 
   * "zscore": `(x - mean) / max(std, 1e-8)` with mean and std over all voxels of the channel;
   * "ct": clip to `ct_window = (lo, hi)` in Hounsfield units, then map linearly to [-1, 1]
     (`2 * (x - lo) / (hi - lo) - 1`), so one HU value means the same number in every volume;
+  * "ct:LO:HI:MEAN:STD" (nnU-Net's CT scheme, with the dataset's foreground statistics from
+    `slicejax.fingerprint`): clip to [LO, HI], then `(x - MEAN) / STD`;
+  * one of these per channel, separated by commas (e.g. "ct:-17:201:99:40,zscore"); a single item applies to all;
 then rounded once to float16, which `Volume.image` holds (half the host memory of float32; device arrays are built
 in float32 from it). float16 keeps 11 significant bits, a relative error of at most 2**-11 (about 3 significant
 digits): at most 2**-12 on "ct" values in [-1, 1] (0.25 HU of a 2000 HU window), and z-scores never come near
@@ -29,7 +45,8 @@ float16's largest value 65504 (|z| <= sqrt(N - 1) over N voxels). Labels are hel
 
 Cache. With `cache_dir`, each preprocessed case is stored as one uncompressed `.npz` file in `cache_dir/volumes/`:
 the float16 image, the label in the smallest unsigned type that holds its values, the sorted label values and the
-entry's key. The key (and, shortened, the file name) hashes both NIfTI files' bytes (SHA-256), the preprocessing
+entry's key (and the label on the original grid when resampled). The key (and, shortened, the file name) hashes
+every NIfTI file's bytes (SHA-256), the preprocessing
 settings and the format version, so work folders, datasets and processes can share one folder (`default_cache_dir()`).
 Each entry is written atomically: it is complete or absent, and concurrent writers of an entry write the same bytes
 twice. A load from the cache gives exactly the arrays of a load without it. The label values are checked against
@@ -54,12 +71,16 @@ from nibabel import wrapstruct
 import numpy as np
 
 from slicejax import files
+from slicejax import resample as resample_lib
 from slicejax.errors import InputError
 
 NORMALIZATIONS = ("zscore", "ct")
+# A label of this name in dataset.json is nnU-Net v2's ignore label: voxels not annotated, not a class.
+IGNORE_NAME = "ignore"
+_FILE_ENDINGS = (".nii.gz", ".nii")
 _STD_FLOOR = 1e-8
 # Bumped whenever the cached arrays or their meaning change, so old entries miss.
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 _GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI2_HEADER_SIZE = 540
 # Everything nibabel, gzip and zlib raise for a damaged file; caught while decoding a header or a whole data block.
@@ -74,10 +95,14 @@ class Volume:
   Attributes:
     case_id: file name without `.nii.gz`, e.g. "hippocampus_001".
     image: `[D, H, W, C]` float16, normalised per channel.
-    label: `[D, H, W]` uint8 class indices (uint16 for more than 256 classes).
-    spacing: `(sD, sH, sW)` voxel size in mm.
-    affine: `[4, 4]` float64, the image file's voxel-to-world affine (NIfTI axis order).
+    label: `[D, H, W]` uint8 class indices (uint16 for more than 256 classes); voxels of the dataset's ignore label
+      (`Dataset.ignore_label`) keep that value.
+    spacing: `(sD, sH, sW)` voxel size in mm (the target spacing when resampled).
+    affine: `[4, 4]` float64, the image file's voxel-to-world affine (NIfTI axis order, original grid).
     slicing_axis: the NIfTI axis (0, 1 or 2) that became D.
+    original_label: None when the volume was not resampled; else the label `[D0, H0, W0]` on the file's own grid,
+      against which predictions are scored (`resample.to_original` maps a prediction there).
+    original_spacing: None when not resampled; else the file's `(sD, sH, sW)`.
   """
   case_id: str
   image: np.ndarray
@@ -85,15 +110,22 @@ class Volume:
   spacing: tuple
   affine: np.ndarray
   slicing_axis: int
+  original_label: np.ndarray | None = None
+  original_spacing: tuple | None = None
 
   @property
   def depth(self) -> int:
     return self.label.shape[0]
 
   @property
+  def resampled(self) -> bool:
+    return self.original_label is not None
+
+  @property
   def original_shape(self) -> tuple:
     """The spatial shape `(X, Y, Z)` of the NIfTI files this volume came from."""
-    return tuple(to_nifti_order(np.empty(self.label.shape, np.bool_), self.slicing_axis).shape)
+    grid = self.original_label if self.resampled else self.label
+    return tuple(to_nifti_order(np.empty(grid.shape, np.bool_), self.slicing_axis).shape)
 
 
 class _ClassesAndChannels:
@@ -115,15 +147,17 @@ class Dataset(_ClassesAndChannels):
   Attributes:
     name: `name` from dataset.json, else the folder name.
     root: the folder it was read from.
-    class_names: class names by label value; `class_names[0]` is the background.
-    channel_names: image channel names (from `modality`, else "channel_<i>").
+    class_names: class names by label value; `class_names[0]` is the background. Without the ignore label.
+    channel_names: image channel names (from `modality` or `channel_names`, else "channel_<i>").
     volumes: the cases, sorted by case_id.
+    ignore_label: the value of nnU-Net v2's ignore label (a label named "ignore", above every class), else None.
   """
   name: str
   root: str
   class_names: tuple
   channel_names: tuple
   volumes: tuple
+  ignore_label: int | None = None
 
   def by_id(self) -> dict:
     """Returns {case_id: Volume}."""
@@ -135,26 +169,40 @@ class CaseInfo:
   """One case as its NIfTI headers describe it; no voxel has been read.
 
   Attributes:
-    case_id: file name without `.nii.gz`.
-    image_path, label_path: the two files.
-    shape: `(D, H, W)`, the label's shape in volume order (the image's is `shape + (num_channels,)`).
-    spacing: `(sD, sH, sW)` voxel size in mm.
+    case_id: file name without `.nii.gz` (and without nnU-Net v2's channel suffix `_0000`).
+    image_paths: the image files: one (3D or 4D), or one 3D file per channel (nnU-Net v2).
+    label_path: the label file.
+    shape: `(D, H, W)`, the label's shape in volume order once resampled (the image's is `shape + (num_channels,)`).
+    spacing: `(sD, sH, sW)` voxel size in mm once resampled.
     num_channels: C, 1 for a 3D image.
-    nifti_shape: the image file's array shape `(X, Y, Z[, C])`.
+    nifti_shape: the array shape `(X, Y, Z[, C])` of the image file (of each channel file: `(X, Y, Z)`).
     affine: `[4, 4]` float64, the image file's voxel-to-world affine.
+    original_spacing, original_shape: the file's spacing and shape in volume order (equal to `spacing` and `shape`
+      when not resampled).
   """
   case_id: str
-  image_path: pathlib.Path
+  image_paths: tuple
   label_path: pathlib.Path
   shape: tuple
   spacing: tuple
   num_channels: int
   nifti_shape: tuple
   affine: np.ndarray
+  original_spacing: tuple
+  original_shape: tuple
+
+  @property
+  def image_path(self) -> pathlib.Path:
+    """The (first) image file."""
+    return self.image_paths[0]
 
   @property
   def depth(self) -> int:
     return self.shape[0]
+
+  @property
+  def resampled(self) -> bool:
+    return self.shape != self.original_shape or self.spacing != self.original_spacing
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -164,10 +212,12 @@ class DatasetIndex(_ClassesAndChannels):
   Attributes:
     name: `name` from dataset.json, else the folder name.
     root: the folder it was read from.
-    class_names: class names by label value; `class_names[0]` is the background.
-    channel_names: image channel names (from `modality`, else "channel_<i>").
+    class_names: class names by label value; `class_names[0]` is the background. Without the ignore label.
+    channel_names: image channel names (from `modality` or `channel_names`, else "channel_<i>").
     slicing_axis: the NIfTI axis (0, 1 or 2) that becomes D.
     cases: CaseInfo per case, sorted by case_id.
+    ignore_label: the value of nnU-Net v2's ignore label (a label named "ignore", above every class), else None.
+    target_spacing: `()` or the `(sX, sY, sZ)` (NIfTI order, 0 = keep) the cases are resampled to.
   """
   name: str
   root: str
@@ -175,6 +225,8 @@ class DatasetIndex(_ClassesAndChannels):
   channel_names: tuple
   slicing_axis: int
   cases: tuple
+  ignore_label: int | None = None
+  target_spacing: tuple = ()
 
   @property
   def case_ids(self) -> tuple:
@@ -226,16 +278,15 @@ def _smallest_int(lo: int, hi: int):
 
 def _read_json(path: pathlib.Path) -> dict:
   if not path.is_file():
-    raise InputError(path, "missing (expected an MSD dataset.json)")
+    raise InputError(path, "missing (expected an MSD or nnU-Net v2 dataset.json)")
   try:
     meta = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise InputError(path, f"not valid JSON: {e}") from e
   if not isinstance(meta, dict):
     raise InputError(path, "not a JSON object")
-  for key in ("training", "labels"):
-    if key not in meta:
-      raise InputError(path, f"lacks '{key}'")
+  if "labels" not in meta:
+    raise InputError(path, "lacks 'labels'")
   return meta
 
 
@@ -255,6 +306,38 @@ def _index_map(path, key: str, mapping) -> tuple:
   return tuple(by_index[i] for i in range(len(by_index)))
 
 
+def _labels(path, mapping) -> tuple:
+  """dataset.json `labels` -> (class_names, ignore_label).
+
+  Both spellings are read: MSD {"0": "background", "1": "x"} and nnU-Net v2 {"background": 0, "x": 1}. A label
+  named "ignore" (nnU-Net v2's ignore label) must carry the highest value; it is not a class.
+  """
+  if not isinstance(mapping, dict) or not mapping:
+    raise InputError(path, "'labels' must be a non-empty object")
+  if any(isinstance(v, (list, tuple)) for v in mapping.values()):
+    raise InputError(path, "'labels' holds region-based entries (lists of values), which are not supported")
+  ignore = [k for k, v in mapping.items() if IGNORE_NAME in (k, v)]
+  if not ignore:
+    return _index_map(path, "labels", mapping), None
+  if len(ignore) > 1:
+    raise InputError(path, f"'labels' names '{IGNORE_NAME}' {len(ignore)} times")
+  value = ignore[0] if mapping[ignore[0]] == IGNORE_NAME else mapping[ignore[0]]
+  rest = {k: v for k, v in mapping.items() if k != ignore[0]}
+  try:
+    value = int(value)
+  except (TypeError, ValueError) as e:
+    raise InputError(path, f"'labels': '{IGNORE_NAME}' must have an integer value, got {value!r}") from e
+  spelled_v2 = all(isinstance(v, int) and not isinstance(v, bool) for v in rest.values())
+  others = [v if spelled_v2 else k for k, v in rest.items()]
+  try:
+    highest = max(int(v) for v in others) if others else -1
+  except (TypeError, ValueError) as e:
+    raise InputError(path, f"'labels' keys must be integers, got {list(mapping)}") from e
+  if value <= highest:
+    raise InputError(path, f"'labels': '{IGNORE_NAME}' must have the highest value (above {highest}), got {value}")
+  return _index_map(path, "labels", rest), value
+
+
 def _case_id(image_path: str) -> str:
   name = pathlib.PurePosixPath(image_path).name
   for suffix in (".nii.gz", ".nii"):
@@ -264,7 +347,7 @@ def _case_id(image_path: str) -> str:
 
 
 def _training_pairs(json_path: pathlib.Path, training) -> list:
-  """Returns [(case_id, image_path, label_path)] sorted by case_id."""
+  """MSD `training` list -> [(case_id, (image_path,), label_path)] sorted by case_id."""
   if not isinstance(training, list):
     raise InputError(json_path, "'training' must be a list")
   if not training:
@@ -277,8 +360,68 @@ def _training_pairs(json_path: pathlib.Path, training) -> list:
     case_id = _case_id(entry["image"])
     if case_id in pairs:
       raise InputError(json_path, f"case '{case_id}' is listed twice in 'training'")
-    pairs[case_id] = (root / entry["image"], root / entry["label"])
+    pairs[case_id] = ((root / entry["image"],), root / entry["label"])
   return [(c, *pairs[c]) for c in sorted(pairs)]
+
+
+def _listed(folder: pathlib.Path, ending: str) -> list:
+  """Names in `folder` ending in `ending`, sorted, without hidden files (e.g. the `._x.nii.gz` of macOS archives)."""
+  return sorted(p.name for p in folder.iterdir() if p.name.endswith(ending) and not p.name.startswith("."))
+
+
+def _discovered_pairs(json_path: pathlib.Path, meta: dict, file_ending: str, channel_names) -> list:
+  """Cases found in `labelsTr/` -> [(case_id, image paths, label_path)] sorted by case_id.
+
+  nnU-Net v2 (`channel_names` given): channel i of case x is `imagesTr/x_{i:04d}{file_ending}`. MSD without a
+  `training` list: one (3D or 4D) image `imagesTr/x{file_ending}` per case.
+  """
+  root = json_path.parent
+  labels_dir = root / "labelsTr"
+  if not labels_dir.is_dir():
+    raise InputError(labels_dir, f"missing (and {json_path.name} has no 'training' list, so cases are read from it)")
+  names = _listed(labels_dir, file_ending)
+  if not names:
+    others = sorted(p.name for p in labels_dir.iterdir() if not p.name.startswith("."))
+    hint = f"; found e.g. '{others[0]}': does 'file_ending' in {json_path.name} match the files?" if others else ""
+    raise InputError(labels_dir, f"no label files ending in '{file_ending}'{hint}")
+  if isinstance(meta.get("numTraining"), int) and meta["numTraining"] != len(names):
+    raise InputError(labels_dir, f"holds {len(names)} label files but {json_path.name} says numTraining "
+                     f"{meta['numTraining']}")
+  pairs = []
+  for name in names:
+    case_id = name[:-len(file_ending)]
+    if channel_names is None:
+      images = (root / "imagesTr" / f"{case_id}{file_ending}",)
+    else:
+      images = tuple(root / "imagesTr" / f"{case_id}_{i:04d}{file_ending}" for i in range(len(channel_names)))
+    for i, path in enumerate(images):
+      if not path.is_file():
+        what = f"channel {i} ('{channel_names[i]}') of case '{case_id}'" if channel_names else f"case '{case_id}'"
+        raise InputError(path, f"missing: the image of {what} (label {labels_dir.name}/{name})")
+    pairs.append((case_id, images, labels_dir / name))
+  return pairs
+
+
+def _layout(json_path: pathlib.Path, meta: dict) -> tuple:
+  """Returns (channel names or None, file_ending, channels in separate files, cases) of dataset.json `meta`."""
+  v2 = "channel_names" in meta or "file_ending" in meta
+  if v2:
+    if "channel_names" not in meta:
+      raise InputError(json_path, "has 'file_ending' but lacks 'channel_names' (nnU-Net v2 layout)")
+    channel_names = _index_map(json_path, "channel_names", meta["channel_names"])
+    file_ending = meta.get("file_ending")
+    if not isinstance(file_ending, str):
+      raise InputError(json_path, f"lacks 'file_ending' (nnU-Net v2 layout), e.g. \".nii.gz\"")
+  else:
+    channel_names = _index_map(json_path, "modality", meta["modality"]) if "modality" in meta else None
+    file_ending = ".nii.gz"
+  if file_ending not in _FILE_ENDINGS:
+    raise InputError(json_path, f"'file_ending' {file_ending!r} is not supported; NIfTI only: {_FILE_ENDINGS}")
+  if "training" in meta and not v2:
+    return channel_names, file_ending, False, _training_pairs(json_path, meta["training"])
+  separate = v2
+  return channel_names, file_ending, separate, _discovered_pairs(json_path, meta, file_ending,
+                                                                 channel_names if separate else None)
 
 
 def _nifti_class(head: bytes):
@@ -321,47 +464,71 @@ def _read_header(path: pathlib.Path, json_path: pathlib.Path) -> tuple:
   return shape, affine, zooms
 
 
-def _index_case(case_id, image_path, label_path, json_path, slicing_axis: int, affine_tolerance: float) -> CaseInfo:
-  """Reads and checks the two headers of one case."""
-  image_shape, affine, zooms = _read_header(image_path, json_path)
+def _index_case(case_id, image_paths, label_path, json_path, slicing_axis: int, affine_tolerance: float,
+                target_spacing) -> CaseInfo:
+  """Reads and checks the headers of one case (one image file, 3D or 4D, or one 3D file per channel)."""
   label_shape, label_affine, _ = _read_header(label_path, json_path)
-  if len(image_shape) not in (3, 4):
-    raise InputError(image_path, f"image must be 3D [X, Y, Z] or 4D [X, Y, Z, C], got shape {image_shape}")
   if len(label_shape) != 3:
     raise InputError(label_path, f"label must be 3D [X, Y, Z], got shape {label_shape}")
-  if image_shape[:3] != label_shape:
-    raise InputError(label_path, f"label shape {label_shape} differs from image shape {image_shape[:3]} ({image_path})")
-  if min(image_shape) < 1:
-    raise InputError(image_path, f"image has no voxels, shape {image_shape}")
-  if not all(np.isfinite(z) and z > 0 for z in zooms):
-    raise InputError(image_path, f"voxel spacing {zooms} must be positive")
+  num_channels, affine, zooms = 0, None, None
+  for image_path in image_paths:
+    image_shape, image_affine, image_zooms = _read_header(image_path, json_path)
+    if len(image_paths) > 1 and len(image_shape) != 3:
+      raise InputError(image_path, f"a channel file must be 3D [X, Y, Z], got shape {image_shape}")
+    if len(image_shape) not in (3, 4):
+      raise InputError(image_path, f"image must be 3D [X, Y, Z] or 4D [X, Y, Z, C], got shape {image_shape}")
+    if image_shape[:3] != label_shape:
+      raise InputError(label_path, f"label shape {label_shape} differs from image shape {image_shape[:3]} "
+                       f"({image_path})")
+    if min(image_shape) < 1:
+      raise InputError(image_path, f"image has no voxels, shape {image_shape}")
+    if not all(np.isfinite(z) and z > 0 for z in image_zooms):
+      raise InputError(image_path, f"voxel spacing {image_zooms} must be positive")
+    if affine is None:
+      affine, zooms, nifti_shape = image_affine, image_zooms, image_shape
+    else:
+      difference = float(np.max(np.abs(affine - image_affine)))
+      if difference > affine_tolerance:
+        raise InputError(image_path, f"affine differs from the first channel's ({image_paths[0].name}) by "
+                         f"{difference:.3g} > tolerance {affine_tolerance:g}")
+    num_channels += image_shape[3] if len(image_shape) == 4 else 1
   difference = float(np.max(np.abs(affine - label_affine)))
   if difference > affine_tolerance:
-    raise InputError(label_path, f"affine differs from the image's ({image_path.name}) by {difference:.3g} > "
+    raise InputError(label_path, f"affine differs from the image's ({image_paths[0].name}) by {difference:.3g} > "
                      f"tolerance {affine_tolerance:g}")
   order = [slicing_axis] + [a for a in range(3) if a != slicing_axis]
-  return CaseInfo(case_id=case_id, image_path=image_path, label_path=label_path,
-                  shape=tuple(label_shape[a] for a in order), spacing=tuple(zooms[a] for a in order),
-                  num_channels=image_shape[3] if len(image_shape) == 4 else 1, nifti_shape=image_shape, affine=affine)
+  new_shape, new_spacing = resample_lib.target_grid(label_shape, zooms, target_spacing)
+  return CaseInfo(case_id=case_id, image_paths=tuple(image_paths), label_path=label_path,
+                  shape=tuple(new_shape[a] for a in order), spacing=tuple(new_spacing[a] for a in order),
+                  num_channels=num_channels, nifti_shape=nifti_shape if len(image_paths) == 1 else label_shape,
+                  affine=affine, original_spacing=tuple(zooms[a] for a in order),
+                  original_shape=tuple(label_shape[a] for a in order))
 
 
-def _check_index_settings(slicing_axis, affine_tolerance, max_cases) -> None:
+def _check_index_settings(slicing_axis, affine_tolerance, max_cases, target_spacing) -> None:
   if slicing_axis not in (0, 1, 2) or isinstance(slicing_axis, bool):
     raise InputError("slicing_axis", f"must be 0, 1 or 2, got {slicing_axis!r}")
   if not affine_tolerance >= 0:
     raise InputError("affine_tolerance", f"must be >= 0, got {affine_tolerance!r}")
   if max_cases is not None and not (isinstance(max_cases, int) and max_cases > 0):
     raise InputError("max_cases", f"must be a positive integer or None, got {max_cases!r}")
+  if target_spacing and not (len(target_spacing) == 3 and all(
+      isinstance(s, (int, float)) and np.isfinite(s) and s >= 0 for s in target_spacing)):
+    raise InputError("target_spacing", f"must be () or three numbers >= 0 (mm, NIfTI axes; 0 keeps an axis), got "
+                     f"{target_spacing!r}")
 
 
-def index_msd(root, *, slicing_axis: int = 2, affine_tolerance: float = 1e-3, max_cases=None) -> DatasetIndex:
+def index_msd(root, *, slicing_axis: int = 2, affine_tolerance: float = 1e-3, max_cases=None,
+              target_spacing=()) -> DatasetIndex:
   """Reads dataset.json and the NIfTI headers of every training case, without reading any voxel.
 
   Args:
-    root: folder holding `dataset.json`, `imagesTr/` and `labelsTr/`.
+    root: an MSD or nnU-Net v2 folder: `dataset.json`, `imagesTr/` and `labelsTr/` (see the module docstring).
     slicing_axis: NIfTI axis (0, 1 or 2) that becomes D.
     affine_tolerance: largest allowed absolute difference between an image's and its label's affine entries.
     max_cases: index only the first `max_cases` cases in case_id order.
+    target_spacing: `()` to keep each file's grid, or `(sX, sY, sZ)` mm in NIfTI axis order to resample to (an entry
+      0 keeps that axis); the cases' `shape` and `spacing` then describe the resampled grid.
 
   Returns:
     A DatasetIndex whose cases are sorted by case_id.
@@ -369,27 +536,30 @@ def index_msd(root, *, slicing_axis: int = 2, affine_tolerance: float = 1e-3, ma
   Raises:
     InputError: naming the file (or setting) for anything a header shows to be wrong (see the module docstring).
   """
-  _check_index_settings(slicing_axis, affine_tolerance, max_cases)
+  target_spacing = tuple(target_spacing or ())
+  _check_index_settings(slicing_axis, affine_tolerance, max_cases, target_spacing)
   start = time.perf_counter()
   root = pathlib.Path(root)
   json_path = root / "dataset.json"
   meta = _read_json(json_path)
-  class_names = _index_map(json_path, "labels", meta["labels"])
-  modality = _index_map(json_path, "modality", meta["modality"]) if "modality" in meta else None
+  class_names, ignore_label = _labels(json_path, meta["labels"])
+  channel_names, _, separate, pairs = _layout(json_path, meta)
   cases = []
-  num_channels = len(modality) if modality else None
-  for case_id, image_path, label_path in _training_pairs(json_path, meta["training"])[:max_cases]:
-    case = _index_case(case_id, image_path, label_path, json_path, slicing_axis, affine_tolerance)
+  num_channels = len(channel_names) if channel_names else None
+  for case_id, image_paths, label_path in pairs[:max_cases]:
+    case = _index_case(case_id, image_paths, label_path, json_path, slicing_axis, affine_tolerance, target_spacing)
     if num_channels is None:
       num_channels = case.num_channels
     if case.num_channels != num_channels:
-      expected = f"'modality' in {json_path.name} lists" if modality else "earlier cases have"
-      raise InputError(image_path, f"image has {case.num_channels} channel(s) but {expected} {num_channels}")
+      key = "channel_names" if separate else "modality"
+      expected = f"'{key}' in {json_path.name} lists" if channel_names else "earlier cases have"
+      raise InputError(image_paths[0], f"image has {case.num_channels} channel(s) but {expected} {num_channels}")
     cases.append(case)
   logging.info("Indexed %d cases of %s in %.2fs.", len(cases), root, time.perf_counter() - start)
   return DatasetIndex(name=str(meta.get("name", root.name)), root=str(root), class_names=class_names,
-                      channel_names=modality or tuple(f"channel_{i}" for i in range(num_channels)),
-                      slicing_axis=slicing_axis, cases=tuple(cases))
+                      channel_names=channel_names or tuple(f"channel_{i}" for i in range(num_channels)),
+                      slicing_axis=slicing_axis, cases=tuple(cases), ignore_label=ignore_label,
+                      target_spacing=target_spacing)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -408,11 +578,12 @@ def _decode_nifti(path: pathlib.Path, raw: bytes) -> np.ndarray:
     raise _cannot_read(path, e) from e
 
 
-def _check_label_values(path, values: np.ndarray, num_classes: int) -> None:
-  undeclared = [v for v in values.tolist() if not 0 <= v < num_classes]
+def _check_label_values(path, values: np.ndarray, num_classes: int, ignore_label=None) -> None:
+  undeclared = [v for v in values.tolist() if not (0 <= v < num_classes or v == ignore_label)]
   if undeclared:
+    ignore = "" if ignore_label is None else f" and {ignore_label} ('{IGNORE_NAME}')"
     raise InputError(path, f"label values {undeclared} are not declared in dataset.json 'labels' "
-                     f"(0..{num_classes - 1})")
+                     f"(0..{num_classes - 1}{ignore})")
 
 
 def _as_int_label(path, data: np.ndarray) -> np.ndarray:
@@ -428,45 +599,103 @@ def _as_int_label(path, data: np.ndarray) -> np.ndarray:
   return data.astype(np.int32)
 
 
+def parse_normalization(spec: str) -> tuple:
+  """Parses a normalisation setting (see the module docstring) into per-channel items.
+
+  Args:
+    spec: "zscore", "ct", or a comma-separated list with one item per channel, each "zscore", "ct" or
+      "ct:LO:HI:MEAN:STD".
+
+  Returns:
+    A tuple of items, each ("zscore",), ("ct",) or ("ct", lo, hi, mean, std); one item means every channel.
+
+  Raises:
+    InputError("normalization", ...) for a malformed setting.
+  """
+  items = []
+  for word in str(spec).split(","):
+    parts = word.strip().split(":")
+    if parts[0] not in NORMALIZATIONS or (parts[0] == "zscore" and len(parts) > 1) or len(parts) not in (1, 5):
+      raise InputError("normalization", f"unknown normalisation {word.strip()!r}; per channel one of 'zscore', 'ct' "
+                       "or 'ct:LO:HI:MEAN:STD', separated by commas")
+    if len(parts) == 5:
+      try:
+        lo, hi, mean, std = (float(p) for p in parts[1:])
+      except ValueError as e:
+        raise InputError("normalization", f"{word.strip()!r}: LO, HI, MEAN and STD must be numbers") from e
+      if not (np.isfinite([lo, hi, mean, std]).all() and lo < hi and std > 0):
+        raise InputError("normalization", f"{word.strip()!r}: needs LO < HI and STD > 0")
+      items.append(("ct", lo, hi, mean, std))
+    else:
+      items.append((parts[0],))
+  return tuple(items)
+
+
+def _normalized(image: np.ndarray, normalization: str, ct_window) -> np.ndarray:
+  """`normalize` in float64, before rounding."""
+  items = parse_normalization(normalization)
+  x = image.astype(np.float64)
+  if len(items) not in (1, x.shape[-1]):
+    raise InputError("normalization", f"{normalization!r} gives {len(items)} channel settings for an image of "
+                     f"{x.shape[-1]} channels")
+  out = np.empty_like(x)
+  spatial = tuple(range(x.ndim - 1))
+  for c in range(x.shape[-1]):
+    item, v = items[c if len(items) > 1 else 0], x[..., c]
+    if item == ("zscore",):
+      out[..., c] = (v - v.mean(axis=spatial)) / max(v.std(axis=spatial), _STD_FLOOR)
+    elif item == ("ct",):
+      lo, hi = ct_window
+      out[..., c] = 2. * (np.clip(v, lo, hi) - lo) / (hi - lo) - 1.
+    else:
+      _, lo, hi, mean, std = item
+      out[..., c] = (np.clip(v, lo, hi) - mean) / std
+  return out
+
+
 def normalize(image: np.ndarray, normalization: str, ct_window=(-1000., 1000.)) -> np.ndarray:
   """Normalises each channel of one volume (see the module docstring).
 
   Args:
     image: `[D, H, W, C]` raw intensities, any real dtype.
-    normalization: "zscore" or "ct".
+    normalization: "zscore", "ct", or one item per channel (see `parse_normalization`).
     ct_window: `(lo, hi)` clipping window for "ct".
 
   Returns:
     `[D, H, W, C]` float16, computed in float64 and rounded once.
   """
-  x = image.astype(np.float64)
-  if normalization == "zscore":
-    spatial = tuple(range(x.ndim - 1))
-    mean = x.mean(axis=spatial)
-    std = np.maximum(x.std(axis=spatial), _STD_FLOOR)
-    return ((x - mean) / std).astype(np.float16)
-  if normalization == "ct":
-    lo, hi = ct_window
-    return (2. * (np.clip(x, lo, hi) - lo) / (hi - lo) - 1.).astype(np.float16)
-  raise InputError("normalization", f"unknown normalisation {normalization!r}; choose from {NORMALIZATIONS}")
+  return _normalized(image, normalization, ct_window).astype(np.float16)
 
 
-def _decode_case(case: CaseInfo, image_raw: bytes, label_raw: bytes, slicing_axis: int, normalization: str,
-                 ct_window) -> tuple:
-  """Decodes and checks one pair; returns (image `[D, H, W, C]` float16, label `[D, H, W]` int32)."""
-  image = _decode_nifti(case.image_path, image_raw)
+def _decode_case(case: CaseInfo, image_raws, label_raw: bytes, slicing_axis: int, normalization: str,
+                 ct_window, ignore_label=None) -> tuple:
+  """Decodes, checks, normalises and resamples one case.
+
+  Returns:
+    (image `[D, H, W, C]` float16, label `[D, H, W]` int32, original label `[D0, H0, W0]` int32 or None), on the
+    case's (resampled) grid; the original label only when resampled.
+  """
+  channels = []
+  image_shape = case.nifti_shape
+  for path, raw in zip(case.image_paths, image_raws):
+    image = _decode_nifti(path, raw)
+    if image.shape != image_shape:
+      raise InputError(path, f"changed since it was indexed: shape {image.shape}, its header said {image_shape}")
+    if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
+      raise InputError(path, "image holds NaN or Inf voxels")
+    channels.append(image if image.ndim == 4 else image[..., None])
   label = _decode_nifti(case.label_path, label_raw)
-  for path, array, shape in ((case.image_path, image, case.nifti_shape),
-                             (case.label_path, label, case.nifti_shape[:3])):
-    if array.shape != shape:
-      raise InputError(path, f"changed since it was indexed: shape {array.shape}, its header said {shape}")
-  if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
-    raise InputError(case.image_path, "image holds NaN or Inf voxels")
-  label = _as_int_label(case.label_path, label)
-  if image.ndim == 3:
-    image = image[..., None]
-  image = normalize(to_volume_order(image, slicing_axis), normalization, ct_window)
-  return np.ascontiguousarray(image), np.ascontiguousarray(to_volume_order(label, slicing_axis))
+  if label.shape != case.nifti_shape[:3]:
+    raise InputError(case.label_path, f"changed since it was indexed: shape {label.shape}, its header said "
+                     f"{case.nifti_shape[:3]}")
+  label = np.ascontiguousarray(to_volume_order(_as_int_label(case.label_path, label), slicing_axis))
+  image = np.concatenate(channels, axis=-1) if len(channels) > 1 else channels[0]
+  image = _normalized(to_volume_order(image, slicing_axis), normalization, ct_window)
+  if not case.resampled:
+    return np.ascontiguousarray(image.astype(np.float16)), label, None
+  image = resample_lib.resample_image(image, case.shape, case.original_spacing).astype(np.float16)
+  resampled = resample_lib.resample_label(label, case.shape, case.original_spacing)
+  return image, resampled, label
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -474,9 +703,9 @@ def _decode_case(case: CaseInfo, image_raw: bytes, label_raw: bytes, slicing_axi
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _cache_key(image_raw: bytes, label_raw: bytes, settings: dict) -> str:
-  parts = {"image": hashlib.sha256(image_raw).hexdigest(), "label": hashlib.sha256(label_raw).hexdigest(),
-           "settings": settings, "format": _CACHE_FORMAT}
+def _cache_key(image_raws, label_raw: bytes, settings: dict) -> str:
+  parts = {"image": [hashlib.sha256(raw).hexdigest() for raw in image_raws],
+           "label": hashlib.sha256(label_raw).hexdigest(), "settings": settings, "format": _CACHE_FORMAT}
   return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -485,7 +714,8 @@ def _cache_path(folder: pathlib.Path, case_id: str, key: str) -> pathlib.Path:
 
 
 def _read_cache(path: pathlib.Path, key: str, case: CaseInfo):
-  """Returns (image, label, label values) of the entry at `path` if it has the right key and shapes, else None."""
+  """Returns (image, label, original label or None, label values) of the entry at `path` if it has the right key and
+  shapes, else None."""
   if not path.is_file():
     return None
   try:
@@ -493,20 +723,24 @@ def _read_cache(path: pathlib.Path, key: str, case: CaseInfo):
       if str(entry["key"]) != key:
         return None
       image, label, label_values = entry["image"], entry["label"], entry["label_values"]
+      original = entry["original_label"] if "original_label" in entry.files else None
   except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
     logging.warning("Ignoring unreadable cache entry %s: %s", path, e)
     return None
-  if image.shape != case.shape + (case.num_channels,) or image.dtype != np.float16 or label.shape != case.shape:
+  if (image.shape != case.shape + (case.num_channels,) or image.dtype != np.float16 or label.shape != case.shape
+      or (original is None) == case.resampled or (original is not None and original.shape != case.original_shape)):
     logging.warning("Ignoring cache entry %s: its arrays do not match %s's header", path, case.image_path)
     return None
-  return image, label, label_values
+  return image, label, original, label_values
 
 
-def _write_cache(path: pathlib.Path, key: str, image: np.ndarray, label: np.ndarray, label_values: np.ndarray):
+def _write_cache(path: pathlib.Path, key: str, image: np.ndarray, label: np.ndarray, original, label_values):
   # One file per entry, written atomically: an entry is complete or absent, never half written.
-  stored = label.astype(_smallest_int(label_values[0], label_values[-1]))
-  files.atomic_writer(path, lambda f: np.savez(f, key=np.array(key), image=image, label=stored,
-                                               label_values=label_values))
+  dtype = _smallest_int(label_values[0], label_values[-1])
+  arrays = dict(key=np.array(key), image=image, label=label.astype(dtype), label_values=label_values)
+  if original is not None:
+    arrays["original_label"] = original.astype(dtype)
+  files.atomic_writer(path, lambda f: np.savez(f, **arrays))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -524,26 +758,27 @@ def _read_bytes(path: pathlib.Path, json_path: pathlib.Path) -> bytes:
 
 
 def _check_normalization(normalization, ct_window) -> None:
-  if normalization not in NORMALIZATIONS:
-    raise InputError("normalization", f"unknown normalisation {normalization!r}; choose from {NORMALIZATIONS}")
-  if normalization == "ct" and not (len(ct_window) == 2 and float(ct_window[0]) < float(ct_window[1])):
+  items = parse_normalization(normalization)
+  if ("ct",) in items and not (len(ct_window) == 2 and float(ct_window[0]) < float(ct_window[1])):
     raise InputError("ct_window", f"must be (lo, hi) with lo < hi, got {ct_window!r}")
 
 
 def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_window=(-1000., 1000.),
                  cache_dir=None) -> Dataset:
-  """Reads, checks and normalises the voxels of every case of `index`.
+  """Reads, checks, normalises and (with `index.target_spacing`) resamples the voxels of every case of `index`.
 
   Args:
     index: from `index_msd`, possibly narrowed with `DatasetIndex.select`.
-    normalization: "zscore" or "ct" (see the module docstring).
+    normalization: "zscore", "ct", or one item per channel (see `parse_normalization` and the module docstring).
     ct_window: `(lo, hi)` clipping window for "ct".
     cache_dir: optional cache folder, e.g. `default_cache_dir()`; entries go in its `volumes/` folder, created if
       missing.
 
   Returns:
     A Dataset whose volumes follow `index.cases`: images `[D, H, W, C]` float16, labels `[D, H, W]` uint8 (uint16
-    for more than 256 classes). The same arrays whether they come from the files or from the cache.
+    for more than 256 classes; the ignore label's voxels keep its value), on the resampled grid, with the labels on
+    the files' grid in `Volume.original_label` when resampled. The same arrays whether they come from the files or
+    from the cache.
 
   Raises:
     InputError: naming the file (or setting) for any bad input; see the module docstring.
@@ -552,53 +787,60 @@ def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_windo
   start = time.perf_counter()
   json_path = pathlib.Path(index.root) / "dataset.json"
   settings = {"slicing_axis": index.slicing_axis, "normalization": normalization}
-  if normalization == "ct":
+  if any(item == ("ct",) for item in parse_normalization(normalization)):
     settings["ct_window"] = [float(w) for w in ct_window]
+  if index.target_spacing:
+    settings["target_spacing"] = [float(s) for s in index.target_spacing]
   folder = None
   if cache_dir is not None:
     folder = pathlib.Path(cache_dir) / "volumes"
     folder.mkdir(parents=True, exist_ok=True)
-  label_dtype = _smallest_int(0, index.num_classes - 1)
+  highest = index.num_classes - 1 if index.ignore_label is None else max(index.num_classes - 1, index.ignore_label)
+  label_dtype = _smallest_int(0, highest)
 
   volumes, hits = [], 0
   for case in index.cases:
-    image_raw = _read_bytes(case.image_path, json_path)
+    image_raws = [_read_bytes(path, json_path) for path in case.image_paths]
     label_raw = _read_bytes(case.label_path, json_path)
     cached = None
     if folder is not None:
-      key = _cache_key(image_raw, label_raw, settings)
+      key = _cache_key(image_raws, label_raw, settings)
       path = _cache_path(folder, case.case_id, key)
       cached = _read_cache(path, key, case)
     if cached is None:
-      image, label = _decode_case(case, image_raw, label_raw, index.slicing_axis, normalization, ct_window)
-      label_values = np.unique(label)
+      image, label, original = _decode_case(case, image_raws, label_raw, index.slicing_axis, normalization, ct_window)
+      label_values = np.unique(label if original is None else original)
       if folder is not None:
-        _write_cache(path, key, image, label, label_values)
+        _write_cache(path, key, image, label, original, label_values)
     else:
-      image, label, label_values = cached
+      image, label, original, label_values = cached
       hits += 1
     # dataset.json is not part of the cache key, so this check runs on cached entries too.
-    _check_label_values(case.label_path, label_values, index.num_classes)
-    volumes.append(Volume(case_id=case.case_id, image=image, label=label.astype(label_dtype, copy=False),
-                          spacing=case.spacing, affine=case.affine, slicing_axis=index.slicing_axis))
+    _check_label_values(case.label_path, label_values, index.num_classes, index.ignore_label)
+    volumes.append(Volume(
+        case_id=case.case_id, image=image, label=label.astype(label_dtype, copy=False), spacing=case.spacing,
+        affine=case.affine, slicing_axis=index.slicing_axis,
+        original_label=None if original is None else original.astype(label_dtype, copy=False),
+        original_spacing=case.original_spacing if case.resampled else None))
   logging.info("Loaded %d cases from %s in %.2fs (%d from cache).", len(volumes), index.root,
                time.perf_counter() - start, hits)
   return Dataset(name=index.name, root=index.root, class_names=index.class_names, channel_names=index.channel_names,
-                 volumes=tuple(volumes))
+                 volumes=tuple(volumes), ignore_label=index.ignore_label)
 
 
 def load_msd(root, *, slicing_axis: int = 2, normalization: str = "zscore", ct_window=(-1000., 1000.),
-             cache_dir=None, affine_tolerance: float = 1e-3, max_cases=None) -> Dataset:
-  """Indexes and loads every training case of an MSD folder: `load_volumes(index_msd(root, ...), ...)`.
+             cache_dir=None, affine_tolerance: float = 1e-3, max_cases=None, target_spacing=()) -> Dataset:
+  """Indexes and loads every training case of an MSD or nnU-Net v2 folder: `load_volumes(index_msd(root, ...), ...)`.
 
   Args:
     root: folder holding `dataset.json`, `imagesTr/` and `labelsTr/`.
     slicing_axis: NIfTI axis (0, 1 or 2) moved to the front as D.
-    normalization: "zscore" or "ct" (see the module docstring).
+    normalization: "zscore", "ct" or per channel (see `load_volumes`).
     ct_window: `(lo, hi)` clipping window for "ct".
     cache_dir: optional cache folder (see `load_volumes`).
     affine_tolerance: largest allowed absolute difference between an image's and its label's affine entries.
     max_cases: load only the first `max_cases` cases in case_id order.
+    target_spacing: `()` or `(sX, sY, sZ)` mm to resample to (see `index_msd`).
 
   Returns:
     A Dataset whose volumes are sorted by case_id (see `load_volumes`).
@@ -606,7 +848,8 @@ def load_msd(root, *, slicing_axis: int = 2, normalization: str = "zscore", ct_w
   Raises:
     InputError: naming the file (or setting) for any bad input; see the module docstring.
   """
-  index = index_msd(root, slicing_axis=slicing_axis, affine_tolerance=affine_tolerance, max_cases=max_cases)
+  index = index_msd(root, slicing_axis=slicing_axis, affine_tolerance=affine_tolerance, max_cases=max_cases,
+                    target_spacing=target_spacing)
   return load_volumes(index, normalization=normalization, ct_window=ct_window, cache_dir=cache_dir)
 
 
@@ -706,7 +949,8 @@ def save_label(path, label: np.ndarray, volume: Volume) -> pathlib.Path:
 
   Args:
     path: output path ending in `.nii.gz` or `.nii`.
-    label: `[D, H, W]` integer or bool array with `volume.label`'s shape.
+    label: `[D, H, W]` integer or bool array with `volume.label`'s shape; for a resampled volume also one on the
+      original grid (`volume.original_label`'s shape), else it is first mapped there (`resample.to_original`).
     volume: the Volume the prediction belongs to.
 
   Returns:
@@ -714,7 +958,9 @@ def save_label(path, label: np.ndarray, volume: Volume) -> pathlib.Path:
   """
   path = pathlib.Path(path)
   label = np.asarray(label)
-  if label.shape != volume.label.shape:
+  if volume.resampled and label.shape != volume.original_label.shape:
+    label = resample_lib.to_original(label, volume)
+  if label.shape != (volume.label if not volume.resampled else volume.original_label).shape:
     raise ValueError(f"label shape {label.shape} differs from case {volume.case_id}'s {volume.label.shape}")
   if not (np.issubdtype(label.dtype, np.integer) or label.dtype == np.bool_):
     raise ValueError(f"label must be integer, got {label.dtype}")

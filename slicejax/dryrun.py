@@ -5,7 +5,8 @@ generated into the cache when it is not there yet), and reports the classes (wit
 which each occurs), channels, the spread of volume shapes and spacings, the in-plane shape and what padding and
 cropping do to it (the share of each class's voxels cropped away), the split, the grid (points, allocations left out
 and why, groups), and an estimate of the run's time and peak memory from a few measured training steps of one model
-per dims.
+per dims. A config whose settings follow the dataset's fingerprint (`configs/msd.py`, `slicejax.fingerprint.bind`)
+also gets the fingerprint and the values derived from it.
 """
 
 import dataclasses
@@ -18,6 +19,7 @@ import numpy as np
 from slicejax import console
 from slicejax import data as data_lib
 from slicejax import evaluate as evaluate_lib
+from slicejax import fingerprint as fingerprint_lib
 from slicejax import parallel
 from slicejax import selection as selection_lib
 from slicejax import study
@@ -87,6 +89,11 @@ def dry_run(config) -> list[str]:
   spacings = np.array([v.spacing for v in dataset.volumes])
   lines = [f"data: {dataset.root} ({dataset.name}), {len(dataset.volumes)} cases in the split, "
            f"{dataset.num_channels} channel(s), slicing along NIfTI axis {cfg.slicing_axis}"]
+  fingerprint = fingerprint_lib.of_config(config)
+  if fingerprint is not None:
+    lines += fingerprint_lib.describe(fingerprint, config.model.num_stages)
+    lines.append("  (derived values hold unless set: --config.data.slicing_axis, target_spacing, shape, "
+                 "normalization, split.*, --config.study.budgets, slices_per_volume)")
   present = [sum(bool(np.any(v.label == k)) for v in splits["test"]) for k in range(1, dataset.num_classes)]
   lines.append("classes (test volumes containing each): " + ", ".join(
       f"{k} {n} ({c}/{len(splits['test'])})" for k, (n, c) in enumerate(zip(names, present), start=1)))

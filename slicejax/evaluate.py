@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slicejax import metrics
+from slicejax import resample
 
 
 @functools.partial(jax.jit, static_argnames="num_classes")
@@ -39,6 +40,7 @@ def confusion_counts(prediction, truth, valid, num_classes: int):
   if prediction.shape[1:] != truth.shape or valid.shape != truth.shape:
     raise ValueError(f"prediction {prediction.shape}, truth {truth.shape} and valid {valid.shape} do not match")
   classes = jnp.arange(num_classes)
+  valid = valid & (truth < num_classes)  # an ignore label (K or more) marks voxels nobody annotated
   true = (truth[..., None] == classes) & valid[..., None]
   predicted = (prediction[..., None] == classes) & valid[..., None]
   voxels = tuple(range(1, prediction.ndim))
@@ -96,11 +98,14 @@ def score_labels(label_maps: Iterable[np.ndarray], volumes: Sequence, num_classe
   """Dice and surface metrics of every model on every volume, from label maps on the volumes' own grids.
 
   Args:
-    label_maps: per volume, in the order of `volumes`, the `[M, D, H, W]` labels of every model.
-    volumes: the `data.Volume`s (their `label` is the truth, their `spacing` the voxel size in mm).
+    label_maps: per volume, in the order of `volumes`, the `[M, D, H, W]` labels of every model on the volume's
+      grid (`volume.label`'s shape).
+    volumes: the `data.Volume`s. Each is scored on the grid of its files (`resample.on_original_grid`): a resampled
+      volume's predictions are mapped back to it and scored against the file's label at the file's spacing.
     num_classes: K, background included.
     tolerance_mm: the normalised surface Dice tolerance.
-    surface: also compute HD95 and NSD; False leaves them NaN.
+    surface: also compute HD95 and NSD; False leaves them NaN, as does a volume with ignore-label voxels (truth K
+      or more, which no Dice count includes).
 
   Returns:
     dict as `score` (`dice [M, V, K-1]`, `volume_mean`, `dice_mean [M]`, `dice_per_class [M, K-1]`, `volumes`),
@@ -108,11 +113,18 @@ def score_labels(label_maps: Iterable[np.ndarray], volumes: Sequence, num_classe
     (`hd95_mean [M]`, `hd95_per_class [M, K-1]`, ...), `cases` (the case ids) and `class_volumes [K-1]` (the number
     of volumes whose truth holds each class).
   """
-  counts, hd95, nsd = [], [], []
+  counts, hd95, nsd, truths = [], [], [], []
   for labels, volume in zip(label_maps, volumes):
-    counts.append(np.stack([metrics.confusion_counts(m, volume.label, num_classes) for m in labels]))
-    per_model = [metrics.surface_metrics(m, volume.label, num_classes, volume.spacing, tolerance_mm) if surface else
-                 {"hd95": np.full(num_classes - 1, np.nan), "nsd": np.full(num_classes - 1, np.nan)} for m in labels]
+    # A resampled volume is scored on the grid of its files: its prediction is mapped back there.
+    on_grid = [resample.on_original_grid(m, volume) for m in labels]
+    truth, spacing = on_grid[0][1], on_grid[0][2]
+    truths.append(truth)
+    counts.append(np.stack([metrics.confusion_counts(m, truth, num_classes) for m, _, _ in on_grid]))
+    # Surfaces need every voxel's truth: a volume with ignore-label voxels gets none.
+    scored = surface and bool(np.all(truth < num_classes))
+    per_model = [metrics.surface_metrics(m, truth, num_classes, spacing, tolerance_mm) if scored else
+                 {"hd95": np.full(num_classes - 1, np.nan), "nsd": np.full(num_classes - 1, np.nan)}
+                 for m, _, _ in on_grid]
     hd95.append([s["hd95"] for s in per_model])
     nsd.append([s["nsd"] for s in per_model])
   out = score(counts, volumes, num_classes)
@@ -121,6 +133,6 @@ def score_labels(label_maps: Iterable[np.ndarray], volumes: Sequence, num_classe
     means = metrics.summarise(values)
     out.update({name: values, f"{name}_mean": means["dice_mean"], f"{name}_per_class": means["dice_per_class"]})
   out["cases"] = [volume.case_id for volume in volumes]
-  out["class_volumes"] = np.array([[np.any(volume.label == k) for k in range(1, num_classes)] for volume in volumes],
+  out["class_volumes"] = np.array([[np.any(truth == k) for k in range(1, num_classes)] for truth in truths],
                                   np.int64).reshape(len(volumes), num_classes - 1).sum(axis=0)
   return out

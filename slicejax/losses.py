@@ -5,6 +5,10 @@ Every loss takes a per-voxel weight that is 0 where nothing is annotated (and on
 example or a whole batch without annotated voxels gives exactly zero loss and zero gradient instead of a NaN, and
 voxels with weight 0 never receive gradient.
 
+Labels outside `[0, K)` are voxels nobody annotated: a dataset's ignore label (nnU-Net v2's "ignore", the value K
+above every class, `slicejax.data`). `segmentation_loss` gives them weight 0, so they never reach the loss or its
+gradient, whatever their slice's weight; labels of real classes are unaffected.
+
 Logits and weights are cast to float32 first, so softmax, log-softmax and every sum run in float32 whatever dtype the
 model computes in (`slicejax.precision`); gradients flow back through the cast in the logits' own dtype.
 """
@@ -76,12 +80,21 @@ def masked_soft_dice(logits, labels, weights, *, smooth=1e-5):
   return jnp.sum(1.0 - dice) * counted, (num_classes - 1) * counted
 
 
+def without_ignored(labels, weights, num_classes: int):
+  """`(labels, weights)` with every voxel whose label is outside `[0, num_classes)` (the ignore label) set to label 0
+  and weight 0."""
+  annotated = (labels >= 0) & (labels < num_classes)
+  return jnp.where(annotated, labels, 0), jnp.where(annotated, weights, 0)
+
+
 def segmentation_loss(logits, labels, weights, *, ce_weight=1.0, dice_weight=1.0):
-  """Cross-entropy plus soft Dice on the weighted voxels; shapes as in `masked_cross_entropy`.
+  """Cross-entropy plus soft Dice on the weighted voxels; shapes as in `masked_cross_entropy`. Voxels of the ignore
+  label (labels >= K) weigh 0 (`without_ignored`).
 
   Returns:
     `(loss, aux)` with the scalar loss and a dict of its parts.
   """
+  labels, weights = without_ignored(labels, weights, logits.shape[-1])
   ce = divide(*masked_cross_entropy(logits, labels, weights))
   dice = divide(*masked_soft_dice(logits, labels, weights))
   return ce_weight * ce + dice_weight * dice, {"ce": ce, "dice_loss": dice}

@@ -27,7 +27,8 @@ def confusion_counts(prediction, truth, num_classes):
 
   Args:
     prediction: `[...]` integer labels.
-    truth: `[...]` integer labels, same shape.
+    truth: `[...]` integer labels, same shape; voxels labelled K or more (an ignore label, `data.ignore_label`) are
+      not annotated and not counted.
     num_classes: K, background included.
 
   Returns:
@@ -37,6 +38,9 @@ def confusion_counts(prediction, truth, num_classes):
   truth = np.asarray(truth).ravel().astype(np.int64)
   if prediction.shape != truth.shape:
     raise ValueError(f"prediction and truth differ in size: {prediction.shape} vs {truth.shape}")
+  known = truth < num_classes
+  if not known.all():
+    prediction, truth = prediction[known], truth[known]
   joint = np.bincount(prediction * num_classes + truth, minlength=num_classes * num_classes)
   joint = joint.reshape(num_classes, num_classes)
   return np.stack([np.diag(joint), joint.sum(axis=1), joint.sum(axis=0)], axis=1)

@@ -33,6 +33,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from slicejax import console
 from slicejax import figures
 from slicejax import files
 from slicejax import metrics
@@ -442,7 +443,18 @@ def read_runs(workdirs) -> tuple:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def write_summary(workdir, rows, confidence=0.95, *, cost=None, resamples=stats.RESAMPLES) -> None:
+def compute_used(rows) -> dict:
+  """What the rows cost to produce: `models`, `train_seconds` and `eval_seconds` (sums over rows, each row's share of
+  its group), `encoder_seconds` (the UAL encoders', counted once per distinct value: every ual row of a run carries
+  its run's)."""
+  encoders = {row["encoder_seconds"] for row in rows if row.get("encoder_seconds") is not None}
+  return {"models": len(rows), "train_seconds": float(sum(row.get("train_seconds") or 0 for row in rows)),
+          "eval_seconds": float(sum(row.get("eval_seconds") or 0 for row in rows)),
+          "encoder_seconds": float(sum(encoders))}
+
+
+def write_summary(workdir, rows, confidence=0.95, *, cost=None, resamples=stats.RESAMPLES, preamble: str = "",
+                  document=None) -> None:
   """Writes the study report of `rows` into `workdir`, each file replaced atomically.
 
   - `summary.md`: the findings, the cells (mean ± std over seeds, surface metrics, flags), the reference, the
@@ -459,6 +471,8 @@ def write_summary(workdir, rows, confidence=0.95, *, cost=None, resamples=stats.
     confidence: the coverage of the paired intervals.
     cost: the annotation cost model; None: `DEFAULT_COST`.
     resamples: bootstrap replicates.
+    preamble: markdown put before the summary (e.g. a study's protocol and commands).
+    document: also write the summary (with its preamble) to this markdown file, its figure links relative to it.
   """
   workdir = os.fspath(workdir)
   cost = dict(DEFAULT_COST if cost is None else cost)
@@ -466,12 +480,16 @@ def write_summary(workdir, rows, confidence=0.95, *, cost=None, resamples=stats.
   comparisons = paired_comparisons(rows, confidence, resamples)
   found = findings(comparisons, cells)
   frontier = cost_frontier(cells)
-  files.atomic_write(os.path.join(workdir, "summary.md"), _markdown(cells, comparisons, found, frontier, cost,
-                                                                    confidence))
+  text = _markdown(cells, comparisons, found, frontier, cost, confidence, compute_used(rows))
+  pngs = figures.all_figures(cells, comparisons, frontier, cost)
+  files.atomic_write(os.path.join(workdir, "summary.md"), preamble + text + _figure_links(pngs, ""))
+  if document is not None:
+    prefix = os.path.relpath(workdir, os.path.dirname(os.path.abspath(document)) or ".")
+    files.atomic_write(document, preamble + text + _figure_links(pngs, prefix + "/"))
   files.atomic_write(os.path.join(workdir, "summary.csv"), _csv(cells))
   files.atomic_write(os.path.join(workdir, "findings.json"), json.dumps(
       {"findings": found, "comparisons": comparisons, "cost": cost}, indent=1, default=_json_value) + "\n")
-  for name, png in figures.all_figures(cells, comparisons, frontier, cost).items():
+  for name, png in pngs.items():
     files.atomic_write(os.path.join(workdir, name), png)
   logging.info("wrote the summary of %d rows (%d cells) to %s", len(rows), len(cells), workdir)
 
@@ -589,7 +607,17 @@ def findings_markdown(found) -> list[str]:
   return out
 
 
-def _markdown(cells, comparisons, found, frontier, cost, confidence) -> str:
+def _figure_links(pngs, prefix) -> str:
+  titles = {"dice_vs_allocation.png": "Dice against slices per volume", "dice_vs_budget.png": "Dice against budget",
+            "forest.png": "Paired differences", "dice_per_class.png": "Dice per class",
+            "dice_vs_cost.png": "Dice against annotation cost", "learning_curves.png": "Learning curves"}
+  lines = ["## Figures", ""]
+  for name in pngs:
+    lines += [f"![{titles.get(name, name)}]({prefix}{name})", ""]
+  return "\n".join(lines)
+
+
+def _markdown(cells, comparisons, found, frontier, cost, confidence, compute) -> str:
   classes = _classes(cells)
   grid = [cell for cell in cells if not cell["reference"]]
   reference = [cell for cell in cells if cell["reference"]]
@@ -633,7 +661,13 @@ def _markdown(cells, comparisons, found, frontier, cost, confidence) -> str:
   out += _table(["cost s", "dims", "allocation", "selection", "interpolation", "Dice"],
                 [[f"{c['cost']:g}", f"{c['dims']}D", f"{c['volumes']}×{c['slices_per_volume']}", c["selection"],
                   "on" if c["interpolation"] else "off", _spread(c)] for c in frontier]) if frontier else ["—"]
-  return "\n".join(out + [""])
+  out += ["", "## Compute", "",
+          f"{compute['models']} models: {console.duration(compute['train_seconds'])} of training and "
+          f"{console.duration(compute['eval_seconds'])} of evaluation (sums of the rows' `train_seconds` and "
+          f"`eval_seconds`, each model's share of its group's time)"
+          + (f", and {console.duration(compute['encoder_seconds'])} for UAL slice encoders" if compute["encoder_seconds"]
+             else "") + ".", ""]
+  return "\n".join(out)
 
 
 def _csv(cells) -> str:
@@ -660,7 +694,7 @@ def _csv(cells) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, confidence=0.95,
-        resamples=stats.RESAMPLES) -> pathlib.Path:
+        resamples=stats.RESAMPLES, preamble=None, document=None) -> pathlib.Path:
   """Regenerates the report of one or several runs into `out` (default: the only workdir); returns `out`."""
   if not workdirs:
     raise InputError("--workdir", "give at least one run folder")
@@ -673,9 +707,15 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
       if not (math.isfinite(value) and value >= 0):
         raise InputError(f"--{key}", f"must be a number >= 0, got {value}")
       cost[key] = value
+  text = ""
+  if preamble:
+    try:
+      text = pathlib.Path(preamble).read_text(encoding="utf-8").rstrip("\n") + "\n\n"
+    except (OSError, UnicodeDecodeError) as err:
+      raise InputError(str(preamble), f"cannot be read ({err})") from err
   out = pathlib.Path(out if out is not None else workdirs[0])
   out.mkdir(parents=True, exist_ok=True)
-  write_summary(out, rows, confidence, cost=cost, resamples=resamples)
+  write_summary(out, rows, confidence, cost=cost, resamples=resamples, preamble=text, document=document)
   return out
 
 
@@ -687,6 +727,8 @@ def _define_flags() -> None:
                      "config.cost.")
   flags.DEFINE_float("seconds_per_slice", None, "Annotation seconds per slice; default: the run's config.cost.")
   flags.DEFINE_float("confidence", 0.95, "Coverage of the paired intervals.")
+  flags.DEFINE_string("preamble", None, "A markdown file put before the summary (a study's protocol and commands).")
+  flags.DEFINE_string("document", None, "Also write the summary, after the preamble, to this markdown file.")
 
 
 def main(argv):
@@ -694,7 +736,7 @@ def main(argv):
   f = flags.FLAGS
   try:
     out = run(f.workdir or [], f.out, seconds_per_volume=f.seconds_per_volume, seconds_per_slice=f.seconds_per_slice,
-              confidence=f.confidence)
+              confidence=f.confidence, preamble=f.preamble, document=f.document)
   except InputError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)

@@ -39,9 +39,11 @@ from slicejax import losses
 from slicejax import parallel
 from slicejax import phantom
 from slicejax import precision
+from slicejax import predict as predict_lib
 from slicejax import report
 from slicejax import results
 from slicejax import selection as selection_lib
+from slicejax import sparse
 from slicejax import study
 from slicejax import three_d
 from slicejax import two_d
@@ -301,7 +303,8 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
                                               tolerance_mm=config.eval.nsd_tolerance_mm,
                                               surface=config.eval.surface_metrics)}
   if splits["val"]:
-    scores["val"] = evaluate_lib.score(predict(params, splits["val"], shape), splits["val"], num_classes)
+    scores["val"] = evaluate_lib.score_labels(segment(params, splits["val"], shape), splits["val"], num_classes,
+                                              tolerance_mm=config.eval.nsd_tolerance_mm, surface=False)
   eval_seconds = time.perf_counter() - start
 
   depths = {v.case_id: v.depth for v in pool}
@@ -373,16 +376,23 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   """
   config_lib.validate(config)
   cfg = config.data
-  index = data_lib.index_msd(dataset_root(config), slicing_axis=cfg.slicing_axis)
+  index = data_lib.index_msd(dataset_root(config), slicing_axis=cfg.slicing_axis,
+                             target_spacing=tuple(cfg.target_spacing))
   split = split_index(config, index)
   depths = {case.case_id: case.depth for case in index.cases if case.case_id in set(split["train"])}
-  points = study.expand(config.study, depths, left_out)
+  # Labels with an ignore label are real sparse annotations: their plan is read from the voxels (`slicejax.sparse`).
+  annotated = sparse.check_study(config.study, index.ignore_label)
+  points = [] if annotated else study.expand(config.study, depths, left_out)
   plans = {p.name: plan_of(config, p, depths) for p in points if not _needs_embeddings(p)}
   used = split["train"] + split["val"] + split["test"]
   dataset = data_lib.load_volumes(index.select(used), normalization=cfg.normalization, ct_window=tuple(cfg.ct_window),
                                   cache_dir=cache_dir(config) if use_cache else None)
   by_id = dataset.by_id()
   splits = {name: [by_id[c] for c in ids] for name, ids in split.items()}
+  if annotated:
+    plan = sparse.annotated_plan(splits["train"], dataset.ignore_label)
+    points = sparse.points(config.study, plan)
+    plans = {p.name: plan for p in points}
   logging.info("Data %s: %d classes %s, %d channels; %d train / %d val / %d test volumes.", dataset.name,
                dataset.num_classes, dataset.class_names, dataset.num_channels,
                *(len(splits[k]) for k in ("train", "val", "test")))
@@ -510,6 +520,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       (rundir / "plans").mkdir(exist_ok=True)
       for name, plan in plans.items():
         files.atomic_write(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
+      # What applying the trained models later needs (classes, normalisation, shapes, spacing): `slicejax.predict`.
+      predict_lib.write_model_card(rundir, config, dataset, splits)
       # Plans of points that are not in this grid were left by a launch whose config this one replaced.
       for stale in set((rundir / "plans").glob("*.json")) - {rundir / "plans" / f"{name}.json" for name in plans}:
         stale.unlink()

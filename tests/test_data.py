@@ -260,7 +260,8 @@ def test_dataset_json_problems(tmp_path):
   (root / "dataset.json").write_text("{not json")
   assert json_path in _expect_error(root, "not valid JSON")
   (root / "dataset.json").write_text(json.dumps({"labels": {"0": "bg"}}))
-  assert json_path in _expect_error(root, "lacks 'training'")
+  # Without a 'training' list the cases are the files of labelsTr/.
+  assert str(root / "labelsTr") in _expect_error(root, "no 'training' list")
   (root / "dataset.json").write_text(json.dumps({"training": []}))
   assert json_path in _expect_error(root, "lacks 'labels'")
   (root / "dataset.json").write_text(json.dumps({"labels": {"0": "bg"}, "training": []}))
@@ -620,3 +621,80 @@ def test_hippocampus_first_five_cases(hippocampus_root):
     assert vol.image.dtype == np.float16 and vol.label.dtype == np.uint8
     # Exactly 0 and 1 before the rounding to float16, which moves them by up to 1.1e-4 here (2**-11 = 4.9e-4).
     assert abs(image.mean()) < 2.**-11 and abs(image.std() - 1.) < 2.**-11
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# nnU-Net v2 layout and the ignore label.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _write_v2(root, cases, labels, channel_names=("T2", "ADC"), file_ending=".nii.gz"):
+  """cases: {case_id: ([channel images], label)}; nnU-Net v2 layout with one file per channel; returns root."""
+  root = pathlib.Path(root)
+  for case_id, (images, label) in cases.items():
+    for i, image in enumerate(images):
+      _write_nifti(root / "imagesTr" / f"{case_id}_{i:04d}{file_ending}", image)
+    _write_nifti(root / "labelsTr" / f"{case_id}{file_ending}", label)
+  meta = {"channel_names": {str(i): n for i, n in enumerate(channel_names)}, "labels": labels,
+          "numTraining": len(cases), "file_ending": file_ending}
+  (root / "dataset.json").write_text(json.dumps(meta))
+  return root
+
+
+def test_ignore_label_is_not_a_class_and_is_kept_in_labels(tmp_path):
+  image, label = _case()
+  label[0, 0, :2] = 3
+  labels = {"background": 0, "a": 1, "b": 2, "ignore": 3}
+  root = _write_v2(tmp_path / "v2", {"c": ([image, 2 * image], label)}, labels)
+  index = data.index_msd(root)
+  assert index.class_names == ("background", "a", "b") and index.num_classes == 3 and index.ignore_label == 3
+  ds = data.load_volumes(index)
+  assert ds.ignore_label == 3 and ds.num_classes == 3
+  vol = ds.volumes[0]
+  assert vol.label.dtype == np.uint8 and vol.label.max() == 3
+  np.testing.assert_array_equal(vol.label, np.moveaxis(label, 2, 0))
+  # The MSD spelling of labels too; no ignore label gives None.
+  root = _write_dataset(tmp_path / "msd", {"c": _case()}, labels={"0": "background", "1": "x", "2": "ignore"})
+  assert data.index_msd(root).ignore_label == 2 and data.index_msd(root).class_names == ("background", "x")
+  assert data.index_msd(_write_dataset(tmp_path / "plain", {"c": _case()})).ignore_label is None
+
+
+def test_ignore_label_must_be_the_highest_value(tmp_path):
+  root = _write_v2(tmp_path / "v2", {"c": ([_case()[0]] * 2, _case()[1])}, {"background": 0, "ignore": 1, "a": 2})
+  _expect_error(root, "'ignore' must have the highest value")
+
+
+def test_nnunet_v2_channels_are_separate_files_in_channel_order(tmp_path):
+  cases = {f"p{i}": ([_case(seed=i)[0], _case(seed=10 + i)[0] * 50.], _case(seed=i)[1]) for i in range(2)}
+  root = _write_v2(tmp_path / "v2", cases, {"background": 0, "a": 1, "b": 2})
+  ds = data.load_msd(root, slicing_axis=0)
+  assert ds.channel_names == ("T2", "ADC") and [v.case_id for v in ds.volumes] == ["p0", "p1"]
+  for vol, (images, _) in zip(ds.volumes, cases.values()):
+    for c in range(2):
+      _assert_float16_of(vol.image[..., c], _zscore(images[c]))
+  # Per-channel normalisation items: "ct:LO:HI:MEAN:STD" on the first channel, z-score on the second.
+  ds = data.load_msd(root, slicing_axis=0, normalization="ct:90:110:100:5,zscore")
+  _assert_float16_of(ds.volumes[0].image[..., 0], (np.clip(cases["p0"][0][0].astype(np.float64), 90, 110) - 100) / 5)
+
+
+@pytest.mark.parametrize("problem,fragment", [
+    ("missing_channel", "missing: the image of channel 1 ('ADC') of case 'c'"),
+    ("file_ending", "no label files ending in '.nii'; found e.g. 'c.nii.gz'"),
+    ("no_labels", "lacks 'labels'"),
+    ("undeclared", "label values [4] are not declared in dataset.json 'labels' (0..2 and 3 ('ignore'))"),
+])
+def test_nnunet_v2_bad_input(tmp_path, problem, fragment):
+  image, label = _case()
+  labels = {"background": 0, "a": 1, "b": 2, "ignore": 3}
+  if problem == "undeclared":
+    label[0, 0, 0] = 4
+  root = _write_v2(tmp_path / "v2", {"c": ([image, image], label)}, labels)
+  meta = json.loads((root / "dataset.json").read_text())
+  if problem == "missing_channel":
+    (root / "imagesTr" / "c_0001.nii.gz").unlink()
+  elif problem == "file_ending":
+    meta["file_ending"] = ".nii"
+  elif problem == "no_labels":
+    del meta["labels"]
+  (root / "dataset.json").write_text(json.dumps(meta))
+  _expect_error(root, fragment)

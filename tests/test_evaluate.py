@@ -209,3 +209,11 @@ def test_segmenter_labels_give_the_predictors_counts(dims):
       np.testing.assert_array_equal(scored["hd95"][m, v], want["hd95"])
       np.testing.assert_array_equal(scored["nsd"][m, v], want["nsd"])
   np.testing.assert_allclose(scored["hd95_mean"], metrics.summarise(scored["hd95"])["dice_mean"])
+
+
+def test_device_counts_leave_out_ignore_label_voxels():
+  truth = np.array([[0, 1, 1], [3, 3, 2]], np.uint8)  # 3 = the ignore label of K = 3 classes
+  prediction = np.array([[[0, 1, 0], [1, 2, 2]]], np.uint8)
+  got = evaluate.confusion_counts(prediction, truth, np.ones_like(truth, bool), num_classes=K)
+  np.testing.assert_array_equal(got[0], metrics.confusion_counts(prediction[0], truth, K))
+  np.testing.assert_array_equal(got[0], [[1, 2, 1], [1, 1, 2], [1, 1, 1]])

@@ -79,3 +79,10 @@ def test_surface_metrics_absent_classes():
   np.testing.assert_allclose(out["hd95"][:2], [diagonal, diagonal])
   np.testing.assert_array_equal(out["nsd"][:2], [0.0, 0.0])
   assert np.isnan(out["hd95"][2]) and np.isnan(out["nsd"][2])  # class 3 in neither
+
+
+def test_ignore_label_voxels_are_not_counted():
+  truth = np.array([0, 1, 1, 3, 3, 2])  # 3 = the ignore label of K = 3 classes
+  prediction = np.array([0, 1, 0, 1, 2, 2])
+  np.testing.assert_array_equal(metrics.confusion_counts(prediction, truth, 3),
+                                metrics.confusion_counts(prediction[[0, 1, 2, 5]], truth[[0, 1, 2, 5]], 3))

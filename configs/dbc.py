@@ -1,0 +1,39 @@
+"""Duke Breast Cancer MRI with the published breast, FGT and vessel segmentations (100 fat-saturated T1
+pre-contrast volumes, about 512 x 512 x 160 voxels of 0.7 x 0.7 x 1.1 mm) converted to the nnU-Net v2 layout, with
+settings from its fingerprint (as configs/msd.py).
+
+    pip install 'slicejax[dicom]'
+    python -m slicejax.convert.dbc --src=PATH/Duke-Breast-Cancer-MRI --segmentations=PATH/segs --dst=PATH/DBC_v2
+    python launch.py --config=configs/dbc.py --config.data.root=PATH/DBC_v2 --check
+    python launch.py --config=configs/dbc.py --config.data.root=PATH/DBC_v2 --workdir=runs/dbc
+
+Derived (see slicejax.fingerprint): the slicing axis (the coarsest, else NIfTI axis 2), the median spacing, z-score
+normalisation (MRI), a 20% test / 10% validation split. Meant for an accelerator.
+
+Arguments:
+  tiny: a small network and a few steps, for tests on generated data.
+"""
+
+from slicejax import config_lib
+from slicejax import fingerprint
+
+
+def get_config(arg=""):
+  arg = config_lib.parse_arg(arg, tiny=False)
+  config = config_lib.base()
+  config.data.update(
+      source="msd",
+      missing_root_hint="no data folder: convert DBC (python -m slicejax.convert.dbc --src=... --segmentations=... --dst=...) and "
+                        "pass --config.data.root=DST")
+  config.model.update(features=16, num_stages=5)
+  config.train.update(steps=4000, batch_size=16, learning_rate=2e-3, warmup_steps=100, log_every=100)
+  config.eval.batch_size = 16
+  config.study.update(selections=("random", "fixed", "ual"), seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
+  if arg.tiny:
+    config.model.update(features=4, num_stages=2)
+    config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
+    config.study.update(selections=("random",), seeds=(0,), reference=False)
+    config.eval.batch_size = 16
+  fingerprint.bind(config, tiny=arg.tiny)
+  config.lock()
+  return config

@@ -1,0 +1,44 @@
+"""Any MSD or nnU-Net v2 dataset, with no config of its own: settings derived from the dataset's fingerprint.
+
+    python launch.py --config=configs/msd.py --config.data.root=PATH/Task05_Prostate --check
+    python launch.py --config=configs/msd.py --config.data.root=PATH/Dataset005_Prostate --workdir=runs/prostate
+
+The folder is an MSD task (dataset.json with `modality`, `labels` {"0": "background", ...} and a `training` list)
+or an nnU-Net v2 raw dataset (dataset.json with `channel_names`, `labels` {"background": 0, ...} and `file_ending`;
+channel files `imagesTr/CASE_0000.nii.gz`, ...). `slicejax.fingerprint` derives the slicing axis, target spacing,
+in-plane shape, per-channel normalisation, split and study grid (budgets, slices per volume) from the headers (and,
+for CT channels, foreground intensities); they are logged at start and listed by `--check`. Any of them can be set
+instead, e.g. `--config.data.slicing_axis=0 --config.data.target_spacing='()' --config.study.budgets='(20, 40)'`.
+The network, training and the rest of the grid (random, fixed and ual selections, seeds 0-2, the reference) follow
+configs/hippocampus.py.
+
+Arguments:
+  tiny: a small network, a few steps and the first budget with one or two slices per volume, for tests.
+"""
+
+from slicejax import config_lib
+from slicejax import fingerprint
+
+
+def get_config(arg=""):
+  arg = config_lib.parse_arg(arg, tiny=False)
+  config = config_lib.base()
+  config.data.update(
+      source="msd",
+      missing_root_hint="no data folder: pass --config.data.root=PATH to an MSD or nnU-Net v2 dataset folder "
+                        "(dataset.json, imagesTr/, labelsTr/)")
+
+  config.model.update(features=16, num_stages=4)
+  config.train.update(steps=2000, batch_size=32, learning_rate=3e-3, warmup_steps=50, log_every=100)
+  config.eval.batch_size = 64
+  config.study.update(selections=("random", "fixed", "ual"), seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
+  config.model_axis.max_models = 8
+
+  if arg.tiny:
+    config.model.update(features=4, num_stages=2)
+    config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
+    config.study.update(selections=("random",), seeds=(0,), reference=False)
+    config.eval.batch_size = 16
+  fingerprint.bind(config, tiny=arg.tiny)
+  config.lock()
+  return config

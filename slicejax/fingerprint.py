@@ -1,0 +1,297 @@
+"""A dataset's fingerprint and the settings derived from it, so that any MSD or nnU-Net v2 folder runs without a
+config of its own (`configs/msd.py`).
+
+The fingerprint holds what the headers say (per case the NIfTI shape and spacing, the channels, classes and ignore
+label) and, for CT channels only, intensity statistics of the foreground (label > 0, ignore label excluded): up to
+`SAMPLES_PER_CASE` voxel values per case drawn with a fixed seed, as nnU-Net does. MRI and other channels need no
+voxel, so their fingerprint reads headers only.
+
+Derived settings, each overridable by its config key (`--config.KEY=...`):
+  * data.slicing_axis: the coarsest-spacing NIfTI axis when the median spacing is anisotropic (largest more than
+    `resample.ANISOTROPY` times the smallest, e.g. prostate's 0.6 x 0.6 x 3.6 mm), else axis 2;
+  * data.target_spacing: the median spacing per axis (nnU-Net's target); `()` when every case already has it;
+  * data.shape: the median in-plane size at the target spacing, rounded up to a multiple of
+    2**(config.model.num_stages - 1);
+  * data.normalization: per channel, "ct:P0.5:P99.5:MEAN:STD" of the foreground samples for a channel named CT
+    (clip to the 0.5 and 99.5 percentiles, standardise with the mean and std), else "zscore";
+  * data.split: test 20% and validation 10% of the cases (at least 1 each from 4 cases on), the rest for training;
+  * study.budgets: b, 2b, 4b, 8b slices with b = 20% of the training pool (the hippocampus grid, 36 to 288 slices
+    for 180 volumes), keeping those that fit the pool; study.slices_per_volume: 1, 2, 4, ... up to half the median
+    depth and at most 16.
+
+`bind(config)` makes those keys of a config follow `config.data.root` lazily (ml_collections references), so the
+values are derived when first read, after `--config.data.root=...` is applied, and an explicit override replaces a
+derived value. The fingerprint is computed once per process and folder and logged when computed.
+"""
+
+import collections
+import dataclasses
+import functools
+import math
+import pathlib
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from slicejax import data as data_lib
+from slicejax import resample as resample_lib
+
+SAMPLES_PER_CASE = 10000
+PERCENTILES = (0.5, 99.5)
+_SPLIT_FRACTIONS = (0.1, 0.2)  # validation, test
+_BUDGET_FRACTION = 0.2
+_MAX_SLICES_PER_VOLUME = 16
+# ml_collections applies a FieldReference's op as `op.fn(value, *op.args)`, resolving references in `args`.
+_Op = collections.namedtuple("_Op", ["fn", "args"])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Fingerprint:
+  """What a dataset folder holds, as far as settings depend on it.
+
+  Attributes:
+    name, root: the dataset's name and folder.
+    case_ids: sorted.
+    class_names: without the ignore label.
+    channel_names: per channel.
+    ignore_label: int or None.
+    shapes: `[N, 3]` int, per case the NIfTI `(X, Y, Z)` size.
+    spacings: `[N, 3]` float, per case the NIfTI `(sX, sY, sZ)` mm.
+    intensity: per channel, None or {"percentiles": (p0.5, p99.5), "mean": m, "std": s} of CT foreground samples.
+  """
+  name: str
+  root: str
+  case_ids: tuple
+  class_names: tuple
+  channel_names: tuple
+  ignore_label: int | None
+  shapes: np.ndarray
+  spacings: np.ndarray
+  intensity: tuple
+
+  @property
+  def num_cases(self) -> int:
+    return len(self.case_ids)
+
+  @property
+  def median_spacing(self) -> tuple:
+    return tuple(float(s) for s in np.median(self.spacings, axis=0))
+
+
+def is_ct(channel_name: str) -> bool:
+  return channel_name.strip().lower() == "ct"
+
+
+def _foreground_samples(case, channel: int, ignore_label, rng) -> np.ndarray:
+  """Up to SAMPLES_PER_CASE intensities of one channel at labelled voxels of one case."""
+  json_path = case.label_path.parent.parent / "dataset.json"
+  label = data_lib._decode_nifti(case.label_path, data_lib._read_bytes(case.label_path, json_path))
+  if len(case.image_paths) > 1:
+    path = case.image_paths[channel]
+    image = data_lib._decode_nifti(path, data_lib._read_bytes(path, json_path))
+  else:
+    image = data_lib._decode_nifti(case.image_path, data_lib._read_bytes(case.image_path, json_path))
+    image = image[..., channel] if image.ndim == 4 else image
+  mask = label > 0 if ignore_label is None else (label > 0) & (label != ignore_label)
+  values = np.asarray(image[mask], np.float64)
+  if values.size > SAMPLES_PER_CASE:
+    values = rng.choice(values, SAMPLES_PER_CASE, replace=False)
+  return values
+
+
+def compute(root, *, seed: int = 0) -> Fingerprint:
+  """The fingerprint of an MSD or nnU-Net v2 folder (see the module docstring).
+
+  Raises:
+    InputError: as `data.index_msd` (and, for CT channels, as reading the voxels would).
+  """
+  index = data_lib.index_msd(root, slicing_axis=2)
+  # With slicing axis 2, volume order (D, H, W) is NIfTI (Z, X, Y).
+  shapes = np.array([c.original_shape for c in index.cases], np.int64)[:, [1, 2, 0]]
+  spacings = np.array([c.original_spacing for c in index.cases], np.float64)[:, [1, 2, 0]]
+  intensity = []
+  for channel, channel_name in enumerate(index.channel_names):
+    if not is_ct(channel_name):
+      intensity.append(None)
+      continue
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([_foreground_samples(c, channel, index.ignore_label, rng) for c in index.cases])
+    if not values.size:
+      intensity.append(None)
+      continue
+    lo, hi = np.percentile(values, PERCENTILES)
+    intensity.append({"percentiles": (float(lo), float(hi)), "mean": float(values.mean()),
+                      "std": float(values.std())})
+  return Fingerprint(name=index.name, root=index.root, case_ids=index.case_ids, class_names=index.class_names,
+                     channel_names=index.channel_names, ignore_label=index.ignore_label, shapes=shapes,
+                     spacings=spacings, intensity=tuple(intensity))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Derived settings.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def slicing_axis(fp: Fingerprint) -> int:
+  coarse = resample_lib.coarse_axis(fp.median_spacing)
+  return 2 if coarse is None else coarse
+
+
+def target_spacing(fp: Fingerprint) -> tuple:
+  """The median spacing (NIfTI order), or () when every case has it already (nothing to resample)."""
+  target = fp.median_spacing
+  return () if np.allclose(fp.spacings, np.array(target)[None], rtol=0, atol=1e-6) else target
+
+
+def grid_shapes(fp: Fingerprint, spacing) -> np.ndarray:
+  """`[N, 3]` per case the NIfTI size once resampled to `spacing` (`()` keeps it)."""
+  return np.array([resample_lib.target_grid(n, s, tuple(spacing))[0] for n, s in zip(fp.shapes, fp.spacings)])
+
+
+def in_plane_shape(fp: Fingerprint, axis: int, spacing, num_stages: int) -> tuple:
+  """The median in-plane `(H, W)` at `spacing`, rounded up to a multiple of 2**(num_stages - 1)."""
+  multiple = 2 ** max(num_stages - 1, 0)
+  shapes = grid_shapes(fp, spacing)
+  plane = [a for a in range(3) if a != axis]
+  return tuple(int(math.ceil(np.median(shapes[:, a]) / multiple) * multiple) for a in plane)
+
+
+def normalization(fp: Fingerprint) -> str:
+  items = []
+  for stats in fp.intensity:
+    if stats is None:
+      items.append("zscore")
+    else:
+      lo, hi = stats["percentiles"]
+      items.append(f"ct:{lo:.6g}:{hi:.6g}:{stats['mean']:.6g}:{max(stats['std'], 1e-6):.6g}")
+  return "zscore" if set(items) == {"zscore"} else ",".join(items)
+
+
+def split(fp: Fingerprint) -> dict:
+  """{"train", "val", "test"} case counts."""
+  n = fp.num_cases
+  val = max(1, round(_SPLIT_FRACTIONS[0] * n)) if n >= 4 else 0
+  test = max(1, round(_SPLIT_FRACTIONS[1] * n)) if n >= 2 else 0
+  return {"train": max(n - val - test, 1), "val": val, "test": test}
+
+
+def slices_per_volume(fp: Fingerprint, axis: int, spacing) -> tuple:
+  depth = float(np.median(grid_shapes(fp, spacing)[:, axis]))
+  rhos = [1]
+  while rhos[-1] * 2 <= min(_MAX_SLICES_PER_VOLUME, depth / 2):
+    rhos.append(rhos[-1] * 2)
+  return tuple(rhos)
+
+
+def budgets(fp: Fingerprint, axis: int, spacing, pool: int) -> tuple:
+  """b, 2b, 4b, 8b with b = 20% of the pool, those that some allocation fits (s = B / rho <= pool, B <= slices)."""
+  rhos = slices_per_volume(fp, axis, spacing)
+  total = pool * int(np.min(grid_shapes(fp, spacing)[:, axis]))
+  base = max(1, round(_BUDGET_FRACTION * pool))
+  fits = lambda b: b <= total and any(b % r == 0 and b // r <= pool for r in rhos)
+  return tuple(b for b in (base, 2 * base, 4 * base, 8 * base) if fits(b)) or (1,)
+
+
+def describe(fp: Fingerprint, num_stages: int = 4) -> list[str]:
+  """The fingerprint and what is derived from it, as lines."""
+  axis, spacing = slicing_axis(fp), target_spacing(fp)
+  fmt = lambda values: " x ".join(f"{v:.3g}" for v in values)
+  lines = [f"fingerprint of {fp.root} ({fp.name}): {fp.num_cases} cases, channels {', '.join(fp.channel_names)}, "
+           f"classes {', '.join(fp.class_names[1:])}"
+           + ("" if fp.ignore_label is None else f", ignore label {fp.ignore_label}"),
+           f"  size (NIfTI X x Y x Z): median {fmt(np.median(fp.shapes, axis=0))}, "
+           f"min {fmt(fp.shapes.min(axis=0))}, max {fmt(fp.shapes.max(axis=0))}",
+           f"  spacing (mm): median {fmt(fp.median_spacing)}, min {fmt(fp.spacings.min(axis=0))}, "
+           f"max {fmt(fp.spacings.max(axis=0))}"]
+  for name, stats in zip(fp.channel_names, fp.intensity):
+    if stats is not None:
+      lines.append(f"  {name} foreground: percentiles {PERCENTILES[0]}/{PERCENTILES[1]} "
+                   f"{stats['percentiles'][0]:.4g}/{stats['percentiles'][1]:.4g}, mean {stats['mean']:.4g}, "
+                   f"std {stats['std']:.4g}")
+  counts = split(fp)
+  lines.append(f"  derived: slicing_axis {axis}, target_spacing {fmt(spacing) if spacing else '() (kept)'}, "
+               f"shape {in_plane_shape(fp, axis, spacing, num_stages)}, normalization {normalization(fp)!r}, "
+               f"split {counts['train']}/{counts['val']}/{counts['test']}, "
+               f"budgets {budgets(fp, axis, spacing, counts['train'])}, "
+               f"slices_per_volume {slices_per_volume(fp, axis, spacing)}")
+  return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Binding a config to the fingerprint of `config.data.root`.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _stamp(root: str) -> tuple:
+  """What identifies a folder's state cheaply: its dataset.json's modification time and size."""
+  try:
+    stat = (pathlib.Path(root) / "dataset.json").stat()
+    return stat.st_mtime_ns, stat.st_size
+  except OSError:
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(root: str, stamp) -> Fingerprint:
+  del stamp  # part of the cache key only
+  fp = compute(root)
+  for line in describe(fp):
+    logging.info("%s", line)
+  return fp
+
+
+def of_root(root: str) -> Fingerprint:
+  """`compute(root)`, once per process and state of the folder."""
+  root = str(pathlib.Path(root).expanduser())
+  return _cached(root, _stamp(root))
+
+
+def of_config(config):
+  """The fingerprint a bound config derives from, or None (not bound, or no root yet)."""
+  if not config.data.get("fingerprint") or not config.data.root:
+    return None
+  return of_root(config.data.root)
+
+
+def bind(config, *, tiny: bool = False) -> None:
+  """Makes the derived keys of `config` (see the module docstring) follow `config.data.root`; before `lock()`.
+
+  Until a root is set they hold their current values. `tiny` keeps the first budget and the first two
+  slices-per-volume values of the derived grid (for tests).
+  """
+  config.data.fingerprint = True
+  root = ml_collections.FieldReference(config.data.root, field_type=str)
+  config.data.root = root
+  refs = {}
+
+  def derive(key, fn, *deps):
+    node, name = _parent(config, key)
+    default = node[name]
+    lazy = lambda value, r, *rest: value if not r else fn(of_root(r), *rest)
+    # An override (`FieldReference.set`) drops the op and keeps the given value.
+    refs[key] = ml_collections.FieldReference(default, field_type=type(default),
+                                              op=_Op(lazy, [root] + [refs[d] for d in deps]))
+    node[name] = refs[key]
+
+  derive("data.slicing_axis", slicing_axis)
+  derive("data.target_spacing", target_spacing)
+  for part in ("train", "val", "test"):
+    derive(f"data.split.{part}", lambda fp, part=part: split(fp)[part])
+  refs["model.num_stages"] = ml_collections.FieldReference(config.model.num_stages, field_type=int)
+  config.model.num_stages = refs["model.num_stages"]
+  derive("data.shape", in_plane_shape, "data.slicing_axis", "data.target_spacing", "model.num_stages")
+  derive("data.normalization", normalization)
+  keep = (lambda t, n: t[:n]) if tiny else (lambda t, n: t)
+  derive("study.slices_per_volume", lambda fp, a, s: keep(slices_per_volume(fp, a, s), 2), "data.slicing_axis",
+         "data.target_spacing")
+  derive("study.budgets", lambda fp, a, s, pool: keep(budgets(fp, a, s, pool), 1), "data.slicing_axis",
+         "data.target_spacing", "data.split.train")
+
+
+def _parent(config, key: str) -> tuple:
+  *path, name = key.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  return node, name

@@ -1,0 +1,108 @@
+"""Tests for slicejax.resample and resampled loading: grids by hand, exact round trips of blocky labels, nearest
+interpolation across coarse slices, scoring on the original grid."""
+
+import json
+import pathlib
+
+import nibabel as nib
+import numpy as np
+
+from slicejax import data
+from slicejax import metrics
+from slicejax import resample
+
+
+def test_target_grid_by_hand():
+  # 20 x 3.6 mm -> 1.8 mm: 40 voxels; 101 x 0.6 mm -> 1.2 mm: round(50.5) = 50 voxels of 1.212 mm; 0 keeps an axis.
+  shape, spacing = resample.target_grid((20, 101, 7), (3.6, 0.6, 0.5), (1.8, 1.2, 0))
+  assert shape == (40, 50, 7)
+  np.testing.assert_allclose(spacing, (1.8, 101 * 0.6 / 50, 0.5), rtol=1e-12)
+  assert resample.target_grid((4, 5, 6), (1., 2., 3.), ()) == ((4, 5, 6), (1., 2., 3.))
+  assert resample.coarse_axis((0.6, 0.6, 3.6)) == 2 and resample.coarse_axis((1., 1., 3.)) is None
+
+
+def test_blocky_labels_round_trip_exactly():
+  rng = np.random.default_rng(0)
+  blocks = rng.integers(0, 3, (3, 4, 5)).astype(np.uint8)
+  # Nearest: 2 x 2 x 2 blocks. Going back, voxel 2j + {0, 1} samples j -/+ 0.25, nearest to j.
+  label = blocks.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+  down = resample.resample_label(label, (3, 4, 5), (1., 1., 1.), method="nearest")
+  np.testing.assert_array_equal(down, blocks)
+  np.testing.assert_array_equal(resample.resample_label(down, label.shape, (2., 2., 2.), method="nearest"), label)
+  # Per-class linear: 2 x 2 blocks in-plane. Going back, the nearest block weighs 0.75**2 = 0.5625 > 1/2.
+  label = blocks.repeat(2, 1).repeat(2, 2)
+  down = resample.resample_label(label, (3, 4, 5), (1., 1., 1.))
+  np.testing.assert_array_equal(down, blocks)
+  back = resample.resample_label(down, label.shape, (1., 2., 2.))
+  np.testing.assert_array_equal(back, label)
+  assert back.dtype == np.uint8
+
+
+def test_coarse_axis_is_resampled_by_nearest_neighbour():
+  # 0.6 x 0.6 x 3.6 mm: along the coarse axis 2 slices become 4 without blending (values stay 0 and 10).
+  image = np.zeros((8, 8, 2, 1))
+  image[:, :, 1] = 10.
+  out = resample.resample_image(image, (4, 4, 4), (0.6, 0.6, 3.6))
+  assert out.shape == (4, 4, 4, 1) and out.dtype == np.float32
+  np.testing.assert_allclose(out[..., 0], np.repeat([[[0., 0., 10., 10.]]], 4, 0).repeat(4, 1), atol=1e-5)
+  # Isotropic: cubic splines everywhere; a constant stays constant.
+  np.testing.assert_allclose(resample.resample_image(np.full((4, 6, 5, 2), 3.), (8, 3, 5), (1., 1., 1.)), 3.,
+                             rtol=1e-6)
+
+
+def _prostate_like(root):
+  """Two cases, two channels (4D, MSD layout), 0.6 x 0.6 x 3.6 mm, labels constant on 2 x 2 in-plane blocks."""
+  root = pathlib.Path(root)
+  (root / "imagesTr").mkdir(parents=True)
+  (root / "labelsTr").mkdir()
+  affine = np.diag([0.6, 0.6, 3.6, 1.])
+  rng = np.random.default_rng(1)
+  training, labels = [], {}
+  for i in range(2):
+    case = f"prostate_{i:02d}"
+    label = rng.integers(0, 3, (6, 5, 4)).astype(np.uint8).repeat(2, 0).repeat(2, 1)  # [12, 10, 4]
+    image = np.stack([label * 30. + rng.normal(0, 1, label.shape), rng.normal(0, 1, label.shape)], -1)
+    nib.save(nib.Nifti1Image(image.astype(np.float32), affine), str(root / "imagesTr" / f"{case}.nii.gz"))
+    nib.save(nib.Nifti1Image(label, affine), str(root / "labelsTr" / f"{case}.nii.gz"))
+    training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+    labels[case] = label
+  meta = {"modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "PZ", "2": "TZ"},
+          "training": training}
+  (root / "dataset.json").write_text(json.dumps(meta))
+  return root, labels
+
+
+def test_prostate_like_volume_resampled_scores_dice_one_on_its_original_grid(tmp_path):
+  root, labels = _prostate_like(tmp_path / "prostate")
+  index = data.index_msd(root, slicing_axis=2, target_spacing=(1.2, 1.2, 0))
+  case = index.cases[0]
+  assert case.shape == (4, 6, 5) and case.original_shape == (4, 12, 10) and case.resampled
+  np.testing.assert_allclose(case.spacing, (3.6, 1.2, 1.2))
+  cache = tmp_path / "cache"
+  for cache_dir in (None, cache, cache):  # cold, then written to and read from the cache
+    ds = data.load_volumes(index, cache_dir=cache_dir)
+    for vol in ds.volumes:
+      truth = np.moveaxis(labels[vol.case_id], 2, 0)
+      assert vol.image.shape == (4, 6, 5, 2) and vol.label.shape == (4, 6, 5)
+      np.testing.assert_array_equal(vol.original_label, truth)
+      np.testing.assert_allclose(vol.original_spacing, (3.6, 0.6, 0.6), rtol=1e-7)  # float32 in the header
+      assert vol.original_shape == (12, 10, 4)
+      # A perfect prediction on the resampled grid, scored where the files are.
+      prediction, truth_back, spacing = resample.on_original_grid(vol.label, vol)
+      np.testing.assert_array_equal(truth_back, truth)
+      np.testing.assert_array_equal(metrics.dice_per_class(prediction, truth_back, 3), [1., 1.])
+      assert spacing == vol.original_spacing
+  # Predictions are written on the files' grid with their affine.
+  vol = ds.volumes[0]
+  written = nib.load(data.save_label(tmp_path / "p.nii.gz", vol.label, vol))
+  np.testing.assert_array_equal(np.asarray(written.dataobj), labels[vol.case_id])
+  np.testing.assert_array_equal(written.affine, vol.affine)
+
+
+def test_not_resampled_volumes_carry_no_original_label(tmp_path):
+  root, _ = _prostate_like(tmp_path / "prostate")
+  for target in ((), (0.6, 0.6, 3.6)):
+    vol = data.load_msd(root, target_spacing=target).volumes[0]
+    assert vol.original_label is None and vol.original_spacing is None and not vol.resampled
+    prediction, truth, spacing = resample.on_original_grid(vol.label, vol)
+    assert truth is vol.label and spacing == vol.spacing
