@@ -20,6 +20,7 @@ from slicejax import encoder
 from slicejax import parallel
 from slicejax import phantom
 from slicejax import selection as selection_lib
+from slicejax import stream
 from slicejax.errors import InputError
 from slicejax.selection import ual
 
@@ -41,6 +42,13 @@ def base() -> ml_collections.ConfigDict:
       target_spacing=(),        # resample to (sX, sY, sZ) mm, NIfTI axes (0 keeps an axis); () = the files' grid
       fingerprint=False,        # settings derived from the dataset's fingerprint (slicejax.fingerprint.bind)
       cache_dir="",             # cache of preprocessed volumes, the phantom and UAL encoders; "" = the user cache
+      pipeline="auto",          # 2D training input: "bank" (the group's slices on the device), "stream" (read from a
+                                # slice store on the disk, prefetched) or "auto": the bank when it fits
+                                # memory_budget_gb (slicejax.stream); 3D groups always use the bank
+      memory_budget_gb=0.0,     # largest bank kept on the device; 0 = a quarter of the device's (CPU: host) memory
+      prefetch=2,               # "stream": steps read ahead
+      stream_source="store",    # "stream" reads a slice store in the cache ("store") or the folder's TFDS
+                                # array_record dataset through grain ("tfds", the tfds extra; slicejax.tfds_builder)
       split=dict(train=180, val=20, test=60, seed=0),
       phantom=dict(num_cases=60, shape=(40, 40, 24), num_channels=1, seed=0),
   ))
@@ -279,6 +287,13 @@ def _check_data(c: _Checker) -> None:
   c.items("data.target_spacing", "() or three numbers >= 0 (mm, NIfTI axes X, Y, Z; 0 keeps an axis)",
           lambda s: _is_real(s) and s >= 0, (0, 3))
   c.boolean("data.fingerprint")
+  c.choice("data.pipeline", stream.PIPELINES)
+  c.real("data.memory_budget_gb", lo=0.0)
+  c.integer("data.prefetch", lo=1)
+  if c.choice("data.stream_source", stream.SOURCES) == "tfds":
+    missing = [m for m in ("tensorflow_datasets", "grain", "array_record") if importlib.util.find_spec(m) is None]
+    if missing:
+      c.fail("data.stream_source", f"'tfds' needs {', '.join(missing)}: pip install 'slicejax[tfds]'")
   window = c.items("data.ct_window", "two numbers (lo, hi) with lo < hi", _is_real, (2,))
   if not window[0] < window[1]:
     c.fail("data.ct_window", f"must be two numbers (lo, hi) with lo < hi, got {window!r}")

@@ -44,6 +44,7 @@ from slicejax import report
 from slicejax import results
 from slicejax import selection as selection_lib
 from slicejax import sparse
+from slicejax import stream
 from slicejax import study
 from slicejax import three_d
 from slicejax import two_d
@@ -188,19 +189,22 @@ def init_state(model, tx, seeds, example_shape, *, base_seed: int = 0):
   return jax.jit(make_init(model, tx, example_shape, base_seed))(jnp.asarray(np.asarray(seeds, np.uint32)))
 
 
-def grid_programs(config, dims: int, num_classes: int, example_shape, batch_split) -> dict:
+def grid_programs(config, dims: int, num_classes: int, example_shape, batch_split, pipeline: str = "bank") -> dict:
   """What every group of one dims shares: the model, optimiser, schedule and the per-model functions.
 
   Built once per grid (`train_and_evaluate` keeps them), so that the model axis maps the same function objects in
-  every group and groups of equal shapes reuse one compiled program.
+  every group and groups of equal shapes reuse one compiled program. With `pipeline` "stream" the step takes the
+  batch read ahead on the host as its per-model input (`stream.batch_taker`) instead of drawing it from the bank.
   """
   dims_lib = DIMS[dims]
   model = make_model(config, num_classes, dims)
   tx = make_optimizer(config.train)
-  step = make_train_step(model, tx, config, dims_lib.batch_sampler(config), batch_split)
+  sample_fn = dims_lib.batch_sampler(config) if pipeline == "bank" else stream.batch_taker(config)
+  step = make_train_step(model, tx, config, sample_fn, batch_split)
   # On accelerators the steps between two log steps run inside one program. XLA:CPU runs a training step inside a
   # loop about 45 times slower than the same step on its own (BENCHMARKS.md), so there the host dispatches each step.
-  looped = jax.default_backend() in _LOOP_IN_PROGRAM
+  # Streamed batches arrive one step at a time.
+  looped = jax.default_backend() in _LOOP_IN_PROGRAM and pipeline == "bank"
   return {"model": model, "schedule": make_schedule(config.train), "looped": looped,
           "step": make_multi_step(step) if looped else lambda state, shared, per_model: step(
               state, shared["bank"], per_model),
@@ -224,17 +228,25 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   dims_lib = DIMS[points[0].dims]
   pool, num_classes = splits["train"], dataset.num_classes
   shape = dims_lib.example_shape(config, pool + splits["val"] + splits["test"])
-  bank, per_model, interp_quality = dims_lib.training_data(config, points, plans, pool, num_classes, shape, sizes)
   axis = parallel.ModelAxis(config.model_axis.strategy, len(points), chunk=config.model_axis.chunk,
                             mesh=tuple(config.model_axis.mesh), batch_size=dims_lib.batch_size(config))
-  device_bank = axis.put_shared(bank)
+  # The bank on the device when it fits `data.memory_budget_gb`, else the pool's slices on the disk (`slicejax.stream`).
+  pipeline = stream.choose(config, points[0].dims, sizes or dims_lib.data_sizes(config, points, plans), shape,
+                           dataset.num_channels)
+  if pipeline == "stream":
+    store = stream.open_store(config, pool, shape, cache_dir(config), dataset_root(config))
+    source, per_model, interp_quality = stream.training_data(config, points, plans, pool, num_classes, store)
+    device_bank = {}
+  else:
+    bank, per_model, interp_quality = dims_lib.training_data(config, points, plans, pool, num_classes, shape, sizes)
+    device_bank = axis.put_shared(bank)
 
   # Model, optimiser, state: the latest checkpoint of this group if there is one.
-  key = (points[0].dims, axis.batch_split.axis_name, axis.batch_split.size)
+  key = (points[0].dims, axis.batch_split.axis_name, axis.batch_split.size, pipeline)
   programs = {} if programs is None else programs
   if key not in programs:
     programs[key] = grid_programs(config, points[0].dims, num_classes, shape + (dataset.num_channels,),
-                                  axis.batch_split)
+                                  axis.batch_split, pipeline)
   model, schedule, looped = programs[key]["model"], programs[key]["schedule"], programs[key]["looped"]
   # One model at a time (one compiled initialisation for groups of any size), stacked on the host.
   init = programs[key]["init"]
@@ -245,7 +257,11 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   restored = checkpoints.restore_latest(initial)
   state = axis.from_stacked(initial if restored is None else restored)
   first_step = 0 if restored is None else int(axis.fetch(restored["step"])[0])
-  per_model = axis.from_stacked(per_model)
+  if pipeline == "stream":  # each step's batches, read ahead from `first_step` on
+    batches = stream.Batches(source, per_model, axis.fetch(initial["rng"]), dims_lib.batch_size(config), first_step,
+                             config.train.steps, axis.from_stacked, depth=config.data.prefetch)
+  else:
+    per_model, batches = axis.from_stacked(per_model), contextlib.nullcontext()
   step_fn = axis.map(programs[key]["step"], donate_state=True)
   logging.info("Group %d: %d %dD models (%s), %s strategy, inputs %s, %d steps of batch %d from step %d.",
                group_index, len(points), points[0].dims, ", ".join(p.name for p in points[:4]) +
@@ -267,13 +283,14 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   ends = sorted({first_step + 1, steps} | {s for s in range(first_step + 1, steps + 1) if boundary(s)})
   start, done = time.perf_counter(), first_step
   one_step = {"bank": device_bank, "steps": axis.put_shared(np.int32(1))}
-  with console.GroupProgress(group_index, len(points), steps, first_step, eval_seconds=eval_seconds) as progress:
+  with console.GroupProgress(group_index, len(points), steps, first_step, eval_seconds=eval_seconds) as progress, \
+       batches:
     for end in ends if first_step < steps else ():
       if looped:
         state, outputs = step_fn(state, {"bank": device_bank, "steps": axis.put_shared(np.int32(end - done))},
                                  per_model)
       for _ in range(0 if looped else end - done):
-        state, outputs = step_fn(state, one_step, per_model)
+        state, outputs = step_fn(state, one_step, next(batches) if pipeline == "stream" else per_model)
       done = end
       if end == first_step + 1 or end % config.train.log_every == 0 or end == steps:
         loss, diverged = axis.fetch((outputs["loss"], outputs["diverged"]))
