@@ -27,6 +27,7 @@ import jax
 from ml_collections import config_flags
 
 from slicejax import console
+from slicejax import data as data_lib
 from slicejax import distributed
 from slicejax import dryrun
 from slicejax import train
@@ -104,7 +105,7 @@ def main(argv):
     # Compiled programs persist across launches (a resumed or repeated grid skips compilation), in the cache folder
     # unless JAX_COMPILATION_CACHE_DIR names another.
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-      jax.config.update("jax_compilation_cache_dir", str(train.cache_dir(config) / "jax"))
+      jax.config.update("jax_compilation_cache_dir", str(data_lib.cache_dir(config) / "jax"))
     distributed.initialize(_DISTRIBUTED.value, coordinator=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                            process_id=_PROCESS_ID.value)
     train.train_and_evaluate(config, _WORKDIR.value, fresh=_FRESH.value)

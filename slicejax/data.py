@@ -71,6 +71,7 @@ from nibabel import wrapstruct
 import numpy as np
 
 from slicejax import files
+from slicejax import phantom
 from slicejax import resample as resample_lib
 from slicejax.errors import InputError
 
@@ -266,6 +267,23 @@ def default_cache_dir() -> pathlib.Path:
   return base / "slicejax"
 
 
+
+def cache_dir(config) -> pathlib.Path:
+  """Where preprocessed volumes, the phantom and UAL encoders are cached: `config.data.cache_dir` or the user cache
+  (`default_cache_dir`), shared by every workdir; entries are keyed by content and settings."""
+  return pathlib.Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
+
+
+def dataset_root(config) -> pathlib.Path:
+  """The dataset folder of `config.data`: `data.root`, or the phantom generated (once) into the cache."""
+  cfg = config.data
+  if cfg.source == "phantom":
+    return phantom.cached_phantom(cache_dir(config), num_cases=cfg.phantom.num_cases, shape=tuple(cfg.phantom.shape),
+                                  num_channels=cfg.phantom.num_channels, seed=cfg.phantom.seed)
+  if not cfg.root:
+    raise InputError("config.data.root", cfg.get("missing_root_hint") or "set it to the dataset folder")
+  return pathlib.Path(cfg.root).expanduser()
+
 def _smallest_int(lo: int, hi: int):
   """The smallest of uint8, uint16 and int32 that holds every integer in [lo, hi]."""
   return next(t for t in (np.uint8, np.uint16, np.int32) if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
@@ -411,7 +429,7 @@ def _layout(json_path: pathlib.Path, meta: dict) -> tuple:
     channel_names = _index_map(json_path, "channel_names", meta["channel_names"])
     file_ending = meta.get("file_ending")
     if not isinstance(file_ending, str):
-      raise InputError(json_path, f"lacks 'file_ending' (nnU-Net v2 layout), e.g. \".nii.gz\"")
+      raise InputError(json_path, "lacks 'file_ending' (nnU-Net v2 layout), e.g. \".nii.gz\"")
   else:
     channel_names = _index_map(json_path, "modality", meta["modality"]) if "modality" in meta else None
     file_ending = ".nii.gz"

@@ -108,7 +108,6 @@ def masked_label(label: np.ndarray, slices, slicing_axis: int, ignore: int) -> n
 
 def from_study(study_dir, point: str) -> dict:
   """The simulated annotations of one study point: its plan's slices of the true labels; as `from_plan`."""
-  from slicejax import train
   study_dir = pathlib.Path(study_dir).expanduser()
   plan_path = study_dir / "plans" / f"{point}.json"
   if not plan_path.is_file():
@@ -118,7 +117,7 @@ def from_study(study_dir, point: str) -> dict:
   plan = json.loads(plan_path.read_text())
   config = study_config(study_dir)
   axis = int(config.data.slicing_axis)
-  index = data_lib.index_msd(train.dataset_root(config), slicing_axis=axis)
+  index = data_lib.index_msd(data_lib.dataset_root(config), slicing_axis=axis)
   by_id = {c.case_id: c for c in index.cases}
   missing = sorted(set(plan) - set(by_id))
   if missing:

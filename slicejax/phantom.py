@@ -9,12 +9,15 @@ Conventions. Arrays are built and written in NIfTI order `[X, Y, Z]` (images `[X
 with voxel spacing 1 x 1 x 2 mm, so Z (axis 2) is the slicing axis; the depth of each case is drawn from
 `shape[2] - 4 .. shape[2]`. Labels: 0 background, 1 "core", 2 "rim" (a shell around the core).
 
-Anatomy of one case, all drawn from the case's own random stream (`seed`, case index):
-  * an elliptical body whose outline changes slowly along Z, with a smooth texture and a few small bright and dark
-    spots whose intensities match the core and the rim, so that shape and context, not intensity alone, tell them
-    apart;
-  * a lobed, rotated ellipsoidal core surrounded by a rim of a few mm, bright and dark respectively in the T2-like
-    channel and inverted in the ADC-like channel; they span only part of the depth, leaving slices without foreground;
+Anatomy of one case, all drawn from the case's own random stream (`seed`, case index). Cases differ the way patients
+do, so that what one volume teaches a model transfers only in part to the next, and annotating more volumes pays:
+  * an elliptical body of varying size and position whose outline changes slowly along Z, with a smooth texture and a
+    few small bright and dark spots whose intensities match the core and the rim, so that shape and context, not
+    intensity alone, tell them apart;
+  * a lobed, rotated ellipsoidal core, from small to large (in-plane size over a 2x range) anywhere inside the
+    body, surrounded in about three cases of four by a rim of a few mm (the rim is absent from the others); bright and
+    dark respectively in the T2-like channel and inverted in the ADC-like channel, with a contrast to the body that
+    differs from case to case; they span only part of the depth, leaving slices without foreground;
   * partial-volume blur, a smooth multiplicative bias field, Gaussian noise and a global intensity scale that differs
     by up to ~60x between cases.
 """
@@ -37,15 +40,18 @@ CLASS_NAMES = ("background", "core", "rim")
 CHANNEL_NAMES = ("T2", "ADC")
 SPACING = (1., 1., 2.)
 # Recorded in dataset.json; bumped whenever the generator changes what it writes for the same arguments.
-_VERSION = 1
+_VERSION = 3
 _DEPTH_SPREAD = 4
-# Mean intensity of each tissue before bias, scale and noise, per channel (T2-like, ADC-like).
+# Range of the mean intensity of each tissue before bias, scale and noise, per channel (T2-like, ADC-like); each case
+# draws its own contrast from it.
 _TISSUE = {
-    "air": (0.0, 0.0),
-    "body": (1.0, 1.0),
-    "core": (1.65, 0.5),
-    "rim": (0.55, 1.45),
+    "air": ((0.0, 0.0), (0.0, 0.0)),
+    "body": ((1.0, 1.0), (1.0, 1.0)),
+    "core": ((1.5, 2.0), (0.35, 0.6)),
+    "rim": ((0.35, 0.6), (1.4, 1.7)),
 }
+_RIM_PROBABILITY = 0.75     # share of cases with a rim
+_CORE_SIZE = (0.7, 1.5)     # range of the per-case core size factor, drawn log-uniformly
 _TEXTURE = (0.12, -0.1)     # amplitude of the body texture, in units of the body intensity
 _NOISE = 0.07               # Gaussian noise std, same units
 _SCALE_RANGE = (50., 3000.)  # global per-case intensity scale, drawn log-uniformly
@@ -82,8 +88,8 @@ def phantom_case(seed: int, index: int, shape=(40, 40, 24), num_channels: int = 
   depth_mm = sz * SPACING[2]
 
   # Body: an ellipse whose radii change slowly along Z.
-  centre = np.array([sx, sy]) / 2 + rng.uniform(-0.05, 0.05, 2) * size
-  radii = rng.uniform(0.32, 0.44, 2) * np.array([sx, sy])
+  centre = np.array([sx, sy]) / 2 + rng.uniform(-0.06, 0.06, 2) * size
+  radii = rng.uniform(0.3, 0.44, 2) * np.array([sx, sy])
   phi = rng.uniform(0, np.pi)
   wobble = 1 + 0.08 * np.sin(2 * np.pi * z / depth_mm * rng.uniform(0.5, 1.) + rng.uniform(0, 2 * np.pi))
   bu = np.cos(phi) * (x - centre[0]) + np.sin(phi) * (y - centre[1])
@@ -91,8 +97,10 @@ def phantom_case(seed: int, index: int, shape=(40, 40, 24), num_channels: int = 
   body = (bu / (radii[0] * wobble)) ** 2 + (bv / (radii[1] * wobble)) ** 2 <= 1
 
   # Core and rim: a lobed ellipsoid and a shell of `thickness` mm around it, inside the body and not through its ends.
-  axes = np.array([*rng.uniform(0.09, 0.15, 2) * size, rng.uniform(0.12, 0.22) * depth_mm])
+  core_size = np.exp(rng.uniform(*np.log(_CORE_SIZE)))
+  axes = np.array([*rng.uniform(0.08, 0.12, 2) * size * core_size, rng.uniform(0.12, 0.22) * depth_mm])
   thickness = rng.uniform(0.07, 0.1) * size
+  has_rim = rng.uniform() < _RIM_PROBABILITY
   lobe_depth = rng.uniform(0., 0.2)
   # How far the rim can reach from the centre: lobes stretch it by up to 1 + lobe_depth, the tilt by a little more.
   reach = (1 + lobe_depth) * (axes + thickness) + np.array([0., 0., 0.25 * axes[:2].max() + SPACING[2]])
@@ -107,7 +115,7 @@ def phantom_case(seed: int, index: int, shape=(40, 40, 24), num_channels: int = 
                                  + rng.uniform(0, 2 * np.pi))
   outer = axes + thickness
   core = np.sqrt((u / axes[0]) ** 2 + (v / axes[1]) ** 2 + (w / axes[2]) ** 2) <= lobes
-  rim = (np.sqrt((u / outer[0]) ** 2 + (v / outer[1]) ** 2 + (w / outer[2]) ** 2) <= lobes) & ~core
+  rim = (np.sqrt((u / outer[0]) ** 2 + (v / outer[1]) ** 2 + (w / outer[2]) ** 2) <= lobes) & ~core & has_rim
   label = np.where(core, 1, np.where(rim, 2, 0)).astype(np.uint8)
 
   # Distractor spots inside the body, away from the structures: bright ones like the core, dark ones like the rim.
@@ -130,7 +138,7 @@ def phantom_case(seed: int, index: int, shape=(40, 40, 24), num_channels: int = 
 
   channels = []
   for c in range(num_channels):
-    contrast = {k: t[c] + rng.normal(0., 0.04) for k, t in _TISSUE.items()}
+    contrast = {k: rng.uniform(*t[c]) + rng.normal(0., 0.04) for k, t in _TISSUE.items()}
     clean = np.where(body, contrast["body"] + _TEXTURE[c] * texture, contrast["air"])
     clean = np.where(spots[0], contrast["core"], np.where(spots[1], contrast["rim"], clean))
     clean = np.where(label == 1, contrast["core"] + 0.5 * _TEXTURE[c] * texture, clean)

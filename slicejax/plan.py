@@ -36,7 +36,6 @@ from slicejax import config_lib
 from slicejax import data as data_lib
 from slicejax import files
 from slicejax import nifti
-from slicejax import phantom
 from slicejax import results
 from slicejax import selection as selection_lib
 from slicejax import study
@@ -117,7 +116,7 @@ def _embeddings(config, images: nifti.ImageSet) -> dict:
     shape = tuple(int(-(-s // multiple) * multiple) for s in np.max([v.shape[1:3] for v in volumes.values()], 0))
   fitted = {case: data_lib.fit_to_shape(v, shape)[0].astype(np.float32) for case, v in volumes.items()}
   embeddings, _ = encoder.slice_embeddings(fitted, config.ual.encoder, seed=config.ual.seed,
-                                           cache_dir=cache_dir(config) / "encoder")
+                                           cache_dir=data_lib.cache_dir(config) / "encoder")
   return embeddings
 
 
@@ -198,20 +197,6 @@ def contact_sheets(plan: dict, images: nifti.ImageSet, tiles_per_sheet: int) -> 
 # Entry point.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def cache_dir(config) -> pathlib.Path:
-  """`config.data.cache_dir`, else the user cache (as `train.cache_dir`): the phantom and UAL encoders."""
-  return pathlib.Path(config.data.cache_dir).expanduser() if config.data.cache_dir else data_lib.default_cache_dir()
-
-
-def dataset_root(config) -> pathlib.Path:
-  """The image folder: `data.root`, or the phantom's folder (`data.source=phantom`; its labels are not used)."""
-  if config.data.source == "phantom":
-    cfg = config.data.phantom
-    return phantom.cached_phantom(cache_dir(config), num_cases=cfg.num_cases, shape=tuple(cfg.shape),
-                                  num_channels=cfg.num_channels, seed=cfg.seed)
-  return pathlib.Path(config.data.root).expanduser()
-
-
 def build(config) -> dict:
   """Checks every input and builds the plan without writing anything.
 
@@ -219,7 +204,7 @@ def build(config) -> dict:
     {"meta": plan.json's content, "rows": plan.csv's rows, "images": the ImageSet, "plan": case -> slices}.
   """
   config_lib.validate_plan(config)
-  images = nifti.index_images(dataset_root(config), slicing_axis=config.data.slicing_axis)
+  images = nifti.index_images(data_lib.dataset_root(config), slicing_axis=config.data.slicing_axis)
   names = class_names(config, images)
   chosen = allocation(config)
   plan = make_plan(config, images, chosen)

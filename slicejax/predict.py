@@ -25,7 +25,6 @@ import dataclasses
 import json
 import pathlib
 import re
-from typing import Optional
 
 from absl import logging
 import jax
@@ -98,7 +97,7 @@ def write_model_card(rundir, config, dataset, splits) -> None:
 def _card_from_data(config) -> dict:
   """`model_card`'s fields, derived from the run's dataset headers the way the run derived them."""
   from slicejax import train
-  index = data_lib.index_msd(train.dataset_root(config), slicing_axis=int(config.data.slicing_axis),
+  index = data_lib.index_msd(data_lib.dataset_root(config), slicing_axis=int(config.data.slicing_axis),
                              **({"target_spacing": tuple(config.data.target_spacing)}
                                 if config.data.get("target_spacing") else {}))
   split = train.split_index(config, index)

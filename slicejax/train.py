@@ -37,7 +37,6 @@ from slicejax import evaluate as evaluate_lib
 from slicejax import files
 from slicejax import losses
 from slicejax import parallel
-from slicejax import phantom
 from slicejax import precision
 from slicejax import predict as predict_lib
 from slicejax import report
@@ -50,7 +49,6 @@ from slicejax import three_d
 from slicejax import two_d
 from slicejax import unet
 from slicejax import workdir as workdir_lib
-from slicejax.errors import InputError
 
 # The dims modules: the same functions for 2D slices and 3D patches (see `slicejax.two_d`).
 DIMS = {2: two_d, 3: three_d}
@@ -61,23 +59,6 @@ _LOOP_IN_PROGRAM = ("gpu", "tpu")
 # ---------------------------------------------------------------------------------------------------------------------
 # Setup and data.
 # ---------------------------------------------------------------------------------------------------------------------
-
-def cache_dir(config) -> pathlib.Path:
-  """Where preprocessed volumes, the phantom and UAL encoders are cached: `config.data.cache_dir` or the user cache
-  (`data.default_cache_dir`), shared by every workdir; entries are keyed by content and settings."""
-  return pathlib.Path(config.data.cache_dir).expanduser() if config.data.cache_dir else data_lib.default_cache_dir()
-
-
-def dataset_root(config) -> pathlib.Path:
-  """The MSD-layout folder of `config.data`: `data.root`, or the phantom generated (once) into the cache."""
-  cfg = config.data
-  if cfg.source == "phantom":
-    return phantom.cached_phantom(cache_dir(config), num_cases=cfg.phantom.num_cases, shape=tuple(cfg.phantom.shape),
-                                  num_channels=cfg.phantom.num_channels, seed=cfg.phantom.seed)
-  if not cfg.root:
-    raise InputError("config.data.root", cfg.get("missing_root_hint") or "set it to the dataset folder")
-  return pathlib.Path(cfg.root).expanduser()
-
 
 def split_index(config, index) -> dict:
   """The split of an indexed dataset (`data.index_msd`): "train"/"val"/"test" -> case ids."""
@@ -234,7 +215,7 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   pipeline = stream.choose(config, points[0].dims, sizes or dims_lib.data_sizes(config, points, plans), shape,
                            dataset.num_channels)
   if pipeline == "stream":
-    store = stream.open_store(config, pool, shape, cache_dir(config), dataset_root(config))
+    store = stream.open_store(config, pool, shape, data_lib.cache_dir(config), data_lib.dataset_root(config))
     source, per_model, interp_quality = stream.training_data(config, points, plans, pool, num_classes, store)
     device_bank = {}
   else:
@@ -393,7 +374,7 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   """
   config_lib.validate(config)
   cfg = config.data
-  index = data_lib.index_msd(dataset_root(config), slicing_axis=cfg.slicing_axis,
+  index = data_lib.index_msd(data_lib.dataset_root(config), slicing_axis=cfg.slicing_axis,
                              target_spacing=tuple(cfg.target_spacing))
   split = split_index(config, index)
   depths = {case.case_id: case.depth for case in index.cases if case.case_id in set(split["train"])}
@@ -403,7 +384,7 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   plans = {p.name: plan_of(config, p, depths) for p in points if not _needs_embeddings(p)}
   used = split["train"] + split["val"] + split["test"]
   dataset = data_lib.load_volumes(index.select(used), normalization=cfg.normalization, ct_window=tuple(cfg.ct_window),
-                                  cache_dir=cache_dir(config) if use_cache else None)
+                                  cache_dir=data_lib.cache_dir(config) if use_cache else None)
   by_id = dataset.by_id()
   splits = {name: [by_id[c] for c in ids] for name, ids in split.items()}
   if annotated:
@@ -440,7 +421,7 @@ def prepare(config):
     shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
     images = {v.case_id: data_lib.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
     embeddings, info = encoder.slice_embeddings(images, config.ual.encoder, seed=config.ual.seed,
-                                                cache_dir=cache_dir(config) / "encoder")
+                                                cache_dir=data_lib.cache_dir(config) / "encoder")
     costs = {"encoder_seconds": info["train_seconds"] + info["embed_seconds"]}
     plans.update({p.name: plan_of(config, p, depths, embeddings) for p in points if _needs_embeddings(p)})
   plans = {p.name: plans[p.name] for p in points}

@@ -72,7 +72,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
   assert list(tmp_path.iterdir()) == []
 
 
-CACHED = "phantom_v1_n2_24x24x12_c1_seed0"
+CACHED = "phantom_v3_n2_24x24x12_c1_seed0"
 
 
 def test_cached_phantom_is_keyed_by_its_arguments_and_reused(tmp_path, monkeypatch):
@@ -85,7 +85,7 @@ def test_cached_phantom_is_keyed_by_its_arguments_and_reused(tmp_path, monkeypat
     m.setattr(phantom, "phantom_case", lambda *a, **k: pytest.fail("rewrote a cached phantom"))
     assert phantom.cached_phantom(tmp_path / "cache", num_cases=2, shape=SMALL, seed=0) == root
   other = phantom.cached_phantom(tmp_path / "cache", num_cases=2, shape=SMALL, num_channels=2, seed=3)
-  assert sorted(p.name for p in root.parent.iterdir()) == [CACHED, "phantom_v1_n2_24x24x12_c2_seed3"]
+  assert sorted(p.name for p in root.parent.iterdir()) == [CACHED, "phantom_v3_n2_24x24x12_c2_seed3"]
   assert json.loads((other / "dataset.json").read_text())["phantom"]["seed"] == 3
   with pytest.raises(InputError, match="num_channels"):
     phantom.cached_phantom(tmp_path / "cache", num_channels=3)
@@ -148,15 +148,19 @@ def default_phantom(tmp_path_factory):
 def test_layout_labels_depths_and_spacing(default_phantom):
   ds = default_phantom
   assert ds.name == "Phantom" and ds.class_names == ("background", "core", "rim") and ds.channel_names == ("T2",)
-  depths = set()
+  depths, with_rim = set(), 0
   for vol in ds.volumes:
     assert vol.spacing == (2., 1., 1.) and vol.label.shape[1:] == (40, 40) and vol.image.shape[-1] == 1
-    assert set(np.unique(vol.label).tolist()) == {0, 1, 2}
+    classes = set(np.unique(vol.label).tolist())
+    assert classes in ({0, 1, 2}, {0, 1})
+    with_rim += 2 in classes
     has_foreground = (vol.label > 0).any(axis=(1, 2))
     # Structures span part of the depth: some slices have foreground and some have none.
-    assert 4 <= has_foreground.sum() <= vol.depth - 4
+    assert 3 <= has_foreground.sum() <= vol.depth - 4
     depths.add(vol.depth)
   assert depths <= set(range(20, 25)) and len(depths) >= 3
+  # The rim is a structure of some patients only (about two in three).
+  assert 0.45 < with_rim / len(ds.volumes) < 0.85
 
 
 def test_global_intensity_scale_varies_between_cases():
@@ -206,3 +210,15 @@ def test_two_channels_write_4d_images_and_modality(tmp_path):
   assert t2[label == 1].mean() > t2[label == 2].mean() and adc[label == 1].mean() < adc[label == 2].mean()
   ds = data.load_msd(root)
   assert ds.channel_names == ("T2", "ADC") and ds.volumes[0].image.shape[-1] == 2
+
+
+def test_cases_differ_like_patients(default_phantom):
+  # Lesion size, contrast and the presence of the rim vary between cases, not only their intensity scale.
+  volumes = default_phantom.volumes
+  core_voxels = [int((v.label == 1).sum()) for v in volumes]
+  assert max(core_voxels) > 4 * min(core_voxels)
+  # Contrast of the core to the body, in units of each volume's own intensity spread (z-scored images).
+  contrast = [float(np.median(v.image[..., 0][v.label == 1]) - np.median(v.image[..., 0][(v.label == 0)
+                                                                                        & (v.image[..., 0] > 0)]))
+              for v in volumes]
+  assert max(contrast) > 1.5 * min(contrast) > 0
