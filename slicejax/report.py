@@ -375,29 +375,36 @@ def cost_frontier(cells) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _merge_view(config: dict) -> dict:
+def _merge_view(config: dict, keys) -> dict:
   flat = workdir_lib._flatten(config)
   return {k: v for k, v in flat.items()
-          if any(k == m or k.startswith(m + ".") for m in MERGE_KEYS) and k not in _MERGE_IGNORED}
+          if any(k == m or k.startswith(m + ".") for m in keys) and k not in _MERGE_IGNORED}
 
 
-def check_compatible(configs: dict) -> None:
+def check_compatible(configs: dict, dims: dict | None = None) -> None:
   """Refuses to merge runs that differ in data, split, network or training.
 
   Args:
-    configs: {path of config.json: its config dict}, the first the reference.
+    configs: {path of config.json: its config dict}, in the order given.
+    dims: {the same paths: the set of dims its rows hold}; the 2D network (`model`) is compared only between runs
+      that both hold 2D rows, the 3D one (`three_d`) between runs that both hold 3D rows. None: both always.
 
   Raises:
-    InputError: naming the later config.json and the first differing key, with both values.
+    InputError: naming the later config.json of the first pair that differs, the first differing key, and both
+      values.
   """
-  (first_path, first), *rest = configs.items()
-  reference = _merge_view(first)
-  for path, config in rest:
-    view = _merge_view(config)
-    for key in sorted(reference.keys() | view.keys()):
-      if reference.get(key) != view.get(key):
-        raise InputError(path, f"{key} is {view.get(key)!r} here but {reference.get(key)!r} in {first_path}; runs "
-                               "with different data, split, network or training cannot be merged")
+  items = list(configs.items())
+  for j, (path, config) in enumerate(items):
+    for first_path, first in items[:j]:
+      keys = list(MERGE_KEYS)
+      for name, d in (("model", 2), ("three_d", 3)):
+        if dims is not None and not (d in dims[path] and d in dims[first_path]):
+          keys.remove(name)
+      reference, view = _merge_view(first, keys), _merge_view(config, keys)
+      for key in sorted(reference.keys() | view.keys()):
+        if reference.get(key) != view.get(key):
+          raise InputError(path, f"{key} is {view.get(key)!r} here but {reference.get(key)!r} in {first_path}; "
+                                 "runs with different data, split, network or training cannot be merged")
 
 
 def read_runs(workdirs) -> tuple:
@@ -410,7 +417,7 @@ def read_runs(workdirs) -> tuple:
   Raises:
     InputError: a folder is not a run, runs are incompatible (`check_compatible`), or their test volumes differ.
   """
-  configs, rows = {}, []
+  configs, rows, dims = {}, [], {}
   for workdir in workdirs:
     path = pathlib.Path(workdir) / workdir_lib.CONFIG_NAME
     if not path.is_file():
@@ -420,8 +427,10 @@ def read_runs(workdirs) -> tuple:
       configs[str(path)] = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
       raise InputError(str(path), f"not valid JSON ({err})") from err
-    rows += results.read_rows(pathlib.Path(workdir) / workdir_lib.RESULTS_NAME)
-  check_compatible(configs)
+    run_rows = results.read_rows(pathlib.Path(workdir) / workdir_lib.RESULTS_NAME)
+    dims[str(path)] = {row.get("dims") for row in run_rows}
+    rows += run_rows
+  check_compatible(configs, dims)
   cases = {}
   for row in rows:
     if "test_cases" in row:

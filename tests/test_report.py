@@ -318,3 +318,21 @@ def test_write_summary_with_no_rows(tmp_path):
       ",".join(report.CELL_KEY) + ",n_seeds,density,dice_mean,dice_std,hd95_mean,nsd_mean,interp_dice,cost,"
       "train_seconds,n_diverged,still_improving"]
   assert (tmp_path / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_2d_run_and_a_3d_run_merge_whatever_the_other_network(tmp_path):
+  rows_2d = _study_rows()[:4]
+  rows_3d = [dict(row, dims=3, name="3" + row["name"][1:]) for row in _study_rows()[4:8]]
+  first = _run_folder(tmp_path / "first", rows_2d)
+  second = _run_folder(tmp_path / "second", rows_3d)
+  config = json.loads((second / "config.json").read_text())
+  config["three_d"] = {"patch": [32, 32, 32]}
+  (second / "config.json").write_text(json.dumps(config))
+  report.run([first, second], tmp_path / "merged", resamples=200)  # the 2D run's three_d block is never used
+  config["model"] = {"features": 16}
+  (second / "config.json").write_text(json.dumps(config))
+  report.run([first, second], tmp_path / "merged", resamples=200)
+  third = _run_folder(tmp_path / "third", [dict(row, name=row["name"] + "_again") for row in rows_3d])
+  with pytest.raises(InputError,
+                     match=r"third/config.json: three_d.patch is None here but \[32, 32, 32\] in .*second"):
+    report.run([first, second, third], tmp_path / "merged")
