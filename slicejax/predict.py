@@ -34,11 +34,9 @@ import numpy as np
 
 from slicejax import config_lib
 from slicejax import data as data_lib
-from slicejax import files
 from slicejax import nifti
 from slicejax.errors import InputError
 
-MODEL_CARD = "model.json"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -72,27 +70,6 @@ class TrainedModel:
 # ---------------------------------------------------------------------------------------------------------------------
 # What a run records for later use, and loading a model back.
 # ---------------------------------------------------------------------------------------------------------------------
-
-def model_card(config, dataset, splits) -> dict:
-  """What applying a run's models needs beyond config.json: classes, channels, ignore label, normalisation,
-  slicing axis, the 2D in-plane shape and the training volumes' median spacing (`model.json`)."""
-  from slicejax import train
-  volumes = splits["train"] + splits["val"] + splits["test"]
-  spacings = np.array([v.spacing for v in splits["train"]], np.float64)
-  return {"format": 1, "class_names": list(dataset.class_names), "channel_names": list(dataset.channel_names),
-          "ignore_label": getattr(dataset, "ignore_label", None),
-          "normalization": config.data.normalization, "ct_window": list(config.data.ct_window),
-          "slicing_axis": int(config.data.slicing_axis),
-          "target_spacing": list(config.data.get("target_spacing", ()) or ()),
-          "shape_2d": [int(n) for n in train.DIMS[2].example_shape(config, volumes)],
-          "patch_3d": [int(n) for n in config.three_d.patch],
-          "median_spacing": np.median(spacings, axis=0).tolist() if len(spacings) else None}
-
-
-def write_model_card(rundir, config, dataset, splits) -> None:
-  """Writes `model_card` to `rundir/model.json`."""
-  files.atomic_write(pathlib.Path(rundir) / MODEL_CARD, json.dumps(model_card(config, dataset, splits), indent=1))
-
 
 def _card_from_data(config) -> dict:
   """`model_card`'s fields, derived from the run's dataset headers the way the run derived them."""
@@ -157,7 +134,7 @@ def load_model(workdir, point: str = "") -> TrainedModel:
       raise InputError(rundir / "groups.json", f"point name {name!r} is not <dims>d_..._seed<n>")
     seeds.append(int(match.group(1)))
   dims = int(point[0])
-  card_path = rundir / MODEL_CARD
+  card_path = rundir / train.MODEL_CARD
   card = json.loads(card_path.read_text()) if card_path.is_file() else _card_from_data(config)
   shape = tuple(card["shape_2d"] if dims == 2 else card["patch_3d"])
   model = train.make_model(config, len(card["class_names"]), dims)

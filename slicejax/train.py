@@ -38,7 +38,6 @@ from slicejax import files
 from slicejax import losses
 from slicejax import parallel
 from slicejax import precision
-from slicejax import predict as predict_lib
 from slicejax import report
 from slicejax import results
 from slicejax import selection as selection_lib
@@ -52,6 +51,8 @@ from slicejax import workdir as workdir_lib
 
 # The dims modules: the same functions for 2D slices and 3D patches (see `slicejax.two_d`).
 DIMS = {2: two_d, 3: three_d}
+# What `train_and_evaluate` records in a run's folder for applying its models later (`model_card`).
+MODEL_CARD = "model.json"
 # Backends on which the steps between log steps loop inside one compiled program (`make_multi_step`).
 _LOOP_IN_PROGRAM = ("gpu", "tpu")
 
@@ -488,6 +489,22 @@ def grid_sizes(config, groups, plans) -> dict:
   return sizes
 
 
+def model_card(config, dataset, splits) -> dict:
+  """What applying a run's models needs beyond config.json (`MODEL_CARD`, read by `slicejax.predict`): classes,
+  channels, ignore label, normalisation, slicing axis, the 2D in-plane shape and the training volumes' median
+  spacing."""
+  volumes = splits["train"] + splits["val"] + splits["test"]
+  spacings = np.array([v.spacing for v in splits["train"]], np.float64)
+  return {"format": 1, "class_names": list(dataset.class_names), "channel_names": list(dataset.channel_names),
+          "ignore_label": getattr(dataset, "ignore_label", None),
+          "normalization": config.data.normalization, "ct_window": list(config.data.ct_window),
+          "slicing_axis": int(config.data.slicing_axis),
+          "target_spacing": list(config.data.get("target_spacing", ()) or ()),
+          "shape_2d": [int(n) for n in DIMS[2].example_shape(config, volumes)],
+          "patch_3d": [int(n) for n in config.three_d.patch],
+          "median_spacing": np.median(spacings, axis=0).tolist() if len(spacings) else None}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: bool = False) -> list:
   """Runs every group of the config's grid that has no results yet, then writes the summary.
 
@@ -519,7 +536,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       for name, plan in plans.items():
         files.atomic_write(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
       # What applying the trained models later needs (classes, normalisation, shapes, spacing): `slicejax.predict`.
-      predict_lib.write_model_card(rundir, config, dataset, splits)
+      files.atomic_write(rundir / MODEL_CARD, json.dumps(model_card(config, dataset, splits), indent=1))
       # Plans of points that are not in this grid were left by a launch whose config this one replaced.
       for stale in set((rundir / "plans").glob("*.json")) - {rundir / "plans" / f"{name}.json" for name in plans}:
         stale.unlink()
