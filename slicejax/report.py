@@ -268,7 +268,8 @@ def findings(comparisons, cells) -> list[dict]:
     Reproduced when the fewest-slices allocation is better in at least one and worse in none; reversed when it is
     worse in at least one and better in none.
   - 2, UAL not better than random or fixed interval at equal slices per volume: the "selection" comparisons of
-    `ual`. Reproduced when UAL is better in none (with at least one comparison resolved by an interval).
+    `ual`. Reproduced when UAL is better in at most a quarter of the comparisons resolved by an interval, not
+    reproduced when in more than half.
   - 3, interpolation rarely helps, except some low-density 3D settings: the "interpolation" comparisons. Reproduced
     when interpolation is better in at most a quarter of the 2D comparisons (3D listed apart, by density).
 
@@ -317,9 +318,9 @@ def findings(comparisons, cells) -> list[dict]:
     verdict = "not tested"
   elif not resolved(counts):
     verdict = "inconclusive"
-  elif not counts[stats.BETTER]:
+  elif counts[stats.BETTER] <= resolved(counts) / 4:
     verdict = "reproduced"
-  elif counts[stats.BETTER] > len(oriented) / 2:
+  elif counts[stats.BETTER] > resolved(counts) / 2:
     verdict = "not reproduced"
   else:
     verdict = "mixed"
