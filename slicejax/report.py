@@ -306,8 +306,11 @@ def findings(comparisons, cells) -> list[dict]:
       if key not in best or cell["dice_mean"] > best[key]["dice_mean"]:
         best[key] = {"allocation": _label(cell), "slices_per_volume": cell["slices_per_volume"],
                      "dice_mean": cell["dice_mean"]}
+  by_selection = {}
+  for c in fewest:
+    by_selection.setdefault(c["a"]["selection"], []).append(c)
   out.append(result(1, "At a fixed budget, fewer slices per volume over more volumes is better.", verdict, fewest,
-                    best=best))
+                    best=best, counts_by_selection={k: _tally(v) for k, v in by_selection.items()}))
 
   ual = [c for c in comparisons if c["comparison"] == "selection" and "ual" in (c["a"]["selection"],
                                                                                 c["b"]["selection"])]
@@ -584,7 +587,8 @@ def _comparison_table(comparisons, percent) -> list[str]:
     lines.append([c["comparison"], f"{c['a']['dims']}D", str(c["a"]["budget"]), _label(c["a"]), _label(c["b"]),
                   str(c["n_pairs"]), str(c["n_volumes"]), f"{c['mean_diff']:+.3f}", _interval(c),
                   _fmt(c["p_wilcoxon"], 3), c["verdict"],
-                  "—" if c["seeds_needed"] is None else str(c["seeds_needed"]),
+                  "—" if c["seeds_needed"] is None else str(c["seeds_needed"]) if c["seeds_needed"] <= 1000
+                  else "> 1000",
                   "—" if c["nsd_diff"] is None else f"{c['nsd_diff']:+.3f}",
                   "—" if c["hd95_diff"] is None else f"{c['hd95_diff']:+.2f}"])
   return _table(header, lines)
@@ -603,7 +607,10 @@ def findings_markdown(found) -> list[str]:
     out.append(f"**{finding['finding']}. {finding['claim']}** Verdict: **{finding['verdict']}**.")
     if finding["finding"] == 1:
       out.append(f"The fewest-slices allocation against each other allocation at the same budget and selection: "
-                 f"{_counts_text(finding['counts'])}. Best allocation: "
+                 f"{_counts_text(finding['counts'])}"
+                 + ("" if len(finding["counts_by_selection"]) < 2 else " (" + "; ".join(
+                     f"{name}: {_counts_text(counts)}" for name, counts in finding["counts_by_selection"].items())
+                    + ")") + ". Best allocation: "
                  + "; ".join(f"{key}: {b['allocation']} ({b['dice_mean']:.3f})" for key, b in finding["best"].items())
                  + ".")
     elif finding["finding"] == 2:
