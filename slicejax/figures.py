@@ -210,8 +210,8 @@ def forest(comparisons) -> bytes:
   ax.axvline(0, color="black", linewidth=0.8)
   ax.set_yticks(range(len(labels)), labels=labels, fontsize="x-small")
   ax.set_ylim(-0.8, len(labels) - 0.2)
-  ax.set_xlabel("Δ Dice (a − b), paired by seed and test volume; bars: 95% bootstrap interval")
-  ax.set_title("Paired differences (green: a better, red: a worse, grey: no detectable difference)")
+  ax.set_xlabel("Δ Dice (a − b), paired by seed and test volume\nbars: 95% bootstrap interval")
+  ax.set_title("Paired differences\ngreen: a better, red: a worse, grey: no detectable difference", fontsize="medium")
   return _png(fig)
 
 
