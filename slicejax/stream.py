@@ -71,10 +71,11 @@ def bank_bytes(config, sizes: dict, shape, num_channels: int) -> int:
 
 
 def budget_bytes(config) -> int:
-  """`data.memory_budget_gb` in bytes; 0: a quarter of the first device's memory (the host's on the CPU)."""
+  """`data.memory_budget_gb` in bytes; 0: a quarter of this process's first device's memory (the host's on the
+  CPU). Only a process's own devices report memory, so a multi-process run asks a local one."""
   if config.data.memory_budget_gb > 0:
     return int(config.data.memory_budget_gb * 2**30)
-  limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+  limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
   return int((limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 4)
 
 

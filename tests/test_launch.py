@@ -178,7 +178,7 @@ def test_check_describes_the_run_and_writes_nothing(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "SLICEJAX_CACHE": str(cache)})
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.splitlines()
-  assert lines[1] == "classes (test volumes containing each): 1 core (3/3), 2 rim (3/3)"
+  assert lines[1] == "classes (test volumes containing each): 1 core (3/3), 2 rim (1/3)"
   assert lines[4] == "split (seed 0): 8 train / 1 val / 3 test"
   assert lines[5].startswith("2D in-plane shape 16 x 16 (derived): 0 volumes padded, 0 centre-cropped")
   assert lines[6] == "grid: 5 points in 1 groups of at most 37 models; 2D 5 (1 reference)"
