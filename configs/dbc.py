@@ -20,20 +20,9 @@ from slicejax import fingerprint
 
 def get_config(arg=""):
   arg = config_lib.parse_arg(arg, tiny=False)
-  config = config_lib.base()
-  config.data.update(
-      source="msd",
-      missing_root_hint="no data folder: convert DBC (python -m slicejax.convert.dbc --src=... --segmentations=... --dst=...) and "
-                        "pass --config.data.root=DST")
-  config.model.update(features=16, num_stages=5)
-  config.train.update(steps=4000, batch_size=16, learning_rate=2e-3, warmup_steps=100, log_every=100)
-  config.eval.batch_size = 16
-  config.study.update(selections=("random", "fixed", "ual"), seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
-  if arg.tiny:
-    config.model.update(features=4, num_stages=2)
-    config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
-    config.study.update(selections=("random",), seeds=(0,), reference=False)
-    config.eval.batch_size = 16
-  fingerprint.bind(config, tiny=arg.tiny)
-  config.lock()
-  return config
+  # Volumes far larger than hippocampus: one more stage, smaller batches, longer training.
+  return fingerprint.dataset_config(
+      "no data folder: convert DBC (python -m slicejax.convert.dbc --src=... --segmentations=... "
+      "--dst=...) and pass --config.data.root=DST",
+      tiny=arg.tiny, model=dict(features=16, num_stages=5),
+      train=dict(steps=4000, batch_size=16, learning_rate=2e-3, warmup_steps=100, log_every=100), eval_batch_size=16)

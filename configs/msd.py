@@ -22,23 +22,8 @@ from slicejax import fingerprint
 
 def get_config(arg=""):
   arg = config_lib.parse_arg(arg, tiny=False)
-  config = config_lib.base()
-  config.data.update(
-      source="msd",
-      missing_root_hint="no data folder: pass --config.data.root=PATH to an MSD or nnU-Net v2 dataset folder "
-                        "(dataset.json, imagesTr/, labelsTr/)")
-
-  config.model.update(features=16, num_stages=4)
-  config.train.update(steps=2000, batch_size=32, learning_rate=3e-3, warmup_steps=50, log_every=100)
-  config.eval.batch_size = 64
-  config.study.update(selections=("random", "fixed", "ual"), seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
-  config.model_axis.max_models = 8
-
-  if arg.tiny:
-    config.model.update(features=4, num_stages=2)
-    config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
-    config.study.update(selections=("random",), seeds=(0,), reference=False)
-    config.eval.batch_size = 16
-  fingerprint.bind(config, tiny=arg.tiny)
-  config.lock()
-  return config
+  return fingerprint.dataset_config(
+      "no data folder: pass --config.data.root=PATH to an MSD or nnU-Net v2 dataset folder "
+      "(dataset.json, imagesTr/, labelsTr/)",
+      tiny=arg.tiny, model=dict(features=16, num_stages=4),
+      train=dict(steps=2000, batch_size=32, learning_rate=3e-3, warmup_steps=50, log_every=100))

@@ -324,7 +324,7 @@ def _index_map(path, key: str, mapping) -> tuple:
   return tuple(by_index[i] for i in range(len(by_index)))
 
 
-def _labels(path, mapping) -> tuple:
+def parse_labels(path, mapping) -> tuple:
   """dataset.json `labels` -> (class_names, ignore_label).
 
   Both spellings are read: MSD {"0": "background", "1": "x"} and nnU-Net v2 {"background": 0, "x": 1}. A label
@@ -560,7 +560,7 @@ def index_msd(root, *, slicing_axis: int = 2, affine_tolerance: float = 1e-3, ma
   root = pathlib.Path(root)
   json_path = root / "dataset.json"
   meta = _read_json(json_path)
-  class_names, ignore_label = _labels(json_path, meta["labels"])
+  class_names, ignore_label = parse_labels(json_path, meta["labels"])
   channel_names, _, separate, pairs = _layout(json_path, meta)
   cases = []
   num_channels = len(channel_names) if channel_names else None

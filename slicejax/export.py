@@ -37,7 +37,7 @@ FILE_ENDING = ".nii.gz"
 def dataset_json(name: str, channel_names, class_names, num_training: int) -> dict:
   """nnU-Net v2's dataset.json for classes `class_names` (background first) plus the ignore label K."""
   labels = {str(n): i for i, n in enumerate(class_names)}
-  labels[nifti.IGNORE_NAME] = len(class_names)
+  labels[data_lib.IGNORE_NAME] = len(class_names)
   return {"name": name, "channel_names": {str(i): str(n) for i, n in enumerate(channel_names)}, "labels": labels,
           "numTraining": int(num_training), "file_ending": FILE_ENDING,
           "description": "sparse annotations: voxels labelled 'ignore' were not annotated"}

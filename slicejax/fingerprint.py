@@ -34,6 +34,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from slicejax import config_lib
 from slicejax import data as data_lib
 from slicejax import resample as resample_lib
 
@@ -295,3 +296,24 @@ def _parent(config, key: str) -> tuple:
   for part in path:
     node = node[part]
   return node, name
+
+
+def dataset_config(missing_root_hint: str, *, tiny: bool = False, model=None, train=None,
+                   eval_batch_size: int = 64) -> ml_collections.ConfigDict:
+  """The locked config of a dataset whose data settings follow its fingerprint (configs/msd.py and the configs of
+  converted datasets): `config_lib.base()` with random / fixed / ual selections, seeds 0-2 and the reference,
+  `model` and `train` updates of those blocks, `tiny` shrinking network, steps and grid for tests, and `bind`."""
+  config = config_lib.base()
+  config.data.update(source="msd", missing_root_hint=missing_root_hint)
+  config.model.update(model or {})
+  config.train.update(train or {})
+  config.eval.batch_size = eval_batch_size
+  config.study.update(selections=("random", "fixed", "ual"), seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
+  if tiny:
+    config.model.update(features=4, num_stages=2)
+    config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
+    config.study.update(selections=("random",), seeds=(0,), reference=False)
+    config.eval.batch_size = 16
+  bind(config, tiny=tiny)
+  config.lock()
+  return config

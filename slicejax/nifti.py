@@ -26,11 +26,11 @@ from typing import Optional
 import nibabel as nib
 import numpy as np
 
+from slicejax import data as data_lib
 from slicejax import files
 from slicejax.errors import InputError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
-IGNORE_NAME = "ignore"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -123,27 +123,6 @@ def read_array(path, dtype=np.float64) -> np.ndarray:
   if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
     raise InputError(path, "holds NaN or Inf voxels")
   return data.astype(dtype, copy=False)
-
-
-def _label_names(json_path, labels) -> tuple:
-  """dataset.json `labels` -> (class names by value, ignore value or None). Both MSD and nnU-Net forms."""
-  if not isinstance(labels, dict) or not labels:
-    raise InputError(json_path, "'labels' must be a non-empty object")
-  items = list(labels.items())
-  if all(isinstance(v, int) and not isinstance(v, bool) for _, v in items):
-    pairs = [(v, str(k)) for k, v in items]
-  else:
-    try:
-      pairs = [(int(k), str(v)) for k, v in items]
-    except (TypeError, ValueError) as e:
-      raise InputError(json_path, f"'labels' keys must be integers, got {list(labels)}") from e
-  ignore = [value for value, name in pairs if name == IGNORE_NAME]
-  classes = dict((value, name) for value, name in pairs if name != IGNORE_NAME)
-  if sorted(classes) != list(range(len(classes))):
-    raise InputError(json_path, f"'labels' must number the classes 0..{len(classes) - 1}, got {sorted(classes)}")
-  if ignore and ignore[0] != len(classes):
-    raise InputError(json_path, f"the 'ignore' label must be the highest value ({len(classes)}), got {ignore[0]}")
-  return tuple(classes[i] for i in range(len(classes))), (ignore[0] if ignore else None)
 
 
 def _header(path, slicing_axis: int) -> tuple:
@@ -242,7 +221,7 @@ def index_images(root, *, slicing_axis: int = 2) -> ImageSet:
     if not isinstance(meta, dict):
       raise InputError(json_path, "not a JSON object")
     if "labels" in meta:
-      class_names, ignore = _label_names(json_path, meta["labels"])
+      class_names, ignore = data_lib.parse_labels(json_path, meta["labels"])
     if "file_ending" in meta and "channel_names" in meta:
       layout, paths = "nnunet", _nnunet_cases(root, meta, json_path)
       names = meta["channel_names"]

@@ -281,22 +281,13 @@ def findings(comparisons, cells) -> list[dict]:
     return {"finding": number, "claim": claim, "verdict": verdict, "counts": _tally(chosen),
             "evidence": [_evidence(c) for c in chosen], **extra}
 
-  def resolved(counts):
-    return counts[stats.BETTER] + counts[stats.WORSE] + counts[stats.NO_DIFFERENCE]
-
   out = []
   fewest = [c for c in comparisons if c["comparison"] == "fewest" and not c["a"]["interpolation"]]
-  counts = _tally(fewest)
+  better, worse = _tally(fewest)[stats.BETTER], _tally(fewest)[stats.WORSE]
   if not fewest:
     verdict = "not tested"
-  elif not resolved(counts):
-    verdict = "inconclusive"
-  elif counts[stats.BETTER] and not counts[stats.WORSE]:
-    verdict = "reproduced"
-  elif counts[stats.WORSE] and not counts[stats.BETTER]:
-    verdict = "reversed"
-  elif counts[stats.BETTER] or counts[stats.WORSE]:
-    verdict = "mixed"
+  elif better or worse:
+    verdict = "mixed" if better and worse else "reproduced" if better else "reversed"
   else:
     verdict = "inconclusive"
   best = {}
@@ -316,40 +307,31 @@ def findings(comparisons, cells) -> list[dict]:
                                                                                 c["b"]["selection"])]
   # Orient every comparison as ual - other.
   oriented = [c if c["a"]["selection"] == "ual" else _flip(c) for c in ual]
-  counts = _tally(oriented)
-  if not oriented:
-    verdict = "not tested"
-  elif not resolved(counts):
-    verdict = "inconclusive"
-  elif counts[stats.BETTER] <= resolved(counts) / 4:
-    verdict = "reproduced"
-  elif counts[stats.BETTER] > resolved(counts) / 2:
-    verdict = "not reproduced"
-  else:
-    verdict = "mixed"
   out.append(result(2, "UAL is not better than random or fixed-interval selection at equal slices per volume.",
-                    verdict, oriented))
+                    _rarely_better(oriented), oriented))
 
   interpolation = [c for c in comparisons if c["comparison"] == "interpolation"]
   two_d = [c for c in interpolation if c["a"]["dims"] == 2]
-  counts = _tally(two_d)
-  if not interpolation:
-    verdict = "not tested"
-  elif two_d and not resolved(counts):
-    verdict = "inconclusive"
-  elif not two_d:
-    verdict = "not tested in 2D"
-  elif counts[stats.BETTER] <= resolved(counts) / 4:
-    verdict = "reproduced"
-  elif counts[stats.BETTER] > resolved(counts) / 2:
-    verdict = "not reproduced"
-  else:
-    verdict = "mixed"
+  verdict = "not tested in 2D" if interpolation and not two_d else _rarely_better(two_d)
   three_d = sorted((c for c in interpolation if c["a"]["dims"] == 3),
                    key=lambda c: (c["a"]["budget"], c["a"]["slices_per_volume"]))
   out.append(result(3, "Mask interpolation rarely helps, except some low-density 3D settings.", verdict, two_d,
                     three_d=[_evidence(c) for c in three_d], three_d_counts=_tally(three_d)))
   return out
+
+
+def _rarely_better(comparisons) -> str:
+  """The verdict on "a is rarely better than b": reproduced when a is better in at most a quarter of the comparisons
+  that an interval resolves, not reproduced when in more than half."""
+  counts = _tally(comparisons)
+  resolved = counts[stats.BETTER] + counts[stats.WORSE] + counts[stats.NO_DIFFERENCE]
+  if not comparisons:
+    return "not tested"
+  if not resolved:
+    return "inconclusive"
+  if counts[stats.BETTER] <= resolved / 4:
+    return "reproduced"
+  return "not reproduced" if counts[stats.BETTER] > resolved / 2 else "mixed"
 
 
 def _flip(comparison) -> dict:

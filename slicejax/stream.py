@@ -48,9 +48,9 @@ import numpy as np
 
 from slicejax import data as data_lib
 from slicejax import files
-from slicejax import interpolation
 from slicejax import precision
 from slicejax import sampler
+from slicejax import two_d
 
 PIPELINES = ("auto", "bank", "stream")
 SOURCES = ("store", "tfds")  # `open_store`
@@ -314,22 +314,8 @@ def training_data(config, points, plans, pool, num_classes: int, store) -> tuple
     rows past the store's for interpolated slices); per model index with interpolation, the
     `interpolation.pooled_interpolation_dice` of its plan.
   """
-  by_id = {v.case_id: v for v in pool}
-  weight = float(config.interpolation.weight)
-  extra, label_rows, quality = [], [], {}
-  next_row = len(store)
-  for m, (point, plan) in enumerate(zip(points, plans)):
-    entries = []
-    if point.interpolation:
-      filled, quality[m] = interpolation.interpolate_plan(by_id, plan, num_classes,
-                                                          align_centroids=config.interpolation.align_centroids)
-      for case in sorted(plan) if weight > 0 else ():
-        labels, known = filled[case]
-        between = np.setdiff1d(np.flatnonzero(known), plan[case])
-        label_rows.append(data_lib.fit_to_shape(labels[between], store.shape)[0].astype(np.uint8))
-        entries += [(store.rows[case][d], next_row + i, weight) for i, d in enumerate(between)]
-        next_row += len(between)
-    extra.append(entries)
+  extra, label_rows, quality = two_d.interpolated_entries(config, points, plans, pool, num_classes, store.rows,
+                                                         store.shape, first_row=len(store))
   source = Source(store, np.concatenate(label_rows) if label_rows else None)
   return source, sampler.model_entries(plans, store.rows, extra), quality
 

@@ -107,29 +107,41 @@ def _window_logits(model):
   return lambda params, windows: model.apply({"params": params}, windows)
 
 
-def predictor(config, model, axis):
-  """Sliding-window prediction of whole volumes by every model of the group, scored on the device.
+def _volume_logits(config, model, axis):
+  """`(params, volumes, shape) -> iterator of (volume, logits [M, *grid, K], grid)`: every model's Gaussian-blended
+  sliding-window logits of each volume (`shape` the patch).
 
-  Every volume of a `predict` call is padded at the end to one shape, `sliding_window.bucket_shape` of the largest
-  (and at least the patch), so that each program compiles once for all of them; the windows cover the volume's own
-  extent only (as if it alone were padded to the patch), and only its own voxels count.
-
-  Returns:
-    `predict(params, volumes, shape)` as in `two_d.predictor`, `shape` being the patch: yields one `[M, K, 3]` int32
-    array of confusion counts per volume.
+  Every volume of a call is padded at the end to one shape, `sliding_window.bucket_shape` of the largest (and at
+  least the patch), so that each program compiles once for all of them; the windows cover the volume's own extent
+  only (as if it alone were padded to the patch).
   """
   c3 = config.three_d
   logits_of = axis.map_apply(_window_logits(model))
 
-  def predict(params, volumes, shape):
+  def volume_logits(params, volumes, shape):
     if not volumes:
       return
     extents = [tuple(max(n, p) for n, p in zip(volume.label.shape, shape)) for volume in volumes]
     grid = sliding_window.bucket_shape(np.max(extents, axis=0))
     for volume, extent in zip(volumes, extents):
-      logits = sliding_window.sliding_window_logits(lambda windows: logits_of(params, windows),
-                                                    data_lib.pad_volume(volume.image, grid).astype(np.float32), shape,
-                                                    extent=extent, overlap=c3.overlap, batch_size=c3.eval_batch_size)
+      yield volume, sliding_window.sliding_window_logits(
+          lambda windows: logits_of(params, windows), data_lib.pad_volume(volume.image, grid).astype(np.float32),
+          shape, extent=extent, overlap=c3.overlap, batch_size=c3.eval_batch_size), grid
+  return volume_logits
+
+
+def predictor(config, model, axis):
+  """Sliding-window prediction of whole volumes by every model of the group (`_volume_logits`), scored on the device
+  over each volume's own voxels.
+
+  Returns:
+    `predict(params, volumes, shape)` as in `two_d.predictor`, `shape` being the patch: yields one `[M, K, 3]` int32
+    array of confusion counts per volume.
+  """
+  volume_logits = _volume_logits(config, model, axis)
+
+  def predict(params, volumes, shape):
+    for volume, logits, grid in volume_logits(params, volumes, shape):
       valid = data_lib.pad_volume(np.ones(volume.label.shape, bool), grid)
       yield np.asarray(evaluate.confusion_counts(logits, data_lib.pad_volume(volume.label, grid), valid,
                                                  model.num_classes))
@@ -137,24 +149,15 @@ def predictor(config, model, axis):
 
 
 def segmenter(config, model, axis):
-  """Sliding-window label maps of whole volumes by every model of the group (windows and shapes as in
-  `predictor`).
+  """Sliding-window label maps of whole volumes by every model of the group (`_volume_logits`).
 
   Returns:
     `segment(params, volumes, shape)`: yields one `[M, D, H, W]` uint8 label map per volume, on its own grid.
   """
-  c3 = config.three_d
-  logits_of = axis.map_apply(_window_logits(model))
+  volume_logits = _volume_logits(config, model, axis)
 
   def segment(params, volumes, shape):
-    if not volumes:
-      return
-    extents = [tuple(max(n, p) for n, p in zip(volume.label.shape, shape)) for volume in volumes]
-    grid = sliding_window.bucket_shape(np.max(extents, axis=0))
-    for volume, extent in zip(volumes, extents):
-      logits = sliding_window.sliding_window_logits(lambda windows: logits_of(params, windows),
-                                                    data_lib.pad_volume(volume.image, grid).astype(np.float32), shape,
-                                                    extent=extent, overlap=c3.overlap, batch_size=c3.eval_batch_size)
+    for volume, logits, _ in volume_logits(params, volumes, shape):
       depth, height, width = volume.label.shape
       yield np.asarray(_argmax(logits))[:, :depth, :height, :width]
   return segment

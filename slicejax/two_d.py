@@ -108,10 +108,31 @@ def training_data(config, points, plans, pool, num_classes: int, shape, sizes=No
   bank = sampler.slice_bank([v for v in pool if v.case_id in keep], shape, keep,
                             image_dtype=precision.bank_dtype(config))
   rows = bank.pop("rows")
+  extra, label_rows, quality = interpolated_entries(config, points, plans, pool, num_classes, rows, shape,
+                                                    first_row=len(bank["labels"]))
+  bank["labels"] = np.concatenate([bank["labels"]] + label_rows)
+  bank = {**sampler.pad_rows({k: bank[k] for k in ("images", "extents")}, sizes["images"]),
+          **sampler.pad_rows({"labels": bank["labels"]}, sizes["labels"])}
+  return bank, sampler.model_entries(plans, rows, extra, width=sizes["entries"]), quality
+
+
+def interpolated_entries(config, points, plans, pool, num_classes: int, rows, shape, first_row: int) -> tuple:
+  """The interpolated slices of the models with interpolation on, as label rows and entries.
+
+  Args:
+    rows: case id -> slice index -> image row (of the bank or the store).
+    shape: the in-plane shape `(H, W)`.
+    first_row: the label row of the first interpolated slice (the ones before are the true labels).
+
+  Returns:
+    (extra, label_rows, quality): per model its extra entries `(image row, label row, interpolation.weight)` (none
+    when that weight is 0), the new label rows `[n, H, W]` uint8 in order, and per model index with interpolation
+    the `interpolation.pooled_interpolation_dice` of its plan.
+  """
   by_id = {v.case_id: v for v in pool}
   weight = float(config.interpolation.weight)
-  extra, label_rows, quality = [], [bank["labels"]], {}
-  next_row = len(bank["labels"])
+  extra, label_rows, quality = [], [], {}
+  next_row = first_row
   for m, (point, plan) in enumerate(zip(points, plans)):
     entries = []
     if point.interpolation:
@@ -124,10 +145,7 @@ def training_data(config, points, plans, pool, num_classes: int, shape, sizes=No
         entries += [(rows[case][d], next_row + i, weight) for i, d in enumerate(between)]
         next_row += len(between)
     extra.append(entries)
-  bank["labels"] = np.concatenate(label_rows)
-  bank = {**sampler.pad_rows({k: bank[k] for k in ("images", "extents")}, sizes["images"]),
-          **sampler.pad_rows({"labels": bank["labels"]}, sizes["labels"])}
-  return bank, sampler.model_entries(plans, rows, extra, width=sizes["entries"]), quality
+  return extra, label_rows, quality
 
 
 def batch_sampler(config):
