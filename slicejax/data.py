@@ -50,7 +50,10 @@ every NIfTI file's bytes (SHA-256), the preprocessing
 settings and the format version, so work folders, datasets and processes can share one folder (`default_cache_dir()`).
 Each entry is written atomically: it is complete or absent, and concurrent writers of an entry write the same bytes
 twice. A load from the cache gives exactly the arrays of a load without it. The label values are checked against
-dataset.json on cached entries too, as dataset.json is not part of the key.
+dataset.json on cached entries too, as dataset.json is not part of the key. `load_volumes(mapped=True)` leaves the
+arrays in the entries (the `.npz` members are stored, not compressed, so each is a plain array at an offset of the
+file): a volume's image and labels are `mapped.MappedArray`s, read a part at a time when used, for datasets larger
+than memory; the entry's key travels with the volume (`Volume.key`).
 """
 
 import dataclasses
@@ -71,6 +74,7 @@ from nibabel import wrapstruct
 import numpy as np
 
 from slicejax import files
+from slicejax import mapped as mapped_lib
 from slicejax import phantom
 from slicejax import resample as resample_lib
 from slicejax.errors import InputError
@@ -104,6 +108,8 @@ class Volume:
     original_label: None when the volume was not resampled; else the label `[D0, H0, W0]` on the file's own grid,
       against which predictions are scored (`resample.to_original` maps a prediction there).
     original_spacing: None when not resampled; else the file's `(sD, sH, sW)`.
+    key: the content key of the volume's cache entry (its files' bytes and the preprocessing), None when loaded
+      without a cache. The arrays are numpy arrays, or `mapped.MappedArray`s read on access (`load_volumes(mapped=)`).
   """
   case_id: str
   image: np.ndarray
@@ -113,6 +119,7 @@ class Volume:
   slicing_axis: int
   original_label: np.ndarray | None = None
   original_spacing: tuple | None = None
+  key: str | None = None
 
   @property
   def depth(self) -> int:
@@ -236,6 +243,11 @@ class DatasetIndex(_ClassesAndChannels):
   def depths(self) -> dict:
     """Returns {case_id: D}, the number of slices along the slicing axis."""
     return {c.case_id: c.depth for c in self.cases}
+
+  def loaded_bytes(self) -> int:
+    """Bytes of the arrays `load_volumes` makes of these cases: float16 images and (at least) one byte per label."""
+    return sum(int(np.prod(c.shape, dtype=np.int64)) * (2 * c.num_channels + 1) + (
+        int(np.prod(c.original_shape, dtype=np.int64)) if c.resampled else 0) for c in self.cases)
 
   def select(self, case_ids) -> "DatasetIndex":
     """The same index restricted to `case_ids` (any order; kept sorted), e.g. the cases of a split."""
@@ -731,17 +743,22 @@ def _cache_path(folder: pathlib.Path, case_id: str, key: str) -> pathlib.Path:
   return folder / f"{case_id}.{key[:32]}.npz"
 
 
-def _read_cache(path: pathlib.Path, key: str, case: CaseInfo):
+def _read_cache(path: pathlib.Path, key: str, case: CaseInfo, mapped: bool = False):
   """Returns (image, label, original label or None, label values) of the entry at `path` if it has the right key and
-  shapes, else None."""
+  shapes, else None. With `mapped` the three arrays are `mapped.MappedArray`s of the entry, read on access."""
   if not path.is_file():
     return None
   try:
     with np.load(path) as entry:
       if str(entry["key"]) != key:
         return None
-      image, label, label_values = entry["image"], entry["label"], entry["label_values"]
-      original = entry["original_label"] if "original_label" in entry.files else None
+      label_values = entry["label_values"]
+      if mapped:
+        arrays = mapped_lib.open_npz(path)
+        image, label, original = arrays["image"], arrays["label"], arrays.get("original_label")
+      else:
+        image, label = entry["image"], entry["label"]
+        original = entry["original_label"] if "original_label" in entry.files else None
   except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
     logging.warning("Ignoring unreadable cache entry %s: %s", path, e)
     return None
@@ -766,6 +783,11 @@ def _write_cache(path: pathlib.Path, key: str, image: np.ndarray, label: np.ndar
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _as_type(array, dtype):
+  """`array` as `dtype`; a mapped array of that type stays mapped."""
+  return array if array.dtype == dtype else np.asarray(array).astype(dtype)
+
+
 def _read_bytes(path: pathlib.Path, json_path: pathlib.Path) -> bytes:
   try:
     return path.read_bytes()
@@ -782,7 +804,7 @@ def _check_normalization(normalization, ct_window) -> None:
 
 
 def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_window=(-1000., 1000.),
-                 cache_dir=None) -> Dataset:
+                 cache_dir=None, mapped: bool = False) -> Dataset:
   """Reads, checks, normalises and (with `index.target_spacing`) resamples the voxels of every case of `index`.
 
   Args:
@@ -791,6 +813,8 @@ def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_windo
     ct_window: `(lo, hi)` clipping window for "ct".
     cache_dir: optional cache folder, e.g. `default_cache_dir()`; entries go in its `volumes/` folder, created if
       missing.
+    mapped: the volumes' arrays stay in their cache entries (`mapped.MappedArray`, read on access) instead of memory,
+      for datasets larger than memory; needs `cache_dir`. The same values either way.
 
   Returns:
     A Dataset whose volumes follow `index.cases`: images `[D, H, W, C]` float16, labels `[D, H, W]` uint8 (uint16
@@ -802,6 +826,8 @@ def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_windo
     InputError: naming the file (or setting) for any bad input; see the module docstring.
   """
   _check_normalization(normalization, ct_window)
+  if mapped and cache_dir is None:
+    raise ValueError("mapped volumes live in the cache: pass cache_dir")
   start = time.perf_counter()
   json_path = pathlib.Path(index.root) / "dataset.json"
   settings = {"slicing_axis": index.slicing_axis, "normalization": normalization}
@@ -824,22 +850,24 @@ def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_windo
     if folder is not None:
       key = _cache_key(image_raws, label_raw, settings)
       path = _cache_path(folder, case.case_id, key)
-      cached = _read_cache(path, key, case)
+      cached = _read_cache(path, key, case, mapped)
     if cached is None:
       image, label, original = _decode_case(case, image_raws, label_raw, index.slicing_axis, normalization, ct_window)
       label_values = np.unique(label if original is None else original)
       if folder is not None:
         _write_cache(path, key, image, label, original, label_values)
+      if mapped:  # the entry just written, read on access like every other
+        image, label, original, _ = _read_cache(path, key, case, mapped)
     else:
       image, label, original, label_values = cached
       hits += 1
     # dataset.json is not part of the cache key, so this check runs on cached entries too.
     _check_label_values(case.label_path, label_values, index.num_classes, index.ignore_label)
     volumes.append(Volume(
-        case_id=case.case_id, image=image, label=label.astype(label_dtype, copy=False), spacing=case.spacing,
+        case_id=case.case_id, image=image, label=_as_type(label, label_dtype), spacing=case.spacing,
         affine=case.affine, slicing_axis=index.slicing_axis,
-        original_label=None if original is None else original.astype(label_dtype, copy=False),
-        original_spacing=case.original_spacing if case.resampled else None))
+        original_label=None if original is None else _as_type(original, label_dtype),
+        original_spacing=case.original_spacing if case.resampled else None, key=key if folder else None))
   logging.info("Loaded %d cases from %s in %.2fs (%d from cache).", len(volumes), index.root,
                time.perf_counter() - start, hits)
   return Dataset(name=index.name, root=index.root, class_names=index.class_names, channel_names=index.channel_names,

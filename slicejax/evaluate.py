@@ -20,6 +20,10 @@ import numpy as np
 from slicejax import metrics
 from slicejax import resample
 
+# The most bytes of float32 slices that 2D evaluation fits and holds at once (`volume_chunks`): 1,024 slices of
+# 256 x 256, every slice of hundreds of small volumes.
+CHUNK_BYTES = 2**28
+
 
 @functools.partial(jax.jit, static_argnames="num_classes")
 def confusion_counts(prediction, truth, valid, num_classes: int):
@@ -48,6 +52,23 @@ def confusion_counts(prediction, truth, valid, num_classes: int):
   return jnp.stack([jnp.sum(predicted & true, axis=voxels, dtype=jnp.int32),
                     jnp.sum(predicted, axis=voxels, dtype=jnp.int32),
                     jnp.broadcast_to(true_counts, (prediction.shape[0], num_classes))], axis=-1)
+
+
+def volume_chunks(volumes: Sequence, shape, max_bytes: int | None = None):
+  """`volumes` in consecutive runs whose slices, fitted to `shape` `(H, W)` as float32, take at most `max_bytes`
+  (default `CHUNK_BYTES`) together, a larger volume being a run of its own: 2D evaluation holds one run at a time,
+  whatever the dataset's size, and volumes of a few slices still share batches."""
+  max_bytes = CHUNK_BYTES if max_bytes is None else max_bytes
+  run, size = [], 0
+  for volume in volumes:
+    plane = int(np.prod(shape)) * volume.image.shape[-1] * 4
+    if run and size + volume.depth * plane > max_bytes:
+      yield run
+      run, size = [], 0
+    run.append(volume)
+    size += volume.depth * plane
+  if run:
+    yield run
 
 
 def map_slices(fn: Callable, params, slices: tuple, batch_size: int) -> np.ndarray:
@@ -113,12 +134,12 @@ def score_labels(label_maps: Iterable[np.ndarray], volumes: Sequence, num_classe
     (`hd95_mean [M]`, `hd95_per_class [M, K-1]`, ...), `cases` (the case ids) and `class_volumes [K-1]` (the number
     of volumes whose truth holds each class).
   """
-  counts, hd95, nsd, truths = [], [], [], []
+  counts, hd95, nsd, present = [], [], [], []
   for labels, volume in zip(label_maps, volumes):
     # A resampled volume is scored on the grid of its files: its prediction is mapped back there.
     on_grid = [resample.on_original_grid(m, volume) for m in labels]
-    truth, spacing = on_grid[0][1], on_grid[0][2]
-    truths.append(truth)
+    truth, spacing = np.asarray(on_grid[0][1]), on_grid[0][2]
+    present.append([np.any(truth == k) for k in range(1, num_classes)])
     counts.append(np.stack([metrics.confusion_counts(m, truth, num_classes) for m, _, _ in on_grid]))
     # Surfaces need every voxel's truth: a volume with ignore-label voxels gets none.
     scored = surface and bool(np.all(truth < num_classes))
@@ -133,6 +154,5 @@ def score_labels(label_maps: Iterable[np.ndarray], volumes: Sequence, num_classe
     means = metrics.summarise(values)
     out.update({name: values, f"{name}_mean": means["dice_mean"], f"{name}_per_class": means["dice_per_class"]})
   out["cases"] = [volume.case_id for volume in volumes]
-  out["class_volumes"] = np.array([[np.any(truth == k) for k in range(1, num_classes)] for truth in truths],
-                                  np.int64).reshape(len(volumes), num_classes - 1).sum(axis=0)
+  out["class_volumes"] = np.array(present, np.int64).reshape(len(volumes), num_classes - 1).sum(axis=0)
   return out

@@ -26,9 +26,11 @@ the same (tests/test_stream.py). The examples' images, labels and weights are th
 path builds them (`batch_taker`). (A model without entries trains on nothing on either path: its weights are 0,
 whichever row its examples show.)
 
-What this bounds is the training input: the trainer still receives the pool as loaded `data.Volume`s (whose arrays
-`load_volumes` holds in memory) and evaluates whole volumes; writing a store reads each volume once, a slice at a
-time. Interpolated label rows are computed in memory per model, then moved to a file.
+Whole runs. With the streamed input, or when the dataset's arrays exceed the memory budget, the trainer loads the
+volumes mapped (`data.load_volumes(mapped=True)`: each stays in its cache entry and is read a part at a time), writes
+the store a volume at a time, and evaluates a bounded number of slices at a time, so a run's memory is bounded by
+the largest volume and the batches in flight, not by the dataset. Interpolated label rows are computed in memory per
+model, then moved to a file.
 """
 
 import contextlib
@@ -143,11 +145,15 @@ def write_store(folder, volumes, shape, key: str = "") -> "SliceStore":
 
 
 def store_key(volumes, shape) -> str:
-  """The content key of a store of `volumes` at in-plane `shape`: every case id, array shape and voxel."""
+  """The content key of a store of `volumes` at in-plane `shape`: every case id, array shape and voxel, or, for a
+  volume loaded through the cache, its cache entry's key (which hashes its files and their preprocessing)."""
   digest = hashlib.sha256(json.dumps({"format": _FORMAT, "shape": [int(s) for s in shape]}).encode())
   for volume in volumes:
     digest.update(json.dumps([volume.case_id, volume.image.shape, str(volume.image.dtype), volume.label.shape,
                               str(volume.label.dtype)]).encode())
+    if volume.key is not None:
+      digest.update(volume.key.encode())
+      continue
     for array in (volume.image, volume.label):
       for plane in array:  # a slice at a time: a memory-mapped volume is never copied whole
         digest.update(np.ascontiguousarray(plane).tobytes())
@@ -323,6 +329,15 @@ def training_data(config, points, plans, pool, num_classes: int, store) -> tuple
 # ---------------------------------------------------------------------------------------------------------------------
 # Drawing, reading ahead, and the step's side.
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def empty_batch(batch_size: int, shape, num_channels: int) -> dict:
+  """One model's batch as `Source.read` gives it, every example weighing 1 over the whole plane and every voxel 0:
+  the stream step's input for compiling and measuring it (`train.one_model_step`)."""
+  return {"images": np.zeros((batch_size,) + tuple(shape) + (num_channels,), np.float16),
+          "labels": np.zeros((batch_size,) + tuple(shape), np.uint8),
+          "extents": np.tile(np.asarray(shape, np.int32), (batch_size, 1)),
+          "weight": np.ones(batch_size, np.float32)}
 
 
 def row_bank(num_images: int, num_labels: int) -> dict:

@@ -383,9 +383,13 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   annotated = sparse.check_study(config.study, index.ignore_label)
   points = [] if annotated else study.expand(config.study, depths, left_out)
   plans = {p.name: plan_of(config, p, depths) for p in points if not _needs_embeddings(p)}
-  used = split["train"] + split["val"] + split["test"]
-  dataset = data_lib.load_volumes(index.select(used), normalization=cfg.normalization, ct_window=tuple(cfg.ct_window),
-                                  cache_dir=data_lib.cache_dir(config) if use_cache else None)
+  used = index.select(split["train"] + split["val"] + split["test"])
+  # Volumes beyond the memory budget (or for the streamed input) stay in the cache, read a part at a time.
+  mapped = use_cache and (cfg.pipeline == "stream" or used.loaded_bytes() > stream.budget_bytes(config))
+  if mapped:
+    logging.info("The volumes (%.2f GB) stay in the cache and are read as needed.", used.loaded_bytes() / 2**30)
+  dataset = data_lib.load_volumes(used, normalization=cfg.normalization, ct_window=tuple(cfg.ct_window),
+                                  cache_dir=data_lib.cache_dir(config) if use_cache else None, mapped=mapped)
   by_id = dataset.by_id()
   splits = {name: [by_id[c] for c in ids] for name, ids in split.items()}
   if annotated:
@@ -437,26 +441,34 @@ def one_model_step(config, dims: int, points, plans, splits, dataset) -> dict:
 
   Returns:
     dict of the `grid_programs`, the `compiled` step, its inputs `state`, `shared` and `per_model` (one model's, the
-    first of `points`), `compile_seconds`, and `model_bytes` (the step's temporary buffers and one model's state in
-    and out, from XLA's memory analysis) and `bank_bytes`.
+    first of `points`), `compile_seconds`, `pipeline` ("bank" or "stream", as `stream.choose` picks it for the grid's
+    largest bank), and `model_bytes` (the step's temporary buffers and one model's state in and out, from XLA's memory
+    analysis, plus on the stream path its batches in flight) and `bank_bytes` (0 on the stream path).
   """
   dims_lib, same = DIMS[dims], [p for p in points if p.dims == dims]
   shape = dims_lib.example_shape(config, splits["train"] + splits["val"] + splits["test"])
   sizes = dims_lib.data_sizes(config, same, [plans[p.name] for p in same])
-  bank, per_model, _ = dims_lib.training_data(config, same[:1], [plans[same[0].name]], splits["train"],
-                                              dataset.num_classes, shape, sizes)
-  programs = grid_programs(config, dims, dataset.num_classes, shape + (dataset.num_channels,), parallel.BatchSplit())
+  pipeline = stream.choose(config, dims, sizes, shape, dataset.num_channels)
+  if pipeline == "stream":  # a batch as `stream.Batches` delivers it; nothing is shared
+    bank, batch = {}, stream.empty_batch(dims_lib.batch_size(config), shape, dataset.num_channels)
+    per_model = jax.tree.map(jnp.asarray, batch)
+    in_flight = (config.data.prefetch + 1) * sum(leaf.nbytes for leaf in batch.values())
+  else:
+    bank, per_model, _ = dims_lib.training_data(config, same[:1], [plans[same[0].name]], splits["train"],
+                                                dataset.num_classes, shape, sizes)
+    per_model, in_flight = jax.tree.map(lambda x: jnp.asarray(x[0]), per_model), 0
+  programs = grid_programs(config, dims, dataset.num_classes, shape + (dataset.num_channels,), parallel.BatchSplit(),
+                           pipeline)
   state = jax.tree.map(lambda leaf: leaf[0], programs["init"](np.asarray([same[0].seed], np.uint32)))
   shared = {"bank": jax.tree.map(jnp.asarray, bank), "steps": jnp.int32(1)}
-  per_model = jax.tree.map(lambda x: jnp.asarray(x[0]), per_model)
   start = time.perf_counter()
   compiled = jax.jit(programs["step"], donate_argnums=0).lower(state, shared, per_model).compile()
   compile_seconds = time.perf_counter() - start
   analysis = compiled.memory_analysis()
   state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
   return {"programs": programs, "compiled": compiled, "state": state, "shared": shared, "per_model": per_model,
-          "shape": shape, "compile_seconds": compile_seconds,
-          "model_bytes": (analysis.temp_size_in_bytes if analysis else 0) + 2 * state_bytes,
+          "shape": shape, "compile_seconds": compile_seconds, "pipeline": pipeline,
+          "model_bytes": (analysis.temp_size_in_bytes if analysis else 0) + 2 * state_bytes + in_flight,
           "bank_bytes": sum(leaf.nbytes for leaf in jax.tree.leaves(bank))}
 
 

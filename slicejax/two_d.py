@@ -187,16 +187,15 @@ def segmenter(config, model, axis):
   labels_of = axis.map_apply(_slice_labels(model))
 
   def segment(params, volumes, shape):
-    if not volumes:
-      return
-    fitted = [data_lib.fit_to_shape(volume.image, shape) for volume in volumes]
-    images = np.concatenate([image.astype(np.float32) for image, _, _ in fitted])
-    labels = evaluate.map_slices(labels_of, params, (images,), config.eval.batch_size)
-    start = 0
-    for volume, (_, _, offsets) in zip(volumes, fitted):
-      per_model = labels[:, start:start + volume.depth]
-      start += volume.depth
-      yield np.stack([data_lib.unfit(m, volume.label.shape[1:], offsets) for m in per_model])
+    for chunk in evaluate.volume_chunks(volumes, shape):
+      fitted = [data_lib.fit_to_shape(volume.image, shape) for volume in chunk]
+      images = np.concatenate([image.astype(np.float32) for image, _, _ in fitted])
+      labels = evaluate.map_slices(labels_of, params, (images,), config.eval.batch_size)
+      start = 0
+      for volume, (_, _, offsets) in zip(chunk, fitted):
+        per_model = labels[:, start:start + volume.depth]
+        start += volume.depth
+        yield np.stack([data_lib.unfit(m, volume.label.shape[1:], offsets) for m in per_model])
   return segment
 
 
@@ -231,17 +230,18 @@ def predictor(config, model, axis):
   counts_of = axis.map_apply(_slice_counts(model))
 
   def predict(params, volumes, shape):
-    fitted = []
-    for volume in volumes:
-      image, valid, _ = data_lib.fit_to_shape(volume.image, shape)
-      fitted.append((image.astype(np.float32), data_lib.fit_to_shape(volume.label, shape)[0], valid))
-    per_slice = evaluate.map_slices(counts_of, params, tuple(np.concatenate(parts) for parts in zip(*fitted)),
-                                    config.eval.batch_size)
-    start = 0
-    for volume, (_, truth, valid) in zip(volumes, fitted):
-      counts = per_slice[:, start:start + volume.depth].sum(axis=1, dtype=np.int64)
-      start += volume.depth
-      if any(n > s for n, s in zip(volume.label.shape[1:], shape)):
-        counts = counts + _cropped_away(volume.label, truth[valid], num_classes)
-      yield counts
+    for chunk in evaluate.volume_chunks(volumes, shape):
+      fitted = []
+      for volume in chunk:
+        image, valid, _ = data_lib.fit_to_shape(volume.image, shape)
+        fitted.append((image.astype(np.float32), data_lib.fit_to_shape(volume.label, shape)[0], valid))
+      per_slice = evaluate.map_slices(counts_of, params, tuple(np.concatenate(parts) for parts in zip(*fitted)),
+                                      config.eval.batch_size)
+      start = 0
+      for volume, (_, truth, valid) in zip(chunk, fitted):
+        counts = per_slice[:, start:start + volume.depth].sum(axis=1, dtype=np.int64)
+        start += volume.depth
+        if any(n > s for n, s in zip(volume.label.shape[1:], shape)):
+          counts = counts + _cropped_away(volume.label, truth[valid], num_classes)
+        yield counts
   return predict

@@ -217,3 +217,27 @@ def test_device_counts_leave_out_ignore_label_voxels():
   got = evaluate.confusion_counts(prediction, truth, np.ones_like(truth, bool), num_classes=K)
   np.testing.assert_array_equal(got[0], metrics.confusion_counts(prediction[0], truth, K))
   np.testing.assert_array_equal(got[0], [[1, 2, 1], [1, 1, 2], [1, 1, 1]])
+
+
+def test_volume_chunks_hold_at_most_the_byte_limit_and_a_larger_volume_alone():
+  volumes = _volumes([(3, 4, 5), (5, 3, 10), (2, 9, 7), (9, 2, 2)], channels=2, seed=0)
+  # (6, 6) slices of 2 float32 channels: 288 bytes each; depths 3, 5, 2, 9.
+  chunks = list(evaluate.volume_chunks(volumes, (6, 6), max_bytes=288 * 8))
+  assert [[v.case_id for v in c] for c in chunks] == [["case_0", "case_1"], ["case_2"], ["case_3"]]
+  assert [len(c) for c in evaluate.volume_chunks(volumes, (6, 6), max_bytes=288 * 10)] == [3, 1]
+  assert list(evaluate.volume_chunks([], (6, 6))) == []
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 288 * 8])
+def test_2d_evaluation_in_chunks_equals_one_pass(monkeypatch, chunk_bytes):
+  # Chunks of one volume each (1 byte) or of several: the same label maps and counts as all volumes at once.
+  volumes = _volumes([(3, 4, 5), (5, 3, 10), (2, 9, 7)], channels=2, seed=1)
+  params, model = _params(2, 2, seed=2), _Model()
+  axis = parallel.ModelAxis("vmap", 2)
+  run = lambda lib_fn: list(lib_fn(_config(), model, axis)(axis.from_stacked(params), volumes, (6, 6)))
+  whole = run(two_d.segmenter), run(two_d.predictor)
+  monkeypatch.setattr(evaluate, "CHUNK_BYTES", chunk_bytes)
+  for got, want in zip((run(two_d.segmenter), run(two_d.predictor)), whole):
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(g, w)
