@@ -3,6 +3,8 @@
     python bench/memory.py --mode=generate --store=/work/bench_data/lits_scale   # once: ~58,000 slices, 11.4 GB
     python bench/memory.py --mode=lits --store=/work/bench_data/lits_scale --steps=30 --json
     python bench/memory.py --mode=ratio --steps=30 --json
+    python bench/memory.py --mode=nifti --root=/work/bench_data/lits_nifti   # once: the same data as NIfTI, 11.4 GB
+    python bench/memory.py --mode=launch --root=/work/bench_data/lits_nifti --workdir=RUN --cache=CACHE --json
 
 `generate` writes a slice store (`slicejax.stream`) with LiTS's shape of data: 131 volumes of 74 to 987 slices,
 58,000 slices in all, at 256 x 256, one channel (float16) and three classes (uint8: background, an ellipse "liver"
@@ -19,13 +21,22 @@ memory (`getrusage` and `/proc/self/status` VmHWM) next to the bytes the bank wo
 from a slice store in a temporary folder, alternating the two twice (the machine is shared), checks that both give
 the same losses, and reports steps per second of each and their ratio.
 
+`nifti` writes the same 131 volumes as an nnU-Net v2 raw folder of uncompressed NIfTI files (int16 CT-like
+intensities, uint8 labels, 0.8 x 0.8 x 1 mm), and `launch` runs the whole product on it: `launch.py
+--config=configs/lits.py` (fingerprint, preprocessing into the cache, the streamed input, training, learning curves,
+dense evaluation with surface metrics, the summary) for the fully annotated reference (`LAUNCH_OVERRIDES`), in a child
+process whose peak resident memory is the figure. A second `launch` with the same `--cache` and a new `--workdir`
+measures a run on a warm cache.
+
 Workload: a base-16, 4-stage 2D U-Net (`common.step_config`), batch 8, 256 x 256 slices, one model.
 """
 
 import argparse
 import json
+import os
 import pathlib
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +45,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax  # pylint: disable=g-import-not-at-top
+import nibabel as nib  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 import common  # pylint: disable=g-import-not-at-top
@@ -46,6 +58,13 @@ from slicejax import two_d  # pylint: disable=g-import-not-at-top
 
 SHAPE = (256, 256)
 NUM_CLASSES = 3
+# `launch`: the fully annotated reference alone (every one of the pool's slices is an entry: the largest bank of any
+# point), 125 / 2 / 4 volumes for training / validation / test, two learning-curve points on one validation volume.
+LAUNCH_OVERRIDES = ("--config.study.budgets=()", "--config.study.reference=True", "--config.study.seeds=(0,)",
+                    "--config.data.split.train=125", "--config.data.split.val=2", "--config.data.split.test=4",
+                    "--config.eval.curve_volumes=1", "--config.eval.curve_points=2", "--config.train.log_every=10",
+                    "--config.train.warmup_steps=5")
+PHASE_WORDS = ("Loaded", "stay in the cache", "slice store", "streaming", "models per group", "Group 0", "Wrote")
 
 
 def lits_depths(num_volumes: int = 131, total: int = 58_000, lo: int = 74, hi: int = 987, seed: int = 0) -> list:
@@ -66,6 +85,7 @@ class SyntheticVolume:
   def __init__(self, index: int, depth: int, shape=SHAPE):
     self.case_id, self.depth, self.shape, self.index = f"case_{index:03d}", depth, tuple(shape), index
     self.spacing, self.affine, self.slicing_axis = (1.0, 0.8, 0.8), np.eye(4), 2
+    self.key = None  # no cache entry: `stream.store_key` hashes the voxels
 
   @property
   def label(self) -> np.ndarray:
@@ -83,6 +103,56 @@ class SyntheticVolume:
     noise = np.random.default_rng(self.index).normal(0, 0.3, (8,) + self.shape).astype(np.float16)
     image = np.asarray([-1.0, 0.5, 1.2], np.float16)[label] + noise[np.arange(self.depth) % 8]
     return image[..., None]
+
+
+  def hounsfield(self) -> np.ndarray:
+    """`[D, H, W]` int16 CT-like intensities: soft tissue, a brighter "liver", a brighter "tumour", noise."""
+    noise = np.random.default_rng(self.index).normal(0, 25, (8,) + self.shape)
+    return (np.asarray([-80, 60, 130])[self.label] + noise[np.arange(self.depth) % 8]).astype(np.int16)
+
+
+def write_nifti(root) -> dict:
+  """The LiTS-scale dataset as an nnU-Net v2 raw folder of uncompressed NIfTI files (`.nii`, as LiTS ships):
+  `imagesTr/case_NNN_0000.nii` int16, `labelsTr/case_NNN.nii` uint8, the slicing axis last, 0.8 x 0.8 x 1 mm."""
+  root = pathlib.Path(root)
+  (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+  (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+  depths = lits_depths()
+  affine = np.diag([0.8, 0.8, 1.0, 1.0])
+  start = time.perf_counter()
+  for i, depth in enumerate(depths):
+    volume = SyntheticVolume(i, depth)
+    for path, array in ((root / "imagesTr" / f"{volume.case_id}_0000.nii", volume.hounsfield()),
+                        (root / "labelsTr" / f"{volume.case_id}.nii", volume.label)):
+      if not path.exists():
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(np.moveaxis(array, 0, 2)), affine), str(path))
+  (root / "dataset.json").write_text(json.dumps({
+      "name": "lits_scale", "channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumour": 2},
+      "numTraining": len(depths), "file_ending": ".nii"}, indent=1))
+  size = sum(f.stat().st_size for f in root.rglob("*.nii"))
+  return {"volumes": len(depths), "slices": sum(depths), "bytes": size, "seconds": time.perf_counter() - start,
+          **peak_rss_bytes()}
+
+
+def launch(args) -> dict:
+  """`launch.py --config=configs/lits.py` on the NIfTI folder of `write_nifti`, in a child process whose peak resident
+  memory (getrusage of the children, and /usr/bin/time's where it exists) is the figure."""
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  command = [sys.executable, str(repo / "launch.py"), "--config=configs/lits.py", f"--config.data.root={args.root}",
+             f"--workdir={args.workdir}", *LAUNCH_OVERRIDES, f"--config.train.steps={args.steps}",
+             f"--config.train.batch_size={args.batch_size}", f"--config.model.features={args.features}"]
+  env = {**os.environ, "SLICEJAX_CACHE": args.cache}
+  start = time.perf_counter()
+  done = subprocess.run(command, cwd=repo, env=env, check=False, capture_output=True, text=True)
+  seconds = time.perf_counter() - start
+  (pathlib.Path(args.workdir) / "bench_launch.log").write_text(done.stderr)
+  if done.returncode:
+    raise SystemExit(f"launch.py exited {done.returncode}:\n{done.stderr[-3000:]}")
+  rows = [json.loads(line) for line in (pathlib.Path(args.workdir) / "results.jsonl").read_text().splitlines()]
+  phases = [line for line in done.stderr.splitlines() if any(w in line for w in PHASE_WORDS)]
+  return {"command": " ".join(command[1:]), "seconds": seconds, "rows": len(rows),
+          "dice_mean": [row["dice_mean"] for row in rows], "log": [line[-160:] for line in phases],
+          "child_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
 
 
 def peak_rss_bytes() -> dict:
@@ -190,8 +260,11 @@ def ratio(args, config) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--mode", choices=("generate", "lits", "ratio"), required=True)
+  parser.add_argument("--mode", choices=("generate", "lits", "ratio", "nifti", "launch"), required=True)
   parser.add_argument("--store", default="/work/bench_data/lits_scale")
+  parser.add_argument("--root", default="/work/bench_data/lits_nifti")
+  parser.add_argument("--workdir", default="/work/bench_data/lits_run")
+  parser.add_argument("--cache", default="/work/bench_data/lits_cache")
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--features", type=int, default=16)
   parser.add_argument("--batch_size", type=int, default=8)
@@ -199,8 +272,8 @@ def main():
   args = parser.parse_args()
   config = common.step_config(2, features=args.features, batch_size=args.batch_size)
   config.data.shape = SHAPE
-  result = {"generate": generate, "lits": lambda a: lits(a, config), "ratio": lambda a: ratio(a, config)}[args.mode](
-      args)
+  result = {"generate": generate, "lits": lambda a: lits(a, config), "ratio": lambda a: ratio(a, config),
+            "nifti": lambda a: write_nifti(a.root), "launch": launch}[args.mode](args)
   result.update(mode=args.mode, features=args.features, batch_size=args.batch_size, shape=list(SHAPE))
   print(json.dumps(result) if args.json else json.dumps(result, indent=1))
 
