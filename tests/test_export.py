@@ -1,7 +1,9 @@
 """nnU-Net v2 export (`slicejax.export`): the raw layout, the ignore label, checks of annotation files, reading the
-export back as a dataset with an ignore label, and nnU-Net v2's own integrity check when nnunetv2 is installed."""
+export back as a dataset with an ignore label, and nnU-Net v2's own integrity check (nnunetv2 is in the test extra;
+the check is skipped where it is not installed, except under CI=true, where it fails)."""
 
 import json
+import os
 import pathlib
 
 import nibabel as nib
@@ -92,7 +94,8 @@ def test_an_ignore_label_that_is_not_the_highest_is_refused(tmp_path):
 
 
 def test_nnunet_integrity_check(planned, tmp_path):
-  pytest.importorskip("nnunetv2")
+  if os.environ.get("CI") != "true":  # CI installs the test extra: there a missing nnunetv2 fails in `export.verify`
+    pytest.importorskip("nnunetv2")
   root, base, _ = planned
   out = export.write(tmp_path / "Dataset501_Phantom", export.from_plan(base / "plan", base / "annotations"))
   assert "verify_dataset_integrity Done" in export.verify(out)
