@@ -1,7 +1,8 @@
 """`launch.py --check`: what a run would do, without training or writing anything.
 
-Loads and validates the config and the data (voxels are read without touching the cache; only the demo's phantom is
-generated into the cache when it is not there yet), and reports the classes (with the number of test volumes in
+Loads and validates the config and the data (voxels are read without touching the cache, unless they exceed the
+memory budget, when they are read through it as a run would; only the demo's phantom is generated into the cache
+when it is not there yet), and reports the classes (with the number of test volumes in
 which each occurs), channels, the spread of volume shapes and spacings, the in-plane shape and what padding and
 cropping do to it (the share of each class's voxels cropped away), the split, the grid (points, allocations left out
 and why, groups), and an estimate of the run's time and peak memory from a few measured training steps of one model

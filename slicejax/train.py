@@ -363,7 +363,8 @@ def _val_scores(scores, val_curve, m) -> dict | None:
 
 def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None):
   """Checks the config and the data and builds the grid and the plans that need no voxels; writes nothing but cache
-  entries (none with `use_cache=False`).
+  entries (none with `use_cache=False`, unless the volumes exceed the memory budget: they are then read through the
+  cache, mapped).
 
   Order: the config (`config_lib.validate`), the dataset's structure and headers (`data.index_msd`), the split and the
   grid against the pool's depths, the plans that need no voxels; only then are voxels read.
@@ -384,10 +385,13 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   points = [] if annotated else study.expand(config.study, depths, left_out)
   plans = {p.name: plan_of(config, p, depths) for p in points if not _needs_embeddings(p)}
   used = index.select(split["train"] + split["val"] + split["test"])
-  # Volumes beyond the memory budget (or for the streamed input) stay in the cache, read a part at a time.
-  mapped = use_cache and (cfg.pipeline == "stream" or used.loaded_bytes() > stream.budget_bytes(config))
+  # Volumes beyond the memory budget (or for the streamed input) stay in the cache, read a part at a time; beyond the
+  # budget even without `use_cache`, as they could not be held otherwise.
+  beyond = used.loaded_bytes() > stream.budget_bytes(config)
+  mapped = beyond or (use_cache and cfg.pipeline == "stream")
   if mapped:
     logging.info("The volumes (%.2f GB) stay in the cache and are read as needed.", used.loaded_bytes() / 2**30)
+    use_cache = True
   dataset = data_lib.load_volumes(used, normalization=cfg.normalization, ct_window=tuple(cfg.ct_window),
                                   cache_dir=data_lib.cache_dir(config) if use_cache else None, mapped=mapped)
   by_id = dataset.by_id()

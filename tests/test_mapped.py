@@ -88,3 +88,12 @@ def test_the_trainer_maps_volumes_for_the_stream_or_beyond_the_budget(tmp_path, 
   assert isinstance(volume.image, mapped.MappedArray) == is_mapped
   assert isinstance(volume.label, mapped.MappedArray) == is_mapped
   assert len(dataset.volumes) == sum(len(v) for v in splits.values())
+
+
+def test_a_check_beyond_the_budget_reads_through_the_cache(tmp_path):
+  config = config_lib.load("configs/demo.py:tiny")
+  with config.unlocked():
+    config.data.update(memory_budget_gb=1e-6, cache_dir=str(tmp_path / "cache"))
+  _, splits, _, _, _ = train.read_inputs(config, use_cache=False)
+  assert isinstance(splits["train"][0].image, mapped.MappedArray)
+  assert list((tmp_path / "cache" / "volumes").glob("*.npz"))
