@@ -1,6 +1,8 @@
-"""Real sparse annotations (`slicejax.sparse`, `losses.without_ignored`): the plan read from ignore-label files, and
-training on them equal to training on the same plan as a simulated selection."""
+"""Real sparse annotations (`slicejax.sparse`, `losses.without_ignored`): the plan read from ignore-label files,
+and training on them equal to training on the same plan as a simulated selection (one step, and whole 2D and 3D runs
+on the phantom)."""
 
+import json
 import pathlib
 
 import jax
@@ -9,10 +11,16 @@ import numpy as np
 import pytest
 
 from slicejax import config_lib
+from slicejax import console
 from slicejax import data as data_lib
+from slicejax import export
 from slicejax import losses
+from slicejax import nifti
+from slicejax import phantom
+from slicejax import results
 from slicejax import sparse
 from slicejax import study
+from slicejax import train
 from slicejax import two_d
 from slicejax import unet
 from slicejax.errors import InputError
@@ -95,3 +103,82 @@ def test_training_on_ignore_labels_equals_the_simulated_selection():
   real = loss_and_grads([sparse_point], [found], ignored)
   assert float(simulated[0]) == float(real[0]) and float(simulated[0]) > 0
   jax.tree.map(np.testing.assert_array_equal, simulated[1], real[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Whole runs on the phantom: a study point and the same plan exported as ignore-label files.
+
+def _study_config(root):
+  """demo.py:tiny on an 8-case phantom: one 2D and one 3D point, 4 volumes x 2 fixed slices, the whole pool."""
+  config = config_lib.load(str(ROOT / "configs/demo.py") + ":tiny")
+  config.data.update(source="msd", root=str(root))
+  config.data.split.update(train=4, val=1, test=3)
+  config.train.update(steps=20, log_every=5)
+  config.three_d.patch = (4, 8, 8)  # smaller than the volumes in-plane, so patches are placed, not just cut
+  config.study.update(dims=(2, 3), budgets=(8,), slices_per_volume=(2,), selections=("fixed",), reference=False)
+  config.study.three_d.update(budgets=(8,), slices_per_volume=(2,), selections=("fixed",), interpolation=(False,))
+  return config
+
+
+def _sparse_config(root, like):
+  """configs/sparse.py:3d on the dataset at `root`, in 2D and 3D, with the split, network, schedule and evaluation of
+  the config `like`."""
+  config = config_lib.load(str(ROOT / "configs/sparse.py") + ":3d")
+  config.data.root = str(root)
+  config.data.split.update(like.data.split.to_dict())
+  for block in ("model", "train", "eval", "three_d", "model_axis"):
+    config[block].update(like[block].to_dict())
+  config.study.dims = (2, 3)
+  return config
+
+
+def _with_held_out(source, root, cases):
+  """An export `source` plus `cases` of the MSD folder `root` with their full labels, for scoring."""
+  held_out = [(c, [root / "imagesTr" / f"{c}.nii.gz"],
+               nifti.read_array(root / "labelsTr" / f"{c}.nii.gz").astype(np.uint8)) for c in cases]
+  return {**source, "cases": source["cases"] + held_out}
+
+
+@pytest.fixture(scope="module")
+def same_plan_runs(tmp_path_factory):
+  """The rows and curves of the study's points and of training on their plan exported as ignore-label files.
+
+  The exported dataset holds the point's training volumes (their plan's slices of the labels, the ignore label
+  elsewhere) and the study's validation and test volumes with their full labels: every case of the phantom, so the
+  same split seed splits it the same way.
+  """
+  base = tmp_path_factory.mktemp("same_plan")
+  root = phantom.write_phantom(base / "msd", num_cases=8, shape=(16, 16, 8))
+  simulated = _study_config(root)
+  sim_rows = train.train_and_evaluate(simulated, base / "simulated")
+  point = sim_rows[0]["name"]
+  split = train.split_index(simulated, data_lib.index_msd(root))
+  source = _with_held_out(export.from_study(base / "simulated", point), root, split["val"] + split["test"])
+  dataset = export.write(base / "Dataset501_Phantom", source)
+  real_rows = train.train_and_evaluate(_sparse_config(dataset, simulated), base / "real")
+  curves = {name: console.read_curves(base / name / "curves") for name in ("simulated", "real")}
+  return base, sim_rows, real_rows, curves
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_same_row_from_ignore_label_files_as_from_the_simulated_selection(same_plan_runs, dims):
+  base, sim_rows, real_rows, curves = same_plan_runs
+  (sim,) = [r for r in sim_rows if r["dims"] == dims]
+  (real,) = [r for r in real_rows if r["dims"] == dims]
+  assert (sim["name"], real["name"]) == (f"{dims}d_b8_s4_rho2_fixed_seed0", f"{dims}d_b8_s4_rho2_annotated_seed0")
+  assert json.loads((base / "simulated/plans" / f"{sim['name']}.json").read_text()) == json.loads(
+      (base / "real/plans" / f"{real['name']}.json").read_text())
+  # Every field but those naming the selection (and the timings) is equal, per-volume Dice included, bit for bit.
+  naming = {"name", "selection"}
+  assert set(sim) == set(real)
+  assert {k: v for k, v in results.comparable(sim).items() if k not in naming} == {
+      k: v for k, v in results.comparable(real).items() if k not in naming}
+  assert len(real["per_volume"]["dice"]) == 3 and len(real["val_curve"]["dice"]) == 5
+  assert real["dice_mean"] > 0 and np.ptp(np.ravel(real["per_volume"]["dice"]).astype(float)) > 0
+  # The loss and validation curves, at every log step.
+  for kind in ("loss", "val_dice"):
+    steps, values = curves["simulated"][f"{kind}/group_{sim['group']}/{sim['name']}"]
+    real_steps, real_values = curves["real"][f"{kind}/group_{real['group']}/{real['name']}"]
+    np.testing.assert_array_equal(real_steps, steps)
+    np.testing.assert_array_equal(real_values, values)
+
