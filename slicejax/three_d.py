@@ -4,7 +4,8 @@ Training sees the annotated planes of a model's volumes (and, with interpolation
 per-plane loss weights (`slicejax.patches`); test volumes are predicted by Gaussian-weighted sliding windows
 (`slicejax.sliding_window`) and scored on the device (`predictor`).
 Sampling policy, as in 2D: every patch is centred on a plane drawn uniformly from the model's labelled planes
-(annotated, and interpolated ones with a positive `interpolation.weight`; weight 0 planes are never drawn).
+(annotated, and interpolated ones with a positive `interpolation.weight`; weight 0 planes are never drawn), and a
+plane annotated in part (real sparse annotations) puts one of its annotated voxels in the patch (`slicejax.patches`).
 """
 
 import functools
@@ -56,7 +57,8 @@ def training_data(config, points, plans, pool, num_classes: int, shape, sizes=No
   holds each one's real size. A model's `planes [V, Dm]` are 1 on its annotated planes and
   `config.interpolation.weight` on interpolated ones; a model with interpolation gets its own label volume (true
   labels on annotated planes, interpolated ones between) appended to the bank's labels, and `label_rows [V]` says
-  which label row each volume uses.
+  which label row each volume uses. Voxels of an ignore label (real sparse annotations, `slicejax.sparse`) hold
+  `patches.UNANNOTATED` in the bank.
 
   Returns:
     (bank, per_model, quality) as in `two_d.training_data`, with bank = {images [V, Dm, Hm, Wm, C], labels
@@ -70,8 +72,10 @@ def training_data(config, points, plans, pool, num_classes: int, shape, sizes=No
   image_dtype = precision.bank_dtype(config)
   bank = {"images": np.stack([data_lib.pad_volume(v.image, size).astype(image_dtype) for v in used]),
           "extents": np.array([v.label.shape for v in used], np.int32)}
-  # Label rows: the true labels of the bank's volumes (padded to the grid's volume count), then interpolated ones.
-  labels = [data_lib.pad_volume(v.label, size).astype(np.uint8) for v in used]
+  # Label rows: the true labels of the bank's volumes (padded to the grid's volume count), then interpolated ones. An
+  # ignore label (K or more) becomes the sampler's UNANNOTATED.
+  labels = [data_lib.pad_volume(np.where(v.label < num_classes, v.label, patches.UNANNOTATED), size).astype(np.uint8)
+            for v in used]
   labels += [np.zeros(size, np.uint8)] * (sizes["volumes"] - len(used))
   planes = np.zeros((len(points), sizes["volumes"], size[0]), np.float32)
   label_rows = np.tile(np.arange(sizes["volumes"], dtype=np.int32), (len(points), 1))

@@ -1,9 +1,10 @@
 """Real sparse annotations (`slicejax.sparse`, `losses.without_ignored`): the plan read from ignore-label files,
-and training on them equal to training on the same plan as a simulated selection (one step, and whole 2D and 3D runs
-on the phantom)."""
+training on them equal to training on the same plan as a simulated selection (one step, and whole 2D and 3D runs on
+the phantom), and 3D patches of planes annotated in part."""
 
 import json
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +17,12 @@ from slicejax import data as data_lib
 from slicejax import export
 from slicejax import losses
 from slicejax import nifti
+from slicejax import patches
 from slicejax import phantom
 from slicejax import results
 from slicejax import sparse
 from slicejax import study
+from slicejax import three_d
 from slicejax import train
 from slicejax import two_d
 from slicejax import unet
@@ -182,3 +185,38 @@ def test_the_same_row_from_ignore_label_files_as_from_the_simulated_selection(sa
     np.testing.assert_array_equal(real_steps, steps)
     np.testing.assert_array_equal(real_values, values)
 
+
+def test_3d_patches_of_a_plane_annotated_in_part_hold_its_annotated_voxels(same_plan_runs, tmp_path):
+  """One plane of the export keeps only a 3 x 3 corner of its labels: every patch centred on it holds that corner,
+  and ignore voxels weigh 0 in every 3D batch."""
+  base, _, _, _ = same_plan_runs
+  folder = tmp_path / "Dataset502_Partial"
+  shutil.copytree(base / "Dataset501_Phantom", folder)
+  config = _sparse_config(folder, _study_config(base / "msd"))
+  case, slices = next(iter(json.loads(next((base / "real/plans").glob("3d_*.json")).read_text()).items()))
+  path = folder / "labelsTr" / f"{case}.nii.gz"
+  label = nifti.read_array(path).astype(np.uint8)
+  label[3:, :, slices[0]] = IGNORE
+  label[:, 3:, slices[0]] = IGNORE
+  nifti.save_like(path, label, nifti.load(path))
+
+  dataset, splits, _, points, plans = train.read_inputs(config)
+  point = next(p for p in points if p.dims == 3)
+  bank, per_model, _ = three_d.training_data(config, [point], [plans[point.name]], splits["train"],
+                                             dataset.num_classes, tuple(config.three_d.patch))
+  v = [volume.case_id for volume in splits["train"] if volume.case_id in plans[point.name]].index(case)  # bank row
+  assert (bank["labels"][v, slices[0]] == patches.UNANNOTATED).sum() == 16 * 16 - 9
+  sample = jax.jit(lambda key, planes: patches.sample_patches(
+      key, jax.tree.map(jnp.asarray, bank), planes, tuple(config.three_d.patch), 256,
+      foreground_prob=config.three_d.foreground_prob, label_rows=jnp.asarray(per_model["label_rows"][0])))
+  # The model's own planes: ignore voxels weigh 0 and no patch is left without a weighted voxel.
+  _, labels, weights = sample(jax.random.key(0), jnp.asarray(per_model["planes"][0]))
+  labels, weights = np.asarray(labels), np.asarray(weights)
+  assert (labels == patches.UNANNOTATED).any() and (weights[labels == patches.UNANNOTATED] == 0).all()
+  assert (weights.reshape(256, -1).sum(axis=1) > 0).all()
+  # Patches centred on the partial plane alone: each holds its 9 annotated voxels and no other weighted voxel (a
+  # uniform in-plane start, 8 x 8 of 16 x 16, would miss the corner in 8 patches of 9).
+  only = np.zeros_like(per_model["planes"][0])
+  only[v, slices[0]] = 1.0
+  _, labels, weights = sample(jax.random.key(1), jnp.asarray(only))
+  np.testing.assert_array_equal(np.asarray(weights).reshape(256, -1).sum(axis=1), 9.0)
