@@ -17,9 +17,10 @@ take longer to write and read than the run itself.
 `stream.training_data`, `stream.Batches`, the model axis's mapped step), and reports the process's peak resident
 memory (`getrusage` and `/proc/self/status` VmHWM) next to the bytes the bank would need.
 
-`ratio` builds a small dataset (1,000 slices at 256 x 256) in memory, trains the same models on it from the bank and
-from a slice store in a temporary folder, alternating the two twice (the machine is shared), checks that both give
-the same losses, and reports steps per second of each and their ratio.
+`ratio` builds a small dataset (1,000 slices at 256 x 256) in memory, trains the same models on it from the bank,
+from a slice store in a temporary folder and from the volumes mapped from `.npz` entries as the cache holds them
+(`stream.VolumeRows`, the default source), alternating the three twice (the machine is shared), checks that all give
+the same losses, and reports steps per second of each and their ratios to the bank.
 
 `nifti` writes the same 131 volumes as an nnU-Net v2 raw folder of uncompressed NIfTI files (int16 CT-like
 intensities, uint8 labels, 0.8 x 0.8 x 1 mm), and `launch` runs the whole product on it: `launch.py
@@ -32,6 +33,7 @@ Workload: a base-16, 4-stage 2D U-Net (`common.step_config`), batch 8, 256 x 256
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -50,6 +52,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 import common  # pylint: disable=g-import-not-at-top
 from slicejax import data as data_lib  # pylint: disable=g-import-not-at-top
+from slicejax import mapped  # pylint: disable=g-import-not-at-top
 from slicejax import parallel  # pylint: disable=g-import-not-at-top
 from slicejax import stream  # pylint: disable=g-import-not-at-top
 from slicejax import study  # pylint: disable=g-import-not-at-top
@@ -243,19 +246,25 @@ def ratio(args, config) -> dict:
   bank, bank_entries, _ = two_d.training_data(config, [point], [plan], volumes, NUM_CLASSES, SHAPE)
   with tempfile.TemporaryDirectory() as folder:
     store = stream.store_for(folder, volumes, SHAPE).folder
-    runs = {"bank": [], "stream": []}
+    # The volumes as the trainer maps them from their cache entries (`data.load_volumes(mapped=True)`).
+    for volume in volumes:
+      np.savez(pathlib.Path(folder) / f"{volume.case_id}.npz", image=volume.image, label=volume.label)
+    on_disk = [dataclasses.replace(v, image=arrays["image"], label=arrays["label"]) for v, arrays in zip(
+        volumes, (mapped.open_npz(pathlib.Path(folder) / f"{v.case_id}.npz") for v in volumes))]
+    sources = {"stream": lambda: stream.SliceStore(store),
+               "stream_volumes": lambda: stream.VolumeRows(on_disk, SHAPE, folder)}
+    runs = {"bank": [], "stream": [], "stream_volumes": []}
     for _ in range(2):
       runs["bank"].append(train_steps(config, "bank", bank, bank_entries, args.steps))
-      # Each stream run owns its source (closed with its batches).
-      source, entries, _ = stream.training_data(config, [point], [plan], volumes, NUM_CLASSES,
-                                                stream.SliceStore(store))
-      runs["stream"].append(train_steps(config, "stream", source, entries, args.steps))
-  same = all(r["losses"] == runs["bank"][0]["losses"] for r in runs["bank"] + runs["stream"])
+      for name, rows in sources.items():  # each stream run owns its source (closed with its batches)
+        source, entries, _ = stream.training_data(config, [point], [plan], volumes, NUM_CLASSES, rows())
+        runs[name].append(train_steps(config, "stream", source, entries, args.steps))
+  same = all(r["losses"] == runs["bank"][0]["losses"] for rs in runs.values() for r in rs)
   speed = {name: max(r["steps_per_s"] for r in rs) for name, rs in runs.items()}
   return {"slices": sum(depths), "steps": args.steps, "same_losses": same,
-          "bank_steps_per_s": [r["steps_per_s"] for r in runs["bank"]],
-          "stream_steps_per_s": [r["steps_per_s"] for r in runs["stream"]],
-          "ratio_of_best": speed["stream"] / speed["bank"], **peak_rss_bytes()}
+          **{f"{name}_steps_per_s": [r["steps_per_s"] for r in rs] for name, rs in runs.items()},
+          "ratio_of_best": speed["stream"] / speed["bank"],
+          "ratio_of_best_volumes": speed["stream_volumes"] / speed["bank"], **peak_rss_bytes()}
 
 
 def main():

@@ -47,8 +47,9 @@ def base() -> ml_collections.ConfigDict:
                                 # memory_budget_gb (slicejax.stream); 3D groups always use the bank
       memory_budget_gb=0.0,     # largest bank kept on the device; 0 = a quarter of the device's (CPU: host) memory
       prefetch=2,               # "stream": steps read ahead
-      stream_source="store",    # "stream" reads a slice store in the cache ("store") or the folder's TFDS
-                                # array_record dataset through grain ("tfds", the tfds extra; slicejax.tfds_builder)
+      stream_source="volumes",  # "stream" reads the preprocessed volumes where they are ("volumes": the cache
+                                # entries, mapped), a slice store written into the cache ("store") or the folder's
+                                # TFDS array_record dataset through grain ("tfds", the tfds extra; slicejax.tfds_builder)
       split=dict(train=180, val=20, test=60, seed=0),
       phantom=dict(num_cases=60, shape=(40, 40, 24), num_channels=1, seed=0),
   ))

@@ -3,10 +3,13 @@
 Two input paths feed the same training step (`config.data.pipeline`):
   * "bank" (`slicejax.sampler`): the slices a group's plans reference sit on the device, and the step draws its batch
     there. The fast path, as long as the bank fits.
-  * "stream" (this module): every slice of the training pool sits on the disk, in a *slice store* written once into
-    the cache (`data.stream_source = "store"`) or in the dataset folder's TFDS array_record dataset read through
-    grain ("tfds", `slicejax.tfds_builder`), and a background thread reads each step's batch and puts it on the
-    device ahead of the step (`data.prefetch` steps ahead). The step then takes the batch instead of drawing it.
+  * "stream" (this module): every slice of the training pool is read where it is, by a background thread that reads
+    each step's batch and puts it on the device ahead of the step (`data.prefetch` steps ahead); the step then takes
+    the batch instead of drawing it. The rows come from the preprocessed volumes themselves (`data.stream_source =
+    "volumes"`, `VolumeRows`: the cache entries the trainer maps, `data.load_volumes(mapped=True)`, fitted a slice at
+    a time), from a *slice store* written once into the cache ("store": every fitted slice in one file, for file
+    systems where many small reads of many files are slow), or from the dataset folder's TFDS array_record dataset
+    read through grain ("tfds", `slicejax.tfds_builder`).
   * "auto" takes the bank when the group's bank (`bank_bytes`) fits `data.memory_budget_gb` (0: a quarter of the
     device's memory, the host's on the CPU), the stream otherwise. 3D groups always train from the bank.
 
@@ -27,8 +30,8 @@ path builds them (`batch_taker`). (A model without entries trains on nothing on 
 whichever row its examples show.)
 
 Whole runs. With the streamed input, or when the dataset's arrays exceed the memory budget, the trainer loads the
-volumes mapped (`data.load_volumes(mapped=True)`: each stays in its cache entry and is read a part at a time), writes
-the store a volume at a time, and evaluates a bounded number of slices at a time, so a run's memory is bounded by
+volumes mapped (`data.load_volumes(mapped=True)`: each stays in its cache entry and is read a part at a time), streams
+from those entries (or writes the store a volume at a time), and evaluates a bounded number of slices at a time, so a run's memory is bounded by
 the largest volume and the batches in flight, not by the dataset. Interpolated label rows are computed in memory per
 model, then moved to a file.
 """
@@ -55,7 +58,7 @@ from slicejax import sampler
 from slicejax import two_d
 
 PIPELINES = ("auto", "bank", "stream")
-SOURCES = ("store", "tfds")  # `open_store`
+SOURCES = ("volumes", "store", "tfds")  # `open_store`
 _FORMAT = 1
 # Steps whose rows are drawn in one call of the draw program.
 _DRAW_BLOCK = 32
@@ -242,14 +245,63 @@ class SliceStore:
       rows.close()
 
 
+class VolumeRows:
+  """The rows of a slice store read from the pool's volumes where they are (`data.stream_source = "volumes"`): their
+  arrays in memory, or mapped from their cache entries (`data.load_volumes(mapped=True)`), each row fitted to the
+  static shape when it is read. The same rows as the pool's `SliceStore`, without writing one.
+
+  Row r is slice `d` of the volume that holds it, the volumes one after another in the pool's order.
+  """
+
+  def __init__(self, volumes, shape, scratch):
+    self.shape, self.scratch = tuple(int(s) for s in shape), pathlib.Path(scratch)
+    self._volumes = list(volumes)
+    depths = [v.depth for v in self._volumes]
+    starts = np.concatenate([[0], np.cumsum(depths)[:-1]]).astype(int)
+    self.rows = {v.case_id: np.arange(s, s + d, dtype=np.int32) for v, s, d in zip(self._volumes, starts, depths)}
+    self._volume_of = np.repeat(np.arange(len(depths)), depths)
+    self._slice_of = np.arange(sum(depths)) - np.repeat(starts, depths)
+    self.channels = self._volumes[0].image.shape[-1]
+
+  def __len__(self) -> int:
+    return len(self._volume_of)
+
+  def _planes(self, rows, name: str, dtype, tail=()) -> np.ndarray:
+    rows = np.asarray(rows, np.int64)
+    out = np.empty((len(rows),) + self.shape + tuple(tail), dtype)
+    for i, row in enumerate(rows):
+      if not 0 <= row < len(self):
+        raise IndexError(f"row {row} outside [0, {len(self)})")
+      d = int(self._slice_of[row])
+      out[i] = data_lib.fit_to_shape(getattr(self._volumes[self._volume_of[row]], name)[d:d + 1], self.shape)[0][0]
+    return out
+
+  def read_images(self, rows) -> tuple:
+    """`(images [R, H, W, C] float16, extents [R, 2] int32)` of `rows [R]`."""
+    extents = np.array([np.minimum(self._volumes[self._volume_of[r]].label.shape[1:], self.shape)
+                        for r in np.asarray(rows, np.int64)], np.int32).reshape(-1, 2)
+    return self._planes(rows, "image", np.float16, (self.channels,)), extents
+
+  def read_labels(self, rows) -> np.ndarray:
+    """`labels [R, H, W]` uint8 of `rows [R]`."""
+    return self._planes(rows, "label", np.uint8)
+
+  def close(self) -> None:
+    """Nothing to close: the volumes belong to the caller."""
+
+
 def open_store(config, pool, shape, cache_dir, root):
-  """The rows a stream reads, by `data.stream_source`: "store", the pool's `SliceStore` in the cache (`store_for`);
-  "tfds", the array_record dataset of the folder `root` read through grain (`slicejax.tfds_builder`, the `tfds`
-  extra), prepared once under `cache_dir/tfds`."""
+  """The rows a stream reads, by `data.stream_source`: "volumes", the pool's volumes where they are (`VolumeRows`,
+  temporary files in `cache_dir`); "store", the pool's `SliceStore` in the cache (`store_for`); "tfds", the
+  array_record dataset of the folder `root` read through grain (`slicejax.tfds_builder`, the `tfds` extra), prepared
+  once under `cache_dir/tfds`."""
   if config.data.stream_source == "tfds":
     from slicejax import tfds_builder  # pylint: disable=g-import-not-at-top  (optional dependencies)
     return tfds_builder.store_for(config, root, pathlib.Path(cache_dir) / "tfds", shape, pool[0].image.shape[-1])
-  return store_for(cache_dir, pool, shape)
+  if config.data.stream_source == "store":
+    return store_for(cache_dir, pool, shape)
+  pathlib.Path(cache_dir).mkdir(parents=True, exist_ok=True)
+  return VolumeRows(pool, shape, cache_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """The streamed 2D input path: the slice store, the same batches as the bank path, the automatic choice, and a whole
 run that gives the same rows on either path."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
 from slicejax import data as data_lib
+from slicejax import mapped
 from slicejax import results
 from slicejax import sampler
 from slicejax import stream
@@ -52,7 +55,32 @@ def test_store_holds_every_slice_fitted_and_is_written_once(tmp_path):
   assert stream.store_for(tmp_path, changed, (8, 8)).folder != folder
 
 
-def test_streamed_batches_equal_bank_batches(tmp_path):
+def test_volume_rows_are_the_rows_of_the_slice_store(tmp_path):
+  """Rows read from the volumes themselves, in memory or mapped from their cache entries, are the store's rows."""
+  pool = _pool()
+  store = stream.store_for(tmp_path, pool, (8, 8))
+  np.savez(tmp_path / "a.npz", image=pool[0].image, label=pool[0].label)
+  np.savez(tmp_path / "b.npz", image=pool[1].image, label=pool[1].label)
+  on_disk = [dataclasses.replace(v, image=arrays["image"], label=arrays["label"]) for v, arrays in
+             zip(pool, (mapped.open_npz(tmp_path / "a.npz"), mapped.open_npz(tmp_path / "b.npz")))]
+  rows = [11, 0, 4, 5, 11, 7]
+  for volumes in (pool, on_disk):
+    source = stream.VolumeRows(volumes, (8, 8), tmp_path)
+    assert len(source) == len(store) == 12 and source.shape == store.shape
+    assert {k: v.tolist() for k, v in source.rows.items()} == {k: v.tolist() for k, v in store.rows.items()}
+    for got, want in zip(source.read_images(rows), store.read_images(rows)):
+      assert got.dtype == want.dtype and got.shape == want.shape
+      np.testing.assert_array_equal(got, want)
+    got, want = source.read_labels(rows), store.read_labels(rows)
+    assert got.dtype == want.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(IndexError):
+      source.read_labels([12])
+  assert isinstance(on_disk[1].image, mapped.MappedArray)
+
+
+@pytest.mark.parametrize("source_name", ["volumes", "store"])
+def test_streamed_batches_equal_bank_batches(tmp_path, source_name):
   """Every model's batch at every step, interpolated slices included, is the same on both paths, also when the stream
   starts at a later step (a resume)."""
   pool = _pool()
@@ -63,8 +91,9 @@ def test_streamed_batches_equal_bank_batches(tmp_path):
             study.Point(2, 0, 0, 0, "random", False, 2)]
   plans = [{"a": [1], "b": [0, 6]}, {"b": [1, 5]}, {}]
   bank, bank_entries, bank_quality = two_d.training_data(config, points, plans, pool, 3, (8, 8))
-  source, entries, quality = stream.training_data(config, points, plans, pool, 3,
-                                                  stream.store_for(tmp_path, pool, (8, 8)))
+  rows = (stream.VolumeRows(pool, (8, 8), tmp_path) if source_name == "volumes" else
+          stream.store_for(tmp_path, pool, (8, 8)))
+  source, entries, quality = stream.training_data(config, points, plans, pool, 3, rows)
   assert quality.keys() == bank_quality.keys() == {1}
   np.testing.assert_array_equal(entries["count"], [3, 5, 0])  # b's slices 2, 3, 4 lie between 1 and 5
   np.testing.assert_array_equal(entries["label_row"][1], [6, 10, 12, 13, 14])
@@ -106,19 +135,20 @@ def test_auto_streams_when_the_bank_exceeds_the_budget():
   assert stream.choose(config, 2, sizes, (64, 64), 2) == "stream"
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
-def test_a_streamed_run_gives_the_rows_of_a_bank_run(tmp_path, strategy):
+@pytest.mark.parametrize("strategy,source", [("loop", "volumes"), ("vmap", "store")])
+def test_a_streamed_run_gives_the_rows_of_a_bank_run(tmp_path, strategy, source):
   from slicejax.config_lib import load
   rows = {}
   for pipeline in ("bank", "stream"):
     config = load("configs/demo.py:tiny")
     with config.unlocked():
-      config.data.update(pipeline=pipeline, cache_dir=str(tmp_path / "cache"))
+      config.data.update(pipeline=pipeline, stream_source=source, cache_dir=str(tmp_path / "cache"))
       config.model_axis.strategy = strategy
       config.eval.surface_metrics = False
     rows[pipeline] = [results.comparable(r) for r in train.train_and_evaluate(config, tmp_path / pipeline)]
   assert len(rows["stream"]) == 5 and rows["stream"] == rows["bank"]
-  assert len(list((tmp_path / "cache" / "slices").iterdir())) == 1
+  # The store is written only when asked for; the volumes are read from their cache entries otherwise.
+  assert len(list((tmp_path / "cache" / "slices").glob("*"))) == (source == "store")
 
 
 def test_tfds_and_grain_batches_equal_bank_batches(tmp_path):
