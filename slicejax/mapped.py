@@ -1,5 +1,5 @@
-"""Arrays that stay on the disk: `MappedArray`, a read-only array of a `.npy` file or of a member of an uncompressed
-`.npz` file, that maps the file only while a part of it is read.
+"""Arrays that stay on the disk: `MappedArray`, a read-only array of a member of an uncompressed `.npz` file (a cache
+entry of `slicejax.data`), that maps the file only while a part of it is read.
 
 Why not `np.load(mmap_mode="r")`: a mapping that lives as long as its array keeps every page it has touched resident
 in the process (they count in its RSS until the mapping goes), so a pass over a dataset larger than memory, held as
@@ -91,13 +91,6 @@ def _npy_header(f) -> tuple:
   if dtype.hasobject:
     raise ValueError("object arrays are not mapped")
   return shape, dtype
-
-
-def open_npy(path) -> MappedArray:
-  """The array of the `.npy` file at `path`, mapped on access."""
-  with open(path, "rb") as f:
-    shape, dtype = _npy_header(f)
-    return MappedArray(path, f.tell(), shape, dtype)
 
 
 def open_npz(path) -> dict:

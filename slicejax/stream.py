@@ -31,9 +31,9 @@ whichever row its examples show.)
 
 Whole runs. With the streamed input, or when the dataset's arrays exceed the memory budget, the trainer loads the
 volumes mapped (`data.load_volumes(mapped=True)`: each stays in its cache entry and is read a part at a time), streams
-from those entries (or writes the store a volume at a time), and evaluates a bounded number of slices at a time, so a run's memory is bounded by
-the largest volume and the batches in flight, not by the dataset. Interpolated label rows are computed in memory per
-model, then moved to a file.
+from those entries (or writes the store a volume at a time), and evaluates a bounded number of slices at a time, so
+a run's memory is bounded by the largest volume and the batches in flight, not by the dataset. Interpolated label rows
+are computed in memory per model, then moved to a file.
 """
 
 import contextlib
@@ -117,6 +117,11 @@ def _write_npy(path: pathlib.Path, dtype, shape, parts) -> None:
   files.atomic_writer(path, write)
 
 
+def _first_rows(depths) -> np.ndarray:
+  """`[V]` the row of each volume's first slice, the volumes one after another (the store's and `VolumeRows`' order)."""
+  return np.concatenate([[0], np.cumsum(depths)[:-1]]).astype(int)
+
+
 def write_store(folder, volumes, shape, key: str = "") -> "SliceStore":
   """Writes every slice of `volumes` into a slice store at `folder` (see the module docstring); one volume at a time.
 
@@ -140,7 +145,7 @@ def write_store(folder, volumes, shape, key: str = "") -> "SliceStore":
              (data_lib.fit_to_shape(v.label, shape)[0] for v in volumes))
   _write_npy(folder / "extents.npy", np.int32, (rows, 2),
              (np.tile(np.minimum(v.label.shape[1:], shape), (v.depth, 1)) for v in volumes))
-  starts = np.concatenate([[0], np.cumsum(depths)[:-1]]).astype(int)
+  starts = _first_rows(depths)
   index = {"format": _FORMAT, "key": key, "shape": list(shape), "channels": int(channels),
            "cases": [[v.case_id, int(s), int(d)] for v, s, d in zip(volumes, starts, depths)]}
   files.atomic_write(folder / "index.json", json.dumps(index))
@@ -257,7 +262,7 @@ class VolumeRows:
     self.shape, self.scratch = tuple(int(s) for s in shape), pathlib.Path(scratch)
     self._volumes = list(volumes)
     depths = [v.depth for v in self._volumes]
-    starts = np.concatenate([[0], np.cumsum(depths)[:-1]]).astype(int)
+    starts = _first_rows(depths)
     self.rows = {v.case_id: np.arange(s, s + d, dtype=np.int32) for v, s, d in zip(self._volumes, starts, depths)}
     self._volume_of = np.repeat(np.arange(len(depths)), depths)
     self._slice_of = np.arange(sum(depths)) - np.repeat(starts, depths)

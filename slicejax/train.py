@@ -387,10 +387,10 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   used = index.select(split["train"] + split["val"] + split["test"])
   # Volumes beyond the memory budget (or for the streamed input) stay in the cache, read a part at a time; beyond the
   # budget even without `use_cache`, as they could not be held otherwise.
-  beyond = used.loaded_bytes() > stream.budget_bytes(config)
-  mapped = beyond or (use_cache and cfg.pipeline == "stream")
+  loaded_bytes = used.loaded_bytes()
+  mapped = loaded_bytes > stream.budget_bytes(config) or (use_cache and cfg.pipeline == "stream")
   if mapped:
-    logging.info("The volumes (%.2f GB) stay in the cache and are read as needed.", used.loaded_bytes() / 2**30)
+    logging.info("The volumes (%.2f GB) stay in the cache and are read as needed.", loaded_bytes / 2**30)
     use_cache = True
   dataset = data_lib.load_volumes(used, normalization=cfg.normalization, ct_window=tuple(cfg.ct_window),
                                   cache_dir=data_lib.cache_dir(config) if use_cache else None, mapped=mapped)

@@ -194,3 +194,26 @@ def test_a_run_streamed_from_tfds_gives_the_rows_of_a_bank_run(tmp_path):
     rows[pipeline] = [results.comparable(r) for r in train.train_and_evaluate(config, tmp_path / pipeline)]
   assert len(rows["stream"]) == 5 and rows["stream"] == rows["bank"]
   assert (tmp_path / "cache" / "tfds" / "slice_dataset").is_dir()
+
+
+def test_the_group_size_estimate_compiles_the_stream_step_on_the_streams_own_batch(tmp_path):
+  """`train.one_model_step` on the stream path: no bank, and a batch of the shapes and types the stream delivers, so
+  that the program it measures is the one the run executes."""
+  pool = _pool()
+  source = stream.Source(stream.VolumeRows(pool, (8, 8), tmp_path))
+  delivered = source.read([0, 11, 5], [0, 11, 5], [1.0, 1.0, 0.0])
+  empty = stream.empty_batch(3, (8, 8), 2)
+  assert {k: (v.shape, v.dtype) for k, v in delivered.items()} == {k: (v.shape, v.dtype) for k, v in empty.items()}
+
+  from slicejax.config_lib import load
+  config = load("configs/demo.py:tiny")
+  with config.unlocked():
+    config.data.update(pipeline="stream", cache_dir=str(tmp_path / "cache"))
+  dataset, splits, _, points, plans = train.read_inputs(config)
+  step = train.one_model_step(config, 2, points, plans, splits, dataset)
+  batch_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(step["per_model"]))
+  assert step["pipeline"] == "stream" and step["bank_bytes"] == 0 and step["shared"]["bank"] == {}
+  assert step["per_model"]["images"].shape == (config.train.batch_size,) + step["shape"] + (1,)
+  assert step["model_bytes"] >= (config.data.prefetch + 1) * batch_bytes
+  state, _ = step["compiled"](step["state"], step["shared"], step["per_model"])
+  assert int(state["step"]) == 1
