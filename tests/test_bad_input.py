@@ -3,12 +3,12 @@ the file or key (besides log records), no traceback, and leave an existing workd
 
 A data case copies a valid 12-case phantom in the MSD layout (16 x 16 x 4..8 voxels) and breaks one thing; a config
 case sets one bad value that `config_lib.validate` rejects, without a data folder. Each runs
-`launch.py --config=configs/hippocampus.py:tiny` in a subprocess (tiny split: 6 train, 1 val, 2 test; 4 steps with 1
-warmup; budget 6 at 1 or 2 slices per volume, fixed, plus the reference; a 2-stage U-Net on 48 x 64 slices). Every
-launch spends seconds importing jax, so the selected cases are launched together, a few at a time, by one fixture.
+`launch.py --config=configs/hippocampus.py:tiny` (tiny split: 6 train, 1 val, 2 test; 4 steps with 1 warmup; budget 6
+at 1 or 2 slices per volume, fixed, plus the reference; a 2-stage U-Net on 48 x 64 slices) in a process of its own,
+forked by `tests/launch_forks.py` after one import of jax and slicejax, which would otherwise take most of each
+launch's time. The one launch that trains runs as `python launch.py` in a fresh process.
 """
 
-from concurrent import futures
 import gzip
 import json
 import os
@@ -24,13 +24,12 @@ import pytest
 
 from slicejax import config_lib
 from slicejax import phantom
+import launch_forks
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CASE = "phantom_003.nii.gz"
 IMAGE = f"imagesTr/{CASE}"
 LABEL = f"labelsTr/{CASE}"
-# Launches running at once; each is mostly one CPU core importing libraries.
-PARALLEL_LAUNCHES = min(3, os.cpu_count() or 1)
 SENTINEL_ROW = {"name": "2d_b6_s6_rho1_fixed_seed9", "dims": 2, "budget": 6, "volumes": 6, "slices_per_volume": 1,
                 "selection": "fixed", "interpolation": False, "seed": 9, "reference": False, "dice_mean": 0.5}
 # A finished run of another config, which no rejected launch may touch.
@@ -173,8 +172,8 @@ def _launch(workdir: pathlib.Path, flags, cache: pathlib.Path) -> subprocess.Com
       timeout=300)
 
 
-def _run_case(case_id: str, folder: pathlib.Path, template: pathlib.Path) -> dict:
-  """Builds the case's input and workdir in `folder` and launches it; returns the result and workdir snapshots."""
+def _prepare_case(case_id: str, folder: pathlib.Path, template: pathlib.Path):
+  """Builds the case's input and workdir in `folder`; returns (its launch, the workdir, the workdir's snapshot)."""
   breaker, flags, _ = BY_ID[case_id]
   if breaker is not None:
     root = folder / "msd"
@@ -188,9 +187,9 @@ def _run_case(case_id: str, folder: pathlib.Path, template: pathlib.Path) -> dic
   (workdir / "config.json").write_text(json.dumps(SENTINEL_CONFIG) + "\n")
   (workdir / "results.jsonl").write_text(json.dumps(SENTINEL_ROW) + "\n")
   (workdir / "keep.txt").write_text("left alone\n")
-  before = _snapshot(workdir)
-  result = _launch(workdir, flags, folder / "cache")
-  return {"result": result, "before": before, "after": _snapshot(workdir)}
+  launch = launch_forks.Launch(("--config=configs/hippocampus.py:tiny", f"--workdir={workdir}", *flags),
+                               {"SLICEJAX_CACHE": folder / "cache"})
+  return launch, workdir, _snapshot(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +199,13 @@ def template(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def outcomes(request, tmp_path_factory, template) -> dict:
-  """Case id -> outcome of `_run_case`, for the cases selected in this session."""
+  """Case id -> {"result", "before", "after"} (the launch and its workdir's snapshots), for the cases selected."""
   wanted = sorted({item.callspec.params["case"] for item in request.session.items
                    if item.module is request.module and hasattr(item, "callspec")})
-  folders = [tmp_path_factory.mktemp(case_id) for case_id in wanted]
-  with futures.ThreadPoolExecutor(PARALLEL_LAUNCHES) as pool:
-    done = pool.map(_run_case, wanted, folders, [template] * len(wanted))
-    return dict(zip(wanted, done))
+  prepared = [_prepare_case(case_id, tmp_path_factory.mktemp(case_id), template) for case_id in wanted]
+  results = launch_forks.run([launch for launch, _, _ in prepared])
+  return {case_id: {"result": result, "before": before, "after": _snapshot(workdir)}
+          for case_id, result, (_, workdir, before) in zip(wanted, results, prepared)}
 
 
 def _message_lines(stderr: str) -> list:
