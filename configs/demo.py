@@ -45,5 +45,6 @@ def get_config(arg=""):
     config.study.three_d.update(budgets=(8,), slices_per_volume=(1, 2))
     config.three_d.update(features=4, num_stages=2, patch=(4, 16, 16))
     config.eval.batch_size = 8
+    config.model_axis.chunk = 1  # runs this short are mostly compilation: one program of one model
   config.lock()
   return config

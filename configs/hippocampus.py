@@ -83,5 +83,6 @@ def get_config(arg=""):
     config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
     config.study.update(budgets=(6,), slices_per_volume=(1, 2), selections=("fixed",), seeds=(0,))
     config.eval.batch_size = 16
+    config.model_axis.chunk = 1  # runs this short are mostly compilation: one program of one model
   config.lock()
   return config

@@ -314,6 +314,7 @@ def dataset_config(missing_root_hint: str, *, tiny: bool = False, model=None, tr
     config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
     config.study.update(selections=("random",), seeds=(0,), reference=False)
     config.eval.batch_size = 16
+    config.model_axis.chunk = 1  # runs this short are mostly compilation: one program of one model
   bind(config, tiny=tiny)
   config.lock()
   return config

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from slicejax import parallel
 from slicejax import phantom
 from slicejax import results
 from slicejax import train
@@ -27,10 +28,19 @@ def load_config(spec):
   return load(str(REPO / spec))
 
 
+def loop_demo():
+  """The tiny demo with the loop strategy's default chunk (4 models per program) instead of the tiny configs' one
+  model per program, so that the grid's rows go through a program of several models."""
+  config = load_config("configs/demo.py:tiny")
+  with config.unlocked():
+    config.model_axis.chunk = parallel.DEFAULT_CHUNK
+  return config
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("demo")
-  rows = train.train_and_evaluate(load_config("configs/demo.py:tiny"), workdir)
+  rows = train.train_and_evaluate(loop_demo(), workdir)
   return workdir, rows
 
 
@@ -61,7 +71,7 @@ def test_a_points_row_is_the_same_alone_in_a_grid_and_one_model_per_group(demo_r
   _, grid_rows = demo_run
   name = "2d_b8_s4_rho2_fixed_seed0"
   in_grid = next(r for r in grid_rows if r["name"] == name)
-  alone = load_config("configs/demo.py:tiny")
+  alone = load_config("configs/demo.py:tiny")  # one model per program, as the one-model groups below
   with alone.unlocked():
     alone.study.update(budgets=(8,), slices_per_volume=(2,), selections=("fixed",), reference=False)
   alone_rows = train.train_and_evaluate(alone, tmp_path / "alone")
@@ -89,7 +99,7 @@ def test_demo_summary_files(demo_run):
 
 def test_rerun_skips_and_keeps_rows(demo_run):
   workdir, rows = demo_run
-  again = train.train_and_evaluate(load_config("configs/demo.py:tiny"), workdir)
+  again = train.train_and_evaluate(loop_demo(), workdir)
   assert again == rows
   assert len(results.read_rows(workdir / "results.jsonl")) == 5
 

@@ -173,6 +173,20 @@ def test_auto_and_mesh_sizes_on_one_device():
     parallel.ModelAxis("mesh", 4, mesh=(2,))
 
 
+@pytest.mark.parametrize("strategy", ["vmap", "loop", "sequential"])
+def test_a_single_device_strategy_is_refused_in_a_multi_process_run(strategy, monkeypatch):
+  config = mesh_worker.grid_config()
+  with config.unlocked():
+    config.model_axis.strategy = strategy
+  monkeypatch.setattr(train.jax, "process_count", lambda: 2)
+  with pytest.raises(InputError) as refused:
+    train.read_inputs(config)
+  assert str(refused.value) == (f"config.model_axis.strategy: {strategy!r} trains on one device of one process; a run "
+                                "of 2 processes needs 'auto' or 'mesh'")
+  monkeypatch.undo()
+  assert train.read_inputs(config)  # the same config in one process
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Subprocesses with 8 devices, and two processes with 4 each.
 # ---------------------------------------------------------------------------------------------------------------------
