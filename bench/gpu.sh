@@ -4,9 +4,10 @@
 #   bash bench/gpu.sh             # on the GPU machine; stops at once unless JAX's backend is "gpu"
 #   bash bench/gpu.sh --dry-run   # every step at tiny sizes on the CPU (JAX_PLATFORMS=cpu), on any machine
 #
-# PYTHON picks the interpreter (default python3). slicejax is imported from this checkout (PYTHONPATH), never
-# installed. If the interpreter lacks nibabel or ml_collections, they are installed from the wheels in .whl/ (or
-# $WHEELS) with `pip install --no-index --no-deps --target` into a folder put on PYTHONPATH; nothing else is ever
+# The dry run gives each step and the budget 4 times the GPU's limits. PYTHON picks the interpreter (default
+# python3). slicejax is imported from this checkout (PYTHONPATH), never installed. If the interpreter lacks nibabel
+# or ml_collections, they are installed from the wheels in .whl/ (or $WHEELS) with `pip install --no-index
+# --no-deps --target` into a folder put on PYTHONPATH; nothing else is ever
 # installed, and any other missing package stops the script. SLICEJAX_HIPPOCAMPUS=PATH (an MSD Task04 folder) times
 # the hippocampus grid; without it that step leaves a "skipped" record. bench/README.md gives the call on a GPU
 # machine, how .whl/ is prepared and how the limits were sized.
@@ -36,8 +37,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WHEELS=$(absolute "${WHEELS:-$ROOT/.whl}")
 cd "$ROOT" || exit 2
 
+# The limits are sized for the GPU; a dry run, on a CPU that may be shared, gives each step and the budget SCALE
+# times as long, since there they only stop a step that hangs.
+SCALE=1
+((DRY_RUN)) && SCALE=4
 START=$(date +%s)
-BUDGET_S=${BENCH_BUDGET_S:-500}
+BUDGET_S=$((${BENCH_BUDGET_S:-500} * SCALE))
 DEADLINE=$((START + BUDGET_S))
 TMP=${TMPDIR:-/tmp}
 SITE=$TMP/slicejax_gpu_sh_site
@@ -69,7 +74,7 @@ PLANNED_S=0
 FAILED=()
 HAVE_TORCH=0  # found in the setup below; the plan counts vs_torch either way
 step() {
-  local name=$1 limit=$2
+  local name=$1 limit=$(($2 * SCALE))
   shift 2
   if [[ "$MODE" == plan ]]; then
     PLAN+=("\"$name\": $limit")
@@ -97,7 +102,7 @@ step() {
 }
 skip() {
   if [[ "$MODE" == plan ]]; then
-    step "$1" "$2"
+    step "$1" "$2"  # scaled there
     return
   fi
   printf '{"benchmark": "gpu_sh_step", "step": "%s", "skipped": "%s"}\n' "$1" "$3" >> "$JSONL"
