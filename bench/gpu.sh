@@ -7,10 +7,10 @@
 # The dry run gives each step and the budget 4 times the GPU's limits. PYTHON picks the interpreter (default
 # python3). slicejax is imported from this checkout (PYTHONPATH), never installed. If the interpreter lacks nibabel
 # or ml_collections, they are installed from the wheels in .whl/ (or $WHEELS) with `pip install --no-index
-# --no-deps --target` into a folder put on PYTHONPATH; nothing else is ever
-# installed, and any other missing package stops the script. SLICEJAX_HIPPOCAMPUS=PATH (an MSD Task04 folder) times
-# the hippocampus grid; without it that step leaves a "skipped" record. bench/README.md gives the call on a GPU
-# machine, how .whl/ is prepared and how the limits were sized.
+# --no-deps --target` into a folder put on PYTHONPATH; nothing else is ever installed, and any other missing package
+# stops the script. SLICEJAX_HIPPOCAMPUS=PATH (an MSD Task04 folder) times the hippocampus grid; without it that step
+# leaves a "skipped" record. bench/README.md gives the call on a GPU machine, how .whl/ is prepared and how the limits
+# were sized.
 #
 # Writes one JSON line per measurement to $OUT/bench_gpu.jsonl ($OUT if set, else .) and the steps' stderr to
 # bench_gpu.log beside it: {"benchmark": "gpu_sh_plan", "budget_s", "limits_s", ...}, {"benchmark": "gpu_sh_setup",

@@ -12,6 +12,7 @@ import numbers
 import pathlib
 import pkgutil
 
+import jax
 import ml_collections
 
 from slicejax import augment
@@ -453,7 +454,10 @@ def _check_ual(c: _Checker) -> None:
 
 
 def _check_model_axis(c: _Checker) -> None:
-  c.choice("model_axis.strategy", ("auto",) + parallel.STRATEGIES)
+  strategy = c.choice("model_axis.strategy", ("auto",) + parallel.STRATEGIES)
+  if jax.process_count() > 1 and strategy not in ("auto", "mesh"):
+    c.fail("model_axis.strategy", f"{strategy!r} trains on one device of one process; a run of "
+           f"{jax.process_count()} processes needs 'auto' or 'mesh'")
   c.items("model_axis.mesh", "() or one or two positive integers (model, data)", lambda n: _is_int(n) and n >= 1,
           (0, 1, 2))
   c.integer("model_axis.max_models", lo=0)
@@ -461,7 +465,8 @@ def _check_model_axis(c: _Checker) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks every config value that does not depend on the data, before anything is read or written.
+  """Checks every config value that does not depend on the data, before anything is read or written (the model
+  axis's strategy also against the run's processes).
 
   Blocks that only some grids use are checked when used: `three_d` when 3 is in `study.dims`, a selection's
   options block (`ual`) when that selection makes points of the grid.

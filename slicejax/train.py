@@ -48,7 +48,6 @@ from slicejax import three_d
 from slicejax import two_d
 from slicejax import unet
 from slicejax import workdir as workdir_lib
-from slicejax.errors import InputError
 
 # The dims modules: the same functions for 2D slices and 3D patches (see `slicejax.two_d`).
 DIMS = {2: two_d, 3: three_d}
@@ -376,9 +375,6 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
     selection needs no slice embeddings. `left_out`, if given, receives the allocations the grid leaves out.
   """
   config_lib.validate(config)
-  if jax.process_count() > 1 and config.model_axis.strategy not in ("auto", "mesh"):
-    raise InputError("config.model_axis.strategy", f"{config.model_axis.strategy!r} trains on one device of one "
-                     f"process; a run of {jax.process_count()} processes needs 'auto' or 'mesh'")
   cfg = config.data
   index = data_lib.index_msd(data_lib.dataset_root(config), slicing_axis=cfg.slicing_axis,
                              target_spacing=tuple(cfg.target_spacing))

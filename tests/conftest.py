@@ -11,10 +11,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-# XLA:CPU's cheapest backend compile settings, for this process and the launches it starts: the suite's tiny programs
-# spend most of their time compiling, and these settings take about a third off the suite's CPU time. They change how LLVM
-# optimises the generated code, not the HLO or its order of operations: every value the tests pin, measured with the
-# default settings, is the same with these.
+# XLA:CPU's cheapest backend compile settings (as `bench/gpu.sh --dry-run` uses them), for this process and the
+# launches it starts: the suite's tiny programs spend most of their time compiling. With these and the forked launches
+# of tests/launch_forks.py the suite's CPU time fell from 18.0 to 10.6 minutes (BENCHMARKS.md, "Test suite"). They
+# change how LLVM optimises the generated code, not the HLO or its order of operations: every value the tests pin,
+# measured with the default settings, is the same with these.
 CHEAP_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 _flags = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = " ".join([_flags] + [f for f in CHEAP_COMPILE if f.split("=")[0] not in _flags]).strip()

@@ -56,8 +56,11 @@ def _child(argv, env, out: pathlib.Path, err: pathlib.Path):
     try:
       app.run(launch.main, flags_parser=launch._parse_flags)  # pylint: disable=protected-access
       code = 0
-    except SystemExit as stop:
-      code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except SystemExit as stop:  # as the interpreter ends on it: an int is the status, None 0, anything else printed
+      if stop.code is None or isinstance(stop.code, int):
+        code = stop.code or 0
+      else:
+        print(stop.code, file=sys.stderr)
   except BaseException:  # pylint: disable=broad-except
     import traceback  # pylint: disable=g-import-not-at-top
     traceback.print_exc()

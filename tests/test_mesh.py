@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import mesh_worker
+from slicejax import config_lib
 from slicejax import distributed
 from slicejax import losses
 from slicejax import parallel
@@ -178,13 +179,15 @@ def test_a_single_device_strategy_is_refused_in_a_multi_process_run(strategy, mo
   config = mesh_worker.grid_config()
   with config.unlocked():
     config.model_axis.strategy = strategy
-  monkeypatch.setattr(train.jax, "process_count", lambda: 2)
+  config_lib.validate(config)  # one process
+  monkeypatch.setattr(config_lib.jax, "process_count", lambda: 2)
   with pytest.raises(InputError) as refused:
-    train.read_inputs(config)
+    config_lib.validate(config)
   assert str(refused.value) == (f"config.model_axis.strategy: {strategy!r} trains on one device of one process; a run "
                                 "of 2 processes needs 'auto' or 'mesh'")
-  monkeypatch.undo()
-  assert train.read_inputs(config)  # the same config in one process
+  with config.unlocked():
+    config.model_axis.strategy = "auto"
+  config_lib.validate(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
