@@ -13,6 +13,9 @@ Arguments:
   reference: train only the fully annotated 2D reference (about 9 minutes on 2 CPU cores, dice_mean ~0.86).
   reference3d: train only the fully annotated 3D reference (base-8 3D U-Net, 48^3 patches, 2400 steps of batch 2).
   tiny: a few volumes and steps, for tests.
+  recipe: the converged study's pilot: the reference and budgets 36 and 288 at 1, 4 and 16 slices per volume,
+    random, seeds 0-1, `recipe_steps` (4000) steps of batch 16 with a base-`recipe_features` (8) U-Net, validation
+    Dice on all 20 validation volumes every 250 steps.
 
 The documented study (docs/hippocampus_study.md; a base-8 2D U-Net, batch 16, seeds 0-4, fewer budgets and steps
 than the default grid so that each part runs in about 90 minutes on 2 CPU cores):
@@ -33,7 +36,7 @@ STUDY_STEPS = 300
 
 def get_config(arg=""):
   arg = config_lib.parse_arg(arg, reference=False, reference3d=False, tiny=False, pilot=False, study2d=False,
-                             interp=False, study3d=False)
+                             interp=False, study3d=False, recipe=False, recipe_features=8, recipe_steps=4000)
   config = config_lib.base()
   config.data.update(
       source="msd", slicing_axis=2, normalization="zscore", shape=(48, 64),
@@ -77,6 +80,16 @@ def get_config(arg=""):
                         interpolation=(False, True))
     # 32^3 patches (about a third of the time of 48^3 per step here); whole volumes by sliding windows.
     config.three_d.patch = (32, 32, 32)
+  if arg.recipe:
+    # The converged study's recipe pilot: the fully annotated reference and the extreme allocations of the smallest
+    # and largest budgets, two seeds, trained long with dense learning curves on every validation volume, so that
+    # the steps each budget needs to reach its plateau can be read off.
+    config.model.features = arg.recipe_features
+    config.train.update(steps=arg.recipe_steps, batch_size=16, log_every=250, checkpoint_every=250)
+    config.study.update(budgets=(36, 288), slices_per_volume=(1, 4, 16), selections=("random",), seeds=(0, 1),
+                        reference=True, reference_seeds=(0,))
+    config.eval.update(curve_points=arg.recipe_steps // 250, curve_volumes=20)
+    config.model_axis.max_models = 2  # groups of a few minutes: a stop loses little
   if arg.tiny:
     config.data.split.update(train=6, val=1, test=2)
     config.model.update(features=4, num_stages=2)
