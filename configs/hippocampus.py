@@ -1,5 +1,5 @@
 """MSD Task04 Hippocampus (T1 MRI, 260 labelled volumes of ~35 x 50 x 36 voxels at 1 mm; anterior and posterior
-hippocampus) with the grid of STUDY.md.
+hippocampus) with the default grid of the study (README.md, "What it answers").
 
     python launch.py --config=configs/hippocampus.py --config.data.root=PATH/Task04_Hippocampus --workdir=runs/hippo
     python launch.py --config=configs/hippocampus.py:reference --config.data.root=PATH --workdir=runs/hippo_ref

@@ -3,7 +3,7 @@
 
 Every experiment config in `configs/` starts from `base()` and changes what its dataset needs, so every key exists
 in every config and a misspelt `--config.key=value` fails (configs are locked). Defaults where the study is silent
-are documented in STUDY.md and README.md.
+are documented in README.md and docs/statistics.md.
 """
 
 import importlib.util
@@ -21,6 +21,7 @@ from slicejax import encoder
 from slicejax import parallel
 from slicejax import phantom
 from slicejax import selection as selection_lib
+from slicejax import stats
 from slicejax import stream
 from slicejax.errors import InputError
 from slicejax.selection import ual
@@ -119,6 +120,12 @@ def base() -> ml_collections.ConfigDict:
   # Annotation cost model of the report (slicejax.report): seconds to open and orient a volume, and per slice.
   # The defaults make the cost the slice budget.
   c.cost = ml_collections.ConfigDict(dict(seconds_per_volume=0.0, seconds_per_slice=1.0))
+
+  # The report's statistics (slicejax.stats, docs/statistics.md): test level, equivalence margin in Dice, fewest
+  # seeds for a verdict, power for the seeds needed, and the trust gate's plateau tolerance and share of cells
+  # allowed to be still improving. `pilot`: a finished run folder whose rows give the seeds each family needs;
+  # --check warns when the grid has fewer.
+  c.stats = ml_collections.ConfigDict(dict(stats.DEFAULTS, pilot=""))
 
   c.model_axis = ml_collections.ConfigDict(dict(
       strategy="auto",          # "auto" (mesh on several devices, else the fastest for the backend), "mesh",
@@ -497,6 +504,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_model_axis(c)
   c.real("cost.seconds_per_volume", lo=0)
   c.real("cost.seconds_per_slice", lo=0)
+  c.real("stats.alpha", lo=0, hi=0.5, lo_open=True, hi_open=True)
+  c.real("stats.margin", lo=0, lo_open=True)
+  c.integer("stats.min_seeds", lo=2)
+  c.real("stats.power", lo=0, hi=1, lo_open=True, hi_open=True)
+  c.real("stats.plateau_tolerance", lo=0)
+  c.real("stats.max_improving_share", lo=0, hi=1)
 
 
 def parse_arg(arg: str, **spec) -> ml_collections.ConfigDict:

@@ -14,6 +14,7 @@ import dataclasses
 import resource
 import time
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -22,6 +23,7 @@ from slicejax import data as data_lib
 from slicejax import evaluate as evaluate_lib
 from slicejax import fingerprint as fingerprint_lib
 from slicejax import parallel
+from slicejax import report
 from slicejax import selection as selection_lib
 from slicejax import study
 from slicejax import train
@@ -68,6 +70,31 @@ def _measure(config, dims, points, plans, splits, dataset):
   evaluate_lib.score(predict(params, volumes, step["shape"]), volumes, dataset.num_classes)
   eval_seconds = (time.perf_counter() - start) / max(len(volumes), 1)
   return step_seconds, step["compile_seconds"], eval_seconds, step["model_bytes"], step["bank_bytes"]
+
+
+def seeds_check(config) -> list[str]:
+  """The seeds each comparison family needs by the pilot run `config.stats.pilot` (`report.seeds_needed`), and a
+  warning line when the grid's `study.seeds` are fewer.
+
+  Raises:
+    InputError: the pilot folder is not a run.
+  """
+  rows, _ = report.read_runs([config.stats.pilot])
+  options = report.stats_options(config.stats.to_dict())
+  needed = report.seeds_needed(report.paired_comparisons(rows, options), options)
+  have = len(config.study.seeds)
+  if not needed:
+    return [f"seeds: the grid has {have}; the pilot {config.stats.pilot} has no comparison to size them from"]
+  lines = [f"seeds: the grid has {have}; by the pilot {config.stats.pilot}, 80% power for a difference of "
+           f"{options['margin']:g} needs: " + ", ".join(f"{family} {report.seeds_text(e)}"
+                                                        for family, e in needed.items())]
+  short = [family for family, e in needed.items()
+           if e["unreachable"] or (e["seeds_needed"] is not None and e["seeds_needed"] > have)]
+  if short:
+    lines.append(f"warning: {have} seeds are fewer than the pilot says the {', '.join(short)} comparisons need "
+                 "(--config.study.seeds)")
+    logging.warning("%s", lines[-1])
+  return lines
 
 
 def dry_run(config) -> list[str]:
@@ -138,5 +165,7 @@ def dry_run(config) -> list[str]:
                  f"{console.duration(seconds)}")
   lines.append(f"estimate: about {console.duration(total)} on this machine ({jax.default_backend()}, models of a group "
                f"counted one after another), peak memory about {peak / 2**30:.1f} GiB")
+  if config.stats.pilot:
+    lines += seeds_check(config)
   lines.append(f"checked in {time.perf_counter() - start:.1f} s; nothing was trained or written")
   return lines

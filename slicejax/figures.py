@@ -1,7 +1,7 @@
 """The report's figures, drawn from summarised cells (`report.summarise`) and paired comparisons, as PNG bytes.
 
 Every figure labels every panel (dims and budget, or class) and both axes; slices per volume and budgets are drawn on
-log2 axes; error bars are the std over seeds, intervals the paired bootstrap intervals.
+log2 axes; error bars are the std over seeds, intervals the paired t-intervals of slicejax.stats.
 """
 
 import io
@@ -197,7 +197,7 @@ def forest(comparisons) -> bytes:
     return _empty("no comparisons yet")
   fig = _new(8, 0.28 * len(shown) + 1.4)
   ax = fig.subplots()
-  colours = {"better": "C2", "worse": "C3"}
+  colours = {"better": "C2", "worse": "C3", "equivalent": "C0"}
   labels = []
   for y, c in enumerate(reversed(shown)):
     a, b = c["a"], c["b"]
@@ -210,8 +210,14 @@ def forest(comparisons) -> bytes:
   ax.axvline(0, color="black", linewidth=0.8)
   ax.set_yticks(range(len(labels)), labels=labels, fontsize="x-small")
   ax.set_ylim(-0.8, len(labels) - 0.2)
-  ax.set_xlabel("Δ Dice (a − b), paired by seed and test volume\nbars: 95% bootstrap interval")
-  ax.set_title("Paired differences\ngreen: a better, red: a worse, grey: no detectable difference", fontsize="medium")
+  margin = next((c["margin"] for c in shown if c.get("margin")), None)
+  if margin:
+    for x in (-margin, margin):
+      ax.axvline(x, color="C0", linewidth=0.8, linestyle=":")
+  ax.set_xlabel("Δ Dice (a − b), paired by seed and test volume\nbars: 95% interval (seeds × test volumes, crossed);"
+                " dotted: the equivalence margin")
+  ax.set_title("Paired differences (verdicts Holm-adjusted within each family)\ngreen: a better, red: a worse, "
+               "blue: equivalent, grey: inconclusive or underpowered", fontsize="medium")
   return _png(fig)
 
 

@@ -27,6 +27,7 @@ Slice indices are along the NIfTI axis `data.slicing_axis` (0-based, as ITK-SNAP
 import csv
 import io
 import json
+import math
 import pathlib
 
 from absl import logging
@@ -68,7 +69,10 @@ def best_cell(study_workdir, budget: int, dims: int = 0) -> dict:
   if not cells:
     raise InputError("config.plan.from_study", f"{path} has no sparse results at budget {budget}"
                      + (f" for {dims}D models" if dims else ""))
-  return max(cells, key=lambda c: c["dice_mean"])
+  defined = [c for c in cells if not math.isnan(c["dice_mean"])]
+  if not defined:
+    raise InputError("config.plan.from_study", f"{path} has no defined Dice at budget {budget}")
+  return max(defined, key=lambda c: c["dice_mean"])
 
 
 def allocation(config) -> dict:

@@ -135,7 +135,8 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
 
   Returns:
     One dict per cell, holding the `CELL_KEY` fields and `n_seeds`, `seeds` (sorted), `dice_mean`, `dice_std`
-    (ddof=1; None for a single seed), `dice_per_class` ({class: mean}), the means over seeds of `hd95_mean`,
+    (over the seeds whose Dice is defined, ddof=1; NaN and None without such seeds), `undefined_seeds` (the seeds
+    whose `dice_mean` is null: every class absent from every test volume, or a model without a finite result), `dice_per_class` ({class: mean}), the means over seeds of `hd95_mean`,
     `nsd_mean`, `density`, `train_seconds` and `interp_dice` (None where no row has the field), `n_diverged`,
     `cost` (seconds), `test_volumes`, `absent` ({class: test volumes without it}, classes absent from some only),
     `curve_steps`, `curve_dice` (mean validation learning curve) and `still_improving` (None without curves).
@@ -150,6 +151,8 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
     seeds = sorted(by_seed)
     members = [by_seed[seed] for seed in seeds]
     dice = np.array([np.nan if row["dice_mean"] is None else row["dice_mean"] for row in members], np.float64)
+    undefined = [seed for seed, value in zip(seeds, dice) if math.isnan(value)]
+    dice = dice[~np.isnan(dice)]
     cell = dict(zip(CELL_KEY, key))
     test_volumes = max((row.get("test_volumes") or 0 for row in members), default=0)
     absent = {}
@@ -161,8 +164,9 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
     cell.update(
         n_seeds=len(members),
         seeds=seeds,
-        dice_mean=float(dice.mean()),
+        dice_mean=float(dice.mean()) if dice.size else math.nan,
         dice_std=float(dice.std(ddof=1)) if len(dice) > 1 else None,
+        undefined_seeds=undefined,
         dice_per_class=_mean_per_class(members),
         hd95_mean=_mean_of(members, "hd95_mean"),
         nsd_mean=_mean_of(members, "nsd_mean"),
@@ -189,52 +193,66 @@ def _groups(keys, fields) -> list[list[tuple]]:
   return list(groups.values())
 
 
-def _compare(family, cells, a, b, confidence, resamples):
+def _compare(family, cells, a, b, options):
   if not set(cells[a]) & set(cells[b]):
     logging.info("no shared seeds for the %s comparison %s vs %s", family, a, b)
     return None
   return {"comparison": family, "a": dict(zip(CELL_KEY, a)), "b": dict(zip(CELL_KEY, b)),
-          **stats.compare(cells[a], cells[b], confidence=confidence, resamples=resamples)}
+          **stats.compare(cells[a], cells[b], alpha=options["alpha"], margin=options["margin"])}
 
 
-def _mean_dice(by_seed) -> float:
-  values = [row["dice_mean"] for row in by_seed.values() if row["dice_mean"] is not None]
-  return float(np.mean(values)) if values else -math.inf
+FAMILIES = ("allocation", "selection", "interpolation")
 
 
-def paired_comparisons(rows, confidence=0.95, resamples=stats.RESAMPLES) -> list[dict]:
-  """Compares cells that differ in one study variable, paired by seed and test volume (`slicejax.stats.compare`).
+def stats_options(options=None) -> dict:
+  """The statistics options (`stats.DEFAULTS` updated with `options`, e.g. a run's `config.stats`), checked.
 
-  Families, in this order:
-  - "allocation": within one (dims, budget, selection, interpolation), every allocation against the best one (the
-    highest mean Dice);
-  - "fewest": within the same groups, the allocation with the fewest slices per volume against every other (the
-    evidence for the paper's first finding);
+  Raises:
+    InputError: a value out of its range.
+  """
+  o = dict(stats.DEFAULTS, **{k: v for k, v in (options or {}).items() if k in stats.DEFAULTS})
+  checks = {"alpha": (0 < o["alpha"] < 0.5, "in (0, 0.5)"), "margin": (o["margin"] > 0, "> 0"),
+            "min_seeds": (int(o["min_seeds"]) == o["min_seeds"] and o["min_seeds"] >= 2, "an integer >= 2"),
+            "power": (0 < o["power"] < 1, "in (0, 1)"),
+            "plateau_tolerance": (o["plateau_tolerance"] >= 0, ">= 0"),
+            "max_improving_share": (0 <= o["max_improving_share"] <= 1, "in [0, 1]")}
+  for key, (ok, want) in checks.items():
+    if not ok:
+      raise InputError(f"config.stats.{key}", f"must be {want}, got {o[key]}")
+  return o
+
+
+def paired_comparisons(rows, options=None) -> list[dict]:
+  """The pre-specified comparisons of a study, paired by seed and test volume, with their family's adjustment.
+
+  Families (fixed before any result is seen; `stats.rules_markdown`):
+  - "allocation": within one (dims, budget, selection), without interpolation, the allocation with the fewest slices
+    per volume as a against every other allocation as b;
   - "selection": within one (dims, budget, allocation, interpolation), every pair of selection methods, the later
-    of `random`, `fixed`, `ual` as a (e.g. ual against random);
+    of `random`, `fixed`, `ual` as a (ual - random, ual - fixed, fixed - random);
   - "interpolation": within one (dims, budget, allocation, selection), interpolation on against off.
+  Holm's adjustment runs within each family (`stats.adjust_family`).
 
   Args:
     rows: result rows (see the module docstring); the reference rows are ignored.
-    confidence: the coverage of the intervals.
-    resamples: bootstrap replicates.
+    options: the statistics options (`stats_options`); None: the defaults.
 
   Returns:
     One dict per comparison with at least one shared seed: `comparison` (the family), `a` and `b` (the cells'
-    `CELL_KEY` fields), and the fields of `stats.compare`.
+    `CELL_KEY` fields), the fields of `stats.compare`, `p_adjusted`, `p_equivalence_adjusted`, `family_size` and
+    `verdict`.
 
   Raises:
-    InputError: `confidence` is not strictly between 0 and 1, or a row lacks a required field.
+    InputError: an option out of range, or a row lacks a required field.
   """
-  if not 0 < confidence < 1:
-    raise InputError("confidence", f"must lie strictly between 0 and 1, got {confidence}")
+  options = stats_options(options)
   cells = {key: by_seed for key, by_seed in _by_cell(rows).items() if not _field(key, "reference")}
   pairs = []
   for group in _groups(cells, ("dims", "budget", "selection", "interpolation")):
-    best = max(group, key=lambda key: _mean_dice(cells[key]))
-    pairs += [("allocation", key, best) for key in group if key != best]
+    if _field(group[0], "interpolation"):
+      continue
     fewest = min(group, key=lambda key: _field(key, "slices_per_volume"))
-    pairs += [("fewest", fewest, key) for key in group if key != fewest]
+    pairs += [("allocation", fewest, key) for key in group if key != fewest]
   for group in _groups(cells, ("dims", "budget", "volumes", "slices_per_volume", "interpolation")):
     ordered = sorted(group, key=_sort_key)
     pairs += [("selection", b, a) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
@@ -242,12 +260,70 @@ def paired_comparisons(rows, confidence=0.95, resamples=stats.RESAMPLES) -> list
     by_interpolation = {_field(key, "interpolation"): key for key in group}
     if len(by_interpolation) == 2:
       pairs.append(("interpolation", by_interpolation[True], by_interpolation[False]))
-  comparisons = [_compare(family, cells, a, b, confidence, resamples) for family, a, b in pairs]
-  return [comparison for comparison in comparisons if comparison is not None]
+  comparisons = [c for c in (_compare(family, cells, a, b, options) for family, a, b in pairs) if c is not None]
+  for family in FAMILIES:
+    stats.adjust_family([c for c in comparisons if c["comparison"] == family], alpha=options["alpha"],
+                        min_seeds=options["min_seeds"])
+  return comparisons
+
+
+def seeds_needed(comparisons, options=None) -> dict:
+  """{family: {`seeds_needed` (int, or None without two seeds or when unreachable), `unreachable` (no number of
+  seeds up to `stats.MAX_SEEDS` is enough), `seed_sd`, `volume_var`, `num_volumes`, `comparisons`, `alpha`}}: the
+  a-priori seeds of each family (`stats.seeds_needed` at the Bonferroni level alpha / m)."""
+  options = stats_options(options)
+  out = {}
+  for family in FAMILIES:
+    members = [c for c in comparisons if c["comparison"] == family]
+    if not members:
+      continue
+    pooled = stats.pooled_variability(members)
+    level = options["alpha"] / len(members)
+    needed = None if pooled is None else stats.seeds_needed(
+        pooled["seed_sd"], pooled["volume_var"], pooled["num_volumes"], options["margin"], level, options["power"])
+    out[family] = {"seeds_needed": None if needed == math.inf else needed, "unreachable": needed == math.inf,
+                   "comparisons": len(members), "alpha": level, **(pooled or {})}
+  return out
+
+
+def trust_gate(cells, options=None) -> dict:
+  """Whether the study's models were trained long enough for its verdicts to mean anything.
+
+  Returns:
+    dict of `undertrained` (bool), `reasons` (why; empty when not), `flags` (warnings that do not close the gate:
+    a reference below the best sparse cell, no reference or no learning curves to check), `improving` and
+    `with_curves` (sparse cells still improving, and with learning curves), `max_improving_share`.
+  """
+  options = stats_options(options)
+  grid = [c for c in cells if not c["reference"]]
+  references = [c for c in cells if c["reference"]]
+  with_curves = [c for c in grid if c["still_improving"] is not None]
+  improving = [c for c in with_curves if c["still_improving"]]
+  reasons, flags_ = [], []
+  for ref in references:
+    if ref["still_improving"]:
+      reasons.append(f"the {ref['dims']}D fully annotated reference is still improving (validation Dice rose by more "
+                     f"than {options['plateau_tolerance']:g} over its last learning-curve interval)")
+    best = max((c for c in grid if c["dims"] == ref["dims"] and not math.isnan(c["dice_mean"])),
+               key=lambda c: c["dice_mean"], default=None)
+    if best is not None and not math.isnan(ref["dice_mean"]) and ref["dice_mean"] < best["dice_mean"]:
+      flags_.append(f"the {ref['dims']}D reference ({ref['dice_mean']:.3f}) scores below the best sparse cell "
+                    f"({_label(best)}, budget {best['budget']}: {best['dice_mean']:.3f})")
+    if ref["still_improving"] is None:
+      flags_.append(f"the {ref['dims']}D reference has no learning curve: its convergence is not checked")
+  if grid and not references:
+    flags_.append("no fully annotated reference: the training recipe's convergence is not checked")
+  if with_curves and len(improving) > options["max_improving_share"] * len(with_curves):
+    reasons.append(f"{len(improving)} of {len(with_curves)} cells are still improving (more than "
+                   f"{100 * options['max_improving_share']:g}%)")
+  if grid and len(with_curves) < len(grid):
+    flags_.append(f"{len(grid) - len(with_curves)} of {len(grid)} cells have no learning curve to check")
+  return {"undertrained": bool(reasons), "reasons": reasons, "flags": flags_, "improving": len(improving),
+          "with_curves": len(with_curves), "max_improving_share": options["max_improving_share"]}
 
 
 def _tally(comparisons) -> dict:
-  counts = {stats.BETTER: 0, stats.WORSE: 0, stats.NO_DIFFERENCE: 0, stats.ONE_SEED: 0}
+  counts = dict.fromkeys(stats.VERDICTS, 0)
   for comparison in comparisons:
     counts[comparison["verdict"]] += 1
   return counts
@@ -256,93 +332,100 @@ def _tally(comparisons) -> dict:
 def _evidence(comparison) -> dict:
   a, b = comparison["a"], comparison["b"]
   return {"dims": a["dims"], "budget": a["budget"], "a": _label(a), "b": _label(b),
-          **{k: comparison[k] for k in ("mean_diff", "ci_low", "ci_high", "p_wilcoxon", "verdict", "n_pairs")}}
+          **{k: comparison[k] for k in ("mean_diff", "ci_low", "ci_high", "p_value", "p_adjusted",
+                                         "p_equivalence_adjusted", "verdict", "n_pairs")}}
 
 
-def findings(comparisons, cells) -> list[dict]:
-  """The three findings of the paper (STUDY.md), each checked on this study's comparisons.
+def _direction_verdict(comparisons) -> str:
+  """Finding 1's rule on "a (the fewest slices per volume) is better than b" (`stats.rules_markdown`)."""
+  counts = _tally(comparisons)
+  if not comparisons:
+    return "not tested"
+  if counts[stats.UNDERPOWERED] == len(comparisons):
+    return "inconclusive: underpowered"
+  if counts[stats.BETTER] and counts[stats.WORSE]:
+    return "mixed"
+  if counts[stats.BETTER]:
+    return "reproduced"
+  if counts[stats.WORSE]:
+    return "reversed"
+  if counts[stats.EQUIVALENT] == len(comparisons):
+    return "not reproduced: equivalent"
+  return "inconclusive"
 
-  Verdicts: "reproduced", "reversed" (finding 1 only: more slices per volume wins), "not reproduced", "mixed",
-  "inconclusive" (no detectable difference anywhere, or only single seeds) or "not tested" (no such cells).
-  - 1, fewer slices per volume over more volumes at equal budget: the "fewest" comparisons without interpolation.
-    Reproduced when the fewest-slices allocation is better in at least one and worse in none; reversed when it is
-    worse in at least one and better in none.
-  - 2, UAL not better than random or fixed interval at equal slices per volume: the "selection" comparisons of
-    `ual`. Reproduced when UAL is better in at most a quarter of the comparisons resolved by an interval, not
-    reproduced when in more than half.
-  - 3, interpolation rarely helps, except some low-density 3D settings: the "interpolation" comparisons. Reproduced
-    when interpolation is better in at most a quarter of the 2D comparisons (3D listed apart, by density).
+
+def _not_better_verdict(comparisons) -> str:
+  """Findings 2 and 3's rule on "a is not better than b" (`stats.rules_markdown`): support comes only from
+  comparisons resolved as worse or equivalent, never from an unresolved difference."""
+  counts = _tally(comparisons)
+  if not comparisons:
+    return "not tested"
+  if counts[stats.UNDERPOWERED] == len(comparisons):
+    return "inconclusive: underpowered"
+  better, support = counts[stats.BETTER], counts[stats.WORSE] + counts[stats.EQUIVALENT]
+  if not better and support > len(comparisons) / 2:
+    return "reproduced"
+  if better > support:
+    return "not reproduced"
+  if better and support:
+    return "mixed"
+  return "inconclusive"
+
+
+def findings(comparisons, cells, options=None) -> list[dict]:
+  """The three findings of the paper, each checked on this study's pre-specified comparisons.
+
+  The rules are `stats.rules_markdown`'s. Finding 1 uses the "allocation" family: its verdict comes from the random
+  and fixed-interval comparisons, and each selection method (UAL too) gets its own in `by_selection`. Finding 2
+  uses the "selection" comparisons of UAL, oriented ual - other. Finding 3 uses the 2D "interpolation" comparisons;
+  the 3D ones are listed by density. When the trust gate (`trust_gate`) is closed, every verdict is
+  "inconclusive: undertrained" and `verdict_without_gate` keeps what the comparisons say.
 
   Returns:
-    One dict per finding: `finding` (1-3), `claim`, `verdict`, `counts` ({verdict word: comparisons}), `evidence`
-    (the comparisons) and `best` (finding 1: the best allocation per dims and budget).
+    One dict per finding: `finding` (1-3), `claim`, `verdict`, `verdict_without_gate`, `counts` ({verdict word:
+    comparisons}), `evidence` (the comparisons) and, for finding 1, `best` (the highest mean per dims and budget,
+    descriptive) and `by_selection` ({selection: {verdict, counts}}).
   """
+  gate = trust_gate(cells, options)
+
   def result(number, claim, verdict, chosen, **extra):
-    return {"finding": number, "claim": claim, "verdict": verdict, "counts": _tally(chosen),
-            "evidence": [_evidence(c) for c in chosen], **extra}
+    return {"finding": number, "claim": claim,
+            "verdict": "inconclusive: undertrained" if gate["undertrained"] else verdict,
+            "verdict_without_gate": verdict, "counts": _tally(chosen), "evidence": [_evidence(c) for c in chosen],
+            **extra}
 
   out = []
-  fewest = [c for c in comparisons if c["comparison"] == "fewest" and not c["a"]["interpolation"]]
-  better, worse = _tally(fewest)[stats.BETTER], _tally(fewest)[stats.WORSE]
-  if not fewest:
-    verdict = "not tested"
-  elif better or worse:
-    verdict = "mixed" if better and worse else "reproduced" if better else "reversed"
-  else:
-    verdict = "inconclusive"
+  allocation = [c for c in comparisons if c["comparison"] == "allocation"]
+  by_selection = {}
+  for c in allocation:
+    by_selection.setdefault(c["a"]["selection"], []).append(c)
+  one_shot = [c for c in allocation if c["a"]["selection"] in ("random", "fixed")]
   best = {}
   for cell in cells:
-    if not cell["reference"] and not cell["interpolation"]:
+    if not cell["reference"] and not cell["interpolation"] and not math.isnan(cell["dice_mean"]):
       key = f"{cell['dims']}D budget {cell['budget']}"
       if key not in best or cell["dice_mean"] > best[key]["dice_mean"]:
         best[key] = {"allocation": _label(cell), "slices_per_volume": cell["slices_per_volume"],
                      "dice_mean": cell["dice_mean"]}
-  by_selection = {}
-  for c in fewest:
-    by_selection.setdefault(c["a"]["selection"], []).append(c)
-  out.append(result(1, "At a fixed budget, fewer slices per volume over more volumes is better.", verdict, fewest,
-                    best=best, counts_by_selection={k: _tally(v) for k, v in by_selection.items()}))
+  out.append(result(1, "At a fixed budget, fewer slices per volume over more volumes is better.",
+                    _direction_verdict(one_shot), one_shot, best=best,
+                    by_selection={k: {"verdict": _direction_verdict(v), "counts": _tally(v)}
+                                  for k, v in by_selection.items()}))
 
   ual = [c for c in comparisons if c["comparison"] == "selection" and "ual" in (c["a"]["selection"],
                                                                                 c["b"]["selection"])]
-  # Orient every comparison as ual - other.
-  oriented = [c if c["a"]["selection"] == "ual" else _flip(c) for c in ual]
+  oriented = [c if c["a"]["selection"] == "ual" else stats.flip(c) for c in ual]
   out.append(result(2, "UAL is not better than random or fixed-interval selection at equal slices per volume.",
-                    _rarely_better(oriented), oriented))
+                    _not_better_verdict(oriented), oriented))
 
   interpolation = [c for c in comparisons if c["comparison"] == "interpolation"]
   two_d = [c for c in interpolation if c["a"]["dims"] == 2]
-  verdict = "not tested in 2D" if interpolation and not two_d else _rarely_better(two_d)
+  verdict = "not tested in 2D" if interpolation and not two_d else _not_better_verdict(two_d)
   three_d = sorted((c for c in interpolation if c["a"]["dims"] == 3),
                    key=lambda c: (c["a"]["budget"], c["a"]["slices_per_volume"]))
   out.append(result(3, "Mask interpolation rarely helps, except some low-density 3D settings.", verdict, two_d,
                     three_d=[_evidence(c) for c in three_d], three_d_counts=_tally(three_d)))
   return out
-
-
-def _rarely_better(comparisons) -> str:
-  """The verdict on "a is rarely better than b": reproduced when a is better in at most a quarter of the comparisons
-  that an interval resolves, not reproduced when in more than half."""
-  counts = _tally(comparisons)
-  resolved = counts[stats.BETTER] + counts[stats.WORSE] + counts[stats.NO_DIFFERENCE]
-  if not comparisons:
-    return "not tested"
-  if not resolved:
-    return "inconclusive"
-  if counts[stats.BETTER] <= resolved / 4:
-    return "reproduced"
-  return "not reproduced" if counts[stats.BETTER] > resolved / 2 else "mixed"
-
-
-def _flip(comparison) -> dict:
-  flipped = dict(comparison, a=comparison["b"], b=comparison["a"])
-  for name in ("mean_diff", "nsd_diff", "hd95_diff"):
-    if flipped.get(name) is not None:
-      flipped[name] = -flipped[name]
-  low, high = comparison["ci_low"], comparison["ci_high"]
-  flipped["ci_low"], flipped["ci_high"] = (None, None) if low is None else (-high, -low)
-  flipped["verdict"] = stats.verdict(flipped["ci_low"], flipped["ci_high"])
-  return flipped
 
 
 def cost_frontier(cells) -> list[dict]:
@@ -448,34 +531,35 @@ def compute_used(rows) -> dict:
           "encoder_seconds": float(sum(encoders))}
 
 
-def write_summary(workdir, rows, confidence=0.95, *, cost=None, resamples=stats.RESAMPLES, preamble: str = "",
-                  document=None) -> None:
+def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "", document=None) -> None:
   """Writes the study report of `rows` into `workdir`, each file replaced atomically.
 
-  - `summary.md`: the findings, the cells (mean ± std over seeds, surface metrics, flags), the reference, the
-    paired comparisons with intervals, Wilcoxon p-values, verdicts and seeds needed, the best allocation per budget,
-    and the annotation cost view.
+  - `summary.md`: the rules (`stats.rules_markdown`), the trust gate, the findings, the cells (mean ± std over
+    seeds, surface metrics, flags), the reference, the pre-specified comparisons with intervals, raw and adjusted
+    p-values and verdicts, the seeds each family needs, the best cell per budget and the annotation cost view.
   - `summary.csv`: one line per cell with plain numbers (booleans as 0/1, missing values empty).
-  - `findings.json`: `findings` and `comparisons`.
+  - `findings.json`: `findings`, `trust_gate`, `seeds_needed`, `comparisons`, `options` and `cost`.
   - figures (`slicejax.figures`): `dice_vs_allocation.png`, `dice_vs_budget.png`, `forest.png`,
     `dice_per_class.png`, `dice_vs_cost.png`, `learning_curves.png`.
 
   Args:
     workdir: an existing folder.
     rows: result rows (see the module docstring).
-    confidence: the coverage of the paired intervals.
+    options: the statistics options (`stats_options`); None: the defaults.
     cost: the annotation cost model; None: `DEFAULT_COST`.
-    resamples: bootstrap replicates.
     preamble: markdown put before the summary (e.g. a study's protocol and commands).
     document: also write the summary (with its preamble) to this markdown file, its figure links relative to it.
   """
   workdir = os.fspath(workdir)
+  options = stats_options(options)
   cost = dict(DEFAULT_COST if cost is None else cost)
-  cells = summarise(rows, cost)
-  comparisons = paired_comparisons(rows, confidence, resamples)
-  found = findings(comparisons, cells)
+  cells = summarise(rows, cost, options["plateau_tolerance"])
+  comparisons = paired_comparisons(rows, options)
+  found = findings(comparisons, cells, options)
+  gate = trust_gate(cells, options)
+  needed = seeds_needed(comparisons, options)
   frontier = cost_frontier(cells)
-  text = _markdown(cells, comparisons, found, frontier, cost, confidence, compute_used(rows))
+  text = _markdown(cells, comparisons, found, gate, needed, frontier, cost, options, compute_used(rows))
   pngs = figures.all_figures(cells, comparisons, frontier, cost)
   files.atomic_write(os.path.join(workdir, "summary.md"), preamble + text + _figure_links(pngs, ""))
   if document is not None:
@@ -483,7 +567,8 @@ def write_summary(workdir, rows, confidence=0.95, *, cost=None, resamples=stats.
     files.atomic_write(document, preamble + text + _figure_links(pngs, prefix + "/"))
   files.atomic_write(os.path.join(workdir, "summary.csv"), _csv(cells))
   files.atomic_write(os.path.join(workdir, "findings.json"), json.dumps(
-      {"findings": found, "comparisons": comparisons, "cost": cost}, indent=1, default=_json_value) + "\n")
+      {"findings": found, "trust_gate": gate, "seeds_needed": needed, "comparisons": comparisons,
+       "options": options, "cost": cost}, indent=1, default=_json_value) + "\n")
   for name, png in pngs.items():
     files.atomic_write(os.path.join(workdir, name), png)
   logging.info("wrote the summary of %d rows (%d cells) to %s", len(rows), len(cells), workdir)
@@ -525,9 +610,13 @@ def _table(header, lines) -> list[str]:
 
 
 def _spread(cell) -> str:
+  left_out = cell.get("undefined_seeds") or []
+  note = f", {len(left_out)} left out: Dice undefined" if left_out else ""
+  if math.isnan(cell["dice_mean"]):
+    return f"— ({cell['n_seeds']}{note})"
   if cell["dice_std"] is None:
-    return f"{cell['dice_mean']:.3f} (1 seed: no spread)"
-  return f"{cell['dice_mean']:.3f} ± {cell['dice_std']:.3f} ({cell['n_seeds']})"
+    return f"{cell['dice_mean']:.3f} (1 seed: no spread{note})"
+  return f"{cell['dice_mean']:.3f} ± {cell['dice_std']:.3f} ({cell['n_seeds'] - len(left_out)}{note})"
 
 
 def _flags(cell) -> str:
@@ -555,44 +644,69 @@ def _cell_table(cells, classes) -> list[str]:
   return _table(header, lines)
 
 
-def _interval(comparison) -> str:
-  if comparison["ci_low"] is None:
-    return "— (1 seed)"
-  return f"[{comparison['ci_low']:+.3f}, {comparison['ci_high']:+.3f}]"
+def _interval(low, high) -> str:
+  return "—" if low is None else f"[{low:+.3f}, {high:+.3f}]"
 
 
-def _comparison_table(comparisons, percent) -> list[str]:
-  header = ["comparison", "dims", "budget", "a", "b", "seeds", "volumes", "Δ Dice", f"{percent} CI", "Wilcoxon p",
-            "verdict", "seeds needed", "Δ NSD", "Δ HD95 mm"]
+def _p(value) -> str:
+  return "—" if value is None else "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _comparison_table(comparisons, options) -> list[str]:
+  percent, percent90 = f"{100 * (1 - options['alpha']):g}%", f"{100 * (1 - 2 * options['alpha']):g}%"
+  header = ["family", "dims", "budget", "a", "b", "seeds", "volumes", "Δ Dice", f"{percent} CI", f"{percent90} CI",
+            "p", "p Holm", "p equiv. Holm", "verdict", "Δ NSD", "Δ HD95 mm"]
   lines = []
   for c in comparisons:
     lines.append([c["comparison"], f"{c['a']['dims']}D", str(c["a"]["budget"]), _label(c["a"]), _label(c["b"]),
-                  str(c["n_pairs"]), str(c["n_volumes"]), f"{c['mean_diff']:+.3f}", _interval(c),
-                  _fmt(c["p_wilcoxon"], 3), c["verdict"],
-                  "—" if c["seeds_needed"] is None else str(c["seeds_needed"]) if c["seeds_needed"] <= 1000
-                  else "> 1000",
+                  str(c["n_pairs"]), str(c["n_volumes"]), "—" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.3f}", _interval(c["ci_low"], c["ci_high"]),
+                  _interval(c["ci90_low"], c["ci90_high"]), _p(c["p_value"]), _p(c["p_adjusted"]),
+                  _p(c["p_equivalence_adjusted"]), c["verdict"],
                   "—" if c["nsd_diff"] is None else f"{c['nsd_diff']:+.3f}",
                   "—" if c["hd95_diff"] is None else f"{c['hd95_diff']:+.2f}"])
   return _table(header, lines)
 
 
 def _counts_text(counts) -> str:
-  return (f"{counts[stats.BETTER]} better, {counts[stats.WORSE]} worse, {counts[stats.NO_DIFFERENCE]} no detectable "
-          f"difference" + (f", {counts[stats.ONE_SEED]} with one seed" if counts[stats.ONE_SEED] else ""))
+  words = [f"{n} {word}" for word, n in counts.items() if n]
+  return ", ".join(words) if words else "no comparison"
 
 
-def findings_markdown(found) -> list[str]:
+def seeds_text(entry) -> str:
+  if entry["unreachable"]:
+    return f"more than {stats.MAX_SEEDS} (the test volumes' own variance is too large for the margin)"
+  return "—" if entry["seeds_needed"] is None else str(entry["seeds_needed"])
+
+
+def trust_markdown(gate) -> list[str]:
+  """The "Trust gate" section: whether the verdicts can be read as answers, and why not."""
+  out = ["## Trust gate", ""]
+  if gate["undertrained"]:
+    reasons = "; ".join(gate["reasons"])
+    out.append("**Closed: every finding is `inconclusive: undertrained`.** " + reasons[0].upper() + reasons[1:] + ".")
+  else:
+    out.append(f"Open: {gate['improving']} of {gate['with_curves']} cells with learning curves are still improving "
+               f"(at most {100 * gate['max_improving_share']:g}% allowed)"
+               + (", and the fully annotated reference has reached its plateau." if not any(
+                   "reference" in f for f in gate["flags"]) else "."))
+  out += [f"- Flag: {flag}." for flag in gate["flags"]]
+  return out + [""]
+
+
+def findings_markdown(found, needed=None) -> list[str]:
   """The "Findings" section: one paragraph per finding with its verdict and evidence."""
   out = ["## Findings", "",
-         "The paper's three findings (STUDY.md), checked on this dataset with the paired comparisons below.", ""]
+         "The paper's three findings, checked on this dataset with the pre-specified comparisons below (rules above).",
+         ""]
   for finding in found:
-    out.append(f"**{finding['finding']}. {finding['claim']}** Verdict: **{finding['verdict']}**.")
+    gated = finding["verdict"] != finding["verdict_without_gate"]
+    out.append(f"**{finding['finding']}. {finding['claim']}** Verdict: **{finding['verdict']}**"
+               + (f" (the comparisons alone would say: {finding['verdict_without_gate']})" if gated else "") + ".")
     if finding["finding"] == 1:
-      out.append(f"The fewest-slices allocation against each other allocation at the same budget and selection: "
-                 f"{_counts_text(finding['counts'])}"
-                 + ("" if len(finding["counts_by_selection"]) < 2 else " (" + "; ".join(
-                     f"{name}: {_counts_text(counts)}" for name, counts in finding["counts_by_selection"].items())
-                    + ")") + ". Best allocation: "
+      out.append(f"The fewest-slices allocation against each other allocation at the same budget, random and fixed "
+                 f"interval: {_counts_text(finding['counts'])}. By selection: " + "; ".join(
+                     f"{name}: {entry['verdict']} ({_counts_text(entry['counts'])})"
+                     for name, entry in finding["by_selection"].items()) + ". Highest mean (descriptive, not a test): "
                  + "; ".join(f"{key}: {b['allocation']} ({b['dice_mean']:.3f})" for key, b in finding["best"].items())
                  + ".")
     elif finding["finding"] == 2:
@@ -602,6 +716,13 @@ def findings_markdown(found) -> list[str]:
                  + (f" 3D: {_counts_text(finding['three_d_counts'])}; "
                     + "; ".join(f"{e['a']} {e['mean_diff']:+.3f} ({e['verdict']})" for e in finding["three_d"])
                     if finding["three_d"] else " No 3D comparison."))
+    out.append("")
+  if needed:
+    out += ["Seeds needed a priori (80% power to detect the margin at the family's Bonferroni level, from this "
+            "study's pooled variability):", ""]
+    out += _table(["family", "comparisons", "level", "per-seed SD of Δ", "volume component", "seeds needed"],
+                  [[family, str(e["comparisons"]), f"{e['alpha']:.2g}", _fmt(e.get("seed_sd"), 4),
+                    _fmt(e.get("volume_var"), 5), seeds_text(e)] for family, e in needed.items()])
     out.append("")
   return out
 
@@ -616,42 +737,43 @@ def _figure_links(pngs, prefix) -> str:
   return "\n".join(lines)
 
 
-def _markdown(cells, comparisons, found, frontier, cost, confidence, compute) -> str:
+def _markdown(cells, comparisons, found, gate, needed, frontier, cost, options, compute) -> str:
   classes = _classes(cells)
   grid = [cell for cell in cells if not cell["reference"]]
   reference = [cell for cell in cells if cell["reference"]]
-  out = ["# Study summary", ""]
+  out = ["# Study summary", "", stats.rules_markdown(options)]
   if not cells:
     return "\n".join(out + ["No results yet.", ""])
   seeds = sorted({cell["n_seeds"] for cell in grid})
-  if seeds and seeds[-1] < 2:
-    out += ["Every cell has one seed: no interval or verdict can be given; run more seeds (`study.seeds`).", ""]
-  out += findings_markdown(found)
+  if seeds and seeds[-1] < options["min_seeds"]:
+    out += [f"Every cell has fewer than {options['min_seeds']} seeds: no verdict can be given; run more seeds "
+            "(`study.seeds`).", ""]
+  out += trust_markdown(gate)
+  out += findings_markdown(found, needed)
   out += ["## Cells", "",
           "Dice: mean ± std over seeds (number of seeds) of each model's mean test Dice; HD95 and NSD (normalised "
           "surface Dice) likewise, means over seeds. Cost: annotation seconds under the cost model below. Flags: "
           "`absent` (a class missing from some test volumes' truth: its Dice averages over fewer volumes), `still "
-          f"improving` (mean validation Dice rose by more than {PLATEAU_TOLERANCE} over the last learning-curve "
-          "interval: more steps may change the answer).", ""]
+          f"improving` (mean validation Dice rose by more than {options['plateau_tolerance']:g} over the last "
+          "learning-curve interval: more steps may change the answer).", ""]
   out += _cell_table(grid, classes) if grid else ["No sparse-annotation cells yet."]
   out += ["", "## Reference (every slice annotated)", ""]
   out += _cell_table(reference, classes) if reference else ["No reference run yet."]
-  percent = f"{100 * confidence:g}%"
   out += ["", "## Paired comparisons", "",
-          f"Δ = mean of a − b over shared seeds and test volumes (per-volume Dice). {percent} interval: hierarchical "
-          f"bootstrap ({stats.RESAMPLES} resamples of seeds, then test volumes). Verdict from the interval; Wilcoxon "
-          "signed-rank p on per-seed differences beside it; seeds needed: for an interval that excludes 0 with 80% "
-          "power at the observed difference. Families: `allocation` (against the best at that budget), `fewest` "
-          "(the fewest slices per volume against the others), `selection`, `interpolation` (on − off).", ""]
-  out += _comparison_table(comparisons, percent) if comparisons else ["No cells to compare yet."]
-  out += ["", "## Best allocation per budget", ""]
+          "Δ = mean of a − b over shared seeds and test volumes (per-volume Dice); intervals from the crossed seed × "
+          "test-volume model; p of Δ = 0 and of the equivalence test, raw and Holm-adjusted within the family "
+          "(rules above).", ""]
+  out += _comparison_table(comparisons, options) if comparisons else ["No cells to compare yet."]
+  out += ["", "## Highest mean per budget", "",
+          "Descriptive: the cell with the highest mean Dice; whether it is better than the others is what the "
+          "comparisons above say.", ""]
   by_budget = {}
   for cell in grid:
     by_budget.setdefault((cell["dims"], cell["budget"]), []).append(cell)
   for (dims, budget), members in by_budget.items():
     best = max(members, key=lambda cell: -math.inf if math.isnan(cell["dice_mean"]) else cell["dice_mean"])
     out.append(
-        f"- {dims}D, budget {budget}: the best allocation is {_allocation(best)}, {best['selection']} selection, "
+        f"- {dims}D, budget {budget}: the highest mean is {_allocation(best)}, {best['selection']} selection, "
         f"interpolation {'on' if best['interpolation'] else 'off'} (Dice {_spread(best)}).")
   out += ["", "## Annotation cost", "",
           f"Cost model: {cost['seconds_per_volume']:g} s per volume opened + {cost['seconds_per_slice']:g} s per "
@@ -692,8 +814,8 @@ def _csv(cells) -> str:
 # The entry point.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, confidence=0.95,
-        resamples=stats.RESAMPLES, preamble=None, document=None) -> pathlib.Path:
+def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, preamble=None,
+        document=None, **options) -> pathlib.Path:
   """Regenerates the report of one or several runs into `out` (default: the only workdir); returns `out`."""
   if not workdirs:
     raise InputError("--workdir", "give at least one run folder")
@@ -701,6 +823,7 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
     raise InputError("--out", "several --workdir merge into one report: say where it goes")
   rows, config = read_runs(workdirs)
   cost = dict(DEFAULT_COST, **(config.get("cost") or {}))
+  options = stats_options({**(config.get("stats") or {}), **{k: v for k, v in options.items() if v is not None}})
   for key, value in (("seconds_per_volume", seconds_per_volume), ("seconds_per_slice", seconds_per_slice)):
     if value is not None:
       if not (math.isfinite(value) and value >= 0):
@@ -714,7 +837,7 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
       raise InputError(str(preamble), f"cannot be read ({err})") from err
   out = pathlib.Path(out if out is not None else workdirs[0])
   out.mkdir(parents=True, exist_ok=True)
-  write_summary(out, rows, confidence, cost=cost, resamples=resamples, preamble=text, document=document)
+  write_summary(out, rows, options, cost=cost, preamble=text, document=document)
   return out
 
 
@@ -725,7 +848,9 @@ def _define_flags() -> None:
   flags.DEFINE_float("seconds_per_volume", None, "Annotation seconds per volume opened; default: the run's "
                      "config.cost.")
   flags.DEFINE_float("seconds_per_slice", None, "Annotation seconds per slice; default: the run's config.cost.")
-  flags.DEFINE_float("confidence", 0.95, "Coverage of the paired intervals.")
+  flags.DEFINE_float("alpha", None, "Test level (intervals cover 1 - alpha); default: the run's config.stats.")
+  flags.DEFINE_float("margin", None, "Equivalence margin in Dice; default: the run's config.stats.")
+  flags.DEFINE_integer("min_seeds", None, "Fewest shared seeds for a verdict; default: the run's config.stats.")
   flags.DEFINE_string("preamble", None, "A markdown file put before the summary (a study's protocol and commands).")
   flags.DEFINE_string("document", None, "Also write the summary, after the preamble, to this markdown file.")
 
@@ -735,7 +860,7 @@ def main(argv):
   f = flags.FLAGS
   try:
     out = run(f.workdir or [], f.out, seconds_per_volume=f.seconds_per_volume, seconds_per_slice=f.seconds_per_slice,
-              confidence=f.confidence, preamble=f.preamble, document=f.document)
+              preamble=f.preamble, document=f.document, alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds)
   except InputError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)

@@ -1,20 +1,29 @@
 """Paired statistics of a study: differences between cells by seed and test volume, their uncertainty, verdicts.
 
-Two cells of one study seed share their annotated volumes, initialisation and data stream (common random numbers)
-and are evaluated on the same test volumes, so a comparison of cell a with cell b uses the paired differences
+The rules the report applies are written once, in `rules_markdown` (printed at the top of every summary.md and kept
+in docs/statistics.md); this docstring says how they are computed.
 
-    d[s, v] = score_a[s, v] - score_b[s, v]
+Two cells of one study seed share their annotated volumes, initialisation and data stream, and every seed of a study
+is scored on the same test volumes, so a comparison of cell a with cell b uses the paired differences
 
-over the seeds s both cells have and the test volumes v, where a score is a volume's mean Dice over its defined
-classes (`slicejax.metrics`); pairs where either is undefined are left out. From them:
-- `hierarchical_bootstrap`: resample seeds with replacement, then test volumes with replacement within each drawn
-  seed, and take the mean of d; the percentile interval of 10,000 such means is the 95% interval of the mean
-  difference. It needs at least 2 seeds: with one there is no spread between seeds to resample, and no interval.
-- `wilcoxon`: the Wilcoxon signed-rank test (scipy.stats) of the per-seed mean differences; with 5 seeds its
-  smallest possible two-sided p-value is 2 / 32 = 0.0625, so it is reported beside the interval, not used for verdicts.
-- `verdict`: "better" (the interval lies above 0), "worse" (below 0), "no detectable difference" (it covers 0).
-- `seeds_needed`: how many seeds would make a difference of the observed size detectable (a 95% interval that
-  excludes 0 with 80% power), assuming the bootstrap variance shrinks as 1 / seeds.
+    d[s, v] = score_a[s, v] - score_b[s, v]            s = 1..S seeds, v = 1..V test volumes
+
+where a score is a volume's mean Dice over its defined classes (`slicejax.metrics`). The study seed is the unit of
+replication; the test volumes are a sample of patients shared by every seed. Both vary, crossed, in the model
+
+    d[s, v] = delta + A_s + B_v + E_sv,   A ~ N(0, sa^2), B ~ N(0, sb^2), E ~ N(0, se^2) independent,
+
+the two-way crossed random-effects ANOVA without replication. delta is estimated by the grand mean, whose variance
+(V sa^2 + S sb^2 + se^2) / (S V) = (E[MS_seed] + E[MS_volume] - E[MS_residual]) / (S V) is estimated from the mean
+squares: MS_seed, plus MS_volume - MS_residual when the volume component is estimated above 0, with Satterthwaite's
+degrees of freedom, never fewer than S - 1 and exactly S - 1 while the seed term is more than half of the estimate. Without a volume component
+this is exactly the paired t-interval on the S per-seed mean differences (S - 1 degrees of freedom), and with one
+value per seed (rows without per-volume results) it is that interval by construction. Volumes (or seeds) where either score is
+undefined are left out of the pairing first, so the table stays complete (`complete_pairs`).
+
+From the mean, its standard error and degrees of freedom: a two-sided t-test of delta = 0 and its 95% interval, and
+the two one-sided tests (TOST) of |delta| < margin, whose p-value is below alpha exactly when the 90% interval lies
+inside (-margin, margin). Quantiles and tail probabilities come from `scipy.stats.t` and `scipy.stats.nct`.
 """
 
 import math
@@ -24,9 +33,13 @@ from scipy import stats as scipy_stats
 
 from slicejax import metrics
 
-RESAMPLES = 10_000
-BETTER, WORSE, NO_DIFFERENCE, ONE_SEED = "better", "worse", "no detectable difference", "one seed: no interval"
-_POWER_Z = 0.8416212335729143  # the standard normal quantile at 0.8 (80% power)
+BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, UNDERPOWERED = (
+    "better", "worse", "equivalent", "inconclusive", "underpowered")
+VERDICTS = (BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, UNDERPOWERED)
+# Defaults of the config keys `stats.*` (slicejax.config_lib); the report reads the run's own values.
+DEFAULTS = {"alpha": 0.05, "margin": 0.02, "min_seeds": 3, "power": 0.8, "plateau_tolerance": 0.005,
+            "max_improving_share": 0.1}
+MAX_SEEDS = 1000  # seeds_needed searches up to this many
 
 
 def volume_scores(row, metric: str = "dice") -> dict:
@@ -58,92 +71,253 @@ def paired_differences(rows_a: dict, rows_b: dict, metric: str = "dice") -> tupl
   return seeds, d
 
 
-def hierarchical_bootstrap(d, *, resamples: int = RESAMPLES, confidence: float = 0.95, seed: int = 0) -> dict:
-  """The two-level bootstrap of the mean of paired differences.
+def complete_pairs(d) -> np.ndarray:
+  """`d [S, V]` without the seeds whose differences are all undefined, then without the volumes undefined in any
+  remaining seed: a complete table for the crossed analysis (possibly empty)."""
+  d = np.asarray(d, np.float64).reshape(np.shape(d)[0], -1)
+  d = d[~np.all(np.isnan(d), axis=1)]
+  return d[:, ~np.any(np.isnan(d), axis=0)]
 
-  Args:
-    d: `[S, V]` differences per seed and test volume; NaN entries are left out of every mean.
-    resamples: bootstrap replicates.
-    confidence: the interval's coverage.
-    seed: of the resampling generator (results are reproducible).
+
+def crossed_mean(d) -> dict:
+  """The mean of a complete `[S, V]` table of paired differences, with its standard error under the crossed model.
 
   Returns:
-    dict of `mean` (the mean of the defined entries), `low`, `high` (percentile interval; None with fewer than 2
-    seeds) and `variance` (of the bootstrap means; None likewise).
+    dict of `mean`, `se` (None with fewer than 2 seeds), `df` (Satterthwaite; None likewise), `seed_sd` (the
+    standard deviation of the per-seed mean differences, ddof 1; None likewise) and `volume_var` (the estimated
+    volume component sb^2, 0 when it is estimated below 0 or V is 1; None likewise).
   """
   d = np.asarray(d, np.float64)
-  mean = float(metrics.nan_mean(d)) if d.size else math.nan
-  if d.ndim != 2 or d.shape[0] < 2 or d.shape[1] == 0:
-    return {"mean": mean, "low": None, "high": None, "variance": None}
   num_seeds, num_volumes = d.shape
-  rng = np.random.default_rng(seed)
-  seed_index = rng.integers(0, num_seeds, size=(resamples, num_seeds))
-  volume_index = rng.integers(0, num_volumes, size=(resamples, num_seeds, num_volumes))
-  means = metrics.nan_mean(d[seed_index[..., None], volume_index].reshape(resamples, -1), axis=-1)
-  means = means[~np.isnan(means)]
-  alpha = (1 - confidence) / 2
-  low, high = np.quantile(means, [alpha, 1 - alpha])
-  return {"mean": mean, "low": float(low), "high": float(high), "variance": float(np.var(means))}
+  mean = float(d.mean()) if d.size else math.nan
+  if num_seeds < 2 or num_volumes == 0:
+    return {"mean": mean, "se": None, "df": None, "seed_sd": None, "volume_var": None}
+  seed_means = d.mean(axis=1)
+  ms_seed = num_volumes * float(np.var(seed_means, ddof=1))
+  seed_sd = float(np.std(seed_means, ddof=1))
+  if num_volumes == 1:
+    return {"mean": mean, "se": math.sqrt(ms_seed / num_seeds), "df": float(num_seeds - 1), "seed_sd": seed_sd,
+            "volume_var": 0.0}
+  volume_means = d.mean(axis=0)
+  ms_volume = num_seeds * float(np.var(volume_means, ddof=1))
+  residual = d - seed_means[:, None] - volume_means[None, :] + mean
+  df_seed, df_volume, df_residual = num_seeds - 1, num_volumes - 1, (num_seeds - 1) * (num_volumes - 1)
+  ms_residual = float(np.sum(residual ** 2)) / df_residual
+  # The seed term is always kept (the seed is the unit of replication); the volume component is added when it is
+  # estimated above 0.
+  terms = [(ms_seed, df_seed, 1.0)]
+  if ms_volume > ms_residual:
+    terms += [(ms_volume, df_volume, 1.0), (ms_residual, df_residual, -1.0)]
+  total = sum(sign * ms for ms, _, sign in terms)
+  denominator = sum(ms ** 2 / df for ms, df, _ in terms)
+  df = total ** 2 / denominator if denominator > 0 else float(df_seed)
+  if ms_seed > total / 2:
+    # Satterthwaite is liberal at a few degrees of freedom (6-7% false positives at 3 seeds by simulation, bench/
+    # calibration.py): while the seed term is most of the variance, no more degrees of freedom than the seeds give.
+    df = min(df, float(df_seed))
+  # The estimate is at least the seed term, whose own degrees of freedom are S - 1; Satterthwaite's formula, with
+  # its negative residual term, can fall below that (towards 0) when the volume component is barely above 0.
+  df = max(df, float(df_seed))
+  return {"mean": mean, "se": math.sqrt(total / (num_seeds * num_volumes)), "df": float(df), "seed_sd": seed_sd,
+          "volume_var": max(0.0, (ms_volume - ms_residual) / num_seeds)}
 
 
-def wilcoxon(per_seed) -> float | None:
-  """Two-sided Wilcoxon signed-rank p-value of per-seed differences; None with fewer than 2 or all of them 0."""
-  per_seed = np.asarray(per_seed, np.float64)
-  per_seed = per_seed[~np.isnan(per_seed)]
-  if per_seed.size < 2 or not np.any(per_seed):
-    return None
-  return float(scipy_stats.wilcoxon(per_seed).pvalue)
+def _t_tail(statistic: float, df: float) -> float:
+  """P(T > statistic) for Student's t with `df` degrees of freedom (statistic may be infinite)."""
+  return float(scipy_stats.t.sf(statistic, df))
 
 
-def verdict(low, high) -> str:
-  """"better", "worse" or "no detectable difference" from an interval of a - b; `ONE_SEED` without one."""
-  if low is None or high is None:
-    return ONE_SEED
-  if low > 0:
-    return BETTER
-  if high < 0:
-    return WORSE
-  return NO_DIFFERENCE
+def t_test(mean: float, se, df, alpha: float, margin: float) -> dict:
+  """Two-sided test of delta = 0, the 1 - alpha interval, and TOST of |delta| < margin with its 1 - 2 alpha interval.
 
-
-def seeds_needed(mean: float, variance, num_seeds: int, confidence: float = 0.95) -> int | None:
-  """Seeds for a `confidence` interval to exclude 0 with 80% power for a true difference `mean`.
-
-  With the bootstrap variance `variance` measured at `num_seeds` seeds, one seed's variance is num_seeds x variance,
-  and n seeds are enough when |mean| >= (z + z_power) sqrt(num_seeds x variance / n). None without a variance or for
-  a zero difference.
+  Returns:
+    dict of `p_value`, `ci_low`, `ci_high`, `ci90_low`, `ci90_high` (the 1 - 2 alpha interval) and `p_equivalence`
+    (the larger of the two one-sided p-values); all None without a standard error.
   """
-  if variance is None or not mean or math.isnan(mean):
+  if se is None or math.isnan(mean):
+    return dict.fromkeys(("p_value", "ci_low", "ci_high", "ci90_low", "ci90_high", "p_equivalence"))
+  if se == 0:  # every pair differs by the same amount
+    p_value = 1.0 if mean == 0 else 0.0
+    p_equivalence = 0.0 if abs(mean) < margin else 1.0
+    return {"p_value": p_value, "ci_low": mean, "ci_high": mean, "ci90_low": mean, "ci90_high": mean,
+            "p_equivalence": p_equivalence}
+  half = float(scipy_stats.t.ppf(1 - alpha / 2, df)) * se
+  half90 = float(scipy_stats.t.ppf(1 - alpha, df)) * se
+  return {"p_value": min(1.0, 2 * _t_tail(abs(mean) / se, df)),
+          "ci_low": mean - half, "ci_high": mean + half, "ci90_low": mean - half90, "ci90_high": mean + half90,
+          "p_equivalence": max(_t_tail((mean + margin) / se, df), _t_tail((margin - mean) / se, df))}
+
+
+def holm(p_values) -> list:
+  """Holm's step-down adjustment of a family's p-values (None entries are not in the family and stay None)."""
+  indexed = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+  adjusted, running = [None] * len(p_values), 0.0
+  for rank, (p, i) in enumerate(indexed):
+    running = max(running, min(1.0, (len(indexed) - rank) * p))
+    adjusted[i] = running
+  return adjusted
+
+
+def verdict(mean, p_adjusted, p_equivalence_adjusted, n_seeds: int, alpha: float, min_seeds: int) -> str:
+  """The verdict on a - b: "underpowered" below `min_seeds` seeds, else "better"/"worse" when the adjusted test of
+  delta = 0 rejects, else "equivalent" when the adjusted TOST rejects, else "inconclusive"."""
+  if n_seeds < min_seeds or p_adjusted is None:
+    return UNDERPOWERED
+  if p_adjusted < alpha:
+    return BETTER if mean > 0 else WORSE
+  if p_equivalence_adjusted is not None and p_equivalence_adjusted < alpha:
+    return EQUIVALENT
+  return INCONCLUSIVE
+
+
+def power(n_seeds: int, seed_sd: float, volume_var: float, num_volumes: int, margin: float, alpha: float) -> float:
+  """Power of the two-sided t-test at level alpha to detect a true difference `margin` with `n_seeds` seeds, when
+  a seed's mean difference has standard deviation `seed_sd` and the test volumes add `volume_var / num_volumes`;
+  n - 1 degrees of freedom (the seed term's; conservative when the volume term is large)."""
+  df = n_seeds - 1
+  se = math.sqrt(seed_sd ** 2 / n_seeds + volume_var / max(num_volumes, 1))
+  if se == 0:
+    return 1.0
+  critical = float(scipy_stats.t.ppf(1 - alpha / 2, df))
+  nc = margin / se
+  out = float(scipy_stats.nct.sf(critical, df, nc) + scipy_stats.nct.cdf(-critical, df, nc))
+  if not math.isfinite(out):  # scipy's noncentral t fails far in the tail (large df and nc): the normal limit
+    out = float(scipy_stats.norm.sf(critical - nc) + scipy_stats.norm.cdf(-critical - nc))
+  return out
+
+
+def seeds_needed(seed_sd, volume_var, num_volumes: int, margin: float, alpha: float, target: float = 0.8):
+  """The fewest seeds (2..MAX_SEEDS) whose `power` reaches `target`; None when no standard deviation is known,
+  `math.inf` when even MAX_SEEDS seeds do not (the test volumes' own variance is too large for the margin)."""
+  if seed_sd is None or volume_var is None or math.isnan(seed_sd):
     return None
-  z = scipy_stats.norm.ppf(0.5 + confidence / 2)
-  return max(2, math.ceil(num_seeds * variance * ((z + _POWER_Z) / mean) ** 2))
+  if power(MAX_SEEDS, seed_sd, volume_var, num_volumes, margin, alpha) < target:
+    return math.inf
+  lo, hi = 2, MAX_SEEDS  # power grows with the seeds: bisect for the first that reaches the target
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if power(mid, seed_sd, volume_var, num_volumes, margin, alpha) >= target:
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo
 
 
-def compare(rows_a: dict, rows_b: dict, *, confidence: float = 0.95, resamples: int = RESAMPLES) -> dict:
-  """Everything the report says about cell a against cell b, paired by seed and test volume.
+def pooled_variability(comparisons) -> dict | None:
+  """Pools the comparisons' variability: {`seed_sd` (root of the df-weighted mean of the per-seed variances),
+  `volume_var` (mean volume component), `num_volumes` (the largest V)}; None when no comparison has 2 seeds."""
+  usable = [c for c in comparisons if c.get("seed_sd") is not None and c["n_pairs"] >= 2]
+  if not usable:
+    return None
+  weights = np.array([c["n_pairs"] - 1 for c in usable], np.float64)
+  variances = np.array([c["seed_sd"] ** 2 for c in usable], np.float64)
+  return {"seed_sd": float(math.sqrt(np.sum(weights * variances) / np.sum(weights))),
+          "volume_var": float(np.mean([c["volume_var"] for c in usable])),
+          "num_volumes": max(c["n_volumes"] for c in usable)}
+
+
+def compare(rows_a: dict, rows_b: dict, *, alpha: float = DEFAULTS["alpha"],
+            margin: float = DEFAULTS["margin"]) -> dict:
+  """Everything the report says about cell a against cell b before the family's adjustment.
 
   Args:
     rows_a, rows_b: {seed: result row} of each cell.
-    confidence: the interval's coverage.
-    resamples: bootstrap replicates.
+    alpha: the test level (the interval's coverage is 1 - alpha).
+    margin: the equivalence margin in Dice.
 
   Returns:
-    dict of `seeds` (shared), `n_pairs` (shared seeds), `n_volumes`, `mean_diff` (of the per-volume Dice
-    differences; without per-volume results, of the rows' `dice_mean`), `ci_low`, `ci_high`, `p_wilcoxon`,
-    `verdict`, `seeds_needed`, `nsd_diff` and `hd95_diff` (mean differences of those metrics, None without them).
+    dict of `seeds` (shared, with a defined difference), `n_pairs` (their number), `n_volumes` (complete test
+    volumes), `mean_diff` (of the per-volume Dice differences; without per-volume results, of the rows'
+    `dice_mean`), `se`, `df`, `seed_sd`, `volume_var` (`crossed_mean`), the fields of `t_test`, `nsd_diff` and
+    `hd95_diff` (mean differences of those metrics, None without them). The verdict comes with the family
+    (`adjust_family`).
   """
   seeds, d = paired_differences(rows_a, rows_b)
   if d.size == 0:  # rows without per-volume results: one number per seed
-    d = np.array([[rows_a[s]["dice_mean"] - rows_b[s]["dice_mean"]] for s in seeds], np.float64).reshape(-1, 1)
-    d[np.isnan(d)] = np.nan
-  boot = hierarchical_bootstrap(d, resamples=resamples, confidence=confidence) if len(seeds) else {
-      "mean": math.nan, "low": None, "high": None, "variance": None}
-  per_seed = metrics.nan_mean(d, axis=1) if d.size else np.zeros(0)
-  out = {"seeds": seeds, "n_pairs": len(seeds), "n_volumes": int(d.shape[1]) if d.ndim == 2 else 0,
-         "mean_diff": boot["mean"], "ci_low": boot["low"], "ci_high": boot["high"], "confidence": confidence,
-         "p_wilcoxon": wilcoxon(per_seed), "verdict": verdict(boot["low"], boot["high"]),
-         "seeds_needed": seeds_needed(boot["mean"], boot["variance"], len(seeds), confidence)}
+    d = np.array([[math.nan if rows_a[s]["dice_mean"] is None or rows_b[s]["dice_mean"] is None
+                   else rows_a[s]["dice_mean"] - rows_b[s]["dice_mean"]] for s in seeds], np.float64)
+  d = np.asarray(d, np.float64).reshape(len(seeds), -1)
+  kept_seeds = [s for s, row in zip(seeds, d) if not np.all(np.isnan(row))] if d.shape[1] else []
+  d = complete_pairs(d) if len(seeds) else np.zeros((0, 0))
+  estimate = crossed_mean(d)
+  out = {"seeds": kept_seeds, "n_pairs": int(d.shape[0]), "n_volumes": int(d.shape[1]) if d.ndim == 2 else 0,
+         "mean_diff": estimate["mean"], "se": estimate["se"], "df": estimate["df"], "seed_sd": estimate["seed_sd"],
+         "volume_var": estimate["volume_var"], "alpha": alpha, "margin": margin,
+         **t_test(estimate["mean"], estimate["se"], estimate["df"], alpha, margin)}
   for metric in ("nsd", "hd95"):
     _, dm = paired_differences(rows_a, rows_b, metric)
     out[f"{metric}_diff"] = float(metrics.nan_mean(dm)) if dm.size and not np.all(np.isnan(dm)) else None
   return out
+
+
+def adjust_family(comparisons, *, alpha: float, min_seeds: int) -> None:
+  """Adds `p_adjusted`, `p_equivalence_adjusted` (Holm within the family, over the comparisons with at least
+  `min_seeds` seeds) and `verdict` to each comparison of one family, in place."""
+  eligible = [c["n_pairs"] >= min_seeds and c["p_value"] is not None for c in comparisons]
+  p = holm([c["p_value"] if ok else None for c, ok in zip(comparisons, eligible)])
+  q = holm([c["p_equivalence"] if ok else None for c, ok in zip(comparisons, eligible)])
+  for c, p_adj, q_adj in zip(comparisons, p, q):
+    c["p_adjusted"], c["p_equivalence_adjusted"], c["family_size"] = p_adj, q_adj, sum(eligible)
+    c["verdict"] = verdict(c["mean_diff"], p_adj, q_adj, c["n_pairs"], alpha, min_seeds)
+
+
+def flip(comparison) -> dict:
+  """The same comparison read as b - a (p-values and the equivalence test are symmetric)."""
+  flipped = dict(comparison, a=comparison["b"], b=comparison["a"])
+  for name in ("mean_diff", "nsd_diff", "hd95_diff"):
+    if flipped.get(name) is not None:
+      flipped[name] = -flipped[name]
+  for low, high in (("ci_low", "ci_high"), ("ci90_low", "ci90_high")):
+    if comparison.get(low) is not None:
+      flipped[low], flipped[high] = -comparison[high], -comparison[low]
+  flipped["verdict"] = {BETTER: WORSE, WORSE: BETTER}.get(comparison.get("verdict"), comparison.get("verdict"))
+  return flipped
+
+
+def rules_markdown(options: dict) -> str:
+  """The report's rules with a run's `stats` options filled in: printed at the top of every summary.md, and, with
+  the defaults, the text of docs/statistics.md."""
+  o = dict(DEFAULTS, **(options or {}))
+  a, m = o["alpha"], o["margin"]
+  return f"""## How this report decides
+
+- **Unit of replication: the study seed.** A seed fixes a cell's annotated volumes and slices, the network's
+  initialisation and the data stream; every cell of a seed shares them, and every seed is scored on the same test
+  volumes. A comparison of cell a with cell b pairs them by seed and test volume: d[s, v] = Dice_a[s, v] −
+  Dice_b[s, v], a volume's Dice being its mean over the classes defined in it. Volumes undefined in either cell of
+  any seed, and seeds without any defined volume, are left out of that comparison (said in the cells' `left out`).
+- **Interval and test.** Δ is the mean of d. Its standard error comes from the two-way crossed random-effects model
+  d[s, v] = Δ + seed + volume + residual (seeds and test volumes both random: the test volumes are a sample of
+  patients shared by all seeds), estimated from the ANOVA mean squares with a component estimated below 0 set to 0,
+  and Satterthwaite's degrees of freedom. Without a volume component this is the paired t-interval on the per-seed
+  mean differences. The {100 * (1 - a):g}% interval and the two-sided p-value of Δ = 0 come from Student's t
+  (scipy.stats).
+- **Margin and equivalence.** δ = {m:g} Dice. Two one-sided tests (TOST) of |Δ| < δ; their p-value is below {a:g}
+  exactly when the {100 * (1 - 2 * a):g}% interval lies inside (−δ, +δ).
+- **Comparisons, fixed in advance.** Three families, never a comparison against a cell chosen after looking at the
+  results: `allocation` — at equal dims, budget and selection, without interpolation, the allocation with the fewest
+  slices per volume (the most volumes) against each other allocation; `selection` — at equal dims, budget,
+  allocation and interpolation, each pair of selection methods (ual − random, ual − fixed, fixed − random);
+  `interpolation` — at equal dims, budget, allocation and selection, interpolation on − off.
+- **Multiplicity.** Holm's step-down adjustment within each family, separately for the test of Δ = 0 and for the
+  equivalence test; the adjusted p-values are shown. Intervals are not adjusted.
+- **Verdicts.** Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict). Else `better` or `worse`
+  when the adjusted p of Δ = 0 is below {a:g} (by the sign of Δ); else `equivalent` when the adjusted equivalence p
+  is below {a:g}; else `inconclusive`.
+- **Seeds needed (a priori).** Per family, the fewest seeds for {100 * o['power']:g}% power to detect |Δ| = δ with a
+  two-sided t-test at the family's Bonferroni level {a:g} / m (m: the family's comparisons), from the pooled
+  standard deviation of the per-seed mean differences and the volume component (noncentral t, seeds − 1 degrees of
+  freedom). `--check` warns when a grid has fewer seeds than its pilot (`stats.pilot`) says it needs.
+- **Findings.** 1, fewer slices per volume over more volumes: judged per selection method on the `allocation`
+  family (random and fixed interval together for the verdict, UAL reported apart): `reproduced` when the
+  fewest-slices allocation is better in at least one comparison and worse in none, `reversed` when worse in at
+  least one and better in none, `mixed` when both, `not reproduced: equivalent` when every comparison is
+  equivalent, else `inconclusive`. 2, UAL is not better than random or fixed interval, and 3, interpolation rarely
+  helps (2D; 3D listed by density): `reproduced` when no comparison is better and most are worse or equivalent,
+  `not reproduced` when more are better than worse or equivalent, `mixed` when some are better and some support the
+  claim, else `inconclusive`. A difference that no test resolves never counts as support.
+- **Trust gate.** A cell is `still improving` when its mean validation Dice rose by more than
+  {o['plateau_tolerance']:g} over the last learning-curve interval. When the fully annotated reference is still
+  improving, or more than {100 * o['max_improving_share']:g}% of the cells are, every finding is `inconclusive:
+  undertrained`, with the reason. A reference that scores below the best sparse cell is flagged.
+"""

@@ -21,6 +21,11 @@ ENC = "ual.encoder."
 # built in Python (a notebook, a test) may hold them.
 BAD = [
     ({"seed": -1}, "config.seed: must be >= 0, got -1"),
+    # stats
+    ({"stats.margin": 0.0}, "config.stats.margin: must be > 0, got 0.0"),
+    ({"stats.alpha": 0.5}, "config.stats.alpha: must be in (0, 0.5), got 0.5"),
+    ({"stats.min_seeds": 1}, "config.stats.min_seeds: must be >= 2, got 1"),
+    ({"stats.max_improving_share": 1.5}, "config.stats.max_improving_share: must be in [0, 1], got 1.5"),
     ({"train.steps": MISSING}, "config.train.steps: missing"),
     # train
     ({"train.steps": 0}, "config.train.steps: must be >= 1, got 0"),

@@ -15,4 +15,5 @@ def test_the_study_document_regenerates_from_the_committed_rows(tmp_path):
   committed = (DOCS / "hippocampus_study.md").read_text()
   # Only the figure links differ: they point into the output folder, relative to the document.
   assert regenerated.replace("](report/", "](hippocampus_study/report/") == committed
-  assert "## Findings" in committed and "hierarchical bootstrap" in committed
+  assert "## Findings" in committed and "## How this report decides" in committed and "p Holm" in committed
+  assert "## Trust gate" in committed and "inconclusive: undertrained" in committed

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from slicejax import report
 from slicejax import results
@@ -88,6 +89,15 @@ def test_summarise_later_row_of_a_seed_replaces_the_earlier_one():
   assert cells[0]["dice_std"] == pytest.approx(0.125 * math.sqrt(2), rel=1e-15)
 
 
+def test_summarise_leaves_out_seeds_without_dice_and_says_so():
+  rows = [_row(0, 0.5), _row(1, None), _row(2, 0.75)]
+  (cell,) = report.summarise(rows)
+  assert (cell["dice_mean"], cell["undefined_seeds"], cell["n_seeds"]) == (0.625, [1], 3)
+  assert report._spread(cell) == "0.625 ± 0.177 (2, 1 left out: Dice undefined)"
+  (empty,) = report.summarise([_row(0, None)])
+  assert math.isnan(empty["dice_mean"]) and report._spread(empty) == "— (1, 1 left out: Dice undefined)"
+
+
 def test_summarise_rejects_rows_without_required_fields():
   row = _row(0, 0.5)
   del row["dice_mean"]
@@ -103,51 +113,50 @@ def _find(comparisons, kind, **a_fields):
   return found[0]
 
 
-def test_allocation_comparison_against_the_best_with_the_bootstrap():
+def test_allocation_comparison_is_the_fewest_slices_against_the_others_with_the_paired_t():
   rows = [_row(seed, 0.5, slices=1) for seed in range(3)]
   rows += [_row(seed, 0.5 + diff, slices=2) for seed, diff in enumerate([0.01, 0.03, 0.02])]
-  comparisons = report.paired_comparisons(rows, resamples=2000)
-  allocation = _find(comparisons, "allocation")
-  # Slices 2 is the best cell; the other is compared with it: a - b per seed [-0.01, -0.03, -0.02].
+  (allocation,) = report.paired_comparisons(rows)
+  # The fewest slices per volume (1) is a, fixed in advance: a - b per seed [-0.01, -0.03, -0.02].
+  assert allocation["comparison"] == "allocation"
   assert (allocation["a"]["slices_per_volume"], allocation["b"]["slices_per_volume"]) == (1, 2)
-  assert (allocation["n_pairs"], allocation["seeds"], allocation["confidence"]) == (3, [0, 1, 2], 0.95)
+  assert (allocation["n_pairs"], allocation["seeds"], allocation["family_size"]) == (3, [0, 1, 2], 1)
   assert allocation["mean_diff"] == pytest.approx(-0.02, abs=1e-12)
-  # Without per-volume results each seed is one value: the same bootstrap as stats on the per-seed column.
-  want = stats.hierarchical_bootstrap(np.array([[-0.01], [-0.03], [-0.02]]), resamples=2000)
-  assert (allocation["ci_low"], allocation["ci_high"]) == pytest.approx((want["low"], want["high"]))
-  assert -0.03 - 1e-12 <= allocation["ci_low"] < allocation["ci_high"] <= -0.01 + 1e-12
-  assert allocation["verdict"] == "worse"
-  fewest = _find(comparisons, "fewest")
-  assert fewest["mean_diff"] == pytest.approx(-0.02, abs=1e-12) and fewest["verdict"] == "worse"
+  # Without per-volume results each seed is one value: exactly the paired t-test on the per-seed differences.
+  want = scipy_stats.ttest_1samp([-0.01, -0.03, -0.02], 0.0)
+  assert allocation["p_value"] == pytest.approx(want.pvalue) == allocation["p_adjusted"]
+  assert (allocation["ci_low"], allocation["ci_high"]) == pytest.approx(tuple(want.confidence_interval(0.95)))
+  # p = 0.074: not resolved with 3 seeds; the 90% interval [-0.037, -0.003] is not inside +-0.02 either.
+  assert allocation["verdict"] == "inconclusive"
 
 
-def test_allocations_against_the_best_and_the_fewest_slices():
+def test_allocations_are_compared_with_the_fewest_slices_never_with_the_best():
   rows = [_row(0, 0.5, slices=2), _row(0, 0.75, slices=4), _row(0, 0.625, slices=8)]
   comparisons = report.paired_comparisons(rows)
   assert [(c["comparison"], c["a"]["slices_per_volume"], c["b"]["slices_per_volume"], c["mean_diff"])
-          for c in comparisons] == [("allocation", 2, 4, -0.25), ("allocation", 8, 4, -0.125),
-                                    ("fewest", 2, 4, -0.25), ("fewest", 2, 8, -0.125)]
-  assert all(c["verdict"] == stats.ONE_SEED and c["ci_low"] is None for c in comparisons)
+          for c in comparisons] == [("allocation", 2, 4, -0.25), ("allocation", 2, 8, -0.125)]
+  assert all(c["verdict"] == stats.UNDERPOWERED and c["ci_low"] is None for c in comparisons)
 
 
-def test_unpaired_seeds_are_excluded_and_a_single_pair_has_no_interval():
+def test_unpaired_seeds_are_excluded_and_too_few_seeds_are_underpowered():
   rows = [_row(seed, 0.5, slices=1) for seed in (1, 2, 5)]
   rows += [_row(seed, dice, slices=2) for seed, dice in [(0, 0.0), (1, 0.75), (2, 0.625), (3, 0.0)]]
-  comparison = _find(report.paired_comparisons(rows), "fewest")
+  (comparison,) = report.paired_comparisons(rows)
   assert (comparison["seeds"], comparison["n_pairs"], comparison["mean_diff"]) == ([1, 2], 2, -0.1875)
-  single = _find(report.paired_comparisons([_row(1, 0.5, slices=1), _row(1, 0.75, slices=2), _row(2, 0.0, slices=2)]),
-                 "fewest")
-  assert (single["n_pairs"], single["mean_diff"], single["ci_low"], single["ci_high"]) == (1, -0.25, None, None)
-  assert single["verdict"] == stats.ONE_SEED
+  # Two seeds give an interval but no verdict below the minimum of 3; with min_seeds 2 they do.
+  assert comparison["ci_low"] is not None and comparison["verdict"] == "underpowered"
+  (two,) = report.paired_comparisons(rows, {"min_seeds": 2})
+  assert two["verdict"] == "inconclusive" and two["p_adjusted"] == two["p_value"]
+  single = report.paired_comparisons([_row(1, 0.5, slices=1), _row(1, 0.75, slices=2), _row(2, 0.0, slices=2)])
+  assert (single[0]["n_pairs"], single[0]["mean_diff"], single[0]["ci_low"]) == (1, -0.25, None)
   assert report.paired_comparisons([_row(0, 0.5, slices=1), _row(1, 0.75, slices=2)]) == []
 
 
 def test_selection_and_interpolation_comparisons():
   comparisons = report.paired_comparisons(_grid_rows())
-  assert [c["comparison"] for c in comparisons] == ["allocation", "fewest", "selection", "interpolation"]
+  assert [c["comparison"] for c in comparisons] == ["allocation", "selection", "interpolation"]
   allocation = _find(comparisons, "allocation", interpolation=False, selection="random")
-  # Random: 1 slice per volume (mean 0.625) ties with 2 (mean 0.625); the first is the best, so 2 - 1 per seed:
-  # [0.5 - 0.5, 0.5 - 0.625, 0.875 - 0.75] = [0, -0.125, 0.125].
+  # Random: 1 slice per volume against 2, per seed [0.5 - 0.5, 0.625 - 0.5, 0.75 - 0.875] = [0, 0.125, -0.125].
   assert (allocation["n_pairs"], allocation["mean_diff"]) == (3, 0.0)
   selection = _find(comparisons, "selection", selection="fixed")
   assert selection["b"] == {"dims": 2, "budget": 8, "volumes": 4, "slices_per_volume": 2, "selection": "random",
@@ -159,9 +168,24 @@ def test_selection_and_interpolation_comparisons():
   assert all(not c["a"]["reference"] and not c["b"]["reference"] for c in comparisons)
 
 
-def test_paired_comparisons_rejects_a_bad_confidence():
-  with pytest.raises(InputError, match="confidence"):
-    report.paired_comparisons([_row(0, 0.5)], confidence=1.0)
+def test_holm_runs_within_each_family():
+  # Two budgets, 4 seeds: the fewest-slices allocation wins by a steady 0.05 at budget 8 and by a noisy amount at
+  # budget 16; the two allocation comparisons form one family of 2.
+  rows = []
+  for seed, noise in enumerate([0.01, -0.01, 0.02, -0.02]):
+    rows += [_row(seed, 0.8, slices=1), _row(seed, 0.75 + noise / 10, slices=2)]
+    rows += [_row(seed, 0.8, budget=16, slices=1), _row(seed, 0.78 + 2 * noise, budget=16, slices=2)]
+  comparisons = report.paired_comparisons(rows)
+  assert [c["family_size"] for c in comparisons] == [2, 2]
+  assert [c["p_adjusted"] for c in comparisons] == pytest.approx(stats.holm([c["p_value"] for c in comparisons]))
+  assert [c["verdict"] for c in comparisons] == ["better", "inconclusive"]
+
+
+def test_stats_options_are_checked():
+  with pytest.raises(InputError, match="config.stats.margin"):
+    report.paired_comparisons([_row(0, 0.5)], {"margin": 0})
+  with pytest.raises(InputError, match="config.stats.alpha"):
+    report.paired_comparisons([_row(0, 0.5)], {"alpha": 1.0})
 
 
 def _volume_row(seed, dice, *, cases=("v0", "v1", "v2", "v3"), **fields):
@@ -190,18 +214,81 @@ def _study_rows():
 
 def test_findings_from_clear_cases():
   rows = _study_rows()
-  comparisons = report.paired_comparisons(rows, resamples=2000)
+  comparisons = report.paired_comparisons(rows)
   found = report.findings(comparisons, report.summarise(rows))
   assert [f["verdict"] for f in found] == ["reproduced", "reproduced", "not reproduced"]
   one, two, three = found
   assert one["counts"]["better"] == 1 and one["best"]["2D budget 8"]["slices_per_volume"] == 1
+  assert one["by_selection"]["random"]["verdict"] == "reproduced"
   (evidence,) = one["evidence"]
   assert evidence["mean_diff"] == pytest.approx(0.1) and evidence["ci_low"] == pytest.approx(0.1)
-  # UAL against random at 1 slice per volume: differences +-0.01 per volume, mean 0: no detectable difference.
+  # UAL against random at 1 slice per volume: differences +-0.01 per volume, mean 0, resolved as equivalent.
   (ual,) = two["evidence"]
   assert ual["a"].endswith("ual") and ual["mean_diff"] == pytest.approx(0.0, abs=1e-12)
-  assert ual["verdict"] == "no detectable difference"
+  assert ual["verdict"] == "equivalent"
   assert three["counts"]["better"] == 1 and three["evidence"][0]["mean_diff"] == pytest.approx(0.05)
+
+
+def _undetectable_ual_rows():
+  """6 UAL comparisons (3 budgets x ual - random, ual - fixed) whose differences are noise far larger than the
+  margin over 3 seeds: nothing can be resolved."""
+  rng = np.random.default_rng(3)
+  rows = []
+  for budget in (8, 16, 32):
+    for seed in range(3):
+      for selection in ("random", "fixed", "ual"):
+        rows.append(_volume_row(seed, list(0.7 + rng.normal(0, 0.15, 4)), budget=budget, slices=2,
+                                selection=selection))
+  return rows
+
+
+def test_finding_2_with_only_undetectable_differences_is_inconclusive(tmp_path):
+  rows = _undetectable_ual_rows()
+  comparisons = report.paired_comparisons(rows)
+  ual = [c for c in comparisons if "ual" in (c["a"]["selection"], c["b"]["selection"])]
+  assert len(ual) == 6 and {c["verdict"] for c in ual} == {"inconclusive"}
+  _run_folder(tmp_path / "run", rows)
+  out = subprocess.run([sys.executable, "-m", "slicejax.report", f"--workdir={tmp_path / 'run'}"],
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  found = json.loads((tmp_path / "run" / "findings.json").read_text())["findings"]
+  assert found[1]["verdict"] == "inconclusive"
+  assert "**2. UAL is not better than random or fixed-interval selection at equal slices per volume.** Verdict: " \
+         "**inconclusive**." in (tmp_path / "run" / "summary.md").read_text()
+
+
+def _curve(rise):
+  return {"steps": [50, 100], "dice": [0.7, 0.7 + rise]}
+
+
+def test_the_trust_gate_closes_on_an_undertrained_study():
+  rows = [dict(row, val_curve=_curve(0.0)) for row in _study_rows()]
+  cells = report.summarise(rows)
+  assert report.trust_gate(cells)["undertrained"] is False
+  # The reference still improving closes the gate, and every finding says so with the reason.
+  with_reference = rows + [dict(_reference(0, 0.5), val_curve=_curve(0.02))]
+  cells = report.summarise(with_reference)
+  gate = report.trust_gate(cells)
+  assert gate["undertrained"] and "reference is still improving" in gate["reasons"][0]
+  assert any("scores below the best sparse cell" in flag for flag in gate["flags"])
+  found = report.findings(report.paired_comparisons(with_reference), cells)
+  assert {f["verdict"] for f in found} == {"inconclusive: undertrained"}
+  assert found[0]["verdict_without_gate"] == "reproduced"
+  # More than 10% of the cells still improving closes it too: 1 of 4 cells is 25%.
+  improving = [dict(row, val_curve=_curve(0.02 if row["selection"] == "ual" else 0.0)) for row in _study_rows()]
+  gate = report.trust_gate(report.summarise(improving))
+  assert gate["undertrained"] and gate["reasons"] == ["1 of 4 cells are still improving (more than 10%)"]
+  assert report.trust_gate(report.summarise(improving), {"max_improving_share": 0.25})["undertrained"] is False
+
+
+def test_seeds_needed_per_family_from_the_pooled_variability():
+  rows = _study_rows()
+  comparisons = report.paired_comparisons(rows)
+  needed = report.seeds_needed(comparisons)
+  assert set(needed) == {"allocation", "selection", "interpolation"}
+  allocation = needed["allocation"]
+  want = stats.seeds_needed(allocation["seed_sd"], allocation["volume_var"], 4, 0.02, 0.05)
+  assert allocation["seeds_needed"] == want and allocation["alpha"] == 0.05 and allocation["comparisons"] == 1
 
 
 def test_cost_frontier_and_cost_model():
@@ -251,8 +338,8 @@ def test_merging_two_runs_equals_one_run_of_the_union(tmp_path):
   one = _run_folder(tmp_path / "one", rows)
   first = _run_folder(tmp_path / "first", rows[:half], **{"study.seeds": [0, 1]})
   second = _run_folder(tmp_path / "second", rows[half - 2:], **{"data.root": "/elsewhere"})  # overlapping rows
-  report.run([one], resamples=500)
-  report.run([first, second], tmp_path / "merged", resamples=500)
+  report.run([one])
+  report.run([first, second], tmp_path / "merged")
   for name in ("summary.md", "summary.csv", "findings.json"):
     assert (tmp_path / "merged" / name).read_text() == (one / name).read_text(), name
 
@@ -273,7 +360,7 @@ def test_merging_incompatible_runs_names_the_key(tmp_path):
 
 def test_write_summary_writes_every_file(tmp_path):
   rows = _grid_rows()
-  report.write_summary(tmp_path, rows, resamples=200)
+  report.write_summary(tmp_path, rows)
   assert sorted(os.listdir(tmp_path)) == [
       "dice_per_class.png", "dice_vs_allocation.png", "dice_vs_budget.png", "dice_vs_cost.png", "findings.json",
       "forest.png", "learning_curves.png", "summary.csv", "summary.md"]
@@ -297,14 +384,15 @@ def test_write_summary_writes_every_file(tmp_path):
       assert (None if line[f"dice_{name}"] == "" else float(line[f"dice_{name}"])) == cell["dice_per_class"].get(name)
 
   markdown = (tmp_path / "summary.md").read_text()
-  assert markdown.index("## Findings") < markdown.index("## Cells") < markdown.index("## Paired comparisons")
+  assert markdown.index("## How this report decides") < markdown.index("## Trust gate") < markdown.index(
+      "## Findings") < markdown.index("## Cells") < markdown.index("## Paired comparisons")
   assert "| 2D | 8 | 8 | 1 | 0.031 | random | off | 0.625 ± 0.125 (3) | 0.500 | 0.750 | — | — | — | 8 | 20.0 | 0 |" \
       in markdown
   reference_line = "| 2D | 320 | 10 | all | 1.000 | all | off | 0.875 (1 seed: no spread) | 0.875 | 0.875 |"
   assert reference_line in markdown.split("## Reference (every slice annotated)")[1]
-  assert "| selection | 2D | 8 | 4×2 fixed | 4×2 random | 1 | 1 | -0.250 | — (1 seed) | — | one seed: no interval |" \
+  assert "| selection | 2D | 8 | 4×2 fixed | 4×2 random | 1 | 1 | -0.250 | — | — | — | — | — | underpowered |" \
       in markdown
-  assert ("- 2D, budget 8: the best allocation is 8 volumes × 1 slice per volume, random selection, "
+  assert ("- 2D, budget 8: the highest mean is 8 volumes × 1 slice per volume, random selection, "
           "interpolation off (Dice 0.625 ± 0.125 (3)).") in markdown
   assert "- 3D, budget 8:" in markdown
   found = json.loads((tmp_path / "findings.json").read_text())
@@ -336,3 +424,26 @@ def test_a_2d_run_and_a_3d_run_merge_whatever_the_other_network(tmp_path):
   with pytest.raises(InputError,
                      match=r"third/config.json: three_d.patch is None here but \[32, 32, 32\] in .*second"):
     report.run([first, second, third], tmp_path / "merged")
+
+
+def test_check_warns_when_the_grid_has_fewer_seeds_than_its_pilot_needs(tmp_path):
+  from slicejax import calibration, config_lib, dryrun  # the config and --check's seeds line
+  rows = calibration.simulate_rows(np.random.default_rng(0), 3, 60, 0.0)
+  pilot = _run_folder(tmp_path / "pilot", rows)
+  config = config_lib.load("configs/demo.py:tiny")
+  config.stats.pilot = str(pilot)
+  config.study.seeds = (0, 1, 2)
+  lines = dryrun.seeds_check(config)
+  want = report.seeds_needed(report.paired_comparisons(rows))["selection"]["seeds_needed"]
+  assert want > 3
+  assert lines == [f"seeds: the grid has 3; by the pilot {pilot}, 80% power for a difference of 0.02 needs: "
+                   f"selection {want}",
+                   "warning: 3 seeds are fewer than the pilot says the selection comparisons need "
+                   "(--config.study.seeds)"]
+  config.study.seeds = tuple(range(want))
+  assert len(dryrun.seeds_check(config)) == 1
+  # With 20 test volumes whose own variance is too large for the margin, no number of seeds is enough.
+  few = _run_folder(tmp_path / "few", calibration.simulate_rows(np.random.default_rng(0), 3, 20, 0.0))
+  config.stats.pilot = str(few)
+  assert "more than 1000 (the test volumes' own variance" in dryrun.seeds_check(config)[0]
+  assert dryrun.seeds_check(config)[1].startswith("warning:")

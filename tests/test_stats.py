@@ -1,9 +1,13 @@
-"""Tests for slicejax.stats: paired differences, the hierarchical bootstrap, Wilcoxon, verdicts and seeds needed."""
+"""Tests for slicejax.stats: paired differences, the crossed seed x volume interval, TOST, Holm, verdicts and seeds
+needed; values by hand, equalities with the textbook tests (scipy), and a calibration by simulation."""
 
 import math
+import pathlib
 
 import numpy as np
 import pytest
+
+from scipy import stats as scipy_stats
 
 from slicejax import stats
 
@@ -32,89 +36,151 @@ def test_paired_differences_match_seeds_and_volumes():
   np.testing.assert_allclose(d, [[0.25, 0.5, 0.5], [-0.25, 0.0, 0.0]])
 
 
-def test_bootstrap_two_seeds_one_volume_by_hand():
-  # Means over two resampled seeds of d = (0, 1): 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4: variance 1/8, and the
-  # 2.5% and 97.5% quantiles are 0 and 1.
-  out = stats.hierarchical_bootstrap(np.array([[0.0], [1.0]]), resamples=20_000, seed=3)
-  assert out["mean"] == 0.5
-  assert (out["low"], out["high"]) == (0.0, 1.0)
-  assert out["variance"] == pytest.approx(1 / 8, rel=0.03)
+def test_complete_pairs_drops_undefined_seeds_then_volumes():
+  nan = math.nan
+  d = np.array([[0.1, nan, 0.3], [nan, nan, nan], [0.2, 0.4, 0.1]])
+  np.testing.assert_array_equal(stats.complete_pairs(d), [[0.1, 0.3], [0.2, 0.1]])
 
 
-def test_bootstrap_constant_differences_have_a_point_interval():
-  out = stats.hierarchical_bootstrap(np.full((4, 6), 0.125), resamples=500)
-  assert (out["mean"], out["low"], out["high"], out["variance"]) == (0.125, 0.125, 0.125, 0.0)
+def test_crossed_mean_by_hand():
+  # d = [[1, 3], [5, 11]]: seed means 2, 8; volume means 3, 7; grand mean 5; residuals +-1.
+  # MS_seed = 2 x 18 = 36, MS_volume = 2 x 8 = 16, MS_residual = 4 / 1 = 4.
+  # The volume component is above 0: variance (36 + 16 - 4) / 4 = 12; the seed term 36 > 48 / 2, so df = min(
+  # Satterthwaite 48^2 / (36^2 + 16^2 + 4^2) = 1.5, 1) = 1.
+  out = stats.crossed_mean(np.array([[1.0, 3.0], [5.0, 11.0]]))
+  assert out["mean"] == 5.0 and out["se"] == pytest.approx(math.sqrt(12.0)) and out["df"] == pytest.approx(1.0)
+  assert out["seed_sd"] == pytest.approx(math.sqrt(18.0)) and out["volume_var"] == pytest.approx(6.0)
+  # d = [[0, 10], [1, 9]]: seed means 5, 5 (MS_seed 0); volume means 0.5, 9.5 (MS_volume 2 x 40.5 = 81); residuals
+  # +-0.5 (MS_residual 1); variance (0 + 81 - 1) / 4 = 20; Satterthwaite 80^2 / (0 + 81^2 / 1 + 1 / 1) = 0.975 is
+  # below the seed term's 1 degree of freedom, the floor.
+  out = stats.crossed_mean(np.array([[0.0, 10.0], [1.0, 9.0]]))
+  assert out["se"] == pytest.approx(math.sqrt(20.0)) and out["df"] == 1.0
+  # Volume-dominated, 3 seeds x 4 volumes: d = volume effects [0, 4, 8, 12] + seed shifts [0, 0, 1], no residual.
+  # Seed means 6, 6, 7 (MS_seed 4 x 1/3 = 4/3); volume means 1/3 + [0, 4, 8, 12] (MS_volume 3 x 80/3 = 80);
+  # variance (4/3 + 80) / 12 = 61/9; Satterthwaite (244/3)^2 / ((4/3)^2 / 2 + 80^2 / 3 + 0) = 3.10 stands.
+  out = stats.crossed_mean(np.array([[0.0, 4, 8, 12], [0, 4, 8, 12], [1, 5, 9, 13]]))
+  assert out["se"] == pytest.approx(math.sqrt(61 / 9))
+  assert out["df"] == pytest.approx((244 / 3) ** 2 / ((4 / 3) ** 2 / 2 + 80 ** 2 / 3))
 
 
-def test_bootstrap_one_seed_gives_no_interval():
-  out = stats.hierarchical_bootstrap(np.array([[0.1, 0.3]]))
-  assert out["mean"] == pytest.approx(0.2)
-  assert out["low"] is None and out["high"] is None and out["variance"] is None
+def test_without_a_volume_component_the_interval_is_the_paired_t_on_seed_means():
+  rng = np.random.default_rng(0)
+  # Equal rows up to a seed shift: no volume component, no residual.
+  d = 0.01 + rng.normal(0, 0.02, (4, 1)) + np.zeros((4, 7))
+  out = stats.crossed_mean(d)
+  t = scipy_stats.ttest_1samp(d.mean(axis=1), 0.0)
+  test = stats.t_test(out["mean"], out["se"], out["df"], 0.05, 0.02)
+  assert out["df"] == 3 and test["p_value"] == pytest.approx(t.pvalue)
+  low, high = t.confidence_interval(0.95)
+  assert (test["ci_low"], test["ci_high"]) == pytest.approx((low, high))
 
 
-def test_bootstrap_resamples_volumes_within_seeds():
-  # Seeds agree (d has no seed effect) but volumes differ: the interval must still have width, from volumes.
-  d = np.tile([[-1.0, 1.0]], (5, 1))
-  out = stats.hierarchical_bootstrap(d, resamples=4000)
-  assert out["mean"] == 0.0
-  assert out["low"] < -0.2 and out["high"] > 0.2
-  # Var of the mean of 10 draws from {-1, 1}: 1 / 10.
-  assert out["variance"] == pytest.approx(0.1, rel=0.08)
+def test_one_value_per_seed_is_the_paired_t_test():
+  per_seed = np.array([[0.03], [0.01], [0.05]])
+  out = stats.crossed_mean(per_seed)
+  test = stats.t_test(out["mean"], out["se"], out["df"], 0.05, 0.02)
+  assert test["p_value"] == pytest.approx(scipy_stats.ttest_1samp(per_seed[:, 0], 0.0).pvalue)
 
 
-def test_bootstrap_is_reproducible_and_skips_nan():
-  d = np.array([[0.1, np.nan, 0.3], [0.2, 0.4, np.nan]])
-  assert stats.hierarchical_bootstrap(d, resamples=300) == stats.hierarchical_bootstrap(d, resamples=300)
-  assert stats.hierarchical_bootstrap(d)["mean"] == pytest.approx(0.25)
+def test_a_volume_effect_shared_by_every_seed_widens_the_interval():
+  rng = np.random.default_rng(1)
+  volume = rng.normal(0, 0.05, (1, 30))
+  d = volume + rng.normal(0, 0.002, (5, 30))  # every seed sees the same volume effects
+  out = stats.crossed_mean(d)
+  # The mean's standard error is about sd(volume) / sqrt(30), not the tiny spread between seeds.
+  assert out["se"] == pytest.approx(np.std(volume, ddof=1) / math.sqrt(30), rel=0.05)
+  assert out["df"] == pytest.approx(29, rel=0.05)
 
 
-def test_wilcoxon_by_hand():
-  # All five differences positive: exact two-sided p = 2 / 2^5.
-  assert stats.wilcoxon([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)
-  # Ranks 1..4 with signs (+, -, +, +): W- = 2. Of the 16 equally likely sign patterns, 3 have a negative rank sum
-  # <= 2 ({}, {1}, {2}): two-sided p = 2 * 3/16.
-  assert stats.wilcoxon([0.1, -0.2, 0.3, 0.4]) == pytest.approx(2 * 3 / 16)
-  assert stats.wilcoxon([0.5]) is None
-  assert stats.wilcoxon([0.0, 0.0]) is None
+def test_t_test_tost_by_hand():
+  # mean 0.01, se 0.004, df 10: TOST p = max(P(T > (0.01 + 0.02) / 0.004), P(T > (0.02 - 0.01) / 0.004)).
+  out = stats.t_test(0.01, 0.004, 10.0, 0.05, 0.02)
+  assert out["p_equivalence"] == pytest.approx(scipy_stats.t.sf(2.5, 10))
+  assert out["p_value"] == pytest.approx(2 * scipy_stats.t.sf(2.5, 10))
+  half90 = scipy_stats.t.ppf(0.95, 10) * 0.004
+  assert (out["ci90_low"], out["ci90_high"]) == pytest.approx((0.01 - half90, 0.01 + half90))
+  # TOST rejects exactly when the 90% interval lies inside the margin.
+  assert (out["p_equivalence"] < 0.05) == (-0.02 < out["ci90_low"] and out["ci90_high"] < 0.02)
+  assert stats.t_test(0.01, None, None, 0.05, 0.02)["p_value"] is None
+  constant = stats.t_test(0.125, 0.0, 3.0, 0.05, 0.02)
+  assert (constant["p_value"], constant["ci_low"], constant["p_equivalence"]) == (0.0, 0.125, 1.0)
+
+
+def test_holm_by_hand():
+  # Sorted 0.01, 0.02, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.02 = 0.04, 1 x 0.04 = 0.04; None stays outside the family.
+  assert stats.holm([0.04, None, 0.01, 0.02]) == pytest.approx([0.04, None, 0.03, 0.04])
+  assert stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # 2 x 0.5 = 1, capped at 1
+  assert stats.holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])  # monotone: the step-down never decreases
+  assert stats.holm([]) == []
 
 
 def test_verdict_words():
-  assert stats.verdict(0.01, 0.03) == "better"
-  assert stats.verdict(-0.03, -0.01) == "worse"
-  assert stats.verdict(-0.01, 0.03) == "no detectable difference"
-  assert stats.verdict(None, None) == stats.ONE_SEED
+  assert stats.verdict(0.03, 0.001, 0.9, 5, 0.05, 3) == "better"
+  assert stats.verdict(-0.03, 0.001, 0.9, 5, 0.05, 3) == "worse"
+  assert stats.verdict(0.001, 0.6, 0.01, 5, 0.05, 3) == "equivalent"
+  assert stats.verdict(0.001, 0.6, 0.2, 5, 0.05, 3) == "inconclusive"
+  assert stats.verdict(0.3, 0.001, 0.9, 2, 0.05, 3) == "underpowered"
 
 
-def test_seeds_needed_by_hand():
-  # One seed's variance 5 * 0.0004 = 0.002; (1.959964 + 0.841621)^2 * 0.002 / 0.01^2 = 156.97 -> 157.
-  assert stats.seeds_needed(0.01, 0.0004, 5) == 157
-  assert stats.seeds_needed(-0.01, 0.0004, 5) == 157
-  assert stats.seeds_needed(0.5, 1e-6, 5) == 2
-  assert stats.seeds_needed(0.0, 0.001, 5) is None
-  assert stats.seeds_needed(0.01, None, 1) is None
+def test_power_and_seeds_needed_against_the_noncentral_t():
+  # 10 seeds, sd 0.02, no volume term, margin 0.02, alpha 0.05: nc = 0.02 / (0.02 / sqrt(10)) = sqrt(10).
+  crit = scipy_stats.t.ppf(0.975, 9)
+  want = scipy_stats.nct.sf(crit, 9, math.sqrt(10)) + scipy_stats.nct.cdf(-crit, 9, math.sqrt(10))
+  assert stats.power(10, 0.02, 0.0, 60, 0.02, 0.05) == pytest.approx(want)
+  n = stats.seeds_needed(0.02, 0.0, 60, 0.02, 0.05)
+  assert stats.power(n, 0.02, 0.0, 60, 0.02, 0.05) >= 0.8 > stats.power(n - 1, 0.02, 0.0, 60, 0.02, 0.05)
+  assert n == 10  # the textbook paired-t sample size for an effect of one standard deviation
+  # A volume component larger than the margin allows is never overcome by seeds.
+  assert stats.seeds_needed(0.02, 0.05, 10, 0.02, 0.05) == math.inf
+  assert stats.seeds_needed(None, None, 60, 0.02, 0.05) is None
 
 
-def test_compare_clear_difference_is_better_and_reports_surface_metrics():
-  a = {s: _row([0.8 + 0.01 * s, 0.9, 0.85]) for s in range(5)}
-  b = {s: _row([0.6 + 0.01 * s, 0.7, 0.65]) for s in range(5)}
-  out = stats.compare(a, b, resamples=2000)
-  assert out["seeds"] == [0, 1, 2, 3, 4] and out["n_volumes"] == 3
-  assert out["mean_diff"] == pytest.approx(0.2)
-  assert out["ci_low"] == pytest.approx(0.2) and out["ci_high"] == pytest.approx(0.2)
-  assert out["verdict"] == "better"
-  assert out["nsd_diff"] == pytest.approx(0.1) and out["hd95_diff"] == pytest.approx(2.0)
-  assert out["p_wilcoxon"] == pytest.approx(2 / 32)
+def test_compare_clear_difference_with_surface_metrics():
+  a = {s: _row([0.75, 0.5, 1.0]) for s in range(3)}
+  b = {s: _row([0.5, 0.25, 0.75]) for s in range(3)}
+  out = stats.compare(a, b)
+  assert out["mean_diff"] == pytest.approx(0.25) and out["n_pairs"] == 3 and out["n_volumes"] == 3
+  assert out["ci_low"] == pytest.approx(0.25) and out["p_value"] == 0.0
+  assert out["nsd_diff"] == pytest.approx(0.125) and out["hd95_diff"] == pytest.approx(2.5)
 
 
-def test_compare_one_seed_says_so():
-  out = stats.compare({0: _row([0.5, 0.5, 0.5])}, {0: _row([0.4, 0.4, 0.4])})
-  assert out["verdict"] == stats.ONE_SEED and out["ci_low"] is None and out["seeds_needed"] is None
-  assert out["mean_diff"] == pytest.approx(0.1)
+def test_compare_one_seed_has_no_interval():
+  out = stats.compare({0: _row([0.5, 0.5, 0.5])}, {0: _row([0.25, 0.25, 0.25])})
+  assert out["ci_low"] is None and out["p_value"] is None and out["n_pairs"] == 1
+
+
+def test_compare_leaves_out_a_seed_without_dice():
+  a = {0: _row([0.5, 0.5, 0.5]), 1: {"test_cases": ["a", "b", "c"], "dice_mean": None, "per_volume": {}},
+       2: _row([0.75, 0.5, 0.5])}
+  b = {s: _row([0.25, 0.25, 0.25]) for s in range(3)}
+  out = stats.compare(a, b)
+  assert out["seeds"] == [0, 2] and out["n_pairs"] == 2 and out["mean_diff"] == pytest.approx(
+      np.mean([0.25, 0.25, 0.25, 0.5, 0.25, 0.25]))
 
 
 def test_compare_without_per_volume_results_uses_dice_mean():
-  a = {0: {"dice_mean": 0.5}, 1: {"dice_mean": 0.75}}
-  b = {0: {"dice_mean": 0.25}, 1: {"dice_mean": 0.5}}
-  out = stats.compare(a, b, resamples=200)
-  assert out["n_volumes"] == 1 and out["mean_diff"] == 0.25 and out["verdict"] == "better"
-  assert out["nsd_diff"] is None
+  a = {s: {"dice_mean": d} for s, d in enumerate([0.5, 0.75, 0.625])}
+  b = {s: {"dice_mean": 0.25} for s in range(3)}
+  out = stats.compare(a, b)
+  assert out["n_volumes"] == 1 and out["mean_diff"] == pytest.approx(0.375)
+  assert out["p_value"] == pytest.approx(scipy_stats.ttest_1samp([0.25, 0.5, 0.375], 0.0).pvalue)
+
+
+def test_adjust_family_and_flip():
+  comparisons = [dict(n_pairs=5, mean_diff=0.05, p_value=0.01, p_equivalence=0.9),
+                 dict(n_pairs=5, mean_diff=0.001, p_value=0.8, p_equivalence=0.02),
+                 dict(n_pairs=2, mean_diff=0.3, p_value=0.001, p_equivalence=0.9)]
+  stats.adjust_family(comparisons, alpha=0.05, min_seeds=3)
+  # The 2-seed comparison is not in the family: m = 2.
+  assert comparisons[0]["p_adjusted"] == pytest.approx(0.02) and comparisons[2]["p_adjusted"] is None
+  assert comparisons[1]["p_equivalence_adjusted"] == pytest.approx(0.04)
+  assert [c["verdict"] for c in comparisons] == ["better", "equivalent", "underpowered"]
+  flipped = stats.flip(dict(comparisons[0], a="x", b="y", ci_low=0.01, ci_high=0.09, ci90_low=0.02, ci90_high=0.08,
+                            nsd_diff=None, hd95_diff=1.0))
+  assert (flipped["a"], flipped["verdict"], flipped["mean_diff"], flipped["ci_low"], flipped["hd95_diff"]) == (
+      "y", "worse", -0.05, -0.09, -1.0)
+
+
+def test_the_rules_are_the_documented_ones():
+  docs = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "statistics.md").read_text()
+  assert stats.rules_markdown({}) in docs
