@@ -1,4 +1,5 @@
-"""Runs a study grid: `python launch.py --config=configs/NAME.py[:ARGS] --workdir=DIR [--config.key=value ...]`.
+"""Runs a study grid: `python launch.py --config=configs/NAME.py[:ARGS] [--workdir=DIR] [--config.key=value ...]`;
+without `--workdir` a run writes into `runs/<NAME>[_<ARGS>]`, said in its first line.
 
 `--mode` chooses what runs: `study` (the default, above); `plan` writes an annotation plan for unlabelled volumes
 (configs/plan.py), `predict` segments new volumes with a trained model (configs/predict.py), `export` writes sparse
@@ -18,6 +19,8 @@ on stderr and exit status 2, before anything in the workdir changes.
 """
 
 import os
+import pathlib
+import re
 import sys
 
 from absl import app
@@ -26,6 +29,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from slicejax import config_lib
 from slicejax import console
 from slicejax import data as data_lib
 from slicejax import distributed
@@ -34,7 +38,8 @@ from slicejax import train
 from slicejax.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, plans and checkpoints.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, plans and checkpoints; default "
+                                "runs/<config name>[_<config argument>].")
 _MODE = flags.DEFINE_enum("mode", "study", ["study", "plan", "predict", "export"],
                           "study: train and evaluate the config's grid; plan: an annotation plan for unlabelled "
                           "volumes; predict: segment new volumes; export: an nnU-Net v2 raw dataset.")
@@ -69,6 +74,22 @@ def _parse_flags(argv):
     _fail(f"--config: {lines[-1]}" if "Traceback" in str(err) else err)
 
 
+def _workdir(config) -> str:
+  """--workdir, or the config's default `runs/<config name>[_<argument>]`, announced as the run's first line once
+  the config and the data folder have passed their checks (a refusal stays one line)."""
+  if _WORKDIR.value:
+    return _WORKDIR.value
+  path, _, arg = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
+  name = pathlib.Path(path).stem + ("_" + re.sub(r"[^A-Za-z0-9.-]+", "_", arg).strip("_") if arg else "")
+  workdir = os.path.join("runs", name)
+  if _MODE.value == "study":
+    config_lib.validate(config)
+    if config.data.source != "phantom":
+      data_lib.dataset_root(config)  # a missing dataset is refused before the workdir is announced
+  print(f"workdir: {workdir} (the default for this config; --workdir=DIR chooses another)", flush=True)
+  return workdir
+
+
 def _run_mode(mode: str, config, workdir) -> None:
   """The modes other than the study; their modules are imported only when used."""
   if mode == "plan":
@@ -93,22 +114,19 @@ def main(argv):
           f"({err.__cause__ or err})")
   try:
     if _MODE.value != "study":
-      if not _WORKDIR.value:
-        _fail(f"--workdir: required (where --mode={_MODE.value} writes)")
-      _run_mode(_MODE.value, config, _WORKDIR.value)
+      _run_mode(_MODE.value, config, _workdir(config))
       return
     if _CHECK.value:
       print("\n".join(dryrun.dry_run(config)))
       return
-    if not _WORKDIR.value:
-      _fail("--workdir: required (or --check for a dry run)")
+    workdir = _workdir(config)
     # Compiled programs persist across launches (a resumed or repeated grid skips compilation), in the cache folder
     # unless JAX_COMPILATION_CACHE_DIR names another.
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
       jax.config.update("jax_compilation_cache_dir", str(data_lib.cache_dir(config) / "jax"))
     distributed.initialize(_DISTRIBUTED.value, coordinator=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                            process_id=_PROCESS_ID.value)
-    train.train_and_evaluate(config, _WORKDIR.value, fresh=_FRESH.value)
+    train.train_and_evaluate(config, workdir, fresh=_FRESH.value)
   except InputError as err:
     _fail(err)
 

@@ -40,8 +40,9 @@ def get_config(arg=""):
   config = config_lib.base()
   config.data.update(
       source="msd", slicing_axis=2, normalization="zscore", shape=(48, 64),
-      missing_root_hint=("no data folder: pass --config.data.root=PATH to an MSD Task04_Hippocampus folder "
-                         "(dataset.json, imagesTr/, labelsTr/) from http://medicaldecathlon.com"))
+      root="data/Task04_Hippocampus", download_task="Task04_Hippocampus",
+      missing_root_hint=("no data folder: run `python -m slicejax.download --task=Task04_Hippocampus --dest=data`, "
+                         "or pass --config.data.root=PATH to a copy of Task04_Hippocampus"))
   config.data.split.update(train=180, val=20, test=60, seed=0)
 
   config.model.update(features=16, num_stages=4)

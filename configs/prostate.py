@@ -24,8 +24,9 @@ def get_config(arg=""):
   config = config_lib.base()
   config.data.update(
       source="msd", slicing_axis=2, normalization="zscore", shape=(256, 256), target_spacing=(0.625, 0.625, 0.),
-      missing_root_hint=("no data folder: download Task05_Prostate.tar from http://medicaldecathlon.com, extract it "
-                         "and pass --config.data.root=PATH/Task05_Prostate"))
+      root="data/Task05_Prostate", download_task="Task05_Prostate",
+      missing_root_hint=("no data folder: run `python -m slicejax.download --task=Task05_Prostate --dest=data`, "
+                         "or pass --config.data.root=PATH to a copy of Task05_Prostate"))
   config.data.split.update(train=22, val=2, test=8, seed=0)
 
   config.model.update(features=16, num_stages=5)

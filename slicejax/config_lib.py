@@ -36,6 +36,8 @@ def base() -> ml_collections.ConfigDict:
       source="msd",             # "msd": an MSD-layout folder at `root`; "phantom": generated in WORKDIR/phantom
       root="",
       missing_root_hint="",     # said when `root` is empty: how to get the data
+      download_task="",         # the MSD task (e.g. "Task05_Prostate") that `python -m slicejax.download` fetches
+                                # into `root`: a missing `root` names that command
       slicing_axis=2,           # NIfTI axis along which slices are annotated
       normalization="zscore",   # "zscore" per volume and channel, "ct" (clip to ct_window, scale to [-1, 1]), or
                                 # per channel, comma-separated: "zscore", "ct" or "ct:LO:HI:MEAN:STD" (slicejax.data)
@@ -283,7 +285,7 @@ def _check_model(c: _Checker) -> None:
 
 def _check_data(c: _Checker) -> None:
   source = c.choice("data.source", _SOURCES)
-  for key in ("data.root", "data.missing_root_hint", "data.cache_dir"):
+  for key in ("data.root", "data.missing_root_hint", "data.cache_dir", "data.download_task"):
     c.text(key)
   c.integer("data.slicing_axis", lo=0, hi=2)
   normalization = c.get("data.normalization")

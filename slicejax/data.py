@@ -294,7 +294,11 @@ def dataset_root(config) -> pathlib.Path:
                                   num_channels=cfg.phantom.num_channels, seed=cfg.phantom.seed)
   if not cfg.root:
     raise InputError("config.data.root", cfg.get("missing_root_hint") or "set it to the dataset folder")
-  return pathlib.Path(cfg.root).expanduser()
+  root = pathlib.Path(cfg.root).expanduser()
+  if cfg.get("download_task") and not (root / "dataset.json").exists():
+    raise InputError(str(root), f"no dataset here: run `python -m slicejax.download --task={cfg.download_task} "
+                                f"--dest={root.parent}` to fetch it, or pass --config.data.root=PATH to your copy")
+  return root
 
 def _smallest_int(lo: int, hi: int):
   """The smallest of uint8, uint16 and int32 that holds every integer in [lo, hi]."""

@@ -104,26 +104,39 @@ def test_rerun_skips_and_keeps_rows(demo_run):
   assert len(results.read_rows(workdir / "results.jsonl")) == 5
 
 
-def test_prostate_tiny_two_channels(tmp_path):
-  root = phantom.write_phantom(tmp_path / "prostate", num_cases=10, shape=(16, 16, 8), num_channels=2)
-  workdir = tmp_path / "run"
-  result = subprocess.run(
-      [sys.executable, "launch.py", "--config=configs/prostate.py:tiny", f"--config.data.root={root}",
-       f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+def test_prostate_as_typed_without_data_then_with_it(tmp_path):
+  """`python launch.py --config=configs/prostate.py` in a folder without data: one line naming the download
+  command, nothing written; once the data are where that command puts them, the same command runs (here its tiny
+  variant, on a generated two-channel dataset), into the default workdir it announces first."""
+  launch, configs = str(REPO / "launch.py"), REPO / "configs"
+  result = subprocess.run([sys.executable, launch, f"--config={configs / 'prostate.py'}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and result.stdout == ""
+  assert result.stderr.strip().splitlines() == [
+      "error: data/Task05_Prostate: no dataset here: run `python -m slicejax.download --task=Task05_Prostate "
+      "--dest=data` to fetch it, or pass --config.data.root=PATH to your copy"]
+  assert list(tmp_path.iterdir()) == []
+  phantom.write_phantom(tmp_path / "data" / "Task05_Prostate", num_cases=10, shape=(16, 16, 8), num_channels=2)
+  result = subprocess.run([sys.executable, launch, f"--config={configs / 'prostate.py'}:tiny"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines()[0] == ("workdir: runs/prostate_tiny (the default for this config; "
+                                           "--workdir=DIR chooses another)")
+  workdir = tmp_path / "runs" / "prostate_tiny"
   rows = results.read_rows(workdir / "results.jsonl")
   assert [r["name"] for r in rows] == ["2d_b6_s6_rho1_random_seed0", "2d_b6_s3_rho2_random_seed0",
                                        "2d_reference_seed0"]
-  assert json.loads((workdir / "config.json").read_text())["data"]["root"] == str(root)
+  assert json.loads((workdir / "config.json").read_text())["data"]["root"] == "data/Task05_Prostate"
 
 
 def test_prostate_missing_root_is_one_line(tmp_path):
   result = subprocess.run(
-      [sys.executable, "launch.py", "--config=configs/prostate.py", f"--workdir={tmp_path / 'run'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      [sys.executable, "launch.py", "--config=configs/prostate.py", "--config.data.root=",
+       f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: config.data.root:") and "Task05_Prostate" in last
+  assert last.startswith("error: config.data.root:") and "slicejax.download --task=Task05_Prostate" in last
+  assert not (tmp_path / "run").exists()
 
 
 def test_hippocampus_real_data(hippocampus_root, tmp_path):
