@@ -1,12 +1,12 @@
 """Training on real sparse annotations: a dataset whose label files carry nnU-Net v2's ignore label (a label named
 "ignore" in dataset.json, the highest value), e.g. the export of an annotated plan (docs/annotate.md).
 
-    python launch.py --config=configs/sparse.py --config.data.root=DATASET --workdir=RUN \
-        --config.data.split.train=15 --config.data.split.test=1
+    python launch.py --config=configs/sparse.py --config.data.root=DATASET --workdir=RUN
 
 The models train on the slices that hold annotated voxels (ignore-label voxels weigh 0 in the loss); a volume without
 any is left out with a warning (`slicejax.sparse`). RUN keeps the checkpoint, config.json and model.json, which
-`--mode=predict` reads. The split needs at least one test volume, scored on its labels. The network and schedule are
+`--mode=predict` reads. The split holds one test volume, scored on its labels (`--config.data.split.test`), and every
+other volume trains (`data.split.train` 0), so it fits a dataset of any size from 2 volumes. The network and schedule are
 the demo's (`configs/demo.py`): about 1 minute on 2 CPU cores for 300 steps in 2D, about 40 s in 3D (docs/annotate.md's
 worked example: 15 volumes x 2 planes).
 
@@ -20,7 +20,7 @@ from slicejax import config_lib
 def get_config(arg=""):
   arg = config_lib.parse_arg(arg, **{"3d": False})
   config = config_lib.base()
-  config.data.split.update(train=15, val=0, test=1, seed=0)
+  config.data.split.update(train=0, val=0, test=1, seed=0)
   config.model.update(features=8, num_stages=3)
   config.train.update(steps=300, batch_size=16, learning_rate=5e-3, warmup_steps=20, log_every=50)
   config.study.update(dims=(3,) if arg["3d"] else (2,), budgets=(), selections=("annotated",), seeds=(0,),

@@ -54,7 +54,7 @@ def base() -> ml_collections.ConfigDict:
       stream_source="volumes",  # "stream" reads the preprocessed volumes where they are ("volumes": the cache
                                 # entries, mapped), a slice store written into the cache ("store") or the folder's
                                 # TFDS array_record dataset through grain ("tfds", the tfds extra; slicejax.tfds_builder)
-      split=dict(train=180, val=20, test=60, seed=0),
+      split=dict(train=180, val=20, test=60, seed=0),  # cases; train 0 = every case left after val and test
       phantom=dict(num_cases=60, shape=(40, 40, 24), num_channels=1, seed=0),
   ))
 
@@ -311,7 +311,8 @@ def _check_data(c: _Checker) -> None:
   multiple = 2 ** (c.integer("model.num_stages") - 1)
   c.items("data.shape", f"() or two positive integers divisible by {multiple} (2**(config.model.num_stages - 1))",
           lambda n: _is_int(n) and n >= 1 and n % multiple == 0, (0, 2))
-  total = c.integer("data.split.train", lo=1) + c.integer("data.split.val", lo=0) + c.integer("data.split.test", lo=1)
+  # train 0: every case left after val and test (slicejax.data.split_cases).
+  total = c.integer("data.split.train", lo=0) + c.integer("data.split.val", lo=0) + c.integer("data.split.test", lo=1)
   c.integer("data.split.seed", lo=0)
   if source == "phantom":
     num_cases = c.integer("data.phantom.num_cases", lo=1)

@@ -916,7 +916,8 @@ def split_cases(case_ids, *, num_train: int, num_val: int, num_test: int, seed: 
 
   Args:
     case_ids: iterable of distinct case ids.
-    num_train, num_val, num_test: exact sizes; their sum may be less than the number of cases.
+    num_train, num_val, num_test: exact sizes; their sum may be less than the number of cases. `num_train` 0 takes
+      every case left after the test and validation cases (a training pool that scales with a small dataset).
     seed: integer seed.
 
   Returns:
@@ -929,9 +930,11 @@ def split_cases(case_ids, *, num_train: int, num_val: int, num_test: int, seed: 
   for name, n in counts.items():
     if not isinstance(n, (int, np.integer)) or n < 0:
       raise InputError(name, f"must be a non-negative integer, got {n!r}")
-  if sum(counts.values()) > len(ids):
-    raise InputError("num_train+num_val+num_test",
-                     f"{num_train}+{num_val}+{num_test} = {sum(counts.values())} exceeds the {len(ids)} cases")
+  if sum(counts.values()) > len(ids) or (num_train == 0 and num_val + num_test >= len(ids)):
+    raise InputError("config.data.split", f"train + val + test = {num_train} + {num_val} + {num_test} "
+                     f"{'leaves no training case among' if num_train == 0 else 'exceeds'} the {len(ids)} cases; set "
+                     "--config.data.split.train (0: every case left after val and test), .val or .test")
+  num_train = num_train or len(ids) - num_test - num_val
   order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
   test = order[:num_test]
   val = order[num_test:num_test + num_val]

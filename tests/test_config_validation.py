@@ -83,7 +83,7 @@ BAD = [
      "(2**(config.model.num_stages - 1)), got (31, 32)"),
     ({"data.shape": (32,)}, "config.data.shape: must be () or two positive integers divisible by 2 "
      "(2**(config.model.num_stages - 1)), got (32,)"),
-    ({"data.split.train": 0}, "config.data.split.train: must be >= 1, got 0"),
+    ({"data.split.train": -1}, "config.data.split.train: must be >= 0, got -1"),
     ({"data.split.val": -1}, "config.data.split.val: must be >= 0, got -1"),
     ({"data.split.test": 0}, "config.data.split.test: must be >= 1, got 0"),
     ({"data.split.seed": -1}, "config.data.split.seed: must be >= 0, got -1"),

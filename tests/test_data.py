@@ -562,12 +562,18 @@ def test_split_cases_is_seeded_disjoint_sorted_and_order_independent():
   # The test set does not move when only the training pool size changes.
   assert data.split_cases(ids, num_train=3, num_val=5, num_test=8, seed=3)["test"] == split["test"]
   assert data.split_cases(ids, num_train=30, num_val=0, num_test=0, seed=0)["train"] == ids
+  # train 0 takes every case left after test and validation: the same test and validation cases.
+  rest = data.split_cases(ids, num_train=0, num_val=5, num_test=8, seed=3)
+  assert (rest["test"], rest["val"]) == (split["test"], split["val"]) and len(rest["train"]) == len(ids) - 13
 
 
 def test_split_cases_rejects_bad_counts():
   ids = ["a", "b", "c"]
-  with pytest.raises(InputError, match="exceeds the 3 cases"):
+  with pytest.raises(InputError, match=r"train \+ val \+ test = 2 \+ 1 \+ 1 exceeds the 3 cases; set "
+                                       r"--config.data.split.train \(0: every case left after val and test\)"):
     data.split_cases(ids, num_train=2, num_val=1, num_test=1, seed=0)
+  with pytest.raises(InputError, match="leaves no training case among the 3 cases"):
+    data.split_cases(ids, num_train=0, num_val=1, num_test=2, seed=0)
   with pytest.raises(InputError, match="num_val"):
     data.split_cases(ids, num_train=1, num_val=-1, num_test=1, seed=0)
   with pytest.raises(InputError, match="duplicate"):
