@@ -151,12 +151,17 @@ def duration(seconds: float) -> str:
   return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
+# The longest a group's progress goes without a line, in seconds of wall time.
+HEARTBEAT_SECONDS = 30.0
+
+
 class GroupProgress:
   """The progress line of one group's training loop.
 
   Call `update` after the group's first step (it blocks on that step's loss, so its time is compilation plus one
-  step, kept apart from the steady seconds per step) and at every log step, then `finish` (or use it as a context
-  manager). A line, e.g. `group 0: 8 models  step 120/200  loss median 0.4321 worst 1.234 (1 diverged)  ETA 1m50s
+  step, kept apart from the steady seconds per step), at every log step and whenever `due` (at least every
+  `HEARTBEAT_SECONDS` of wall time, so a slow run never goes quiet between log steps), `phase` when the group moves
+  to a validation curve or its evaluation, then `finish` (or use it as a context manager). A line, e.g. `group 0: 8 models  step 120/200  loss median 0.4321 worst 1.234 (1 diverged)  ETA 1m50s
   incl. 40s eval  0.125 s/step, first step 12.3s`, puts the ETA before the rates because a narrow terminal cuts
   the end. The ETA is the remaining steps at the steady rate plus `eval_seconds` ("+ eval" when that is unknown).
 
@@ -183,6 +188,21 @@ class GroupProgress:
     self._start = clock()
     self._first = None  # (step, seconds, clock) at the first update.
     self._text = None
+    self._last = self._start  # clock of the last line shown
+
+  def due(self) -> bool:
+    """Whether `HEARTBEAT_SECONDS` have passed since the last line (reads the clock)."""
+    return self._clock() - self._last >= HEARTBEAT_SECONDS
+
+  def phase(self, text: str) -> str:
+    """Shows what the group does now besides training, e.g. "validation curve at step 500 (8 volumes)"."""
+    self._last = self._clock()
+    line = f"group {self._group_index}: {text}"
+    if self._tty:
+      _LIVE.draw(self._stream, line)
+    else:
+      logging.info("%s", line)
+    return line
 
   def update(self, step: int, losses: np.ndarray, diverged: Optional[np.ndarray] = None) -> str:
     """Shows the group at `step` and returns the line.
@@ -192,7 +212,7 @@ class GroupProgress:
       losses: [M] each model's loss at `step`; a non-finite one marks its model diverged.
       diverged: optional [M] bool, models frozen after diverging (their loss may look finite again).
     """
-    now = self._clock()
+    now = self._last = self._clock()
     if self._first is None:
       self._first = (step, now - self._start, now)
     self._text = self._line(step, np.asarray(losses, np.float64), diverged, now)
@@ -239,6 +259,16 @@ class GroupProgress:
     else:
       eta = f"ETA {duration(remaining + self._eval_seconds)} incl. {duration(self._eval_seconds)} eval"
     return "  ".join([f"group {self._group_index}: {models}", f"step {step}/{self._steps}", loss, eta, rate])
+
+
+def count(n: int, noun: str) -> str:
+  """ "1 volume", "3 volumes"."""
+  return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def phase_line(group_index: int, text: str) -> None:
+  """Logs what a group does after its training loop, e.g. its test evaluation."""
+  logging.info("group %d: %s", group_index, text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

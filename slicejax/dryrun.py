@@ -51,7 +51,9 @@ def _cropped_share(volumes, shape, num_classes) -> np.ndarray:
 
 
 def _measure(config, dims, points, plans, splits, dataset):
-  """Measured seconds per step of one model, its compilation, evaluation seconds per model and volume, and bytes."""
+  """Measured seconds per step of one model, its compilation, seconds per model and volume of the final test
+  evaluation (label maps, Dice and, when on, the surface metrics) and of a Dice-only evaluation (validation and
+  learning curves), and bytes."""
   step = train.one_model_step(config, dims, points, plans, splits, dataset)
   compiled, state, shared, per_model = step["compiled"], step["state"], step["shared"], step["per_model"]
   state, _ = compiled(state, shared, per_model)
@@ -68,8 +70,15 @@ def _measure(config, dims, points, plans, splits, dataset):
   list(predict(params, volumes, step["shape"]))  # compiles
   start = time.perf_counter()
   evaluate_lib.score(predict(params, volumes, step["shape"]), volumes, dataset.num_classes)
-  eval_seconds = (time.perf_counter() - start) / max(len(volumes), 1)
-  return step_seconds, step["compile_seconds"], eval_seconds, step["model_bytes"], step["bank_bytes"]
+  dice_seconds = (time.perf_counter() - start) / max(len(volumes), 1)
+  segment = train.DIMS[dims].segmenter(config, step["programs"]["model"], axis)
+  list(segment(params, volumes, step["shape"]))  # compiles
+  start = time.perf_counter()
+  evaluate_lib.score_labels(segment(params, volumes, step["shape"]), volumes, dataset.num_classes,
+                            tolerance_mm=config.eval.nsd_tolerance_mm, surface=config.eval.surface_metrics)
+  test_seconds = (time.perf_counter() - start) / max(len(volumes), 1)
+  return (step_seconds, step["compile_seconds"], test_seconds, dice_seconds, step["model_bytes"],
+          step["bank_bytes"])
 
 
 def seeds_check(config) -> list[str]:
@@ -147,22 +156,30 @@ def dry_run(config) -> list[str]:
                                        for d, ps in per_dims.items()))
   lines += [f"  left out: {reason}" for reason in left_out]
   if any(not p.reference and selection_lib.get(p.selection).NEEDS_EMBEDDINGS for p in points):
-    lines.append("  ual points train a slice encoder first (cached per dataset and encoder config)")
+    lines.append(f"  ual points train a slice encoder first ({config.ual.encoder.steps} steps, not in the estimate; "
+                 "cached per dataset and encoder config)")
 
   total, peak = 0.0, 0
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   for dims, dims_points in per_dims.items():
-    step_s, compile_s, eval_s, step_bytes, bank_bytes = _measure(config, dims, dims_points, plans, splits, dataset)
+    step_s, compile_s, test_s, dice_s, step_bytes, bank_bytes = _measure(config, dims, dims_points, plans, splits,
+                                                                          dataset)
     group_sizes = [len(g) for g in groups if g[0].dims == dims]
-    eval_volumes = len(splits["test"]) + len(splits["val"])
-    seconds = sum(compile_s + m * (step_s * config.train.steps + eval_s * eval_volumes) for m in group_sizes)
+    models = sum(group_sizes)
+    curve_points = len(train.curve_schedule(config.train.steps, config.eval.curve_points)) if min(
+        config.eval.curve_volumes, len(splits["val"])) else 0
+    parts = {"training": len(group_sizes) * compile_s + models * step_s * config.train.steps,
+             "test evaluation": models * (test_s * len(splits["test"]) + dice_s * len(splits["val"])),
+             "validation curves": models * dice_s * curve_points * min(config.eval.curve_volumes, len(splits["val"]))}
+    seconds = sum(parts.values())
     total += seconds
     per_program = min(max(group_sizes), config.model_axis.chunk)
     peak = max(peak, rss + bank_bytes + per_program * step_bytes)
     lines.append(f"{dims}D: {step_s:.3f} s per step and model (measured, {_MEASURED_STEPS} steps), compile "
-                 f"{compile_s:.1f} s (one model's program), evaluation {eval_s:.2f} s per model and volume -> "
-                 f"{len(dims_points)} models x {config.train.steps} steps in {len(group_sizes)} groups: about "
-                 f"{console.duration(seconds)}")
+                 f"{compile_s:.1f} s (one model's program), evaluation {test_s:.2f} s per model and test volume, "
+                 f"{dice_s:.2f} s per validation volume -> {len(dims_points)} models x {config.train.steps} steps in "
+                 f"{len(group_sizes)} groups: about {console.duration(seconds)} ("
+                 + ", ".join(f"{name} {console.duration(s)}" for name, s in parts.items()) + ")")
   lines.append(f"estimate: about {console.duration(total)} on this machine ({jax.default_backend()}, models of a group "
                f"counted one after another), peak memory about {peak / 2**30:.1f} GiB")
   if config.stats.pilot:

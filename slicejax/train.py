@@ -273,6 +273,9 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
                                  per_model)
       for _ in range(0 if looped else end - done):
         state, outputs = step_fn(state, one_step, next(batches) if pipeline == "stream" else per_model)
+        done += 1
+        if done < end and done > first_step + 1 and progress.due():  # never quiet for long between log steps
+          progress.update(done, *axis.fetch((outputs["loss"], outputs["diverged"])))
       done = end
       if end == first_step + 1 or end % config.train.log_every == 0 or end == steps:
         loss, diverged = axis.fetch((outputs["loss"], outputs["diverged"]))
@@ -281,6 +284,7 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
           curves.write_scalars(end, console.curve_scalars(group_index, names, loss, lr=float(schedule(end - 1)),
                                                           diverged=diverged))
       if end in curve_steps:
+        progress.phase(f"validation curve at step {end} ({console.count(len(curve_volumes), 'volume')})")
         params = axis.from_stacked(axis.to_stacked(state)["params"])
         dice = evaluate_lib.score(predict(params, curve_volumes, shape), curve_volumes, num_classes)["dice_mean"]
         val_curve[end] = [float(d) for d in dice]
@@ -294,6 +298,8 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   train_seconds = time.perf_counter() - start
 
   # Evaluation: dense, on the test volumes and the validation volumes.
+  console.phase_line(group_index, f"test evaluation ({console.count(len(splits['test']), 'test volume')}, "
+                                  f"{console.count(len(splits['val']), 'validation volume')})")
   stacked = axis.to_stacked(state)
   params = axis.from_stacked(stacked["params"])
   start = time.perf_counter()

@@ -256,3 +256,16 @@ def test_imports_without_tensorflow(tmp_path):
       assert "tensorflow" not in sys.modules
   """)
   subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=120, check=True)
+
+
+def test_progress_is_due_every_heartbeat_and_shows_phases():
+  times = iter([0.0, 10.0, 31.0, 31.0, 40.0, 62.0, 70.0, 93.0])
+  progress = console.GroupProgress(2, 1, 100, clock=times.__next__, tty=False)
+  assert not progress.due()  # 10 s after the start
+  assert progress.due()  # 31 s
+  progress.update(5, np.array([0.5]))  # a line at 31 s
+  assert not progress.due()  # 40 s
+  assert progress.phase("validation curve at step 50 (8 volumes)") == (
+      "group 2: validation curve at step 50 (8 volumes)")  # at 62 s: the phase is a line too
+  assert not progress.due()  # 70 s: 8 s after the phase line
+  assert progress.due()  # 93 s
