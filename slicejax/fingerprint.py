@@ -236,10 +236,7 @@ def _stamp(root: str) -> tuple:
 @functools.lru_cache(maxsize=8)
 def _cached(root: str, stamp) -> Fingerprint:
   del stamp  # part of the cache key only
-  fp = compute(root)
-  for line in describe(fp):
-    logging.info("%s", line)
-  return fp
+  return compute(root)
 
 
 def of_root(root: str) -> Fingerprint:

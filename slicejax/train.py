@@ -35,6 +35,7 @@ from slicejax import distributed
 from slicejax import encoder
 from slicejax import evaluate as evaluate_lib
 from slicejax import files
+from slicejax import fingerprint as fingerprint_lib
 from slicejax import losses
 from slicejax import parallel
 from slicejax import precision
@@ -431,6 +432,9 @@ def prepare(config):
     seconds (training plus embedding) when a strategy needs slice embeddings.
   """
   dataset, splits, depths, points, plans = read_inputs(config)
+  fingerprint = fingerprint_lib.of_config(config)  # said once the config and the data have passed their checks
+  for line in fingerprint_lib.describe(fingerprint, config.model.num_stages) if fingerprint is not None else ():
+    logging.info("%s", line)
   costs = {}
   if any(_needs_embeddings(p) for p in points):
     shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
