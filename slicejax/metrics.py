@@ -19,7 +19,6 @@ distance the grid allows) and NSD is 0.
 import warnings
 
 import numpy as np
-import surface_distance
 
 
 def confusion_counts(prediction, truth, num_classes):
@@ -93,6 +92,10 @@ def surface_metrics(prediction, truth, num_classes: int, spacing, tolerance_mm: 
   Returns:
     dict of `hd95` and `nsd`, each `[K - 1]` float64 (see the module docstring for absent classes).
   """
+  # Imported where it is used: the training step and its benchmarks import this module (through slicejax.evaluate)
+  # but never compute surface metrics, so they run where the library is not installed.
+  import surface_distance  # pylint: disable=g-import-not-at-top
+
   prediction, truth = np.asarray(prediction), np.asarray(truth)
   if prediction.shape != truth.shape or prediction.ndim != len(spacing):
     raise ValueError(f"prediction {prediction.shape}, truth {truth.shape} and spacing {tuple(spacing)} do not match")

@@ -1,6 +1,8 @@
 """Dice with nnU-Net's absent-class rule, and the means built on it."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 
@@ -86,3 +88,16 @@ def test_ignore_label_voxels_are_not_counted():
   prediction = np.array([0, 1, 0, 1, 2, 2])
   np.testing.assert_array_equal(metrics.confusion_counts(prediction, truth, 3),
                                 metrics.confusion_counts(prediction[[0, 1, 2, 5]], truth[[0, 1, 2, 5]], 3))
+
+
+def test_training_imports_without_the_surface_library():
+  """The training path imports metrics but computes no surface metrics, so a machine without surface-distance (as a
+  bare GPU image) can train; only `surface_metrics` needs the library."""
+  blocked = ("import sys; sys.modules['surface_distance'] = None; "  # None in sys.modules: any import of it fails
+             "from slicejax import metrics, train; import numpy as np; "
+             "print(metrics.dice_per_class(np.array([0, 1]), np.array([0, 1]), 2))\n"
+             "try:\n  metrics.surface_metrics(np.ones((2, 2), int), np.ones((2, 2), int), 2, (1.0, 1.0), 1.0)\n"
+             "except ImportError as e:\n  print(type(e).__name__, e.name)")
+  process = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=300, check=False)
+  assert process.returncode == 0, process.stderr
+  assert process.stdout.splitlines() == ["[1.]", "ModuleNotFoundError surface_distance"]
