@@ -14,10 +14,14 @@ times 3 for training (forward, gradient of the inputs, gradient of the weights),
 activations, the loss, augmentation and the optimiser are not model FLOPs. MFU = model FLOPs per step / step time
 / the accelerator's peak, where the peak is the dense bfloat16 tensor-core peak for both dtypes (H100 SXM and H200:
 989 TFLOP/s), read from the GPU name (`nvidia-smi`, else the JAX device kind); `--peak-tflops` sets it for other
-devices. Cross-checks from XLA's cost analysis of the compiled programs: `xla_forward_flops` (one model's forward
-on one batch, to compare with `analytic_forward_flops`) and `xla_step_flops` (M times the compiled single-model
-step, which also counts the work that is not model FLOPs), with `mfu_xla` = xla_step_flops / step time / peak.
-On a CPU without `--peak-tflops` the MFU fields are null and `achieved_tflops` is the figure.
+devices. Cross-checks from XLA's cost analysis of the lowered programs (lowered for the host CPU and never
+compiled, so they cost no compilation; see `lowered_flops`): `xla_forward_flops` (one model's forward on one batch,
+to compare with `analytic_forward_flops`) and `xla_step_flops` (M times the single-model step, which also counts
+the work that is not model FLOPs), with `mfu_xla` = xla_step_flops / step time / peak. On a CPU without
+`--peak-tflops` the MFU fields are null and `achieved_tflops` is the figure.
+
+Records: per (dims, dtype) first one with `"partial": true` holding the FLOP counts, written before the timed step
+compiles, then the complete one; a run cut short keeps the first.
 """
 
 import argparse
@@ -94,11 +98,25 @@ def peak_flops(name: str):
   return next((peak for key, peak in PEAK_FLOPS if key.lower() in name.lower()), None)
 
 
-def xla_flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
+def lowered_flops(fn, *args):
+  """FLOPs of `jax.jit(fn)(*args)` from XLA's cost analysis of the lowered program: nothing is compiled.
+
+  The program is lowered for the host's CPU, whatever the default backend: `Lowered.cost_analysis` needs a backend
+  that analyses the HLO itself, and the GPU's PJRT plugin does not (jax 0.10 and 0.11 return None there). The count
+  is that of the unoptimised program, the same whichever backend it is lowered for.
+
+  Returns:
+    The FLOPs, or None where there is no CPU backend (JAX_PLATFORMS without cpu) or no analysis.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    cpu = jax.devices("cpu")[0]
+  except RuntimeError:
+    return None
+  analysis = jax.jit(fn).lower(*jax.device_put(args, cpu)).cost_analysis()
   if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
-    analysis = analysis[0]
-  return float(analysis["flops"])
+    analysis = analysis[0] if analysis else None
+  return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
 def training_workload(dims: int, num_models: int, work: dict, network: dict, dtype: str = "float32"):
@@ -130,7 +148,8 @@ def training_workload(dims: int, num_models: int, work: dict, network: dict, dty
 
 
 def measure(dims: int, dtype: str, num_models: int, strategy: str, work: dict, network: dict, steps: int,
-            repeats: int, peak) -> dict:
+            repeats: int, peak, emit) -> dict:
+  """One (dims, dtype) record; `emit(record)` gets a partial record (FLOPs, no timing) before the step compiles."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
@@ -142,10 +161,20 @@ def measure(dims: int, dtype: str, num_models: int, strategy: str, work: dict, n
 
   input_shape = (work["batch_size"],) + shape + (1,)
   one = jax.tree.map(lambda a: a[0], (state, entries))
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
-  xla_forward = xla_flops(forward.lower(one[0]["params"], jnp.zeros(input_shape)).compile())
+  xla_forward = lowered_flops(lambda p, x: model.apply({"params": p}, x), one[0]["params"], jnp.zeros(input_shape))
   # Whatever the strategy, the M-model step does the work of M single-model steps.
-  xla_step = num_models * xla_flops(jax.jit(step).lower(one[0], bank, one[1]).compile())
+  xla_step = lowered_flops(step, one[0], bank, one[1])
+  xla_step = None if xla_step is None else num_models * xla_step
+  forward_flops = unet_forward_flops(model, input_shape)
+  step_flops = 3 * forward_flops * num_models
+  ratio = lambda xla, analytic: None if xla is None else xla / analytic
+  flops = {"analytic_forward_flops": forward_flops, "xla_forward_flops": xla_forward,
+           "xla_forward_over_analytic": ratio(xla_forward, forward_flops), "analytic_step_flops": step_flops,
+           "xla_step_flops": xla_step, "xla_step_over_analytic": ratio(xla_step, step_flops),
+           "xla_flops_from": "lowered program (CPU), unoptimised"}
+  described = {"benchmark": "mfu", "dims": dims, "dtype": dtype, "models": num_models,
+               "batch_size": work["batch_size"], "shape": list(shape), **network, "steps": steps}
+  emit(dict(described, partial=True, **flops, **common.machine()))
 
   mapped = axis.map(step, donate_state=True)
   holder = [axis.from_stacked(state), axis.from_stacked(entries)]
@@ -158,16 +187,11 @@ def measure(dims: int, dtype: str, num_models: int, strategy: str, work: dict, n
 
   timing = common.time_calls(run, repeats=repeats)
   step_s = timing["median_s"] / steps
-  forward_flops = unet_forward_flops(model, input_shape)
-  step_flops = 3 * forward_flops * num_models
-  return {"benchmark": "mfu", "dims": dims, "dtype": dtype, "models": num_models, "strategy": axis.strategy,
-          "batch_size": work["batch_size"], "shape": list(shape), **network, "steps": steps, "step_s": step_s,
-          "analytic_forward_flops": forward_flops, "xla_forward_flops": xla_forward,
-          "xla_forward_over_analytic": xla_forward / forward_flops, "analytic_step_flops": step_flops,
-          "xla_step_flops": xla_step, "xla_step_over_analytic": xla_step / step_flops,
+  return {**described, "strategy": axis.strategy, "step_s": step_s, **flops,
           "achieved_tflops": step_flops / step_s / 1e12, "gpu_name": gpu_name() if jax.default_backend() == "gpu"
           else None, "peak_tflops": peak / 1e12 if peak else None,
-          "mfu": step_flops / step_s / peak if peak else None, "mfu_xla": xla_step / step_s / peak if peak else None,
+          "mfu": step_flops / step_s / peak if peak else None,
+          "mfu_xla": xla_step / step_s / peak if peak and xla_step else None,
           **{k: timing[k] for k in ("median_s", "min_s", "max_s", "repeats")}, **common.machine()}
 
 
@@ -197,8 +221,8 @@ def main():
   for dims in [int(d) for d in args.dims.split(",")]:
     work = (QUICK_WORKLOADS if args.quick else WORKLOADS)[dims]
     for dtype in args.dtypes.split(","):
-      record = measure(dims, dtype, args.models, args.strategy, work, network, args.steps, args.repeats, peak)
-      common.emit(dict(record, quick=args.quick), args.json)
+      emit = lambda record: common.emit(dict(record, quick=args.quick), args.json)
+      emit(measure(dims, dtype, args.models, args.strategy, work, network, args.steps, args.repeats, peak, emit))
 
 
 if __name__ == "__main__":

@@ -92,7 +92,9 @@ class UNet(nn.Module):
       x = F.interpolate(x, size=skip.shape[2:], mode="nearest-exact")
       x = torch.cat([self.blocks[f"up_{i}_resize"](x), skip], dim=1)
       x = self.blocks[f"up_{i}_1"](self.blocks[f"up_{i}_0"](x))
-    return self.blocks["head"](x)
+    # The head in float32 even under autocast, as slicejax's U-Net computes its logits in float32 in any dtype.
+    with torch.autocast(x.device.type, enabled=False):
+      return self.blocks["head"](x.float())
 
 
 def load_flax_params(model: UNet, params) -> None:
@@ -179,12 +181,19 @@ def make_optimizer(model: nn.Module, *, learning_rate: float, warmup_steps: int,
 
 
 def make_train_step(model: nn.Module, optimizer, scheduler, *, grad_clip: float, ce_weight: float,
-                    dice_weight: float):
-  """One optimiser step on a fixed batch: `step(images [B, C, *S], labels [B, *S], weights [B, *S]) -> loss`."""
+                    dice_weight: float, autocast_dtype=None):
+  """One optimiser step on a fixed batch: `step(images [B, C, *S], labels [B, *S], weights [B, *S]) -> loss`.
+
+  `autocast_dtype` (e.g. torch.bfloat16) runs the forward pass under `torch.autocast`, the counterpart of slicejax's
+  `model.dtype`: convolutions in that dtype, parameters, gradients and optimiser state float32; the logits (the head
+  runs in float32) and the loss float32. None: everything float32.
+  """
 
   def step(images, labels, weights):
     optimizer.zero_grad(set_to_none=True)
-    loss = segmentation_loss(model(images), labels, weights, ce_weight=ce_weight, dice_weight=dice_weight)
+    with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+      logits = model(images)
+    loss = segmentation_loss(logits.float(), labels, weights, ce_weight=ce_weight, dice_weight=dice_weight)
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
