@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# The benchmarks of bench/ on one GPU, most important first, within BENCH_BUDGET_S seconds (default 500).
+# The benchmarks of bench/ on one GPU, most important first, within BENCH_BUDGET_S seconds (default 520).
 #
-#   bash bench/gpu.sh             # on the GPU machine; stops at once unless JAX's backend is "gpu"
+#   SLICEJAX_HIPPOCAMPUS=.data/hippocampus bash bench/gpu.sh   # on the GPU machine; stops unless JAX's backend is gpu
 #   bash bench/gpu.sh --dry-run   # every step at tiny sizes on the CPU (JAX_PLATFORMS=cpu), on any machine
 #
-# The dry run gives each step and the budget 4 times the GPU's limits. PYTHON picks the interpreter (default
-# python3). slicejax is imported from this checkout (PYTHONPATH), never installed. If the interpreter lacks nibabel
-# or ml_collections, they are installed from the wheels in .whl/ (or $WHEELS) with `pip install --no-index
-# --no-deps --target` into a folder put on PYTHONPATH; nothing else is ever installed, and any other missing package
-# stops the script. SLICEJAX_HIPPOCAMPUS=PATH (an MSD Task04 folder) times the hippocampus grid; without it that step
-# leaves a "skipped" record. bench/README.md gives the call on a GPU machine, how .whl/ is prepared and how the limits
-# were sized.
+# Only this checkout travels to the GPU machine, with the ignored paths its runner is told to carry: nothing beside
+# the checkout does. So the wheels of the packages the GPU image lacks (nibabel, ml_collections, surface_distance)
+# go in the ignored folder .whl/ (or $WHEELS) and the MSD Task04 hippocampus folder in .data/hippocampus, and both
+# are carried; bench/README.md gives the exact call. slicejax is imported from this checkout (PYTHONPATH), never
+# installed. Before the first step the script installs, with `pip install --no-index --no-deps --target` into a
+# folder put on PYTHONPATH, every wheel of the wheel folder that provides a module the interpreter (PYTHON, default
+# python3) lacks, and nothing else; then it imports the benchmark modules themselves (and surface_distance, which
+# the study step's evaluation imports where it computes surface metrics) and stops with one line naming any module
+# still missing. SLICEJAX_HIPPOCAMPUS=PATH times the hippocampus grid; without it that step leaves a "skipped"
+# record. The dry run gives each step and the budget 4 times the GPU's limits.
 #
 # Writes one JSON line per measurement to $OUT/bench_gpu.jsonl ($OUT if set, else .) and the steps' stderr to
 # bench_gpu.log beside it: {"benchmark": "gpu_sh_plan", "budget_s", "limits_s", ...}, {"benchmark": "gpu_sh_setup",
-# "backend", ...}, then per step its benchmark lines and {"benchmark": "gpu_sh_step", "step", "rc", "seconds",
-# "limit_s"} (rc 124: out of time, the lines printed until then are kept) or {..., "skipped": why}. Each step runs
-# under `timeout` with its own limit; the limits add up to less than the budget (checked before anything runs), and
-# a step is cut further if the budget runs short. Every python process of the run shares one persistent JAX
-# compilation cache under $TMPDIR (default /tmp), so a rerun on the same machine compiles little. The script exits 1
-# if a step failed or had no time left.
+# "backend", "versions", "installed", ...}, then per step its benchmark lines, each appended as it is measured
+# (records with "partial": true come before a step's complete one), and {"benchmark": "gpu_sh_step", "step", "rc",
+# "seconds", "limit_s"} (rc 124: out of time, the lines printed until then are kept) or {..., "skipped": why}. Each
+# step runs under `timeout` with its own limit; the limits plus the setup's allowance add up to at most the budget
+# (checked before anything runs), and a step is cut further if the budget runs short. Every python process of the
+# run shares one persistent JAX compilation cache under $TMPDIR (default /tmp), so a rerun on the same machine
+# compiles little. The script exits 1 if a step failed or had no time left.
 set -uo pipefail
 
 case "${1:-}" in
@@ -42,7 +46,9 @@ cd "$ROOT" || exit 2
 SCALE=1
 ((DRY_RUN)) && SCALE=4
 START=$(date +%s)
-BUDGET_S=$((${BENCH_BUDGET_S:-500} * SCALE))
+BUDGET_S=$((${BENCH_BUDGET_S:-520} * SCALE))
+# Seconds kept for the setup before the first step: the wheels, the import check and one JAX start.
+SETUP_S=$((30 * SCALE))
 DEADLINE=$((START + BUDGET_S))
 TMP=${TMPDIR:-/tmp}
 SITE=$TMP/slicejax_gpu_sh_site
@@ -109,75 +115,117 @@ skip() {
   echo "gpu.sh: skipped $1 ($3)"
 }
 
-# The steps, most important first, with their limits in seconds on one H200 (bench/README.md: how they were sized).
+# The steps, most important first, with their limits in seconds on one H100 or H200 (bench/README.md: how they were
+# sized). The study step times the 4-model slice of the hippocampus grid and extrapolates the whole default grid.
 steps() {
-  step model_axis_2d 180 "$PY" bench/model_axis.py --json --dims=2 --models=$MODELS_2D --strategies=default \
+  step model_axis_2d 170 "$PY" bench/model_axis.py --json --dims=2 --models=$MODELS_2D --strategies=default \
     "${QUICK[@]}"
   if ((HAVE_TORCH)); then
-    step vs_torch 80 "$PY" bench/vs_torch.py --json --dims=2,3 "${QUICK[@]}"
+    step vs_torch 110 "$PY" bench/vs_torch.py --json --dims=2,3 --dtypes=float32,bfloat16 "${QUICK[@]}"
   else
-    skip vs_torch 80 "no PyTorch"
+    skip vs_torch 110 "no PyTorch"
   fi
-  step mfu_3d_bf16 70 "$PY" bench/mfu.py --json --dims=3 --dtypes=bfloat16 "${QUICK[@]}"
+  step mfu_3d_bf16 45 "$PY" bench/mfu.py --json --dims=3 --dtypes=bfloat16 "${QUICK[@]}"
   if [[ -n "$DATA" ]]; then
-    step study_hippocampus 90 "$PY" bench/study.py --json --grid=hippocampus --data="$DATA" "${QUICK[@]}"
+    step study_hippocampus 120 "$PY" bench/study.py --json --grid=hippocampus --data="$DATA" --whole-grid \
+      "${QUICK[@]}"
   else
-    skip study_hippocampus 90 "no data: SLICEJAX_HIPPOCAMPUS is unset"
+    skip study_hippocampus 120 "no data: SLICEJAX_HIPPOCAMPUS is unset"
   fi
-  step pipeline 50 "$PY" bench/pipeline.py --json "${QUICK[@]}"
+  step pipeline 45 "$PY" bench/pipeline.py --json "${QUICK[@]}"
 }
 
 # The plan: every step's limit (a plan counts a step whether it will run or be skipped).
 MODE=plan
 steps
-if ((PLANNED_S >= BUDGET_S)); then
-  echo "gpu.sh: the step limits add up to $PLANNED_S s, not under the budget of $BUDGET_S s" >&2
+if ((PLANNED_S + SETUP_S > BUDGET_S)); then
+  echo "gpu.sh: the step limits add up to $PLANNED_S s, over the budget of $BUDGET_S s less $SETUP_S s of setup" >&2
   exit 2
 fi
 IFS=,
-printf '{"benchmark": "gpu_sh_plan", "dry_run": %s, "budget_s": %d, "planned_s": %d, "limits_s": {%s}}\n' \
-  "$( ((DRY_RUN)) && echo true || echo false)" "$BUDGET_S" "$PLANNED_S" "${PLAN[*]}" >> "$JSONL"
+printf '{"benchmark": "gpu_sh_plan", "dry_run": %s, "scale": %d, "budget_s": %d, "setup_s": %d, ' \
+  "$( ((DRY_RUN)) && echo true || echo false)" "$SCALE" "$BUDGET_S" "$SETUP_S" >> "$JSONL"
+printf '"planned_s": %d, "limits_s": {%s}}\n' "$PLANNED_S" "${PLAN[*]}" >> "$JSONL"
 unset IFS
 
-# Setup: nibabel and ml_collections from .whl/ if missing; any other missing package stops the run.
-missing=$("$PY" - 2>> "$LOG" <<'EOF'
-import importlib.util
-for module in ("jax", "flax", "optax", "orbax.checkpoint", "etils", "numpy", "scipy", "absl", "matplotlib",
-               "tensorboard", "yaml", "nibabel", "ml_collections"):
+# Setup 1: every wheel in $WHEELS that provides a module this interpreter lacks (its top-level folders and .py
+# files), one per distribution (the last by name where there are several).
+wheels=$("$PY" - "$WHEELS" 2>> "$LOG" <<'EOF'
+import importlib.util, pathlib, sys, zipfile
+
+def lacks(module):
   try:
-    found = importlib.util.find_spec(module) is not None
-  except ImportError:  # a missing parent package of a dotted name
-    found = False
-  if not found:
-    print(module)
+    return importlib.util.find_spec(module) is None
+  except ImportError:  # a parent package of a dotted name is missing, or an import hook refuses it
+    return True
+
+chosen = {}
+for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
+  with zipfile.ZipFile(wheel) as archive:
+    tops = {name.split("/")[0] for name in archive.namelist()}
+  modules = [t.removesuffix(".py") for t in tops if not t.endswith((".dist-info", ".data"))
+             and (t.endswith(".py") or "." not in t)]
+  if any(lacks(m) for m in modules):
+    chosen[wheel.name.split("-")[0].lower()] = wheel
+print("\n".join(str(w) for w in chosen.values()))
 EOF
 ) || { echo "gpu.sh: $PY does not run (see $LOG)" >&2; exit 1; }
-wheels=()
-for module in $missing; do
-  found=("$WHEELS/$module"-*.whl)
-  if [[ "$module" != nibabel && "$module" != ml_collections ]]; then
-    echo "gpu.sh: $PY lacks $module; this script installs only nibabel and ml_collections" >&2
-    exit 1
-  elif [[ ! -f "${found[-1]}" ]]; then
-    echo "gpu.sh: $PY lacks $module and there is no $WHEELS/$module-*.whl (bench/README.md: prepare .whl/)" >&2
-    exit 1
-  fi
-  wheels+=("${found[-1]}")  # the highest version by name, if there are several
-done
-if ((${#wheels[@]})); then
+installed=()
+if [[ -n "$wheels" ]]; then
+  mapfile -t installed <<< "$wheels"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    "${wheels[@]}" >> "$LOG" 2>&1 || { echo "gpu.sh: pip could not install ${wheels[*]} (see $LOG)" >&2; exit 1; }
+    "${installed[@]}" >> "$LOG" 2>&1 || { echo "gpu.sh: pip could not install ${installed[*]} (see $LOG)" >&2; exit 1; }
 fi
 
-setup=$("$PY" - "$DRY_RUN" 2>> "$LOG" <<'EOF'
-import importlib.metadata, importlib.util, json, platform, sys
+# Setup 2: the benchmark modules themselves, as the steps import them (bench/ first on the path), and
+# surface_distance, imported only where the study step's evaluation computes surface metrics; torch_unet only where
+# PyTorch is installed (vs_torch is skipped otherwise). No JAX backend starts here.
+missing=$("$PY" - 2>> "$LOG" <<'EOF'
+import importlib, importlib.util, sys, traceback
+sys.path.insert(0, "bench")
+modules = ["common", "model_axis", "vs_torch", "mfu", "study", "pipeline", "surface_distance"]
+if importlib.util.find_spec("torch") is not None:
+  modules.append("torch_unet")
+missing = []
+for module in modules:
+  try:
+    importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    missing.append((e.name or module).split(".")[0])
+  except Exception:  # pylint: disable=broad-except
+    traceback.print_exc()
+    missing.append(f"{module} (it fails to import: see the log)")
+print(", ".join(dict.fromkeys(missing)))
+EOF
+) || { echo "gpu.sh: $PY does not run (see $LOG)" >&2; exit 1; }
+if [[ -n "$missing" ]]; then
+  echo "gpu.sh: the benchmarks need $missing, which $PY lacks and no wheel in $WHEELS provides" \
+    "(bench/README.md: preparing the checkout)" >&2
+  exit 1
+fi
+
+# Setup 3: one JAX start; the device and the versions the figures depend on.
+setup=$("$PY" - "$DRY_RUN" "${installed[@]}" 2>> "$LOG" <<'EOF'
+import importlib.metadata, json, os, platform, re, sys
 import jax
+
+def version(distribution):
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+versions = {"python": platform.python_version()}
+versions.update({d: version(d) for d in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy",
+                                         "torch")})
+# The CUDA plugin and its PJRT half (jax-cuda13-plugin, jax-cuda13-pjrt, ...), whichever are installed.
+plugins = {d.metadata["Name"] for d in importlib.metadata.distributions()
+           if re.fullmatch(r"jax[-_]cuda\d+[-_](plugin|pjrt)", d.metadata["Name"] or "")}
+versions.update({name: version(name) for name in sorted(plugins)})
 device = jax.devices()[0]
-torch = importlib.metadata.version("torch") if importlib.util.find_spec("torch") else None
 print(json.dumps({"benchmark": "gpu_sh_setup", "dry_run": sys.argv[1] == "1", "backend": jax.default_backend(),
                   "device": getattr(device, "device_kind", str(device)), "devices": jax.device_count(),
-                  "jax": jax.__version__, "jaxlib": importlib.metadata.version("jaxlib"), "torch": torch,
-                  "python": platform.python_version()}))
+                  "versions": versions, "installed": [os.path.basename(w) for w in sys.argv[2:]]}))
 EOF
 ) || { echo "gpu.sh: JAX does not start (see $LOG)" >&2; exit 1; }
 echo "$setup" >> "$JSONL"
