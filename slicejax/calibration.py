@@ -4,7 +4,8 @@ A simulated study has two cells, a and b, trained with S seeds and scored on V t
 
     score[c, s, v] = 0.8 + delta [c = a] + seed[s] + seed_cell[c, s] + volume[v] + volume_cell[c, v] + noise[c, s, v]
 
-with every term normal and independent: `seed` (shared by both cells of a seed: the common random numbers of a
+with every term normal and independent (and, optionally, an occasional failed seed of cell a: with probability
+`failure_prob` a seed's scores of a drop by `failure_drop`, offset so that the true difference stays delta): `seed` (shared by both cells of a seed: the common random numbers of a
 study seed), `seed_cell` (a seed's effect on one cell), `volume` (a test volume's difficulty, shared by every seed
 and cell), `volume_cell` (a volume's effect on one cell, shared by every seed: it does not cancel in a - b) and
 `noise`. The true difference a - b is `delta`. `calibrate` runs `slicejax.report.paired_comparisons`, the report's
@@ -27,6 +28,8 @@ class Components:
   volume: float = 0.08
   volume_cell: float = 0.02
   noise: float = 0.04
+  failure_prob: float = 0.0
+  failure_drop: float = 0.0
 
 
 def simulate_rows(rng: np.random.Generator, num_seeds: int, num_volumes: int, delta: float,
@@ -40,6 +43,9 @@ def simulate_rows(rng: np.random.Generator, num_seeds: int, num_volumes: int, de
   volume_cell = rng.normal(0, c.volume_cell, (2, 1, num_volumes))
   noise = rng.normal(0, c.noise, (2, num_seeds, num_volumes))
   scores = 0.8 + np.array([delta, 0.0])[:, None, None] + seed + seed_cell + volume + volume_cell + noise
+  if c.failure_prob:
+    failed = rng.random(num_seeds) < c.failure_prob
+    scores[0] += c.failure_prob * c.failure_drop - c.failure_drop * failed[:, None]
   cases = [f"case_{v:03d}" for v in range(num_volumes)]
   rows = []
   for cell, selection in enumerate(("fixed", "random")):

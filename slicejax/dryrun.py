@@ -81,22 +81,25 @@ def _measure(config, dims, points, plans, splits, dataset):
           step["bank_bytes"])
 
 
-def seeds_check(config) -> list[str]:
-  """The seeds each comparison family needs by the pilot run `config.stats.pilot` (`report.seeds_needed`), and a
-  warning line when the grid's `study.seeds` are fewer.
+def seeds_check(config, points) -> list[str]:
+  """The seeds each Holm family of the grid `points` needs by the pilot run `config.stats.pilot`
+  (`report.seeds_needed` at the grid's own family sizes), and a warning line when the grid's `study.seeds` are
+  fewer.
 
   Raises:
     InputError: the pilot folder is not a run.
   """
   rows, _ = report.read_runs([config.stats.pilot])
   options = report.stats_options(config.stats.to_dict())
-  needed = report.seeds_needed(report.paired_comparisons(rows, options), options)
+  sizes = report.grid_family_sizes(points, options)
+  needed = report.seeds_needed(report.paired_comparisons(rows, options), options, sizes)
   have = len(config.study.seeds)
   if not needed:
-    return [f"seeds: the grid has {have}; the pilot {config.stats.pilot} has no comparison to size them from"]
+    return [f"seeds: the grid has {have} and no comparison to size them for"]
   lines = [f"seeds: the grid has {have}; by the pilot {config.stats.pilot}, 80% power for a difference of "
-           f"{options['margin']:g} needs: " + ", ".join(f"{family} {report.seeds_text(e)}"
-                                                        for family, e in needed.items())]
+           f"{options['margin']:g} at each family's Bonferroni level needs: " + ", ".join(
+               f"{family} ({e['comparisons']} comparisons{'' if e['pooled_from'] == 'family' else ', pooled SD'}) "
+               f"{report.seeds_text(e)}" for family, e in needed.items())]
   short = [family for family, e in needed.items()
            if e["unreachable"] or (e["seeds_needed"] is not None and e["seeds_needed"] > have)]
   if short:
@@ -183,6 +186,6 @@ def dry_run(config) -> list[str]:
   lines.append(f"estimate: about {console.duration(total)} on this machine ({jax.default_backend()}, models of a group "
                f"counted one after another), peak memory about {peak / 2**30:.1f} GiB")
   if config.stats.pilot:
-    lines += seeds_check(config)
+    lines += seeds_check(config, points)
   lines.append(f"checked in {time.perf_counter() - start:.1f} s; nothing was trained or written")
   return lines

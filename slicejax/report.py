@@ -204,6 +204,21 @@ def _compare(family, cells, a, b, options):
 FAMILIES = ("allocation", "selection", "interpolation")
 
 
+def holm_family(comparison) -> str:
+  """The family a comparison's Holm adjustment runs in: exactly the comparisons one finding's verdict rests on.
+
+  "allocation": random and fixed interval (finding 1's verdict), "allocation, ual" and other selections apart;
+  "selection, ual": UAL against the others (finding 2), "selection": the other pairs; "interpolation, 2D" (finding
+  3) and "interpolation, 3D".
+  """
+  kind, a, b = comparison["comparison"], comparison["a"], comparison["b"]
+  if kind == "allocation":
+    return kind if a["selection"] in ("random", "fixed") else f"allocation, {a['selection']}"
+  if kind == "selection":
+    return "selection, ual" if "ual" in (a["selection"], b["selection"]) else kind
+  return f"interpolation, {a['dims']}D"
+
+
 def stats_options(options=None) -> dict:
   """The statistics options (`stats.DEFAULTS` updated with `options`, e.g. a run's `config.stats`), checked.
 
@@ -231,7 +246,8 @@ def paired_comparisons(rows, options=None) -> list[dict]:
   - "selection": within one (dims, budget, allocation, interpolation), every pair of selection methods, the later
     of `random`, `fixed`, `ual` as a (ual - random, ual - fixed, fixed - random);
   - "interpolation": within one (dims, budget, allocation, selection), interpolation on against off.
-  Holm's adjustment runs within each family (`stats.adjust_family`).
+  Holm's adjustment runs within each comparison's `holm_family`, the comparisons one finding rests on
+  (`stats.adjust_family`).
 
   Args:
     rows: result rows (see the module docstring); the reference rows are ignored.
@@ -239,8 +255,8 @@ def paired_comparisons(rows, options=None) -> list[dict]:
 
   Returns:
     One dict per comparison with at least one shared seed: `comparison` (the family), `a` and `b` (the cells'
-    `CELL_KEY` fields), the fields of `stats.compare`, `p_adjusted`, `p_equivalence_adjusted`, `family_size` and
-    `verdict`.
+    `CELL_KEY` fields), the fields of `stats.compare`, `family` (`holm_family`), `p_adjusted`,
+    `p_equivalence_adjusted`, `family_size` and `verdict`.
 
   Raises:
     InputError: an option out of range, or a row lacks a required field.
@@ -261,29 +277,60 @@ def paired_comparisons(rows, options=None) -> list[dict]:
     if len(by_interpolation) == 2:
       pairs.append(("interpolation", by_interpolation[True], by_interpolation[False]))
   comparisons = [c for c in (_compare(family, cells, a, b, options) for family, a, b in pairs) if c is not None]
-  for family in FAMILIES:
-    stats.adjust_family([c for c in comparisons if c["comparison"] == family], alpha=options["alpha"],
+  for c in comparisons:
+    c["family"] = holm_family(c)
+  for family in dict.fromkeys(c["family"] for c in comparisons):
+    stats.adjust_family([c for c in comparisons if c["family"] == family], alpha=options["alpha"],
                         min_seeds=options["min_seeds"])
   return comparisons
 
 
-def seeds_needed(comparisons, options=None) -> dict:
-  """{family: {`seeds_needed` (int, or None without two seeds or when unreachable), `unreachable` (no number of
-  seeds up to `stats.MAX_SEEDS` is enough), `seed_sd`, `volume_var`, `num_volumes`, `comparisons`, `alpha`}}: the
-  a-priori seeds of each family (`stats.seeds_needed` at the Bonferroni level alpha / m)."""
+def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
+  """The a-priori seeds of each Holm family: 80% (`stats.power`) to detect a difference of the margin at the
+  family's Bonferroni level alpha / m, from the family's pooled variability (`stats.pooled_variability`, its
+  per-seed SD taken at the upper confidence limit), and never fewer than `min_seeds`.
+
+  Args:
+    comparisons: `paired_comparisons`' output (e.g. a pilot's).
+    options: the statistics options.
+    family_sizes: {family: m} of the grid being sized (e.g. `grid_family_sizes`); None: the comparisons' own. A
+      family without comparisons of its own is sized from all of them pooled (`pooled_from` says so).
+
+  Returns:
+    {family: {`seeds_needed` (int, or None without two seeds or when unreachable), `unreachable` (no number of
+    seeds up to `stats.MAX_SEEDS` is enough), `comparisons` (m), `alpha`, `pooled_from` ("family" or "all"), and
+    `stats.pooled_variability`'s fields}}.
+  """
   options = stats_options(options)
+  families = {}
+  for c in comparisons:
+    families.setdefault(c.get("family") or holm_family(c), []).append(c)
+  sizes = family_sizes if family_sizes is not None else {f: len(m) for f, m in families.items()}
+  everything = stats.pooled_variability(comparisons)
   out = {}
-  for family in FAMILIES:
-    members = [c for c in comparisons if c["comparison"] == family]
-    if not members:
-      continue
-    pooled = stats.pooled_variability(members)
-    level = options["alpha"] / len(members)
+  for family, m in sizes.items():
+    pooled, source = stats.pooled_variability(families.get(family, [])), "family"
+    if pooled is None:
+      pooled, source = everything, "all"
+    level = options["alpha"] / max(m, 1)
     needed = None if pooled is None else stats.seeds_needed(
-        pooled["seed_sd"], pooled["volume_var"], pooled["num_volumes"], options["margin"], level, options["power"])
+        pooled["seed_sd_upper"], pooled["volume_var"], pooled["num_volumes"], options["margin"], level,
+        options["power"], min_seeds=options["min_seeds"])
     out[family] = {"seeds_needed": None if needed == math.inf else needed, "unreachable": needed == math.inf,
-                   "comparisons": len(members), "alpha": level, **(pooled or {})}
+                   "comparisons": m, "alpha": level, "pooled_from": source, **(pooled or {})}
   return out
+
+
+def grid_family_sizes(points, options=None) -> dict:
+  """{Holm family: comparisons} that a grid's points will make (`paired_comparisons` on one stand-in row per
+  sparse point), for sizing its seeds before it runs."""
+  rows = [{"dims": p.dims, "budget": p.budget, "volumes": p.volumes, "slices_per_volume": p.slices_per_volume,
+           "selection": p.selection, "interpolation": p.interpolation, "reference": False, "seed": 0,
+           "dice_mean": 0.5} for p in points if not p.reference]
+  sizes = {}
+  for c in paired_comparisons(rows, options):
+    sizes[c["family"]] = sizes.get(c["family"], 0) + 1
+  return sizes
 
 
 def trust_gate(cells, options=None) -> dict:
@@ -345,9 +392,9 @@ def _direction_verdict(comparisons) -> str:
     return "inconclusive: underpowered"
   if counts[stats.BETTER] and counts[stats.WORSE]:
     return "mixed"
-  if counts[stats.BETTER]:
+  if counts[stats.BETTER] > len(comparisons) / 2:
     return "reproduced"
-  if counts[stats.WORSE]:
+  if counts[stats.WORSE] > len(comparisons) / 2:
     return "reversed"
   if counts[stats.EQUIVALENT] == len(comparisons):
     return "not reproduced: equivalent"
@@ -362,7 +409,11 @@ def _not_better_verdict(comparisons) -> str:
     return "not tested"
   if counts[stats.UNDERPOWERED] == len(comparisons):
     return "inconclusive: underpowered"
-  better, support = counts[stats.BETTER], counts[stats.WORSE] + counts[stats.EQUIVALENT]
+  # A difference resolved as better but inside the margin (its equivalence test rejects too) is no evidence against
+  # "not better" by more than the margin: it counts as support.
+  within = sum(c["verdict"] == stats.BETTER and (c.get("p_equivalence_adjusted") or 1.0) < c["alpha"]
+               for c in comparisons)
+  better, support = counts[stats.BETTER] - within, counts[stats.WORSE] + counts[stats.EQUIVALENT] + within
   if not better and support > len(comparisons) / 2:
     return "reproduced"
   if better > support:
@@ -720,9 +771,11 @@ def findings_markdown(found, needed=None) -> list[str]:
   if needed:
     out += ["Seeds needed a priori (80% power to detect the margin at the family's Bonferroni level, from this "
             "study's pooled variability):", ""]
-    out += _table(["family", "comparisons", "level", "per-seed SD of Δ", "volume component", "seeds needed"],
+    out += _table(["family", "comparisons", "level", "per-seed SD of Δ", "its 80% upper limit", "volume component",
+                   "seeds needed"],
                   [[family, str(e["comparisons"]), f"{e['alpha']:.2g}", _fmt(e.get("seed_sd"), 4),
-                    _fmt(e.get("volume_var"), 5), seeds_text(e)] for family, e in needed.items()])
+                    _fmt(e.get("seed_sd_upper"), 4), _fmt(e.get("volume_var"), 5), seeds_text(e)]
+                   for family, e in needed.items()])
     out.append("")
   return out
 

@@ -71,12 +71,26 @@ def paired_differences(rows_a: dict, rows_b: dict, metric: str = "dice") -> tupl
   return seeds, d
 
 
-def complete_pairs(d) -> np.ndarray:
-  """`d [S, V]` without the seeds whose differences are all undefined, then without the volumes undefined in any
-  remaining seed: a complete table for the crossed analysis (possibly empty)."""
+def complete_pairs(d) -> tuple:
+  """A complete table for the crossed analysis from `d [S, V]` with undefined (NaN) entries.
+
+  Seeds whose differences are all undefined go first. Then either the volumes undefined in any remaining seed go, or
+  the seeds undefined in any volume, whichever keeps more pairs (the volumes on a tie). When neither keeps a pair,
+  each seed's mean over its defined volumes stands for it (`[S, 1]`): the paired t-test on per-seed means.
+
+  Returns:
+    (table, seeds): the complete `[S', V']` table and the indices (into d's rows) of the seeds it keeps.
+  """
   d = np.asarray(d, np.float64).reshape(np.shape(d)[0], -1)
-  d = d[~np.all(np.isnan(d), axis=1)]
-  return d[:, ~np.any(np.isnan(d), axis=0)]
+  seeds = np.flatnonzero(~np.all(np.isnan(d), axis=1))
+  d = d[seeds]
+  by_volume = d[:, ~np.any(np.isnan(d), axis=0)]
+  whole = ~np.any(np.isnan(d), axis=1)
+  if by_volume.size >= d[whole].size:
+    if by_volume.size == 0 and d.size:
+      return metrics.nan_mean(d, axis=1)[:, None], seeds
+    return by_volume, seeds
+  return d[whole], seeds[whole]
 
 
 def crossed_mean(d) -> dict:
@@ -186,14 +200,15 @@ def power(n_seeds: int, seed_sd: float, volume_var: float, num_volumes: int, mar
   return out
 
 
-def seeds_needed(seed_sd, volume_var, num_volumes: int, margin: float, alpha: float, target: float = 0.8):
-  """The fewest seeds (2..MAX_SEEDS) whose `power` reaches `target`; None when no standard deviation is known,
-  `math.inf` when even MAX_SEEDS seeds do not (the test volumes' own variance is too large for the margin)."""
+def seeds_needed(seed_sd, volume_var, num_volumes: int, margin: float, alpha: float, target: float = 0.8,
+                 min_seeds: int = 2):
+  """The fewest seeds (min_seeds..MAX_SEEDS) whose `power` reaches `target`; None when no standard deviation is
+  known, `math.inf` when even MAX_SEEDS seeds do not (the test volumes' own variance is too large for the margin)."""
   if seed_sd is None or volume_var is None or math.isnan(seed_sd):
     return None
   if power(MAX_SEEDS, seed_sd, volume_var, num_volumes, margin, alpha) < target:
     return math.inf
-  lo, hi = 2, MAX_SEEDS  # power grows with the seeds: bisect for the first that reaches the target
+  lo, hi = max(2, min_seeds), MAX_SEEDS  # power grows with the seeds: bisect for the first that reaches the target
   while lo < hi:
     mid = (lo + hi) // 2
     if power(mid, seed_sd, volume_var, num_volumes, margin, alpha) >= target:
@@ -203,15 +218,24 @@ def seeds_needed(seed_sd, volume_var, num_volumes: int, margin: float, alpha: fl
   return lo
 
 
+# Seeds are sized on an upper confidence limit of the pooled per-seed SD: a pilot's SD rests on few degrees of
+# freedom, and the plain estimate understates the need about half the time.
+SD_UPPER_CONFIDENCE = 0.8
+
+
 def pooled_variability(comparisons) -> dict | None:
   """Pools the comparisons' variability: {`seed_sd` (root of the df-weighted mean of the per-seed variances),
+  `seed_df` (its degrees of freedom), `seed_sd_upper` (its `SD_UPPER_CONFIDENCE` upper confidence limit, chi-square),
   `volume_var` (mean volume component), `num_volumes` (the largest V)}; None when no comparison has 2 seeds."""
   usable = [c for c in comparisons if c.get("seed_sd") is not None and c["n_pairs"] >= 2]
   if not usable:
     return None
   weights = np.array([c["n_pairs"] - 1 for c in usable], np.float64)
   variances = np.array([c["seed_sd"] ** 2 for c in usable], np.float64)
-  return {"seed_sd": float(math.sqrt(np.sum(weights * variances) / np.sum(weights))),
+  df = float(np.sum(weights))
+  variance = float(np.sum(weights * variances) / df)
+  upper = variance * df / float(scipy_stats.chi2.ppf(1 - SD_UPPER_CONFIDENCE, df))
+  return {"seed_sd": math.sqrt(variance), "seed_df": df, "seed_sd_upper": math.sqrt(upper),
           "volume_var": float(np.mean([c["volume_var"] for c in usable])),
           "num_volumes": max(c["n_volumes"] for c in usable)}
 
@@ -237,8 +261,8 @@ def compare(rows_a: dict, rows_b: dict, *, alpha: float = DEFAULTS["alpha"],
     d = np.array([[math.nan if rows_a[s]["dice_mean"] is None or rows_b[s]["dice_mean"] is None
                    else rows_a[s]["dice_mean"] - rows_b[s]["dice_mean"]] for s in seeds], np.float64)
   d = np.asarray(d, np.float64).reshape(len(seeds), -1)
-  kept_seeds = [s for s, row in zip(seeds, d) if not np.all(np.isnan(row))] if d.shape[1] else []
-  d = complete_pairs(d) if len(seeds) else np.zeros((0, 0))
+  d, kept = complete_pairs(d) if d.size else (np.zeros((0, 0)), [])
+  kept_seeds = [seeds[i] for i in kept]
   estimate = crossed_mean(d)
   out = {"seeds": kept_seeds, "n_pairs": int(d.shape[0]), "n_volumes": int(d.shape[1]) if d.ndim == 2 else 0,
          "mean_diff": estimate["mean"], "se": estimate["se"], "df": estimate["df"], "seed_sd": estimate["seed_sd"],
@@ -284,40 +308,52 @@ def rules_markdown(options: dict) -> str:
 - **Unit of replication: the study seed.** A seed fixes a cell's annotated volumes and slices, the network's
   initialisation and the data stream; every cell of a seed shares them, and every seed is scored on the same test
   volumes. A comparison of cell a with cell b pairs them by seed and test volume: d[s, v] = Dice_a[s, v] −
-  Dice_b[s, v], a volume's Dice being its mean over the classes defined in it. Volumes undefined in either cell of
-  any seed, and seeds without any defined volume, are left out of that comparison (said in the cells' `left out`).
+  Dice_b[s, v], a volume's Dice being its mean over the classes defined in it. Where some d are undefined, either
+  the volumes or the seeds holding them are left out, whichever keeps more pairs (without any complete pair, each
+  seed's mean over its defined volumes stands in).
 - **Interval and test.** Δ is the mean of d. Its standard error comes from the two-way crossed random-effects model
   d[s, v] = Δ + seed + volume + residual (seeds and test volumes both random: the test volumes are a sample of
-  patients shared by all seeds), estimated from the ANOVA mean squares with a component estimated below 0 set to 0,
-  and Satterthwaite's degrees of freedom. Without a volume component this is the paired t-interval on the per-seed
-  mean differences. The {100 * (1 - a):g}% interval and the two-sided p-value of Δ = 0 come from Student's t
-  (scipy.stats).
+  patients shared by all seeds), estimated from the ANOVA mean squares with the volume component added only when
+  it is estimated above 0, and Satterthwaite's degrees of freedom, never fewer than seeds − 1 and exactly seeds − 1
+  while the seed term is most of the variance. Without a volume component this is the paired t-interval on the
+  per-seed mean differences. The {100 * (1 - a):g}% interval and the two-sided p-value of Δ = 0 come from Student's
+  t (scipy.stats).
 - **Margin and equivalence.** δ = {m:g} Dice. Two one-sided tests (TOST) of |Δ| < δ; their p-value is below {a:g}
   exactly when the {100 * (1 - 2 * a):g}% interval lies inside (−δ, +δ).
-- **Comparisons, fixed in advance.** Three families, never a comparison against a cell chosen after looking at the
-  results: `allocation` — at equal dims, budget and selection, without interpolation, the allocation with the fewest
-  slices per volume (the most volumes) against each other allocation; `selection` — at equal dims, budget,
-  allocation and interpolation, each pair of selection methods (ual − random, ual − fixed, fixed − random);
-  `interpolation` — at equal dims, budget, allocation and selection, interpolation on − off.
-- **Multiplicity.** Holm's step-down adjustment within each family, separately for the test of Δ = 0 and for the
-  equivalence test; the adjusted p-values are shown. Intervals are not adjusted.
+- **Comparisons, fixed in advance.** Never a comparison against a cell chosen after looking at the results:
+  `allocation` — at equal dims, budget and selection, without interpolation, the allocation with the fewest slices
+  per volume (the most volumes) against each other allocation; `selection` — at equal dims, budget, allocation and
+  interpolation, each pair of selection methods (ual − random, ual − fixed, fixed − random); `interpolation` — at
+  equal dims, budget, allocation and selection, interpolation on − off.
+- **Multiplicity.** Holm's step-down adjustment within each finding's family, i.e. over exactly the comparisons
+  its verdict rests on: `allocation` (random and fixed interval, finding 1), `allocation, ual` (UAL's allocations,
+  reported apart), `selection, ual` (finding 2), `selection` (fixed − random), `interpolation, 2D` (finding 3) and
+  `interpolation, 3D`; separately for the test of Δ = 0 and for the equivalence test. Adjusted p-values are shown;
+  intervals are not adjusted.
 - **Verdicts.** Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict). Else `better` or `worse`
   when the adjusted p of Δ = 0 is below {a:g} (by the sign of Δ); else `equivalent` when the adjusted equivalence p
   is below {a:g}; else `inconclusive`.
-- **Seeds needed (a priori).** Per family, the fewest seeds for {100 * o['power']:g}% power to detect |Δ| = δ with a
-  two-sided t-test at the family's Bonferroni level {a:g} / m (m: the family's comparisons), from the pooled
-  standard deviation of the per-seed mean differences and the volume component (noncentral t, seeds − 1 degrees of
-  freedom). `--check` warns when a grid has fewer seeds than its pilot (`stats.pilot`) says it needs.
-- **Findings.** 1, fewer slices per volume over more volumes: judged per selection method on the `allocation`
-  family (random and fixed interval together for the verdict, UAL reported apart): `reproduced` when the
-  fewest-slices allocation is better in at least one comparison and worse in none, `reversed` when worse in at
-  least one and better in none, `mixed` when both, `not reproduced: equivalent` when every comparison is
-  equivalent, else `inconclusive`. 2, UAL is not better than random or fixed interval, and 3, interpolation rarely
-  helps (2D; 3D listed by density): `reproduced` when no comparison is better and most are worse or equivalent,
-  `not reproduced` when more are better than worse or equivalent, `mixed` when some are better and some support the
-  claim, else `inconclusive`. A difference that no test resolves never counts as support.
+- **Seeds needed (a priori).** Per family, the fewest seeds (at least {o['min_seeds']}) for {100 * o['power']:g}%
+  power to detect |Δ| = δ with a two-sided t-test at the family's Bonferroni level {a:g} / m (m: the family's
+  comparisons), from the pooled standard deviation of the per-seed mean differences, taken at its 80% upper
+  confidence limit, and the volume component (noncentral t, seeds − 1 degrees of freedom). `--check` sizes a grid's
+  own families this way from a pilot run (`stats.pilot`) and warns when the grid has fewer seeds.
+- **Findings.** 1, fewer slices per volume over more volumes, on the `allocation` family: `reproduced` when the
+  fewest-slices allocation is better in most comparisons and worse in none, `reversed` when worse in most and
+  better in none, `mixed` when better in some and worse in others, `not reproduced: equivalent` when every
+  comparison is equivalent, else `inconclusive`; each selection method also gets this verdict on its own
+  comparisons. 2, UAL is not better than random or fixed interval (`selection, ual`), and 3, interpolation rarely
+  helps (`interpolation, 2D`; 3D listed by density): `reproduced` when none is better and most are worse or
+  equivalent, `not reproduced` when more are better than worse or equivalent, `mixed` when some are better and
+  some support the claim, else `inconclusive`. A difference that no test resolves never counts as support; one
+  resolved as better but inside the margin (its equivalence test rejects too) does not count against the claim.
 - **Trust gate.** A cell is `still improving` when its mean validation Dice rose by more than
-  {o['plateau_tolerance']:g} over the last learning-curve interval. When the fully annotated reference is still
-  improving, or more than {100 * o['max_improving_share']:g}% of the cells are, every finding is `inconclusive:
-  undertrained`, with the reason. A reference that scores below the best sparse cell is flagged.
+  {o['plateau_tolerance']:g} over the last learning-curve interval. When a fully annotated reference is still
+  improving, or more than {100 * o['max_improving_share']:g}% of the cells with learning curves are, every finding
+  is `inconclusive: undertrained`, with the reason. A reference below the best sparse cell, and cells without
+  learning curves (whose convergence cannot be checked), are flagged.
+- **Limits.** The calibration below holds for seed effects that are roughly symmetric. A model that fails now and
+  then (one seed in ten collapsing) makes a mean over 3-10 seeds unreliable in a way no test on those seeds can see:
+  such a seed shows as a diverged model or an outlying per-seed difference, and is worth rerunning or reporting
+  apart.
 """

@@ -284,11 +284,27 @@ def test_the_trust_gate_closes_on_an_undertrained_study():
 def test_seeds_needed_per_family_from_the_pooled_variability():
   rows = _study_rows()
   comparisons = report.paired_comparisons(rows)
+  assert {c["family"] for c in comparisons} == {"allocation", "selection, ual", "interpolation, 2D"}
   needed = report.seeds_needed(comparisons)
-  assert set(needed) == {"allocation", "selection", "interpolation"}
+  assert set(needed) == {"allocation", "selection, ual", "interpolation, 2D"}
   allocation = needed["allocation"]
-  want = stats.seeds_needed(allocation["seed_sd"], allocation["volume_var"], 4, 0.02, 0.05)
+  pooled = stats.pooled_variability([c for c in comparisons if c["family"] == "allocation"])
+  assert allocation["seed_sd_upper"] == pytest.approx(pooled["seed_sd"] * math.sqrt(
+      4 / scipy_stats.chi2.ppf(0.2, 4)))  # the 80% upper confidence limit on 4 degrees of freedom
+  want = stats.seeds_needed(pooled["seed_sd_upper"], pooled["volume_var"], 4, 0.02, 0.05, min_seeds=3)
   assert allocation["seeds_needed"] == want and allocation["alpha"] == 0.05 and allocation["comparisons"] == 1
+
+
+def test_holm_runs_over_exactly_the_comparisons_a_finding_uses():
+  # fixed - random comparisons are not part of finding 2's family: they form a family of their own.
+  rows = [r for r in _study_rows() if not r["interpolation"]]
+  with_fixed = rows + [dict(r, selection="fixed", name=r["name"].replace("random", "fixed"))
+                       for r in rows if r["selection"] == "random"]
+  ual = [c for c in report.paired_comparisons(rows) if c["family"] == "selection, ual"]
+  ual_with_fixed = [c for c in report.paired_comparisons(with_fixed) if c["family"] == "selection, ual"]
+  assert len(ual) == 1 and len(ual_with_fixed) == 2
+  fixed_random = [c for c in report.paired_comparisons(with_fixed) if c["family"] == "selection"]
+  assert len(fixed_random) == 2 and all(c["family_size"] == 2 for c in fixed_random)
 
 
 def test_cost_frontier_and_cost_model():
@@ -426,24 +442,31 @@ def test_a_2d_run_and_a_3d_run_merge_whatever_the_other_network(tmp_path):
     report.run([first, second, third], tmp_path / "merged")
 
 
-def test_check_warns_when_the_grid_has_fewer_seeds_than_its_pilot_needs(tmp_path):
-  from slicejax import calibration, config_lib, dryrun  # the config and --check's seeds line
-  rows = calibration.simulate_rows(np.random.default_rng(0), 3, 60, 0.0)
+def test_check_sizes_the_grid_families_from_the_pilot(tmp_path):
+  from slicejax import calibration, config_lib, dryrun, study  # the config and --check's seeds line
+  rows = calibration.simulate_rows(np.random.default_rng(0), 3, 60, 0.0)  # fixed - random at one allocation
   pilot = _run_folder(tmp_path / "pilot", rows)
   config = config_lib.load("configs/demo.py:tiny")
   config.stats.pilot = str(pilot)
-  config.study.seeds = (0, 1, 2)
-  lines = dryrun.seeds_check(config)
-  want = report.seeds_needed(report.paired_comparisons(rows))["selection"]["seeds_needed"]
-  assert want > 3
-  assert lines == [f"seeds: the grid has 3; by the pilot {pilot}, 80% power for a difference of 0.02 needs: "
-                   f"selection {want}",
-                   "warning: 3 seeds are fewer than the pilot says the selection comparisons need "
+  config.study.update(budgets=(8,), slices_per_volume=(1, 2), selections=("random", "fixed"), seeds=(0, 1, 2))
+  points = study.expand(config.study, {f"case_{i}": 8 for i in range(10)})
+  # The grid: allocation 1 vs 2 for random and for fixed (2 comparisons), fixed - random at 2 allocations (2).
+  assert report.grid_family_sizes(points) == {"allocation": 2, "selection": 2}
+  needed = report.seeds_needed(report.paired_comparisons(rows), None, {"allocation": 2, "selection": 2})
+  assert needed["selection"]["pooled_from"] == "family" and needed["allocation"]["pooled_from"] == "all"
+  pooled = stats.pooled_variability(report.paired_comparisons(rows))
+  want = stats.seeds_needed(pooled["seed_sd_upper"], pooled["volume_var"], 60, 0.02, 0.025, min_seeds=3)
+  assert needed["selection"]["seeds_needed"] == needed["allocation"]["seeds_needed"] == want > 3
+  lines = dryrun.seeds_check(config, points)
+  assert lines == [f"seeds: the grid has 3; by the pilot {pilot}, 80% power for a difference of 0.02 at each "
+                   f"family's Bonferroni level needs: allocation (2 comparisons, pooled SD) {want}, selection (2 "
+                   f"comparisons) {want}",
+                   "warning: 3 seeds are fewer than the pilot says the allocation, selection comparisons need "
                    "(--config.study.seeds)"]
   config.study.seeds = tuple(range(want))
-  assert len(dryrun.seeds_check(config)) == 1
+  assert len(dryrun.seeds_check(config, points)) == 1
   # With 20 test volumes whose own variance is too large for the margin, no number of seeds is enough.
   few = _run_folder(tmp_path / "few", calibration.simulate_rows(np.random.default_rng(0), 3, 20, 0.0))
   config.stats.pilot = str(few)
-  assert "more than 1000 (the test volumes' own variance" in dryrun.seeds_check(config)[0]
-  assert dryrun.seeds_check(config)[1].startswith("warning:")
+  assert "more than 1000 (the test volumes' own variance" in dryrun.seeds_check(config, points)[0]
+  assert dryrun.seeds_check(config, points)[1].startswith("warning:")

@@ -36,10 +36,22 @@ def test_paired_differences_match_seeds_and_volumes():
   np.testing.assert_allclose(d, [[0.25, 0.5, 0.5], [-0.25, 0.0, 0.0]])
 
 
-def test_complete_pairs_drops_undefined_seeds_then_volumes():
+def test_complete_pairs_keeps_the_larger_complete_table():
   nan = math.nan
+  # Seed 1 has no defined volume; then dropping volume 1 keeps 4 pairs, dropping seed 0 keeps 3: the volume goes.
   d = np.array([[0.1, nan, 0.3], [nan, nan, nan], [0.2, 0.4, 0.1]])
-  np.testing.assert_array_equal(stats.complete_pairs(d), [[0.1, 0.3], [0.2, 0.1]])
+  table, seeds = stats.complete_pairs(d)
+  np.testing.assert_array_equal(table, [[0.1, 0.3], [0.2, 0.1]])
+  np.testing.assert_array_equal(seeds, [0, 2])
+  # One undefined volume in each of seeds 0 and 1 of 3 seeds x 4 volumes: dropping volumes keeps 6, dropping those
+  # two seeds keeps 4.
+  d = np.array([[nan, 1, 2, 3], [4, nan, 6, 7], [8, 9, 10, 11.0]])
+  assert stats.complete_pairs(d)[0].shape == (3, 2)
+  # A diagonal of undefined entries in 10 x 10: no complete table either way; per-seed means stand in.
+  d = np.arange(100.0).reshape(10, 10)
+  d[np.arange(10), np.arange(10)] = nan
+  table, seeds = stats.complete_pairs(d)
+  assert table.shape == (10, 1) and table[0, 0] == pytest.approx(np.mean(np.arange(1, 10)))
 
 
 def test_crossed_mean_by_hand():
