@@ -62,6 +62,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import time
 import zipfile
 import zlib
@@ -436,16 +437,59 @@ def _discovered_pairs(json_path: pathlib.Path, meta: dict, file_ending: str, cha
   return pairs
 
 
+MSD, NNUNET = "MSD", "nnU-Net v2"
+
+
+def _channel_files(folder: pathlib.Path, ending: str) -> list:
+  """Names in `folder` named like nnU-Net v2 channel files, `<case>_<cccc><ending>`."""
+  pattern = re.compile(r"^.+_\d{4}" + re.escape(ending) + "$")
+  return [n for n in _listed(folder, ending) if pattern.match(n)] if folder.is_dir() else []
+
+
+def detect_layout(json_path, meta: dict) -> tuple:
+  """The layout of a dataset folder, decided once for every mode (training, --check, plan, predict, export).
+
+  The keys decide where they agree: `channel_names` or `file_ending` without `modality` is nnU-Net v2; `modality`
+  or a `training` list without `channel_names` is MSD. A dataset.json holding both `modality` and `channel_names`
+  (a converted folder, say) is decided by its files: every image of `imagesTr/` named `<case>_<cccc><ending>` with
+  channels 0..C-1 and no `training` list whose images exist is nnU-Net v2, else MSD.
+
+  Returns:
+    (layout, why): `MSD` or `NNUNET`, and the evidence in a few words (said in messages and the log).
+  """
+  json_path = pathlib.Path(json_path)
+  has_v2 = "channel_names" in meta or "file_ending" in meta
+  has_msd = "modality" in meta or isinstance(meta.get("training"), list)
+  if has_v2 and not has_msd:
+    return NNUNET, "dataset.json has 'channel_names'/'file_ending'"
+  if not has_v2:
+    return MSD, "dataset.json has " + ("'modality'" if "modality" in meta else "no nnU-Net v2 keys")
+  images = json_path.parent / "imagesTr"
+  ending = meta.get("file_ending") if isinstance(meta.get("file_ending"), str) else ".nii.gz"
+  training = meta.get("training") if isinstance(meta.get("training"), list) else []
+  listed = [json_path.parent / e["image"] for e in training if isinstance(e, dict) and isinstance(e.get("image"), str)]
+  if listed and all(path.is_file() for path in listed):
+    return MSD, "dataset.json has both layouts' keys; its 'training' list names files that exist"
+  channel_files = _channel_files(images, ending)
+  channels = len(meta["channel_names"]) if isinstance(meta.get("channel_names"), dict) else 0
+  found = {int(n[:-len(ending)][-4:]) for n in channel_files}
+  if channel_files and len(channel_files) == len(_listed(images, ending)) and found == set(range(channels)):
+    return NNUNET, f"dataset.json has both layouts' keys; imagesTr/ holds <case>_<cccc>{ending} channel files"
+  return MSD, "dataset.json has both layouts' keys; imagesTr/ holds one file per case"
+
+
 def _layout(json_path: pathlib.Path, meta: dict) -> tuple:
   """Returns (channel names or None, file_ending, channels in separate files, cases) of dataset.json `meta`."""
-  v2 = "channel_names" in meta or "file_ending" in meta
+  layout, why = detect_layout(json_path, meta)
+  v2 = layout == NNUNET
+  logging.info("%s: %s layout (%s)", json_path.parent, layout, why)
   if v2:
     if "channel_names" not in meta:
-      raise InputError(json_path, "has 'file_ending' but lacks 'channel_names' (nnU-Net v2 layout)")
+      raise InputError(json_path, f"has 'file_ending' but lacks 'channel_names' (read as {NNUNET}: {why})")
     channel_names = _index_map(json_path, "channel_names", meta["channel_names"])
     file_ending = meta.get("file_ending")
     if not isinstance(file_ending, str):
-      raise InputError(json_path, "lacks 'file_ending' (nnU-Net v2 layout), e.g. \".nii.gz\"")
+      raise InputError(json_path, f"lacks 'file_ending', e.g. \".nii.gz\" (read as {NNUNET}: {why})")
   else:
     channel_names = _index_map(json_path, "modality", meta["modality"]) if "modality" in meta else None
     file_ending = ".nii.gz"

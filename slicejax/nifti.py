@@ -222,7 +222,10 @@ def index_images(root, *, slicing_axis: int = 2) -> ImageSet:
       raise InputError(json_path, "not a JSON object")
     if "labels" in meta:
       class_names, ignore = data_lib.parse_labels(json_path, meta["labels"])
-    if "file_ending" in meta and "channel_names" in meta:
+    if data_lib.detect_layout(json_path, meta)[0] == data_lib.NNUNET:
+      if not isinstance(meta.get("file_ending"), str) or not isinstance(meta.get("channel_names"), dict):
+        raise InputError(json_path, "lacks 'file_ending' or 'channel_names' (read as nnU-Net v2: "
+                                    f"{data_lib.detect_layout(json_path, meta)[1]})")
       layout, paths = "nnunet", _nnunet_cases(root, meta, json_path)
       names = meta["channel_names"]
       channel_names = tuple(str(names[k]) for k in sorted(names, key=int))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from slicejax import data
+from slicejax import phantom
 from slicejax.errors import InputError
 
 AFFINE = np.array([[0.5, 0., 0., -3.], [0., 0.75, 0., 4.], [0., 0., 2., 1.5], [0., 0., 0., 1.]])
@@ -704,3 +705,28 @@ def test_nnunet_v2_bad_input(tmp_path, problem, fragment):
     del meta["labels"]
   (root / "dataset.json").write_text(json.dumps(meta))
   _expect_error(root, fragment)
+
+
+def test_one_layout_detector_for_a_dataset_json_with_both_layouts_keys(tmp_path):
+  from slicejax import nifti  # the plan and predict modes' reader
+  both = lambda meta: meta.update(modality={"0": "T2", "1": "ADC"}, channel_names={"0": "T2", "1": "ADC"})
+  # MSD: a training list of 4D images, plus nnU-Net v2's channel_names.
+  msd = phantom.write_phantom(tmp_path / "msd", num_cases=3, shape=(16, 16, 8), num_channels=2)
+  meta = json.loads((msd / "dataset.json").read_text())
+  both(meta)
+  (msd / "dataset.json").write_text(json.dumps(meta))
+  assert data.detect_layout(msd / "dataset.json", meta)[0] == data.MSD
+  # nnU-Net v2: channel files, plus MSD's modality.
+  image, label = _case()
+  v2 = _write_v2(tmp_path / "v2", {"c": ([image, image], label)}, {"background": 0, "a": 1, "b": 2})
+  meta_v2 = json.loads((v2 / "dataset.json").read_text())
+  both(meta_v2)
+  (v2 / "dataset.json").write_text(json.dumps(meta_v2))
+  layout, why = data.detect_layout(v2 / "dataset.json", meta_v2)
+  assert layout == data.NNUNET and "channel files" in why
+  # Every mode reads each folder the same way: training and --check (index_msd), plan and predict (index_images).
+  for root, cases in ((msd, ["phantom_000", "phantom_001", "phantom_002"]), (v2, ["c"])):
+    index = data.index_msd(root)
+    images = nifti.index_images(root)
+    assert [c.case_id for c in index.cases] == [c.case_id for c in images.cases] == cases
+    assert index.channel_names == ("T2", "ADC") and images.cases[0].num_channels == 2
