@@ -6,13 +6,16 @@ they annotate in.
 
 The plan of budget B with s volumes takes rho = B / s slices from each of s volumes, exactly as a study point does
 (`slicejax.study.make_plan`: volumes from a seeded permutation, slices by the named strategy inside each volume;
-`ual` trains its slice encoder on the images alone, no label needed). With `plan.from_study`, s, rho and the
+`ual` trains its slice encoder on the images alone, no label needed), among the slices each volume offers: from
+its first to its last slice holding a nonzero voxel (the region nnU-Net crops to), so a blank slice is never on the
+worklist. With `plan.from_study`, s, rho and the
 selection are those of the best cell (highest mean Dice over seeds, `report.summarise`) of a finished study at
 budget B (of `plan.dims`, or any dims).
 
 Files written into WORKDIR (nothing is written before every input has been checked):
-  * `plan.json`: the settings, the classes and the ignore value, and per case its image file(s), the slicing axis and
-    the slice indices, in annotation order;
+  * `plan.json`: the settings, the classes and the ignore value, per case its image file(s), the slicing axis, the
+    slice indices in annotation order and the slices it offered (`offered`: `[lo, hi)`), and every volume's offered
+    range (`offered`), chosen or not;
   * `plan.csv`: one row per slice: `order, case_id, axis, slice, image, template`; `order` runs volume by volume
     (case id order), slices ascending inside a volume, so an annotator opens each file once;
   * `templates/<case>.nii.gz`: a label file on the image's grid (its affine, sform/qform, voxel size) holding the
@@ -124,8 +127,26 @@ def _embeddings(config, images: nifti.ImageSet) -> dict:
   return embeddings
 
 
-def make_plan(config, images: nifti.ImageSet, chosen: dict) -> dict:
-  """case id -> sorted slice indices: `study.make_plan` of the allocation over every volume of `images`."""
+def offered_slices(images: nifti.ImageSet) -> dict:
+  """case id -> `[lo, hi)`: the slices from the first to the last that hold a nonzero voxel in any channel (the
+  region nnU-Net crops every case to); slices outside it are blank and never planned.
+
+  Raises:
+    InputError: a volume holds no nonzero voxel.
+  """
+  offered = {}
+  for case in images.cases:
+    volume = nifti.read_case(case, images.slicing_axis)
+    nonzero = np.flatnonzero(np.any(volume.reshape(volume.shape[0], -1) != 0, axis=1))
+    if not nonzero.size:
+      raise InputError(case.paths[0], "holds no nonzero voxel: nothing to annotate")
+    offered[case.case_id] = (int(nonzero[0]), int(nonzero[-1]) + 1)
+  return offered
+
+
+def make_plan(config, images: nifti.ImageSet, chosen: dict, offered: dict | None = None) -> dict:
+  """case id -> sorted slice indices: `study.make_plan` of the allocation over every volume of `images`, inside
+  each volume's `offered` slices (`offered_slices`; None: all)."""
   depths = images.depths()
   if chosen["volumes"] > len(depths):
     raise InputError("config.plan.volumes", f"{chosen['volumes']} volumes exceed the {len(depths)} in {images.root}")
@@ -135,7 +156,8 @@ def make_plan(config, images: nifti.ImageSet, chosen: dict) -> dict:
   strategy = selection_lib.get(point.selection)
   options = config.get(point.selection) if point.selection in config else None
   embeddings = _embeddings(config, images) if strategy.NEEDS_EMBEDDINGS else None
-  return study.make_plan(point, depths, roi=tuple(config.plan.roi), options=options, embeddings=embeddings)
+  return study.make_plan(point, depths, roi=tuple(config.plan.roi), options=options, embeddings=embeddings,
+                         offered=offered)
 
 
 def template(case: nifti.ImageCase, slices, slicing_axis: int, ignore: int) -> np.ndarray:
@@ -211,7 +233,8 @@ def build(config) -> dict:
   images = nifti.index_images(data_lib.dataset_root(config), slicing_axis=config.data.slicing_axis)
   names = class_names(config, images)
   chosen = allocation(config)
-  plan = make_plan(config, images, chosen)
+  offered = offered_slices(images)
+  plan = make_plan(config, images, chosen, offered)
   ordered = rows(plan, images)
   ignore = len(names)
   meta = {
@@ -221,7 +244,9 @@ def build(config) -> dict:
       "roi": list(config.plan.roi), "from_study": chosen["source"],
       "class_names": list(names), "ignore_label": ignore, "channel_names": list(images.channel_names),
       "cases": {case: {"image": [str(p) for p in images.by_id()[case].paths], "slices": plan[case],
-                       "template": f"{TEMPLATES}/{case}.nii.gz"} for case in sorted(plan)},
+                       "offered": list(offered[case]), "template": f"{TEMPLATES}/{case}.nii.gz"}
+                for case in sorted(plan)},
+      "offered": {case: list(lohi) for case, lohi in sorted(offered.items())},
   }
   return {"meta": meta, "rows": ordered, "images": images, "plan": plan}
 

@@ -136,7 +136,8 @@ def candidate_range(depth: int, roi: Sequence[float]) -> tuple:
 
 
 def make_plan(point: Point, depths: Mapping[str, int], *, roi=(), options=None,
-              embeddings: Optional[Mapping[str, np.ndarray]] = None) -> dict:
+              embeddings: Optional[Mapping[str, np.ndarray]] = None,
+              offered: Optional[Mapping[str, tuple]] = None) -> dict:
   """The annotation plan of one point: case id -> sorted list of annotated slice indices.
 
   Args:
@@ -146,6 +147,8 @@ def make_plan(point: Point, depths: Mapping[str, int], *, roi=(), options=None,
     options: the strategy's config block, passed to `select`; with `select_volumes` set (ual), the s volumes are
       chosen from their embeddings by the strategy's `select_volumes` instead of at random.
     embeddings: case id -> `[depth, F]` slice embeddings, for strategies that need them.
+    offered: case id -> `[lo, hi)`, the slices a volume offers (e.g. its nonzero region); roi then narrows that
+      range. None: every slice.
   """
   if point.reference:
     return {case: list(range(depth)) for case, depth in sorted(depths.items())}
@@ -158,7 +161,9 @@ def make_plan(point: Point, depths: Mapping[str, int], *, roi=(), options=None,
     chosen = choose_volumes(list(depths), point.volumes, point.seed)
   plan = {}
   for case in chosen:
-    lo, hi = candidate_range(depths[case], roi)
+    start, stop = offered[case] if offered is not None else (0, depths[case])
+    lo, hi = candidate_range(stop - start, roi)
+    lo, hi = lo + start, hi + start
     if point.slices_per_volume > hi - lo:
       raise InputError("study.slices_per_volume",
                        f"rho = {point.slices_per_volume} exceeds the {hi - lo} candidate slices of volume {case}")

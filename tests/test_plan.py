@@ -124,3 +124,28 @@ def test_a_folder_without_classes_asks_for_them(images, tmp_path):
   (plain / path.name).write_bytes(path.read_bytes())
   with pytest.raises(InputError, match="config.plan.classes"):
     plan_lib.build(plan_config(plain, budget=2, volumes=1))
+
+
+@pytest.mark.parametrize("selection", ["random", "fixed"])
+def test_blank_slices_are_never_planned(images, tmp_path, selection):
+  # Every image with its first two and last slices blanked (all zero): those are outside the nonzero region.
+  blank = tmp_path / "blank"
+  blank.mkdir()
+  for path in sorted((images / "imagesTr").glob("*.nii.gz")):
+    img = nib.load(path)
+    data = np.asarray(img.dataobj).copy()
+    data[:, :, :2] = 0
+    data[:, :, -1] = 0
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), blank / path.name)
+  built = plan_lib.build(plan_config(blank, classes=("background", "core", "rim"), budget=18, volumes=6,
+                                     selection=selection))
+  depths = built["images"].depths()
+  assert built["meta"]["offered"] == {case: [2, depth - 1] for case, depth in sorted(depths.items())}
+  for case, slices in built["plan"].items():
+    assert len(slices) == 3 and all(2 <= s < depths[case] - 1 for s in slices), (case, slices)
+    assert built["meta"]["cases"][case]["offered"] == [2, depths[case] - 1]
+  # Fixed interval over the offered slices: the same as over a volume of that many slices, shifted.
+  if selection == "fixed":
+    for case, slices in built["plan"].items():
+      want = fixed.select(depths[case] - 3, 3, study.slice_rng(3, case, 3)) + 2
+      assert slices == want.tolist()
