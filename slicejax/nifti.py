@@ -5,7 +5,8 @@ Three layouts are read (`index_images`), headers only:
     label files may be missing; one file per case, 3D `[X, Y, Z]` or 4D `[X, Y, Z, C]`;
   * an nnU-Net v2 raw folder: `dataset.json` with `channel_names` and `file_ending`, images in `imagesTr/` (and
     `imagesTs/`) named `<case>_<cccc><file_ending>`, one 3D file per channel;
-  * a plain folder of `.nii.gz` / `.nii` files, one case per file.
+  * a plain folder of `.nii.gz` / `.nii` files, one case per file, or nnU-Net v2 channel files `<case>_<cccc>` grouped
+    into cases (`folder_cases`).
 Class names come from dataset.json's `labels` (MSD `{"0": "background"}` or nnU-Net `{"background": 0}`); a label
 named "ignore" is not a class. A plain folder has none.
 
@@ -195,6 +196,33 @@ def _msd_cases(root: pathlib.Path, meta: dict, json_path) -> dict:
   return cases
 
 
+_CHANNEL_FILE = re.compile(r"^(.+)_(\d{4})$")
+
+
+def folder_cases(root: pathlib.Path) -> dict:
+  """case id -> its files, in a folder without dataset.json: one case per file, or nnU-Net v2 channel files grouped
+  into cases when every file is named `<case>_<cccc>` and the cases all have the channels 0..C-1 (with several
+  cases, or a single channel: `case_0000`, `case_0001`, ... of one name are read as cases otherwise).
+
+  Raises:
+    InputError: the folder holds no NIfTI file.
+  """
+  files_ = {strip_ending(p.name): p for p in sorted(root.iterdir()) if strip_ending(p.name)
+            and not p.name.startswith(".")}
+  if not files_:
+    raise InputError(root, "holds no dataset.json and no .nii.gz / .nii files")
+  matches = {stem: _CHANNEL_FILE.match(stem) for stem in files_}
+  if all(matches.values()):
+    grouped = {}
+    for stem, match in matches.items():
+      grouped.setdefault(match.group(1), {})[int(match.group(2))] = files_[stem]
+    channel_sets = {tuple(sorted(by_channel)) for by_channel in grouped.values()}
+    (channels,) = channel_sets if len(channel_sets) == 1 else ((),)
+    if channels and channels == tuple(range(len(channels))) and (len(grouped) > 1 or len(channels) == 1):
+      return {case: [by_channel[i] for i in channels] for case, by_channel in grouped.items()}
+  return {stem: [path] for stem, path in files_.items()}
+
+
 def index_images(root, *, slicing_axis: int = 2) -> ImageSet:
   """Indexes the images of an MSD, nnU-Net v2 raw or plain NIfTI folder (see the module docstring).
 
@@ -236,9 +264,7 @@ def index_images(root, *, slicing_axis: int = 2) -> ImageSet:
     name = str(meta.get("name", root.name))
   else:
     layout, name = "folder", root.name
-    paths = {strip_ending(p.name): [p] for p in sorted(root.iterdir()) if strip_ending(p.name)}
-    if not paths:
-      raise InputError(root, "holds no dataset.json and no .nii.gz / .nii files")
+    paths = folder_cases(root)
   cases = []
   num_channels = len(channel_names) if channel_names else None
   for case_id in sorted(paths):
