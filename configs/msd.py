@@ -13,6 +13,11 @@ The network, training and the rest of the grid (random, fixed and ual selections
 configs/hippocampus.py.
 
 Arguments:
+  quick: a first look at any dataset in a few minutes on 2 CPU cores: a base-8 network for 100 steps of batch 4, the
+    first derived budget at its first two allocations with random, fixed and ual selection, seed 0 and the
+    reference, a 50-step UAL encoder and two learning-curve points on two validation volumes. Its numbers say that
+    the pipeline runs on the data, not which allocation is best.
+        python launch.py --config=configs/msd.py:quick --config.data.root=PATH
   tiny: a small network, a few steps and the first budget with one or two slices per volume, for tests.
 """
 
@@ -21,9 +26,9 @@ from slicejax import fingerprint
 
 
 def get_config(arg=""):
-  arg = config_lib.parse_arg(arg, tiny=False)
+  arg = config_lib.parse_arg(arg, tiny=False, quick=False)
   return fingerprint.dataset_config(
       "no data folder: pass --config.data.root=PATH to an MSD or nnU-Net v2 dataset folder "
       "(dataset.json, imagesTr/, labelsTr/)",
-      tiny=arg.tiny, model=dict(features=16, num_stages=4),
+      tiny=arg.tiny, quick=arg.quick, model=dict(features=16, num_stages=4),
       train=dict(steps=2000, batch_size=32, learning_rate=3e-3, warmup_steps=50, log_every=100))

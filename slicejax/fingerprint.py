@@ -295,23 +295,32 @@ def _parent(config, key: str) -> tuple:
   return node, name
 
 
-def dataset_config(missing_root_hint: str, *, tiny: bool = False, model=None, train=None,
+def dataset_config(missing_root_hint: str, *, tiny: bool = False, quick: bool = False, model=None, train=None,
                    eval_batch_size: int = 64) -> ml_collections.ConfigDict:
   """The locked config of a dataset whose data settings follow its fingerprint (configs/msd.py and the configs of
   converted datasets): `config_lib.base()` with random / fixed / ual selections, seeds 0-2 and the reference,
-  `model` and `train` updates of those blocks, `tiny` shrinking network, steps and grid for tests, and `bind`."""
+  `model` and `train` updates of those blocks, `tiny` shrinking network, steps and grid for tests, `quick` a first
+  look at any dataset in minutes (a base-8 network, 100 steps of batch 4, the first budget at two allocations with
+  every selection, one seed, the reference, a 50-step UAL encoder, two learning-curve points on two validation
+  volumes), and `bind`."""
   config = config_lib.base()
   config.data.update(source="msd", missing_root_hint=missing_root_hint)
   config.model.update(model or {})
   config.train.update(train or {})
   config.eval.batch_size = eval_batch_size
   config.study.update(selections=("random", "fixed", "ual"), seeds=(0, 1, 2), reference=True, reference_seeds=(0,))
+  if quick:
+    config.model.features = 8
+    config.train.update(steps=100, batch_size=4, warmup_steps=10, log_every=25, checkpoint_every=50)
+    config.study.update(seeds=(0,))
+    config.ual.encoder.update(steps=50, batch_size=16, log_every=25)
+    config.eval.update(curve_points=2, curve_volumes=2, batch_size=8)
   if tiny:
     config.model.update(features=4, num_stages=2)
     config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
     config.study.update(selections=("random",), seeds=(0,), reference=False)
     config.eval.batch_size = 16
     config.model_axis.chunk = 1  # runs this short are mostly compilation: one program of one model
-  bind(config, tiny=tiny)
+  bind(config, tiny=tiny or quick)
   config.lock()
   return config

@@ -135,3 +135,13 @@ def test_launch_on_a_dataset_no_config_was_written_for(tmp_path, layout):
   assert [r["name"] for r in rows] == ["2d_b1_s1_rho1_random_seed0"]
   saved = json.loads((workdir / "config.json").read_text())["data"]
   assert saved["split"] == {"train": 5, "val": 1, "test": 2, "seed": 0} and saved["shape"] == [16, 16]
+
+
+def test_the_quick_recipe_scales_training_encoder_and_evaluations():
+  from slicejax import config_lib  # configs/msd.py:quick as launch.py loads it
+  quick, full = config_lib.load("configs/msd.py:quick"), config_lib.load("configs/msd.py")
+  assert (quick.train.steps, quick.train.batch_size, quick.model.features) == (100, 4, 8)
+  assert (quick.ual.encoder.steps, quick.eval.curve_points, quick.eval.curve_volumes) == (50, 2, 2)
+  assert quick.study.selections == full.study.selections == ("random", "fixed", "ual")
+  assert quick.study.seeds == (0,) and quick.study.reference
+  assert full.train.steps == 2000 and full.ual.encoder.steps == 400
