@@ -11,8 +11,8 @@ an estimate of time and memory from a few measured steps) without training or wr
 Several processes (hosts of a TPU pod slice, SLURM tasks) run one grid together with `--distributed`, or with
 `--coordinator=HOST:PORT --num_processes=N --process_id=I` given explicitly (README.md, "Scale-out").
 
-The console shows slicejax's own log lines and only warnings and errors from libraries (orbax, jax, ...);
-`--verbosity=1` (`-v 1`) shows the libraries' INFO lines too, `-v 2` their DEBUG lines.
+stdout carries the run's lines for people (workdir, progress, phases, results); stderr warnings and errors only, with
+`--verbosity=1` (`-v 1`) adding slicejax's INFO records, `-v 2` the libraries' INFO lines, `-v 3` their DEBUG lines.
 
 Bad input (data, config values, a misspelt config key, a workdir in use) ends with one line `error: <where>: <what>`
 on stderr and exit status 2, before anything in the workdir changes.

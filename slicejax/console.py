@@ -1,15 +1,18 @@
-"""What a run shows while it trains: a quiet log, one progress line per group, and loss curves in the workdir.
+"""What a run shows while it trains: lines for people on stdout, a quiet log on stderr, loss curves in the workdir.
+
+Lines for people. `say` prints a line to stdout (where a run is, what it found, what it wrote), and `GroupProgress`
+draws one line per group: models, step, median and worst loss of the models still training, seconds per step and an
+ETA, and the phase a group is in (a validation curve, its evaluation). On a terminal the progress line is redrawn in
+place; elsewhere (a file, CI) each update is a line of its own.
 
 Logging. `setup_logging(verbosity)` puts a filter on absl's handler (the one `app.run` installs on the root logger)
-so that the console carries slicejax's own records at every level but only WARNING and above from libraries (orbax,
-jax, ...). A record's origin is the file that logged it (`record.pathname`): orbax logs through `absl.logging`, so
-every such record has the logger name "absl" whoever wrote it, while absl's logger does record the calling file. Own
-files are the modules of the slicejax package and the program that was run (`__main__`, e.g. launch.py). absl's
-`--verbosity` (`-v`) decides the rest: 1 brings library INFO back, 2 and more library DEBUG too.
-
-Progress. `GroupProgress` draws one line per group: models, step, median and worst loss of the models still
-training, seconds per step and an ETA. On a terminal the line is redrawn in place, and a log record that passes the
-filter clears it first so that the two never share a line; elsewhere (a log file, CI) each update is one log line.
+so that stderr carries warnings and errors only, slicejax's own and the libraries' (orbax, jax, ...). absl's
+`--verbosity` (`-v`) brings the rest back: 1 slicejax's own INFO records (what was indexed, cached, compiled), 2 the
+libraries' INFO too, 3 and more their DEBUG. A record's origin is the file that logged it (`record.pathname`): orbax
+logs through `absl.logging`, so every such record has the logger name "absl" whoever wrote it, while absl's logger
+does record the calling file. Own files are the modules of the slicejax package and the program that was run
+(`__main__`, e.g. launch.py). A record that passes clears a progress line drawn in place first, so that the two
+never share a line.
 
 Curves. `CurveWriter` writes scalars as TensorBoard event files with tensorboard's own TensorFlow-free writer, so
 `tensorboard --logdir WORKDIR` shows them; `read_curves` reads them back and `plot_curves` draws them. Tags follow
@@ -49,16 +52,18 @@ _PNG_DPI = 110
 # Logging.
 
 class LibraryFilter(std_logging.Filter):
-  """Passes records of own files at any level and library records from a threshold set by absl's verbosity.
+  """Passes WARNING and above, and lower records by absl's verbosity: own files' from 1, libraries' INFO from 2 and
+  everything from 3.
 
   Args:
-    verbosity: absl's `--verbosity`: 0 or less lets library WARNING and above through, 1 INFO, 2 and more all.
+    verbosity: absl's `--verbosity`.
     own_files: paths of own modules; a path ending in the path separator stands for every file under that folder.
   """
 
   def __init__(self, verbosity: int, own_files: Sequence[str]):
     super().__init__()
-    self._threshold = (std_logging.WARNING if verbosity <= 0 else std_logging.INFO if verbosity == 1
+    self._own_threshold = std_logging.WARNING if verbosity <= 0 else std_logging.NOTSET
+    self._threshold = (std_logging.WARNING if verbosity <= 1 else std_logging.INFO if verbosity == 2
                        else std_logging.NOTSET)
     self._own_files = tuple(os.path.normcase(os.path.realpath(f)) + (os.sep if f.endswith(os.sep) else "")
                             for f in own_files)
@@ -73,14 +78,14 @@ class LibraryFilter(std_logging.Filter):
     return own
 
   def filter(self, record) -> bool:
-    keep = record.levelno >= self._threshold or self._own(record.pathname)
+    keep = record.levelno >= (self._own_threshold if self._own(record.pathname) else self._threshold)
     if keep:
       _LIVE.clear()
     return keep
 
 
 def setup_logging(verbosity: int) -> None:
-  """Hides library INFO chatter from absl's handler unless `verbosity` (absl's `--verbosity`) asks for it.
+  """Keeps INFO records off the console unless `verbosity` (absl's `--verbosity`) asks for them (`LibraryFilter`).
 
   Call at the start of an absl program's main(); calling it again replaces the earlier filter.
   """
@@ -96,6 +101,12 @@ def setup_logging(verbosity: int) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Progress.
+
+def say(text: str, stream=None) -> None:
+  """Prints a line for people to stdout (or `stream`), below any progress line drawn in place."""
+  _LIVE.keep()
+  print(text, file=sys.stdout if stream is None else stream, flush=True)
+
 
 def _columns(stream) -> int:
   try:
@@ -173,9 +184,9 @@ class GroupProgress:
     eval_seconds: estimated seconds of the group's evaluation after training (e.g. the previous group's seconds
       per model times M), or None if unknown.
     clock: seconds as a float, monotonic; the clock is read at construction, so build this right before the loop.
-    stream: where a terminal line is drawn; sys.stderr if None.
-    tty: whether to redraw one line in place; if None, whether `stream` is a terminal. If not, each update is
-      logged with `absl.logging.info`.
+    stream: where the lines go; sys.stdout if None.
+    tty: whether to redraw one line in place; if None, whether `stream` is a terminal. If not, each update is a
+      line of its own.
   """
 
   def __init__(self, group_index: int, num_models: int, steps: int, first_step: int = 0, *,
@@ -183,7 +194,7 @@ class GroupProgress:
                stream=None, tty: Optional[bool] = None):
     self._group_index, self._num_models, self._steps = group_index, num_models, steps
     self._first_step, self._eval_seconds, self._clock = first_step, eval_seconds, clock
-    self._stream = sys.stderr if stream is None else stream
+    self._stream = sys.stdout if stream is None else stream
     self._tty = self._stream.isatty() if tty is None else tty
     self._start = clock()
     self._first = None  # (step, seconds, clock) at the first update.
@@ -198,10 +209,7 @@ class GroupProgress:
     """Shows what the group does now besides training, e.g. "validation curve at step 500 (8 volumes)"."""
     self._last = self._clock()
     line = f"group {self._group_index}: {text}"
-    if self._tty:
-      _LIVE.draw(self._stream, line)
-    else:
-      logging.info("%s", line)
+    self._show(line)
     return line
 
   def update(self, step: int, losses: np.ndarray, diverged: Optional[np.ndarray] = None) -> str:
@@ -216,11 +224,14 @@ class GroupProgress:
     if self._first is None:
       self._first = (step, now - self._start, now)
     self._text = self._line(step, np.asarray(losses, np.float64), diverged, now)
-    if self._tty:
-      _LIVE.draw(self._stream, self._text)
-    else:
-      logging.info("%s", self._text)
+    self._show(self._text)
     return self._text
+
+  def _show(self, line: str) -> None:
+    if self._tty:
+      _LIVE.draw(self._stream, line)
+    else:
+      print(line, file=self._stream, flush=True)
 
   def finish(self) -> None:
     """Leaves the last line on the terminal (a log record may have cleared it) and moves below it."""
@@ -267,8 +278,8 @@ def count(n: int, noun: str) -> str:
 
 
 def phase_line(group_index: int, text: str) -> None:
-  """Logs what a group does after its training loop, e.g. its test evaluation."""
-  logging.info("group %d: %s", group_index, text)
+  """Says what a group does after its training loop, e.g. its test evaluation."""
+  say(f"group {group_index}: {text}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

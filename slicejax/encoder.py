@@ -48,6 +48,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from slicejax import console
 from slicejax.errors import InputError
 
 # Changes whenever the cache layout or the meaning of a cached entry changes, so old entries miss.
@@ -298,8 +299,8 @@ def train(slices, config, seed: int) -> tuple[Any, dict]:
     state, loss = train_step(state, data)
     losses.append(loss)
     if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-      logging.info("encoder step %d/%d: loss %.4f (%.1f s)", step + 1, config.steps, float(loss),
-                   time.perf_counter() - start)
+      console.say(f"UAL slice encoder: step {step + 1}/{config.steps}, loss {float(loss):.4f} "
+                  f"({console.duration(time.perf_counter() - start)})")
   losses = [float(x) for x in jax.device_get(losses)]
   if not np.isfinite(losses[-1]):
     raise FloatingPointError(f"encoder training diverged: loss {losses[-1]} at the last step")
@@ -419,7 +420,7 @@ def slice_embeddings(images: dict, config, *, seed: int, cache_dir) -> tuple[dic
              "cache_path": str(entry)})
 
   slices = np.concatenate([np.asarray(images[c], np.float32) for c in case_ids])
-  logging.info("encoder cache miss: training on %d slices of %d volumes", slices.shape[0], len(case_ids))
+  console.say(f"UAL slice encoder: training on {slices.shape[0]} slices of {len(case_ids)} volumes (once; cached)")
   params, train_info = train(slices, config, seed)
   start = time.perf_counter()
   embeddings = embed(params, slices, config)

@@ -325,8 +325,8 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
       seconds={"train_seconds": train_seconds / len(points), "group_train_seconds": train_seconds,
                "eval_seconds": eval_seconds / len(points)})
       for m, (point, plan) in enumerate(zip(points, plans))]
-  logging.info("Group %d: dice_mean %s (%.0f s training, %.0f s evaluation).", group_index,
-               np.array2string(scores["test"]["dice_mean"], precision=3), train_seconds, eval_seconds)
+  console.say(f"group {group_index}: test Dice {np.array2string(scores['test']['dice_mean'], precision=3)} "
+              f"({console.duration(train_seconds)} training, {console.duration(eval_seconds)} evaluation)")
   return rows
 
 
@@ -566,7 +566,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       # Plans of points that are not in this grid were left by a launch whose config this one replaced.
       for stale in set((rundir / "plans").glob("*.json")) - {rundir / "plans" / f"{name}.json" for name in plans}:
         stale.unlink()
-    logging.info("%d points in %d groups; results in %s.", len(plans), len(groups), rundir)
+    console.say(f"{len(plans)} points in {len(groups)} groups; results in {rundir}")
 
     results_path = rundir / "results.jsonl"
     # Read once, before any group runs, so that every process skips the same groups.
@@ -576,7 +576,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
     sizes, programs = grid_sizes(config, groups, plans), {}
     for index, group_points in enumerate(groups):
       if all(p.name in done for p in group_points):
-        logging.info("Group %d: results exist, skipped.", index)
+        console.say(f"group {index}: results exist, skipped")
         continue
       dims = group_points[0].dims
       estimate = eval_per_model[dims] * len(group_points) if dims in eval_per_model else None
@@ -596,5 +596,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       if writer:
         report.write_summary(rundir, rows, cost=config.cost.to_dict())
         console.plot_curves(rundir / "curves", rundir / "curves.png")
-        logging.info("Wrote %s, summary.md, summary.csv, dice_vs_allocation.png and curves.png.", results_path)
+        console.say(f"wrote {results_path}, summary.md, summary.csv, the figures and curves.png")
   return rows

@@ -34,20 +34,22 @@ def record(level, pathname, name="absl"):
   return std_logging.LogRecord(name, level, pathname, 1, "message", (), None)
 
 
-@pytest.mark.parametrize("verbosity, library_info", [(0, False), (1, True), (2, True)])
-def test_library_info_only_with_verbosity(absl_handler, verbosity, library_info):
+@pytest.mark.parametrize("verbosity, own_info, library_info", [(0, False, False), (1, True, False), (2, True, True)])
+def test_info_records_only_with_verbosity(absl_handler, verbosity, own_info, library_info):
   console.setup_logging(verbosity)
   assert bool(absl_handler.filter(record(std_logging.INFO, ORBAX_FILE))) == library_info
   assert bool(absl_handler.filter(record(std_logging.INFO, ORBAX_FILE, name="jax._src.xla_bridge"))) == library_info
-  assert absl_handler.filter(record(std_logging.INFO, SLICEJAX_FILE))
+  assert bool(absl_handler.filter(record(std_logging.INFO, SLICEJAX_FILE))) == own_info
+  assert absl_handler.filter(record(std_logging.WARNING, SLICEJAX_FILE))
   assert absl_handler.filter(record(std_logging.WARNING, ORBAX_FILE))
   assert absl_handler.filter(record(std_logging.ERROR, ORBAX_FILE))
 
 
-def test_library_debug_needs_verbosity_2():
-  assert not console.LibraryFilter(1, [SLICEJAX_FILE]).filter(record(std_logging.DEBUG, ORBAX_FILE))
-  assert console.LibraryFilter(2, [SLICEJAX_FILE]).filter(record(std_logging.DEBUG, ORBAX_FILE))
-  assert console.LibraryFilter(0, [SLICEJAX_FILE]).filter(record(std_logging.DEBUG, SLICEJAX_FILE))
+def test_library_debug_needs_verbosity_3():
+  assert not console.LibraryFilter(2, [SLICEJAX_FILE]).filter(record(std_logging.DEBUG, ORBAX_FILE))
+  assert console.LibraryFilter(3, [SLICEJAX_FILE]).filter(record(std_logging.DEBUG, ORBAX_FILE))
+  assert console.LibraryFilter(1, [SLICEJAX_FILE]).filter(record(std_logging.DEBUG, SLICEJAX_FILE))
+  assert not console.LibraryFilter(0, [SLICEJAX_FILE]).filter(record(std_logging.DEBUG, SLICEJAX_FILE))
 
 
 def test_setup_logging_twice_keeps_one_filter(absl_handler):
@@ -88,14 +90,15 @@ def test_absl_program_console(tmp_path):
       app.run(main)
   """))
   run = lambda *flags: subprocess.run([sys.executable, str(program), *flags], capture_output=True, text=True,
-                                      cwd=REPO, timeout=120, check=True).stderr
-  quiet, loud = run(), run("-v", "1")
-  always = ["python library warning", "program info",
-            "group 0: 2 models  step 1/4  loss median 0.75 worst 1  ETA -  first step 2.0s"]
-  for line in always:
-    assert line in quiet and line in loud
+                                      cwd=REPO, timeout=120, check=True)
+  quiet, own, loud = run(), run("-v", "1"), run("-v", "2")
+  progress = "group 0: 2 models  step 1/4  loss median 0.75 worst 1  ETA -  first step 2.0s"
+  for out in (quiet, own, loud):
+    # The progress line is stdout's only line; warnings always reach stderr.
+    assert out.stdout.splitlines() == [progress] and "python library warning" in out.stderr
+  assert "program info" not in quiet.stderr and "program info" in own.stderr and "program info" in loud.stderr
   for line in ["absl library info", "python library info"]:
-    assert line not in quiet and line in loud
+    assert line not in quiet.stderr and line not in own.stderr and line in loud.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -141,21 +144,20 @@ def test_progress_line_cut_to_terminal_and_cleared_by_log_records(monkeypatch):
   assert long == "group 0: 2 models  step 6/10  loss - (2 diverged)  ETA -  first 2 steps 30s"
   assert terminal.text == "\r" + long[:29]
   # A record that passes the filter wipes the line before it is printed.
-  assert console.LibraryFilter(0, [SLICEJAX_FILE]).filter(record(std_logging.INFO, SLICEJAX_FILE))
+  assert console.LibraryFilter(0, [SLICEJAX_FILE]).filter(record(std_logging.WARNING, SLICEJAX_FILE))
   assert terminal.text == "\r" + long[:29] + "\r" + " " * 29 + "\r"
   short = progress.update(10, np.array([1.5, 2.5]))
   assert short == ("group 0: 2 models  step 10/10  loss median 2 worst 2.5  ETA 0.0s + eval  0.75 s/step, "
                    "first 2 steps 30s")
 
 
-def test_progress_logs_a_line_per_update_off_a_terminal(caplog):
-  caplog.set_level(std_logging.INFO)
-  progress = console.GroupProgress(1, 1, 3000, clock=iter([0.0, 5.0, 8.0]).__next__, stream=FakeTerminal(),
-                                   tty=False)
+def test_progress_prints_a_line_per_update_off_a_terminal():
+  stream = FakeTerminal()
+  progress = console.GroupProgress(1, 1, 3000, clock=iter([0.0, 5.0, 8.0]).__next__, stream=stream, tty=False)
   progress.update(1, np.array([0.25]))
   progress.update(2, np.array([0.125]))
   progress.finish()
-  assert [r.getMessage() for r in caplog.records] == [
+  assert stream.text.splitlines() == [
       "group 1: 1 model  step 1/3000  loss median 0.25 worst 0.25  ETA -  first step 5.0s",
       "group 1: 1 model  step 2/3000  loss median 0.125 worst 0.125  ETA 2h29m + eval  3 s/step, first step 5.0s"]
 
