@@ -13,10 +13,11 @@ The network, training and the rest of the grid (random, fixed and ual selections
 configs/hippocampus.py.
 
 Arguments:
-  quick: a first look at any dataset in a few minutes on 2 CPU cores: a base-8 network for 100 steps of batch 4, the
-    first derived budget at its first two allocations with random, fixed and ual selection, seed 0 and the
-    reference, a 50-step UAL encoder and two learning-curve points on two validation volumes. Its numbers say that
-    the pipeline runs on the data, not which allocation is best.
+  quick: a first look at any dataset in a few minutes on 2 CPU cores: slices resampled to at most 128 voxels a side,
+    a base-8 network for 100 steps of batch 4, the first derived budget at its first two allocations with random,
+    fixed and ual selection, seed 0 and the reference, a 50-step UAL encoder, two learning-curve points on two
+    validation volumes, and Dice without HD95/NSD. Its numbers say that the pipeline runs on the data, not which
+    allocation is best.
         python launch.py --config=configs/msd.py:quick --config.data.root=PATH
   tiny: a small network, a few steps and the first budget with one or two slices per volume, for tests.
 """

@@ -145,6 +145,20 @@ def target_spacing(fp: Fingerprint) -> tuple:
   return () if np.allclose(fp.spacings, np.array(target)[None], rtol=0, atol=1e-6) else target
 
 
+def coarse_target_spacing(fp: Fingerprint, max_in_plane: int) -> tuple:
+  """`target_spacing`, coarsened in-plane so that the median plane is at most `max_in_plane` voxels a side (the slicing
+  axis keeps its spacing): a quick look at a dataset of large slices. () when nothing needs resampling."""
+  axis = slicing_axis(fp)
+  spacing = list(fp.median_spacing)
+  sizes = np.median(np.array(fp.shapes, np.float64) * np.array(fp.spacings) / np.array(spacing)[None], axis=0)
+  factor = max(sizes[a] for a in range(3) if a != axis) / max_in_plane  # one factor: the plane keeps its aspect
+  for a in range(3):
+    if a != axis and factor > 1:
+      spacing[a] *= factor
+  spacing = tuple(float(x) for x in spacing)
+  return () if np.allclose(fp.spacings, np.array(spacing)[None], rtol=0, atol=1e-6) else spacing
+
+
 def grid_shapes(fp: Fingerprint, spacing) -> np.ndarray:
   """`[N, 3]` per case the NIfTI size once resampled to `spacing` (`()` keeps it)."""
   return np.array([resample_lib.target_grid(n, s, tuple(spacing))[0] for n, s in zip(fp.shapes, fp.spacings)])
@@ -252,7 +266,7 @@ def of_config(config):
   return of_root(config.data.root)
 
 
-def bind(config, *, tiny: bool = False) -> None:
+def bind(config, *, tiny: bool = False, max_in_plane: int = 0) -> None:
   """Makes the derived keys of `config` (see the module docstring) follow `config.data.root`; before `lock()`.
 
   Until a root is set they hold their current values. `tiny` keeps the first budget and the first two
@@ -273,7 +287,8 @@ def bind(config, *, tiny: bool = False) -> None:
     node[name] = refs[key]
 
   derive("data.slicing_axis", slicing_axis)
-  derive("data.target_spacing", target_spacing)
+  derive("data.target_spacing", (lambda fp: coarse_target_spacing(fp, max_in_plane)) if max_in_plane
+         else target_spacing)
   for part in ("train", "val", "test"):
     derive(f"data.split.{part}", lambda fp, part=part: split(fp)[part])
   refs["model.num_stages"] = ml_collections.FieldReference(config.model.num_stages, field_type=int)
@@ -295,14 +310,19 @@ def _parent(config, key: str) -> tuple:
   return node, name
 
 
+# The quick recipe's largest median in-plane size (voxels a side).
+QUICK_MAX_IN_PLANE = 128
+
+
 def dataset_config(missing_root_hint: str, *, tiny: bool = False, quick: bool = False, model=None, train=None,
                    eval_batch_size: int = 64) -> ml_collections.ConfigDict:
   """The locked config of a dataset whose data settings follow its fingerprint (configs/msd.py and the configs of
   converted datasets): `config_lib.base()` with random / fixed / ual selections, seeds 0-2 and the reference,
   `model` and `train` updates of those blocks, `tiny` shrinking network, steps and grid for tests, `quick` a first
-  look at any dataset in minutes (a base-8 network, 100 steps of batch 4, the first budget at two allocations with
-  every selection, one seed, the reference, a 50-step UAL encoder, two learning-curve points on two validation
-  volumes), and `bind`."""
+  look at any dataset in minutes (a base-8 network, 100 steps of batch 4, slices resampled to at most
+  `QUICK_MAX_IN_PLANE` voxels a side, the first budget at two allocations with every selection, one seed, the
+  reference, a 50-step UAL encoder, two learning-curve points on two validation volumes, Dice without the surface
+  metrics), and `bind`."""
   config = config_lib.base()
   config.data.update(source="msd", missing_root_hint=missing_root_hint)
   config.model.update(model or {})
@@ -314,13 +334,14 @@ def dataset_config(missing_root_hint: str, *, tiny: bool = False, quick: bool = 
     config.train.update(steps=100, batch_size=4, warmup_steps=10, log_every=25, checkpoint_every=50)
     config.study.update(seeds=(0,))
     config.ual.encoder.update(steps=50, batch_size=16, log_every=25)
-    config.eval.update(curve_points=2, curve_volumes=2, batch_size=8)
+    # HD95 and NSD on large volumes take longer than the training (minutes per volume on 2 cores): Dice only.
+    config.eval.update(curve_points=2, curve_volumes=2, batch_size=8, surface_metrics=False)
   if tiny:
     config.model.update(features=4, num_stages=2)
     config.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
     config.study.update(selections=("random",), seeds=(0,), reference=False)
     config.eval.batch_size = 16
     config.model_axis.chunk = 1  # runs this short are mostly compilation: one program of one model
-  bind(config, tiny=tiny or quick)
+  bind(config, tiny=tiny or quick, max_in_plane=QUICK_MAX_IN_PLANE if quick else 0)
   config.lock()
   return config

@@ -129,7 +129,7 @@ def test_launch_on_a_dataset_no_config_was_written_for(tmp_path, layout):
       [sys.executable, "launch.py", "--config=configs/msd.py:tiny", f"--config.data.root={root}",
        f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "derived: slicing_axis 2, target_spacing () (kept), shape (16, 16)" in result.stderr
+  assert "derived: slicing_axis 2, target_spacing () (kept), shape (16, 16)" in result.stdout
   rows = results.read_rows(workdir / "results.jsonl")
   # 8 cases: 5 / 1 / 2; b = round(0.2 * 5) = 1 slice; tiny keeps rho (1, 2), and 1 / 2 is no whole volume.
   assert [r["name"] for r in rows] == ["2d_b1_s1_rho1_random_seed0"]
@@ -142,6 +142,17 @@ def test_the_quick_recipe_scales_training_encoder_and_evaluations():
   quick, full = config_lib.load("configs/msd.py:quick"), config_lib.load("configs/msd.py")
   assert (quick.train.steps, quick.train.batch_size, quick.model.features) == (100, 4, 8)
   assert (quick.ual.encoder.steps, quick.eval.curve_points, quick.eval.curve_volumes) == (50, 2, 2)
+  assert not quick.eval.surface_metrics and full.eval.surface_metrics
   assert quick.study.selections == full.study.selections == ("random", "fixed", "ual")
   assert quick.study.seeds == (0,) and quick.study.reference
   assert full.train.steps == 2000 and full.ual.encoder.steps == 400
+
+
+def test_coarse_target_spacing_caps_the_median_plane():
+  # Two cases of 256 x 200 x 20 at 0.5 x 0.5 x 3 mm: slicing along the coarse axis 2; the plane becomes 128 x 100.
+  fp = fingerprint.Fingerprint(
+      name="n", root="r", case_ids=("a", "b"), class_names=("background", "x"), channel_names=("MRI",),
+      ignore_label=None, shapes=np.array([[256, 200, 20]] * 2), spacings=np.array([[0.5, 0.5, 3.0]] * 2),
+      intensity=(None,))
+  assert fingerprint.coarse_target_spacing(fp, 128) == (1.0, 1.0, 3.0)  # one factor, 2: the plane keeps its aspect
+  assert fingerprint.coarse_target_spacing(fp, 512) == ()
