@@ -222,6 +222,10 @@ def run(config, workdir) -> list:
   cfg = config.predict
   trained = load_model(cfg.model, cfg.point)
   images = nifti.index_images(cfg.input, slicing_axis=trained.slicing_axis)
+  for case in images.cases:  # every input is checked before the workdir is made
+    if case.num_channels != len(trained.channel_names):
+      raise InputError(case.paths[0], f"has {case.num_channels} channel(s) but the model was trained on "
+                       f"{len(trained.channel_names)} ({', '.join(trained.channel_names)})")
   out = pathlib.Path(workdir).expanduser()
   out.mkdir(parents=True, exist_ok=True)
   written = []

@@ -17,6 +17,7 @@ from slicejax import config_lib
 from slicejax import data as data_lib
 from slicejax import phantom
 from slicejax import predict
+from slicejax.errors import InputError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -76,4 +77,14 @@ def test_a_missing_model_workdir_exits_2_with_one_line(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip() == (f"error: config.predict.model: {tmp_path / 'nothing'} is not a workdir of a "
                                    "trained run (no config.json)")
+  assert not (tmp_path / "out").exists()
+
+
+def test_inputs_whose_channels_differ_from_the_model_are_refused_before_anything_is_written(run, tmp_path):
+  _, rundir, _, _ = run
+  two = phantom.write_phantom(tmp_path / "two", num_cases=2, shape=(16, 16, 8), num_channels=2)
+  config = config_lib.load(str(ROOT / "configs/predict.py"))
+  config.predict.update(model=str(rundir), input=str(two))
+  with pytest.raises(InputError, match=r"has 2 channel\(s\) but the model was trained on 1 \(T2\)"):
+    predict.run(config, tmp_path / "out")
   assert not (tmp_path / "out").exists()
