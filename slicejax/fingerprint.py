@@ -2,9 +2,11 @@
 config of its own (`configs/msd.py`).
 
 The fingerprint holds what the headers say (per case the NIfTI shape and spacing, the channels, classes and ignore
-label) and, for CT channels only, intensity statistics of the foreground (label > 0, ignore label excluded): up to
-`SAMPLES_PER_CASE` voxel values per case drawn with a fixed seed, as nnU-Net does. MRI and other channels need no
-voxel, so their fingerprint reads headers only.
+label) and, for CT channels only, intensity statistics of the foreground (the declared classes, ignore label
+excluded) of the training pool only, never of validation or test volumes: up to `SAMPLES_PER_CASE` voxel values per
+case drawn with a fixed seed, as nnU-Net does. The pool is the derived split's (seed 0); a config whose split keys
+differ derives its normalisation from its own pool. MRI and other channels need no voxel, so their fingerprint reads
+headers only.
 
 Derived settings, each overridable by its config key (`--config.KEY=...`):
   * data.slicing_axis: the coarsest-spacing NIfTI axis when the median spacing is anisotropic (largest more than
@@ -37,6 +39,7 @@ import numpy as np
 from slicejax import config_lib
 from slicejax import data as data_lib
 from slicejax import resample as resample_lib
+from slicejax.errors import InputError
 
 SAMPLES_PER_CASE = 10000
 PERCENTILES = (0.5, 99.5)
@@ -84,17 +87,26 @@ def is_ct(channel_name: str) -> bool:
   return channel_name.strip().lower() == "ct"
 
 
-def _foreground_samples(case, channel: int, ignore_label, rng) -> np.ndarray:
-  """Up to SAMPLES_PER_CASE intensities of one channel at labelled voxels of one case."""
+def _foreground_samples(case, channel: int, num_classes: int, ignore_label, rng) -> np.ndarray:
+  """Up to SAMPLES_PER_CASE intensities of one channel at the voxels of declared classes of one case.
+
+  Raises:
+    InputError: the label file holds values dataset.json does not declare.
+  """
   json_path = case.label_path.parent.parent / "dataset.json"
   label = data_lib._decode_nifti(case.label_path, data_lib._read_bytes(case.label_path, json_path))
+  declared = set(range(num_classes)) | ({ignore_label} if ignore_label is not None else set())
+  undeclared = sorted(set(np.unique(label).tolist()) - declared)
+  if undeclared:
+    raise InputError(case.label_path, f"label values {undeclared} are not declared in dataset.json 'labels' "
+                                      f"(0..{num_classes - 1})")
   if len(case.image_paths) > 1:
     path = case.image_paths[channel]
     image = data_lib._decode_nifti(path, data_lib._read_bytes(path, json_path))
   else:
     image = data_lib._decode_nifti(case.image_path, data_lib._read_bytes(case.image_path, json_path))
     image = image[..., channel] if image.ndim == 4 else image
-  mask = label > 0 if ignore_label is None else (label > 0) & (label != ignore_label)
+  mask = (label > 0) & (label < num_classes)
   values = np.asarray(image[mask], np.float64)
   if values.size > SAMPLES_PER_CASE:
     values = rng.choice(values, SAMPLES_PER_CASE, replace=False)
@@ -111,22 +123,41 @@ def compute(root, *, seed: int = 0) -> Fingerprint:
   # With slicing axis 2, volume order (D, H, W) is NIfTI (Z, X, Y).
   shapes = np.array([c.original_shape for c in index.cases], np.int64)[:, [1, 2, 0]]
   spacings = np.array([c.original_spacing for c in index.cases], np.float64)[:, [1, 2, 0]]
+  pool = _training_pool(index.case_ids, split_counts(len(index.case_ids)), 0)
+  return Fingerprint(name=index.name, root=index.root, case_ids=index.case_ids, class_names=index.class_names,
+                     channel_names=index.channel_names, ignore_label=index.ignore_label, shapes=shapes,
+                     spacings=spacings, intensity=_intensity(index, pool, seed))
+
+
+def _training_pool(case_ids, counts: dict, split_seed: int) -> tuple:
+  return tuple(data_lib.split_cases(case_ids, num_train=counts["train"], num_val=counts["val"],
+                                    num_test=counts["test"], seed=split_seed)["train"])
+
+
+def _intensity(index, pool, seed: int) -> tuple:
+  """Per channel, None or the foreground statistics of CT channels over the cases `pool`."""
+  cases = [c for c in index.cases if c.case_id in set(pool)]
   intensity = []
   for channel, channel_name in enumerate(index.channel_names):
     if not is_ct(channel_name):
       intensity.append(None)
       continue
     rng = np.random.default_rng(seed)
-    values = np.concatenate([_foreground_samples(c, channel, index.ignore_label, rng) for c in index.cases])
+    values = np.concatenate([_foreground_samples(c, channel, len(index.class_names), index.ignore_label, rng)
+                             for c in cases])
     if not values.size:
       intensity.append(None)
       continue
     lo, hi = np.percentile(values, PERCENTILES)
     intensity.append({"percentiles": (float(lo), float(hi)), "mean": float(values.mean()),
                       "std": float(values.std())})
-  return Fingerprint(name=index.name, root=index.root, case_ids=index.case_ids, class_names=index.class_names,
-                     channel_names=index.channel_names, ignore_label=index.ignore_label, shapes=shapes,
-                     spacings=spacings, intensity=tuple(intensity))
+  return tuple(intensity)
+
+
+@functools.lru_cache(maxsize=8)
+def _pool_intensity(root: str, stamp, pool: tuple) -> tuple:
+  del stamp  # part of the cache key only
+  return _intensity(data_lib.index_msd(root, slicing_axis=2), pool, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -172,9 +203,18 @@ def in_plane_shape(fp: Fingerprint, axis: int, spacing, num_stages: int) -> tupl
   return tuple(int(math.ceil(np.median(shapes[:, a]) / multiple) * multiple) for a in plane)
 
 
-def normalization(fp: Fingerprint) -> str:
+def normalization(fp: Fingerprint, train=None, val=None, test=None, split_seed: int = 0) -> str:
+  """The per-channel normalisation; CT statistics from the training pool of the split (train, val, test, seed),
+  by default the derived one."""
+  intensity = fp.intensity
+  if train is not None and any(is_ct(n) for n in fp.channel_names):
+    counts = {"train": train, "val": val, "test": test}
+    if counts != split(fp) or split_seed:
+      train = train or fp.num_cases - val - test
+      pool = _training_pool(fp.case_ids, dict(counts, train=train), split_seed)
+      intensity = _pool_intensity(fp.root, _stamp(fp.root), pool)
   items = []
-  for stats in fp.intensity:
+  for stats in intensity:
     if stats is None:
       items.append("zscore")
     else:
@@ -185,7 +225,11 @@ def normalization(fp: Fingerprint) -> str:
 
 def split(fp: Fingerprint) -> dict:
   """{"train", "val", "test"} case counts."""
-  n = fp.num_cases
+  return split_counts(fp.num_cases)
+
+
+def split_counts(n: int) -> dict:
+  """{"train", "val", "test"} case counts of a dataset of `n` cases."""
   val = max(1, round(_SPLIT_FRACTIONS[0] * n)) if n >= 4 else 0
   test = max(1, round(_SPLIT_FRACTIONS[1] * n)) if n >= 2 else 0
   return {"train": max(n - val - test, 1), "val": val, "test": test}
@@ -294,7 +338,10 @@ def bind(config, *, tiny: bool = False, max_in_plane: int = 0) -> None:
   refs["model.num_stages"] = ml_collections.FieldReference(config.model.num_stages, field_type=int)
   config.model.num_stages = refs["model.num_stages"]
   derive("data.shape", in_plane_shape, "data.slicing_axis", "data.target_spacing", "model.num_stages")
-  derive("data.normalization", normalization)
+  refs["data.split.seed"] = ml_collections.FieldReference(config.data.split.seed, field_type=int)
+  config.data.split.seed = refs["data.split.seed"]
+  derive("data.normalization", normalization, "data.split.train", "data.split.val", "data.split.test",
+         "data.split.seed")
   keep = (lambda t, n: t[:n]) if tiny else (lambda t, n: t)
   derive("study.slices_per_volume", lambda fp, a, s: keep(slices_per_volume(fp, a, s), 2), "data.slicing_axis",
          "data.target_spacing")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from slicejax import config_lib
+from slicejax import data
 from slicejax import fingerprint
 from slicejax import results
 
@@ -89,13 +90,20 @@ def test_derived_settings_by_hand():
   assert fingerprint.budgets(iso, 2, (), 1) == (1, 2, 4, 8)  # 8 = 8 slices x 1 volume of a pool of 1
 
 
-def test_ct_channel_statistics_are_foreground_percentiles_mean_and_std(tmp_path):
-  root = write_dataset(tmp_path / "ct", "v2", num_cases=3, channels=("CT", "T2"))
+def test_ct_channel_statistics_are_foreground_percentiles_mean_and_std_of_the_training_pool(tmp_path):
+  root = write_dataset(tmp_path / "ct", "v2", num_cases=5, channels=("CT", "T2"))
+  ids = [f"case_{i:03d}" for i in range(5)]
+  split = data.split_cases(ids, num_train=3, num_val=1, num_test=1, seed=0)  # the derived split of 5 cases
+  # The validation and test cases get extreme intensities: none of them may reach the statistics.
+  for case in split["val"] + split["test"]:
+    path = root / "imagesTr" / f"{case}_0000.nii.gz"
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) + 5000, img.affine), path)
   fp = fingerprint.compute(root)
   values = []
-  for i in range(3):
-    label = np.asarray(nib.load(root / "labelsTr" / f"case_{i:03d}.nii.gz").dataobj)
-    image = np.asarray(nib.load(root / "imagesTr" / f"case_{i:03d}_0000.nii.gz").dataobj, np.float64)
+  for case in split["train"]:
+    label = np.asarray(nib.load(root / "labelsTr" / f"{case}.nii.gz").dataobj)
+    image = np.asarray(nib.load(root / "imagesTr" / f"{case}_0000.nii.gz").dataobj, np.float64)
     values.append(image[label > 0])  # fewer than SAMPLES_PER_CASE: every foreground voxel
   values = np.concatenate(values)
   stats = fp.intensity[0]
@@ -104,6 +112,10 @@ def test_ct_channel_statistics_are_foreground_percentiles_mean_and_std(tmp_path)
   assert fp.intensity[1] is None
   lo, hi = stats["percentiles"]
   assert fingerprint.normalization(fp) == f"ct:{lo:.6g}:{hi:.6g}:{values.mean():.6g}:{values.std():.6g},zscore"
+  assert stats["percentiles"][1] < 1000
+  # Another split's pool gives that pool's statistics: every case but the first test case trains.
+  other = fingerprint.normalization(fp, 4, 0, 1, 0)
+  assert other != fingerprint.normalization(fp) and float(other.split(":")[2]) > 1000
 
 
 def test_msd_config_follows_the_root_and_overrides_win(tmp_path):
@@ -156,3 +168,15 @@ def test_coarse_target_spacing_caps_the_median_plane():
       intensity=(None,))
   assert fingerprint.coarse_target_spacing(fp, 128) == (1.0, 1.0, 3.0)  # one factor, 2: the plane keeps its aspect
   assert fingerprint.coarse_target_spacing(fp, 512) == ()
+
+
+def test_an_undeclared_label_value_is_refused_not_counted_as_foreground(tmp_path):
+  from slicejax.errors import InputError  # the one-line refusal
+  root = write_dataset(tmp_path / "ct", "v2", num_cases=5, channels=("CT",))
+  path = root / "labelsTr" / "case_001.nii.gz"
+  img = nib.load(path)
+  label = np.asarray(img.dataobj).copy()
+  label[0, 0, 0] = 7
+  nib.save(nib.Nifti1Image(label, img.affine), path)
+  with pytest.raises(InputError, match=r"case_001.nii.gz: label values \[7\] are not declared"):
+    fingerprint.compute(root)
