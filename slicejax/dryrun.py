@@ -131,7 +131,7 @@ def dry_run(config) -> list[str]:
            f"{dataset.num_channels} channel(s), slicing along NIfTI axis {cfg.slicing_axis}"]
   fingerprint = fingerprint_lib.of_config(config)
   if fingerprint is not None:
-    lines += fingerprint_lib.describe(fingerprint, config.model.num_stages)
+    lines += fingerprint_lib.describe(fingerprint, config=config)
     lines.append("  (derived values hold unless set: --config.data.slicing_axis, target_spacing, shape, "
                  "normalization, split.*, --config.study.budgets, slices_per_volume)")
   present = [sum(bool(np.any(v.label == k)) for v in splits["test"]) for k in range(1, dataset.num_classes)]

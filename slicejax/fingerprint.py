@@ -252,8 +252,9 @@ def budgets(fp: Fingerprint, axis: int, spacing, pool: int) -> tuple:
   return tuple(b for b in (base, 2 * base, 4 * base, 8 * base) if fits(b)) or (1,)
 
 
-def describe(fp: Fingerprint, num_stages: int = 4) -> list[str]:
-  """The fingerprint and what is derived from it, as lines."""
+def describe(fp: Fingerprint, num_stages: int = 4, config=None) -> list[str]:
+  """The fingerprint and what is derived from it, as lines: with `config` (bound to `fp`'s folder), the values the
+  config resolves to, overrides and recipe arguments included."""
   axis, spacing = slicing_axis(fp), target_spacing(fp)
   fmt = lambda values: " x ".join(f"{v:.3g}" for v in values)
   lines = [f"fingerprint of {fp.root} ({fp.name}): {fp.num_cases} cases, channels {', '.join(fp.channel_names)}, "
@@ -269,11 +270,17 @@ def describe(fp: Fingerprint, num_stages: int = 4) -> list[str]:
                    f"{stats['percentiles'][0]:.4g}/{stats['percentiles'][1]:.4g}, mean {stats['mean']:.4g}, "
                    f"std {stats['std']:.4g}")
   counts = split(fp)
+  if config is None:
+    shape, norm = in_plane_shape(fp, axis, spacing, num_stages), normalization(fp)
+    grid = budgets(fp, axis, spacing, counts["train"]), slices_per_volume(fp, axis, spacing)
+  else:
+    d = config.data
+    axis, spacing, shape, norm = d.slicing_axis, tuple(d.target_spacing), tuple(d.shape), d.normalization
+    counts = dict(d.split)
+    grid = tuple(config.study.budgets), tuple(config.study.slices_per_volume)
   lines.append(f"  derived: slicing_axis {axis}, target_spacing {fmt(spacing) if spacing else '() (kept)'}, "
-               f"shape {in_plane_shape(fp, axis, spacing, num_stages)}, normalization {normalization(fp)!r}, "
-               f"split {counts['train']}/{counts['val']}/{counts['test']}, "
-               f"budgets {budgets(fp, axis, spacing, counts['train'])}, "
-               f"slices_per_volume {slices_per_volume(fp, axis, spacing)}")
+               f"shape {shape}, normalization {norm!r}, split {counts['train']}/{counts['val']}/{counts['test']}, "
+               f"budgets {grid[0]}, slices_per_volume {grid[1]}")
   return lines
 
 

@@ -433,7 +433,7 @@ def prepare(config):
   """
   dataset, splits, depths, points, plans = read_inputs(config)
   fingerprint = fingerprint_lib.of_config(config)  # said once the config and the data have passed their checks
-  for line in fingerprint_lib.describe(fingerprint, config.model.num_stages) if fingerprint is not None else ():
+  for line in fingerprint_lib.describe(fingerprint, config=config) if fingerprint is not None else ():
     console.say(line)
   costs = {}
   if any(_needs_embeddings(p) for p in points):
