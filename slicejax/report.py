@@ -167,6 +167,7 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
         dice_mean=float(dice.mean()) if dice.size else math.nan,
         dice_std=float(dice.std(ddof=1)) if len(dice) > 1 else None,
         undefined_seeds=undefined,
+        steps=max((row.get("steps") or 0 for row in members), default=0) or None,
         dice_per_class=_mean_per_class(members),
         hd95_mean=_mean_of(members, "hd95_mean"),
         nsd_mean=_mean_of(members, "nsd_mean"),
@@ -501,13 +502,20 @@ def _merge_view(config: dict, keys) -> dict:
           if any(k == m or k.startswith(m + ".") for m in keys) and k not in _MERGE_IGNORED}
 
 
-def check_compatible(configs: dict, dims: dict | None = None) -> None:
+# Keys of the training length: they may differ between runs whose rows share no (dims, budget), since cells are
+# compared only at equal budget (a study may train each budget to its own plateau).
+SCHEDULE_KEYS = ("train.steps", "train.warmup_steps", "train.checkpoint_every", "train.log_every", "eval.curve_points")
+
+
+def check_compatible(configs: dict, dims: dict | None = None, budgets: dict | None = None) -> None:
   """Refuses to merge runs that differ in data, split, network or training.
 
   Args:
     configs: {path of config.json: its config dict}, in the order given.
     dims: {the same paths: the set of dims its rows hold}; the 2D network (`model`) is compared only between runs
       that both hold 2D rows, the 3D one (`three_d`) between runs that both hold 3D rows. None: both always.
+    budgets: {the same paths: the set of (dims, budget, reference) its rows hold}; runs whose sets are disjoint may
+      differ in `SCHEDULE_KEYS`. None: they may not.
 
   Raises:
     InputError: naming the later config.json of the first pair that differs, the first differing key, and both
@@ -521,8 +529,9 @@ def check_compatible(configs: dict, dims: dict | None = None) -> None:
         if dims is not None and not (d in dims[path] and d in dims[first_path]):
           keys.remove(name)
       reference, view = _merge_view(first, keys), _merge_view(config, keys)
+      disjoint = budgets is not None and not budgets[path] & budgets[first_path]
       for key in sorted(reference.keys() | view.keys()):
-        if reference.get(key) != view.get(key):
+        if reference.get(key) != view.get(key) and not (disjoint and key in SCHEDULE_KEYS):
           raise InputError(path, f"{key} is {view.get(key)!r} here but {reference.get(key)!r} in {first_path}; "
                                  "runs with different data, split, network or training cannot be merged")
 
@@ -537,7 +546,7 @@ def read_runs(workdirs) -> tuple:
   Raises:
     InputError: a folder is not a run, runs are incompatible (`check_compatible`), or their test volumes differ.
   """
-  configs, rows, dims = {}, [], {}
+  configs, rows, dims, budgets = {}, [], {}, {}
   for workdir in workdirs:
     path = pathlib.Path(workdir) / workdir_lib.CONFIG_NAME
     if not path.is_file():
@@ -549,8 +558,9 @@ def read_runs(workdirs) -> tuple:
       raise InputError(str(path), f"not valid JSON ({err})") from err
     run_rows = results.read_rows(pathlib.Path(workdir) / workdir_lib.RESULTS_NAME)
     dims[str(path)] = {row.get("dims") for row in run_rows}
+    budgets[str(path)] = {(row.get("dims"), row.get("budget"), bool(row.get("reference"))) for row in run_rows}
     rows += run_rows
-  check_compatible(configs, dims)
+  check_compatible(configs, dims, budgets)
   cases = {}
   for row in rows:
     if "test_cases" in row:
@@ -801,6 +811,13 @@ def _markdown(cells, comparisons, found, gate, needed, frontier, cost, options, 
   if seeds and seeds[-1] < options["min_seeds"]:
     out += [f"Every cell has fewer than {options['min_seeds']} seeds: no verdict can be given; run more seeds "
             "(`study.seeds`).", ""]
+  lengths = {}
+  for cell in cells:
+    if cell.get("steps"):
+      lengths.setdefault(cell["steps"], []).append("reference" if cell["reference"] else f"{cell['budget']}")
+  if len(lengths) > 1:
+    out += ["Training length differs between budgets (cells are compared only at equal budget): " + "; ".join(
+        f"{steps} steps: {', '.join(dict.fromkeys(names))}" for steps, names in sorted(lengths.items())) + ".", ""]
   out += trust_markdown(gate)
   out += findings_markdown(found, needed)
   out += ["## Cells", "",

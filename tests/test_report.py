@@ -374,6 +374,21 @@ def test_merging_incompatible_runs_names_the_key(tmp_path):
     report.run([tmp_path / "nothing"])
 
 
+def test_runs_of_different_lengths_merge_when_their_budgets_differ(tmp_path):
+  rows = _study_rows()
+  short = _run_folder(tmp_path / "short", [dict(r, steps=100) for r in rows])
+  longer = _run_folder(tmp_path / "long", [dict(r, budget=16, steps=300, name=r["name"].replace("b8", "b16"))
+                                           for r in rows], **{"train.steps": 300})
+  merged = report.run([short, longer], tmp_path / "merged")
+  text = (merged / "summary.md").read_text()
+  assert "Training length differs between budgets (cells are compared only at equal budget): 100 steps: 8; " \
+         "300 steps: 16." in text
+  # The same budget trained for different lengths is not merged.
+  again = _run_folder(tmp_path / "again", [dict(r, steps=300) for r in rows[:4]], **{"train.steps": 300})
+  with pytest.raises(InputError, match="train.steps is 300 here but 100"):
+    report.run([short, again], tmp_path / "refused")
+
+
 def test_write_summary_writes_every_file(tmp_path):
   rows = _grid_rows()
   report.write_summary(tmp_path, rows)
