@@ -33,7 +33,7 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0  # base of every model's initialisation and data stream; the sweep's `seeds` vary plans and streams.
 
   c.data = ml_collections.ConfigDict(dict(
-      source="msd",             # "msd": an MSD-layout folder at `root`; "phantom": generated in WORKDIR/phantom
+      source="msd",             # "msd": an MSD-layout folder at `root`; "phantom": generated once into the cache
       root="",
       missing_root_hint="",     # said when `root` is empty: how to get the data
       download_task="",         # the MSD task (e.g. "Task05_Prostate") that `python -m slicejax.download` fetches
