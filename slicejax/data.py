@@ -86,7 +86,7 @@ IGNORE_NAME = "ignore"
 _FILE_ENDINGS = (".nii.gz", ".nii")
 _STD_FLOOR = 1e-8
 # Bumped whenever the cached arrays or their meaning change, so old entries miss.
-_CACHE_FORMAT = 3
+_CACHE_FORMAT = 4  # 4: resampled ignore-label files keep their unannotated voxels ignored
 _GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI2_HEADER_SIZE = 540
 # Everything nibabel, gzip and zlib raise for a damaged file; caught while decoding a header or a whole data block.
@@ -772,7 +772,7 @@ def _decode_case(case: CaseInfo, image_raws, label_raw: bytes, slicing_axis: int
   if not case.resampled:
     return np.ascontiguousarray(image.astype(np.float16)), label, None
   image = resample_lib.resample_image(image, case.shape, case.original_spacing).astype(np.float16)
-  resampled = resample_lib.resample_label(label, case.shape, case.original_spacing)
+  resampled = resample_lib.resample_label(label, case.shape, case.original_spacing, ignore=ignore_label)
   return image, resampled, label
 
 
@@ -900,7 +900,8 @@ def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_windo
       path = _cache_path(folder, case.case_id, key)
       cached = _read_cache(path, key, case, mapped)
     if cached is None:
-      image, label, original = _decode_case(case, image_raws, label_raw, index.slicing_axis, normalization, ct_window)
+      image, label, original = _decode_case(case, image_raws, label_raw, index.slicing_axis, normalization, ct_window,
+                                               index.ignore_label)
       label_values = np.unique(label if original is None else original)
       if folder is not None:
         _write_cache(path, key, image, label, original, label_values)

@@ -29,6 +29,7 @@ from slicejax import config_lib
 from slicejax import data as data_lib
 from slicejax import files
 from slicejax import nifti
+from slicejax import resample as resample_lib
 from slicejax.errors import InputError
 
 FILE_ENDING = ".nii.gz"
@@ -106,6 +107,16 @@ def masked_label(label: np.ndarray, slices, slicing_axis: int, ignore: int) -> n
   return out
 
 
+def file_planes(case, planes) -> list:
+  """The planes of a case's files that a plan's planes (on the study's grid, resampled when `data.target_spacing`
+  changed the slicing axis) are made from (`resample.source_planes`): the planes an annotator would have painted."""
+  if not case.resampled or case.shape[0] == case.original_shape[0]:
+    return sorted(planes)
+  coarse = resample_lib.coarse_axis(case.original_spacing) == 0  # the slicing axis is volume axis 0
+  sources = resample_lib.source_planes(case.original_shape[0], case.shape[0], coarse=coarse)
+  return sorted({j for i in planes for j in sources[i]})
+
+
 def from_study(study_dir, point: str) -> dict:
   """The simulated annotations of one study point: its plan's slices of the true labels; as `from_plan`."""
   study_dir = pathlib.Path(study_dir).expanduser()
@@ -117,7 +128,8 @@ def from_study(study_dir, point: str) -> dict:
   plan = json.loads(plan_path.read_text())
   config = study_config(study_dir)
   axis = int(config.data.slicing_axis)
-  index = data_lib.index_msd(data_lib.dataset_root(config), slicing_axis=axis)
+  index = data_lib.index_msd(data_lib.dataset_root(config), slicing_axis=axis,
+                             target_spacing=tuple(config.data.get("target_spacing") or ()))
   by_id = {c.case_id: c for c in index.cases}
   missing = sorted(set(plan) - set(by_id))
   if missing:
@@ -127,7 +139,7 @@ def from_study(study_dir, point: str) -> dict:
     case = by_id[case_id]
     label = _checked_values(case.label_path, nifti.read_array(case.label_path), index.num_classes)
     cases.append((case_id, list(case.image_paths),
-                  masked_label(label, plan[case_id], axis, index.num_classes)))
+                  masked_label(label, file_planes(case, plan[case_id]), axis, index.num_classes)))
   return {"name": f"{index.name}_{point}", "class_names": list(index.class_names),
           "channel_names": list(index.channel_names), "cases": cases}
 

@@ -91,7 +91,19 @@ def resample_image(image: np.ndarray, shape, spacing, *, order: int = 3, order_c
   return out
 
 
-def resample_label(label: np.ndarray, shape, spacing, *, method: str = "linear") -> np.ndarray:
+def source_planes(num_file: int, num_grid: int, *, coarse: bool) -> list:
+  """For each of `num_grid` resampled planes along one axis, the file planes its values come from: `_resize`'s own
+  mapping (voxel centres aligned at the extent's edges), nearest along a coarse axis, linear otherwise.
+
+  Returns:
+    `[num_grid]` sorted tuples of file plane indices (one or two each).
+  """
+  ramp = np.arange(num_file, dtype=np.float64)[:, None, None]
+  source = _resize(ramp, (num_grid, 1, 1), (0,), 0 if coarse else 1)[:, 0, 0]
+  return [tuple(sorted({int(np.floor(x + 1e-9)), int(np.ceil(x - 1e-9))})) for x in source]
+
+
+def resample_label(label: np.ndarray, shape, spacing, *, method: str = "linear", ignore=None) -> np.ndarray:
   """Resamples an integer label map to a new grid (see the module docstring).
 
   Args:
@@ -99,6 +111,8 @@ def resample_label(label: np.ndarray, shape, spacing, *, method: str = "linear")
     shape: the new `(D', H', W')`.
     spacing: the label's `(sD, sH, sW)` mm (decides whether an axis is coarse).
     method: "linear" (per-class linear) or "nearest".
+    ignore: the ignore label (voxels nobody annotated), or None. It is not a class: a resampled voxel is annotated
+      only where every file voxel it is made from is annotated, and holds `ignore` elsewhere.
 
   Returns:
     `[D', H', W']` with `label`'s dtype.
@@ -108,6 +122,17 @@ def resample_label(label: np.ndarray, shape, spacing, *, method: str = "linear")
   shape = tuple(int(n) for n in shape)
   if label.shape == shape:
     return label.copy()
+  if ignore is not None and np.any(label == ignore):
+    fine, coarse = _passes(spacing)
+    annotated = (label != ignore).astype(np.float32)
+    if method == "nearest":
+      annotated = _resize(annotated, shape, (0, 1, 2), 0)
+    elif coarse is None:
+      annotated = _resize(annotated, shape, (0, 1, 2), 1)
+    else:
+      annotated = _resize(_resize(annotated, shape, fine, 1), shape, (coarse,), 0)
+    classes = resample_label(np.where(label == ignore, 0, label).astype(label.dtype), shape, spacing, method=method)
+    return np.where(annotated >= 1 - 1e-6, classes, ignore).astype(label.dtype)
   fine, coarse = _passes(spacing)
   if method == "nearest":
     return _resize(label, shape, (0, 1, 2), 0).astype(label.dtype)

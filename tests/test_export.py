@@ -16,6 +16,7 @@ from slicejax import export
 from slicejax import nifti
 from slicejax import phantom
 from slicejax import plan as plan_lib
+from slicejax import resample
 from slicejax.errors import InputError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -107,3 +108,17 @@ def test_nnunet_integrity_check(planned, tmp_path):
   nib.save(nib.Nifti1Image(data, label.affine, label.header), str(label_path))
   with pytest.raises(InputError, match="integrity check failed"):
     export.verify(out)
+
+
+def test_a_study_plan_on_a_resampled_grid_is_exported_on_the_files_planes():
+  import types  # a case indexed with a target spacing: 20 file planes at 2 mm, 10 on the study's 4 mm grid
+  case = types.SimpleNamespace(resampled=True, shape=(10, 8, 8), original_shape=(20, 8, 8),
+                               original_spacing=(2.0, 2.0, 2.0))
+  assert export.file_planes(case, [1, 4]) == [2, 3, 8, 9]  # linear: the two planes each is made from
+  coarse = types.SimpleNamespace(resampled=True, shape=(10, 8, 8), original_shape=(20, 8, 8),
+                                 original_spacing=(2.0, 0.5, 0.5))
+  nearest = resample.source_planes(20, 10, coarse=True)
+  assert export.file_planes(coarse, [1, 4]) == [nearest[1][0], nearest[4][0]]  # nearest along a coarse axis
+  same = types.SimpleNamespace(resampled=False, shape=(20, 8, 8), original_shape=(20, 8, 8),
+                               original_spacing=(2.0, 2.0, 2.0))
+  assert export.file_planes(same, [4, 1]) == [1, 4]

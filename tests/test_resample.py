@@ -106,3 +106,28 @@ def test_not_resampled_volumes_carry_no_original_label(tmp_path):
     assert vol.original_label is None and vol.original_spacing is None and not vol.resampled
     prediction, truth, spacing = resample.on_original_grid(vol.label, vol)
     assert truth is vol.label and spacing == vol.spacing
+
+
+def test_source_planes_follow_the_resampling():
+  # 20 file planes at 2 mm resampled to 10 at 4 mm: plane i is centred at file coordinate 2 i + 0.5.
+  linear = resample.source_planes(20, 10, coarse=False)
+  assert linear[1] == (2, 3) and linear[4] == (8, 9) and linear[0] == (0, 1)
+  # Nearest along a coarse axis: one plane each, the one `_resize` reads.
+  ramp = np.arange(20.0)[:, None, None]
+  nearest = resample.source_planes(20, 10, coarse=True)
+  assert [p for (p,) in nearest] == [int(v) for v in resample._resize(ramp, (10, 1, 1), (0,), 0)[:, 0, 0]]
+
+
+def test_an_ignore_label_is_not_resampled_as_a_class():
+  # Planes 2, 3, 8 and 9 of 20 annotated (class 1 in a square, 0 around), the rest ignore (3); isotropic 2 mm.
+  label = np.full((20, 8, 8), 3, np.uint8)
+  for plane in (2, 3, 8, 9):
+    label[plane] = 0
+    label[plane, 2:6, 2:6] = 1
+  out = resample.resample_label(label, (10, 8, 8), (2.0, 2.0, 2.0), ignore=3)
+  annotated = [i for i in range(10) if np.all(out[i] != 3)]
+  assert annotated == [1, 4] and np.all(out[[0, 2, 3, 5, 6, 7, 8, 9]] == 3)
+  np.testing.assert_array_equal(out[1], label[2])
+  # Only plane 2 annotated: resampled plane 1 mixes an unannotated plane in, so it is not annotated.
+  label[3] = 3
+  assert np.all(resample.resample_label(label, (10, 8, 8), (2.0, 2.0, 2.0), ignore=3)[1] == 3)
