@@ -51,7 +51,8 @@ def _cropped_share(volumes, shape, num_classes) -> np.ndarray:
 
 
 def _measure(config, dims, points, plans, splits, dataset):
-  """Measured seconds per step of one model, its compilation, seconds per model and volume of the final test
+  """Measured seconds per step of one model, its compilation (the step's and the evaluation's programs, each
+  compiled once per group), seconds per model and volume of the final test
   evaluation (label maps, Dice and, when on, the surface metrics) and of a Dice-only evaluation (validation and
   learning curves), and bytes."""
   step = train.one_model_step(config, dims, points, plans, splits, dataset)
@@ -67,17 +68,21 @@ def _measure(config, dims, points, plans, splits, dataset):
   predict = train.DIMS[dims].predictor(config, step["programs"]["model"], axis)
   params = axis.from_stacked(jax.tree.map(lambda leaf: leaf[None], state["params"]))
   volumes = splits["test"][:2]
+  start = time.perf_counter()
   list(predict(params, volumes, step["shape"]))  # compiles
+  compile_eval = time.perf_counter() - start
   start = time.perf_counter()
   evaluate_lib.score(predict(params, volumes, step["shape"]), volumes, dataset.num_classes)
   dice_seconds = (time.perf_counter() - start) / max(len(volumes), 1)
   segment = train.DIMS[dims].segmenter(config, step["programs"]["model"], axis)
+  start = time.perf_counter()
   list(segment(params, volumes, step["shape"]))  # compiles
+  compile_eval += time.perf_counter() - start
   start = time.perf_counter()
   evaluate_lib.score_labels(segment(params, volumes, step["shape"]), volumes, dataset.num_classes,
                             tolerance_mm=config.eval.nsd_tolerance_mm, surface=config.eval.surface_metrics)
   test_seconds = (time.perf_counter() - start) / max(len(volumes), 1)
-  return (step_seconds, step["compile_seconds"], test_seconds, dice_seconds, step["model_bytes"],
+  return (step_seconds, step["compile_seconds"] + compile_eval, test_seconds, dice_seconds, step["model_bytes"],
           step["bank_bytes"])
 
 
@@ -116,9 +121,12 @@ def dry_run(config) -> list[str]:
     InputError: bad config values or data, exactly as a launch would.
   """
   start = time.perf_counter()
+  # Start-up (the imports so far, nearly all CPU) and reading the data, as a launch pays them before training.
+  startup = time.process_time()
   cfg = config.data
   left_out = []
   dataset, splits, depths, points, plans = train.read_inputs(config, use_cache=False, left_out=left_out)
+  startup += time.perf_counter() - start
   for point in points:
     if point.name not in plans:  # ual: the same allocation, without training the encoder
       plans[point.name] = train.plan_of(config, dataclasses.replace(point, selection="random"), depths)
@@ -162,7 +170,7 @@ def dry_run(config) -> list[str]:
     lines.append(f"  ual points train a slice encoder first ({config.ual.encoder.steps} steps, not in the estimate; "
                  "cached per dataset and encoder config)")
 
-  total, peak = 0.0, 0
+  total, peak = startup, 0
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   for dims, dims_points in per_dims.items():
     step_s, compile_s, test_s, dice_s, step_bytes, bank_bytes = _measure(config, dims, dims_points, plans, splits,
@@ -179,12 +187,14 @@ def dry_run(config) -> list[str]:
     per_program = min(max(group_sizes), config.model_axis.chunk)
     peak = max(peak, rss + bank_bytes + per_program * step_bytes)
     lines.append(f"{dims}D: {step_s:.3f} s per step and model (measured, {_MEASURED_STEPS} steps), compile "
-                 f"{compile_s:.1f} s (one model's program), evaluation {test_s:.2f} s per model and test volume, "
+                 f"{compile_s:.1f} s (one model's training and evaluation programs), evaluation {test_s:.2f} s per "
+                 f"model and test volume, "
                  f"{dice_s:.2f} s per validation volume -> {len(dims_points)} models x {config.train.steps} steps in "
                  f"{len(group_sizes)} groups: about {console.duration(seconds)} ("
                  + ", ".join(f"{name} {console.duration(s)}" for name, s in parts.items()) + ")")
   lines.append(f"estimate: about {console.duration(total)} on this machine ({jax.default_backend()}, models of a group "
-               f"counted one after another), peak memory about {peak / 2**30:.1f} GiB")
+               f"counted one after another; start-up and reading the data {console.duration(startup)}), peak memory "
+               f"about {peak / 2**30:.1f} GiB")
   if config.stats.pilot:
     lines += seeds_check(config, points)
   lines.append(f"checked in {time.perf_counter() - start:.1f} s; nothing was trained or written")
