@@ -70,11 +70,39 @@ def _read_plan(plan_dir) -> dict:
     raise InputError(path, f"not valid JSON: {e}") from e
 
 
-def from_plan(plan_dir, annotations="") -> dict:
-  """The annotated cases of a plan: its filled label files, checked against their images.
+def check_against_plan(path, label: np.ndarray, planned, axis: int, ignore: int) -> dict:
+  """Compares a returned label file with its plan, plane by plane along the slicing axis.
 
   Returns:
-    {"name", "class_names", "channel_names", "cases": [(case_id, image paths, label [X, Y, Z] uint8)]}.
+    {"planned", "annotated" (planned planes holding an annotated voxel), "empty" (planned planes holding background
+    only: left empty, or truly without foreground), "unannotated" (planned planes still all ignore), "unplanned"
+    (planes outside the plan holding annotated voxels)}, counts.
+
+  Raises:
+    InputError: the file holds no ignore value at all: a dense label, not the plan's annotations.
+  """
+  if not np.any(label == ignore):
+    raise InputError(path, f"holds no ignore value ({ignore}): a dense label, not annotations of the plan's "
+                           f"{len(planned)} slices")
+  other = tuple(a for a in range(3) if a != axis)
+  annotated = np.any(label != ignore, axis=other)
+  foreground = np.any((label != ignore) & (label != 0), axis=other)
+  planned = sorted(set(int(i) for i in planned))
+  mask = np.zeros(label.shape[axis], bool)
+  mask[planned] = True
+  return {"planned": len(planned), "annotated": int(annotated[mask].sum()),
+          "empty": int((annotated & ~foreground)[mask].sum()), "unannotated": int((~annotated)[mask].sum()),
+          "unplanned": int(annotated[~mask].sum())}
+
+
+def from_plan(plan_dir, annotations="") -> dict:
+  """The annotated cases of a plan: its filled label files, checked against their images and the plan
+  (`check_against_plan`; a warning per case with planned slices left unannotated or background only, or painted
+  slices the plan does not list).
+
+  Returns:
+    {"name", "class_names", "channel_names", "cases": [(case_id, image paths, label [X, Y, Z] uint8)], "checks":
+    {case id: `check_against_plan`'s counts}}.
   """
   plan_dir = pathlib.Path(plan_dir).expanduser()
   meta = _read_plan(plan_dir)
@@ -86,8 +114,19 @@ def from_plan(plan_dir, annotations="") -> dict:
     image_paths = [pathlib.Path(p) for p in entry["image"]]
     label = nifti.check_same_grid(path, image_paths[0])
     cases.append((case_id, image_paths, _checked_values(path, np.asanyarray(label.dataobj), num_classes)))
+  checks = {}
+  for case_id, _, label in cases:
+    path = folder / f"{case_id}.nii.gz"
+    found = checks[case_id] = check_against_plan(path, label, meta["cases"][case_id]["slices"],
+                                                 int(meta["slicing_axis"]), num_classes)
+    problems = [f"{found[k]} {text}" for k, text in (
+        ("unannotated", "planned slice(s) not annotated (still the ignore value)"),
+        ("empty", "planned slice(s) holding background only (left empty?)"),
+        ("unplanned", "slice(s) annotated outside the plan (exported as annotated)")) if found[k]]
+    if problems:
+      logging.warning("%s: %s of %d planned", path, "; ".join(problems), found["planned"])
   return {"name": meta["dataset"], "class_names": meta["class_names"], "channel_names": meta["channel_names"],
-          "cases": cases}
+          "cases": cases, "checks": checks}
 
 
 def study_config(study_dir) -> ml_collections.ConfigDict:

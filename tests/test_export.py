@@ -122,3 +122,32 @@ def test_a_study_plan_on_a_resampled_grid_is_exported_on_the_files_planes():
   same = types.SimpleNamespace(resampled=False, shape=(20, 8, 8), original_shape=(20, 8, 8),
                                original_spacing=(2.0, 2.0, 2.0))
   assert export.file_planes(same, [4, 1]) == [1, 4]
+
+
+def test_annotations_are_checked_against_the_plan(planned, tmp_path):
+  root, base, plan = planned
+  clean = export.from_plan(base / "plan", base / "annotations")
+  for case, slices in plan.items():
+    found = clean["checks"][case]
+    assert (found["planned"], found["unannotated"], found["unplanned"]) == (2, 0, 0)
+    assert found["annotated"] == 2 and found["empty"] == sum(
+        not np.any(np.asarray(nib.load(root / "labelsTr" / f"{case}.nii.gz").dataobj)[:, :, s]) for s in slices)
+  # One planned slice erased back to the ignore value, one unplanned slice painted.
+  (first, slices), (second, _) = sorted(plan.items())
+  annotations = tmp_path / "annotations"
+  annotations.mkdir()
+  for case in plan:
+    (annotations / f"{case}.nii.gz").write_bytes((base / "annotations" / f"{case}.nii.gz").read_bytes())
+  img = nib.load(annotations / f"{first}.nii.gz")
+  label = np.asarray(img.dataobj).copy()
+  label[:, :, slices[0]] = 3
+  unplanned = next(i for i in range(label.shape[2]) if i not in slices)
+  label[:, :, unplanned] = 0
+  nifti.save_like(annotations / f"{first}.nii.gz", label, img)
+  found = export.from_plan(base / "plan", annotations)["checks"][first]
+  assert (found["unannotated"], found["unplanned"], found["annotated"]) == (1, 1, 1)
+  # Dense labels passed as annotations are refused, naming the file.
+  truth = nib.load(root / "labelsTr" / f"{second}.nii.gz")
+  nifti.save_like(annotations / f"{second}.nii.gz", np.asarray(truth.dataobj).astype(np.uint8), truth)
+  with pytest.raises(InputError, match=f"{second}.nii.gz: holds no ignore value \\(3\\): a dense label"):
+    export.from_plan(base / "plan", annotations)
