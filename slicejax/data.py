@@ -817,10 +817,13 @@ def _read_cache(path: pathlib.Path, key: str, case: CaseInfo, mapped: bool = Fal
   return image, label, original, label_values
 
 
-def _write_cache(path: pathlib.Path, key: str, image: np.ndarray, label: np.ndarray, original, label_values):
-  # One file per entry, written atomically: an entry is complete or absent, never half written.
+def _write_cache(path: pathlib.Path, key: str, image: np.ndarray, label: np.ndarray, original, label_values,
+                 dataset: str = ""):
+  # One file per entry, written atomically: an entry is complete or absent, never half written. `dataset` (the
+  # folder the case came from) is for people listing the cache (`slicejax.cache`), not part of the key.
   dtype = _smallest_int(label_values[0], label_values[-1])
-  arrays = dict(key=np.array(key), image=image, label=label.astype(dtype), label_values=label_values)
+  arrays = dict(key=np.array(key), image=image, label=label.astype(dtype), label_values=label_values,
+                dataset=np.array(dataset))
   if original is not None:
     arrays["original_label"] = original.astype(dtype)
   files.atomic_writer(path, lambda f: np.savez(f, **arrays))
@@ -904,7 +907,7 @@ def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_windo
                                                index.ignore_label)
       label_values = np.unique(label if original is None else original)
       if folder is not None:
-        _write_cache(path, key, image, label, original, label_values)
+        _write_cache(path, key, image, label, original, label_values, str(index.root))
       if mapped:  # the entry just written, read on access like every other
         image, label, original, _ = _read_cache(path, key, case, mapped)
     else:
