@@ -395,10 +395,14 @@ def plot_curves(logdir, path) -> None:
         if finite.size and finite[-1] < values.size - 1:
           ax.plot(steps[finite[-1]], values[finite[-1]], "x", color=line.get_color())
           diverged = True
-      ax.set_yscale("log", nonpositive="mask")
-      # Plain numbers (0.2, 0.5, 1) rather than powers of ten: losses span a decade or two.
-      ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-      ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
+      finite = np.concatenate([np.asarray(values)[np.isfinite(values)] for _, (_, values) in curves] or [[]])
+      finite = finite[finite > 0]
+      if finite.size and finite.max() > 3 * finite.min():
+        ax.set_yscale("log", nonpositive="mask")
+        # Plain numbers (0.2, 0.5, 1) rather than powers of ten: losses span a decade or two.
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
+      # else a linear axis: within a factor of 3 a log axis may hold no labelled tick at all
       ax.set_title(f"{panel.replace('_', ' ')} ({len(curves)} models)")
       ax.set_xlabel("step")
       ax.set_ylabel("loss")

@@ -14,13 +14,13 @@ import numpy as np
 _PNG_DPI = 120
 
 
-def all_figures(cells, comparisons, frontier, cost) -> dict:
+def all_figures(cells, comparisons, cost) -> dict:
   """{file name: PNG bytes} of every figure of the report."""
   return {"dice_vs_allocation.png": dice_vs_allocation(cells),
           "dice_vs_budget.png": dice_vs_budget(cells),
           "forest.png": forest(comparisons),
           "dice_per_class.png": dice_per_class(cells),
-          "dice_vs_cost.png": dice_vs_cost(cells, frontier, cost),
+          "dice_vs_cost.png": dice_vs_cost(cells, cost),
           "learning_curves.png": learning_curves(cells)}
 
 
@@ -79,7 +79,9 @@ def _panels(cells, value, ylabel, title_suffix="") -> bytes:
   budgets = sorted({cell["budget"] for cell in grid})
   selections = _selections(grid)
   fig = _new(4 * len(budgets), 3.2 * len(all_dims) + 0.6)
-  axes = fig.subplots(len(all_dims), len(budgets), squeeze=False, sharey=True)
+  # Not shared: a row whose first panels are empty (3D at fewer budgets) keeps its tick labels; one range for all.
+  axes = fig.subplots(len(all_dims), len(budgets), squeeze=False)
+  shown = []
   for row, dims in enumerate(all_dims):
     references = [cell for cell in cells if cell["reference"] and cell["dims"] == dims]
     for column, budget in enumerate(budgets):
@@ -88,6 +90,7 @@ def _panels(cells, value, ylabel, title_suffix="") -> bytes:
       if not panel:
         ax.set_visible(False)
         continue
+      shown.append(ax)
       lines = {}
       for cell in panel:
         lines.setdefault((cell["selection"], cell["interpolation"]), []).append(cell)
@@ -106,8 +109,11 @@ def _panels(cells, value, ylabel, title_suffix="") -> bytes:
       _log2_ticks(ax, [cell["slices_per_volume"] for cell in panel])
       ax.set_title(f"{dims}D, budget {budget}{title_suffix}")
       ax.set_xlabel("slices per volume (volumes = budget / slices)")
-      if column == 0:
+      if len([a for a in shown if a in axes[row]]) == 1:  # the row's first panel that is drawn
         ax.set_ylabel(ylabel)
+  lows, highs = zip(*(ax.get_ylim() for ax in shown))
+  for ax in shown:
+    ax.set_ylim(min(lows), max(highs))
   _legend(fig)
   return _png(fig)
 
@@ -147,7 +153,11 @@ def dice_per_class(cells) -> bytes:
                     color=f"C{selections.index(selection)}", linestyle="--" if interpolation else "-", marker="o",
                     label=selection + (" + interpolation" if interpolation else ""))
       _log2_ticks(ax, [cell["slices_per_volume"] for cell in panel])
-      ax.set_title(f"{name}: {dims}D, budget {budget}")
+      absent = max((c["absent"].get(name, 0) for c in panel), default=0)
+      volumes = max((c["test_volumes"] for c in panel), default=0)
+      note = ("" if not absent else "\nabsent from every test volume: no Dice" if absent == volumes
+              else f"\nover the {volumes - absent} of {volumes} test volumes holding it")
+      ax.set_title(f"{name}: {dims}D, budget {budget}{note}", fontsize="medium")
       ax.set_xlabel("slices per volume")
       if column == 0:
         ax.set_ylabel(f"Dice {name}")
@@ -226,7 +236,7 @@ def _short(cell) -> str:
                                                                                   else "")
 
 
-def dice_vs_cost(cells, frontier, cost) -> bytes:
+def dice_vs_cost(cells, cost) -> bytes:
   """Mean Dice against annotation cost for every sparse cell, the best cell at each cost joined, one panel per
   dims."""
   grid = [cell for cell in cells if not cell["reference"]]
@@ -242,11 +252,19 @@ def dice_vs_cost(cells, frontier, cost) -> bytes:
       members = [c for c in panel if c["slices_per_volume"] == rho]
       ax.scatter([c["cost"] for c in members], [c["dice_mean"] for c in members], color=f"C{i}", s=18,
                  label=f"{rho} slice{'' if rho == 1 else 's'} per volume")
-    best = [c for c in frontier if c["dims"] == dims]
-    best = [c for i, c in enumerate(best) if all(c["dice_mean"] > d["dice_mean"] for d in best[:i])]
+    best, top = [], -np.inf  # this panel's own frontier: the best cell at each cost, of these dims
+    for c in sorted(panel, key=lambda c: (c["cost"], -c["dice_mean"])):
+      if c["dice_mean"] > top:
+        best.append(c)
+        top = c["dice_mean"]
     ax.step([c["cost"] for c in best], [c["dice_mean"] for c in best], where="post", color="black", linewidth=1,
             label="best at each cost")
     ax.set_xscale("log")
+    costs = sorted({c["cost"] for c in panel})
+    ax.set_xticks(costs, labels=[f"{c:g}" for c in costs])  # plain seconds, not 4x10^1
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    if len(costs) == 1:
+      ax.set_xlim(costs[0] / 1.5, costs[0] * 1.5)
     ax.set_title(f"{dims}D: {cost['seconds_per_volume']:g} s per volume + {cost['seconds_per_slice']:g} s per slice")
     ax.set_xlabel("annotation cost (s)")
     ax.set_ylabel("Dice (mean over seeds)")

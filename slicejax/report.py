@@ -621,7 +621,7 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   needed = seeds_needed(comparisons, options)
   frontier = cost_frontier(cells)
   text = _markdown(cells, comparisons, found, gate, needed, frontier, cost, options, compute_used(rows))
-  pngs = figures.all_figures(cells, comparisons, frontier, cost)
+  pngs = figures.all_figures(cells, comparisons, cost)
   files.atomic_write(os.path.join(workdir, "summary.md"), preamble + text + _figure_links(pngs, ""))
   if document is not None:
     prefix = os.path.relpath(workdir, os.path.dirname(os.path.abspath(document)) or ".")
