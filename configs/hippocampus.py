@@ -13,6 +13,10 @@ Arguments:
   reference: train only the fully annotated 2D reference (about 9 minutes on 2 CPU cores, dice_mean ~0.86).
   reference3d: train only the fully annotated 3D reference (base-8 3D U-Net, 48^3 patches, 2400 steps of batch 2).
   tiny: a few volumes and steps, for tests.
+  converged=PART,budget=B: a part of the converged study (docs/hippocampus_study/converged/): PART "grid" at budget B
+    (36, 72, 144 or 288; random and fixed, ual at 36 and 144), "interp" at 72 or 288, or "reference" (3 seeds);
+    base-8 U-Net, batch 16, CONVERGED_STEPS steps for the budget, 5 seeds, validation Dice on all 20 validation
+    volumes at 8 points of training.
   recipe: the converged study's pilot: the reference and budgets 36 and 288 at 1, 4 and 16 slices per volume,
     random, seeds 0-1, `recipe_steps` (4000) steps of batch 16 with a base-`recipe_features` (8) U-Net, validation
     Dice on all 20 validation volumes every 250 steps.
@@ -33,10 +37,19 @@ from slicejax import config_lib
 # The documented study's training steps (batch 16), chosen from the pilot's learning curves.
 STUDY_STEPS = 300
 
+# The converged study (docs/hippocampus_study/converged/): one recipe for every cell and the reference, chosen from
+# the `recipe` pilot's learning curves; the steps grow with the budget (cells are compared only at equal budget).
+CONVERGED = dict(features=8, batch_size=16, learning_rate=3e-3, warmup_steps=50, seeds=(0, 1, 2, 3, 4))
+CONVERGED_STEPS = {36: 1500, 72: 2000, 144: 3000, 288: 4000}
+CONVERGED_REFERENCE_STEPS = 6000
+CONVERGED_UAL_BUDGETS = (36, 144)  # ual at two budgets
+CONVERGED_INTERP_BUDGETS = (72, 288)  # interpolation on against off at two budgets
+
 
 def get_config(arg=""):
   arg = config_lib.parse_arg(arg, reference=False, reference3d=False, tiny=False, pilot=False, study2d=False,
-                             interp=False, study3d=False, recipe=False, recipe_features=8, recipe_steps=4000)
+                             interp=False, study3d=False, recipe=False, recipe_features=8, recipe_steps=4000,
+                             converged="", budget=0)
   config = config_lib.base()
   config.data.update(
       source="msd", slicing_axis=2, normalization="zscore", shape=(48, 64),
@@ -91,6 +104,29 @@ def get_config(arg=""):
                         reference=True, reference_seeds=(0,))
     config.eval.update(curve_points=arg.recipe_steps // 250, curve_volumes=20)
     config.model_axis.max_models = 2  # groups of a few minutes: a stop loses little
+  if arg.converged:
+    # One part of the converged study: "grid" (random and fixed, with ual at CONVERGED_UAL_BUDGETS, rho 1, 4 and
+    # 16 where whole), "interp" (fixed interval with interpolation at CONVERGED_INTERP_BUDGETS, rho 4 and 16; its
+    # "off" cells are the grid's) or "reference" (every slice, 3 seeds), each budget a launch of its own.
+    if arg.converged not in ("grid", "interp", "reference"):
+      raise ValueError(f"converged must be grid, interp or reference, got {arg.converged!r}")
+    config.model.features = CONVERGED["features"]
+    steps = CONVERGED_REFERENCE_STEPS if arg.converged == "reference" else CONVERGED_STEPS.get(arg.budget)
+    if steps is None:
+      raise ValueError(f"budget must be one of {sorted(CONVERGED_STEPS)}, got {arg.budget}")
+    config.train.update(steps=steps, batch_size=CONVERGED["batch_size"], learning_rate=CONVERGED["learning_rate"],
+                        warmup_steps=CONVERGED["warmup_steps"], log_every=100, checkpoint_every=250)
+    config.eval.update(curve_points=8, curve_volumes=20)
+    config.model_axis.max_models = 2  # groups of minutes: a stop loses little
+    config.study.update(seeds=CONVERGED["seeds"], slices_per_volume=(1, 4, 16), reference=False)
+    if arg.converged == "grid":
+      config.study.update(budgets=(arg.budget,), selections=("random", "fixed") + (
+          ("ual",) if arg.budget in CONVERGED_UAL_BUDGETS else ()))
+    elif arg.converged == "interp":
+      config.study.update(budgets=(arg.budget,), slices_per_volume=(4, 16), selections=("fixed",),
+                          interpolation=(True,))
+    else:
+      config.study.update(budgets=(), reference=True, reference_seeds=(0, 1, 2))
   if arg.tiny:
     config.data.split.update(train=6, val=1, test=2)
     config.model.update(features=4, num_stages=2)
