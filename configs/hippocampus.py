@@ -15,7 +15,7 @@ Arguments:
   tiny: a few volumes and steps, for tests.
   converged=PART,budget=B: a part of the converged study (docs/hippocampus_study/converged/): PART "grid" at budget B
     (36, 72, 144 or 288; random and fixed, ual at 36 and 144), "interp" at 72 or 288, or "reference" (3 seeds);
-    base-8 U-Net, batch 16, CONVERGED_STEPS steps for the budget, 5 seeds, validation Dice on all 20 validation
+    base-16 U-Net, batch 16, CONVERGED_STEPS steps for the budget, 5 seeds, validation Dice on all 20 validation
     volumes at 8 points of training.
   recipe: the converged study's pilot: the reference and budgets 36 and 288 at 1, 4 and 16 slices per volume,
     random, seeds 0-1, `recipe_steps` (4000) steps of batch 16 with a base-`recipe_features` (8) U-Net, validation
@@ -39,7 +39,7 @@ STUDY_STEPS = 300
 
 # The converged study (docs/hippocampus_study/converged/): one recipe for every cell and the reference, chosen from
 # the `recipe` pilot's learning curves; the steps grow with the budget (cells are compared only at equal budget).
-CONVERGED = dict(features=8, batch_size=16, learning_rate=3e-3, warmup_steps=50, seeds=(0, 1, 2, 3, 4))
+CONVERGED = dict(features=16, batch_size=16, learning_rate=3e-3, warmup_steps=50, seeds=(0, 1, 2, 3, 4))
 CONVERGED_STEPS = {36: 1500, 72: 2000, 144: 3000, 288: 4000}
 CONVERGED_REFERENCE_STEPS = 6000
 CONVERGED_UAL_BUDGETS = (36, 144)  # ual at two budgets
