@@ -196,3 +196,10 @@ def test_adjust_family_and_flip():
 def test_the_rules_are_the_documented_ones():
   docs = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "statistics.md").read_text()
   assert stats.rules_markdown({}) in docs
+
+
+def test_rows_without_per_volume_results_and_a_null_dice_compare_without_error():
+  a = {0: {"dice_mean": 0.5}, 1: {"dice_mean": None}, 2: {"dice_mean": 0.75}, 3: {"dice_mean": 0.625}}
+  b = {s: {"dice_mean": 0.25} for s in range(4)}
+  out = stats.compare(a, b)
+  assert out["seeds"] == [0, 2, 3] and out["n_pairs"] == 3 and out["mean_diff"] == pytest.approx(0.375)
