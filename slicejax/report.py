@@ -819,13 +819,19 @@ def _markdown(cells, comparisons, found, gate, needed, frontier, cost, options, 
     out += ["Training length differs between budgets (cells are compared only at equal budget): " + "; ".join(
         f"{steps} steps: {', '.join(dict.fromkeys(names))}" for steps, names in sorted(lengths.items())) + ".", ""]
   out += trust_markdown(gate)
-  out += findings_markdown(found, needed)
+  if comparisons:
+    out += findings_markdown(found, needed)
+  else:
+    out += ["## Findings", "", "No pre-specified comparison in this run (it needs cells that differ in one study "
+            "variable at equal budget): the paper's findings are not checked.", ""]
   out += ["## Cells", "",
           "Dice: mean ± std over seeds (number of seeds) of each model's mean test Dice; HD95 and NSD (normalised "
           "surface Dice) likewise, means over seeds. Cost: annotation seconds under the cost model below. Flags: "
           "`absent` (a class missing from some test volumes' truth: its Dice averages over fewer volumes), `still "
           f"improving` (mean validation Dice rose by more than {options['plateau_tolerance']:g} over the last "
-          "learning-curve interval: more steps may change the answer).", ""]
+          "learning-curve interval: more steps may change the answer). A dash for HD95 or NSD: not computed "
+          "(`eval.surface_metrics` off) or undefined (a class absent from both the truth and the prediction of every "
+          "test volume).", ""]
   out += _cell_table(grid, classes) if grid else ["No sparse-annotation cells yet."]
   out += ["", "## Reference (every slice annotated)", ""]
   out += _cell_table(reference, classes) if reference else ["No reference run yet."]

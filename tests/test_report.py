@@ -485,3 +485,9 @@ def test_check_sizes_the_grid_families_from_the_pilot(tmp_path):
   config.stats.pilot = str(few)
   assert "more than 1000 (the test volumes' own variance" in dryrun.seeds_check(config, points)[0]
   assert dryrun.seeds_check(config, points)[1].startswith("warning:")
+
+
+def test_a_single_model_gets_no_findings_boilerplate(tmp_path):
+  report.write_summary(tmp_path, [_reference(0, 0.875)])
+  text = (tmp_path / "summary.md").read_text()
+  assert "the paper's findings are not checked" in text and "Verdict:" not in text
