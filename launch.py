@@ -106,6 +106,7 @@ def _run_mode(mode: str, config, workdir) -> None:
 def main(argv):
   del argv
   console.setup_logging(logging.get_verbosity())
+  console.set_output(sys.stdout)
   try:
     config = _CONFIG.value
     config.get("seed")  # A config file that failed to load raises here.

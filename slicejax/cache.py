@@ -146,6 +146,7 @@ _KIND = flags.DEFINE_enum("kind", "", ("",) + KINDS, "Entries of this kind.")
 
 def main(argv):
   del argv
+  console.set_output(sys.stdout)
   folder = pathlib.Path(_DIR.value).expanduser() if _DIR.value else data_lib.default_cache_dir()
   try:
     if not folder.is_dir():

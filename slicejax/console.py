@@ -1,6 +1,7 @@
 """What a run shows while it trains: lines for people on stdout, a quiet log on stderr, loss curves in the workdir.
 
-Lines for people. `say` prints a line to stdout (where a run is, what it found, what it wrote), and `GroupProgress`
+Lines for people. `say` prints a line (where a run is, what it found, what it wrote) to stdout in launch.py
+(`set_output`; stderr inside other programs, whose stdout may carry data), and `GroupProgress`
 draws one line per group: models, step, median and worst loss of the models still training, seconds per step and an
 ETA, and the phase a group is in (a validation curve, its evaluation). On a terminal the progress line is redrawn in
 place; elsewhere (a file, CI) each update is a line of its own.
@@ -102,10 +103,26 @@ def setup_logging(verbosity: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # Progress.
 
+# Where lines for people go: a program for people (launch.py) sends them to stdout with `set_output`; inside other
+# programs (benchmarks that print JSON on stdout, workers) they stay on stderr.
+_OUTPUT = None
+
+
+def set_output(stream) -> None:
+  """Sends `say` lines and progress lines to `stream` (e.g. sys.stdout); None: sys.stderr."""
+  global _OUTPUT
+  _OUTPUT = stream
+
+
+def output():
+  return sys.stderr if _OUTPUT is None else _OUTPUT
+
+
 def say(text: str, stream=None) -> None:
-  """Prints a line for people to stdout (or `stream`), below any progress line drawn in place."""
+  """Prints a line for people to the output stream (`set_output`) or `stream`, below any progress line drawn in
+  place."""
   _LIVE.keep()
-  print(text, file=sys.stdout if stream is None else stream, flush=True)
+  print(text, file=output() if stream is None else stream, flush=True)
 
 
 def _columns(stream) -> int:
@@ -184,7 +201,7 @@ class GroupProgress:
     eval_seconds: estimated seconds of the group's evaluation after training (e.g. the previous group's seconds
       per model times M), or None if unknown.
     clock: seconds as a float, monotonic; the clock is read at construction, so build this right before the loop.
-    stream: where the lines go; sys.stdout if None.
+    stream: where the lines go; the output stream (`set_output`) if None.
     tty: whether to redraw one line in place; if None, whether `stream` is a terminal. If not, each update is a
       line of its own.
   """
@@ -194,7 +211,7 @@ class GroupProgress:
                stream=None, tty: Optional[bool] = None):
     self._group_index, self._num_models, self._steps = group_index, num_models, steps
     self._first_step, self._eval_seconds, self._clock = first_step, eval_seconds, clock
-    self._stream = sys.stdout if stream is None else stream
+    self._stream = output() if stream is None else stream
     self._tty = self._stream.isatty() if tty is None else tty
     self._start = clock()
     self._first = None  # (step, seconds, clock) at the first update.

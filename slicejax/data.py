@@ -296,7 +296,7 @@ def dataset_root(config) -> pathlib.Path:
   if not cfg.root:
     raise InputError("config.data.root", cfg.get("missing_root_hint") or "set it to the dataset folder")
   root = pathlib.Path(cfg.root).expanduser()
-  if cfg.get("download_task") and not (root / "dataset.json").exists():
+  if cfg.get("download_task") and not root.exists():
     raise InputError(str(root), f"no dataset here: run `python -m slicejax.download --task={cfg.download_task} "
                                 f"--dest={root.parent}` to fetch it, or pass --config.data.root=PATH to your copy")
   return root

@@ -74,6 +74,8 @@ def test_absl_program_console(tmp_path):
   """))
   program = tmp_path / "program.py"
   program.write_text(textwrap.dedent("""\
+      import sys
+
       from absl import app
       from absl import logging
       import numpy as np
@@ -83,6 +85,7 @@ def test_absl_program_console(tmp_path):
 
       def main(argv):
         console.setup_logging(logging.get_verbosity())
+        console.set_output(sys.stdout)  # as launch.py does
         fakelib.chatter()
         logging.info("program info")
         console.GroupProgress(0, 2, 4, clock=iter([0.0, 2.0]).__next__, tty=False).update(1, np.array([0.5, 1.0]))

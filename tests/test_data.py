@@ -353,7 +353,7 @@ def test_cache_stores_float16_images_and_the_smallest_label_type(tmp_path):
   cache = tmp_path / "cache"
   data.load_msd(root, cache_dir=cache)
   entry = _stored(cache, "c")
-  assert sorted(entry) == ["image", "key", "label", "label_values"]
+  assert sorted(entry) == ["dataset", "image", "key", "label", "label_values"]
   # 3 x 4 x 5 voxels: 120 bytes of float16 and 60 of uint8 (float32 and int32: 240 each).
   assert (entry["image"].dtype, entry["image"].nbytes) == (np.float16, 120)
   assert (entry["label"].dtype, entry["label"].nbytes) == (np.uint8, 60)
