@@ -20,7 +20,9 @@ import numpy as np
 
 from slicejax import console
 from slicejax import data as data_lib
+from slicejax import encoder
 from slicejax import evaluate as evaluate_lib
+from slicejax import figures
 from slicejax import fingerprint as fingerprint_lib
 from slicejax import parallel
 from slicejax import report
@@ -57,6 +59,15 @@ def _measure(config, dims, points, plans, splits, dataset):
   learning curves), and bytes."""
   step = train.one_model_step(config, dims, points, plans, splits, dataset)
   compiled, state, shared, per_model = step["compiled"], step["state"], step["shared"], step["per_model"]
+  # A group's state goes into the model axis's form and back (compiled once per leaf shape and number of models).
+  size = min(config.model_axis.max_models or len(points), len(points))
+  strategy = config.model_axis.strategy
+  group_axis = parallel.ModelAxis(parallel.default_strategy() if strategy in ("auto", "mesh") else strategy, size,
+                                  config.model_axis.chunk)
+  start = time.perf_counter()
+  stacked = jax.tree.map(lambda leaf: np.repeat(np.asarray(leaf)[None], size, 0), state)
+  jax.block_until_ready(group_axis.to_stacked(group_axis.from_stacked(stacked)))
+  stacking = time.perf_counter() - start
   state, _ = compiled(state, shared, per_model)
   jax.block_until_ready(state)
   start = time.perf_counter()
@@ -82,8 +93,27 @@ def _measure(config, dims, points, plans, splits, dataset):
   evaluate_lib.score_labels(segment(params, volumes, step["shape"]), volumes, dataset.num_classes,
                             tolerance_mm=config.eval.nsd_tolerance_mm, surface=config.eval.surface_metrics)
   test_seconds = (time.perf_counter() - start) / max(len(volumes), 1)
-  return (step_seconds, step["compile_seconds"] + compile_eval, test_seconds, dice_seconds, step["model_bytes"],
-          step["bank_bytes"])
+  return (step_seconds, (step["init_seconds"] + stacking, step["compile_seconds"], compile_eval), test_seconds,
+          dice_seconds,
+          step["model_bytes"], step["bank_bytes"])
+
+
+def compile_seconds(config, group_sizes, init_s: float, step_s: float, eval_s: float) -> float:
+  """Seconds a launch compiles for groups of `group_sizes` (one dims), from one model's measured compilations.
+
+  Programs are compiled once per grid and shape (`train.grid_programs`): one initialisation of one model, and per
+  distinct number of models in a program one training step and one evaluation. "loop" programs unroll their models
+  (compilation grows with their number: chunks of `model_axis.chunk` and each group's remainder; evaluation always
+  sees full chunks); "vmap" programs map them (one model's cost per distinct group size).
+  """
+  strategy = config.model_axis.strategy
+  if strategy == "auto":
+    strategy = parallel.default_strategy()
+  if strategy == "vmap":
+    return init_s + len(set(group_sizes)) * (step_s + eval_s)
+  chunk = 1 if strategy == "sequential" else max(1, config.model_axis.chunk)
+  sizes = {min(chunk, g) for g in group_sizes} | {g % chunk for g in group_sizes if g > chunk and g % chunk}
+  return init_s + step_s * sum(sizes) + eval_s * chunk
 
 
 def seeds_check(config, points) -> list[str]:
@@ -166,20 +196,26 @@ def dry_run(config) -> list[str]:
                "models; " + "; ".join(f"{d}D {len(ps)} ({sum(p.reference for p in ps)} reference)"
                                        for d, ps in per_dims.items()))
   lines += [f"  left out: {reason}" for reason in left_out]
-  if any(not p.reference and selection_lib.get(p.selection).NEEDS_EMBEDDINGS for p in points):
-    lines.append(f"  ual points train a slice encoder first ({config.ual.encoder.steps} steps, not in the estimate; "
-                 "cached per dataset and encoder config)")
-
   total, peak = startup, 0
+  if any(not p.reference and selection_lib.get(p.selection).NEEDS_EMBEDDINGS for p in points):
+    shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
+    images = {v.case_id: data_lib.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
+    seconds = encoder.estimate_seconds(images, config.ual.encoder, seed=config.ual.seed,
+                                       cache_dir=data_lib.cache_dir(config) / "encoder")
+    total += seconds
+    lines.append(f"  ual points use a slice encoder ({config.ual.encoder.steps} steps, cached per dataset and encoder "
+                 "config): " + (f"about {console.duration(seconds)} to train and embed (measured)" if seconds
+                                 else "in the cache"))
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   for dims, dims_points in per_dims.items():
-    step_s, compile_s, test_s, dice_s, step_bytes, bank_bytes = _measure(config, dims, dims_points, plans, splits,
-                                                                          dataset)
+    step_s, compiles, test_s, dice_s, step_bytes, bank_bytes = _measure(config, dims, dims_points, plans, splits,
+                                                                         dataset)
     group_sizes = [len(g) for g in groups if g[0].dims == dims]
+    compile_s = sum(compiles)
     models = sum(group_sizes)
     curve_points = len(train.curve_schedule(config.train.steps, config.eval.curve_points)) if min(
         config.eval.curve_volumes, len(splits["val"])) else 0
-    parts = {"training": len(group_sizes) * compile_s + models * step_s * config.train.steps,
+    parts = {"training": compile_seconds(config, group_sizes, *compiles) + models * step_s * config.train.steps,
              "test evaluation": models * (test_s * len(splits["test"]) + dice_s * len(splits["val"])),
              "validation curves": models * dice_s * curve_points * min(config.eval.curve_volumes, len(splits["val"]))}
     seconds = sum(parts.values())
@@ -187,13 +223,17 @@ def dry_run(config) -> list[str]:
     per_program = min(max(group_sizes), config.model_axis.chunk)
     peak = max(peak, rss + bank_bytes + per_program * step_bytes)
     lines.append(f"{dims}D: {step_s:.3f} s per step and model (measured, {_MEASURED_STEPS} steps), compile "
-                 f"{compile_s:.1f} s (one model's training and evaluation programs), evaluation {test_s:.2f} s per "
+                 f"{compile_s:.1f} s (one model's initialisation, training and evaluation programs), evaluation {test_s:.2f} s per "
                  f"model and test volume, "
                  f"{dice_s:.2f} s per validation volume -> {len(dims_points)} models x {config.train.steps} steps in "
                  f"{len(group_sizes)} groups: about {console.duration(seconds)} ("
                  + ", ".join(f"{name} {console.duration(s)}" for name, s in parts.items()) + ")")
+  # The report: its figures (one per kind, and the loss curves), drawn at the end of the launch.
+  report_s = (len(figures.FIGURES) + 1) * figures.seconds_per_figure()
+  total += report_s
   lines.append(f"estimate: about {console.duration(total)} on this machine ({jax.default_backend()}, models of a group "
-               f"counted one after another; start-up and reading the data {console.duration(startup)}), peak memory "
+               f"counted one after another; start-up and reading the data {console.duration(startup)}, the report "
+               f"{console.duration(report_s)}), peak memory "
                f"about {peak / 2**30:.1f} GiB")
   if config.stats.pilot:
     lines += seeds_check(config, points)

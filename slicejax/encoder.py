@@ -248,13 +248,14 @@ def _check_slices(slices, name: str = "slices") -> np.ndarray:
   return slices
 
 
-def train(slices, config, seed: int) -> tuple[Any, dict]:
+def train(slices, config, seed: int, *, progress: bool = True) -> tuple[Any, dict]:
   """Trains the encoder with SimCLR on unlabelled slices.
 
   Args:
     slices: `[N, H, W, C]` float32 slices (every slice of the training pool).
     config: encoder config, see `default_config`.
     seed: the run's seed (init and every step's batch and augmentations derive from it).
+    progress: print a progress line every `config.log_every` steps.
 
   Returns:
     `(params, {"losses": [steps] floats, "train_seconds": float})`; seconds include compilation.
@@ -298,7 +299,7 @@ def train(slices, config, seed: int) -> tuple[Any, dict]:
   for step in range(config.steps):
     state, loss = train_step(state, data)
     losses.append(loss)
-    if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+    if progress and ((step + 1) % config.log_every == 0 or step + 1 == config.steps):
       console.say(f"UAL slice encoder: step {step + 1}/{config.steps}, loss {float(loss):.4f} "
                   f"({console.duration(time.perf_counter() - start)})")
   losses = [float(x) for x in jax.device_get(losses)]
@@ -381,6 +382,29 @@ def _write_entry(entry: pathlib.Path, params, embeddings: np.ndarray, manifest: 
     logging.info("encoder cache: %s was written concurrently; keeping that copy", entry)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def estimate_seconds(images: dict, config, *, seed: int, cache_dir) -> float:
+  """What `slice_embeddings` will cost: 0 on a cache hit, else training measured on the same slices (one step with
+  its compilation, then three, which compile again: the difference is two steps) and embedding measured on a batch.
+  """
+  case_ids = sorted(images)
+  if (pathlib.Path(cache_dir).resolve() / _cache_key(images, case_ids, config, seed) / "manifest.json").is_file():
+    return 0.0
+  slices = np.concatenate([np.asarray(images[c], np.float32) for c in case_ids])
+  short = ml_collections.ConfigDict(config).copy_and_resolve_references()
+  seconds = []
+  for steps in (1, 3):
+    short.steps = steps
+    params, info = train(slices, short, seed, progress=False)
+    seconds.append(info["train_seconds"])
+  step = max(seconds[1] - seconds[0], 0.0) / 2
+  batch = slices[:min(256, slices.shape[0])]
+  embed(params, batch, config)  # compiles
+  start = time.perf_counter()
+  embed(params, batch, config)
+  per_slice = (time.perf_counter() - start) / batch.shape[0]
+  return seconds[0] + (config.steps - 1) * step + per_slice * slices.shape[0]
 
 
 def slice_embeddings(images: dict, config, *, seed: int, cache_dir) -> tuple[dict, dict]:

@@ -455,7 +455,8 @@ def one_model_step(config, dims: int, points, plans, splits, dataset) -> dict:
 
   Returns:
     dict of the `grid_programs`, the `compiled` step, its inputs `state`, `shared` and `per_model` (one model's, the
-    first of `points`), `compile_seconds`, `pipeline` ("bank" or "stream", as `stream.choose` picks it for the grid's
+    first of `points`), `compile_seconds` (the step's), `init_seconds` (the first initialisation, compiling it),
+    `pipeline` ("bank" or "stream", as `stream.choose` picks it for the grid's
     largest bank), and `model_bytes` (the step's temporary buffers and one model's state in and out, from XLA's memory
     analysis, plus on the stream path its batches in flight) and `bank_bytes` (0 on the stream path).
   """
@@ -473,7 +474,10 @@ def one_model_step(config, dims: int, points, plans, splits, dataset) -> dict:
     per_model, in_flight = jax.tree.map(lambda x: jnp.asarray(x[0]), per_model), 0
   programs = grid_programs(config, dims, dataset.num_classes, shape + (dataset.num_channels,), parallel.BatchSplit(),
                            pipeline)
-  state = jax.tree.map(lambda leaf: leaf[0], programs["init"](np.asarray([same[0].seed], np.uint32)))
+  start = time.perf_counter()  # one model's initialisation, compiled: a launch pays it once per grid and dims
+  state = jax.block_until_ready(jax.tree.map(lambda leaf: leaf[0], programs["init"](
+      np.asarray([same[0].seed], np.uint32))))
+  init_seconds = time.perf_counter() - start
   shared = {"bank": jax.tree.map(jnp.asarray, bank), "steps": jnp.int32(1)}
   start = time.perf_counter()
   compiled = jax.jit(programs["step"], donate_argnums=0).lower(state, shared, per_model).compile()
@@ -481,7 +485,8 @@ def one_model_step(config, dims: int, points, plans, splits, dataset) -> dict:
   analysis = compiled.memory_analysis()
   state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
   return {"programs": programs, "compiled": compiled, "state": state, "shared": shared, "per_model": per_model,
-          "shape": shape, "compile_seconds": compile_seconds, "pipeline": pipeline,
+          "shape": shape, "compile_seconds": compile_seconds, "init_seconds": init_seconds,
+          "pipeline": pipeline,
           "model_bytes": (analysis.temp_size_in_bytes if analysis else 0) + 2 * state_bytes + in_flight,
           "bank_bytes": sum(leaf.nbytes for leaf in jax.tree.leaves(bank))}
 

@@ -7,9 +7,11 @@ import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
+from slicejax import dryrun
 from slicejax import parallel
 from slicejax import phantom
 from slicejax import results
@@ -210,3 +212,16 @@ def test_check_describes_the_run_and_writes_nothing(tmp_path):
   assert not (tmp_path / "run").exists()
   # Only the generated phantom: no preprocessed volumes.
   assert [p.name for p in cache.iterdir()] == ["phantoms"]
+
+
+def test_the_estimate_counts_each_distinct_program_once():
+  """One initialisation per grid, then per distinct number of models in a program: "loop" unrolls (chunks of 4 and
+  the groups' remainders; evaluation always a full chunk), "vmap" maps (one model's cost per distinct group size)."""
+  config = ml_collections.ConfigDict({"model_axis": {"strategy": "loop", "chunk": 4}})
+  # Groups of 37 and 5: programs of 4 and 1 models (37 = 9 x 4 + 1, 5 = 4 + 1).
+  assert dryrun.compile_seconds(config, [37, 5], 10.0, 1.0, 0.5) == 10.0 + 1.0 * (4 + 1) + 0.5 * 4
+  assert dryrun.compile_seconds(config, [3, 3], 10.0, 1.0, 0.5) == 10.0 + 1.0 * 3 + 0.5 * 4
+  config.model_axis.strategy = "vmap"
+  assert dryrun.compile_seconds(config, [37, 5, 37], 10.0, 1.0, 0.5) == 10.0 + 2 * (1.0 + 0.5)
+  config.model_axis.strategy = "sequential"
+  assert dryrun.compile_seconds(config, [37, 5], 10.0, 1.0, 0.5) == 10.0 + 1.0 + 0.5
