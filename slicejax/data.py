@@ -886,13 +886,34 @@ def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_windo
     settings["ct_window"] = [float(w) for w in ct_window]
   if index.target_spacing:
     settings["target_spacing"] = [float(s) for s in index.target_spacing]
-  folder = None
-  if cache_dir is not None:
-    folder = pathlib.Path(cache_dir) / "volumes"
-    folder.mkdir(parents=True, exist_ok=True)
+  folder = None if cache_dir is None else pathlib.Path(cache_dir) / "volumes"
   highest = index.num_classes - 1 if index.ignore_label is None else max(index.num_classes - 1, index.ignore_label)
   label_dtype = _smallest_int(0, highest)
 
+  # A refused dataset leaves the cache as it found it: entries written by this call are removed again when a later
+  # case is refused (entries are content-keyed, so an entry this call wrote was not there before).
+  created = [] if folder is None else [p for p in (folder.parent, folder) if not p.exists()]
+  written = []
+  try:
+    volumes, hits = _load_cases(index, folder, settings, json_path, normalization, ct_window, label_dtype, mapped,
+                                written)
+  except InputError:
+    for path in written:
+      path.unlink(missing_ok=True)
+    for path in reversed(created):
+      if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+    raise
+  logging.info("Loaded %d cases from %s in %.2fs (%d from cache).", len(volumes), index.root,
+               time.perf_counter() - start, hits)
+  return Dataset(name=index.name, root=index.root, class_names=index.class_names, channel_names=index.channel_names,
+                 volumes=tuple(volumes), ignore_label=index.ignore_label)
+
+
+def _load_cases(index, folder, settings, json_path, normalization, ct_window, label_dtype, mapped, written):
+  """`load_volumes`' loop: (volumes, cache hits); appends the cache entries it writes to `written`."""
+  if folder is not None:
+    folder.mkdir(parents=True, exist_ok=True)
   volumes, hits = [], 0
   for case in index.cases:
     image_raws = [_read_bytes(path, json_path) for path in case.image_paths]
@@ -906,24 +927,25 @@ def load_volumes(index: DatasetIndex, *, normalization: str = "zscore", ct_windo
       image, label, original = _decode_case(case, image_raws, label_raw, index.slicing_axis, normalization, ct_window,
                                                index.ignore_label)
       label_values = np.unique(label if original is None else original)
+      # Checked before the entry is written: a label the dataset does not declare never reaches the cache.
+      _check_label_values(case.label_path, label_values, index.num_classes, index.ignore_label)
       if folder is not None:
+        if not path.exists():
+          written.append(path)
         _write_cache(path, key, image, label, original, label_values, str(index.root))
       if mapped:  # the entry just written, read on access like every other
         image, label, original, _ = _read_cache(path, key, case, mapped)
     else:
       image, label, original, label_values = cached
       hits += 1
-    # dataset.json is not part of the cache key, so this check runs on cached entries too.
-    _check_label_values(case.label_path, label_values, index.num_classes, index.ignore_label)
+      # dataset.json is not part of the cache key, so this check runs on cached entries too.
+      _check_label_values(case.label_path, label_values, index.num_classes, index.ignore_label)
     volumes.append(Volume(
         case_id=case.case_id, image=image, label=_as_type(label, label_dtype), spacing=case.spacing,
         affine=case.affine, slicing_axis=index.slicing_axis,
         original_label=None if original is None else _as_type(original, label_dtype),
         original_spacing=case.original_spacing if case.resampled else None, key=key if folder else None))
-  logging.info("Loaded %d cases from %s in %.2fs (%d from cache).", len(volumes), index.root,
-               time.perf_counter() - start, hits)
-  return Dataset(name=index.name, root=index.root, class_names=index.class_names, channel_names=index.channel_names,
-                 volumes=tuple(volumes), ignore_label=index.ignore_label)
+  return volumes, hits
 
 
 def load_msd(root, *, slicing_axis: int = 2, normalization: str = "zscore", ct_window=(-1000., 1000.),

@@ -456,6 +456,25 @@ def test_checks_outside_the_cache_key_still_run_on_cached_entries(tmp_path):
   _expect_error(root, "not declared", cache_dir=cache)
 
 
+def test_a_refused_dataset_leaves_the_cache_as_it_was(tmp_path):
+  """Cases read before a later case's undeclared label leave no entries behind; entries there before stay."""
+  labels = {"0": "background", "1": "a", "2": "b"}
+  image, label = _case(seed=2)
+  bad = label.copy()
+  bad[0, 0, 0] = 7  # not declared in dataset.json
+  cache = tmp_path / "cache"
+  first = _write_dataset(tmp_path / "first", {"c0": _case(seed=0)}, labels=labels)
+  data.load_msd(first, cache_dir=cache)
+  before = sorted(p.name for p in (cache / "volumes").iterdir())
+  root = _write_dataset(tmp_path / "ds", {"c0": _case(seed=0), "c1": _case(seed=1), "c2": (image, bad)},
+                        labels=labels)
+  _expect_error(root, "not declared", cache_dir=cache)
+  assert sorted(p.name for p in (cache / "volumes").iterdir()) == before
+  fresh = tmp_path / "fresh_cache"
+  _expect_error(root, "not declared", cache_dir=fresh)
+  assert not fresh.exists()
+
+
 def test_default_cache_dir(monkeypatch, tmp_path):
   monkeypatch.setenv("SLICEJAX_CACHE", str(tmp_path / "mine"))
   monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
