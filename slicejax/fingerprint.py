@@ -317,11 +317,13 @@ def of_config(config):
   return of_root(config.data.root)
 
 
-def bind(config, *, tiny: bool = False, max_in_plane: int = 0) -> None:
+def bind(config, *, tiny: bool = False, max_in_plane: int = 0, split_and_grid: bool = True) -> None:
   """Makes the derived keys of `config` (see the module docstring) follow `config.data.root`; before `lock()`.
 
   Until a root is set they hold their current values. `tiny` keeps the first budget and the first two
-  slices-per-volume values of the derived grid (for tests).
+  slices-per-volume values of the derived grid (for tests). Without `split_and_grid` only the data keys are derived
+  (slicing axis, spacing, shape, normalisation from the config's own split): for configs whose split and study are
+  their own (configs/sparse.py).
   """
   config.data.fingerprint = True
   root = ml_collections.FieldReference(config.data.root, field_type=str)
@@ -341,7 +343,11 @@ def bind(config, *, tiny: bool = False, max_in_plane: int = 0) -> None:
   derive("data.target_spacing", (lambda fp: coarse_target_spacing(fp, max_in_plane)) if max_in_plane
          else target_spacing)
   for part in ("train", "val", "test"):
-    derive(f"data.split.{part}", lambda fp, part=part: split(fp)[part])
+    if split_and_grid:
+      derive(f"data.split.{part}", lambda fp, part=part: split(fp)[part])
+    else:
+      refs[f"data.split.{part}"] = ml_collections.FieldReference(config.data.split[part], field_type=int)
+      config.data.split[part] = refs[f"data.split.{part}"]
   refs["model.num_stages"] = ml_collections.FieldReference(config.model.num_stages, field_type=int)
   config.model.num_stages = refs["model.num_stages"]
   derive("data.shape", in_plane_shape, "data.slicing_axis", "data.target_spacing", "model.num_stages")
@@ -349,6 +355,8 @@ def bind(config, *, tiny: bool = False, max_in_plane: int = 0) -> None:
   config.data.split.seed = refs["data.split.seed"]
   derive("data.normalization", normalization, "data.split.train", "data.split.val", "data.split.test",
          "data.split.seed")
+  if not split_and_grid:
+    return
   keep = (lambda t, n: t[:n]) if tiny else (lambda t, n: t)
   derive("study.slices_per_volume", lambda fp, a, s: keep(slices_per_volume(fp, a, s), 2), "data.slicing_axis",
          "data.target_spacing")

@@ -133,6 +133,18 @@ def test_msd_config_follows_the_root_and_overrides_win(tmp_path):
   assert config.data.split.train == 5 and config.study.budgets == (1,)
 
 
+def test_sparse_config_takes_the_data_settings_and_keeps_its_split_and_grid(tmp_path):
+  root = write_dataset(tmp_path / "ds", "v2", num_cases=10, shape=(12, 20, 8))
+  config = config_lib.load("configs/sparse.py")
+  config.data.root = str(root)
+  config_lib.validate(config)
+  assert (config.data.slicing_axis, config.data.target_spacing, config.data.shape) == (2, (), (12, 20))
+  assert dict(config.data.split) == {"train": 0, "val": 0, "test": 1, "seed": 0}
+  assert (config.study.budgets, config.study.selections) == ((), ("annotated",))
+  config.data.slicing_axis = 0
+  assert config.data.shape == (20, 8)
+
+
 @pytest.mark.parametrize("layout", ["msd", "v2"])
 def test_launch_on_a_dataset_no_config_was_written_for(tmp_path, layout):
   root = write_dataset(tmp_path / layout, layout)
