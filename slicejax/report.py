@@ -136,7 +136,9 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
   Returns:
     One dict per cell, holding the `CELL_KEY` fields and `n_seeds`, `seeds` (sorted), `dice_mean`, `dice_std`
     (over the seeds whose Dice is defined, ddof=1; NaN and None without such seeds), `undefined_seeds` (the seeds
-    whose `dice_mean` is null: every class absent from every test volume, or a model without a finite result), `dice_per_class` ({class: mean}), the means over seeds of `hd95_mean`,
+    whose `dice_mean` is null: every class absent from every test volume, or a model without a finite result),
+    `collapsed_seeds` (those scoring 0 on every class), `dice_per_class` ({class: mean}), the means over seeds of
+    `hd95_mean`,
     `nsd_mean`, `density`, `train_seconds` and `interp_dice` (None where no row has the field), `n_diverged`,
     `cost` (seconds), `test_volumes`, `absent` ({class: test volumes without it}, classes absent from some only),
     `curve_steps`, `curve_dice` (mean validation learning curve) and `still_improving` (None without curves).
@@ -152,6 +154,10 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
     members = [by_seed[seed] for seed in seeds]
     dice = np.array([np.nan if row["dice_mean"] is None else row["dice_mean"] for row in members], np.float64)
     undefined = [seed for seed, value in zip(seeds, dice) if math.isnan(value)]
+    # A model that scores 0 on every class has learnt nothing of the foreground (often all background): kept in the
+    # mean, named in the flags.
+    collapsed = [seed for seed, value, row in zip(seeds, dice, members)
+                 if value == 0 and all(v == 0 for v in (row.get("dice_per_class") or {}).values())]
     dice = dice[~np.isnan(dice)]
     cell = dict(zip(CELL_KEY, key))
     test_volumes = max((row.get("test_volumes") or 0 for row in members), default=0)
@@ -167,6 +173,7 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
         dice_mean=float(dice.mean()) if dice.size else math.nan,
         dice_std=float(dice.std(ddof=1)) if len(dice) > 1 else None,
         undefined_seeds=undefined,
+        collapsed_seeds=collapsed,
         steps=max((row.get("steps") or 0 for row in members), default=0) or None,
         dice_per_class=_mean_per_class(members),
         hd95_mean=_mean_of(members, "hd95_mean"),
@@ -686,6 +693,10 @@ def _flags(cell) -> str:
     flags_.append("absent: " + ", ".join(f"{name} in {n}/{cell['test_volumes']}" for name, n in cell["absent"].items()))
   if cell["still_improving"]:
     flags_.append("still improving")
+  if cell.get("collapsed_seeds"):
+    flags_.append(f"collapsed: seed{'s' if len(cell['collapsed_seeds']) > 1 else ''} "
+                  f"{', '.join(map(str, cell['collapsed_seeds']))} of {cell['n_seeds']} "
+                  f"score{'' if len(cell['collapsed_seeds']) > 1 else 's'} 0 on every class")
   return "; ".join(flags_)
 
 

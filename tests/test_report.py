@@ -89,6 +89,17 @@ def test_summarise_later_row_of_a_seed_replaces_the_earlier_one():
   assert cells[0]["dice_std"] == pytest.approx(0.125 * math.sqrt(2), rel=1e-15)
 
 
+def test_a_seed_scoring_0_on_every_class_stays_in_the_mean_and_is_flagged():
+  zero, some = {"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.5}
+  rows = [_row(0, 0.0, dice_per_class=zero), _row(1, 0.25, dice_per_class=some), _row(2, 0.5),
+          _row(3, 0.0, dice_per_class=zero)]
+  (cell,) = report.summarise(rows)
+  assert (cell["dice_mean"], cell["collapsed_seeds"]) == (0.1875, [0, 3])
+  assert report._flags(cell) == "collapsed: seeds 0, 3 of 4 score 0 on every class"
+  (cell,) = report.summarise(rows[1:3])
+  assert cell["collapsed_seeds"] == [] and report._flags(cell) == ""
+
+
 def test_summarise_leaves_out_seeds_without_dice_and_says_so():
   rows = [_row(0, 0.5), _row(1, None), _row(2, 0.75)]
   (cell,) = report.summarise(rows)
