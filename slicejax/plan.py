@@ -68,7 +68,7 @@ def best_cell(study_workdir, budget: int, dims: int = 0) -> dict:
   if not path.is_file():
     raise InputError("config.plan.from_study", f"{path} does not exist (not a finished study workdir)")
   cells = [c for c in report.summarise(results.read_rows(path))
-           if not c["reference"] and c["budget"] == budget and (not dims or c["dims"] == dims)]
+           if not c["reference"] and c["rounds"] == 1 and c["budget"] == budget and (not dims or c["dims"] == dims)]
   if not cells:
     raise InputError("config.plan.from_study", f"{path} has no sparse results at budget {budget}"
                      + (f" for {dims}D models" if dims else ""))

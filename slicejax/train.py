@@ -30,6 +30,7 @@ from slicejax import augment as augment_lib
 from slicejax import checkpoint
 from slicejax import config_lib
 from slicejax import console
+from slicejax import cost as cost_lib
 from slicejax import data as data_lib
 from slicejax import distributed
 from slicejax import encoder
@@ -609,7 +610,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
                            rundir / "checkpoints" / f"group_{index}", sizes=sizes[dims], programs=programs,
                            curves=curves, eval_seconds=estimate)
       eval_per_model[dims] = rows[0]["eval_seconds"]
+      final = plans
+      if group_points[0].rounds > 1:
+        names = [p.name for p in group_points]
+        final = rounds_lib.plans_after(rounds_lib.read_record(rundir, index, names), names)
       for point, row in zip(group_points, rows):
+        # The work the plan asked for: the foreground of its annotated slices (`slicejax.cost`).
+        row["annotated_foreground"] = cost_lib.foreground_pixels(final[point.name], splits["train"],
+                                                                 getattr(dataset, "ignore_label", None))
         if _needs_embeddings(point, config):
           row.update(costs)  # The encoder is part of the price of these plans.
       if writer:
