@@ -606,6 +606,14 @@ def plan_block() -> ml_collections.ConfigDict:
       dims=0,                   # with from_study: only cells of 2D or 3D models; 0 = any
       classes=(),               # class names, background first, for folders without a dataset.json 'labels'
       sheet_tiles=64,           # slices per contact sheet image
+      # The next round's worklist (slicejax.worklist): a trained model chooses among the slices not yet annotated.
+      model="",                 # a trained run's workdir; set, `selection` is entropy, ensemble or hybrid
+      point="",                 # its point, when it trained several
+      annotated="",             # a folder of label files <case>.nii.gz with the ignore value where nothing is annotated
+      previous="",              # and/or a previous plan's workdir, whose slices count as annotated
+      free=False,               # choose the budget anywhere (new volumes may open); False: budget / s per annotated
+                                # volume
+      batch_size=0,             # slices per prediction call; 0 = the model's eval settings
   ))
 
 
@@ -655,7 +663,23 @@ def validate_plan(config) -> None:
   c.integer("plan.dims", lo=0, hi=3)
   if c.get("plan.dims") == 1:
     c.fail("plan.dims", "must be 0, 2 or 3, got 1")
-  if not study:
+  for key in ("plan.model", "plan.point", "plan.annotated", "plan.previous"):
+    c.text(key)
+  c.boolean("plan.free")
+  c.integer("plan.batch_size", lo=0)
+  if c.get("plan.model"):
+    if study:
+      c.fail("plan.from_study", "applies to a first plan; with config.plan.model the model chooses")
+    if not (c.get("plan.annotated") or c.get("plan.previous")):
+      c.fail("plan.annotated", "say what is annotated so far: a folder of label files, or config.plan.previous")
+    _check_selection(c, "plan.selection", c.text("plan.selection"))
+    if not getattr(selection_lib.get(c.get("plan.selection")), "MODEL_BASED", False):
+      c.fail("plan.selection", "with config.plan.model, must be entropy, ensemble or hybrid, got "
+             f"{c.get('plan.selection')!r}")
+    _check_rounds(c)
+    if c.get("plan.selection") == "hybrid":
+      _check_ual(c)
+  elif not study:
     volumes = c.integer("plan.volumes", lo=1)
     if volumes > budget:
       c.fail("plan.volumes", f"must be <= config.plan.budget ({budget}), got {volumes}")

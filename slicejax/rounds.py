@@ -128,21 +128,26 @@ def pool_probabilities(config, model, axis, params, volumes, shape):
     yield volume, evaluate.map_slices(softmax, params, (image.astype(np.float32),), config.eval.batch_size), valid
 
 
-def candidates(depth: int, roi, annotated) -> np.ndarray:
-  """The slices of a volume that may be added: inside `roi` (`study.candidate_range`) and not annotated."""
-  lo, hi = study.candidate_range(depth, roi)
-  return np.setdiff1d(np.arange(lo, hi), np.asarray(annotated, np.int64))
+def candidates(depth: int, roi, annotated, offered=None) -> np.ndarray:
+  """The slices of a volume that may be added: inside `offered` (`[lo, hi)`, None: every slice) narrowed by `roi`
+  (`study.candidate_range`), and not annotated."""
+  start, stop = offered if offered is not None else (0, depth)
+  lo, hi = study.candidate_range(stop - start, roi)
+  return np.setdiff1d(np.arange(lo + start, hi + start), np.asarray(annotated, np.int64))
 
 
-def choose_next(config, point: study.Point, plan: dict, scores: dict, quota: int, embeddings=None) -> dict:
+def choose_next(point: study.Point, plan: dict, scores: dict, quota: int, *, options, roi=(), offered=None,
+                embeddings=None) -> dict:
   """The slices a round adds to `plan` for `point`.
 
   Args:
-    config: the experiment config (`rounds` options, `study.roi`).
-    point: a round point.
+    point: a round point (its selection, `free` and s).
     plan: case id -> annotated slices so far.
     scores: case id -> `[D]` slice scores of every volume the rule may add to (the plan's, or with `free` the pool's).
     quota: slices per volume this round; with `free`, s x quota slices anywhere.
+    options: the `rounds` config block.
+    roi: () or (lo, hi) fractions of the depth (`study.roi`).
+    offered: None or case id -> `[lo, hi)`, the slices a volume offers (`plan.offered_slices`).
     embeddings: case id -> `[D, F]` slice embeddings (hybrid).
 
   Returns:
@@ -150,24 +155,23 @@ def choose_next(config, point: study.Point, plan: dict, scores: dict, quota: int
   """
   method = strategy(point)
   cases = sorted(scores) if point.free else sorted(plan)
+  free_of = lambda c: candidates(len(scores[c]), roi, plan.get(c, ()), None if offered is None else offered[c])
   if not point.free:
     added = {}
     for case in cases:
-      annotated = plan[case]
-      free = candidates(len(scores[case]), config.study.roi, annotated)
-      picked = method.choose(scores[case], free, min(quota, len(free)), annotated=np.asarray(annotated, np.int64),
-                             embeddings=None if embeddings is None else embeddings[case], options=config.rounds)
+      free = free_of(case)
+      picked = method.choose(scores[case], free, min(quota, len(free)), annotated=np.asarray(plan[case], np.int64),
+                             embeddings=None if embeddings is None else embeddings[case], options=options)
       added[case] = [int(i) for i in picked]
     return {case: slices for case, slices in added.items() if slices}
   # Free allocation: one ranking over the pool, volumes concatenated in case order.
   offsets = np.cumsum([0] + [len(scores[c]) for c in cases])
   flat = np.concatenate([scores[c] for c in cases])
-  free = np.concatenate([candidates(len(scores[c]), config.study.roi, plan.get(c, ())) + o
-                         for c, o in zip(cases, offsets)])
+  free = np.concatenate([free_of(c) + o for c, o in zip(cases, offsets)])
   annotated = np.concatenate([np.asarray(plan.get(c, ()), np.int64) + o for c, o in zip(cases, offsets)])
   picked = method.choose(flat, free, min(point.volumes * quota, len(free)), annotated=annotated,
                          embeddings=None if embeddings is None else np.concatenate([embeddings[c] for c in cases]),
-                         options=config.rounds)
+                         options=options)
   added = {}
   for index in picked:
     v = int(np.searchsorted(offsets, index, side="right") - 1)
@@ -202,8 +206,8 @@ def next_round(config, points, plans: dict, probabilities, round_index: int, emb
     for point in points:
       if point.free or volume.case_id in plans[point.name]:
         scores[point.name][volume.case_id] = strategy(point).scores(probs[rows[point.name]], valid, config.rounds)
-  return {p.name: choose_next(config, p, plans[p.name], scores[p.name],
-                              quotas(p, config.rounds.first_share)[round_index], embeddings)
+  return {p.name: choose_next(p, plans[p.name], scores[p.name], quotas(p, config.rounds.first_share)[round_index],
+                              options=config.rounds, roi=config.study.roi, embeddings=embeddings)
           for p in points}
 
 

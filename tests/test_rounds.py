@@ -81,9 +81,13 @@ def test_choose_next_keeps_the_allocation_or_frees_it():
   scores = {"a": np.array([9.0, 9.0, 1.0, 3.0, 2.0]), "b": np.array([0.0, 5.0, 9.0, 4.0]),
             "c": np.array([8.0, 7.0, 0.0])}
   # Fixed: one more slice in each annotated volume, never an annotated one.
-  assert rounds.choose_next(config, _point(volumes=2), plan, scores, 1) == {"a": [3], "b": [1]}
+  choose = lambda point, **kw: rounds.choose_next(point, plan, scores, 1, options=config.rounds, **kw)
+  assert choose(_point(volumes=2)) == {"a": [3], "b": [1]}
   # Free: s x 1 = 2 slices anywhere; "c" opens.
-  assert rounds.choose_next(config, _point(volumes=2, free=True), plan, scores, 1) == {"c": [0, 1]}
+  assert choose(_point(volumes=2, free=True)) == {"c": [0, 1]}
+  # Only the slices a volume offers, narrowed by the region of interest: "a" offers 2-4, its second half 3-4.
+  offered = {"a": (2, 5), "b": (0, 4), "c": (0, 3)}
+  assert choose(_point(volumes=2), offered=offered, roi=(0.5, 1.0)) == {"a": [3], "b": [3]}
   assert rounds.merge(plan, {"c": [0], "a": [3]}) == {"a": [0, 1, 3], "b": [2], "c": [0]}
 
 
@@ -212,3 +216,71 @@ def test_ensemble_members_together_equal_members_alone(setup, tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[m], b[0]), together, alone)
   first = jax.tree.leaves(together)[0]
   assert not np.array_equal(first[0], first[1])  # different seeds, different models
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The next round's worklist: plan -> annotate -> train -> next plan, on a phantom whose labels stand in for people.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_next_worklist_from_a_model_trained_on_ignore_label_files(tmp_path):
+  import nibabel as nib
+  from slicejax import export
+  from slicejax import nifti
+  from slicejax import phantom
+  from slicejax import plan as plan_lib
+  root = phantom.write_phantom(tmp_path / "msd", num_cases=6, shape=(16, 16, 8))
+  first = config_lib.load(str(ROOT / "configs/plan.py"))
+  first.data.root = str(root)
+  first.plan.update(budget=4, volumes=2, selection="fixed", seed=3)
+  plan_lib.run(first, tmp_path / "plan0")
+  # "Annotate": the true labels on the planned slices of each template.
+  filled = tmp_path / "filled"
+  for template in sorted((tmp_path / "plan0" / "templates").glob("*.nii.gz")):
+    label = np.asarray(nib.load(template).dataobj)
+    truth = nifti.read_array(root / "labelsTr" / template.name).astype(label.dtype)
+    nifti.save_like(filled / template.name, np.where(label == 3, 3, truth), nib.load(root / "imagesTr" / template.name))
+  source = export.from_plan(tmp_path / "plan0", filled)
+  held_out = [c for c in ("phantom_000", "phantom_001", "phantom_002", "phantom_003", "phantom_004", "phantom_005")
+              if c not in json.loads((tmp_path / "plan0" / "plan.json").read_text())["cases"]][:1]
+  source["cases"] += [(c, [root / "imagesTr" / f"{c}.nii.gz"],
+                       nifti.read_array(root / "labelsTr" / f"{c}.nii.gz").astype(np.uint8)) for c in held_out]
+  dataset = export.write(tmp_path / "Dataset501_Phantom", source)
+  # Train on the ignore-label files (configs/sparse.py, tiny).
+  sparse = config_lib.load(str(ROOT / "configs/sparse.py"))
+  sparse.data.root = str(dataset)
+  sparse.model.update(features=4, num_stages=2)
+  sparse.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
+  sparse.eval.update(surface_metrics=False, curve_points=0)
+  train.train_and_evaluate(sparse, tmp_path / "run")
+  # The next worklist: 1 more slice in each of the 2 annotated volumes, chosen by entropy.
+  nxt = config_lib.load(str(ROOT / "configs/plan.py"))
+  nxt.data.root = str(root)
+  nxt.plan.update(budget=2, selection="entropy", model=str(tmp_path / "run"), annotated=str(filled))
+  nxt.cost.seconds_per_kilopixel = 1000.0  # one second per foreground pixel
+  built = plan_lib.run(nxt, tmp_path / "plan1")
+  so_far = built["meta"]["annotated"]
+  planned = json.loads((tmp_path / "plan0" / "plan.json").read_text())["cases"]
+  assert so_far == {case: entry["slices"] for case, entry in planned.items()}
+  assert sorted(built["plan"]) == sorted(so_far) and all(len(s) == 1 for s in built["plan"].values())
+  for case, slices in built["plan"].items():
+    assert not set(slices) & set(so_far[case])
+    lo, hi = built["meta"]["offered"][case]
+    assert all(lo <= s < hi for s in slices)
+    template = nib.load(tmp_path / "plan1" / "templates" / f"{case}.nii.gz")
+    image = nib.load(root / "imagesTr" / f"{case}.nii.gz")
+    np.testing.assert_array_equal(template.affine, image.affine)
+    assert template.shape == image.shape[:3]
+    label = np.asarray(template.dataobj)
+    before = np.asarray(nib.load(filled / f"{case}.nii.gz").dataobj)
+    for s in range(label.shape[2]):  # slicing axis 2: old slices kept, the new one 0, the rest ignore
+      expected = before[..., s] if s in so_far[case] else 0 if s in slices else 3
+      np.testing.assert_array_equal(label[..., s], expected)
+  rows = built["rows"]
+  assert [r["estimated_seconds"] for r in rows] == [1.0 + r["predicted_foreground"] for r in rows]
+  header = (tmp_path / "plan1" / "plan.csv").read_text().splitlines()[0]
+  assert header == "order,case_id,axis,slice,image,template,predicted_foreground,estimated_seconds"
+  # Free allocation: 3 slices anywhere, never an annotated one.
+  nxt.plan.update(budget=3, free=True)
+  free = plan_lib.build(nxt)
+  assert sum(map(len, free["plan"].values())) == 3
+  assert all(not set(s) & set(so_far.get(c, ())) for c, s in free["plan"].items())
