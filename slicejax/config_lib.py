@@ -105,6 +105,8 @@ def base() -> ml_collections.ConfigDict:
       roi=(),                   # () = every slice is a candidate; (lo, hi) fractions of the depth narrow it
       rounds=(3,),              # rounds of the model-based selections (entropy, ensemble, hybrid; slicejax.rounds)
       round_allocation=("fixed",),  # their allocation rule: "fixed" keeps s x rho, "free" also chooses volumes
+      round_budgets=(),         # the budgets and slices per volume at which they run; () = every one of the grid
+      round_slices_per_volume=(),
       # The 3D points' grid, where it differs: an empty entry takes the value above.
       three_d=dict(budgets=(), slices_per_volume=(), selections=(), interpolation=(), seeds=(), reference=(),
                    reference_seeds=()),
@@ -389,6 +391,8 @@ def _check_study(c: _Checker) -> tuple:
   c.items("study.rounds", "a non-empty tuple of integers >= 2", lambda v: _is_int(v) and v >= 2, nonempty=True)
   c.items("study.round_allocation", 'a non-empty subset of ("fixed", "free")', lambda v: v in ("fixed", "free"),
           (1, 2), nonempty=True)
+  for key in ("study.round_budgets", "study.round_slices_per_volume"):
+    c.items(key, "() or positive integers", lambda v: _is_int(v) and v >= 1)
   roi = c.items("study.roi", "() or two fractions (lo, hi) with 0 <= lo < hi <= 1", _is_real, (0, 2))
   if roi and not 0 <= roi[0] < roi[1] <= 1:
     c.fail("study.roi", f"must be () or two fractions (lo, hi) with 0 <= lo < hi <= 1, got {roi!r}")

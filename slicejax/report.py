@@ -362,9 +362,7 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
 def grid_family_sizes(points, options=None) -> dict:
   """{Holm family: comparisons} that a grid's points will make (`paired_comparisons` on one stand-in row per
   sparse point), for sizing its seeds before it runs."""
-  rows = [{"dims": p.dims, "budget": p.budget, "volumes": p.volumes, "slices_per_volume": p.slices_per_volume,
-           "selection": p.selection, "interpolation": p.interpolation, "reference": False, "seed": 0,
-           "dice_mean": 0.5} for p in points if not p.reference]
+  rows = [{**p.fields(), "seed": 0, "dice_mean": 0.5} for p in points if not p.reference]
   sizes = {}
   for c in paired_comparisons(rows, options):
     sizes[c["family"]] = sizes.get(c["family"], 0) + 1

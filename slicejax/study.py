@@ -61,8 +61,9 @@ def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) ->
 
   Args:
     study: the config's `study` ConfigDict (dims, budgets, slices_per_volume, selections, interpolation, seeds,
-      reference, reference_seeds; `three_d` overrides any of them for 3D points; `rounds` and `round_allocation`
-      for the model-based selections, 2D only and without interpolation).
+      reference, reference_seeds; `three_d` overrides any of them for 3D points; `rounds`, `round_allocation`,
+      `round_budgets` and `round_slices_per_volume` for the model-based selections, 2D only and without
+      interpolation).
     depths: case id -> number of candidate slices, for every volume of the training pool.
     left_out: if given, a list that receives one sentence per allocation left out, saying why.
 
@@ -99,6 +100,9 @@ def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) ->
           continue
         if dims != 2:
           raise InputError("study.three_d.selections", f"{sel!r} selects in rounds, which 3D points do not")
+        if ((study.round_budgets and budget not in study.round_budgets)
+            or (study.round_slices_per_volume and rho not in study.round_slices_per_volume)):
+          continue
         for rounds, rule in itertools.product(study.rounds, study.round_allocation) if not interp else ():
           if rounds > rho:
             reason = f"{dims}D budget {budget} at {rho} slices per volume in {rounds} rounds: a round would add nothing"
