@@ -98,7 +98,8 @@ def test_choose_next_keeps_the_allocation_or_frees_it():
 def _config():
   config = config_lib.load(str(ROOT / "configs/demo.py") + ":tiny")
   config.study.update(slices_per_volume=(4,), selections=("entropy", "ensemble"), rounds=(3,),
-                      round_allocation=("fixed", "free"), reference=False)
+                      round_allocation=("fixed", "free"), round_budgets=(), round_slices_per_volume=(),
+                      reference=False)
   config.rounds.members = 2
   config.eval.update(surface_metrics=False, curve_points=0)
   return config
@@ -195,6 +196,33 @@ def test_a_kill_at_a_round_boundary_resumes_with_identical_rows(setup, clean, tm
   rows = _run(setup, tmp_path, calls=calls)
   assert calls == ["group_0_round_1", "group_0"]  # round 0 is not trained again
   assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean["rows"]]
+
+
+def test_warm_start_resumes_from_the_last_round_s_parameters(setup, clean, tmp_path, monkeypatch):
+  warm = {**setup, "config": setup["config"].copy_and_resolve_references()}
+  warm["config"].rounds.warm_start = True
+  uninterrupted = _run(warm, tmp_path / "uninterrupted")
+  # Round 1 is chosen by round 0's model, the same cold or warm; later rounds start from the previous parameters.
+  assert [r["round_history"][1]["added"] for r in uninterrupted] == [
+      r["round_history"][1]["added"] for r in clean["rows"]]
+  assert [r["round_history"][2]["val_dice"] for r in uninterrupted] != [
+      r["round_history"][2]["val_dice"] for r in clean["rows"]]
+  write = rounds._write_record
+
+  def write_then_kill(rundir, group_index, names, entries):
+    write(rundir, group_index, names, entries)
+    if len(entries) == 2 and "val_dice" not in entries[1]:
+      raise Killed()
+
+  monkeypatch.setattr(rounds, "_write_record", write_then_kill)
+  with pytest.raises(Killed):
+    _run(warm, tmp_path / "killed")
+  monkeypatch.undo()
+  calls = []
+  rows = _run(warm, tmp_path / "killed", calls=calls)
+  # Round 1 has no checkpoint yet: round 0's parameters are restored (its training is complete) to start it.
+  assert calls == ["group_0_round_0", "group_0_round_1", "group_0"]
+  assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in uninterrupted]
 
 
 def test_ensemble_members_together_equal_members_alone(setup, tmp_path):
