@@ -578,9 +578,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
     if writer:
       files.atomic_write(rundir / "groups.json", json.dumps(
           [{str(m): p.name for m, p in enumerate(rounds_lib.models(config, g))} for g in groups], indent=1))
-      plans = rounds_lib.recorded_plans(rundir, groups, plans)  # round points: their latest plan
       (rundir / "plans").mkdir(exist_ok=True)
-      for name, plan in plans.items():
+      for name, plan in rounds_lib.recorded_plans(rundir, groups, plans).items():  # a round point's latest
         files.atomic_write(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
       # What applying the trained models later needs (classes, normalisation, shapes, spacing): `slicejax.predict`.
       files.atomic_write(rundir / MODEL_CARD, json.dumps(model_card(config, dataset, splits), indent=1))
