@@ -37,7 +37,7 @@ from slicejax.errors import InputError
 
 
 def annotated(config, images: nifti.ImageSet, ignore: int) -> tuple:
-  """What is annotated so far: (case id -> slice indices, case id -> `[X, Y, Z]` label array or None)."""
+  """What is annotated so far: (case id -> slice indices, case id -> the `[X, Y, Z]` labels of its annotated file)."""
   cfg = config.plan
   plan, labels = {}, {}
   if cfg.annotated:
@@ -56,8 +56,10 @@ def annotated(config, images: nifti.ImageSet, ignore: int) -> tuple:
     path = pathlib.Path(cfg.previous).expanduser() / "plan.json"
     if not path.is_file():
       raise InputError("config.plan.previous", f"{path} does not exist (not a plan workdir)")
-    for case, entry in json.loads(path.read_text())["cases"].items():
-      plan[case] = sorted(set(plan.get(case, [])) | set(entry["slices"]))
+    meta = json.loads(path.read_text())
+    # A worklist's own plan.json lists what was annotated before it, too.
+    for case, slices in [(c, e["slices"]) for c, e in meta["cases"].items()] + list(meta.get("annotated", {}).items()):
+      plan[case] = sorted(set(plan.get(case, [])) | set(slices))
   if not plan:
     raise InputError("config.plan.annotated", "nothing is annotated yet: make the first plan without a model")
   return plan, labels
