@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slicejax import distributed
 from slicejax import evaluate
 from slicejax import files
 from slicejax import selection as selection_lib
@@ -229,6 +230,8 @@ def read_record(rundir, group_index: int, names) -> list:
 
 
 def _write_record(rundir, group_index: int, names, entries) -> None:
+  if not distributed.is_writer():  # every process holds the same entries; the writer keeps them
+    return
   path = _record_path(rundir, group_index)
   path.parent.mkdir(exist_ok=True)
   files.atomic_write(path, json.dumps({"names": list(names), "rounds": entries}, sort_keys=True))
@@ -327,7 +330,7 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
       added = next_round(config, points, plans, probabilities, r + 1, pool_embeddings)
       entries.append({"round": r + 1, "added": added})
       _write_record(rundir, group_index, names, entries)
-  for name, plan in plans_after(entries, names).items():
+  for name, plan in plans_after(entries, names).items() if distributed.is_writer() else ():
     files.atomic_write(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
   out = []
   for point in points:
