@@ -900,9 +900,10 @@ def _markdown(cells, comparisons, found, gate, needed, frontier, cost, options, 
           f"Cost model: {cost['seconds_per_volume']:g} s per volume opened + {cost['seconds_per_slice']:g} s per "
           "slice" + (f" + {cost['seconds_per_kilopixel']:g} s per 1,000 foreground pixels of the annotated slices"
                      if cost.get("seconds_per_kilopixel") else "")
-          + " (`python -m slicejax.report --seconds_per_volume=... --seconds_per_slice=... "
-          "--seconds_per_kilopixel=...` recomputes this view with a team's own timings). The best cell at each cost "
-          "level (cells that beat every cheaper one):", ""]
+          + " (`python -m slicejax.report --seconds_per_volume=... --seconds_per_slice=..."
+          + (" --seconds_per_kilopixel=..." if cost.get("seconds_per_kilopixel") else "")
+          + "` recomputes this view with a team's own timings). The best cell at each cost level (cells that beat "
+          "every cheaper one):", ""]
   out += _table(["cost s", "dims", "allocation", "selection", "interpolation", "Dice"],
                 [[f"{c['cost']:g}", f"{c['dims']}D", f"{c['volumes']}×{c['slices_per_volume']}", c["selection"],
                   "on" if c["interpolation"] else "off", _spread(c)] for c in frontier]) if frontier else ["—"]
