@@ -312,3 +312,31 @@ def test_next_worklist_from_a_model_trained_on_ignore_label_files(tmp_path):
   free = plan_lib.build(nxt)
   assert sum(map(len, free["plan"].values())) == 3
   assert all(not set(s) & set(so_far.get(c, ())) for c, s in free["plan"].items())
+
+
+def test_the_report_compares_round_cells_with_one_shot_cells_at_equal_budget():
+  from slicejax import report
+
+  def row(selection, seed, dice, **extra):
+    return {"dims": 2, "budget": 8, "volumes": 2, "slices_per_volume": 4, "selection": selection, "seed": seed,
+            "interpolation": False, "reference": False, "dice_mean": dice, "test_cases": ["a", "b"],
+            "per_volume": {"dice": [[dice], [dice - 0.1]]}, **extra}
+
+  history = [{"round": 0, "slices": 4, "added": {}, "val_dice": 0.5}, {"round": 1, "slices": 8, "added": {},
+                                                                        "val_dice": 0.7}]
+  rows = [row("fixed", s, 0.6 + 0.01 * s, annotated_foreground=1000) for s in range(3)]
+  rows += [row("entropy", s, 0.7 + 0.01 * s, rounds=2, free=False, round_history=history,
+               annotated_foreground=3000, annotated_volumes=2) for s in range(3)]
+  rows += [row("entropy", s, 0.65, rounds=2, free=True, round_history=history, annotated_foreground=2000,
+               annotated_volumes=3) for s in range(3)]
+  cost = {"seconds_per_volume": 10.0, "seconds_per_slice": 1.0, "seconds_per_kilopixel": 2.0}
+  cells = {c["selection"]: c for c in report.summarise(rows, cost)}
+  assert list(cells) == ["fixed", "entropy r2", "entropy r2 free"]
+  # 2 volumes x 10 s + 8 slices x 1 s + 1,000 / 3,000 / 2,000 foreground pixels x 2 s per 1,000; free opened 3.
+  assert [cells[k]["cost"] for k in cells] == [30.0, 34.0, 42.0]
+  assert cells["entropy r2"]["round_val_dice"] == pytest.approx([0.5, 0.7]) and cells["entropy r2"]["round_slices"] == [4, 8]
+  comparisons = report.paired_comparisons(rows)
+  pairs = {(c["a"]["selection"], c["b"]["selection"]): c for c in comparisons}
+  assert set(pairs) == {("entropy r2", "fixed"), ("entropy r2 free", "fixed"), ("entropy r2 free", "entropy r2")}
+  assert {c["family"] for c in comparisons} == {"selection, rounds"}
+  assert pairs[("entropy r2", "fixed")]["mean_diff"] == pytest.approx(0.1)
