@@ -103,6 +103,10 @@ def base() -> ml_collections.ConfigDict:
       reference=True,           # also train the fully annotated reference
       reference_seeds=(0,),
       roi=(),                   # () = every slice is a candidate; (lo, hi) fractions of the depth narrow it
+      rounds=(3,),              # rounds of the model-based selections (entropy, ensemble, hybrid; slicejax.rounds)
+      round_allocation=("fixed",),  # their allocation rule: "fixed" keeps s x rho, "free" also chooses volumes
+      round_budgets=(),         # the budgets and slices per volume at which they run; () = every one of the grid
+      round_slices_per_volume=(),
       # The 3D points' grid, where it differs: an empty entry takes the value above.
       three_d=dict(budgets=(), slices_per_volume=(), selections=(), interpolation=(), seeds=(), reference=(),
                    reference_seeds=()),
@@ -119,9 +123,22 @@ def base() -> ml_collections.ConfigDict:
   c.ual.seed = 0
   c.ual.encoder = encoder.default_config()
 
-  # Annotation cost model of the report (slicejax.report): seconds to open and orient a volume, and per slice.
+  # Selection in rounds (slicejax.rounds): round 0 annotates `first_share` of every volume's slices with the one-shot
+  # `first_selection`, then each round trains, scores the unannotated slices with the round's models and adds more.
+  c.rounds = ml_collections.ConfigDict(dict(
+      first_selection="fixed",  # round 0's one-shot selection: random, fixed or ual
+      first_share=0.5,          # share of each volume's rho slices annotated in round 0 (at least 1)
+      warm_start=False,         # a round starts from the previous round's parameters (fresh optimiser); False:
+                                # every round trains from the same initialisation
+      members=4,                # `ensemble`: K models of different seeds trained together on the model axis
+      foreground=False,         # weigh each pixel's uncertainty by its predicted foreground probability
+      hybrid_candidates=4,      # `hybrid`: k-center among the `hybrid_candidates` x n most uncertain slices
+  ))
+
+  # Annotation cost model of the report (slicejax.report): seconds to open and orient a volume, per slice, and per
+  # 1,000 foreground pixels of an annotated slice (`seconds_per_kilopixel`; 0 leaves the foreground out).
   # The defaults make the cost the slice budget.
-  c.cost = ml_collections.ConfigDict(dict(seconds_per_volume=0.0, seconds_per_slice=1.0))
+  c.cost = ml_collections.ConfigDict(dict(seconds_per_volume=0.0, seconds_per_slice=1.0, seconds_per_kilopixel=0.0))
 
   # The report's statistics (slicejax.stats, docs/statistics.md): test level, equivalence margin in Dice, fewest
   # seeds for a verdict, power for the seeds needed, and the trust gate's plateau tolerance and share of cells
@@ -371,6 +388,11 @@ def _check_study(c: _Checker) -> tuple:
   for name in _GRID_ITEMS:
     _check_grid_entry(c, f"study.{name}", name)
   c.boolean("study.reference")
+  c.items("study.rounds", "a non-empty tuple of integers >= 2", lambda v: _is_int(v) and v >= 2, nonempty=True)
+  c.items("study.round_allocation", 'a non-empty subset of ("fixed", "free")', lambda v: v in ("fixed", "free"),
+          (1, 2), nonempty=True)
+  for key in ("study.round_budgets", "study.round_slices_per_volume"):
+    c.items(key, "() or positive integers", lambda v: _is_int(v) and v >= 1)
   roi = c.items("study.roi", "() or two fractions (lo, hi) with 0 <= lo < hi <= 1", _is_real, (0, 2))
   if roi and not 0 <= roi[0] < roi[1] <= 1:
     c.fail("study.roi", f"must be () or two fractions (lo, hi) with 0 <= lo < hi <= 1, got {roi!r}")
@@ -395,6 +417,9 @@ def _check_study(c: _Checker) -> tuple:
         if not grid[name]:
           c.fail(keys[name], f"must not be empty while config.{keys['budgets']} is {tuple(grid['budgets'])!r}")
       selections.update(grid["selections"])
+      in_rounds = [s for s in grid["selections"] if getattr(selection_lib.get(s), "MODEL_BASED", False)]
+      if d == 3 and in_rounds:
+        c.fail(keys["selections"], f"{in_rounds[0]!r} selects in rounds, which only 2D points do")
     elif "annotated" in grid["selections"]:
       # Real sparse annotations (`slicejax.sparse`): the plan, not a budget, makes the points.
       selections.add("annotated")
@@ -463,6 +488,19 @@ def _check_ual(c: _Checker) -> None:
     c.real(a + key, lo=0)
 
 
+def _check_rounds(c: _Checker) -> None:
+  """The round schedule and the model-based selections' options (`slicejax.rounds`)."""
+  first = c.text("rounds.first_selection")
+  _check_selection(c, "rounds.first_selection", first)
+  if getattr(selection_lib.get(first), "MODEL_BASED", False) or first == "annotated":
+    c.fail("rounds.first_selection", f"must be a one-shot selection (random, fixed or ual), got {first!r}")
+  c.real("rounds.first_share", 0, 1, lo_open=True, hi_open=True)
+  c.boolean("rounds.warm_start")
+  c.integer("rounds.members", lo=2)
+  c.boolean("rounds.foreground")
+  c.integer("rounds.hybrid_candidates", lo=1)
+
+
 def _check_model_axis(c: _Checker) -> None:
   strategy = c.choice("model_axis.strategy", ("auto",) + parallel.STRATEGIES)
   if jax.process_count() > 1 and strategy not in ("auto", "mesh"):
@@ -502,11 +540,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   c.boolean("interpolation.align_centroids")
   if 3 in dims:
     _check_three_d(c)
-  if "ual" in selections:
+  in_rounds = [s for s in selections if getattr(selection_lib.get(s), "MODEL_BASED", False)]
+  if in_rounds:
+    _check_rounds(c)
+  if "ual" in selections or (in_rounds and c.get("rounds.first_selection") == "ual") or "hybrid" in selections:
     _check_ual(c)
   _check_model_axis(c)
   c.real("cost.seconds_per_volume", lo=0)
   c.real("cost.seconds_per_slice", lo=0)
+  c.real("cost.seconds_per_kilopixel", lo=0)
   c.real("stats.alpha", lo=0, hi=0.5, lo_open=True, hi_open=True)
   c.real("stats.margin", lo=0, lo_open=True)
   c.integer("stats.min_seeds", lo=2)
@@ -568,6 +610,14 @@ def plan_block() -> ml_collections.ConfigDict:
       dims=0,                   # with from_study: only cells of 2D or 3D models; 0 = any
       classes=(),               # class names, background first, for folders without a dataset.json 'labels'
       sheet_tiles=64,           # slices per contact sheet image
+      # The next round's worklist (slicejax.worklist): a trained model chooses among the slices not yet annotated.
+      model="",                 # a trained run's workdir; set, `selection` is entropy, ensemble or hybrid
+      point="",                 # its point, when it trained several
+      annotated="",             # a folder of label files <case>.nii.gz with the ignore value where nothing is annotated
+      previous="",              # and/or a previous plan's workdir, whose slices count as annotated
+      free=False,               # choose the budget anywhere (new volumes may open); False: budget / s per annotated
+                                # volume
+      batch_size=0,             # slices per prediction call; 0 = the model's eval settings
   ))
 
 
@@ -617,7 +667,23 @@ def validate_plan(config) -> None:
   c.integer("plan.dims", lo=0, hi=3)
   if c.get("plan.dims") == 1:
     c.fail("plan.dims", "must be 0, 2 or 3, got 1")
-  if not study:
+  for key in ("plan.model", "plan.point", "plan.annotated", "plan.previous"):
+    c.text(key)
+  c.boolean("plan.free")
+  c.integer("plan.batch_size", lo=0)
+  if c.get("plan.model"):
+    if study:
+      c.fail("plan.from_study", "applies to a first plan; with config.plan.model the model chooses")
+    if not (c.get("plan.annotated") or c.get("plan.previous")):
+      c.fail("plan.annotated", "say what is annotated so far: a folder of label files, or config.plan.previous")
+    _check_selection(c, "plan.selection", c.text("plan.selection"))
+    if not getattr(selection_lib.get(c.get("plan.selection")), "MODEL_BASED", False):
+      c.fail("plan.selection", "with config.plan.model, must be entropy, ensemble or hybrid, got "
+             f"{c.get('plan.selection')!r}")
+    _check_rounds(c)
+    if c.get("plan.selection") == "hybrid":
+      _check_ual(c)
+  elif not study:
     volumes = c.integer("plan.volumes", lo=1)
     if volumes > budget:
       c.fail("plan.volumes", f"must be <= config.plan.budget ({budget}), got {volumes}")

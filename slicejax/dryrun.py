@@ -26,6 +26,7 @@ from slicejax import figures
 from slicejax import fingerprint as fingerprint_lib
 from slicejax import parallel
 from slicejax import report
+from slicejax import rounds
 from slicejax import selection as selection_lib
 from slicejax import study
 from slicejax import train
@@ -159,9 +160,10 @@ def dry_run(config) -> list[str]:
   startup += time.perf_counter() - start
   for point in points:
     if point.name not in plans:  # ual: the same allocation, without training the encoder
-      plans[point.name] = train.plan_of(config, dataclasses.replace(point, selection="random"), depths)
+      plans[point.name] = train.plan_of(config, dataclasses.replace(point, selection="random", rounds=1, free=False),
+                                        depths)
   max_models = config.model_axis.max_models or train.auto_max_models(config, points, plans, splits, dataset)
-  groups = study.group(points, max_models)
+  groups = study.group(points, max_models, rounds.models_of(config))
   names = dataset.class_names[1:]
   shapes = np.array([v.label.shape for v in dataset.volumes])
   spacings = np.array([v.spacing for v in dataset.volumes])
@@ -212,7 +214,7 @@ def dry_run(config) -> list[str]:
                                                                          dataset)
     group_sizes = [len(g) for g in groups if g[0].dims == dims]
     compile_s = sum(compiles)
-    models = sum(group_sizes)
+    models = sum(rounds.models_of(config)(p) * p.rounds for p in dims_points)  # trainings: members, every round
     curve_points = len(train.curve_schedule(config.train.steps, config.eval.curve_points)) if min(
         config.eval.curve_volumes, len(splits["val"])) else 0
     parts = {"training": compile_seconds(config, group_sizes, *compiles) + models * step_s * config.train.steps,

@@ -68,7 +68,7 @@ def best_cell(study_workdir, budget: int, dims: int = 0) -> dict:
   if not path.is_file():
     raise InputError("config.plan.from_study", f"{path} does not exist (not a finished study workdir)")
   cells = [c for c in report.summarise(results.read_rows(path))
-           if not c["reference"] and c["budget"] == budget and (not dims or c["dims"] == dims)]
+           if not c["reference"] and c["rounds"] == 1 and c["budget"] == budget and (not dims or c["dims"] == dims)]
   if not cells:
     raise InputError("config.plan.from_study", f"{path} has no sparse results at budget {budget}"
                      + (f" for {dims}D models" if dims else ""))
@@ -111,7 +111,7 @@ def class_names(config, images: nifti.ImageSet) -> tuple:
 # The plan.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _embeddings(config, images: nifti.ImageSet) -> dict:
+def slice_embeddings(config, images: nifti.ImageSet) -> dict:
   """Slice embeddings of every volume from the UAL encoder, trained on the images alone (`slicejax.encoder`)."""
   from slicejax import encoder  # Only `ual` plans need the encoder (and its JAX programs).
   volumes = {c.case_id: data_lib.normalize(nifti.read_case(c, images.slicing_axis), config.data.normalization,
@@ -155,7 +155,7 @@ def make_plan(config, images: nifti.ImageSet, chosen: dict, offered: dict | None
                       interpolation=False, seed=config.plan.seed)
   strategy = selection_lib.get(point.selection)
   options = config.get(point.selection) if point.selection in config else None
-  embeddings = _embeddings(config, images) if strategy.NEEDS_EMBEDDINGS else None
+  embeddings = slice_embeddings(config, images) if strategy.NEEDS_EMBEDDINGS else None
   return study.make_plan(point, depths, roi=tuple(config.plan.roi), options=options, embeddings=embeddings,
                          offered=offered)
 
@@ -232,8 +232,11 @@ def build(config) -> dict:
   config_lib.validate_plan(config)
   images = nifti.index_images(data_lib.dataset_root(config), slicing_axis=config.data.slicing_axis)
   names = class_names(config, images)
-  chosen = allocation(config)
   offered = offered_slices(images)
+  if config.plan.model:  # the next round's worklist, chosen by a trained model (`slicejax.worklist`)
+    from slicejax import worklist
+    return worklist.build(config, images, names, offered)
+  chosen = allocation(config)
   plan = make_plan(config, images, chosen, offered)
   ordered = rows(plan, images)
   ignore = len(names)
@@ -253,8 +256,9 @@ def build(config) -> dict:
 
 def _csv(ordered: list) -> str:
   buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=["order", "case_id", "axis", "slice", "image", "template"],
-                          lineterminator="\n")
+  # A worklist chosen by a model adds its columns (`slicejax.worklist`).
+  fields = list(ordered[0]) if ordered else ["order", "case_id", "axis", "slice", "image", "template"]
+  writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
   writer.writeheader()
   writer.writerows(ordered)
   return buffer.getvalue()
@@ -271,8 +275,10 @@ def write(workdir, built: dict, tiles_per_sheet: int = 64) -> pathlib.Path:
   by_id = images.by_id()
   for case, slices in sorted(plan.items()):
     reference = nifti.load(by_id[case].paths[0])
-    nifti.save_like(workdir / TEMPLATES / f"{case}.nii.gz",
-                    template(by_id[case], slices, images.slicing_axis, meta["ignore_label"]), reference)
+    label = template(by_id[case], slices, images.slicing_axis, meta["ignore_label"])
+    if case in built.get("base", {}):  # a worklist continues the volume's annotations so far
+      label = np.where(label == meta["ignore_label"], built["base"][case], label).astype(label.dtype)
+    nifti.save_like(workdir / TEMPLATES / f"{case}.nii.gz", label, reference)
   sheets = contact_sheets(plan, images, tiles_per_sheet)
   for old in workdir.glob("contact_sheet*.png"):
     old.unlink()

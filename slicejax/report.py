@@ -16,7 +16,12 @@ Conventions:
   (`check_compatible`): a grid split over machines, or more seeds run later. Their union gives the same summary as
   one run of all their points.
 - Annotation cost: a cell of s volumes x rho slices costs s x `seconds_per_volume` + s x rho x `seconds_per_slice`
-  (config `cost`; the defaults 0 and 1 make the cost the slice budget).
+  (config `cost`; the defaults 0 and 1 make the cost the slice budget), plus `seconds_per_kilopixel` per 1,000
+  foreground pixels of the annotated slices (the rows' `annotated_foreground`, mean over seeds) when that is set;
+  a free round allocation opens the volumes its rows record (`annotated_volumes`).
+- Selection in rounds (`slicejax.rounds`): a round point's cell is named by its selection and schedule, e.g.
+  "entropy r3" (3 rounds) or "entropy r3 free" (free allocation), and is compared with the one-shot selections of
+  the same budget and allocation like any other selection, in a Holm family of its own ("selection, rounds").
 - Every file written here is replaced atomically (`slicejax.files`).
 """
 
@@ -60,8 +65,20 @@ DEFAULT_COST = {"seconds_per_volume": 0.0, "seconds_per_slice": 1.0}
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _selection(row) -> str:
+  """The selection of a row's cell: its `selection`, with the round schedule of a round point ("entropy r3 free")."""
+  if row.get("rounds", 1) == 1:
+    return row["selection"]
+  return f"{row['selection']} r{row['rounds']}" + (" free" if row.get("free") else "")
+
+
+def in_rounds(selection: str) -> bool:
+  """Whether a cell's selection chose in rounds (`_selection`)."""
+  return " r" in selection
+
+
 def _cell_key(row) -> tuple:
-  return (row["dims"], row["budget"], row["volumes"], row.get("slices_per_volume"), row["selection"],
+  return (row["dims"], row["budget"], row["volumes"], row.get("slices_per_volume"), _selection(row),
           bool(row.get("interpolation", False)), bool(row.get("reference", False)))
 
 
@@ -107,9 +124,24 @@ def _mean_per_class(rows, field="dice_per_class") -> dict:
   return {name: float(np.mean(values)) if values else None for name, values in classes.items()}
 
 
-def annotation_cost(volumes: int, slices: int, cost: dict) -> float:
-  """Seconds to annotate `slices` slices spread over `volumes` volumes under a cost model (see the docstring)."""
-  return volumes * cost["seconds_per_volume"] + slices * cost["seconds_per_slice"]
+def annotation_cost(volumes: int, slices: int, cost: dict, foreground: float | None = None) -> float:
+  """Seconds to annotate `slices` slices spread over `volumes` volumes under a cost model (see the docstring), with
+  `foreground` pixels painted in them when the model counts foreground (`seconds_per_kilopixel`)."""
+  seconds = volumes * cost["seconds_per_volume"] + slices * cost["seconds_per_slice"]
+  if cost.get("seconds_per_kilopixel") and foreground is not None:
+    seconds += cost["seconds_per_kilopixel"] * foreground / 1000.0
+  return seconds
+
+
+def _round_history(rows) -> dict:
+  """Per round, the slices annotated and the mean validation Dice over the rows (seeds); {} for one-shot rows."""
+  histories = [row["round_history"] for row in rows if row.get("round_history")]
+  if not histories:
+    return {}
+  rounds = len(histories[0])
+  dice = [[h[r]["val_dice"] for h in histories if h[r]["val_dice"] is not None] for r in range(rounds)]
+  return {"round_slices": [histories[0][r]["slices"] for r in range(rounds)],
+          "round_val_dice": [float(np.mean(d)) if d else None for d in dice]}
 
 
 def _learning_curve(rows, tolerance):
@@ -182,8 +214,11 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
         train_seconds=_mean_of(members, "train_seconds"),
         interp_dice=_mean_of(members, "interp_dice"),
         n_diverged=sum(bool(row.get("diverged", False)) for row in members),
-        cost=annotation_cost(cell["volumes"], cell["budget"], cost),
-        test_volumes=test_volumes, absent=absent, curve_steps=steps, curve_dice=curve, still_improving=improving)
+        cost=annotation_cost(_mean_of(members, "annotated_volumes") or cell["volumes"], cell["budget"], cost,
+                             _mean_of(members, "annotated_foreground")),
+        test_volumes=test_volumes, absent=absent, curve_steps=steps, curve_dice=curve, still_improving=improving,
+        rounds=max(row.get("rounds", 1) for row in members), annotated_volumes=_mean_of(members, "annotated_volumes"),
+        **_round_history(members))
     cells.append(cell)
   return cells
 
@@ -216,13 +251,15 @@ def holm_family(comparison) -> str:
   """The family a comparison's Holm adjustment runs in: exactly the comparisons one finding's verdict rests on.
 
   "allocation": random and fixed interval (finding 1's verdict), "allocation, ual" and other selections apart;
-  "selection, ual": UAL against the others (finding 2), "selection": the other pairs; "interpolation, 2D" (finding
-  3) and "interpolation, 3D".
+  "selection, ual": UAL against the others (finding 2), "selection, rounds": a selection in rounds against any
+  other, "selection": the other pairs; "interpolation, 2D" (finding 3) and "interpolation, 3D".
   """
   kind, a, b = comparison["comparison"], comparison["a"], comparison["b"]
   if kind == "allocation":
     return kind if a["selection"] in ("random", "fixed") else f"allocation, {a['selection']}"
   if kind == "selection":
+    if in_rounds(a["selection"]) or in_rounds(b["selection"]):
+      return "selection, rounds"
     return "selection, ual" if "ual" in (a["selection"], b["selection"]) else kind
   return f"interpolation, {a['dims']}D"
 
@@ -332,9 +369,7 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
 def grid_family_sizes(points, options=None) -> dict:
   """{Holm family: comparisons} that a grid's points will make (`paired_comparisons` on one stand-in row per
   sparse point), for sizing its seeds before it runs."""
-  rows = [{"dims": p.dims, "budget": p.budget, "volumes": p.volumes, "slices_per_volume": p.slices_per_volume,
-           "selection": p.selection, "interpolation": p.interpolation, "reference": False, "seed": 0,
-           "dice_mean": 0.5} for p in points if not p.reference]
+  rows = [{**p.fields(), "seed": 0, "dice_mean": 0.5} for p in points if not p.reference]
   sizes = {}
   for c in paired_comparisons(rows, options):
     sizes[c["family"]] = sizes.get(c["family"], 0) + 1
@@ -471,8 +506,7 @@ def findings(comparisons, cells, options=None) -> list[dict]:
                     by_selection={k: {"verdict": _direction_verdict(v), "counts": _tally(v)}
                                   for k, v in by_selection.items()}))
 
-  ual = [c for c in comparisons if c["comparison"] == "selection" and "ual" in (c["a"]["selection"],
-                                                                                c["b"]["selection"])]
+  ual = [c for c in comparisons if c["comparison"] == "selection" and holm_family(c) == "selection, ual"]
   oriented = [c if c["a"]["selection"] == "ual" else stats.flip(c) for c in ual]
   out.append(result(2, "UAL is not better than random or fixed-interval selection at equal slices per volume.",
                     _not_better_verdict(oriented), oriented))
@@ -862,10 +896,25 @@ def _markdown(cells, comparisons, found, gate, needed, frontier, cost, options, 
     out.append(
         f"- {dims}D, budget {budget}: the highest mean is {_allocation(best)}, {best['selection']} selection, "
         f"interpolation {'on' if best['interpolation'] else 'off'} (Dice {_spread(best)}).")
+  in_round = [cell for cell in grid if cell.get("round_slices")]
+  if in_round:
+    out += ["", "## Rounds", "",
+            "Selection in rounds: the slices annotated after each round and the mean validation Dice over seeds of "
+            "the models trained on them; the last round's models are the cell's. Their comparisons with the one-shot "
+            "selections at the same budget and allocation are the family \"selection, rounds\" above.", ""]
+    out += _table(["dims", "budget", "cell", "slices per round", "validation Dice per round", "volumes annotated",
+                   "test Dice"],
+                  [[f"{c['dims']}D", str(c["budget"]), _label(c), " → ".join(map(str, c["round_slices"])),
+                    " → ".join(_fmt(d) for d in c["round_val_dice"]), _fmt(c["annotated_volumes"], 1),
+                    _spread(c)] for c in in_round])
   out += ["", "## Annotation cost", "",
           f"Cost model: {cost['seconds_per_volume']:g} s per volume opened + {cost['seconds_per_slice']:g} s per "
-          "slice (`python -m slicejax.report --seconds_per_volume=... --seconds_per_slice=...` recomputes this view "
-          "with a team's own timings). The best cell at each cost level (cells that beat every cheaper one):", ""]
+          "slice" + (f" + {cost['seconds_per_kilopixel']:g} s per 1,000 foreground pixels of the annotated slices"
+                     if cost.get("seconds_per_kilopixel") else "")
+          + " (`python -m slicejax.report --seconds_per_volume=... --seconds_per_slice=..."
+          + (" --seconds_per_kilopixel=..." if cost.get("seconds_per_kilopixel") else "")
+          + "` recomputes this view with a team's own timings). The best cell at each cost level (cells that beat "
+          "every cheaper one):", ""]
   out += _table(["cost s", "dims", "allocation", "selection", "interpolation", "Dice"],
                 [[f"{c['cost']:g}", f"{c['dims']}D", f"{c['volumes']}×{c['slices_per_volume']}", c["selection"],
                   "on" if c["interpolation"] else "off", _spread(c)] for c in frontier]) if frontier else ["—"]
@@ -901,8 +950,8 @@ def _csv(cells) -> str:
 # The entry point.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, preamble=None,
-        document=None, **options) -> pathlib.Path:
+def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, seconds_per_kilopixel=None,
+        preamble=None, document=None, **options) -> pathlib.Path:
   """Regenerates the report of one or several runs into `out` (default: the only workdir); returns `out`."""
   if not workdirs:
     raise InputError("--workdir", "give at least one run folder")
@@ -911,7 +960,8 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
   rows, config = read_runs(workdirs)
   cost = dict(DEFAULT_COST, **(config.get("cost") or {}))
   options = stats_options({**(config.get("stats") or {}), **{k: v for k, v in options.items() if v is not None}})
-  for key, value in (("seconds_per_volume", seconds_per_volume), ("seconds_per_slice", seconds_per_slice)):
+  for key, value in (("seconds_per_volume", seconds_per_volume), ("seconds_per_slice", seconds_per_slice),
+                     ("seconds_per_kilopixel", seconds_per_kilopixel)):
     if value is not None:
       if not (math.isfinite(value) and value >= 0):
         raise InputError(f"--{key}", f"must be a number >= 0, got {value}")
@@ -935,6 +985,8 @@ def _define_flags() -> None:
   flags.DEFINE_float("seconds_per_volume", None, "Annotation seconds per volume opened; default: the run's "
                      "config.cost.")
   flags.DEFINE_float("seconds_per_slice", None, "Annotation seconds per slice; default: the run's config.cost.")
+  flags.DEFINE_float("seconds_per_kilopixel", None, "Annotation seconds per 1,000 foreground pixels of the annotated "
+                     "slices; default: the run's config.cost.")
   flags.DEFINE_float("alpha", None, "Test level (intervals cover 1 - alpha); default: the run's config.stats.")
   flags.DEFINE_float("margin", None, "Equivalence margin in Dice; default: the run's config.stats.")
   flags.DEFINE_integer("min_seeds", None, "Fewest shared seeds for a verdict; default: the run's config.stats.")
@@ -947,7 +999,7 @@ def main(argv):
   f = flags.FLAGS
   try:
     out = run(f.workdir or [], f.out, seconds_per_volume=f.seconds_per_volume, seconds_per_slice=f.seconds_per_slice,
-              preamble=f.preamble, document=f.document, alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds)
+              seconds_per_kilopixel=f.seconds_per_kilopixel, preamble=f.preamble, document=f.document, alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds)
   except InputError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)

@@ -1,7 +1,9 @@
 """The study grid: sweep points, groups of points that train together, and annotation plans.
 
 A *point* is one trained model: dims, budget B, allocation (s volumes x rho slices per volume), selection strategy,
-interpolation on/off and seed, or the fully annotated reference. Points that share every shape-changing setting
+interpolation on/off and seed, or the fully annotated reference. A model-based selection (`entropy`, `ensemble`,
+`hybrid`) reaches its budget in `rounds` rounds (`slicejax.rounds`), keeping s x rho or, `free`, choosing volumes
+too; every other point is selected in one shot (rounds 1). Points that share every shape-changing setting
 (here: dims; network, patch and batch size are per-config) form a *group* that trains together on the model axis,
 in chunks of at most `model_axis.max_models`.
 
@@ -34,17 +36,24 @@ class Point:
   interpolation: bool
   seed: int
   reference: bool = False
+  rounds: int = 1
+  free: bool = False
 
   @property
   def name(self) -> str:
     if self.reference:
       return f"{self.dims}d_reference_seed{self.seed}"
     interp = "_interp" if self.interpolation else ""
+    schedule = f"_r{self.rounds}" + ("_free" if self.free else "") if self.rounds > 1 else ""
     return (f"{self.dims}d_b{self.budget}_s{self.volumes}_rho{self.slices_per_volume}_{self.selection}{interp}"
-            f"_seed{self.seed}")
+            f"{schedule}_seed{self.seed}")
 
   def fields(self) -> dict:
-    return dataclasses.asdict(self)
+    """The point's fields for its result row; a one-shot point's row has no round fields."""
+    fields = dataclasses.asdict(self)
+    if self.rounds == 1:
+      del fields["rounds"], fields["free"]
+    return fields
 
 
 def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) -> list:
@@ -52,13 +61,16 @@ def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) ->
 
   Args:
     study: the config's `study` ConfigDict (dims, budgets, slices_per_volume, selections, interpolation, seeds,
-      reference, reference_seeds; `three_d` overrides any of them for 3D points).
+      reference, reference_seeds; `three_d` overrides any of them for 3D points; `rounds`, `round_allocation`,
+      `round_budgets` and `round_slices_per_volume` for the model-based selections, 2D only and without
+      interpolation).
     depths: case id -> number of candidate slices, for every volume of the training pool.
     left_out: if given, a list that receives one sentence per allocation left out, saying why.
 
   Returns:
-    list of Point. An allocation whose s = B / rho is not an integer or exceeds the pool is left out (logged); a
-    budget that no allocation fits is an error.
+    list of Point. An allocation whose s = B / rho is not an integer or exceeds the pool is left out (logged), and
+    so is a round schedule with more rounds than slices per volume (a round would add nothing); a budget that no
+    allocation fits is an error.
   """
   pool = len(depths)
   total = sum(depths.values())
@@ -83,8 +95,23 @@ def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) ->
                          f"rho in {tuple(grid['slices_per_volume'])}")
       for rho, sel, interp, seed in itertools.product(fitting, grid["selections"], grid["interpolation"],
                                                       grid["seeds"]):
-        selection_lib.get(sel)
-        points.append(Point(dims, budget, budget // rho, rho, sel, bool(interp), seed))
+        if not getattr(selection_lib.get(sel), "MODEL_BASED", False):
+          points.append(Point(dims, budget, budget // rho, rho, sel, bool(interp), seed))
+          continue
+        if dims != 2:
+          raise InputError("study.three_d.selections", f"{sel!r} selects in rounds, which 3D points do not")
+        if ((study.round_budgets and budget not in study.round_budgets)
+            or (study.round_slices_per_volume and rho not in study.round_slices_per_volume)):
+          continue
+        for rounds, rule in itertools.product(study.rounds, study.round_allocation) if not interp else ():
+          if rounds > rho:
+            reason = f"{dims}D budget {budget} at {rho} slices per volume in {rounds} rounds: a round would add nothing"
+            if seed == grid["seeds"][0] and rule == study.round_allocation[0]:
+              logging.info("%s: left out.", reason)
+              if left_out is not None:
+                left_out.append(reason)
+            continue
+          points.append(Point(dims, budget, budget // rho, rho, sel, False, seed, rounds=rounds, free=rule == "free"))
     if grid["reference"]:
       points += [Point(dims, total, pool, None, "all", False, seed, reference=True) for seed in grid["reference_seeds"]]
   if not points:
@@ -106,12 +133,19 @@ def _grid(study, dims: int) -> dict:
   return grid
 
 
-def group(points: Sequence[Point], max_models: int) -> list:
-  """Splits points into groups that share shapes (dims), each of at most `max_models` points, order kept."""
+def group(points: Sequence[Point], max_models: int, models_of=lambda point: 1) -> list:
+  """Splits points into groups that share shapes (dims) and round count, each of at most `max_models` models (a
+  point trains `models_of(point)`, e.g. an ensemble's members; a group holds at least one point), order kept."""
   groups = []
-  for dims in sorted({p.dims for p in points}):
-    same = [p for p in points if p.dims == dims]
-    groups += [same[i:i + max_models] for i in range(0, len(same), max_models)]
+  for dims, rounds in sorted({(p.dims, p.rounds) for p in points}):
+    group_points, size = [], 0
+    for point in (p for p in points if (p.dims, p.rounds) == (dims, rounds)):
+      if group_points and size + models_of(point) > max_models:
+        groups.append(group_points)
+        group_points, size = [], 0
+      group_points.append(point)
+      size += models_of(point)
+    groups.append(group_points)
   return groups
 
 

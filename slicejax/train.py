@@ -30,6 +30,7 @@ from slicejax import augment as augment_lib
 from slicejax import checkpoint
 from slicejax import config_lib
 from slicejax import console
+from slicejax import cost as cost_lib
 from slicejax import data as data_lib
 from slicejax import distributed
 from slicejax import encoder
@@ -41,6 +42,7 @@ from slicejax import parallel
 from slicejax import precision
 from slicejax import report
 from slicejax import results
+from slicejax import rounds as rounds_lib
 from slicejax import selection as selection_lib
 from slicejax import sparse
 from slicejax import stream
@@ -199,7 +201,7 @@ def grid_programs(config, dims: int, num_classes: int, example_shape, batch_spli
 # ---------------------------------------------------------------------------------------------------------------------
 
 def train_group(config, points, plans, splits, dataset, group_index: int, checkpoint_dir: pathlib.Path, *,
-                sizes=None, programs=None, curves=None, eval_seconds=None) -> list:
+                sizes=None, programs=None, curves=None, eval_seconds=None, init_params=None, keep=None) -> list:
   """Trains the points of one group together on their plans and returns their result rows.
 
   The group's state is checkpointed to `checkpoint_dir` every `train.checkpoint_every` steps and at the end; a
@@ -207,6 +209,9 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   (`data_sizes` of the dims module) and `programs` caches `grid_programs` by dims, so that the groups of a grid share
   compiled programs; None: the group's own. Each model's loss at every log step goes to `curves` (a
   `console.CurveWriter`, or None); `eval_seconds` estimates the group's evaluation for the progress line's ETA.
+  `init_params` (stacked `[M, ...]`) replaces the initial parameters when there is no checkpoint (a warm-started
+  round, `slicejax.rounds`); `keep`, a dict, receives the trained `model`, `axis`, `params` (axis form), `stacked`
+  state and input `shape`.
   """
   dims_lib = DIMS[points[0].dims]
   pool, num_classes = splits["train"], dataset.num_classes
@@ -235,6 +240,8 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   init = programs[key]["init"]
   initial = jax.tree.map(lambda *leaves: np.concatenate(leaves), *[
       jax.tree.map(np.asarray, init(np.asarray([p.seed], np.uint32))) for p in points])
+  if init_params is not None:
+    initial["params"] = jax.tree.map(np.asarray, init_params)
   checkpoints = checkpoint.GroupCheckpoints(checkpoint_dir)
   initial = axis.to_stacked(axis.from_stacked(initial))  # where the model axis keeps it: the restore's template
   restored = checkpoints.restore_latest(initial)
@@ -312,6 +319,8 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
     scores["val"] = evaluate_lib.score_labels(segment(params, splits["val"], shape), splits["val"], num_classes,
                                               tolerance_mm=config.eval.nsd_tolerance_mm, surface=False)
   eval_seconds = time.perf_counter() - start
+  if keep is not None:
+    keep.update(model=model, axis=axis, params=params, stacked=stacked, shape=shape)
 
   depths = {v.case_id: v.depth for v in pool}
   diverged = axis.fetch(stacked["diverged"])
@@ -390,7 +399,7 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   # Labels with an ignore label are real sparse annotations: their plan is read from the voxels (`slicejax.sparse`).
   annotated = sparse.check_study(config.study, index.ignore_label)
   points = [] if annotated else study.expand(config.study, depths, left_out)
-  plans = {p.name: plan_of(config, p, depths) for p in points if not _needs_embeddings(p)}
+  plans = {p.name: plan_of(config, p, depths) for p in points if not _needs_embeddings(p, config)}
   used = index.select(split["train"] + split["val"] + split["test"])
   # Volumes beyond the memory budget (or for the streamed input) stay in the cache, read a part at a time; beyond the
   # budget even without `use_cache`, as they could not be held otherwise.
@@ -413,12 +422,17 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   return dataset, splits, depths, points, plans
 
 
-def _needs_embeddings(point) -> bool:
+def _needs_embeddings(point, config=None) -> bool:
+  if point.rounds > 1:
+    return rounds_lib.needs_embeddings(config, point)
   return not point.reference and selection_lib.get(point.selection).NEEDS_EMBEDDINGS
 
 
 def plan_of(config, point, depths, embeddings=None) -> dict:
-  """The annotation plan of `point` over the training pool's `depths` (`study.make_plan` with the config's options)."""
+  """The annotation plan of `point` over the training pool's `depths` (`study.make_plan` with the config's options;
+  a round point's round 0, `rounds.first_plan`)."""
+  if point.rounds > 1:
+    return rounds_lib.first_plan(config, point, depths, embeddings)
   options = config.get(point.selection) if point.selection in config else None
   return study.make_plan(point, depths, roi=config.study.roi, options=options, embeddings=embeddings)
 
@@ -436,16 +450,22 @@ def prepare(config):
   for line in fingerprint_lib.describe(fingerprint, config=config) if fingerprint is not None else ():
     console.say(line)
   costs = {}
-  if any(_needs_embeddings(p) for p in points):
-    shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
-    images = {v.case_id: data_lib.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
-    embeddings, info = encoder.slice_embeddings(images, config.ual.encoder, seed=config.ual.seed,
-                                                cache_dir=data_lib.cache_dir(config) / "encoder")
+  if any(_needs_embeddings(p, config) for p in points):
+    embeddings, info = pool_embeddings(config, splits)
     costs = {"encoder_seconds": info["train_seconds"] + info["embed_seconds"]}
-    plans.update({p.name: plan_of(config, p, depths, embeddings) for p in points if _needs_embeddings(p)})
+    plans.update({p.name: plan_of(config, p, depths, embeddings) for p in points if _needs_embeddings(p, config)})
   plans = {p.name: plans[p.name] for p in points}
   max_models = config.model_axis.max_models or auto_max_models(config, points, plans, splits, dataset)
-  return dataset, splits, study.group(points, max_models), plans, costs
+  return dataset, splits, study.group(points, max_models, rounds_lib.models_of(config)), plans, costs
+
+
+def pool_embeddings(config, splits) -> tuple:
+  """The UAL encoder's slice embeddings of the training pool (`encoder.slice_embeddings`, cached): (case id ->
+  `[D, F]`, info)."""
+  shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
+  images = {v.case_id: data_lib.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
+  return encoder.slice_embeddings(images, config.ual.encoder, seed=config.ual.seed,
+                                  cache_dir=data_lib.cache_dir(config) / "encoder")
 
 
 def one_model_step(config, dims: int, points, plans, splits, dataset) -> dict:
@@ -562,9 +582,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       rundir = workdir_lib.check_config(workdir, json.loads(config.to_json_best_effort()), fresh=fresh)
     if writer:
       files.atomic_write(rundir / "groups.json", json.dumps(
-          [{str(m): p.name for m, p in enumerate(g)} for g in groups], indent=1))
+          [{str(m): p.name for m, p in enumerate(rounds_lib.models(config, g))} for g in groups], indent=1))
       (rundir / "plans").mkdir(exist_ok=True)
-      for name, plan in plans.items():
+      for name, plan in rounds_lib.recorded_plans(rundir, groups, plans).items():  # a round point's latest
         files.atomic_write(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
       # What applying the trained models later needs (classes, normalisation, shapes, spacing): `slicejax.predict`.
       files.atomic_write(rundir / MODEL_CARD, json.dumps(model_card(config, dataset, splits), indent=1))
@@ -585,12 +605,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
         continue
       dims = group_points[0].dims
       estimate = eval_per_model[dims] * len(group_points) if dims in eval_per_model else None
-      rows = train_group(config, group_points, [plans[p.name] for p in group_points], splits, dataset, index,
-                         rundir / "checkpoints" / f"group_{index}", sizes=sizes[dims], programs=programs,
-                         curves=curves, eval_seconds=estimate)
+      if group_points[0].rounds > 1:
+        rows = rounds_lib.train_rounds(config, group_points, plans, splits, dataset, index, rundir,
+                                       train_group=train_group, sizes=sizes[dims], programs=programs, curves=curves,
+                                       embeddings=lambda: pool_embeddings(config, splits)[0])
+      else:
+        rows = train_group(config, group_points, [plans[p.name] for p in group_points], splits, dataset, index,
+                           rundir / "checkpoints" / f"group_{index}", sizes=sizes[dims], programs=programs,
+                           curves=curves, eval_seconds=estimate)
       eval_per_model[dims] = rows[0]["eval_seconds"]
+      final = plans
+      if group_points[0].rounds > 1:
+        names = [p.name for p in group_points]
+        final = rounds_lib.plans_after(rounds_lib.read_record(rundir, index, names), names)
       for point, row in zip(group_points, rows):
-        if not point.reference and selection_lib.get(point.selection).NEEDS_EMBEDDINGS:
+        # The work the plan asked for: the foreground of its annotated slices (`slicejax.cost`).
+        row["annotated_foreground"] = cost_lib.foreground_pixels(final[point.name], splits["train"],
+                                                                 getattr(dataset, "ignore_label", None))
+        if _needs_embeddings(point, config):
           row.update(costs)  # The encoder is part of the price of these plans.
       if writer:
         results.append_rows(results_path, rows)

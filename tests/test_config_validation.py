@@ -8,7 +8,7 @@ from slicejax.errors import InputError
 
 # Every documented variant of the configs in configs/.
 CONFIGS = ["demo.py", "demo.py:tiny", "hippocampus.py", "hippocampus.py:reference", "hippocampus.py:reference3d",
-           "hippocampus.py:tiny", "prostate.py", "prostate.py:tiny"]
+           "hippocampus.py:tiny", "hippocampus.py:converged=rounds,budget=144", "prostate.py", "prostate.py:tiny"]
 MISSING = object()
 # The base of every case is the tiny demo: phantom source (12 cases split 8 + 1 + 3), a 2-stage 4-feature U-Net,
 # 6 steps with 2 warmup, budget 8 at 1 or 2 slices per volume, selections random and fixed, dims (2,); its 3D grid
@@ -101,8 +101,19 @@ BAD = [
     ({"study.budgets": (8.5,)}, "config.study.budgets: must be a tuple of positive integers, got (8.5,)"),
     ({"study.slices_per_volume": (0,)},
      "config.study.slices_per_volume: must be a tuple of positive integers, got (0,)"),
+    # selection in rounds
+    ({"study.rounds": (1,)}, "config.study.rounds: must be a non-empty tuple of integers >= 2, got (1,)"),
+    ({"study.round_allocation": ("both",)},
+     'config.study.round_allocation: must be a non-empty subset of ("fixed", "free"), got (\'both\',)'),
+    ({"study.selections": ("entropy",), "rounds.first_selection": "ensemble"},
+     "config.rounds.first_selection: must be a one-shot selection (random, fixed or ual), got 'ensemble'"),
+    ({"study.selections": ("entropy",), "rounds.first_share": 1.0},
+     "config.rounds.first_share: must be in (0, 1), got 1.0"),
+    ({"study.selections": ("ensemble",), "rounds.members": 1}, "config.rounds.members: must be >= 2, got 1"),
+    ({"study.dims": (2, 3), "study.three_d.selections": ("hybrid",)},
+     "config.study.three_d.selections: 'hybrid' selects in rounds, which only 2D points do"),
     ({"study.selections": ("nope",)},
-     "config.study.selections: must name modules of slicejax/selection (annotated, fixed, random, ual), got 'nope'"),
+     "config.study.selections: must name modules of slicejax/selection (annotated, ensemble, entropy, fixed, hybrid, random, ual), got 'nope'"),
     ({"study.selections": ("random", 1)}, "config.study.selections: must be a tuple of selection names, got "
      "('random', 1)"),
     ({"study.interpolation": ("yes",)}, "config.study.interpolation: must be a tuple of booleans, got ('yes',)"),
@@ -117,7 +128,7 @@ BAD = [
      "config.study.roi: must be () or two fractions (lo, hi) with 0 <= lo < hi <= 1, got (0.2, 1.2)"),
     ({"study.three_d.budgets": (0,)}, "config.study.three_d.budgets: must be a tuple of positive integers, got (0,)"),
     ({"study.three_d.selections": ("nope",)},
-     "config.study.three_d.selections: must name modules of slicejax/selection (annotated, fixed, random, ual), got 'nope'"),
+     "config.study.three_d.selections: must name modules of slicejax/selection (annotated, ensemble, entropy, fixed, hybrid, random, ual), got 'nope'"),
     ({"study.three_d.reference": True},
      "config.study.three_d.reference: must be () or a one-item tuple (True,) or (False,), got True"),
     ({**WITH_3D, "study.three_d.seeds": (), "study.seeds": ()},
