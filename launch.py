@@ -29,13 +29,13 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from slicejax import config_lib
-from slicejax import console
-from slicejax import data as data_lib
-from slicejax import distributed
-from slicejax import dryrun
-from slicejax import train
+from slicejax import config as config_lib
+from slicejax.data import load as data_lib
 from slicejax.errors import InputError
+from slicejax.modes import check as dryrun
+from slicejax.training import console
+from slicejax.training import distributed
+from slicejax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, plans and checkpoints; default "
@@ -93,13 +93,13 @@ def _workdir(config) -> str:
 def _run_mode(mode: str, config, workdir) -> None:
   """The modes other than the study; their modules are imported only when used."""
   if mode == "plan":
-    from slicejax import plan
+    from slicejax.modes import plan
     plan.run(config, workdir)
   elif mode == "predict":
-    from slicejax import predict
+    from slicejax.modes import predict
     predict.run(config, workdir)
   elif mode == "export":
-    from slicejax import export
+    from slicejax.modes import export
     export.run(config, workdir)
 
 

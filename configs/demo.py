@@ -12,7 +12,7 @@ Expected: about 5 minutes on 2 CPU cores; the best sparse cell reaches a mean Di
 Arguments (`configs/demo.py:tiny`): `tiny` shrinks everything for tests (seconds).
 """
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 
 
 def get_config(arg=""):

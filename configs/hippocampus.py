@@ -32,7 +32,7 @@ than the default grid so that each part runs in about 90 minutes on 2 CPU cores)
     patches.
 """
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 
 # The documented study's training steps (batch 16), chosen from the pilot's learning curves.
 STUDY_STEPS = 300

@@ -5,7 +5,7 @@
     python -m slicejax.cache --prune --dataset=Task04          # remove the entries of datasets matching "Task04"
     python -m slicejax.cache --prune --kind=jax                # remove compiled programs
 
-The folder is `$SLICEJAX_CACHE`, else the user cache (`slicejax.data.default_cache_dir`), or `--dir`. It holds:
+The folder is `$SLICEJAX_CACHE`, else the user cache (`slicejax.data.load.default_cache_dir`), or `--dir`. It holds:
   * `volumes/`: preprocessed volumes, one `.npz` per case and settings, recording the dataset folder they came from
     (entries written before that record show the dataset as "?");
   * `encoder/`: trained UAL slice encoders and their embeddings, one folder per dataset pool and encoder config
@@ -28,9 +28,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from slicejax import console
-from slicejax import data as data_lib
+from slicejax.data import load as data_lib
 from slicejax.errors import InputError
+from slicejax.training import console
 
 KINDS = ("volumes", "encoder", "phantoms", "jax")
 

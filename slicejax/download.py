@@ -46,8 +46,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from slicejax import files
 from slicejax.errors import InputError
+from slicejax import files
 
 MIRROR = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 PARTIAL = ".partial"

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slicejax import augment
+from slicejax.training.inputs import augment
 
 
 def _batch():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from slicejax import cache
-from slicejax import data
-from slicejax import phantom
+from slicejax.data import load as data
+from slicejax.data import phantom
 
 
 @pytest.fixture()

@@ -1,5 +1,6 @@
 """The report's comparisons are calibrated: simulated studies with a known truth (seed effects, volume effects shared
-by every seed, cell effects; `slicejax.calibration`) run through `report.paired_comparisons`, at 3, 5 and 10 seeds.
+by every seed, cell effects; `slicejax.report.calibration`) run through `report.paired_comparisons`, at 3, 5 and 10
+seeds.
 
 2,000 studies per case: a true rate of 0.05 has a standard error of 0.005 there, so the bounds (false verdicts at
 most 0.07 under the null, coverage of a true +0.02 at least 0.93) sit 4 standard errors from the nominal 0.05 and
@@ -8,7 +9,7 @@ most 0.07 under the null, coverage of a true +0.02 at least 0.93) sit 4 standard
 
 import pytest
 
-from slicejax import calibration
+from slicejax.report import calibration
 
 REPLICATES = 2000
 

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicejax import data
-from slicejax import phantom
+from slicejax.data import load as data
+from slicejax.data import phantom
 from slicejax.errors import InputError
 
 AFFINE = np.array([[0.5, 0., 0., -3.], [0., 0.75, 0., 4.], [0., 0., 2., 1.5], [0., 0., 0., 1.]])
@@ -708,7 +708,7 @@ def test_nnunet_v2_bad_input(tmp_path, problem, fragment):
 
 
 def test_one_layout_detector_for_a_dataset_json_with_both_layouts_keys(tmp_path):
-  from slicejax import nifti  # the plan and predict modes' reader
+  from slicejax.data import nifti  # the plan and predict modes' reader
   both = lambda meta: meta.update(modality={"0": "T2", "1": "ADC"}, channel_names={"0": "T2", "1": "ADC"})
   # MSD: a training list of 4D images, plus nnU-Net v2's channel_names.
   msd = phantom.write_phantom(tmp_path / "msd", num_cases=3, shape=(16, 16, 8), num_channels=2)

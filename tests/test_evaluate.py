@@ -9,13 +9,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from slicejax import data
-from slicejax import evaluate
-from slicejax import metrics
-from slicejax import parallel
-from slicejax import sliding_window
-from slicejax import three_d
-from slicejax import two_d
+from slicejax.data import load as data
+from slicejax.evaluation import evaluate
+from slicejax.evaluation import metrics
+from slicejax.evaluation import sliding_window
+from slicejax.training.inputs import three_d
+from slicejax.training.inputs import two_d
+from slicejax.training import parallel
 
 K = 3
 
@@ -138,7 +138,7 @@ def test_2d_counts_equal_numpy_path_with_padding_and_cropping(strategy):
 
 
 def _numpy_sliding_window(model, p, image, patch, overlap):
-  """The volume's logits, blended window by window in float64 (`slicejax.sliding_window`'s rule)."""
+  """The volume's logits, blended window by window in float64 (`slicejax.evaluation.sliding_window`'s rule)."""
   gaussian = sliding_window.gaussian_weights(patch).astype(np.float64)
   total, norm = np.zeros(image.shape[:3] + (K,)), np.zeros(image.shape[:3])
   per_axis = [sliding_window.window_starts(s, q, overlap) for s, q in zip(image.shape[:3], patch)]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import zipfile
 
-from slicejax import phantom
+from slicejax.data import phantom
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

@@ -2,7 +2,7 @@
 
 import pathlib
 
-from slicejax import report
+from slicejax.report import summary as report
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 

@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from slicejax import parallel
-from slicejax import phantom
-from slicejax import results
-from slicejax import train
-from slicejax.config_lib import load
+from slicejax.config import load
+from slicejax.data import phantom
+from slicejax.report import results
+from slicejax.training import parallel
+from slicejax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ROW_KEYS = {"dims", "budget", "volumes", "slices_per_volume", "selection", "interpolation", "seed", "steps",

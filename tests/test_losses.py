@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slicejax import losses
+from slicejax.model import losses
 
 
 def test_cross_entropy_hand_computed():

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 import mesh_worker
-from slicejax import config_lib
-from slicejax import distributed
-from slicejax import losses
-from slicejax import parallel
-from slicejax import results
-from slicejax import train
+from slicejax import config as config_lib
 from slicejax.errors import InputError
+from slicejax.model import losses
+from slicejax.report import results
+from slicejax.training import distributed
+from slicejax.training import parallel
+from slicejax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT_S = 420

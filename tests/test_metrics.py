@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from slicejax import metrics
+from slicejax.evaluation import metrics
 
 
 def test_dice_hand_computed():

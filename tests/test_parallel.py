@@ -6,11 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from slicejax import parallel
-from slicejax import sampler
-from slicejax import train
-from slicejax import two_d
-from slicejax.config_lib import base
+from slicejax.config import base
+from slicejax.training.inputs import sampler
+from slicejax.training.inputs import two_d
+from slicejax.training import parallel
+from slicejax.training import train
 
 NUM_MODELS, STEPS, SHAPE = 3, 3, (8, 8)
 

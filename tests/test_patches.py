@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slicejax import patches
 from slicejax.errors import InputError
+from slicejax.training.inputs import patches
 
 # V = 3 volumes padded to Dm, Hm, Wm = 6, 8, 7. Real extents (D, H, W) below; volume 1 is shorter than the patch in
 # H, volume 2 has exactly the patch's depth.

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slicejax import config_lib
-from slicejax import losses
-from slicejax import phantom
-from slicejax import precision
-from slicejax import train
-from slicejax import unet
+from slicejax import config as config_lib
+from slicejax.data import phantom
 from slicejax.errors import InputError
+from slicejax.model import losses
+from slicejax.model import unet
+from slicejax.training import precision
+from slicejax.training import train
 
 STRIDES_3D = ((1, 2, 2), (2, 2, 2))
 

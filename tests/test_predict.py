@@ -1,4 +1,4 @@
-"""Prediction (`slicejax.predict`): a model restored from a run's workdir writes label maps and probabilities on the
+"""Prediction (`slicejax.modes.predict`): a model restored from a run's workdir writes label maps and probabilities on the
 input's grid, with classes only, equal to the network applied directly; a missing workdir is one line, exit 2."""
 
 import json
@@ -12,12 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicejax import checkpoint
-from slicejax import config_lib
-from slicejax import data as data_lib
-from slicejax import phantom
-from slicejax import predict
+from slicejax import config as config_lib
+from slicejax.data import load as data_lib
+from slicejax.data import phantom
 from slicejax.errors import InputError
+from slicejax.modes import predict
+from slicejax.training import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """A run's workdir holding one untrained tiny 2D model (its initial state as the checkpoint), and images."""
-  from slicejax import train
+  from slicejax.training import train
   base = tmp_path_factory.mktemp("predict")
   root = phantom.write_phantom(base / "msd", num_cases=3, shape=(16, 16, 8))
   config = config_lib.load(str(ROOT / "configs/demo.py") + ":tiny")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from slicejax import report
-from slicejax import results
-from slicejax import stats
 from slicejax.errors import InputError
+from slicejax.report import results
+from slicejax.report import statistics as stats
+from slicejax.report import summary as report
 
 
 
@@ -458,7 +458,10 @@ def test_a_2d_run_and_a_3d_run_merge_whatever_the_other_network(tmp_path):
 
 
 def test_check_sizes_the_grid_families_from_the_pilot(tmp_path):
-  from slicejax import calibration, config_lib, dryrun, study  # the config and --check's seeds line
+  from slicejax.report import calibration
+  from slicejax import config as config_lib
+  from slicejax.modes import check as dryrun
+  from slicejax.study import grid as study  # the config and --check's seeds line
   rows = calibration.simulate_rows(np.random.default_rng(0), 3, 60, 0.0)  # fixed - random at one allocation
   pilot = _run_folder(tmp_path / "pilot", rows)
   config = config_lib.load("configs/demo.py:tiny")

@@ -1,4 +1,4 @@
-"""Tests for slicejax.resample and resampled loading: grids by hand, exact round trips of blocky labels, nearest
+"""Tests for slicejax.data.resample and resampled loading: grids by hand, exact round trips of blocky labels, nearest
 interpolation across coarse slices, scoring on the original grid."""
 
 import json
@@ -7,9 +7,9 @@ import pathlib
 import nibabel as nib
 import numpy as np
 
-from slicejax import data
-from slicejax import metrics
-from slicejax import resample
+from slicejax.data import load as data
+from slicejax.data import resample
+from slicejax.evaluation import metrics
 
 
 def test_target_grid_by_hand():

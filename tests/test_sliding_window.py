@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slicejax import sliding_window
-from slicejax import unet
 from slicejax.errors import InputError
+from slicejax.evaluation import sliding_window
+from slicejax.model import unet
 
 
 def test_window_starts_hand_computed():

@@ -1,4 +1,4 @@
-"""Real sparse annotations (`slicejax.sparse`, `losses.without_ignored`): the plan read from ignore-label files,
+"""Real sparse annotations (`slicejax.study.sparse`, `losses.without_ignored`): the plan read from ignore-label files,
 training on them equal to training on the same plan as a simulated selection (one step, and whole 2D and 3D runs on
 the phantom), and 3D patches of planes annotated in part."""
 
@@ -11,22 +11,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slicejax import config_lib
-from slicejax import console
-from slicejax import data as data_lib
-from slicejax import export
-from slicejax import losses
-from slicejax import nifti
-from slicejax import patches
-from slicejax import phantom
-from slicejax import results
-from slicejax import sparse
-from slicejax import study
-from slicejax import three_d
-from slicejax import train
-from slicejax import two_d
-from slicejax import unet
+from slicejax import config as config_lib
+from slicejax.data import load as data_lib
+from slicejax.data import nifti
+from slicejax.data import phantom
 from slicejax.errors import InputError
+from slicejax.model import losses
+from slicejax.model import unet
+from slicejax.modes import export
+from slicejax.report import results
+from slicejax.study import grid as study
+from slicejax.study import sparse
+from slicejax.training import console
+from slicejax.training.inputs import patches
+from slicejax.training.inputs import three_d
+from slicejax.training.inputs import two_d
+from slicejax.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 IGNORE = 3

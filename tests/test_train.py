@@ -5,15 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slicejax import data as data_lib
-from slicejax import interpolation
-from slicejax import results
-from slicejax import sampler
-from slicejax import study
-from slicejax import three_d
-from slicejax import train
-from slicejax import two_d
-from slicejax.config_lib import base
+from slicejax.config import base
+from slicejax.data import load as data_lib
+from slicejax.report import results
+from slicejax.study import grid as study
+from slicejax.study import interpolation
+from slicejax.training.inputs import sampler
+from slicejax.training.inputs import three_d
+from slicejax.training.inputs import two_d
+from slicejax.training import train
 
 
 def _volume(case_id, label):
@@ -171,8 +171,8 @@ class Crash(Exception):
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-  from slicejax import checkpoint
-  from slicejax.config_lib import load
+  from slicejax.training import checkpoint
+  from slicejax.config import load
   config = load("configs/demo.py:tiny")
   with config.unlocked():
     config.train.checkpoint_every = 2
@@ -202,7 +202,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
 
 
 def test_auto_group_size_follows_memory(monkeypatch):
-  from slicejax.config_lib import load
+  from slicejax.config import load
   config = load("configs/demo.py:tiny")
   with config.unlocked():
     config.model_axis.max_models = 0

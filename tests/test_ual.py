@@ -8,9 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from slicejax import encoder
 from slicejax.errors import InputError
-from slicejax.selection import ual
+from slicejax.study import encoder
+from slicejax.study.selection import ual
 
 KINDS = 4
 RUN_LENGTHS = (2, 9, 3, 6)  # Uneven runs of one kind of slice, as anatomy changes along a volume.

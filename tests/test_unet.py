@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slicejax import unet
+from slicejax.model import unet
 
 
 def test_shapes_and_stage_names_2d():

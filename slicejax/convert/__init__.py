@@ -24,8 +24,8 @@ from absl import flags
 import nibabel as nib
 import numpy as np
 
-from slicejax import files
 from slicejax.errors import InputError
+from slicejax import files
 
 FILE_ENDING = ".nii.gz"
 
