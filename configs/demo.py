@@ -2,11 +2,12 @@
 
     python launch.py --config=configs/demo.py --workdir=runs/demo
 
-Generates 60 synthetic MRI-like volumes (40 x 40 x 20-24 voxels, two structures) into WORKDIR/phantom in the MSD
-layout, reads them back through the same reader as real data, and trains 2 budgets x 3 allocations x
-{random, fixed, ual} x 2 seeds = 36 sparse-slice models (budgets 8 and 32, 1, 2 or 8 slices per volume) plus the fully
-annotated reference with a small 2D U-Net, and a 3D group of 4 models (budget 32 at 2 and 8 slices per volume, with
-and without mask interpolation).
+Generates 60 synthetic MRI-like volumes (40 x 40 x 20-24 voxels, two structures) once, in the MSD layout, into the
+cache (`phantoms/` of `config.data.cache_dir`, the user cache by default; `python -m slicejax.cache` lists it),
+reads them back through the same reader as real data, and trains 2 budgets x 3 allocations x {random, fixed, ual} x
+2 seeds = 36 sparse-slice models (budgets 8 and 32, 1, 2 or 8 slices per volume) plus the fully annotated reference
+with a small 2D U-Net, and a 3D group of 4 models (budget 32 at 2 and 8 slices per volume, with and without mask
+interpolation).
 Expected: about 5 minutes on 2 CPU cores; the best sparse cell reaches a mean Dice above 0.8.
 
 Arguments (`configs/demo.py:tiny`): `tiny` shrinks everything for tests (seconds).

@@ -30,6 +30,7 @@ import numpy as np
 
 from slicejax.data import load as data_lib
 from slicejax.errors import InputError
+from slicejax.errors import exit_with
 from slicejax.training import console
 
 KINDS = ("volumes", "encoder", "phantoms", "jax")
@@ -162,8 +163,7 @@ def main(argv):
     if _OLDER.value is None and not _DATASET.value and not _KIND.value:
       raise InputError("--prune", "say what to remove: --older_than_days, --dataset and/or --kind")
   except InputError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    exit_with(err)
   console.say(f"removed {len(chosen)} of {len(found)} entries, {_human(prune(chosen))} freed from {folder}")
 
 

@@ -181,7 +181,7 @@ def test_a_single_device_strategy_is_refused_in_a_multi_process_run(strategy, mo
   with config.unlocked():
     config.model_axis.strategy = strategy
   config_lib.validate(config)  # one process
-  monkeypatch.setattr(config_lib.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)  # the checks read it where JAX is imported
   with pytest.raises(InputError) as refused:
     config_lib.validate(config)
   assert str(refused.value) == (f"config.model_axis.strategy: {strategy!r} trains on one device of one process; a run "

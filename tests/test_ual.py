@@ -1,11 +1,13 @@
 """UAL slice selection and its self-supervised encoder, on tiny synthetic slices and hand-made embeddings."""
 
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from slicejax.errors import InputError
@@ -160,7 +162,9 @@ def test_slice_embeddings_cache(tmp_path, monkeypatch):
   assert info["cache_hit"] is False
   assert {c: e.shape for c, e in first.items()} == {"case_0": (5, 16), "case_1": (6, 16), "case_2": (7, 16)}
   # The saved params reproduce the cached embeddings.
-  params = encoder.restore_params(info["cache_path"])
+  checkpointer = ocp.StandardCheckpointer()
+  params = checkpointer.restore(pathlib.Path(info["cache_path"]).resolve() / "params")
+  checkpointer.close()
   np.testing.assert_allclose(encoder.embed(params, images["case_1"], config), first["case_1"], atol=1e-5)
 
   real_train = encoder.train
@@ -306,8 +310,6 @@ def test_select_volumes():
   assert picked == ["a", "f", "g"]
   assert picked == ual.select_volumes(groups, 3, np.random.default_rng(1))
   assert ual.select_volumes(groups, 7, np.random.default_rng(0)) == sorted(groups)
-  means = ual.volume_means({"x": np.asarray([[1.0, 2.0], [3.0, 4.0]])})
-  np.testing.assert_array_equal(means["x"], [2.0, 3.0])
   with pytest.raises(InputError, match="^s: "):
     ual.select_volumes(groups, 0, np.random.default_rng(0))
   with pytest.raises(InputError, match="^volume_embeddings: "):

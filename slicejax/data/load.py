@@ -20,8 +20,8 @@ label on the files' grid, where predictions are scored (`resample.to_original` m
 Axis convention. The NIfTI data array `(X, Y, Z[, C])` has its slicing axis `a` (0, 1 or 2) moved to the front with
 `np.moveaxis(arr, a, 0)`; the two remaining spatial axes keep their order. Labels become `[D, H, W]` and images
 `[D, H, W, C]` with `C >= 1` (a 3D image gets `C = 1`). `to_nifti_order` is the inverse. Spacing (mm) is reported in
-the same `(D, H, W)` order; the file's affine is kept unchanged, so `save_label` writes predictions back in the
-original axis order with the original affine and the original array shape.
+the same `(D, H, W)` order; the file's affine is kept unchanged, so a prediction in `to_nifti_order` written on the
+case's file (`slicejax.data.nifti.save_like`) has the original axis order, affine and array shape.
 
 Two steps. `index_msd` reads `dataset.json` and only the NIfTI headers, no voxels: per case its paths, shape,
 spacing, channels and affine, after every check a header allows (missing or unreadable files, dimensions, image and
@@ -74,17 +74,17 @@ from nibabel import spatialimages
 from nibabel import wrapstruct
 import numpy as np
 
+from slicejax.data import layouts
 from slicejax.data import mapped as mapped_lib
+from slicejax.data import nifti
+from slicejax.data.normalize import normalize_float64, parse_normalization
 from slicejax.data import phantom
 from slicejax.data import resample as resample_lib
 from slicejax.errors import InputError
 from slicejax import files
 
-NORMALIZATIONS = ("zscore", "ct")
-# A label of this name in dataset.json is nnU-Net v2's ignore label: voxels not annotated, not a class.
-IGNORE_NAME = "ignore"
-_FILE_ENDINGS = (".nii.gz", ".nii")
-_STD_FLOOR = 1e-8
+IGNORE_NAME = layouts.IGNORE_NAME  # nnU-Net v2's ignore label: voxels not annotated, not a class
+_FILE_ENDINGS = nifti.NIFTI_ENDINGS
 # Bumped whenever the cached arrays or their meaning change, so old entries miss.
 _CACHE_FORMAT = 4  # 4: resampled ignore-label files keep their unannotated voxels ignored
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -325,60 +325,9 @@ def _read_json(path: pathlib.Path) -> dict:
   return meta
 
 
-def _index_map(path, key: str, mapping) -> tuple:
-  """{"0": name0, "1": name1, ...} (or the inverse, {name: 0, ...}) -> (name0, name1, ...); keys must be 0..K-1."""
-  if not isinstance(mapping, dict) or not mapping:
-    raise InputError(path, f"'{key}' must be a non-empty object")
-  items = list(mapping.items())
-  if all(isinstance(v, int) and not isinstance(v, bool) for _, v in items):
-    items = [(v, k) for k, v in items]
-  try:
-    by_index = {int(k): str(v) for k, v in items}
-  except (TypeError, ValueError) as e:
-    raise InputError(path, f"'{key}' keys must be integers, got {list(mapping)}") from e
-  if sorted(by_index) != list(range(len(by_index))):
-    raise InputError(path, f"'{key}' must be numbered 0..{len(by_index) - 1}, got {sorted(by_index)}")
-  return tuple(by_index[i] for i in range(len(by_index)))
-
-
-def parse_labels(path, mapping) -> tuple:
-  """dataset.json `labels` -> (class_names, ignore_label).
-
-  Both spellings are read: MSD {"0": "background", "1": "x"} and nnU-Net v2 {"background": 0, "x": 1}. A label
-  named "ignore" (nnU-Net v2's ignore label) must carry the highest value; it is not a class.
-  """
-  if not isinstance(mapping, dict) or not mapping:
-    raise InputError(path, "'labels' must be a non-empty object")
-  if any(isinstance(v, (list, tuple)) for v in mapping.values()):
-    raise InputError(path, "'labels' holds region-based entries (lists of values), which are not supported")
-  ignore = [k for k, v in mapping.items() if IGNORE_NAME in (k, v)]
-  if not ignore:
-    return _index_map(path, "labels", mapping), None
-  if len(ignore) > 1:
-    raise InputError(path, f"'labels' names '{IGNORE_NAME}' {len(ignore)} times")
-  value = ignore[0] if mapping[ignore[0]] == IGNORE_NAME else mapping[ignore[0]]
-  rest = {k: v for k, v in mapping.items() if k != ignore[0]}
-  try:
-    value = int(value)
-  except (TypeError, ValueError) as e:
-    raise InputError(path, f"'labels': '{IGNORE_NAME}' must have an integer value, got {value!r}") from e
-  spelled_v2 = all(isinstance(v, int) and not isinstance(v, bool) for v in rest.values())
-  others = [v if spelled_v2 else k for k, v in rest.items()]
-  try:
-    highest = max(int(v) for v in others) if others else -1
-  except (TypeError, ValueError) as e:
-    raise InputError(path, f"'labels' keys must be integers, got {list(mapping)}") from e
-  if value <= highest:
-    raise InputError(path, f"'labels': '{IGNORE_NAME}' must have the highest value (above {highest}), got {value}")
-  return _index_map(path, "labels", rest), value
-
-
 def _case_id(image_path: str) -> str:
   name = pathlib.PurePosixPath(image_path).name
-  for suffix in (".nii.gz", ".nii"):
-    if name.endswith(suffix):
-      return name[:-len(suffix)]
-  return name
+  return nifti.strip_ending(name) or name
 
 
 def _training_pairs(json_path: pathlib.Path, training) -> list:
@@ -399,11 +348,6 @@ def _training_pairs(json_path: pathlib.Path, training) -> list:
   return [(c, *pairs[c]) for c in sorted(pairs)]
 
 
-def _listed(folder: pathlib.Path, ending: str) -> list:
-  """Names in `folder` ending in `ending`, sorted, without hidden files (e.g. the `._x.nii.gz` of macOS archives)."""
-  return sorted(p.name for p in folder.iterdir() if p.name.endswith(ending) and not p.name.startswith("."))
-
-
 def _discovered_pairs(json_path: pathlib.Path, meta: dict, file_ending: str, channel_names) -> list:
   """Cases found in `labelsTr/` -> [(case_id, image paths, label_path)] sorted by case_id.
 
@@ -414,7 +358,7 @@ def _discovered_pairs(json_path: pathlib.Path, meta: dict, file_ending: str, cha
   labels_dir = root / "labelsTr"
   if not labels_dir.is_dir():
     raise InputError(labels_dir, f"missing (and {json_path.name} has no 'training' list, so cases are read from it)")
-  names = _listed(labels_dir, file_ending)
+  names = layouts.listed_files(labels_dir, file_ending)
   if not names:
     others = sorted(p.name for p in labels_dir.iterdir() if not p.name.startswith("."))
     hint = f"; found e.g. '{others[0]}': does 'file_ending' in {json_path.name} match the files?" if others else ""
@@ -437,61 +381,20 @@ def _discovered_pairs(json_path: pathlib.Path, meta: dict, file_ending: str, cha
   return pairs
 
 
-MSD, NNUNET = "MSD", "nnU-Net v2"
-
-
-def _channel_files(folder: pathlib.Path, ending: str) -> list:
-  """Names in `folder` named like nnU-Net v2 channel files, `<case>_<cccc><ending>`."""
-  pattern = re.compile(r"^.+_\d{4}" + re.escape(ending) + "$")
-  return [n for n in _listed(folder, ending) if pattern.match(n)] if folder.is_dir() else []
-
-
-def detect_layout(json_path, meta: dict) -> tuple:
-  """The layout of a dataset folder, decided once for every mode (training, --check, plan, predict, export).
-
-  The keys decide where they agree: `channel_names` or `file_ending` without `modality` is nnU-Net v2; `modality`
-  or a `training` list without `channel_names` is MSD. A dataset.json holding both `modality` and `channel_names`
-  (a converted folder, say) is decided by its files: every image of `imagesTr/` named `<case>_<cccc><ending>` with
-  channels 0..C-1 and no `training` list whose images exist is nnU-Net v2, else MSD.
-
-  Returns:
-    (layout, why): `MSD` or `NNUNET`, and the evidence in a few words (said in messages and the log).
-  """
-  json_path = pathlib.Path(json_path)
-  has_v2 = "channel_names" in meta or "file_ending" in meta
-  has_msd = "modality" in meta or isinstance(meta.get("training"), list)
-  if has_v2 and not has_msd:
-    return NNUNET, "dataset.json has 'channel_names'/'file_ending'"
-  if not has_v2:
-    return MSD, "dataset.json has " + ("'modality'" if "modality" in meta else "no nnU-Net v2 keys")
-  images = json_path.parent / "imagesTr"
-  ending = meta.get("file_ending") if isinstance(meta.get("file_ending"), str) else ".nii.gz"
-  training = meta.get("training") if isinstance(meta.get("training"), list) else []
-  listed = [json_path.parent / e["image"] for e in training if isinstance(e, dict) and isinstance(e.get("image"), str)]
-  if listed and all(path.is_file() for path in listed):
-    return MSD, "dataset.json has both layouts' keys; its 'training' list names files that exist"
-  channel_files = _channel_files(images, ending)
-  channels = len(meta["channel_names"]) if isinstance(meta.get("channel_names"), dict) else 0
-  found = {int(n[:-len(ending)][-4:]) for n in channel_files}
-  if channel_files and len(channel_files) == len(_listed(images, ending)) and found == set(range(channels)):
-    return NNUNET, f"dataset.json has both layouts' keys; imagesTr/ holds <case>_<cccc>{ending} channel files"
-  return MSD, "dataset.json has both layouts' keys; imagesTr/ holds one file per case"
-
-
 def _layout(json_path: pathlib.Path, meta: dict) -> tuple:
   """Returns (channel names or None, file_ending, channels in separate files, cases) of dataset.json `meta`."""
-  layout, why = detect_layout(json_path, meta)
-  v2 = layout == NNUNET
+  layout, why = layouts.detect_layout(json_path, meta)
+  v2 = layout == layouts.NNUNET
   logging.info("%s: %s layout (%s)", json_path.parent, layout, why)
   if v2:
     if "channel_names" not in meta:
-      raise InputError(json_path, f"has 'file_ending' but lacks 'channel_names' (read as {NNUNET}: {why})")
-    channel_names = _index_map(json_path, "channel_names", meta["channel_names"])
+      raise InputError(json_path, f"has 'file_ending' but lacks 'channel_names' (read as {layouts.NNUNET}: {why})")
+    channel_names = layouts.index_map(json_path, "channel_names", meta["channel_names"])
     file_ending = meta.get("file_ending")
     if not isinstance(file_ending, str):
-      raise InputError(json_path, f"lacks 'file_ending', e.g. \".nii.gz\" (read as {NNUNET}: {why})")
+      raise InputError(json_path, f"lacks 'file_ending', e.g. \".nii.gz\" (read as {layouts.NNUNET}: {why})")
   else:
-    channel_names = _index_map(json_path, "modality", meta["modality"]) if "modality" in meta else None
+    channel_names = layouts.index_map(json_path, "modality", meta["modality"]) if "modality" in meta else None
     file_ending = ".nii.gz"
   if file_ending not in _FILE_ENDINGS:
     raise InputError(json_path, f"'file_ending' {file_ending!r} is not supported; NIfTI only: {_FILE_ENDINGS}")
@@ -565,15 +468,10 @@ def _index_case(case_id, image_paths, label_path, json_path, slicing_axis: int, 
     if affine is None:
       affine, zooms, nifti_shape = image_affine, image_zooms, image_shape
     else:
-      difference = float(np.max(np.abs(affine - image_affine)))
-      if difference > affine_tolerance:
-        raise InputError(image_path, f"affine differs from the first channel's ({image_paths[0].name}) by "
-                         f"{difference:.3g} > tolerance {affine_tolerance:g}")
+      nifti.check_affine(image_path, image_affine, affine, f"the first channel's ({image_paths[0].name})",
+                         affine_tolerance)
     num_channels += image_shape[3] if len(image_shape) == 4 else 1
-  difference = float(np.max(np.abs(affine - label_affine)))
-  if difference > affine_tolerance:
-    raise InputError(label_path, f"affine differs from the image's ({image_paths[0].name}) by {difference:.3g} > "
-                     f"tolerance {affine_tolerance:g}")
+  nifti.check_affine(label_path, label_affine, affine, f"the image's ({image_paths[0].name})", affine_tolerance)
   order = [slicing_axis] + [a for a in range(3) if a != slicing_axis]
   new_shape, new_spacing = resample_lib.target_grid(label_shape, zooms, target_spacing)
   return CaseInfo(case_id=case_id, image_paths=tuple(image_paths), label_path=label_path,
@@ -620,7 +518,7 @@ def index_msd(root, *, slicing_axis: int = 2, affine_tolerance: float = 1e-3, ma
   root = pathlib.Path(root)
   json_path = root / "dataset.json"
   meta = _read_json(json_path)
-  class_names, ignore_label = parse_labels(json_path, meta["labels"])
+  class_names, ignore_label = layouts.parse_labels(json_path, meta["labels"])
   channel_names, _, separate, pairs = _layout(json_path, meta)
   cases = []
   num_channels = len(channel_names) if channel_names else None
@@ -677,74 +575,6 @@ def _as_int_label(path, data: np.ndarray) -> np.ndarray:
   return data.astype(np.int32)
 
 
-def parse_normalization(spec: str) -> tuple:
-  """Parses a normalisation setting (see the module docstring) into per-channel items.
-
-  Args:
-    spec: "zscore", "ct", or a comma-separated list with one item per channel, each "zscore", "ct" or
-      "ct:LO:HI:MEAN:STD".
-
-  Returns:
-    A tuple of items, each ("zscore",), ("ct",) or ("ct", lo, hi, mean, std); one item means every channel.
-
-  Raises:
-    InputError("normalization", ...) for a malformed setting.
-  """
-  items = []
-  for word in str(spec).split(","):
-    parts = word.strip().split(":")
-    if parts[0] not in NORMALIZATIONS or (parts[0] == "zscore" and len(parts) > 1) or len(parts) not in (1, 5):
-      raise InputError("normalization", f"unknown normalisation {word.strip()!r}; per channel one of 'zscore', 'ct' "
-                       "or 'ct:LO:HI:MEAN:STD', separated by commas")
-    if len(parts) == 5:
-      try:
-        lo, hi, mean, std = (float(p) for p in parts[1:])
-      except ValueError as e:
-        raise InputError("normalization", f"{word.strip()!r}: LO, HI, MEAN and STD must be numbers") from e
-      if not (np.isfinite([lo, hi, mean, std]).all() and lo < hi and std > 0):
-        raise InputError("normalization", f"{word.strip()!r}: needs LO < HI and STD > 0")
-      items.append(("ct", lo, hi, mean, std))
-    else:
-      items.append((parts[0],))
-  return tuple(items)
-
-
-def _normalized(image: np.ndarray, normalization: str, ct_window) -> np.ndarray:
-  """`normalize` in float64, before rounding."""
-  items = parse_normalization(normalization)
-  x = image.astype(np.float64)
-  if len(items) not in (1, x.shape[-1]):
-    raise InputError("normalization", f"{normalization!r} gives {len(items)} channel settings for an image of "
-                     f"{x.shape[-1]} channels")
-  out = np.empty_like(x)
-  spatial = tuple(range(x.ndim - 1))
-  for c in range(x.shape[-1]):
-    item, v = items[c if len(items) > 1 else 0], x[..., c]
-    if item == ("zscore",):
-      out[..., c] = (v - v.mean(axis=spatial)) / max(v.std(axis=spatial), _STD_FLOOR)
-    elif item == ("ct",):
-      lo, hi = ct_window
-      out[..., c] = 2. * (np.clip(v, lo, hi) - lo) / (hi - lo) - 1.
-    else:
-      _, lo, hi, mean, std = item
-      out[..., c] = (np.clip(v, lo, hi) - mean) / std
-  return out
-
-
-def normalize(image: np.ndarray, normalization: str, ct_window=(-1000., 1000.)) -> np.ndarray:
-  """Normalises each channel of one volume (see the module docstring).
-
-  Args:
-    image: `[D, H, W, C]` raw intensities, any real dtype.
-    normalization: "zscore", "ct", or one item per channel (see `parse_normalization`).
-    ct_window: `(lo, hi)` clipping window for "ct".
-
-  Returns:
-    `[D, H, W, C]` float16, computed in float64 and rounded once.
-  """
-  return _normalized(image, normalization, ct_window).astype(np.float16)
-
-
 def _decode_case(case: CaseInfo, image_raws, label_raw: bytes, slicing_axis: int, normalization: str,
                  ct_window, ignore_label=None) -> tuple:
   """Decodes, checks, normalises and resamples one case.
@@ -768,7 +598,7 @@ def _decode_case(case: CaseInfo, image_raws, label_raw: bytes, slicing_axis: int
                      f"{case.nifti_shape[:3]}")
   label = np.ascontiguousarray(to_volume_order(_as_int_label(case.label_path, label), slicing_axis))
   image = np.concatenate(channels, axis=-1) if len(channels) > 1 else channels[0]
-  image = _normalized(to_volume_order(image, slicing_axis), normalization, ct_window)
+  image = normalize_float64(to_volume_order(image, slicing_axis), normalization, ct_window)
   if not case.resampled:
     return np.ascontiguousarray(image.astype(np.float16)), label, None
   image = resample_lib.resample_image(image, case.shape, case.original_spacing).astype(np.float16)
@@ -1040,40 +870,3 @@ def unfit(array: np.ndarray, original_hw, offsets) -> np.ndarray:
   out = np.zeros(array.shape[:1] + original_hw + array.shape[1 + len(original_hw):], array.dtype)
   out[tuple(dst)] = array[tuple(src)]
   return out
-
-
-def save_label(path, label: np.ndarray, volume: Volume) -> pathlib.Path:
-  """Writes a `[D, H, W]` integer label map as NIfTI in `volume`'s original axis order and affine.
-
-  The smallest integer type that holds the values is used, so reading the file back gives exactly `label` (in
-  NIfTI order). The file is written to a temporary name and renamed into place.
-
-  Args:
-    path: output path ending in `.nii.gz` or `.nii`.
-    label: `[D, H, W]` integer or bool array with `volume.label`'s shape; for a resampled volume also one on the
-      original grid (`volume.original_label`'s shape), else it is first mapped there (`resample.to_original`).
-    volume: the Volume the prediction belongs to.
-
-  Returns:
-    The path written.
-  """
-  path = pathlib.Path(path)
-  label = np.asarray(label)
-  if volume.resampled and label.shape != volume.original_label.shape:
-    label = resample_lib.to_original(label, volume)
-  if label.shape != (volume.label if not volume.resampled else volume.original_label).shape:
-    raise ValueError(f"label shape {label.shape} differs from case {volume.case_id}'s {volume.label.shape}")
-  if not (np.issubdtype(label.dtype, np.integer) or label.dtype == np.bool_):
-    raise ValueError(f"label must be integer, got {label.dtype}")
-  lo, hi = (int(label.min()), int(label.max())) if label.size else (0, 0)
-  dtype = next(t for t in (np.uint8, np.int16, np.int32) if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
-  data = np.ascontiguousarray(to_nifti_order(label.astype(dtype), volume.slicing_axis))
-  img = nib.Nifti1Image(data, volume.affine)
-  img.header.set_sform(volume.affine, code=1)
-  img.header.set_qform(volume.affine, code=1)
-  img.header.set_xyzt_units("mm")
-  img.header.set_slope_inter(1., 0.)
-  suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  # nibabel chooses gzip from the file name, so the temporary file keeps the suffix.
-  return files.atomic_save(path, lambda name: nib.save(img, name), suffix)

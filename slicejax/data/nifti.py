@@ -27,7 +27,7 @@ from typing import Optional
 import nibabel as nib
 import numpy as np
 
-from slicejax.data import load as data_lib
+from slicejax.data import layouts
 from slicejax.errors import InputError
 from slicejax import files
 
@@ -249,11 +249,11 @@ def index_images(root, *, slicing_axis: int = 2) -> ImageSet:
     if not isinstance(meta, dict):
       raise InputError(json_path, "not a JSON object")
     if "labels" in meta:
-      class_names, ignore = data_lib.parse_labels(json_path, meta["labels"])
-    if data_lib.detect_layout(json_path, meta)[0] == data_lib.NNUNET:
+      class_names, ignore = layouts.parse_labels(json_path, meta["labels"])
+    if layouts.detect_layout(json_path, meta)[0] == layouts.NNUNET:
       if not isinstance(meta.get("file_ending"), str) or not isinstance(meta.get("channel_names"), dict):
         raise InputError(json_path, "lacks 'file_ending' or 'channel_names' (read as nnU-Net v2: "
-                                    f"{data_lib.detect_layout(json_path, meta)[1]})")
+                                    f"{layouts.detect_layout(json_path, meta)[1]})")
       layout, paths = "nnunet", _nnunet_cases(root, meta, json_path)
       names = meta["channel_names"]
       channel_names = tuple(str(names[k]) for k in sorted(names, key=int))
@@ -288,16 +288,37 @@ def read_case(case: ImageCase, slicing_axis: int) -> np.ndarray:
   return np.moveaxis(image, slicing_axis, 0)
 
 
+def check_affine(path, affine: np.ndarray, reference_affine: np.ndarray, reference: str, tolerance: float) -> None:
+  """The one affine check of slicejax: InputError naming `path` if any entry differs from `reference_affine`'s by
+  more than `tolerance`; `reference` completes "affine differs from ..." (e.g. "the image's (x.nii.gz)")."""
+  difference = float(np.max(np.abs(np.asarray(affine) - np.asarray(reference_affine))))
+  if difference > tolerance:
+    raise InputError(path, f"affine differs from {reference} by {difference:.3g} > tolerance {tolerance:g}")
+
+
 def check_same_grid(path, reference_path, *, tolerance: float = 1e-3) -> nib.spatialimages.SpatialImage:
   """Loads the 3D file at `path` and checks that its shape and affine are those of `reference_path`'s image."""
   image, reference = load(path), load(reference_path)
   if tuple(image.shape) != tuple(reference.shape[:3]):
     raise InputError(path, f"shape {tuple(image.shape)} differs from its image's {tuple(reference.shape[:3])} "
                      f"({reference_path})")
-  difference = float(np.max(np.abs(image.affine - reference.affine)))
-  if difference > tolerance:
-    raise InputError(path, f"affine differs from its image's ({reference_path}) by {difference:.3g} > {tolerance:g}")
+  check_affine(path, image.affine, reference.affine, f"its image's ({reference_path})", tolerance)
   return image
+
+
+def image(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+  """A NIfTI-1 image of `array` (`[X, Y, Z]` or `[X, Y, Z, C]`, NIfTI order) on `affine`: sform and qform both
+  `affine` (code 1, scanner coordinates), spatial units mm."""
+  out = nib.Nifti1Image(array, affine)
+  out.header.set_sform(affine, code=1)
+  out.header.set_qform(affine, code=1)
+  out.header.set_xyzt_units("mm")
+  return out
+
+
+def save(path, array: np.ndarray, affine: np.ndarray) -> pathlib.Path:
+  """Writes `image(array, affine)` to `path` (`.nii.gz` or `.nii`), atomically."""
+  return _save(path, image(array, affine))
 
 
 def like(data: np.ndarray, reference) -> nib.Nifti1Image:
@@ -325,7 +346,13 @@ def save_like(path, data: np.ndarray, reference) -> pathlib.Path:
   path = pathlib.Path(path)
   if tuple(np.shape(data)[:3]) != tuple(reference.shape[:3]):
     raise ValueError(f"data shape {np.shape(data)} differs from the reference's {reference.shape[:3]}")
-  image = like(data, reference)
+  return _save(path, like(data, reference))
+
+
+def _save(path, nifti_image) -> pathlib.Path:
+  """The one NIfTI writer: `nifti_image` to `path` through a temporary file of the same ending, renamed into place."""
+  path = pathlib.Path(path)
   suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
   path.parent.mkdir(parents=True, exist_ok=True)
-  return files.atomic_save(path, lambda name: nib.save(image, name), suffix)
+  # nibabel chooses gzip from the file name, so the temporary file keeps the ending.
+  return files.atomic_save(path, lambda name: nib.save(nifti_image, name), suffix)

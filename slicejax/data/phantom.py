@@ -30,15 +30,16 @@ import pathlib
 import shutil
 
 from absl import logging
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from slicejax.config import defaults
+from slicejax.data import nifti
 from slicejax.errors import InputError
 from slicejax import files
 
 CLASS_NAMES = ("background", "core", "rim")
-CHANNEL_NAMES = ("T2", "ADC")
+CHANNEL_NAMES = defaults.CHANNEL_NAMES
 SPACING = (1., 1., 2.)
 # Recorded in dataset.json; bumped whenever the generator changes what it writes for the same arguments.
 _VERSION = 3
@@ -153,12 +154,8 @@ def phantom_case(seed: int, index: int, shape=(40, 40, 24), num_channels: int = 
 
 
 def _nifti_gz(array: np.ndarray, affine: np.ndarray) -> bytes:
-  img = nib.Nifti1Image(array, affine)
-  img.header.set_sform(affine, code=1)
-  img.header.set_qform(affine, code=1)
-  img.header.set_xyzt_units("mm")
   # mtime=0 keeps the files byte-identical across runs.
-  return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+  return gzip.compress(nifti.image(array, affine).to_bytes(), compresslevel=6, mtime=0)
 
 
 def _settings(num_cases, shape, num_channels, seed) -> dict:

@@ -131,7 +131,7 @@ def dry_run(config) -> list[str]:
   for point in points:
     if point.name not in plans:  # ual: the same allocation, without training the encoder
       plans[point.name] = train.plan_of(config, dataclasses.replace(point, selection="random"), depths)
-  max_models = config.model_axis.max_models or train.auto_max_models(config, points, plans, splits, dataset)
+  max_models = train.group_size(config, points, plans, splits, dataset)
   groups = study.group(points, max_models)
   names = dataset.class_names[1:]
   shapes = np.array([v.label.shape for v in dataset.volumes])

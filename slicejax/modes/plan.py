@@ -39,6 +39,7 @@ import numpy as np
 from slicejax import config as config_lib
 from slicejax.data import load as data_lib
 from slicejax.data import nifti
+from slicejax.data import normalize
 from slicejax.errors import InputError
 from slicejax import files
 from slicejax.report import results
@@ -114,7 +115,7 @@ def class_names(config, images: nifti.ImageSet) -> tuple:
 def _embeddings(config, images: nifti.ImageSet) -> dict:
   """Slice embeddings of every volume from the UAL encoder, trained on the images alone (`slicejax.study.encoder`)."""
   from slicejax.study import encoder  # Only `ual` plans need the encoder (and its JAX programs).
-  volumes = {c.case_id: data_lib.normalize(nifti.read_case(c, images.slicing_axis), config.data.normalization,
+  volumes = {c.case_id: normalize.normalize(nifti.read_case(c, images.slicing_axis), config.data.normalization,
                                            tuple(config.data.ct_window)) for c in images.cases}
   if config.data.shape:
     shape = tuple(config.data.shape)

@@ -36,6 +36,7 @@ import numpy as np
 from slicejax import config as config_lib
 from slicejax.data import load as data_lib
 from slicejax.data import nifti
+from slicejax.data import normalize
 from slicejax.errors import InputError
 
 
@@ -200,7 +201,7 @@ def predict_case(trained: TrainedModel, case: nifti.ImageCase, batch_size: int =
   if raw.shape[3] != len(trained.channel_names):
     raise InputError(case.paths[0], f"has {raw.shape[3]} channel(s); the model was trained on "
                      f"{len(trained.channel_names)} ({', '.join(trained.channel_names)})")
-  image = data_lib.normalize(raw, cfg.data.normalization, tuple(cfg.data.ct_window)).astype(np.float32)
+  image = normalize.normalize(raw, cfg.data.normalization, tuple(cfg.data.ct_window)).astype(np.float32)
   order = [trained.slicing_axis] + [a for a in range(3) if a != trained.slicing_axis]
   target = tuple(trained.target_spacing[a] for a in order) if trained.target_spacing else ()
   shape, _ = resample.target_grid(case.shape, case.spacing, target)

@@ -36,7 +36,7 @@ class Components:
 
 def simulate_rows(rng: np.random.Generator, num_seeds: int, num_volumes: int, delta: float,
                   components: Components = Components()) -> list[dict]:
-  """Result rows (`slicejax.report.results`' fields that the report reads) of cells a (`fixed`) and b (`random`) at budget
+  """Result rows (`results`' fields that the report reads) of cells a (`fixed`) and b (`random`) at budget
   8, 4 volumes x 2 slices, seeds 0..S-1, each with per-volume Dice on the same V test volumes."""
   c = components
   seed = rng.normal(0, c.seed, (1, num_seeds, 1))

@@ -34,14 +34,13 @@ import math
 import numpy as np
 from scipy import stats as scipy_stats
 
+from slicejax.config import defaults
 from slicejax.evaluation import metrics
 
 BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, UNDERPOWERED = (
     "better", "worse", "equivalent", "inconclusive", "underpowered")
 VERDICTS = (BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, UNDERPOWERED)
-# Defaults of the config keys `stats.*` (slicejax.config); the report reads the run's own values.
-DEFAULTS = {"alpha": 0.05, "margin": 0.02, "min_seeds": 3, "power": 0.8, "plateau_tolerance": 0.005,
-            "max_improving_share": 0.1}
+DEFAULTS = defaults.STATS  # the config keys `stats.*`; the report reads the run's own values
 MAX_SEEDS = 1000  # seeds_needed searches up to this many
 
 

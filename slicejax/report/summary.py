@@ -28,13 +28,13 @@ import json
 import math
 import os
 import pathlib
-import sys
 
 from absl import flags
 from absl import logging
 import numpy as np
 
 from slicejax.errors import InputError
+from slicejax.errors import exit_with
 from slicejax.evaluation import metrics
 from slicejax import files
 from slicejax.report import figures
@@ -940,6 +940,5 @@ def main(argv):
     out = run(f.workdir or [], f.out, seconds_per_volume=f.seconds_per_volume, seconds_per_slice=f.seconds_per_slice,
               preamble=f.preamble, document=f.document, alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds)
   except InputError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    exit_with(err)
   print(f"report written to {out}")

@@ -48,46 +48,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from slicejax.config.defaults import encoder_config as default_config  # the `ual.encoder` block
 from slicejax.errors import InputError
 from slicejax.training import console
 
 # Changes whenever the cache layout or the meaning of a cached entry changes, so old entries miss.
 _CACHE_VERSION = "slicejax-encoder-v1"
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """Encoder settings sized for the hippocampus pool (6,417 slices of 48 x 64) on a 2-core CPU.
-
-  Measured with `bench/encoder.py`: 56 s training + 2 s embedding on a shared 2-core CPU. On that pool the
-  embeddings' 10 nearest slices from other volumes predict whether a slice shows hippocampus with 90% accuracy
-  (random-init encoder 77%, majority class 71%) and its relative depth with mean error 0.04 (random-init 0.12);
-  1,000 steps improve these only to 91% and 0.035.
-  """
-  config = ml_collections.ConfigDict()
-  config.features = (16, 32, 64)  # Channels per stage; every stage halves H and W.
-  config.convs_per_stage = 2
-  config.norm_groups = 8
-  config.embedding_dim = 64  # F of the returned embeddings.
-  config.projection_dim = 64
-  config.steps = 400
-  config.batch_size = 64  # Slices per step; the loss sees 2 views of each.
-  config.learning_rate = 2e-3  # Peak of a cosine decay to 0 over `steps`.
-  config.temperature = 0.2
-  config.log_every = 50
-
-  config.augment = ml_collections.ConfigDict()
-  config.augment.crop_min_area = 0.5  # Crop area as a fraction of the slice, drawn from [crop_min_area, 1].
-  config.augment.crop_max_aspect = 4 / 3  # Crop aspect ratio drawn log-uniformly from [1 / max, max].
-  config.augment.rotation_degrees = 10.0  # Uniform in [-r, r].
-  config.augment.flip_lr_prob = 0.5
-  config.augment.flip_ud_prob = 0.0
-  config.augment.intensity_scale = 0.2  # Multiply by 1 + U(-s, s).
-  config.augment.intensity_shift = 0.2  # Add U(-s, s) (in z-score units).
-  config.augment.gamma = 0.3  # Gamma exp(U(-g, g)) on the slice's min-max range.
-  config.augment.blur_prob = 0.5
-  config.augment.blur_sigma_max = 1.0  # Sigma drawn from U(0.1, max) pixels.
-  config.augment.noise_std = 0.1  # Noise std drawn from U(0, max) (z-score units).
-  return config
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -334,15 +300,6 @@ def embed(params, slices, config, batch_size: int = 256) -> np.ndarray:
   padded = np.concatenate([slices, np.zeros((-n % batch_size,) + slices.shape[1:], np.float32)])
   out = [apply(params, padded[i:i + batch_size]) for i in range(0, padded.shape[0], batch_size)]
   return np.asarray(jnp.concatenate(out)[:n], np.float32)
-
-
-def restore_params(entry_dir) -> Any:
-  """Loads the encoder params of a cache entry (`info["cache_path"]` of `slice_embeddings`)."""
-  checkpointer = ocp.StandardCheckpointer()
-  try:
-    return checkpointer.restore(pathlib.Path(entry_dir).resolve() / "params")
-  finally:
-    checkpointer.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------

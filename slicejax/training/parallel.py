@@ -58,9 +58,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from slicejax.config import defaults
 from slicejax.errors import InputError
 
-STRATEGIES = ("vmap", "loop", "sequential", "mesh")
+STRATEGIES = defaults.STRATEGIES
 MODEL, DATA = "model", "data"
 
 # Fastest strategy per backend, as measured by bench/model_axis.py (BENCHMARKS.md).
@@ -224,10 +225,6 @@ class Executor:
     """Host copy of per-model values in stacked or axis form, as numpy `[M, ...]` (inert copies dropped)."""
     return jax.tree.map(lambda leaf: np.asarray(leaf)[:self.num_models], tree)
 
-  def create_stacked(self, fn: Callable, *args):
-    """`jax.jit(fn)(*args)` for an `fn` that returns a stacked `[M, ...]` pytree (e.g. a vmapped init)."""
-    return _cached_jit(("create", fn), lambda: jax.jit(fn))(*args)
-
   def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
     """Maps `fn(model_state, shared, per_model) -> (new_model_state, outputs)` over the model axis, jitted."""
     raise NotImplementedError
@@ -366,12 +363,6 @@ class MeshExecutor(Executor):
   def fetch(self, tree):
     """Gathers from every host: across processes, every process must call it."""
     return super().fetch(self._gather(tree))
-
-  def create_stacked(self, fn: Callable, *args):
-    """Creates the result directly on `stacked_sharding` (jit with out_shardings); `args` are replicated."""
-    program = _cached_jit(("mesh_create", fn, self.stacked_sharding),
-                          lambda: jax.jit(fn, out_shardings=self.stacked_sharding))
-    return program(*self.put_shared(args))
 
   def map(self, fn: Callable, *, donate_state: bool = False) -> Callable:
     # check_vma=False: outputs are identical on a model's data devices by construction (BatchSplit), which the

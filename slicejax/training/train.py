@@ -3,11 +3,10 @@
 Reads top to bottom: setup and data, model and optimiser, the training step, then per group of points that share
 shapes: training data, state, the loop, evaluation and rows; last the study, which checks every input before the
 workdir is touched. Everything that differs between 2D slices and 3D patches comes from the dims modules
-(`slicejax.training.inputs.two_d`, `slicejax.training.inputs.three_d`, the same functions). A group's M models train
-together on the model axis
-(`slicejax.training.parallel`), each with its own parameters, optimiser state, annotated slices and random stream, whose
-keys
-come from its point's study seed alone; they share the step count and schedule, so budgets differ only in data.
+(`slicejax.training.inputs.two_d`, `.three_d`, the same functions). A group's M models train together on the model
+axis (`slicejax.training.parallel`), each with its own parameters, optimiser state, annotated slices and random
+stream, whose keys come from its point's study seed alone; they share the step count and schedule, so budgets differ
+only in data.
 
 The workdir is the unit of record: `config.json` (the resolved config), `groups.json` (group -> model index ->
 point), `plans/<point>.json` (annotation plans), `results.jsonl` (one row per trained model, `slicejax.report.results`),
@@ -45,6 +44,7 @@ from slicejax.training import checkpoint
 from slicejax.training import console
 from slicejax.training import distributed
 from slicejax.training.inputs import augment as augment_lib
+from slicejax.training.inputs import pipeline as input_pipeline
 from slicejax.training.inputs import stream
 from slicejax.training.inputs import three_d
 from slicejax.training.inputs import two_d
@@ -178,18 +178,18 @@ def grid_programs(config, dims: int, num_classes: int, example_shape, batch_spli
   """What every group of one dims shares: the model, optimiser, schedule and the per-model functions.
 
   Built once per grid (`train_and_evaluate` keeps them), so that the model axis maps the same function objects in
-  every group and groups of equal shapes reuse one compiled program. With `pipeline` "stream" the step takes the
-  batch read ahead on the host as its per-model input (`stream.batch_taker`) instead of drawing it from the bank.
+  every group and groups of equal shapes reuse one compiled program. `pipeline` names the group's input
+  (`inputs.pipeline`): with "stream" the step takes the batch read ahead on the host as its per-model input
+  (`stream.batch_taker`) instead of drawing it from the bank.
   """
-  dims_lib = DIMS[dims]
+  dims_lib, group_input = DIMS[dims], input_pipeline.INPUTS[pipeline]
   model = make_model(config, num_classes, dims)
   tx = make_optimizer(config.train)
-  sample_fn = dims_lib.batch_sampler(config) if pipeline == "bank" else stream.batch_taker(config)
-  step = make_train_step(model, tx, config, sample_fn, batch_split)
+  step = make_train_step(model, tx, config, group_input.sample_fn(config, dims_lib), batch_split)
   # On accelerators the steps between two log steps run inside one program. XLA:CPU runs a training step inside a
   # loop about 45 times slower than the same step on its own (BENCHMARKS.md), so there the host dispatches each step.
   # Streamed batches arrive one step at a time.
-  looped = jax.default_backend() in _LOOP_IN_PROGRAM and pipeline == "bank"
+  looped = jax.default_backend() in _LOOP_IN_PROGRAM and group_input.LOOPS
   return {"model": model, "schedule": make_schedule(config.train), "looped": looped,
           "step": make_multi_step(step) if looped else lambda state, shared, per_model: step(
               state, shared["bank"], per_model),
@@ -215,24 +215,17 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   shape = dims_lib.example_shape(config, pool + splits["val"] + splits["test"])
   axis = parallel.ModelAxis(config.model_axis.strategy, len(points), chunk=config.model_axis.chunk,
                             mesh=tuple(config.model_axis.mesh), batch_size=dims_lib.batch_size(config))
-  # The bank on the device when it fits `data.memory_budget_gb`, else the pool's slices on the disk
-  # (`slicejax.training.inputs.stream`).
-  pipeline = stream.choose(config, points[0].dims, sizes or dims_lib.data_sizes(config, points, plans), shape,
-                           dataset.num_channels)
-  if pipeline == "stream":
-    store = stream.open_store(config, pool, shape, data_lib.cache_dir(config), data_lib.dataset_root(config))
-    source, per_model, interp_quality = stream.training_data(config, points, plans, pool, num_classes, store)
-    device_bank = {}
-  else:
-    bank, per_model, interp_quality = dims_lib.training_data(config, points, plans, pool, num_classes, shape, sizes)
-    device_bank = axis.put_shared(bank)
+  # The bank on the device when it fits `data.memory_budget_gb`, else the pool's slices on the disk (`inputs.stream`).
+  group_input = input_pipeline.choose(config, points[0].dims, sizes or dims_lib.data_sizes(config, points, plans),
+                                      shape, dataset.num_channels)(config, dims_lib, points, plans, pool, num_classes,
+                                                                   shape, sizes, axis)
 
   # Model, optimiser, state: the latest checkpoint of this group if there is one.
-  key = (points[0].dims, axis.batch_split.axis_name, axis.batch_split.size, pipeline)
+  key = (points[0].dims, axis.batch_split.axis_name, axis.batch_split.size, group_input.NAME)
   programs = {} if programs is None else programs
   if key not in programs:
     programs[key] = grid_programs(config, points[0].dims, num_classes, shape + (dataset.num_channels,),
-                                  axis.batch_split, pipeline)
+                                  axis.batch_split, group_input.NAME)
   model, schedule, looped = programs[key]["model"], programs[key]["schedule"], programs[key]["looped"]
   # One model at a time (one compiled initialisation for groups of any size), stacked on the host.
   init = programs[key]["init"]
@@ -243,11 +236,7 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   restored = checkpoints.restore_latest(initial)
   state = axis.from_stacked(initial if restored is None else restored)
   first_step = 0 if restored is None else int(axis.fetch(restored["step"])[0])
-  if pipeline == "stream":  # each step's batches, read ahead from `first_step` on
-    batches = stream.Batches(source, per_model, axis.fetch(initial["rng"]), dims_lib.batch_size(config), first_step,
-                             config.train.steps, axis.from_stacked, depth=config.data.prefetch)
-  else:
-    per_model, batches = axis.from_stacked(per_model), contextlib.nullcontext()
+  inputs = group_input.start(axis.fetch(initial["rng"]), first_step)
   step_fn = axis.map(programs[key]["step"], donate_state=True)
   logging.info("Group %d: %d %dD models (%s), %s strategy, inputs %s, %d steps of batch %d from step %d.",
                group_index, len(points), points[0].dims, ", ".join(p.name for p in points[:4]) +
@@ -268,15 +257,15 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   boundary = lambda s: s % config.train.log_every == 0 or s % config.train.checkpoint_every == 0 or s in curve_steps
   ends = sorted({first_step + 1, steps} | {s for s in range(first_step + 1, steps + 1) if boundary(s)})
   start, done = time.perf_counter(), first_step
-  one_step = {"bank": device_bank, "steps": axis.put_shared(np.int32(1))}
+  one_step = {"bank": group_input.shared, "steps": axis.put_shared(np.int32(1))}
   with console.GroupProgress(group_index, len(points), steps, first_step, eval_seconds=eval_seconds) as progress, \
-       batches:
+       inputs:
     for end in ends if first_step < steps else ():
       if looped:
-        state, outputs = step_fn(state, {"bank": device_bank, "steps": axis.put_shared(np.int32(end - done))},
-                                 per_model)
+        state, outputs = step_fn(state, {"bank": group_input.shared, "steps": axis.put_shared(np.int32(end - done))},
+                                 group_input.per_model())
       for _ in range(0 if looped else end - done):
-        state, outputs = step_fn(state, one_step, next(batches) if pipeline == "stream" else per_model)
+        state, outputs = step_fn(state, one_step, group_input.per_model())
         done += 1
         if done < end and done > first_step + 1 and progress.due():  # never quiet for long between log steps
           progress.update(done, *axis.fetch((outputs["loss"], outputs["diverged"])))
@@ -324,7 +313,7 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
       density=None if point.reference else point.slices_per_volume / float(np.mean([depths[c] for c in plan])),
       class_names=dataset.class_names[1:], test=_test_scores(config, scores["test"], m),
       val=_val_scores(scores.get("val"), val_curve, m),
-      diverged=diverged[m], diverged_step=diverged_step[m], interpolation=interp_quality.get(m),
+      diverged=diverged[m], diverged_step=diverged_step[m], interpolation=group_input.interpolation.get(m),
       seconds={"train_seconds": train_seconds / len(points), "group_train_seconds": train_seconds,
                "eval_seconds": eval_seconds / len(points)})
       for m, (point, plan) in enumerate(zip(points, plans))]
@@ -390,8 +379,7 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
                              target_spacing=tuple(cfg.target_spacing))
   split = split_index(config, index)
   depths = {case.case_id: case.depth for case in index.cases if case.case_id in set(split["train"])}
-  # Labels with an ignore label are real sparse annotations: their plan is read from the voxels
-  # (`slicejax.study.sparse`).
+  # Labels with an ignore label are real sparse annotations: their plan is read from the voxels (`study.sparse`).
   annotated = sparse.check_study(config.study, index.ignore_label)
   points = [] if annotated else study.expand(config.study, depths, left_out)
   plans = {p.name: plan_of(config, p, depths) for p in points if not _needs_embeddings(p)}
@@ -448,8 +436,7 @@ def prepare(config):
     costs = {"encoder_seconds": info["train_seconds"] + info["embed_seconds"]}
     plans.update({p.name: plan_of(config, p, depths, embeddings) for p in points if _needs_embeddings(p)})
   plans = {p.name: plans[p.name] for p in points}
-  max_models = config.model_axis.max_models or auto_max_models(config, points, plans, splits, dataset)
-  return dataset, splits, study.group(points, max_models), plans, costs
+  return dataset, splits, study.group(points, group_size(config, points, plans, splits, dataset)), plans, costs
 
 
 def one_model_step(config, dims: int, points, plans, splits, dataset) -> dict:
@@ -466,15 +453,10 @@ def one_model_step(config, dims: int, points, plans, splits, dataset) -> dict:
   dims_lib, same = DIMS[dims], [p for p in points if p.dims == dims]
   shape = dims_lib.example_shape(config, splits["train"] + splits["val"] + splits["test"])
   sizes = dims_lib.data_sizes(config, same, [plans[p.name] for p in same])
-  pipeline = stream.choose(config, dims, sizes, shape, dataset.num_channels)
-  if pipeline == "stream":  # a batch as `stream.Batches` delivers it; nothing is shared
-    bank, batch = {}, stream.empty_batch(dims_lib.batch_size(config), shape, dataset.num_channels)
-    per_model = jax.tree.map(jnp.asarray, batch)
-    in_flight = (config.data.prefetch + 1) * sum(leaf.nbytes for leaf in batch.values())
-  else:
-    bank, per_model, _ = dims_lib.training_data(config, same[:1], [plans[same[0].name]], splits["train"],
-                                                dataset.num_classes, shape, sizes)
-    per_model, in_flight = jax.tree.map(lambda x: jnp.asarray(x[0]), per_model), 0
+  group_input = input_pipeline.choose(config, dims, sizes, shape, dataset.num_channels)
+  bank, per_model, in_flight = group_input.one_model(config, dims_lib, same[0], plans[same[0].name], splits["train"],
+                                                     dataset.num_classes, shape, sizes, dataset.num_channels)
+  pipeline = group_input.NAME
   programs = grid_programs(config, dims, dataset.num_classes, shape + (dataset.num_channels,), parallel.BatchSplit(),
                            pipeline)
   state = jax.tree.map(lambda leaf: leaf[0], programs["init"](np.asarray([same[0].seed], np.uint32)))
@@ -488,6 +470,11 @@ def one_model_step(config, dims: int, points, plans, splits, dataset) -> dict:
           "shape": shape, "compile_seconds": compile_seconds, "pipeline": pipeline,
           "model_bytes": (analysis.temp_size_in_bytes if analysis else 0) + 2 * state_bytes + in_flight,
           "bank_bytes": sum(leaf.nbytes for leaf in jax.tree.leaves(bank))}
+
+
+def group_size(config, points, plans, splits, dataset) -> int:
+  """Models trained together: `config.model_axis.max_models`, or where it is 0 as many as fit (`auto_max_models`)."""
+  return config.model_axis.max_models or auto_max_models(config, points, plans, splits, dataset)
 
 
 def auto_max_models(config, points, plans, splits, dataset, limit: int = 64) -> int:
@@ -565,8 +552,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       (rundir / "plans").mkdir(exist_ok=True)
       for name, plan in plans.items():
         files.atomic_write(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
-      # What applying the trained models later needs (classes, normalisation, shapes, spacing):
-      # `slicejax.modes.predict`.
+      # What applying the trained models later needs (classes, normalisation, shapes, spacing): `modes.predict`.
       files.atomic_write(rundir / MODEL_CARD, json.dumps(model_card(config, dataset, splits), indent=1))
       # Plans of points that are not in this grid were left by a launch whose config this one replaced.
       for stale in set((rundir / "plans").glob("*.json")) - {rundir / "plans" / f"{name}.json" for name in plans}:

@@ -16,8 +16,8 @@ Methods (`options.method`):
   * "typiclust": TypiClust (Hacohen et al., 2022). k-means into rho clusters, then in each cluster its most typical
     slice: the highest inverse mean distance to its `options.typiclust_neighbors` nearest neighbours in the cluster.
 
-`select_volumes` applies the k-means pick to volume-level embeddings (the mean of a volume's slice embeddings,
-see `volume_means`) to choose which volumes to annotate. The study's default picks volumes at random; this is
+`select_volumes` applies the k-means pick to volume-level embeddings (the mean of a volume's slice embeddings)
+to choose which volumes to annotate. The study's default picks volumes at random; this is
 the option a config turns on with `select_volumes`. Unlike the random pick, its subsets are not nested across s.
 """
 
@@ -27,22 +27,13 @@ import ml_collections
 import numpy as np
 from scipy import optimize
 
+from slicejax.config import defaults
+from slicejax.config.defaults import ual_options as default_options  # the `ual` block
 from slicejax.errors import InputError
 
 NEEDS_EMBEDDINGS = True
 
-METHODS = ("kmeans", "kcenter", "typiclust")
-
-
-def default_options() -> ml_collections.ConfigDict:
-  """The `ual` block of an experiment config."""
-  options = ml_collections.ConfigDict()
-  options.method = "kmeans"
-  options.kmeans_iterations = 100  # Lloyd iterations per run; stops earlier when the centroids settle.
-  options.kmeans_inits = 4  # k-means++ restarts; the lowest inertia wins.
-  options.typiclust_neighbors = 20  # As in TypiClust; capped at the cluster size - 1.
-  options.select_volumes = False  # Choose the s volumes by k-means on volume embeddings instead of at random.
-  return options
+METHODS = defaults.UAL_METHODS
 
 
 def _option(options, name: str):
@@ -209,17 +200,12 @@ def select(num_slices: int, rho: int, rng: np.random.Generator, *, embeddings=No
   return np.sort(np.asarray(picked, np.int64))
 
 
-def volume_means(slice_embeddings: dict) -> dict:
-  """Volume-level embeddings: case_id -> `[F]` mean of that volume's `[D, F]` slice embeddings."""
-  return {case_id: np.asarray(e, np.float64).mean(0) for case_id, e in slice_embeddings.items()}
-
-
 def select_volumes(volume_embeddings: dict, s: int, rng: np.random.Generator,
                    options: Optional[ml_collections.ConfigDict] = None) -> list:
   """Chooses s representative volumes: k-means (k = s) over volume embeddings, the volume nearest each centroid.
 
   Args:
-    volume_embeddings: case_id -> `[F]` volume embedding (see `volume_means`).
+    volume_embeddings: case_id -> `[F]` volume embedding (the mean of its slice embeddings).
     s: volumes to choose, 1 <= s <= number of volumes.
     rng: numpy Generator (k-means++ seeding).
     options: the `ual` config block; `kmeans_iterations` and `kmeans_inits` apply.

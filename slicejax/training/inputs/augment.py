@@ -11,18 +11,8 @@ and annotated planes stay aligned with their labels and weights. All randomness 
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-
-def default_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      flip_prob=0.5,             # per spatial axis of the slice plane
-      affine_prob=0.3,           # per example: probability of an in-plane rotation and scaling
-      rotate_degrees=15.0,       # maximum in-plane rotation
-      scale_range=(0.85, 1.15),  # in-plane zoom; the slicing axis is never scaled
-      intensity_scale=0.1,       # image * U[1 - s, 1 + s]
-      intensity_shift=0.1,       # image + U[-s, s] (in z-score units)
-  ))
+from slicejax.config.defaults import augment_config as default_config  # the `train.augment` block
 
 
 def _plane_map(key, warp, height, width, cfg):

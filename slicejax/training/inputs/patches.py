@@ -45,11 +45,6 @@ def _uniform_index(key, mask):
   return jnp.minimum(jnp.searchsorted(cumulative, rank, side="right"), mask.shape[0] - 1)
 
 
-def _extent_end(present):
-  """One past the last True entry of the boolean `present [N]` (0 when none is)."""
-  return jnp.max(jnp.where(present, jnp.arange(1, present.shape[0] + 1), 0))
-
-
 def _start_containing(key, index, size, end):
   """Start of a window of `size`, uniform among those containing `index`, clipped to `[0, max(end - size, 0)]`."""
   top = jnp.maximum(end - size, 0)

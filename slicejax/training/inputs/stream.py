@@ -52,14 +52,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slicejax.config import defaults
 from slicejax.data import load as data_lib
 from slicejax import files
 from slicejax.training.inputs import sampler
 from slicejax.training.inputs import two_d
 from slicejax.training import precision
 
-PIPELINES = ("auto", "bank", "stream")
-SOURCES = ("volumes", "store", "tfds")  # `open_store`
+PIPELINES = defaults.PIPELINES
+SOURCES = defaults.STREAM_SOURCES  # `open_store`
 _FORMAT = 1
 # Steps whose rows are drawn in one call of the draw program.
 _DRAW_BLOCK = 32
@@ -303,7 +304,7 @@ def open_store(config, pool, shape, cache_dir, root):
   prepared
   once under `cache_dir/tfds`."""
   if config.data.stream_source == "tfds":
-    from slicejax.training.inputs import tfds as tfds_builder  # pylint: disable=g-import-not-at-top  (optional dependencies)
+    from slicejax.training.inputs import tfds as tfds_builder  # pylint: disable=g-import-not-at-top  (optional)
     return tfds_builder.store_for(config, root, pathlib.Path(cache_dir) / "tfds", shape, pool[0].image.shape[-1])
   if config.data.stream_source == "store":
     return store_for(cache_dir, pool, shape)

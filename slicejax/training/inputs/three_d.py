@@ -1,4 +1,4 @@
-"""3D models: examples are patches `[pd, ph, pw, C]` of whole volumes; the same functions as `slicejax.training.inputs.two_d`.
+"""3D models: examples are patches `[pd, ph, pw, C]` of whole volumes; the same functions as `inputs.two_d`.
 
 Training sees the annotated planes of a model's volumes (and, with interpolation on, the interpolated ones) through
 per-plane loss weights (`slicejax.training.inputs.patches`); test volumes are predicted by Gaussian-weighted sliding
