@@ -26,6 +26,8 @@ from slicejax import config as config_lib
 from slicejax.data import phantom
 import launch_forks
 
+pytestmark = pytest.mark.slow  # every test here runs for seconds: launches, subprocesses or whole reports
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CASE = "phantom_003.nii.gz"
 IMAGE = f"imagesTr/{CASE}"

@@ -15,6 +15,7 @@ REPLICATES = 2000
 
 
 @pytest.mark.parametrize("num_seeds", [3, 5, 10])
+@pytest.mark.slow
 def test_false_verdicts_under_the_null(num_seeds):
   out = calibration.calibrate(num_seeds, 0.0, REPLICATES, seed=100 + num_seeds)
   assert out["false_rate"] <= 0.07
@@ -22,6 +23,7 @@ def test_false_verdicts_under_the_null(num_seeds):
 
 
 @pytest.mark.parametrize("num_seeds", [3, 5, 10])
+@pytest.mark.slow
 def test_coverage_of_a_true_difference(num_seeds):
   out = calibration.calibrate(num_seeds, 0.02, REPLICATES, seed=200 + num_seeds)
   assert out["coverage"] >= 0.93

@@ -107,6 +107,7 @@ def _config(**eval_sizes):
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "loop", "mesh"])
+@pytest.mark.slow
 def test_2d_counts_equal_numpy_path_with_padding_and_cropping(strategy):
   # In-plane shape (6, 6): case_0 is padded along both axes, case_1 centre-cropped along W (offset 2) and padded
   # along H, case_2 cropped along both. Depths 3 + 5 + 2 = 10 slices in chunks of 4 that straddle the volumes.
@@ -149,6 +150,7 @@ def _numpy_sliding_window(model, p, image, patch, overlap):
   return total / norm[..., None]
 
 
+@pytest.mark.slow
 def test_3d_counts_equal_numpy_path_and_compile_once():
   # Patch (4, 4, 4); volumes of five sizes, two of them smaller than the patch along an axis. All are padded to
   # bucket_shape of the largest extent (9, 10, 6) -> (10, 10, 6).
@@ -180,6 +182,7 @@ def test_3d_counts_equal_numpy_path_and_compile_once():
 
 
 @pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.slow
 def test_segmenter_labels_give_the_predictors_counts(dims):
   # The test split is scored from label maps on the volumes' own grids; their counts must be the device counts.
   num_models = 2

@@ -94,6 +94,7 @@ def test_an_ignore_label_that_is_not_the_highest_is_refused(tmp_path):
     nifti.index_images(tmp_path)
 
 
+@pytest.mark.slow
 def test_nnunet_integrity_check(planned, tmp_path):
   if os.environ.get("CI") != "true":  # CI installs the test extra: there a missing nnunetv2 fails in `export.verify`
     pytest.importorskip("nnunetv2")

@@ -134,6 +134,7 @@ def test_msd_config_follows_the_root_and_overrides_win(tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["msd", "v2"])
+@pytest.mark.slow
 def test_launch_on_a_dataset_no_config_was_written_for(tmp_path, layout):
   root = write_dataset(tmp_path / layout, layout)
   workdir = tmp_path / "run"

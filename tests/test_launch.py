@@ -16,6 +16,8 @@ from slicejax.report import results
 from slicejax.training import parallel
 from slicejax.training import train
 
+pytestmark = pytest.mark.slow  # every test here launches a study
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ROW_KEYS = {"dims", "budget", "volumes", "slices_per_volume", "selection", "interpolation", "seed", "steps",
             "dice_mean", "dice_per_class", "train_seconds"}

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from slicejax.evaluation import metrics
 
@@ -90,6 +91,7 @@ def test_ignore_label_voxels_are_not_counted():
                                 metrics.confusion_counts(prediction[[0, 1, 2, 5]], truth[[0, 1, 2, 5]], 3))
 
 
+@pytest.mark.slow
 def test_training_imports_without_the_surface_library():
   """The training path imports metrics but computes no surface metrics, so a machine without surface-distance (as a
   bare GPU image) can train; only `surface_metrics` needs the library."""

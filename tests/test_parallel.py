@@ -50,6 +50,7 @@ def reference_params():
 
 
 @pytest.mark.parametrize("strategy,chunk", [("vmap", 4), ("loop", 4), ("loop", 2), ("sequential", 4)])
+@pytest.mark.slow
 def test_strategy_equals_one_by_one(strategy, chunk, reference_params):
   step, bank, entries, state = _setup()
   axis = parallel.ModelAxis(strategy, NUM_MODELS, chunk=chunk)

@@ -71,6 +71,7 @@ def test_plan_is_reproducible_and_templates_carry_the_geometry(images, tmp_path)
     np.testing.assert_array_equal(data, expected)
 
 
+@pytest.mark.slow
 def test_ual_plans_need_no_labels_and_respect_the_budget(images, tmp_path):
   plain = tmp_path / "plain"
   plain.mkdir()
@@ -106,6 +107,7 @@ def test_best_cell_of_a_study(images, tmp_path):
     (["--config.plan.budget=40", "--config.plan.volumes=10"], "config.plan.volumes: 10 volumes exceed the 6"),
     (["--config.plan.selection=best"], "config.plan.selection: must name modules of slicejax/study/selection"),
 ])
+@pytest.mark.slow
 def test_bad_plans_exit_2_with_one_line(images, tmp_path, overrides, message):
   result = subprocess.run(
       [sys.executable, str(ROOT / "launch.py"), "--mode=plan", f"--config={ROOT / 'configs/plan.py'}",

@@ -45,6 +45,7 @@ def run(tmp_path_factory):
   return root, rundir, model, jax.tree.map(lambda leaf: leaf[0], state["params"])
 
 
+@pytest.mark.slow
 def test_predictions_round_trip_with_the_inputs_geometry(run, tmp_path):
   root, rundir, model, params = run
   config = config_lib.load(str(ROOT / "configs/predict.py"))
@@ -70,6 +71,7 @@ def test_predictions_round_trip_with_the_inputs_geometry(run, tmp_path):
     np.testing.assert_allclose(data_lib.to_volume_order(p, 2), direct, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_missing_model_workdir_exits_2_with_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, str(ROOT / "launch.py"), "--mode=predict", f"--config={ROOT / 'configs/predict.py'}",

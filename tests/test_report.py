@@ -242,6 +242,7 @@ def _undetectable_ual_rows():
   return rows
 
 
+@pytest.mark.slow
 def test_finding_2_with_only_undetectable_differences_is_inconclusive(tmp_path):
   rows = _undetectable_ual_rows()
   comparisons = report.paired_comparisons(rows)
@@ -348,6 +349,7 @@ def _run_folder(path, rows, **config_changes):
   return path
 
 
+@pytest.mark.slow
 def test_merging_two_runs_equals_one_run_of_the_union(tmp_path):
   rows = _study_rows()
   half = len(rows) // 2
@@ -360,6 +362,7 @@ def test_merging_two_runs_equals_one_run_of_the_union(tmp_path):
     assert (tmp_path / "merged" / name).read_text() == (one / name).read_text(), name
 
 
+@pytest.mark.slow
 def test_merging_incompatible_runs_names_the_key(tmp_path):
   first = _run_folder(tmp_path / "first", _study_rows()[:2])
   second = _run_folder(tmp_path / "second", _study_rows()[2:4], **{"train.steps": 200})
@@ -374,6 +377,7 @@ def test_merging_incompatible_runs_names_the_key(tmp_path):
     report.run([tmp_path / "nothing"])
 
 
+@pytest.mark.slow
 def test_runs_of_different_lengths_merge_when_their_budgets_differ(tmp_path):
   rows = _study_rows()
   short = _run_folder(tmp_path / "short", [dict(r, steps=100) for r in rows])
@@ -389,6 +393,7 @@ def test_runs_of_different_lengths_merge_when_their_budgets_differ(tmp_path):
     report.run([short, again], tmp_path / "refused")
 
 
+@pytest.mark.slow
 def test_write_summary_writes_every_file(tmp_path):
   rows = _grid_rows()
   report.write_summary(tmp_path, rows)
@@ -439,6 +444,7 @@ def test_write_summary_with_no_rows(tmp_path):
   assert (tmp_path / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_a_2d_run_and_a_3d_run_merge_whatever_the_other_network(tmp_path):
   rows_2d = _study_rows()[:4]
   rows_3d = [dict(row, dims=3, name="3" + row["name"][1:]) for row in _study_rows()[4:8]]

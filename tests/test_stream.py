@@ -80,6 +80,7 @@ def test_volume_rows_are_the_rows_of_the_slice_store(tmp_path):
 
 
 @pytest.mark.parametrize("source_name", ["volumes", "store"])
+@pytest.mark.slow
 def test_streamed_batches_equal_bank_batches(tmp_path, source_name):
   """Every model's batch at every step, interpolated slices included, is the same on both paths, also when the stream
   starts at a later step (a resume)."""
@@ -136,6 +137,7 @@ def test_auto_streams_when_the_bank_exceeds_the_budget():
 
 
 @pytest.mark.parametrize("strategy,source", [("loop", "volumes"), ("vmap", "store")])
+@pytest.mark.slow
 def test_a_streamed_run_gives_the_rows_of_a_bank_run(tmp_path, strategy, source):
   from slicejax.config import load
   rows = {}
@@ -196,6 +198,7 @@ def test_a_run_streamed_from_tfds_gives_the_rows_of_a_bank_run(tmp_path):
   assert (tmp_path / "cache" / "tfds" / "slice_dataset").is_dir()
 
 
+@pytest.mark.slow
 def test_the_group_size_estimate_compiles_the_stream_step_on_the_streams_own_batch(tmp_path):
   """`train.one_model_step` on the stream path: no bank, and a batch of the shapes and types the stream delivers, so
   that the program it measures is the one the run executes."""

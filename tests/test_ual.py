@@ -70,6 +70,7 @@ def _random_select(num_slices, rho, rng):
 # Encoder pieces.
 
 
+@pytest.mark.slow
 def test_nt_xent_loss_hand_computed():
   z = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])
   # Every view: the positive at cosine 1 (logit 1 / 0.5 = 2) against two negatives at cosine 0 (logit 0).
@@ -85,6 +86,7 @@ def _no_augmentation(**overrides):
   return ml_collections.FrozenConfigDict(aug)
 
 
+@pytest.mark.slow
 def test_augment_with_zero_strength_is_identity_and_flips_are_exact():
   images = np.random.default_rng(0).standard_normal((3, 6, 5, 2)).astype(np.float32)
   rng = jax.random.key(0)
@@ -95,6 +97,7 @@ def test_augment_with_zero_strength_is_identity_and_flips_are_exact():
       encoder.augment(rng, images, _no_augmentation(flip_ud_prob=1.0)), images[:, ::-1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_augment_blur_keeps_a_constant_slice_and_views_differ():
   images = np.full((2, 8, 8, 1), 0.7, np.float32)
   blurred = encoder.augment(jax.random.key(1), images, _no_augmentation(blur_prob=1.0, blur_sigma_max=1.0))
@@ -119,6 +122,7 @@ def trained():
   return config, params, info, volumes, images
 
 
+@pytest.mark.slow
 def test_encoder_loss_decreases(trained):
   config, _, info, _, _ = trained
   losses = np.asarray(info["losses"])
@@ -129,6 +133,7 @@ def test_encoder_loss_decreases(trained):
   assert info["train_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_encoder_embeddings_are_normalised_and_pick_every_kind(trained):
   config, params, _, volumes, images = trained
   covered = {"ual": 0, "random": 0}
@@ -142,6 +147,7 @@ def test_encoder_embeddings_are_normalised_and_pick_every_kind(trained):
   assert covered["ual"] > covered["random"] + 10, covered
 
 
+@pytest.mark.slow
 def test_embed_batching_does_not_change_embeddings(trained):
   config, params, _, _, images = trained
   np.testing.assert_allclose(encoder.embed(params, images[0], config, batch_size=7),
@@ -152,6 +158,7 @@ def test_embed_batching_does_not_change_embeddings(trained):
 # Embedding cache.
 
 
+@pytest.mark.slow
 def test_slice_embeddings_cache(tmp_path, monkeypatch):
   rng = np.random.default_rng(3)
   images = {f"case_{i}": _volume_images(_volume_kinds(rng)[:5 + i], rng) for i in range(3)}
