@@ -29,10 +29,10 @@ from absl import logging
 from ml_collections import config_flags
 
 from slicejax import config as config_lib
+from slicejax import console
 from slicejax.data import load as data_lib
-from slicejax.errors import InputError
 from slicejax.errors import exit_with
-from slicejax.training import console
+from slicejax.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, plans and checkpoints; default "

@@ -79,7 +79,7 @@ def grid_config(grid: str, data, quick: bool):
 
 def logged_step_times(workdir: pathlib.Path) -> dict:
   """step -> wall time (s) at which a run logged its models' losses for that step, read from its curves' event
-  files (`slicejax.training.console.CurveWriter`); a loss is logged once the step's result has been fetched."""
+  files (`slicejax.console.CurveWriter`); a loss is logged once the step's result has been fetched."""
   from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
   from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
 

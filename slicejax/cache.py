@@ -28,10 +28,10 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from slicejax import console
 from slicejax.data import load as data_lib
-from slicejax.errors import InputError
 from slicejax.errors import exit_with
-from slicejax.training import console
+from slicejax.errors import InputError
 
 KINDS = ("volumes", "encoder", "phantoms", "jax")
 

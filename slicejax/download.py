@@ -46,9 +46,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from slicejax.errors import InputError
 from slicejax.errors import error_line
 from slicejax.errors import exit_with
+from slicejax.errors import InputError
 from slicejax import files
 
 MIRROR = "https://msd-for-monai.s3-us-west-2.amazonaws.com"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import slicejax
-from slicejax.training import console
+from slicejax import console
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SLICEJAX_FILE = os.path.join(os.path.dirname(os.path.abspath(slicejax.__file__)), "train.py")
@@ -82,7 +82,7 @@ def test_absl_program_console(tmp_path):
       import numpy as np
 
       import fakelib
-      from slicejax.training import console
+      from slicejax import console
 
       def main(argv):
         console.setup_logging(logging.get_verbosity())
@@ -255,7 +255,7 @@ def test_imports_without_tensorflow(tmp_path):
           return None
 
       sys.meta_path.insert(0, Recorder())
-      from slicejax.training import console
+      from slicejax import console
       assert not attempts, attempts
       with console.CurveWriter({str(tmp_path)!r}) as writer:
         writer.write_scalars(1, {{"loss/group_0/a": 0.5}})

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from slicejax import config as config_lib
+from slicejax import console
 from slicejax.data import load as data_lib
 from slicejax.data import nifti
 from slicejax.data import phantom
@@ -22,7 +23,6 @@ from slicejax.modes import export
 from slicejax.report import results
 from slicejax.study import grid as study
 from slicejax.study import sparse
-from slicejax.training import console
 from slicejax.training.inputs import patches
 from slicejax.training.inputs import three_d
 from slicejax.training.inputs import two_d

@@ -1,4 +1,4 @@
-"""Tests for slicejax.training.workdir: the workdir lock and the one-config-per-run check."""
+"""Tests for slicejax.workdir: the workdir lock and the one-config-per-run check."""
 
 import json
 import logging
@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from slicejax.errors import InputError
-from slicejax.training import workdir as workdir_lib
+from slicejax import workdir as workdir_lib
 
 CONFIG = {"data": {"root": "/data/a", "split": {"train": 6, "val": 1}}, "train": {"steps": 4, "batch_size": 4},
           "study": {"budgets": [6], "selections": ["fixed"]}, "seed": 0}

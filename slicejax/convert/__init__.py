@@ -23,8 +23,8 @@ from absl import flags
 import numpy as np
 
 from slicejax.data import nifti
-from slicejax.errors import InputError
 from slicejax.errors import exit_with
+from slicejax.errors import InputError
 from slicejax import files
 
 FILE_ENDING = ".nii.gz"

@@ -20,12 +20,12 @@ import jax
 import numpy as np
 
 from slicejax.config import fingerprint as fingerprint_lib
+from slicejax import console
 from slicejax.data import load as data_lib
 from slicejax.evaluation import evaluate as evaluate_lib
 from slicejax.report import summary as report
 from slicejax.study import grid as study
 from slicejax.study import selection as selection_lib
-from slicejax.training import console
 from slicejax.training.inputs import two_d
 from slicejax.training import parallel
 from slicejax.training import train

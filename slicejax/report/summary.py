@@ -33,15 +33,15 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from slicejax.errors import InputError
+from slicejax import console
 from slicejax.errors import exit_with
+from slicejax.errors import InputError
 from slicejax.evaluation import metrics
 from slicejax import files
 from slicejax.report import figures
 from slicejax.report import results
 from slicejax.report import statistics as stats
-from slicejax.training import console
-from slicejax.training import workdir as workdir_lib
+from slicejax import workdir as workdir_lib
 
 CELL_KEY = ("dims", "budget", "volumes", "slices_per_volume", "selection", "interpolation", "reference")
 _REQUIRED = ("dims", "budget", "volumes", "selection", "seed", "dice_mean")

@@ -49,8 +49,8 @@ import optax
 import orbax.checkpoint as ocp
 
 from slicejax.config.defaults import encoder_config as default_config  # the `ual.encoder` block
+from slicejax import console
 from slicejax.errors import InputError
-from slicejax.training import console
 
 # Changes whenever the cache layout or the meaning of a cached entry changes, so old entries miss.
 _CACHE_VERSION = "slicejax-encoder-v1"

@@ -29,6 +29,7 @@ import optax
 
 from slicejax import config as config_lib
 from slicejax.config import fingerprint as fingerprint_lib
+from slicejax import console
 from slicejax.data import load as data_lib
 from slicejax.evaluation import evaluate as evaluate_lib
 from slicejax import files
@@ -41,7 +42,6 @@ from slicejax.study import grid as study
 from slicejax.study import selection as selection_lib
 from slicejax.study import sparse
 from slicejax.training import checkpoint
-from slicejax.training import console
 from slicejax.training import distributed
 from slicejax.training.inputs import augment as augment_lib
 from slicejax.training.inputs import pipeline as input_pipeline
@@ -50,7 +50,7 @@ from slicejax.training.inputs import three_d
 from slicejax.training.inputs import two_d
 from slicejax.training import parallel
 from slicejax.training import precision
-from slicejax.training import workdir as workdir_lib
+from slicejax import workdir as workdir_lib
 
 # The dims modules: the same functions for 2D slices and 3D patches (see `slicejax.training.inputs.two_d`).
 DIMS = {2: two_d, 3: three_d}

@@ -45,7 +45,7 @@ from tensorboard.summary.writer import event_file_writer
 
 from slicejax import files
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # slicejax/
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _PNG_DPI = 110
 
 
