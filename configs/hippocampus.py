@@ -17,7 +17,8 @@ Arguments:
     (36, 72, 144 or 288; random and fixed, ual at 36 and 144), "interp" at 72 or 288, "rounds" at 36 or 144, or
     "reference" (3 seeds); base-16 U-Net, batch 16, CONVERGED_STEPS steps for the budget, 5 seeds, validation Dice
     on all 20 validation volumes at 8 points of training.
-    "rounds" is the selection in rounds (`slicejax.rounds`) to compare with the grid's one-shot cells of the same
+    "rounds" is the selection in rounds (`slicejax.training.rounds`) to compare with the grid's one-shot cells of the
+    same
     budget (the report merges the two workdirs): entropy, ensemble (4 members) and hybrid, 3 rounds (half of each
     volume's slices by fixed interval in round 0), fixed and free allocation, at 4 and 16 slices per volume where
     whole; every round trains CONVERGED_STEPS steps from the initialisation, so a point costs 3 trainings (an
@@ -39,7 +40,7 @@ than the default grid so that each part runs in about 90 minutes on 2 CPU cores)
     patches.
 """
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 
 # The documented study's training steps (batch 16), chosen from the pilot's learning curves.
 STUDY_STEPS = 300

@@ -25,8 +25,8 @@ from typing import Mapping
 
 from absl import logging
 
-from slicejax import files
 from slicejax.errors import InputError
+from slicejax import files
 
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"

@@ -1,5 +1,5 @@
-"""Selection in rounds (`slicejax.rounds`) and the model-based selections: the schedule, hand-computed scores and
-picks, and tiny round studies on the phantom: exact budgets, no slice chosen twice, labels of unchosen slices never
+"""Selection in rounds (`slicejax.training.rounds`) and the model-based selections: the schedule, hand-computed scores
+and picks, and tiny round studies on the phantom: exact budgets, no slice chosen twice, labels of unchosen slices never
 read, a resume at a round boundary, and ensemble members trained together equal to members trained alone."""
 
 import dataclasses
@@ -10,15 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from slicejax import config_lib
-from slicejax import results
-from slicejax import rounds
-from slicejax import study
-from slicejax import train
-from slicejax import two_d
-from slicejax import uncertainty
+from slicejax import config as config_lib
 from slicejax.errors import InputError
-from slicejax.selection import entropy, hybrid
+from slicejax.report import results
+from slicejax.study import grid as study
+from slicejax.study.selection import entropy, hybrid
+from slicejax.study import uncertainty
+from slicejax.training.inputs import two_d
+from slicejax.training import rounds
+from slicejax.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -252,10 +252,10 @@ def test_ensemble_members_together_equal_members_alone(setup, tmp_path):
 
 def test_next_worklist_from_a_model_trained_on_ignore_label_files(tmp_path):
   import nibabel as nib
-  from slicejax import export
-  from slicejax import nifti
-  from slicejax import phantom
-  from slicejax import plan as plan_lib
+  from slicejax.modes import export
+  from slicejax.data import nifti
+  from slicejax.data import phantom
+  from slicejax.modes import plan as plan_lib
   root = phantom.write_phantom(tmp_path / "msd", num_cases=6, shape=(16, 16, 8))
   first = config_lib.load(str(ROOT / "configs/plan.py"))
   first.data.root = str(root)
@@ -315,7 +315,7 @@ def test_next_worklist_from_a_model_trained_on_ignore_label_files(tmp_path):
 
 
 def test_the_report_compares_round_cells_with_one_shot_cells_at_equal_budget():
-  from slicejax import report
+  from slicejax.report import summary as report
 
   def row(selection, seed, dice, **extra):
     return {"dims": 2, "budget": 8, "volumes": 2, "slices_per_volume": 4, "selection": selection, "seed": seed,

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from slicejax import workdir as workdir_lib
 from slicejax.errors import InputError
+from slicejax import workdir as workdir_lib
 
 CONFIG = {"data": {"root": "/data/a", "split": {"train": 6, "val": 1}}, "train": {"steps": 4, "batch_size": 4},
           "study": {"budgets": [6], "selections": ["fixed"]}, "seed": 0}
