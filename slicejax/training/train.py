@@ -572,7 +572,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       if writer:
         workdir.mkdir(parents=True, exist_ok=True)
         lock.enter_context(workdir_lib.WorkdirLock(workdir))
-      rundir = workdir_lib.check_config(workdir, json.loads(config.to_json_best_effort()), fresh=fresh)
+      rundir = workdir_lib.check_config(workdir, json.loads(config.to_json_best_effort()), fresh=fresh,
+                                        defaults=json.loads(config_lib.base().to_json_best_effort()))
     if writer:
       files.atomic_write(rundir / "groups.json", json.dumps(
           [{str(m): p.name for m, p in enumerate(rounds_lib.models(config, g))} for g in groups], indent=1))
