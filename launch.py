@@ -26,15 +26,12 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 from slicejax import console
-from slicejax import data as data_lib
-from slicejax import distributed
-from slicejax import dryrun
-from slicejax import train
+from slicejax.data import load as data_lib
+from slicejax.errors import exit_with
 from slicejax.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -56,11 +53,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, wi
 flags.mark_flags_as_required(["config"])
 
 
-def _fail(message) -> None:
-  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-  sys.exit(2)
-
-
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
@@ -68,10 +60,10 @@ def _parse_flags(argv):
     while err.args and isinstance(err.args[0], BaseException):
       err = err.args[0]
     if isinstance(err, KeyError):  # ml_collections: an override names a key the config does not have.
-      _fail(f"config: no such key {err.args[0] if err.args else err}")
+      exit_with(f"config: no such key {err.args[0] if err.args else err}")
     lines = str(err).strip().splitlines()
     # A config file that raised: its own last line says what went wrong.
-    _fail(f"--config: {lines[-1]}" if "Traceback" in str(err) else err)
+    exit_with(f"--config: {lines[-1]}" if "Traceback" in str(err) else err)
 
 
 def _workdir(config) -> str:
@@ -93,13 +85,13 @@ def _workdir(config) -> str:
 def _run_mode(mode: str, config, workdir) -> None:
   """The modes other than the study; their modules are imported only when used."""
   if mode == "plan":
-    from slicejax import plan
+    from slicejax.modes import plan
     plan.run(config, workdir)
   elif mode == "predict":
-    from slicejax import predict
+    from slicejax.modes import predict
     predict.run(config, workdir)
   elif mode == "export":
-    from slicejax import export
+    from slicejax.modes import export
     export.run(config, workdir)
 
 
@@ -111,16 +103,22 @@ def main(argv):
     config = _CONFIG.value
     config.get("seed")  # A config file that failed to load raises here.
   except OSError as err:
-    _fail(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: cannot load the config "
+    exit_with(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: cannot load the config "
           f"({err.__cause__ or err})")
   try:
     if _MODE.value != "study":
       _run_mode(_MODE.value, config, _workdir(config))
       return
+    # The config's values are checked before JAX and the trainer are imported, so a bad value fails in a moment.
+    config_lib.validate(config)
     if _CHECK.value:
-      print("\n".join(dryrun.dry_run(config)))
+      from slicejax.modes import check
+      print("\n".join(check.dry_run(config)))
       return
     workdir = _workdir(config)
+    import jax
+    from slicejax.training import distributed
+    from slicejax.training import train
     # Compiled programs persist across launches (a resumed or repeated grid skips compilation), in the cache folder
     # unless JAX_COMPILATION_CACHE_DIR names another.
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -129,7 +127,7 @@ def main(argv):
                            process_id=_PROCESS_ID.value)
     train.train_and_evaluate(config, workdir, fresh=_FRESH.value)
   except InputError as err:
-    _fail(err)
+    exit_with(err)
 
 
 if __name__ == "__main__":

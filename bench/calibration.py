@@ -1,6 +1,6 @@
 """Calibration of the report's verdicts: simulated studies with a known truth through `report.paired_comparisons`.
 
-Workload: `slicejax.calibration.simulate_rows` (two cells, S seeds, V test volumes; seed, seed-by-cell, volume,
+Workload: `slicejax.report.calibration.simulate_rows` (two cells, S seeds, V test volumes; seed, seed-by-cell, volume,
 volume-by-cell and residual effects, all normal) under a true difference of 0 and of +0.02 Dice, for each variance
 setting below and S in `--seeds`, `--replicates` studies each (seeded: the table is reproducible). For each case:
 the share of false verdicts ("better" or "worse" under the null; "worse" under +0.02), the coverage of the 95%
@@ -15,7 +15,7 @@ import json
 from absl import app
 from absl import flags
 
-from slicejax import calibration
+from slicejax.report import calibration
 
 _REPLICATES = flags.DEFINE_integer("replicates", 2000, "Simulated studies per case.")
 _SEEDS = flags.DEFINE_list("seeds", ["2", "3", "5", "10"], "Numbers of seeds.")

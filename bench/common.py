@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slicejax import config_lib
-from slicejax import sampler
-from slicejax import train
+from slicejax import config as config_lib
+from slicejax.training.inputs import sampler
+from slicejax.training import train
 
 
 def step_config(dims: int, features: int = 16, batch_size: int = 8, size: int = 128, stages: int = 4):
@@ -72,7 +72,7 @@ def machine() -> dict:
 
 def strategies(arg: str) -> list:
   """Model-axis strategies named by a `--strategies` flag: "default", "all" or a comma-separated list."""
-  from slicejax import parallel  # pylint: disable=g-import-not-at-top
+  from slicejax.training import parallel  # pylint: disable=g-import-not-at-top
   return {"all": list(parallel.STRATEGIES), "default": [parallel.default_strategy()]}.get(arg, arg.split(","))
 
 

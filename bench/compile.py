@@ -93,7 +93,7 @@ def main():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
   import mfu  # pylint: disable=g-import-not-at-top
-  from slicejax import parallel  # pylint: disable=g-import-not-at-top
+  from slicejax.training import parallel  # pylint: disable=g-import-not-at-top
 
   # Cold compilations only, even where JAX_COMPILATION_CACHE_DIR names a persistent cache.
   jax.config.update("jax_enable_compilation_cache", False)

@@ -17,7 +17,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import common  # noqa: E402
-from slicejax import unet  # noqa: E402
+from slicejax.model import unet  # noqa: E402
 
 
 def main():

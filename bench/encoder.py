@@ -2,7 +2,8 @@
 
 Loads the first `--cases` images (sorted by file name) of an MSD Task04 folder with nibabel, moves NIfTI axis 2 to
 the front (the slicing axis), z-scores each volume, zero-pads H, W to `--height` x `--width` and adds a channel
-axis, then trains the encoder with `slicejax.encoder.default_config()` and embeds all slices. Prints one JSON line:
+axis, then trains the encoder with `slicejax.study.encoder.default_config()` and embeds all slices. Prints one JSON
+line:
 {"benchmark": "encoder", "slices", "train_seconds", "embed_seconds", "total_seconds"}.
 
   .venv/bin/python bench/encoder.py --data PATH/Task04_Hippocampus --json
@@ -20,8 +21,8 @@ from absl import logging
 import nibabel as nib
 import numpy as np
 
-from slicejax import encoder
 from slicejax.errors import InputError
+from slicejax.study import encoder
 
 _DATA = flags.DEFINE_string("data", None, "MSD Task04 hippocampus folder (with imagesTr/).", required=True)
 _CASES = flags.DEFINE_integer("cases", 180, "How many images to load, first by file name.")

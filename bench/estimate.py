@@ -22,7 +22,7 @@ import time
 from absl import app
 from absl import flags
 
-from slicejax import phantom
+from slicejax.data import phantom
 
 _DATA = flags.DEFINE_string("data", None, "MSD Task04 hippocampus folder, for configs/hippocampus.py:tiny.")
 _JSON = flags.DEFINE_bool("json", False, "Print JSON lines.")

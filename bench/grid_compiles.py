@@ -40,7 +40,8 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   from jax._src import monitoring  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from slicejax import config_lib, train  # pylint: disable=g-import-not-at-top
+  from slicejax import config as config_lib
+  from slicejax.training import train  # pylint: disable=g-import-not-at-top
 
   jax.config.update("jax_enable_compilation_cache", False)
   counts = collections.Counter()

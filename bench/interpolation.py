@@ -4,7 +4,7 @@ Workload: the label volumes of the first `--volumes` training cases listed in da
 stored (x, y, z) and converted to int32 (a few files store labels as float32), with the last axis moved to the front
 as the slicing axis, so a volume is `[D, H, W]` with D about 36. Each volume is annotated on `--rho` equally spaced
 slices, the centres of rho equal intervals (floor((i + 1/2) * D / rho)), and interpolated with
-`slicejax.interpolation.interpolate` (plain, or with `--align`). Loading is not timed; the interpolation of all
+`slicejax.study.interpolation.interpolate` (plain, or with `--align`). Loading is not timed; the interpolation of all
 volumes is run once to warm up, then `--repeats` times, and the median wall time is reported with the Dice of the
 interpolated slices against the true labels, pooled over all volumes.
 
@@ -23,8 +23,8 @@ from absl import logging
 import nibabel as nib
 import numpy as np
 
-from slicejax import interpolation
 from slicejax.errors import InputError
+from slicejax.study import interpolation
 
 _DATA = flags.DEFINE_string("data", None, "MSD Task04 hippocampus folder (with dataset.json and labelsTr/).")
 _VOLUMES = flags.DEFINE_integer("volumes", 180, "Number of training cases, first ones in dataset.json order.")

@@ -6,7 +6,8 @@
     python bench/memory.py --mode=nifti --root=/work/bench_data/lits_nifti   # once: the same data as NIfTI, 11.4 GB
     python bench/memory.py --mode=launch --root=/work/bench_data/lits_nifti --workdir=RUN --cache=CACHE --json
 
-`generate` writes a slice store (`slicejax.stream`) with LiTS's shape of data: 131 volumes of 74 to 987 slices,
+`generate` writes a slice store (`slicejax.training.inputs.stream`) with LiTS's shape of data: 131 volumes of 74 to 987
+slices,
 58,000 slices in all, at 256 x 256, one channel (float16) and three classes (uint8: background, an ellipse "liver"
 whose size follows the slice, a small "tumour" inside it). It writes the store directly rather than NIfTI files
 that the reader would then preprocess: the training side is what is measured, and 58,000 slices of NIfTI would
@@ -51,13 +52,13 @@ import nibabel as nib  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 import common  # pylint: disable=g-import-not-at-top
-from slicejax import data as data_lib  # pylint: disable=g-import-not-at-top
-from slicejax import mapped  # pylint: disable=g-import-not-at-top
-from slicejax import parallel  # pylint: disable=g-import-not-at-top
-from slicejax import stream  # pylint: disable=g-import-not-at-top
-from slicejax import study  # pylint: disable=g-import-not-at-top
-from slicejax import train  # pylint: disable=g-import-not-at-top
-from slicejax import two_d  # pylint: disable=g-import-not-at-top
+from slicejax.data import load as data_lib  # pylint: disable=g-import-not-at-top
+from slicejax.data import mapped  # pylint: disable=g-import-not-at-top
+from slicejax.study import grid as study  # pylint: disable=g-import-not-at-top
+from slicejax.training.inputs import stream  # pylint: disable=g-import-not-at-top
+from slicejax.training.inputs import two_d  # pylint: disable=g-import-not-at-top
+from slicejax.training import parallel  # pylint: disable=g-import-not-at-top
+from slicejax.training import train  # pylint: disable=g-import-not-at-top
 
 SHAPE = (256, 256)
 NUM_CLASSES = 3

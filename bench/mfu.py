@@ -47,7 +47,7 @@ def _per_dim(value, dims: int) -> tuple:
 
 
 def unet_forward_flops(model, input_shape) -> int:
-  """Convolution FLOPs (2 per multiply-add) of one forward pass of a `slicejax.unet.UNet`.
+  """Convolution FLOPs (2 per multiply-add) of one forward pass of a `slicejax.model.unet.UNet`.
 
   Args:
     model: the UNet (its features, stages, kernel sizes, strides, upsampling and classes are read).
@@ -129,7 +129,9 @@ def training_workload(dims: int, num_models: int, work: dict, network: dict, dty
     (model, tx, state, step, bank, entries): `state` and `entries` stacked `[M, ...]`, `step` the single-model step.
   """
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import three_d, train, two_d  # pylint: disable=g-import-not-at-top
+  from slicejax.training.inputs import three_d
+  from slicejax.training import train
+  from slicejax.training.inputs import two_d  # pylint: disable=g-import-not-at-top
 
   shape, batch_size = tuple(work["shape"]), work["batch_size"]
   config = common.step_config(dims, batch_size=batch_size, **network)
@@ -153,7 +155,7 @@ def measure(dims: int, dtype: str, num_models: int, strategy: str, work: dict, n
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import parallel  # pylint: disable=g-import-not-at-top
+  from slicejax.training import parallel  # pylint: disable=g-import-not-at-top
 
   shape = tuple(work["shape"])
   model, _, state, step, bank, entries = training_workload(dims, num_models, work, network, dtype)

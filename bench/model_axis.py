@@ -36,7 +36,10 @@ def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int,
   """One (strategy, M) run: `strategy` "baseline" (M single-model runs in turn), "auto" or one of the strategies."""
   import jax  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import parallel, three_d, train, two_d  # pylint: disable=g-import-not-at-top
+  from slicejax.training import parallel
+  from slicejax.training.inputs import three_d
+  from slicejax.training import train
+  from slicejax.training.inputs import two_d  # pylint: disable=g-import-not-at-top
 
   work, network = (QUICK_WORKLOADS, QUICK_NETWORK) if quick else (WORKLOADS, NETWORK)
   work = work[dims]
@@ -88,7 +91,7 @@ def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int,
 
 
 def main():
-  from slicejax import parallel  # pylint: disable=g-import-not-at-top
+  from slicejax.training import parallel  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--json", action="store_true", help="print only JSON lines")
   parser.add_argument("--dims", type=int, default=2, choices=(2, 3))

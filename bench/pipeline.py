@@ -5,7 +5,7 @@
     python bench/pipeline.py --json --quick
 
 Workload: M = 8 models with batch 32 of 48 x 64 slices (the hippocampus grid), a base-16, 4-stage U-Net. The
-sampler side is exactly the data half of `slicejax.train.make_train_step` (key folded with the step,
+sampler side is exactly the data half of `slicejax.training.train.make_train_step` (key folded with the step,
 `two_d.batch_sampler`, i.e. `sampler.sample`, then `augment.augment_batch`), mapped over the M models with the
 step's model-axis strategy and returning the batches; the step side is the whole training step. Both are timed as
 M x steps / seconds, in batches (one model's batch) per second; `headroom` = sampler batches/s / step batches/s.
@@ -13,8 +13,8 @@ Inside the real step the sampler's work is part of the step, so a headroom h mea
 the step's time.
 
 The bank is synthetic (180 x 36 random slices, each model annotating a random half) unless `--data` names an MSD
-Task04 folder, whose volumes (`slicejax.data.load_msd`, slicing axis 2, z-score) fill the bank through
-`slicejax.sampler.slice_bank`.
+Task04 folder, whose volumes (`slicejax.data.load.load_msd`, slicing axis 2, z-score) fill the bank through
+`slicejax.training.inputs.sampler.slice_bank`.
 
 Records: one with `"partial": true` and the sampler's rate alone, written before the training step compiles, then
 the complete one.
@@ -36,7 +36,7 @@ def make_data_step(sample_fn, augment_cfg):
     augment_cfg: the config's `train.augment` block.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from slicejax import augment  # pylint: disable=g-import-not-at-top
+  from slicejax.training.inputs import augment  # pylint: disable=g-import-not-at-top
 
   def data_step(state, bank, entries):
     key = jax.random.fold_in(state["rng"], state["step"])
@@ -52,7 +52,8 @@ def load_bank(args, shape):
   """The bank (device arrays) and its number of slices: real volumes from `--data`, else synthetic."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import data, sampler  # pylint: disable=g-import-not-at-top
+  from slicejax.data import load as data
+  from slicejax.training.inputs import sampler  # pylint: disable=g-import-not-at-top
 
   if args.data:
     dataset = data.load_msd(args.data, slicing_axis=2, normalization="zscore", max_cases=args.cases)
@@ -86,7 +87,9 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import parallel, train, two_d  # pylint: disable=g-import-not-at-top
+  from slicejax.training import parallel
+  from slicejax.training import train
+  from slicejax.training.inputs import two_d  # pylint: disable=g-import-not-at-top
 
   config = common.step_config(2, batch_size=args.batch_size, **network)
   bank, num_slices = load_bank(args, shape)

@@ -1,4 +1,4 @@
-"""Wall time of whole study runs through `slicejax.train.train_and_evaluate`, from data loading to the summary.
+"""Wall time of whole study runs through `slicejax.training.train.train_and_evaluate`, from data loading to the summary.
 
     python bench/study.py --json                                   # the demo grid (configs/demo.py)
     python bench/study.py --json --grid hippocampus --data PATH/Task04_Hippocampus
@@ -56,7 +56,7 @@ HIPPOCAMPUS_LOG_EVERY = 10
 
 def grid_config(grid: str, data, quick: bool):
   """The config of one grid and a description of its size."""
-  from slicejax import config_lib  # pylint: disable=g-import-not-at-top
+  from slicejax import config as config_lib  # pylint: disable=g-import-not-at-top
   from slicejax.errors import InputError  # pylint: disable=g-import-not-at-top
 
   if grid == "demo":
@@ -102,7 +102,7 @@ def step_seconds(times: dict, config) -> tuple:
     (the median over the intervals of seconds per step, or None with fewer than two logged steps; whether only
     intervals free of curves and checkpoints were used).
   """
-  from slicejax import train  # pylint: disable=g-import-not-at-top
+  from slicejax.training import train  # pylint: disable=g-import-not-at-top
 
   steps = sorted(times)
   busy = set(train.curve_schedule(config.train.steps, config.eval.curve_points))
@@ -116,7 +116,8 @@ def step_seconds(times: dict, config) -> tuple:
 
 def run_grid(grid: str, data, quick: bool, workdir: pathlib.Path) -> dict:
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import precision, train  # pylint: disable=g-import-not-at-top
+  from slicejax.training import precision
+  from slicejax.training import train  # pylint: disable=g-import-not-at-top
 
   config, size = grid_config(grid, data, quick)
   start = time.perf_counter()
@@ -155,7 +156,10 @@ def extrapolate(measured: dict, models: int, groups: int, steps: int, encoder_s)
 def whole_grid(data, quick: bool, measured: dict, as_json: bool) -> None:
   """Emits the extrapolated time of the default hippocampus 2D grid (`--whole-grid`), first without the encoder."""
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import config_lib, selection, study as study_lib, train  # pylint: disable=g-import-not-at-top
+  from slicejax import config as config_lib
+  from slicejax.study import selection
+  from slicejax.study import grid as study_lib
+  from slicejax.training import train  # pylint: disable=g-import-not-at-top
   from slicejax.errors import InputError  # pylint: disable=g-import-not-at-top
 
   if measured["step_s"] is None:

@@ -1,6 +1,7 @@
 """The slicejax U-Net, loss and optimiser in PyTorch, for `bench/vs_torch.py` only.
 
-Mirrors `slicejax.unet.UNet` with `norm="instance"` and `upsample="resize"`: bias-free convolutions with XLA's "SAME"
+Mirrors `slicejax.model.unet.UNet` with `norm="instance"` and `upsample="resize"`: bias-free convolutions with XLA's
+"SAME"
 padding (asymmetric where XLA pads asymmetrically, so strided convolutions see the same pixels), GroupNorm with
 one channel per group, learnable scale and bias and epsilon 1e-6 (flax's `GroupNorm(group_size=1)`), leaky ReLU
 0.01, strided-conv downsampling, nearest resize (half-pixel centres, as `jax.image.resize`) plus a convolution for
@@ -8,8 +9,9 @@ upsampling, skip concatenation after the upsampled tensor, and a 1 x 1 head with
 `[B, C, H, W]` for 2D and `[B, C, D, H, W]` for 3D. Parameter names follow the flax module names (`down_0_0`,
 `up_1_resize`, `head`), so `load_flax_params` can copy a flax model's parameters for equivalence checks.
 
-The loss and optimiser mirror `slicejax.losses.segmentation_loss` (masked cross-entropy plus soft Dice over the
-foreground classes) and `slicejax.train.make_optimizer` (global-norm clipping, then AdamW with linear warmup and
+The loss and optimiser mirror `slicejax.model.losses.segmentation_loss` (masked cross-entropy plus soft Dice over the
+foreground classes) and `slicejax.training.train.make_optimizer` (global-norm clipping, then AdamW with linear warmup
+and
 cosine decay).
 """
 
@@ -98,7 +100,7 @@ class UNet(nn.Module):
 
 
 def load_flax_params(model: UNet, params) -> None:
-  """Copies the parameters of a `slicejax.unet.UNet(norm="instance", upsample="resize")` into `model`.
+  """Copies the parameters of a `slicejax.model.unet.UNet(norm="instance", upsample="resize")` into `model`.
 
   Args:
     model: a UNet of the same configuration.
@@ -130,7 +132,7 @@ def _divide(total, normalizer):
 
 def segmentation_loss(logits, labels, weights, *, ce_weight: float = 1.0, dice_weight: float = 1.0,
                       smooth: float = 1e-5):
-  """Masked cross-entropy plus soft Dice, as `slicejax.losses.segmentation_loss`.
+  """Masked cross-entropy plus soft Dice, as `slicejax.model.losses.segmentation_loss`.
 
   Args:
     logits: `[B, K, *S]`.

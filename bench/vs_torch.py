@@ -8,8 +8,8 @@ Workload (as bench/model_axis.py): a base-16, 4-stage U-Net with instance norm a
 one input channel; 2D: batch 8 of 128 x 128 slices; 3D: batch 2 of 32 x 64 x 64 patches. One step is forward,
 masked cross-entropy plus soft Dice on an all-ones mask, backward, global-norm clipping and AdamW with the
 warmup-cosine schedule, on one fixed random batch (no sampling or augmentation, so both sides do the same work).
-The JAX step is one jitted function built from `slicejax.train.make_model`, `slicejax.losses` and
-`slicejax.train.make_optimizer`, donating its state; the PyTorch step is eager `bench/torch_unet.py` with
+The JAX step is one jitted function built from `slicejax.training.train.make_model`, `slicejax.model.losses` and
+`slicejax.training.train.make_optimizer`, donating its state; the PyTorch step is eager `bench/torch_unet.py` with
 `torch.set_num_threads(os.cpu_count())` on the CPU (`--torch-threads`), cuDNN autotuning on a GPU. Each framework
 runs in a fresh process (one per framework and dims, timing each dtype in turn). PyTorch's CPU thread pool spins
 while it waits, so it slows down by orders of magnitude when other processes share its cores: time it on an
@@ -63,14 +63,14 @@ def make_jax_step(model, tx, train_cfg):
   """Jitted `step(params, opt_state, images, labels) -> (params, opt_state, loss)` on an all-ones mask.
 
   Args:
-    model: a `slicejax.unet.UNet`.
+    model: a `slicejax.model.unet.UNet`.
     tx: the optax optimiser.
     train_cfg: the `train` block of a config (loss weights).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from slicejax import losses  # pylint: disable=g-import-not-at-top
+  from slicejax.model import losses  # pylint: disable=g-import-not-at-top
 
   def loss_fn(params, images, labels):
     logits = model.apply({"params": params}, images)
@@ -91,7 +91,7 @@ def jax_setup(dims: int, work: dict, dtype: str = "float32"):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
-  from slicejax import train  # pylint: disable=g-import-not-at-top
+  from slicejax.training import train  # pylint: disable=g-import-not-at-top
 
   config = common.step_config(dims, features=work["features"], batch_size=work["batch_size"],
                               stages=work["stages"])

@@ -7,15 +7,16 @@ settings from its fingerprint (as configs/msd.py).
     python launch.py --config=configs/dbc.py --config.data.root=PATH/DBC_v2 --check
     python launch.py --config=configs/dbc.py --config.data.root=PATH/DBC_v2 --workdir=runs/dbc
 
-Derived (see slicejax.fingerprint): the slicing axis (the coarsest, else NIfTI axis 2), the median spacing, z-score
+Derived (see slicejax.config.fingerprint): the slicing axis (the coarsest, else NIfTI axis 2), the median spacing,
+z-score
 normalisation (MRI), a 20% test / 10% validation split. Meant for an accelerator.
 
 Arguments:
   tiny: a small network and a few steps, for tests on generated data.
 """
 
-from slicejax import config_lib
-from slicejax import fingerprint
+from slicejax import config as config_lib
+from slicejax.config import fingerprint
 
 
 def get_config(arg=""):

@@ -2,17 +2,19 @@
 
     python launch.py --config=configs/demo.py --workdir=runs/demo
 
-Generates 60 synthetic MRI-like volumes (40 x 40 x 20-24 voxels, two structures) into WORKDIR/phantom in the MSD
-layout, reads them back through the same reader as real data, and trains 2 budgets x 3 allocations x
-{random, fixed, ual} x 2 seeds = 36 sparse-slice models (budgets 8 and 32, 1, 2 or 8 slices per volume) plus the fully
-annotated reference with a small 2D U-Net, and a 3D group of 4 models (budget 32 at 2 and 8 slices per volume, with
+Generates 60 synthetic MRI-like volumes (40 x 40 x 20-24 voxels, two structures) once, in the MSD layout, into the
+cache (`phantoms/` of `config.data.cache_dir`, the user cache by default; `python -m slicejax.cache` lists it),
+reads them back through the same reader as real data, and trains 2 budgets x 3 allocations x {random, fixed, ual} x
+2 seeds = 36 sparse-slice models (budgets 8 and 32, 1, 2 or 8 slices per volume) plus the fully annotated reference
+with a small 2D U-Net, a group of 2 models selected in 2 rounds (entropy at budget 32, 4 volumes x 8 slices,
+2 seeds: trained twice, once per round), and a 3D group of 4 models (budget 32 at 2 and 8 slices per volume, with
 and without mask interpolation).
 Expected: about 5 minutes on 2 CPU cores; the best sparse cell reaches a mean Dice above 0.8.
 
 Arguments (`configs/demo.py:tiny`): `tiny` shrinks everything for tests (seconds).
 """
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 
 
 def get_config(arg=""):
@@ -26,8 +28,12 @@ def get_config(arg=""):
   config.model.update(features=8, num_stages=3)
   config.train.update(steps=300, batch_size=16, learning_rate=5e-3, warmup_steps=20, log_every=50)
 
-  config.study.update(budgets=(8, 32), slices_per_volume=(1, 2, 8), selections=("random", "fixed", "ual"),
+  config.study.update(budgets=(8, 32), slices_per_volume=(1, 2, 8), selections=("random", "fixed", "ual", "entropy"),
                       seeds=(0, 1), reference=True, reference_seeds=(0,))
+  # One cell selected in rounds (slicejax.training.rounds): entropy at budget 32, 4 volumes x 8 slices, 4 of them by
+  # fixed
+  # interval in round 0 and 4 by the round-0 model's predictive entropy, compared with the one-shot 4 x 8 cells.
+  config.study.update(rounds=(2,), round_budgets=(32,), round_slices_per_volume=(8,))
   # A small 3D group: low and high density at one budget, with and without mask interpolation.
   config.study.dims = (2, 3)
   config.study.three_d.update(budgets=(32,), slices_per_volume=(2, 8), selections=("fixed",),

@@ -1,4 +1,4 @@
-"""Writes sparse annotations as an nnU-Net v2 raw dataset (`slicejax.export`): imagesTr/<case>_<cccc>.nii.gz,
+"""Writes sparse annotations as an nnU-Net v2 raw dataset (`slicejax.modes.export`): imagesTr/<case>_<cccc>.nii.gz,
 labelsTr/<case>.nii.gz with the ignore label on every voxel nobody annotated, and dataset.json.
 
     # a plan's annotations (the filled templates, <case>.nii.gz):
@@ -14,7 +14,7 @@ labelsTr/<case>.nii.gz with the ignore label on every voxel nobody annotated, an
 
 import ml_collections
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 
 
 def get_config(arg=""):

@@ -14,9 +14,17 @@ Arguments:
   reference3d: train only the fully annotated 3D reference (base-8 3D U-Net, 48^3 patches, 2400 steps of batch 2).
   tiny: a few volumes and steps, for tests.
   converged=PART,budget=B: a part of the converged study (docs/hippocampus_study/converged/): PART "grid" at budget B
-    (36, 72, 144 or 288; random and fixed, ual at 36 and 144), "interp" at 72 or 288, or "reference" (3 seeds);
-    base-16 U-Net, batch 16, CONVERGED_STEPS steps for the budget, 5 seeds, validation Dice on all 20 validation
-    volumes at 8 points of training.
+    (36, 72, 144 or 288; random and fixed, ual at 36 and 144), "interp" at 72 or 288, "rounds" at 36 or 144, or
+    "reference" (3 seeds); base-16 U-Net, batch 16, CONVERGED_STEPS steps for the budget, 5 seeds, validation Dice
+    on all 20 validation volumes at 8 points of training.
+    "rounds" is the selection in rounds (`slicejax.training.rounds`) to compare with the grid's one-shot cells of the
+    same
+    budget (the report merges the two workdirs): entropy, ensemble (4 members) and hybrid, 3 rounds (half of each
+    volume's slices by fixed interval in round 0), fixed and free allocation, at 4 and 16 slices per volume where
+    whole; every round trains CONVERGED_STEPS steps from the initialisation, so a point costs 3 trainings (an
+    ensemble point 12). E.g.
+        python launch.py --config=configs/hippocampus.py:converged=rounds,budget=144 --workdir=runs/hippo_rounds_144
+        python -m slicejax.report --workdir=runs/hippo_grid_144 --workdir=runs/hippo_rounds_144 --out=runs/r144
   recipe: the converged study's pilot: the reference and budgets 36 and 288 at 1, 4 and 16 slices per volume,
     random, seeds 0-1, `recipe_steps` (4000) steps of batch 16 with a base-`recipe_features` (8) U-Net, validation
     Dice on all 20 validation volumes every 250 steps.
@@ -32,7 +40,7 @@ than the default grid so that each part runs in about 90 minutes on 2 CPU cores)
     patches.
 """
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 
 # The documented study's training steps (batch 16), chosen from the pilot's learning curves.
 STUDY_STEPS = 300
@@ -44,6 +52,7 @@ CONVERGED_STEPS = {36: 1500, 72: 2000, 144: 3000, 288: 4000}
 CONVERGED_REFERENCE_STEPS = 6000
 CONVERGED_UAL_BUDGETS = (36, 144)  # ual at two budgets
 CONVERGED_INTERP_BUDGETS = (72, 288)  # interpolation on against off at two budgets
+CONVERGED_ROUND_BUDGETS = (36, 144)  # selection in rounds at the budgets where ual runs
 
 
 def get_config(arg=""):
@@ -108,8 +117,10 @@ def get_config(arg=""):
     # One part of the converged study: "grid" (random and fixed, with ual at CONVERGED_UAL_BUDGETS, rho 1, 4 and
     # 16 where whole), "interp" (fixed interval with interpolation at CONVERGED_INTERP_BUDGETS, rho 4 and 16; its
     # "off" cells are the grid's) or "reference" (every slice, 3 seeds), each budget a launch of its own.
-    if arg.converged not in ("grid", "interp", "reference"):
-      raise ValueError(f"converged must be grid, interp or reference, got {arg.converged!r}")
+    if arg.converged not in ("grid", "interp", "rounds", "reference"):
+      raise ValueError(f"converged must be grid, interp, rounds or reference, got {arg.converged!r}")
+    if arg.converged == "rounds" and arg.budget not in CONVERGED_ROUND_BUDGETS:
+      raise ValueError(f"rounds runs at budgets {CONVERGED_ROUND_BUDGETS}, got {arg.budget}")
     config.model.features = CONVERGED["features"]
     steps = CONVERGED_REFERENCE_STEPS if arg.converged == "reference" else CONVERGED_STEPS.get(arg.budget)
     if steps is None:
@@ -122,6 +133,10 @@ def get_config(arg=""):
     if arg.converged == "grid":
       config.study.update(budgets=(arg.budget,), selections=("random", "fixed") + (
           ("ual",) if arg.budget in CONVERGED_UAL_BUDGETS else ()))
+    elif arg.converged == "rounds":
+      config.study.update(budgets=(arg.budget,), slices_per_volume=(4, 16),
+                          selections=("entropy", "ensemble", "hybrid"), rounds=(3,), round_allocation=("fixed", "free"))
+      config.rounds.update(first_selection="fixed", first_share=0.5, warm_start=False, members=4)
     elif arg.converged == "interp":
       config.study.update(budgets=(arg.budget,), slices_per_volume=(4, 16), selections=("fixed",),
                           interpolation=(True,))

@@ -1,4 +1,4 @@
-"""An annotation plan for unlabelled volumes (`slicejax.plan`): which slices of which volumes to annotate, label
+"""An annotation plan for unlabelled volumes (`slicejax.modes.plan`): which slices of which volumes to annotate, label
 templates to annotate in, and a contact sheet to review.
 
     python launch.py --mode=plan --config=configs/plan.py --config.data.root=IMAGES --workdir=PLAN \
@@ -15,7 +15,7 @@ cached).
 Arguments (`configs/plan.py:phantom`): plan on the demo's phantom images (`configs/demo.py`), labels unused.
 """
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 
 
 def get_config(arg=""):

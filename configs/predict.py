@@ -1,4 +1,4 @@
-"""Segments new volumes with a trained model (`slicejax.predict`), writing NIfTI label maps on each input's grid.
+"""Segments new volumes with a trained model (`slicejax.modes.predict`), writing NIfTI label maps on each input's grid.
 
     python launch.py --mode=predict --config=configs/predict.py --config.predict.model=RUN \
         --config.predict.input=IMAGES --workdir=PREDICTIONS [--config.predict.probabilities=True]
@@ -10,7 +10,7 @@ Writes PREDICTIONS/<case>.nii.gz (and <case>_probabilities.nii.gz). Expected: se
 
 import ml_collections
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 
 
 def get_config(arg=""):

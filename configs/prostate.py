@@ -16,7 +16,7 @@ Arguments:
   tiny: small shapes and steps, for tests on a generated two-channel dataset.
 """
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 
 
 def get_config(arg=""):

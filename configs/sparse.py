@@ -4,9 +4,10 @@
     python launch.py --config=configs/sparse.py --config.data.root=DATASET --workdir=RUN
 
 The models train on the slices that hold annotated voxels (ignore-label voxels weigh 0 in the loss); a volume without
-any is left out with a warning (`slicejax.sparse`). RUN keeps the checkpoint, config.json and model.json, which
+any is left out with a warning (`slicejax.study.sparse`). RUN keeps the checkpoint, config.json and model.json, which
 `--mode=predict` reads. The split holds one test volume, scored on its labels (`--config.data.split.test`), and every
-other volume trains (`data.split.train` 0), so it fits a dataset of any size from 2 volumes. The network and schedule are
+other volume trains (`data.split.train` 0), so it fits a dataset of any size from 2 volumes. The network and schedule
+are
 the demo's (`configs/demo.py`): about 1 minute on 2 CPU cores for 300 steps in 2D, about 40 s in 3D (docs/annotate.md's
 worked example: 15 volumes x 2 planes).
 
@@ -15,11 +16,11 @@ shape, normalisation; `--check` lists them, and each key can be set instead); th
 config's own.
 
 Arguments (`configs/sparse.py:3d`): a 3D U-Net on patches instead of the 2D one; a patch centred on a plane annotated
-in part is placed on one of its annotated voxels (`slicejax.patches`).
+in part is placed on one of its annotated voxels (`slicejax.training.inputs.patches`).
 """
 
-from slicejax import config_lib
-from slicejax import fingerprint
+from slicejax import config as config_lib
+from slicejax.config import fingerprint
 
 
 def get_config(arg=""):

@@ -5,7 +5,7 @@
     python -m slicejax.cache --prune --dataset=Task04          # remove the entries of datasets matching "Task04"
     python -m slicejax.cache --prune --kind=jax                # remove compiled programs
 
-The folder is `$SLICEJAX_CACHE`, else the user cache (`slicejax.data.default_cache_dir`), or `--dir`. It holds:
+The folder is `$SLICEJAX_CACHE`, else the user cache (`slicejax.data.load.default_cache_dir`), or `--dir`. It holds:
   * `volumes/`: preprocessed volumes, one `.npz` per case and settings, recording the dataset folder they came from
     (entries written before that record show the dataset as "?");
   * `encoder/`: trained UAL slice encoders and their embeddings, one folder per dataset pool and encoder config
@@ -29,7 +29,8 @@ from absl import flags
 import numpy as np
 
 from slicejax import console
-from slicejax import data as data_lib
+from slicejax.data import load as data_lib
+from slicejax.errors import exit_with
 from slicejax.errors import InputError
 
 KINDS = ("volumes", "encoder", "phantoms", "jax")
@@ -162,8 +163,7 @@ def main(argv):
     if _OLDER.value is None and not _DATASET.value and not _KIND.value:
       raise InputError("--prune", "say what to remove: --older_than_days, --dataset and/or --kind")
   except InputError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    exit_with(err)
   console.say(f"removed {len(chosen)} of {len(found)} entries, {_human(prune(chosen))} freed from {folder}")
 
 

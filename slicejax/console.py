@@ -189,7 +189,8 @@ class GroupProgress:
   Call `update` after the group's first step (it blocks on that step's loss, so its time is compilation plus one
   step, kept apart from the steady seconds per step), at every log step and whenever `due` (at least every
   `HEARTBEAT_SECONDS` of wall time, so a slow run never goes quiet between log steps), `phase` when the group moves
-  to a validation curve or its evaluation, then `finish` (or use it as a context manager). A line, e.g. `group 0: 8 models  step 120/200  loss median 0.4321 worst 1.234 (1 diverged)  ETA 1m50s
+  to a validation curve or its evaluation, then `finish` (or use it as a context manager). A line, e.g. `group 0: 8
+  models  step 120/200  loss median 0.4321 worst 1.234 (1 diverged)  ETA 1m50s
   incl. 40s eval  0.125 s/step, first step 12.3s`, puts the ETA before the rates because a narrow terminal cuts
   the end. The ETA is the remaining steps at the steady rate plus `eval_seconds` ("+ eval" when that is unknown).
 

@@ -46,8 +46,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from slicejax import files
+from slicejax.errors import error_line
+from slicejax.errors import exit_with
 from slicejax.errors import InputError
+from slicejax import files
 
 MIRROR = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 PARTIAL = ".partial"
@@ -423,18 +425,17 @@ def run(task, dest, **options) -> int:
       raise InputError("--task and --dest", "required")
     download_task(task, dest, **options)
   except InputError as err:
-    print(f"error: {err}", file=sys.stderr)
+    error_line(err)
     return 2
   except DownloadError as err:
-    print(f"error: {err}", file=sys.stderr)
+    error_line(err)
     return 1
   return 0
 
 
 def main(argv):
   if len(argv) > 1:
-    print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
-    sys.exit(2)
+    exit_with(f"unexpected arguments {' '.join(argv[1:])}")
   sys.exit(run(_TASK.value, _DEST.value, url=_URL.value, md5=_MD5.value, sha256=_SHA256.value,
                timeout=_TIMEOUT.value, retries=_RETRIES.value))
 

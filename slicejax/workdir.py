@@ -9,8 +9,9 @@ Conventions:
   never taken over.
 - `check_config` ties a workdir to one resolved config (`WORKDIR/config.json`, a JSON object of nested dicts). A
   rerun with the same config resumes; a different config is refused, or, with `fresh=True`, gets its own subfolder
-  `WORKDIR/run_<n>`. Configs are compared as JSON values, so tuples and lists of the same items are equal. A run that
-  has trained nothing yet (no row in `results.jsonl`, nothing under `checkpoints/`, e.g. a launch that failed in its
+  `WORKDIR/run_<n>`. Configs are compared as JSON values, so tuples and lists of the same items are equal, and a key
+  that a later version of slicejax added counts as equal when the run's config.json lacks it and the new config holds
+  its default (`defaults`): an upgrade keeps every run resumable. A run that has trained nothing yet (no row in `results.jsonl`, nothing under `checkpoints/`, e.g. a launch that failed in its
   setup) is no finished run: a different config replaces its config.json and runs there.
 """
 
@@ -25,8 +26,8 @@ from typing import Mapping
 
 from absl import logging
 
-from slicejax import files
 from slicejax.errors import InputError
+from slicejax import files
 
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
@@ -177,6 +178,22 @@ def _flatten(tree, prefix: str = "") -> dict:
   return out
 
 
+def _differences(stored: Mapping, config: Mapping, defaults) -> list:
+  """`differing_keys(stored, config)` less the keys `stored` lacks whose values in `config` are their `defaults`
+  (keys added to slicejax after the run started)."""
+  keys = differing_keys(stored, config)
+  if defaults is None:
+    return keys
+  flat_stored, flat_config, flat_defaults = _flatten(stored), _flatten(config), _flatten(defaults)
+  missing = object()
+  return [key for key in keys if key in flat_stored or flat_config[key] != flat_defaults.get(key, missing)]
+
+
+def _same(stored, config: dict, defaults) -> bool:
+  """`stored` (a config.json, or None when unreadable) describes the run of `config`."""
+  return stored == config or (stored is not None and not _differences(stored, config, defaults))
+
+
 def differing_keys(a: Mapping, b: Mapping) -> list:
   """Sorted dotted keys whose values differ between two nested JSON-like dicts (present in one only counts)."""
   flat_a, flat_b = _flatten(a), _flatten(b)
@@ -230,7 +247,7 @@ def _run_number(path: pathlib.Path):
   return None
 
 
-def check_config(workdir, resolved: Mapping, *, fresh: bool = False) -> pathlib.Path:
+def check_config(workdir, resolved: Mapping, *, fresh: bool = False, defaults: Mapping | None = None) -> pathlib.Path:
   """Ties `workdir` to the resolved config and returns the folder the run writes to.
 
   Args:
@@ -239,6 +256,8 @@ def check_config(workdir, resolved: Mapping, *, fresh: bool = False) -> pathlib.
     fresh: when `workdir` holds a run of a different config that has result rows or checkpoints, run in a
       subfolder `workdir/run_<n>` instead of failing: the one that holds this config (so rerunning a `fresh` launch
       resumes it), else the first that holds a config but has trained nothing, else a new one.
+    defaults: the defaults of every key, as nested dicts (`config.base()`): a stored config that lacks keys the
+      resolved one holds at their defaults still holds this config.
 
   Returns:
     `workdir` when it has no config.json yet (which is then written), holds this config (a resume), or holds a
@@ -258,7 +277,8 @@ def check_config(workdir, resolved: Mapping, *, fresh: bool = False) -> pathlib.
     logging.info("New run in %s.", workdir)
     return workdir
   stored = _stored_config(path)
-  if stored == config:
+  defaults = None if defaults is None else _as_json_value(defaults)
+  if _same(stored, config, defaults):
     logging.info("Resuming the run in %s (same config).", workdir)
     return workdir
   # An unreadable config.json may not be ours; it is never replaced.
@@ -269,13 +289,13 @@ def check_config(workdir, resolved: Mapping, *, fresh: bool = False) -> pathlib.
     if stored is None:
       problem = "cannot be read as a JSON config object"
     else:
-      problem = f"holds a different config (keys differ: {_describe(differing_keys(stored, config))})"
+      problem = f"holds a different config (keys differ: {_describe(_differences(stored, config, defaults))})"
     raise InputError(str(path), f"{problem}; rerun with --fresh to start a new run in a subfolder")
 
   runs = sorted((n, p) for p in workdir.iterdir() if p.is_dir() and (n := _run_number(p)) is not None)
   stored_runs = [(folder, _stored_config(folder / CONFIG_NAME)) for _, folder in runs]
   for folder, stored in stored_runs:
-    if stored == config:
+    if _same(stored, config, defaults):
       logging.info("Resuming the run in %s (same config).", folder)
       return folder
   for folder, stored in stored_runs:

@@ -23,11 +23,11 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from slicejax import config_lib  # noqa: E402
-from slicejax import parallel  # noqa: E402
-from slicejax import sampler  # noqa: E402
-from slicejax import train  # noqa: E402
-from slicejax import two_d  # noqa: E402
+from slicejax import config as config_lib  # noqa: E402
+from slicejax.training.inputs import sampler  # noqa: E402
+from slicejax.training.inputs import two_d  # noqa: E402
+from slicejax.training import parallel  # noqa: E402
+from slicejax.training import train  # noqa: E402
 
 STEPS, SHAPE, BATCH = 3, (8, 8), 4
 # (models, mesh, local strategy): every model on its own device; inert copies, a data axis and vmap on each device

@@ -4,8 +4,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from slicejax import augment
+from slicejax.training.inputs import augment
 
 
 def _batch():
@@ -29,6 +30,7 @@ def _over_keys(cfg, images, labels, weights, draws, seed):
   return run(jax.random.split(jax.random.key(seed), draws))
 
 
+@pytest.mark.slow
 def test_all_off_is_identity():
   batch = _batch()
   out = augment.augment_batch(jax.random.key(0), *batch, _cfg())
@@ -36,6 +38,7 @@ def test_all_off_is_identity():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_flip_always_flips_both_plane_axes():
   images, labels, weights = _batch()
   out = augment.augment_batch(jax.random.key(1), images, labels, weights, _cfg(flip_prob=1.0))
@@ -57,6 +60,7 @@ def test_identity_affine_and_intensity_range():
   assert np.all((ratio >= 0.9 - 1e-6) & (ratio <= 1.1 + 1e-6))
 
 
+@pytest.mark.slow
 def test_quarter_turn_moves_labels_with_image_and_zeroes_outside():
   labels = jnp.zeros((1, 5, 5), jnp.int32).at[0, 0, 2].set(1)
   images = labels[..., None].astype(jnp.float32)
@@ -75,6 +79,7 @@ def test_quarter_turn_moves_labels_with_image_and_zeroes_outside():
   assert shrunk[0, 2, 2] == 1.0 and shrunk[0, 0, 0] == 0.0 and shrunk[0, 4, 4] == 0.0
 
 
+@pytest.mark.slow
 def test_flip_after_zoom_flips_the_zoomed_slice():
   # A 2x zoom-out of a 5x5 slice keeps the centre 3x3 (weight 1) and a flip of both axes mirrors it: the bright
   # off-centre pixel at (1, 1) reads input (0, 0) unflipped and must appear at (3, 3) once flipped.
@@ -89,6 +94,7 @@ def test_flip_after_zoom_flips_the_zoomed_slice():
     np.testing.assert_array_equal(a, b[:, ::-1, ::-1])
 
 
+@pytest.mark.slow
 def test_3d_patch_is_warped_plane_by_plane_like_2d_slices():
   images, labels, weights = _batch()
   cfg = _cfg(affine_prob=1.0, rotate_degrees=0.0, scale_range=(0.75, 0.75))
@@ -100,6 +106,7 @@ def test_3d_patch_is_warped_plane_by_plane_like_2d_slices():
   np.testing.assert_array_equal(patch[2][0], slices[2])
 
 
+@pytest.mark.slow
 def test_3d_augmentation_never_moves_planes():
   # Patches `[4, 16, 24, 24, 1]` whose image and label are the plane index d.
   depth = jnp.broadcast_to(jnp.arange(16)[:, None, None], (4, 16, 24, 24))
@@ -126,6 +133,7 @@ def _warped(cfg, batch, draws, seed):
   return np.asarray(jnp.any(out_images != images, axis=(2, 3, 4)))
 
 
+@pytest.mark.slow
 def test_affine_prob_is_a_per_example_bernoulli_draw():
   # Flips and intensity are off, so an example changes exactly when it is warped. 4096 examples at each batch size:
   # the realised fraction is within 4 binomial standard deviations (0.029) of p, also at batch 1 and 2.

@@ -22,9 +22,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicejax import config_lib
-from slicejax import phantom
+from slicejax import config as config_lib
+from slicejax.data import phantom
 import launch_forks
+
+pytestmark = pytest.mark.slow  # every test here runs for seconds: launches, subprocesses or whole reports
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CASE = "phantom_003.nii.gz"
@@ -144,7 +146,7 @@ CASES = [
     ("budget_as_text", ("--config.study.budgets=('6',)",),
      "config.study.budgets: must be a tuple of positive integers, got ('6',)"),
     ("unknown_selection", ("--config.study.selections=('nope',)",),
-     "config.study.selections: must name modules of slicejax/selection (annotated, fixed, random, ual), got 'nope'"),
+     "config.study.selections: must name modules of slicejax/study/selection (annotated, ensemble, entropy, fixed, hybrid, random, ual), got 'nope'"),
     ("reversed_roi", ("--config.study.roi=(0.6, 0.4)",),
      "config.study.roi: must be () or two fractions (lo, hi) with 0 <= lo < hi <= 1, got (0.6, 0.4)"),
     ("negative_interpolation_weight", ("--config.interpolation.weight=-1",),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from slicejax import cache
-from slicejax import data
-from slicejax import phantom
+from slicejax.data import load as data
+from slicejax.data import phantom
 
 
 @pytest.fixture()
@@ -55,6 +55,7 @@ def test_entries_name_their_dataset_and_prune_selects(filled):
   np.testing.assert_array_equal(np.asarray(mapped.volumes[0].label), fresh.volumes[0].label)
 
 
+@pytest.mark.slow
 def test_the_command_lists_and_refuses_in_one_line(filled):
   folder, (first, _) = filled
   run = lambda *flags: subprocess.run([sys.executable, "-m", "slicejax.cache", f"--dir={folder}", *flags],

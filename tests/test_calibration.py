@@ -1,5 +1,6 @@
 """The report's comparisons are calibrated: simulated studies with a known truth (seed effects, volume effects shared
-by every seed, cell effects; `slicejax.calibration`) run through `report.paired_comparisons`, at 3, 5 and 10 seeds.
+by every seed, cell effects; `slicejax.report.calibration`) run through `report.paired_comparisons`, at 3, 5 and 10
+seeds.
 
 2,000 studies per case: a true rate of 0.05 has a standard error of 0.005 there, so the bounds (false verdicts at
 most 0.07 under the null, coverage of a true +0.02 at least 0.93) sit 4 standard errors from the nominal 0.05 and
@@ -8,12 +9,13 @@ most 0.07 under the null, coverage of a true +0.02 at least 0.93) sit 4 standard
 
 import pytest
 
-from slicejax import calibration
+from slicejax.report import calibration
 
 REPLICATES = 2000
 
 
 @pytest.mark.parametrize("num_seeds", [3, 5, 10])
+@pytest.mark.slow
 def test_false_verdicts_under_the_null(num_seeds):
   out = calibration.calibrate(num_seeds, 0.0, REPLICATES, seed=100 + num_seeds)
   assert out["false_rate"] <= 0.07
@@ -21,6 +23,7 @@ def test_false_verdicts_under_the_null(num_seeds):
 
 
 @pytest.mark.parametrize("num_seeds", [3, 5, 10])
+@pytest.mark.slow
 def test_coverage_of_a_true_difference(num_seeds):
   out = calibration.calibrate(num_seeds, 0.02, REPLICATES, seed=200 + num_seeds)
   assert out["coverage"] >= 0.93

@@ -1,4 +1,4 @@
-"""Tests for slicejax.checkpoint: background saves, exact restores, pruning, donation safety, unfinished saves."""
+"""Tests for slicejax.training.checkpoint: background saves, exact restores, pruning, donation safety, unfinished saves."""
 
 from etils import epath
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from slicejax import checkpoint
+from slicejax.training import checkpoint
 
 
 def _state(step: int) -> dict:

@@ -1,14 +1,19 @@
 """Tests for config_lib.validate: every config in configs/ passes, and each bad value gets one exact message."""
 
+import pathlib
+import subprocess
+import sys
+import textwrap
+
 import ml_collections
 import pytest
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 from slicejax.errors import InputError
 
 # Every documented variant of the configs in configs/.
 CONFIGS = ["demo.py", "demo.py:tiny", "hippocampus.py", "hippocampus.py:reference", "hippocampus.py:reference3d",
-           "hippocampus.py:tiny", "prostate.py", "prostate.py:tiny"]
+           "hippocampus.py:tiny", "hippocampus.py:converged=rounds,budget=144", "prostate.py", "prostate.py:tiny"]
 MISSING = object()
 # The base of every case is the tiny demo: phantom source (12 cases split 8 + 1 + 3), a 2-stage 4-feature U-Net,
 # 6 steps with 2 warmup, budget 8 at 1 or 2 slices per volume, selections random and fixed, dims (2,); its 3D grid
@@ -101,8 +106,19 @@ BAD = [
     ({"study.budgets": (8.5,)}, "config.study.budgets: must be a tuple of positive integers, got (8.5,)"),
     ({"study.slices_per_volume": (0,)},
      "config.study.slices_per_volume: must be a tuple of positive integers, got (0,)"),
+    # selection in rounds
+    ({"study.rounds": (1,)}, "config.study.rounds: must be a non-empty tuple of integers >= 2, got (1,)"),
+    ({"study.round_allocation": ("both",)},
+     'config.study.round_allocation: must be a non-empty subset of ("fixed", "free"), got (\'both\',)'),
+    ({"study.selections": ("entropy",), "rounds.first_selection": "ensemble"},
+     "config.rounds.first_selection: must be a one-shot selection (random, fixed or ual), got 'ensemble'"),
+    ({"study.selections": ("entropy",), "rounds.first_share": 1.0},
+     "config.rounds.first_share: must be in (0, 1), got 1.0"),
+    ({"study.selections": ("ensemble",), "rounds.members": 1}, "config.rounds.members: must be >= 2, got 1"),
+    ({"study.dims": (2, 3), "study.three_d.selections": ("hybrid",)},
+     "config.study.three_d.selections: 'hybrid' selects in rounds, which only 2D points do"),
     ({"study.selections": ("nope",)},
-     "config.study.selections: must name modules of slicejax/selection (annotated, fixed, random, ual), got 'nope'"),
+     "config.study.selections: must name modules of slicejax/study/selection (annotated, ensemble, entropy, fixed, hybrid, random, ual), got 'nope'"),
     ({"study.selections": ("random", 1)}, "config.study.selections: must be a tuple of selection names, got "
      "('random', 1)"),
     ({"study.interpolation": ("yes",)}, "config.study.interpolation: must be a tuple of booleans, got ('yes',)"),
@@ -117,7 +133,7 @@ BAD = [
      "config.study.roi: must be () or two fractions (lo, hi) with 0 <= lo < hi <= 1, got (0.2, 1.2)"),
     ({"study.three_d.budgets": (0,)}, "config.study.three_d.budgets: must be a tuple of positive integers, got (0,)"),
     ({"study.three_d.selections": ("nope",)},
-     "config.study.three_d.selections: must name modules of slicejax/selection (annotated, fixed, random, ual), got 'nope'"),
+     "config.study.three_d.selections: must name modules of slicejax/study/selection (annotated, ensemble, entropy, fixed, hybrid, random, ual), got 'nope'"),
     ({"study.three_d.reference": True},
      "config.study.three_d.reference: must be () or a one-item tuple (True,) or (False,), got True"),
     ({**WITH_3D, "study.three_d.seeds": (), "study.seeds": ()},
@@ -226,3 +242,34 @@ def test_bad_value_is_named_with_what_is_allowed(overrides, message):
 @pytest.mark.parametrize("overrides", GOOD, ids=[", ".join(o) for o in GOOD])
 def test_allowed_values_and_unused_blocks_pass(overrides):
   config_lib.validate(_config(overrides))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configs are data: they load, and their values are checked, without JAX.
+# ---------------------------------------------------------------------------------------------------------------------
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_every_config_loads_without_importing_jax():
+  code = textwrap.dedent("""
+      import glob, importlib.util, sys
+      from slicejax import config as config_lib
+      for path in sorted(glob.glob("configs/*.py")):
+        spec = importlib.util.spec_from_file_location(path, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.get_config()
+      config_lib.validate(config_lib.load("configs/demo.py:tiny"))
+      print(sorted(m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "flax", "optax")))
+  """)
+  out = subprocess.run([sys.executable, "-c", code], cwd=_REPO, capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
+
+
+def test_check_refuses_a_bad_value_before_jax_is_imported():
+  # With JAX made unimportable, `--check`'s config stage still ends with the config's one-line error.
+  code = ("import runpy, sys; sys.modules['jax'] = None; sys.argv = ['launch.py', '--config=configs/demo.py:tiny', "
+          "'--config.train.steps=0', '--check']; runpy.run_path('launch.py', run_name='__main__')")
+  out = subprocess.run([sys.executable, "-c", code], cwd=_REPO, capture_output=True, text=True)
+  assert (out.returncode, out.stderr.strip().splitlines()[-1]) == (2, "error: config.train.steps: must be >= 1, got 0")

@@ -60,6 +60,7 @@ def test_setup_logging_twice_keeps_one_filter(absl_handler):
   assert not absl_handler.filter(record(std_logging.INFO, ORBAX_FILE))
 
 
+@pytest.mark.slow
 def test_absl_program_console(tmp_path):
   """A real absl program: the filter works on absl's handler and reads --verbosity / -v."""
   (tmp_path / "fakelib.py").write_text(textwrap.dedent("""\
@@ -239,6 +240,7 @@ def test_plot_curves_without_curves(tmp_path):
   assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_imports_without_tensorflow(tmp_path):
   script = textwrap.dedent(f"""\
       import importlib.abc

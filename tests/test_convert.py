@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicejax import data
 from slicejax.convert import atlas
 from slicejax.convert import lits
+from slicejax.data import load as data
 from slicejax.errors import InputError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -184,7 +184,7 @@ def test_dbc_inconsistent_slice_spacing_is_one_line_exit_2(tmp_path):
 
 
 def test_lits_config_derives_ct_normalisation_from_the_converted_folder(tmp_path):
-  from slicejax import config_lib
+  from slicejax import config as config_lib
   _lits(tmp_path / "src")
   lits.convert_lits(tmp_path / "src", tmp_path / "dst")
   config = config_lib.load("configs/lits.py:tiny")

@@ -10,8 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicejax import data
-from slicejax import phantom
+from slicejax.data import layouts
+from slicejax.data import load as data
+from slicejax.data import nifti
+from slicejax.data import normalize
+from slicejax.data import phantom
 from slicejax.errors import InputError
 
 AFFINE = np.array([[0.5, 0., 0., -3.], [0., 0.75, 0., 4.], [0., 0., 2., 1.5], [0., 0., 0., 1.]])
@@ -79,24 +82,15 @@ def test_axes_spacing_and_save_label_round_trip(tmp_path, axis, spacing):
   assert vol.slicing_axis == axis and vol.original_shape == (3, 4, 5)
   np.testing.assert_array_equal(vol.affine, AFFINE)
 
+  # A prediction back in NIfTI order, written on the case's label file, lands on the file's axes and affine.
   prediction = (vol.label + 1) % 3
-  out = data.save_label(tmp_path / "pred" / "case_b.nii.gz", prediction, vol)
+  out = nifti.save_like(tmp_path / "pred" / "case_b.nii.gz", data.to_nifti_order(prediction, axis),
+                        nifti.load(root / "labelsTr" / "case_b.nii.gz"))
   back = nib.load(str(out))
   np.testing.assert_array_equal(np.asanyarray(back.dataobj), np.moveaxis(prediction, 0, axis))
   assert np.asanyarray(back.dataobj).dtype == np.uint8
   np.testing.assert_array_equal(back.affine, AFFINE)
   assert list(out.parent.iterdir()) == [out]
-
-
-def test_save_label_keeps_large_and_negative_values(tmp_path):
-  root = _write_dataset(tmp_path / "ds", {"c": _case()})
-  vol = data.load_msd(root).volumes[0]
-  prediction = np.full(vol.label.shape, -7, np.int64)
-  prediction[0, 0, 0] = 40000
-  back = np.asanyarray(nib.load(str(data.save_label(tmp_path / "p.nii.gz", prediction, vol))).dataobj)
-  np.testing.assert_array_equal(back, np.moveaxis(prediction, 0, 2))
-  with pytest.raises(ValueError):
-    data.save_label(tmp_path / "q.nii.gz", prediction[:1], vol)
 
 
 def test_four_d_image_is_channels_last_and_normalised_per_channel(tmp_path):
@@ -113,21 +107,21 @@ def test_four_d_image_is_channels_last_and_normalised_per_channel(tmp_path):
 
 def test_zscore_and_ct_values_by_hand():
   image = np.array([0., 2., 2., 0.]).reshape(4, 1, 1, 1)
-  np.testing.assert_array_equal(data.normalize(image, "zscore")[:, 0, 0, 0], [-1., 1., 1., -1.])
-  np.testing.assert_array_equal(data.normalize(np.full((2, 1, 1, 1), 7.), "zscore"), np.zeros((2, 1, 1, 1)))
+  np.testing.assert_array_equal(normalize.normalize(image, "zscore")[:, 0, 0, 0], [-1., 1., 1., -1.])
+  np.testing.assert_array_equal(normalize.normalize(np.full((2, 1, 1, 1), 7.), "zscore"), np.zeros((2, 1, 1, 1)))
   hu = np.array([-2000., -1000., 0., 500., 3000.]).reshape(5, 1, 1, 1)
-  np.testing.assert_array_equal(data.normalize(hu, "ct", (-1000., 1000.))[:, 0, 0, 0], [-1., -1., 0., 0.5, 1.])
+  np.testing.assert_array_equal(normalize.normalize(hu, "ct", (-1000., 1000.))[:, 0, 0, 0], [-1., -1., 0., 0.5, 1.])
 
 
 def test_normalised_values_are_rounded_once_to_float16():
   # [0, 0, 0, 3]: mean 0.75, std sqrt(27) / 4, so z = -1 / sqrt(3) (three times) and sqrt(3).
-  z = data.normalize(np.array([0., 0., 0., 3.]).reshape(4, 1, 1, 1), "zscore")[:, 0, 0, 0]
+  z = normalize.normalize(np.array([0., 0., 0., 3.]).reshape(4, 1, 1, 1), "zscore")[:, 0, 0, 0]
   assert z.dtype == np.float16
   # sqrt(3) = 1.7320508 lies between the float16 neighbours 1.7314453 and 1.7324219 (spacing 2**-10).
   np.testing.assert_array_equal(z.astype(np.float64), [-0.5771484375] * 3 + [1.732421875])
   np.testing.assert_allclose(z.astype(np.float64), [-3 ** -0.5] * 3 + [3 ** 0.5], rtol=2.**-11)
   # One HU above the centre of a 2000 HU window is 0.001, stored as 0.0010004: a relative error of 4e-4 < 2**-11.
-  hu = data.normalize(np.array([1.]).reshape(1, 1, 1, 1), "ct", (-1000., 1000.))
+  hu = normalize.normalize(np.array([1.]).reshape(1, 1, 1, 1), "ct", (-1000., 1000.))
   assert float(hu.item()) == 0.0010004043579101562
 
 
@@ -727,22 +721,22 @@ def test_nnunet_v2_bad_input(tmp_path, problem, fragment):
 
 
 def test_one_layout_detector_for_a_dataset_json_with_both_layouts_keys(tmp_path):
-  from slicejax import nifti  # the plan and predict modes' reader
+  from slicejax.data import nifti  # the plan and predict modes' reader
   both = lambda meta: meta.update(modality={"0": "T2", "1": "ADC"}, channel_names={"0": "T2", "1": "ADC"})
   # MSD: a training list of 4D images, plus nnU-Net v2's channel_names.
   msd = phantom.write_phantom(tmp_path / "msd", num_cases=3, shape=(16, 16, 8), num_channels=2)
   meta = json.loads((msd / "dataset.json").read_text())
   both(meta)
   (msd / "dataset.json").write_text(json.dumps(meta))
-  assert data.detect_layout(msd / "dataset.json", meta)[0] == data.MSD
+  assert layouts.detect_layout(msd / "dataset.json", meta)[0] == layouts.MSD
   # nnU-Net v2: channel files, plus MSD's modality.
   image, label = _case()
   v2 = _write_v2(tmp_path / "v2", {"c": ([image, image], label)}, {"background": 0, "a": 1, "b": 2})
   meta_v2 = json.loads((v2 / "dataset.json").read_text())
   both(meta_v2)
   (v2 / "dataset.json").write_text(json.dumps(meta_v2))
-  layout, why = data.detect_layout(v2 / "dataset.json", meta_v2)
-  assert layout == data.NNUNET and "channel files" in why
+  layout, why = layouts.detect_layout(v2 / "dataset.json", meta_v2)
+  assert layout == layouts.NNUNET and "channel files" in why
   # Every mode reads each folder the same way: training and --check (index_msd), plan and predict (index_images).
   for root, cases in ((msd, ["phantom_000", "phantom_001", "phantom_002"]), (v2, ["c"])):
     index = data.index_msd(root)

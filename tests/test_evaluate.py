@@ -9,13 +9,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from slicejax import data
-from slicejax import evaluate
-from slicejax import metrics
-from slicejax import parallel
-from slicejax import sliding_window
-from slicejax import three_d
-from slicejax import two_d
+from slicejax.data import load as data
+from slicejax.evaluation import evaluate
+from slicejax.evaluation import metrics
+from slicejax.evaluation import sliding_window
+from slicejax.training.inputs import three_d
+from slicejax.training.inputs import two_d
+from slicejax.training import parallel
 
 K = 3
 
@@ -107,6 +107,7 @@ def _config(**eval_sizes):
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "loop", "mesh"])
+@pytest.mark.slow
 def test_2d_counts_equal_numpy_path_with_padding_and_cropping(strategy):
   # In-plane shape (6, 6): case_0 is padded along both axes, case_1 centre-cropped along W (offset 2) and padded
   # along H, case_2 cropped along both. Depths 3 + 5 + 2 = 10 slices in chunks of 4 that straddle the volumes.
@@ -138,7 +139,7 @@ def test_2d_counts_equal_numpy_path_with_padding_and_cropping(strategy):
 
 
 def _numpy_sliding_window(model, p, image, patch, overlap):
-  """The volume's logits, blended window by window in float64 (`slicejax.sliding_window`'s rule)."""
+  """The volume's logits, blended window by window in float64 (`slicejax.evaluation.sliding_window`'s rule)."""
   gaussian = sliding_window.gaussian_weights(patch).astype(np.float64)
   total, norm = np.zeros(image.shape[:3] + (K,)), np.zeros(image.shape[:3])
   per_axis = [sliding_window.window_starts(s, q, overlap) for s, q in zip(image.shape[:3], patch)]
@@ -149,6 +150,7 @@ def _numpy_sliding_window(model, p, image, patch, overlap):
   return total / norm[..., None]
 
 
+@pytest.mark.slow
 def test_3d_counts_equal_numpy_path_and_compile_once():
   # Patch (4, 4, 4); volumes of five sizes, two of them smaller than the patch along an axis. All are padded to
   # bucket_shape of the largest extent (9, 10, 6) -> (10, 10, 6).
@@ -180,6 +182,7 @@ def test_3d_counts_equal_numpy_path_and_compile_once():
 
 
 @pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.slow
 def test_segmenter_labels_give_the_predictors_counts(dims):
   # The test split is scored from label maps on the volumes' own grids; their counts must be the device counts.
   num_models = 2

@@ -1,4 +1,4 @@
-"""nnU-Net v2 export (`slicejax.export`): the raw layout, the ignore label, checks of annotation files, reading the
+"""nnU-Net v2 export (`slicejax.modes.export`): the raw layout, the ignore label, checks of annotation files, reading the
 export back as a dataset with an ignore label, and nnU-Net v2's own integrity check (nnunetv2 is in the test extra;
 the check is skipped where it is not installed, except under CI=true, where it fails)."""
 
@@ -10,14 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicejax import config_lib
-from slicejax import data as data_lib
-from slicejax import export
-from slicejax import nifti
-from slicejax import phantom
-from slicejax import plan as plan_lib
-from slicejax import resample
+from slicejax import config as config_lib
+from slicejax.data import load as data_lib
+from slicejax.data import nifti
+from slicejax.data import phantom
+from slicejax.data import resample
 from slicejax.errors import InputError
+from slicejax.modes import export
+from slicejax.modes import plan as plan_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -94,6 +94,7 @@ def test_an_ignore_label_that_is_not_the_highest_is_refused(tmp_path):
     nifti.index_images(tmp_path)
 
 
+@pytest.mark.slow
 def test_nnunet_integrity_check(planned, tmp_path):
   if os.environ.get("CI") != "true":  # CI installs the test extra: there a missing nnunetv2 fails in `export.verify`
     pytest.importorskip("nnunetv2")

@@ -1,4 +1,4 @@
-"""Tests for slicejax.fingerprint and configs/msd.py: derived settings, and runs on generated datasets that no config
+"""Tests for slicejax.config.fingerprint and configs/msd.py: derived settings, and runs on generated datasets that no config
 was written for (MSD and nnU-Net v2 layouts, two channels, three classes)."""
 
 import json
@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicejax import config_lib
-from slicejax import data
-from slicejax import fingerprint
-from slicejax import results
+from slicejax import config as config_lib
+from slicejax.config import fingerprint
+from slicejax.data import load as data
+from slicejax.report import results
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -146,6 +146,7 @@ def test_sparse_config_takes_the_data_settings_and_keeps_its_split_and_grid(tmp_
 
 
 @pytest.mark.parametrize("layout", ["msd", "v2"])
+@pytest.mark.slow
 def test_launch_on_a_dataset_no_config_was_written_for(tmp_path, layout):
   root = write_dataset(tmp_path / layout, layout)
   workdir = tmp_path / "run"
@@ -162,7 +163,7 @@ def test_launch_on_a_dataset_no_config_was_written_for(tmp_path, layout):
 
 
 def test_the_quick_recipe_scales_training_encoder_and_evaluations():
-  from slicejax import config_lib  # configs/msd.py:quick as launch.py loads it
+  from slicejax import config as config_lib  # configs/msd.py:quick as launch.py loads it
   quick, full = config_lib.load("configs/msd.py:quick"), config_lib.load("configs/msd.py")
   assert (quick.train.steps, quick.train.batch_size, quick.model.features) == (100, 4, 8)
   assert (quick.ual.encoder.steps, quick.eval.curve_points, quick.eval.curve_volumes) == (50, 2, 2)

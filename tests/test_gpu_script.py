@@ -13,7 +13,11 @@ import subprocess
 import sys
 import zipfile
 
-from slicejax import phantom
+import pytest
+
+from slicejax.data import phantom
+
+pytestmark = pytest.mark.slow  # every test here runs for seconds: launches, subprocesses or whole reports
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

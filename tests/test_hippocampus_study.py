@@ -2,7 +2,11 @@
 
 import pathlib
 
-from slicejax import report
+import pytest
+
+from slicejax.report import summary as report
+
+pytestmark = pytest.mark.slow  # every test here runs for seconds: launches, subprocesses or whole reports
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 

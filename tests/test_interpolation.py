@@ -1,4 +1,4 @@
-"""Tests of slicejax.interpolation on small hand-built label volumes `[D, H, W]` (slicing axis first)."""
+"""Tests of slicejax.study.interpolation on small hand-built label volumes `[D, H, W]` (slicing axis first)."""
 
 import math
 import re
@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from slicejax import interpolation
 from slicejax.errors import InputError
+from slicejax.study import interpolation
 
 
 def _disks(radii, size=40, centre=19.5):

@@ -11,12 +11,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from slicejax import dryrun
-from slicejax import parallel
-from slicejax import phantom
-from slicejax import results
-from slicejax import train
-from slicejax.config_lib import load
+from slicejax.config import load
+from slicejax.data import phantom
+from slicejax.modes import check
+from slicejax.report import results
+from slicejax.training import parallel
+from slicejax.training import train
+
+pytestmark = pytest.mark.slow  # every test here launches a study
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ROW_KEYS = {"dims", "budget", "volumes", "slices_per_volume", "selection", "interpolation", "seed", "steps",
@@ -219,9 +221,9 @@ def test_the_estimate_counts_each_distinct_program_once():
   the groups' remainders; evaluation always a full chunk), "vmap" maps (one model's cost per distinct group size)."""
   config = ml_collections.ConfigDict({"model_axis": {"strategy": "loop", "chunk": 4}})
   # Groups of 37 and 5: programs of 4 and 1 models (37 = 9 x 4 + 1, 5 = 4 + 1).
-  assert dryrun.compile_seconds(config, [37, 5], 10.0, 1.0, 0.5) == 10.0 + 1.0 * (4 + 1) + 0.5 * 4
-  assert dryrun.compile_seconds(config, [3, 3], 10.0, 1.0, 0.5) == 10.0 + 1.0 * 3 + 0.5 * 4
+  assert check.compile_seconds(config, [37, 5], 10.0, 1.0, 0.5) == 10.0 + 1.0 * (4 + 1) + 0.5 * 4
+  assert check.compile_seconds(config, [3, 3], 10.0, 1.0, 0.5) == 10.0 + 1.0 * 3 + 0.5 * 4
   config.model_axis.strategy = "vmap"
-  assert dryrun.compile_seconds(config, [37, 5, 37], 10.0, 1.0, 0.5) == 10.0 + 2 * (1.0 + 0.5)
+  assert check.compile_seconds(config, [37, 5, 37], 10.0, 1.0, 0.5) == 10.0 + 2 * (1.0 + 0.5)
   config.model_axis.strategy = "sequential"
-  assert dryrun.compile_seconds(config, [37, 5], 10.0, 1.0, 0.5) == 10.0 + 1.0 + 0.5
+  assert check.compile_seconds(config, [37, 5], 10.0, 1.0, 0.5) == 10.0 + 1.0 + 0.5

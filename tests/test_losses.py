@@ -3,8 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from slicejax import losses
+from slicejax.model import losses
 
 
 def test_cross_entropy_hand_computed():
@@ -17,6 +18,7 @@ def test_cross_entropy_hand_computed():
   np.testing.assert_allclose(norm, 3.0)
 
 
+@pytest.mark.slow
 def test_soft_dice_hand_computed():
   # Two voxels, two classes; probabilities of class 1: 0.5 and sigmoid(2).
   logits = jnp.array([[0.0, 0.0], [0.0, 2.0]])
@@ -29,6 +31,7 @@ def test_soft_dice_hand_computed():
   assert norm == 1.0
 
 
+@pytest.mark.slow
 def test_empty_mask_gives_zero_loss_and_gradient():
   logits = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
   labels = jnp.ones((2, 4, 4), jnp.int32)
@@ -39,6 +42,7 @@ def test_empty_mask_gives_zero_loss_and_gradient():
   assert not np.any(np.asarray(grad))
 
 
+@pytest.mark.slow
 def test_zero_gradient_off_annotated_slices():
   # A batch of 4 slices of which slices 1 and 3 are annotated.
   logits = jax.random.normal(jax.random.key(1), (4, 6, 6, 3))
@@ -54,6 +58,7 @@ def test_zero_gradient_off_annotated_slices():
   assert not np.any(np.asarray(grad[0]))
 
 
+@pytest.mark.slow
 def test_loss_equals_loss_on_annotated_voxels_only():
   logits = jax.random.normal(jax.random.key(3), (3, 5, 5, 3))
   labels = jax.random.randint(jax.random.key(4), (3, 5, 5), 0, 3)
@@ -63,6 +68,7 @@ def test_loss_equals_loss_on_annotated_voxels_only():
   np.testing.assert_allclose(masked, alone, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_inputs_reduce_in_float32():
   # 4097 voxels of weight 1 with logits (0, 0): CE sum 4097 log 2 = 2839.79 and normalizer 4097, neither of which
   # bfloat16 holds (it rounds them to 2832 and 4096).

@@ -1,4 +1,4 @@
-"""Arrays read from the disk on access (`slicejax.mapped`) and volumes loaded that way: the same values as numpy's
+"""Arrays read from the disk on access (`slicejax.data.mapped`) and volumes loaded that way: the same values as numpy's
 own reads, no mapping left behind, and the trainer's choice of them."""
 
 import pathlib
@@ -7,11 +7,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from slicejax import config_lib
-from slicejax import data as data_lib
-from slicejax import mapped
-from slicejax import phantom
-from slicejax import train
+from slicejax import config as config_lib
+from slicejax.data import load as data_lib
+from slicejax.data import mapped
+from slicejax.data import phantom
+from slicejax.training import train
 
 
 def _mapped_files() -> set:

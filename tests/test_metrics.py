@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from slicejax import metrics
+from slicejax.evaluation import metrics
 
 
 def test_dice_hand_computed():
@@ -90,11 +91,12 @@ def test_ignore_label_voxels_are_not_counted():
                                 metrics.confusion_counts(prediction[[0, 1, 2, 5]], truth[[0, 1, 2, 5]], 3))
 
 
+@pytest.mark.slow
 def test_training_imports_without_the_surface_library():
   """The training path imports metrics but computes no surface metrics, so a machine without surface-distance (as a
   bare GPU image) can train; only `surface_metrics` needs the library."""
   blocked = ("import sys; sys.modules['surface_distance'] = None; "  # None in sys.modules: any import of it fails
-             "from slicejax import metrics, train; import numpy as np; "
+             "from slicejax.evaluation import metrics; from slicejax.training import train; import numpy as np; "
              "print(metrics.dice_per_class(np.array([0, 1]), np.array([0, 1]), 2))\n"
              "try:\n  metrics.surface_metrics(np.ones((2, 2), int), np.ones((2, 2), int), 2, (1.0, 1.0), 1.0)\n"
              "except ImportError as e:\n  print(type(e).__name__, e.name)")

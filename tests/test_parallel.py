@@ -6,11 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from slicejax import parallel
-from slicejax import sampler
-from slicejax import train
-from slicejax import two_d
-from slicejax.config_lib import base
+from slicejax.config import base
+from slicejax.training.inputs import sampler
+from slicejax.training.inputs import two_d
+from slicejax.training import parallel
+from slicejax.training import train
 
 NUM_MODELS, STEPS, SHAPE = 3, 3, (8, 8)
 
@@ -50,6 +50,7 @@ def reference_params():
 
 
 @pytest.mark.parametrize("strategy,chunk", [("vmap", 4), ("loop", 4), ("loop", 2), ("sequential", 4)])
+@pytest.mark.slow
 def test_strategy_equals_one_by_one(strategy, chunk, reference_params):
   step, bank, entries, state = _setup()
   axis = parallel.ModelAxis(strategy, NUM_MODELS, chunk=chunk)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slicejax import patches
 from slicejax.errors import InputError
+from slicejax.training.inputs import patches
 
 # V = 3 volumes padded to Dm, Hm, Wm = 6, 8, 7. Real extents (D, H, W) below; volume 1 is shorter than the patch in
 # H, volume 2 has exactly the patch's depth.
@@ -54,6 +54,7 @@ def _starts(images):
   return np.asarray(images[:, 0, 0, 0, :]).astype(int)
 
 
+@pytest.mark.slow
 def test_patches_are_cut_from_the_bank_inside_the_volume():
   bank, planes = _bank(), _planes()
   images, labels, _ = _sample(jax.random.key(0), bank, planes, 0.33)
@@ -104,6 +105,7 @@ def test_sampling_is_reproducible_per_key_and_differs_between_keys():
   assert not np.array_equal(_starts(first[0]), _starts(other[0]))
 
 
+@pytest.mark.slow
 def test_foreground_option_centres_on_foreground():
   # One volume, one annotated plane with a single foreground voxel far from the centre.
   shape = (1, 4, 16, 16)
@@ -128,6 +130,7 @@ def test_model_without_planes_gets_zero_weights():
   np.testing.assert_array_equal(np.asarray(weights), np.zeros((256, 3, 4, 4)))
 
 
+@pytest.mark.slow
 def test_models_sample_independently_under_vmap():
   bank, planes = _bank(), _planes()
   keys = jax.random.split(jax.random.key(7), 2)

@@ -1,4 +1,4 @@
-"""Tests for slicejax.phantom: determinism, layout, realism of the variation, and the two-channel variant."""
+"""Tests for slicejax.data.phantom: determinism, layout, realism of the variation, and the two-channel variant."""
 
 import filecmp
 import json
@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicejax import data
-from slicejax import phantom
+from slicejax.data import load as data
+from slicejax.data import phantom
 from slicejax.errors import InputError
 
 SMALL = (24, 24, 12)

@@ -1,4 +1,4 @@
-"""Annotation plans (`slicejax.plan`): exact budgets, the named allocation and selection, reproducibility, templates
+"""Annotation plans (`slicejax.modes.plan`): exact budgets, the named allocation and selection, reproducibility, templates
 on the image's grid, the study's best cell, and one-line errors."""
 
 import json
@@ -11,12 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicejax import config_lib
-from slicejax import phantom
-from slicejax import plan as plan_lib
-from slicejax import study
+from slicejax import config as config_lib
+from slicejax.data import phantom
 from slicejax.errors import InputError
-from slicejax.selection import fixed
+from slicejax.modes import plan as plan_lib
+from slicejax.study import grid as study
+from slicejax.study.selection import fixed
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -71,6 +71,7 @@ def test_plan_is_reproducible_and_templates_carry_the_geometry(images, tmp_path)
     np.testing.assert_array_equal(data, expected)
 
 
+@pytest.mark.slow
 def test_ual_plans_need_no_labels_and_respect_the_budget(images, tmp_path):
   plain = tmp_path / "plain"
   plain.mkdir()
@@ -104,8 +105,9 @@ def test_best_cell_of_a_study(images, tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["--config.plan.volumes=3"], "config.plan.volumes: 3 volumes do not split budget 4"),
     (["--config.plan.budget=40", "--config.plan.volumes=10"], "config.plan.volumes: 10 volumes exceed the 6"),
-    (["--config.plan.selection=best"], "config.plan.selection: must name modules of slicejax/selection"),
+    (["--config.plan.selection=best"], "config.plan.selection: must name modules of slicejax/study/selection"),
 ])
+@pytest.mark.slow
 def test_bad_plans_exit_2_with_one_line(images, tmp_path, overrides, message):
   result = subprocess.run(
       [sys.executable, str(ROOT / "launch.py"), "--mode=plan", f"--config={ROOT / 'configs/plan.py'}",
@@ -152,7 +154,7 @@ def test_blank_slices_are_never_planned(images, tmp_path, selection):
 
 
 def test_a_plain_folder_of_channel_files_groups_them_into_cases(tmp_path):
-  from slicejax import nifti  # the reader of image folders
+  from slicejax.data import nifti  # the reader of image folders
   root = phantom.write_phantom(tmp_path / "msd", num_cases=3, shape=(16, 16, 8), num_channels=2)
   folder = tmp_path / "channels"
   folder.mkdir()

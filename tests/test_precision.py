@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slicejax import config_lib
-from slicejax import losses
-from slicejax import phantom
-from slicejax import precision
-from slicejax import train
-from slicejax import unet
+from slicejax import config as config_lib
+from slicejax.data import phantom
 from slicejax.errors import InputError
+from slicejax.model import losses
+from slicejax.model import unet
+from slicejax.training import precision
+from slicejax.training import train
 
 STRIDES_3D = ((1, 2, 2), (2, 2, 2))
 
@@ -70,6 +70,7 @@ def _conv_dtypes(jaxpr) -> dict:
     (unet.UNet(num_classes=3, dims=3, features=4, num_stages=3, strides=STRIDES_3D, conv3d_as_2d=True,
                dtype=jnp.bfloat16), (1, 4, 8, 8, 1)),
 ])
+@pytest.mark.slow
 def test_bfloat16_convolutions_with_float32_parameters_statistics_logits_and_loss(model, shape):
   x = jax.ShapeDtypeStruct(shape, jnp.float32)  # traced only, never run
   labels = jnp.ones(shape[:-1], jnp.int32)
@@ -116,6 +117,7 @@ def _phantom_batch():
   return image[rows], label[rows]
 
 
+@pytest.mark.slow
 def test_bfloat16_gradients_point_where_float32_ones_do():
   images, labels = _phantom_batch()
   weights = np.ones(labels.shape, np.float32)
@@ -133,6 +135,7 @@ def test_bfloat16_gradients_point_where_float32_ones_do():
   assert exact @ mixed / np.linalg.norm(exact) / np.linalg.norm(mixed) > 0.99
 
 
+@pytest.mark.slow
 def test_bfloat16_training_reaches_float32_dice(tmp_path):
   # The tiny demo on 24 x 24 x 12 volumes with 8 features, 400 steps and only the fully annotated reference. Measured
   # Dice float32 / bfloat16: seed 2 0.551 / 0.532 (core 0.830 / 0.777), seed 1 0.523 / 0.514 (core 0.770 / 0.741); the

@@ -1,4 +1,4 @@
-"""Prediction (`slicejax.predict`): a model restored from a run's workdir writes label maps and probabilities on the
+"""Prediction (`slicejax.modes.predict`): a model restored from a run's workdir writes label maps and probabilities on the
 input's grid, with classes only, equal to the network applied directly; a missing workdir is one line, exit 2."""
 
 import json
@@ -12,12 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicejax import checkpoint
-from slicejax import config_lib
-from slicejax import data as data_lib
-from slicejax import phantom
-from slicejax import predict
+from slicejax import config as config_lib
+from slicejax.data import load as data_lib
+from slicejax.data import normalize
+from slicejax.data import phantom
 from slicejax.errors import InputError
+from slicejax.modes import predict
+from slicejax.training import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """A run's workdir holding one untrained tiny 2D model (its initial state as the checkpoint), and images."""
-  from slicejax import train
+  from slicejax.training import train
   base = tmp_path_factory.mktemp("predict")
   root = phantom.write_phantom(base / "msd", num_cases=3, shape=(16, 16, 8))
   config = config_lib.load(str(ROOT / "configs/demo.py") + ":tiny")
@@ -44,6 +45,7 @@ def run(tmp_path_factory):
   return root, rundir, model, jax.tree.map(lambda leaf: leaf[0], state["params"])
 
 
+@pytest.mark.slow
 def test_predictions_round_trip_with_the_inputs_geometry(run, tmp_path):
   root, rundir, model, params = run
   config = config_lib.load(str(ROOT / "configs/predict.py"))
@@ -63,12 +65,13 @@ def test_predictions_round_trip_with_the_inputs_geometry(run, tmp_path):
     np.testing.assert_allclose(p.sum(-1), 1, atol=1e-5)
     np.testing.assert_array_equal(values, p.argmax(-1))
     # The network applied directly to the normalised slices (the volume fills the trained 16 x 16 plane).
-    volume = data_lib.normalize(data_lib.to_volume_order(image.get_fdata()[..., None], 2), "zscore")
+    volume = normalize.normalize(data_lib.to_volume_order(image.get_fdata()[..., None], 2), "zscore")
     logits = model.apply({"params": params}, volume.astype(np.float32))
     direct = np.asarray(jax.nn.softmax(logits, axis=-1))
     np.testing.assert_allclose(data_lib.to_volume_order(p, 2), direct, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_missing_model_workdir_exits_2_with_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, str(ROOT / "launch.py"), "--mode=predict", f"--config={ROOT / 'configs/predict.py'}",

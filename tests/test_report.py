@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from slicejax import report
-from slicejax import results
-from slicejax import stats
 from slicejax.errors import InputError
+from slicejax.report import results
+from slicejax.report import statistics as stats
+from slicejax.report import summary as report
 
 
 
@@ -253,6 +253,7 @@ def _undetectable_ual_rows():
   return rows
 
 
+@pytest.mark.slow
 def test_finding_2_with_only_undetectable_differences_is_inconclusive(tmp_path):
   rows = _undetectable_ual_rows()
   comparisons = report.paired_comparisons(rows)
@@ -359,6 +360,7 @@ def _run_folder(path, rows, **config_changes):
   return path
 
 
+@pytest.mark.slow
 def test_merging_two_runs_equals_one_run_of_the_union(tmp_path):
   rows = _study_rows()
   half = len(rows) // 2
@@ -371,6 +373,7 @@ def test_merging_two_runs_equals_one_run_of_the_union(tmp_path):
     assert (tmp_path / "merged" / name).read_text() == (one / name).read_text(), name
 
 
+@pytest.mark.slow
 def test_merging_incompatible_runs_names_the_key(tmp_path):
   first = _run_folder(tmp_path / "first", _study_rows()[:2])
   second = _run_folder(tmp_path / "second", _study_rows()[2:4], **{"train.steps": 200})
@@ -385,6 +388,7 @@ def test_merging_incompatible_runs_names_the_key(tmp_path):
     report.run([tmp_path / "nothing"])
 
 
+@pytest.mark.slow
 def test_runs_of_different_lengths_merge_when_their_budgets_differ(tmp_path):
   rows = _study_rows()
   short = _run_folder(tmp_path / "short", [dict(r, steps=100) for r in rows])
@@ -400,6 +404,7 @@ def test_runs_of_different_lengths_merge_when_their_budgets_differ(tmp_path):
     report.run([short, again], tmp_path / "refused")
 
 
+@pytest.mark.slow
 def test_write_summary_writes_every_file(tmp_path):
   rows = _grid_rows()
   report.write_summary(tmp_path, rows)
@@ -450,6 +455,7 @@ def test_write_summary_with_no_rows(tmp_path):
   assert (tmp_path / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_a_2d_run_and_a_3d_run_merge_whatever_the_other_network(tmp_path):
   rows_2d = _study_rows()[:4]
   rows_3d = [dict(row, dims=3, name="3" + row["name"][1:]) for row in _study_rows()[4:8]]
@@ -469,7 +475,10 @@ def test_a_2d_run_and_a_3d_run_merge_whatever_the_other_network(tmp_path):
 
 
 def test_check_sizes_the_grid_families_from_the_pilot(tmp_path):
-  from slicejax import calibration, config_lib, dryrun, study  # the config and --check's seeds line
+  from slicejax.report import calibration
+  from slicejax import config as config_lib
+  from slicejax.modes import check as dryrun
+  from slicejax.study import grid as study  # the config and --check's seeds line
   rows = calibration.simulate_rows(np.random.default_rng(0), 3, 60, 0.0)  # fixed - random at one allocation
   pilot = _run_folder(tmp_path / "pilot", rows)
   config = config_lib.load("configs/demo.py:tiny")

@@ -1,4 +1,4 @@
-"""Tests for slicejax.resample and resampled loading: grids by hand, exact round trips of blocky labels, nearest
+"""Tests for slicejax.data.resample and resampled loading: grids by hand, exact round trips of blocky labels, nearest
 interpolation across coarse slices, scoring on the original grid."""
 
 import json
@@ -7,9 +7,10 @@ import pathlib
 import nibabel as nib
 import numpy as np
 
-from slicejax import data
-from slicejax import metrics
-from slicejax import resample
+from slicejax.data import load as data
+from slicejax.data import nifti
+from slicejax.data import resample
+from slicejax.evaluation import metrics
 
 
 def test_target_grid_by_hand():
@@ -94,7 +95,9 @@ def test_prostate_like_volume_resampled_scores_dice_one_on_its_original_grid(tmp
       assert spacing == vol.original_spacing
   # Predictions are written on the files' grid with their affine.
   vol = ds.volumes[0]
-  written = nib.load(data.save_label(tmp_path / "p.nii.gz", vol.label, vol))
+  on_files = data.to_nifti_order(resample.to_original(vol.label, vol), vol.slicing_axis)
+  label_file = nifti.load(root / "labelsTr" / f"{vol.case_id}.nii.gz")
+  written = nib.load(nifti.save_like(tmp_path / "p.nii.gz", on_files, label_file))
   np.testing.assert_array_equal(np.asarray(written.dataobj), labels[vol.case_id])
   np.testing.assert_array_equal(written.affine, vol.affine)
 

@@ -1,4 +1,4 @@
-"""Tests for slicejax.results: the row schema and results.jsonl I/O."""
+"""Tests for slicejax.report.results: the row schema and results.jsonl I/O."""
 
 import json
 import os
@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from slicejax import results
-from slicejax import study
 from slicejax.errors import InputError
+from slicejax.report import results
+from slicejax.study import grid as study
 
 
 def _row(seed, dice, **extra):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from slicejax import selection
-from slicejax import study
-from slicejax.config_lib import base
+from slicejax.config import base
 from slicejax.errors import InputError
+from slicejax.study import grid as study
+from slicejax.study import selection
 
 
 @pytest.mark.parametrize("name", ["random", "fixed"])

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slicejax import sliding_window
-from slicejax import unet
 from slicejax.errors import InputError
+from slicejax.evaluation import sliding_window
+from slicejax.model import unet
 
 
 def test_window_starts_hand_computed():
@@ -78,6 +78,7 @@ def test_single_window_equals_one_forward_pass():
   np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
 
 
+@pytest.mark.slow
 def test_single_window_equals_unet_forward_pass():
   model = unet.UNet(num_classes=2, dims=3, features=4, num_stages=2)
   image = np.random.default_rng(2).normal(size=(4, 8, 8, 1)).astype(np.float32)
@@ -115,6 +116,7 @@ def _reference_blend(predict_one, image, patch, overlap):
   return total / norm[None, ..., None]
 
 
+@pytest.mark.slow
 def test_unet_overlapping_windows_match_reference_blend():
   model = unet.UNet(num_classes=2, dims=3, features=4, num_stages=2)
   image = np.random.default_rng(3).normal(size=(6, 9, 8, 1)).astype(np.float32)
@@ -142,6 +144,7 @@ def test_bucket_size_hand_computed():
   assert sliding_window.bucket_shape((9, 10, 33)) == (10, 10, 40)
 
 
+@pytest.mark.slow
 def test_extent_in_a_padded_image_blends_as_the_image_alone_and_compiles_once():
   image = np.random.default_rng(4).normal(size=(8, 8, 8, 2)).astype(np.float32)
   predict = _linear_predict()

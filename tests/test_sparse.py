@@ -1,4 +1,4 @@
-"""Real sparse annotations (`slicejax.sparse`, `losses.without_ignored`): the plan read from ignore-label files,
+"""Real sparse annotations (`slicejax.study.sparse`, `losses.without_ignored`): the plan read from ignore-label files,
 training on them equal to training on the same plan as a simulated selection (one step, and whole 2D and 3D runs on
 the phantom), and 3D patches of planes annotated in part."""
 
@@ -11,22 +11,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slicejax import config_lib
+from slicejax import config as config_lib
 from slicejax import console
-from slicejax import data as data_lib
-from slicejax import export
-from slicejax import losses
-from slicejax import nifti
-from slicejax import patches
-from slicejax import phantom
-from slicejax import results
-from slicejax import sparse
-from slicejax import study
-from slicejax import three_d
-from slicejax import train
-from slicejax import two_d
-from slicejax import unet
+from slicejax.data import load as data_lib
+from slicejax.data import nifti
+from slicejax.data import phantom
 from slicejax.errors import InputError
+from slicejax.model import losses
+from slicejax.model import unet
+from slicejax.modes import export
+from slicejax.report import results
+from slicejax.study import grid as study
+from slicejax.study import sparse
+from slicejax.training.inputs import patches
+from slicejax.training.inputs import three_d
+from slicejax.training.inputs import two_d
+from slicejax.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 IGNORE = 3
@@ -42,6 +42,7 @@ def _labels(seed, shape=(5, 8, 8)):
   return np.random.default_rng(seed).integers(0, 3, shape)
 
 
+@pytest.mark.slow
 def test_ignore_voxels_weigh_nothing_in_the_loss():
   logits = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 4, 3)), jnp.float32)
   labels = jnp.asarray(_labels(1, (2, 4, 4)))
@@ -76,6 +77,7 @@ def test_annotated_plan_and_points():
     sparse.annotated_plan(volumes[1:], IGNORE)
 
 
+@pytest.mark.slow
 def test_training_on_ignore_labels_equals_the_simulated_selection():
   """The same plan as a simulated selection (true labels) and as ignore-label files: same batches, loss, gradients."""
   config = config_lib.load(str(ROOT / "configs/demo.py") + ":tiny")
@@ -164,6 +166,7 @@ def same_plan_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.slow
 def test_the_same_row_from_ignore_label_files_as_from_the_simulated_selection(same_plan_runs, dims):
   base, sim_rows, real_rows, curves = same_plan_runs
   (sim,) = [r for r in sim_rows if r["dims"] == dims]
@@ -186,6 +189,7 @@ def test_the_same_row_from_ignore_label_files_as_from_the_simulated_selection(sa
     np.testing.assert_array_equal(real_values, values)
 
 
+@pytest.mark.slow
 def test_3d_patches_of_a_plane_annotated_in_part_hold_its_annotated_voxels(same_plan_runs, tmp_path):
   """One plane of the export keeps only a 3 x 3 corner of its labels: every patch centred on it holds that corner,
   and ignore voxels weigh 0 in every 3D batch."""

@@ -1,4 +1,4 @@
-"""Tests for slicejax.stats: paired differences, the crossed seed x volume interval, TOST, Holm, verdicts and seeds
+"""Tests for slicejax.report.statistics: paired differences, the crossed seed x volume interval, TOST, Holm, verdicts and seeds
 needed; values by hand, equalities with the textbook tests (scipy), and a calibration by simulation."""
 
 import math
@@ -9,7 +9,7 @@ import pytest
 
 from scipy import stats as scipy_stats
 
-from slicejax import stats
+from slicejax.report import statistics as stats
 
 
 def _row(dice_per_volume, cases=("a", "b", "c"), dice_mean=None):

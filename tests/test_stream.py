@@ -7,15 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from slicejax import data as data_lib
-from slicejax import mapped
-from slicejax import results
-from slicejax import sampler
-from slicejax import stream
-from slicejax import study
-from slicejax import train
-from slicejax import two_d
-from slicejax.config_lib import base
+from slicejax.config import base
+from slicejax.data import load as data_lib
+from slicejax.data import mapped
+from slicejax.report import results
+from slicejax.study import grid as study
+from slicejax.training.inputs import sampler
+from slicejax.training.inputs import stream
+from slicejax.training.inputs import two_d
+from slicejax.training import train
 
 
 def _volume(case_id, image, label):
@@ -80,6 +80,7 @@ def test_volume_rows_are_the_rows_of_the_slice_store(tmp_path):
 
 
 @pytest.mark.parametrize("source_name", ["volumes", "store"])
+@pytest.mark.slow
 def test_streamed_batches_equal_bank_batches(tmp_path, source_name):
   """Every model's batch at every step, interpolated slices included, is the same on both paths, also when the stream
   starts at a later step (a resume)."""
@@ -136,8 +137,9 @@ def test_auto_streams_when_the_bank_exceeds_the_budget():
 
 
 @pytest.mark.parametrize("strategy,source", [("loop", "volumes"), ("vmap", "store")])
+@pytest.mark.slow
 def test_a_streamed_run_gives_the_rows_of_a_bank_run(tmp_path, strategy, source):
-  from slicejax.config_lib import load
+  from slicejax.config import load
   rows = {}
   for pipeline in ("bank", "stream"):
     config = load("configs/demo.py:tiny")
@@ -155,8 +157,8 @@ def test_tfds_and_grain_batches_equal_bank_batches(tmp_path):
   """The array_record dataset built from an MSD folder, read by grain, gives the bank's batches."""
   pytest.importorskip("tensorflow_datasets")
   pytest.importorskip("grain")
-  from slicejax import phantom
-  from slicejax import tfds_builder
+  from slicejax.data import phantom
+  from slicejax.training.inputs import tfds as tfds_builder
   root = phantom.cached_phantom(tmp_path / "cache", num_cases=3, shape=(16, 16, 8), num_channels=1, seed=0)
   pool = list(data_lib.load_msd(root).volumes)
   config = base()
@@ -184,7 +186,7 @@ def test_tfds_and_grain_batches_equal_bank_batches(tmp_path):
 def test_a_run_streamed_from_tfds_gives_the_rows_of_a_bank_run(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   pytest.importorskip("grain")
-  from slicejax.config_lib import load
+  from slicejax.config import load
   rows = {}
   for pipeline, source in (("bank", "store"), ("stream", "tfds")):
     config = load("configs/demo.py:tiny")
@@ -196,6 +198,7 @@ def test_a_run_streamed_from_tfds_gives_the_rows_of_a_bank_run(tmp_path):
   assert (tmp_path / "cache" / "tfds" / "slice_dataset").is_dir()
 
 
+@pytest.mark.slow
 def test_the_group_size_estimate_compiles_the_stream_step_on_the_streams_own_batch(tmp_path):
   """`train.one_model_step` on the stream path: no bank, and a batch of the shapes and types the stream delivers, so
   that the program it measures is the one the run executes."""
@@ -205,7 +208,7 @@ def test_the_group_size_estimate_compiles_the_stream_step_on_the_streams_own_bat
   empty = stream.empty_batch(3, (8, 8), 2)
   assert {k: (v.shape, v.dtype) for k, v in delivered.items()} == {k: (v.shape, v.dtype) for k, v in empty.items()}
 
-  from slicejax.config_lib import load
+  from slicejax.config import load
   config = load("configs/demo.py:tiny")
   with config.unlocked():
     config.data.update(pipeline="stream", cache_dir=str(tmp_path / "cache"))

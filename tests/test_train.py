@@ -4,16 +4,17 @@ containment, resume."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from slicejax import data as data_lib
-from slicejax import interpolation
-from slicejax import results
-from slicejax import sampler
-from slicejax import study
-from slicejax import three_d
-from slicejax import train
-from slicejax import two_d
-from slicejax.config_lib import base
+from slicejax.config import base
+from slicejax.data import load as data_lib
+from slicejax.report import results
+from slicejax.study import grid as study
+from slicejax.study import interpolation
+from slicejax.training.inputs import sampler
+from slicejax.training.inputs import three_d
+from slicejax.training.inputs import two_d
+from slicejax.training import train
 
 
 def _volume(case_id, label):
@@ -86,6 +87,7 @@ def test_static_shape_rounds_up_to_the_downsampling():
   assert two_d.example_shape(config, volumes) == (32, 32)
 
 
+@pytest.mark.slow
 def test_keys_come_from_the_study_seed_not_the_slot():
   config = base()
   config.model.update(features=4, num_stages=2)
@@ -117,6 +119,7 @@ def test_interpolated_slices_with_weight_zero_are_never_drawn():
   np.testing.assert_allclose(per_model["planes"][0], [[0, 1, 0, 0, 1, 0]])
 
 
+@pytest.mark.slow
 def test_batches_are_uniform_over_labelled_slices():
   # Annotated rows 0 and 3 (weight 1) and interpolated rows 1, 2 (weight 0.5): each entry drawn 1/4 of the time.
   plans = [{"a": [0, 3]}]
@@ -130,6 +133,7 @@ def test_batches_are_uniform_over_labelled_slices():
   np.testing.assert_allclose(share, [0.25] * 4, atol=0.03)
 
 
+@pytest.mark.slow
 def test_diverged_model_is_frozen_and_others_unaffected():
   config = base()
   config.model.update(features=4, num_stages=2)
@@ -170,9 +174,10 @@ class Crash(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-  from slicejax import checkpoint
-  from slicejax.config_lib import load
+  from slicejax.training import checkpoint
+  from slicejax.config import load
   config = load("configs/demo.py:tiny")
   with config.unlocked():
     config.train.checkpoint_every = 2
@@ -201,8 +206,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
   assert timeless(resumed) == timeless(clean)
 
 
+@pytest.mark.slow
 def test_auto_group_size_follows_memory(monkeypatch):
-  from slicejax.config_lib import load
+  from slicejax.config import load
   config = load("configs/demo.py:tiny")
   with config.unlocked():
     config.model_axis.max_models = 0
@@ -214,6 +220,7 @@ def test_auto_group_size_follows_memory(monkeypatch):
   assert [len(g) for g in groups] == [1] * 5
 
 
+@pytest.mark.slow
 def test_several_steps_in_one_program_equal_steps_one_by_one():
   config = base()
   config.model.update(features=4, num_stages=2)

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slicejax import unet
+from slicejax.model import unet
 
 
+@pytest.mark.slow
 def test_shapes_and_stage_names_2d():
   model = unet.UNet(num_classes=3, features=4, num_stages=3)
   x = jnp.ones((2, 20, 12, 1))  # 20 and 12 need not be multiples of 4: resize-then-crop handles odd sizes
@@ -19,6 +20,7 @@ def test_shapes_and_stage_names_2d():
   assert params["down_2_0"]["conv"]["kernel"].shape == (3, 3, 8, 16)
 
 
+@pytest.mark.slow
 def test_examples_are_independent():
   # Instance norm keeps no batch statistics: an example's output does not depend on the rest of its batch.
   model = unet.UNet(num_classes=2, features=4, num_stages=2)
@@ -28,6 +30,7 @@ def test_examples_are_independent():
 
 
 @pytest.mark.parametrize("strides", [None, ((1, 2, 2), (2, 2, 2))])
+@pytest.mark.slow
 def test_3d_as_2d_equals_native(strides):
   x = jax.random.normal(jax.random.key(0), (2, 6, 10, 8, 2))
   native = unet.UNet(num_classes=3, dims=3, features=4, num_stages=3, strides=strides)
@@ -43,6 +46,7 @@ def test_3d_as_2d_equals_native(strides):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(a).max()))
 
 
+@pytest.mark.slow
 def test_anisotropic_kernels_and_wrong_rank():
   model = unet.UNet(num_classes=2, dims=3, features=4, num_stages=2, kernel_sizes=((1, 3, 3), (3, 3, 3)),
                     strides=((1, 2, 2),))
@@ -69,6 +73,7 @@ def test_phase_taps_by_hand():
     ((2, 3, 4, 5, 3), (3, 3, 3), (2, 2, 2), False),
     ((2, 3, 4, 5, 3), (1, 3, 3), (1, 2, 2), True),
 ])
+@pytest.mark.slow
 def test_upsample_conv_equals_upsample_then_conv(shape, kernel, strides, as_2d):
   x = jax.random.normal(jax.random.key(0), shape)
   w = jax.random.normal(jax.random.key(1), kernel + (shape[-1], 4))
@@ -94,6 +99,7 @@ def test_upsample_conv_equals_upsample_then_conv(shape, kernel, strides, as_2d):
     ({}, (2, 10, 12, 1)),  # 10 x 12 -> 5 x 6 -> 3 x 3: sub-pixel upsampling and upsample-crop-convolve
     ({"dims": 3, "strides": ((1, 2, 2), (2, 2, 2)), "conv3d_as_2d": True}, (1, 4, 8, 8, 1)),
 ])
+@pytest.mark.slow
 def test_bfloat16_compute_follows_float32(kwargs, shape):
   x = jax.random.normal(jax.random.key(0), shape)
   model = unet.UNet(num_classes=3, features=4, num_stages=3, **kwargs)

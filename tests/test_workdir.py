@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from slicejax import workdir as workdir_lib
 from slicejax.errors import InputError
+from slicejax import workdir as workdir_lib
 
 CONFIG = {"data": {"root": "/data/a", "split": {"train": 6, "val": 1}}, "train": {"steps": 4, "batch_size": 4},
           "study": {"budgets": [6], "selections": ["fixed"]}, "seed": 0}
@@ -189,6 +189,25 @@ def test_different_config_names_exactly_the_differing_keys(tmp_path):
       "train.steps); rerun with --fresh to start a new run in a subfolder")
   assert _snapshot(wd) == before
   assert sorted(p.name for p in wd.iterdir()) == ["config.json", "results.jsonl"]
+
+
+def test_keys_added_later_at_their_defaults_resume_the_run(tmp_path):
+  """A run started before a key existed resumes when the new config holds that key's default, and only then."""
+  wd = _finished(tmp_path / "wd")
+  before = _snapshot(wd)
+  defaults = _changed(**{"train.steps": 1000})
+  defaults["rounds"] = {"members": 4, "warm_start": False}
+  newer = json.loads(json.dumps(CONFIG))
+  newer["rounds"] = {"members": 4, "warm_start": False}
+  assert workdir_lib.check_config(wd, newer, defaults=defaults) == wd
+  assert _snapshot(wd) == before  # config.json as the run wrote it
+  with pytest.raises(InputError, match=r"keys differ: rounds\.members\)"):
+    workdir_lib.check_config(wd, newer, defaults=dict(defaults, rounds={"members": 2, "warm_start": False}))
+  with pytest.raises(InputError, match=r"keys differ: rounds\.members, rounds\.warm_start\)"):
+    workdir_lib.check_config(wd, newer)  # without the defaults nothing counts as added
+  # A key the run's config holds is compared as ever, whatever its default.
+  with pytest.raises(InputError, match=r"keys differ: train\.steps\)"):
+    workdir_lib.check_config(wd, dict(newer, train=dict(CONFIG["train"], steps=1000)), defaults=defaults)
 
 
 def test_many_differing_keys_are_named_up_to_eight(tmp_path):

@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from slicejax import nifti
+from slicejax.data import nifti
 from slicejax.errors import InputError
 
 _PLAN = flags.DEFINE_string("plan", None, "A plan workdir (launch.py --mode=plan).")

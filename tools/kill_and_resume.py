@@ -25,7 +25,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from slicejax import results  # pylint: disable=g-import-not-at-top,wrong-import-position
+from slicejax.report import results  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def launch(config, workdir, extra):

@@ -1,4 +1,4 @@
-"""Writes the demo's phantom (`slicejax.phantom`) into a folder: `OUT/dataset.json`, `OUT/imagesTr/`, `OUT/labelsTr/`.
+"""Writes the demo's phantom (`slicejax.data.phantom`) into a folder: `OUT/dataset.json`, `OUT/imagesTr/`, `OUT/labelsTr/`.
 
     python tools/write_phantom.py --out=runs/annotate/phantom
 
@@ -11,7 +11,7 @@ import sys
 from absl import app
 from absl import flags
 
-from slicejax import phantom
+from slicejax.data import phantom
 from slicejax.errors import InputError
 
 _OUT = flags.DEFINE_string("out", None, "Folder to write (must be empty or absent).")

@@ -18,14 +18,14 @@ the source to download them from and their terms.
 
 import json
 import pathlib
-import sys
 
 from absl import flags
-import nibabel as nib
 import numpy as np
 
-from slicejax import files
+from slicejax.data import nifti
+from slicejax.errors import exit_with
 from slicejax.errors import InputError
+from slicejax import files
 
 FILE_ENDING = ".nii.gz"
 
@@ -41,23 +41,14 @@ def check_destination(dst) -> pathlib.Path:
   return dst
 
 
-def load_nifti(path) -> nib.Nifti1Image:
-  """Loads a NIfTI file's header (voxels on demand); InputError if unreadable."""
-  try:
-    return nib.load(str(path))
-  except Exception as e:  # nibabel raises several types for a damaged file
-    raise InputError(path, f"cannot read NIfTI: {type(e).__name__}: {e}") from e
-
-
 def check_pair(image_path, label_path, tolerance: float = 1e-3) -> None:
   """Image and label headers: both readable and 3D, same shape, affines within `tolerance`."""
-  image, label = load_nifti(image_path), load_nifti(label_path)
+  image, label = nifti.load(image_path), nifti.load(label_path)
   if len(image.shape) != 3:
     raise InputError(image_path, f"expected a 3D image, got shape {image.shape}")
   if label.shape != image.shape:
     raise InputError(label_path, f"shape {label.shape} differs from the image's {image.shape} ({image_path})")
-  if np.max(np.abs(image.affine - label.affine)) > tolerance:
-    raise InputError(label_path, f"affine differs from the image's ({image_path})")
+  nifti.check_affine(label_path, label.affine, image.affine, f"the image's ({image_path})", tolerance)
 
 
 def as_label(path, data: np.ndarray, allowed) -> np.ndarray:
@@ -72,22 +63,12 @@ def as_label(path, data: np.ndarray, allowed) -> np.ndarray:
   return rounded.astype(np.uint8)
 
 
-def save(path, array: np.ndarray, affine: np.ndarray) -> None:
-  image = nib.Nifti1Image(array, affine)
-  image.header.set_sform(affine, code=1)
-  image.header.set_qform(affine, code=1)
-  image.header.set_xyzt_units("mm")
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  files.atomic_save(path, lambda name: nib.save(image, name), FILE_ENDING)
-
-
 def write_case(dst, case_id: str, images, label: np.ndarray, affine: np.ndarray) -> None:
   """Writes one case: `images` a list of `[X, Y, Z]` channels, `label` `[X, Y, Z]` uint8."""
   dst = pathlib.Path(dst)
   for i, image in enumerate(images):
-    save(dst / "imagesTr" / f"{case_id}_{i:04d}{FILE_ENDING}", image, affine)
-  save(dst / "labelsTr" / f"{case_id}{FILE_ENDING}", label, affine)
+    nifti.save(dst / "imagesTr" / f"{case_id}_{i:04d}{FILE_ENDING}", image, affine)
+  nifti.save(dst / "labelsTr" / f"{case_id}{FILE_ENDING}", label, affine)
 
 
 def write_dataset_json(dst, *, name: str, channel_names, labels, num_training: int, **extra) -> None:
@@ -102,11 +83,9 @@ def main(convert):
   def run(argv):
     del argv
     if not SRC.value or not DST.value:
-      print("error: --src and --dst are required", file=sys.stderr)
-      sys.exit(2)
+      exit_with("--src and --dst are required")
     try:
       convert(SRC.value, DST.value)
     except InputError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      exit_with(e)
   return run

@@ -19,6 +19,7 @@ from absl import app
 import numpy as np
 
 from slicejax import convert
+from slicejax.data import nifti
 from slicejax.errors import InputError
 
 LABELS = ("background", "lesion")
@@ -55,10 +56,10 @@ def convert_atlas(src, dst) -> int:
   # Every check, the label values included, before the first file is written.
   for _, t1, mask in cases:
     convert.check_pair(t1, mask)
-    convert.as_label(mask, np.asarray(convert.load_nifti(mask).dataobj), (0, 1))
+    convert.as_label(mask, np.asarray(nifti.load(mask).dataobj), (0, 1))
   for case_id, t1, mask in cases:
-    image = convert.load_nifti(t1)
-    label = convert.as_label(mask, np.asarray(convert.load_nifti(mask).dataobj), (0, 1))
+    image = nifti.load(t1)
+    label = convert.as_label(mask, np.asarray(nifti.load(mask).dataobj), (0, 1))
     convert.write_case(dst, case_id, [np.asarray(image.dataobj)], label, image.affine)
   convert.write_dataset_json(dst, name="ATLAS_v2.0", channel_names=("T1",), labels=LABELS, num_training=len(cases),
                              reference="Liew et al., Scientific Data 9, 320 (2022)",

@@ -18,6 +18,7 @@ from absl import app
 import numpy as np
 
 from slicejax import convert
+from slicejax.data import nifti
 from slicejax.errors import InputError
 
 LABELS = ("background", "liver", "tumour")
@@ -54,10 +55,10 @@ def convert_lits(src, dst) -> int:
   # Every check, the label values included, before the first file is written.
   for _, volume, segmentation in cases:
     convert.check_pair(volume, segmentation)
-    convert.as_label(segmentation, np.asarray(convert.load_nifti(segmentation).dataobj), range(len(LABELS)))
+    convert.as_label(segmentation, np.asarray(nifti.load(segmentation).dataobj), range(len(LABELS)))
   for case_id, volume, segmentation in cases:
-    image = convert.load_nifti(volume)
-    label = convert.as_label(segmentation, np.asarray(convert.load_nifti(segmentation).dataobj), range(len(LABELS)))
+    image = nifti.load(volume)
+    label = convert.as_label(segmentation, np.asarray(nifti.load(segmentation).dataobj), range(len(LABELS)))
     convert.write_case(dst, case_id, [np.asarray(image.dataobj)], label, image.affine)
   convert.write_dataset_json(dst, name="LiTS17", channel_names=("CT",), labels=LABELS, num_training=len(cases),
                              reference="Bilic et al., Medical Image Analysis 84, 2023",

@@ -1,0 +1,1 @@
+"""Reading datasets into volumes: layouts, NIfTI, normalisation, resampling, the phantom."""

@@ -1,0 +1,79 @@
+"""Intensity normalisation of one volume, per channel (the settings are described in `slicejax.data.load`).
+
+numpy only, so that a config's check (`slicejax.config.checks`) parses `config.data.normalization` without JAX.
+"""
+
+import numpy as np
+
+from slicejax.config.defaults import NORMALIZATIONS
+from slicejax.errors import InputError
+
+_STD_FLOOR = 1e-8
+
+
+def parse_normalization(spec: str) -> tuple:
+  """Parses a normalisation setting (see the module docstring) into per-channel items.
+
+  Args:
+    spec: "zscore", "ct", or a comma-separated list with one item per channel, each "zscore", "ct" or
+      "ct:LO:HI:MEAN:STD".
+
+  Returns:
+    A tuple of items, each ("zscore",), ("ct",) or ("ct", lo, hi, mean, std); one item means every channel.
+
+  Raises:
+    InputError("normalization", ...) for a malformed setting.
+  """
+  items = []
+  for word in str(spec).split(","):
+    parts = word.strip().split(":")
+    if parts[0] not in NORMALIZATIONS or (parts[0] == "zscore" and len(parts) > 1) or len(parts) not in (1, 5):
+      raise InputError("normalization", f"unknown normalisation {word.strip()!r}; per channel one of 'zscore', 'ct' "
+                       "or 'ct:LO:HI:MEAN:STD', separated by commas")
+    if len(parts) == 5:
+      try:
+        lo, hi, mean, std = (float(p) for p in parts[1:])
+      except ValueError as e:
+        raise InputError("normalization", f"{word.strip()!r}: LO, HI, MEAN and STD must be numbers") from e
+      if not (np.isfinite([lo, hi, mean, std]).all() and lo < hi and std > 0):
+        raise InputError("normalization", f"{word.strip()!r}: needs LO < HI and STD > 0")
+      items.append(("ct", lo, hi, mean, std))
+    else:
+      items.append((parts[0],))
+  return tuple(items)
+
+
+def normalize_float64(image: np.ndarray, normalization: str, ct_window) -> np.ndarray:
+  """`normalize` in float64, before rounding."""
+  items = parse_normalization(normalization)
+  x = image.astype(np.float64)
+  if len(items) not in (1, x.shape[-1]):
+    raise InputError("normalization", f"{normalization!r} gives {len(items)} channel settings for an image of "
+                     f"{x.shape[-1]} channels")
+  out = np.empty_like(x)
+  spatial = tuple(range(x.ndim - 1))
+  for c in range(x.shape[-1]):
+    item, v = items[c if len(items) > 1 else 0], x[..., c]
+    if item == ("zscore",):
+      out[..., c] = (v - v.mean(axis=spatial)) / max(v.std(axis=spatial), _STD_FLOOR)
+    elif item == ("ct",):
+      lo, hi = ct_window
+      out[..., c] = 2. * (np.clip(v, lo, hi) - lo) / (hi - lo) - 1.
+    else:
+      _, lo, hi, mean, std = item
+      out[..., c] = (np.clip(v, lo, hi) - mean) / std
+  return out
+
+
+def normalize(image: np.ndarray, normalization: str, ct_window=(-1000., 1000.)) -> np.ndarray:
+  """Normalises each channel of one volume (see the module docstring).
+
+  Args:
+    image: `[D, H, W, C]` raw intensities, any real dtype.
+    normalization: "zscore", "ct", or one item per channel (see `parse_normalization`).
+    ct_window: `(lo, hi)` clipping window for "ct".
+
+  Returns:
+    `[D, H, W, C]` float16, computed in float64 and rounded once.
+  """
+  return normalize_float64(image, normalization, ct_window).astype(np.float16)

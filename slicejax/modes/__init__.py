@@ -1,0 +1,1 @@
+"""What `launch.py --mode=...` runs besides a study: check, plan, predict, export."""

@@ -1,0 +1,347 @@
+"""Selection in rounds: a point reaches its budget B over R rounds, each choosing slices with the models trained on
+the slices chosen before.
+
+The schedule (`quotas`): every one of the point's s volumes gets rho slices in all, `q_0 = max(1, round(
+rounds.first_share x rho))` of them in round 0 and the rest split as evenly as possible over rounds 1..R-1 (the
+earlier rounds take the remainder), so round r adds `s x q_r` slices and the last round ends at exactly B.
+
+  * Round 0 is a one-shot plan: `rounds.first_selection` (random, fixed or ual) at q_0 slices per volume, in the
+    volumes a one-shot point of the same s and seed annotates (`study.make_plan`).
+  * Each round r trains the group's models on what is annotated so far (`train.train_group`), predicts the
+    not-yet-annotated candidate slices of the training pool (images only: a label is read only once its slice is
+    annotated, when it enters the training bank), scores them with the point's selection module
+    (`slicejax.study.selection.entropy`, `ensemble`, `hybrid`: `scores`) and adds the next ones (`choose`). The
+    allocation rule: with `free` False, q_r slices inside each of the point's s volumes; with `free` True, the
+    s x q_r best slices anywhere in the pool, which may open new volumes (the row records the resulting s and rho).
+  * The last round's models are the points' results; every round's validation Dice is recorded.
+
+Rounds of the points of a group train together on the model axis; an `ensemble` point trains its K members
+(`rounds.members`, seeds `seed + k x MEMBER_SEED_STRIDE`, the first its own) beside it, on its plan. With
+`rounds.warm_start` a round starts from the previous round's parameters (a fresh optimiser state and schedule);
+otherwise every round trains from the same initialisation.
+
+Records, in the run's folder: `rounds/group_<g>.json` holds per round what each point added and, once trained, its
+validation Dice; a round's models are checkpointed in `checkpoints/group_<g>_round_<r>` (the last round in
+`checkpoints/group_<g>`, where `slicejax.modes.predict` finds them). A killed run resumes at the round it was in with
+the
+same selections, so its rows equal an uninterrupted run's.
+"""
+
+import dataclasses
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slicejax.errors import InputError
+from slicejax.evaluation import evaluate
+from slicejax import files
+from slicejax.study import grid as study
+from slicejax.study import selection as selection_lib
+from slicejax.training import distributed
+
+# An ensemble member k > 0 trains from seed `seed + k * MEMBER_SEED_STRIDE`: keys no study seed shares.
+MEMBER_SEED_STRIDE = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The schedule, the models of a point and round 0.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def quotas(point: study.Point, first_share: float) -> list:
+  """Slices per volume added in each of the point's rounds: `[R]` positive ints summing to rho."""
+  rho, rounds = point.slices_per_volume, point.rounds
+  first = min(max(1, round(first_share * rho)), rho - (rounds - 1))
+  rest, extra = divmod(rho - first, rounds - 1)
+  return [first] + [rest + (1 if r < extra else 0) for r in range(rounds - 1)]
+
+
+def strategy(point: study.Point):
+  return selection_lib.get(point.selection)
+
+
+def models(config, points) -> list:
+  """The models a group of points trains: each point, followed by its ensemble members (same plan, other seeds)."""
+  out = []
+  for point in points:
+    out.append(point)
+    if point.rounds > 1:
+      out += [dataclasses.replace(point, seed=point.seed + k * MEMBER_SEED_STRIDE)
+              for k in range(1, strategy(point).members(config.rounds))]
+  return out
+
+
+def owners(config, points) -> list:
+  """The point name of each of `models(config, points)`: an ensemble member's is its point's."""
+  return [p.name for p in points for _ in range(strategy(p).members(config.rounds) if p.rounds > 1 else 1)]
+
+
+def models_of(config):
+  """`point -> models it trains` (for `study.group`)."""
+  return lambda point: strategy(point).members(config.rounds) if point.rounds > 1 else 1
+
+
+def needs_embeddings(config, point) -> bool:
+  """Whether a round point needs the pool's slice embeddings: for its round-0 selection or its `choose`."""
+  return (strategy(point).NEEDS_EMBEDDINGS or selection_lib.get(config.rounds.first_selection).NEEDS_EMBEDDINGS)
+
+
+def first_plan(config, point: study.Point, depths, embeddings=None) -> dict:
+  """Round 0's plan: the one-shot `rounds.first_selection` at `quotas(...)[0]` slices in each of the s volumes."""
+  first = quotas(point, config.rounds.first_share)[0]
+  name = config.rounds.first_selection
+  one_shot = dataclasses.replace(point, budget=point.volumes * first, slices_per_volume=first, selection=name,
+                                 rounds=1, free=False)
+  options = config.get(name) if name in config else None
+  plan = study.make_plan(one_shot, depths, roi=config.study.roi, options=options, embeddings=embeddings)
+  for case in plan if not point.free else ():
+    lo, hi = study.candidate_range(depths[case], config.study.roi)
+    if point.slices_per_volume > hi - lo:
+      raise InputError("study.slices_per_volume", f"rho = {point.slices_per_volume} exceeds the {hi - lo} candidate "
+                       f"slices of volume {case}")
+  return plan
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scoring the pool and choosing the next slices.
+# ---------------------------------------------------------------------------------------------------------------------
+
+@functools.cache
+def _softmax(model):
+  """One model's softmax of a batch of slices: `(params, (images [b, H, W, C],)) -> [b, H, W, K]` float32."""
+  def softmax(params, chunk):
+    return jax.nn.softmax(model.apply({"params": params}, chunk[0]).astype(jnp.float32), axis=-1)
+  return softmax
+
+
+def pool_probabilities(config, model, axis, params, volumes, shape):
+  """Every model's softmax on every slice of `volumes`, one volume at a time (images only).
+
+  Yields:
+    `(volume, probs [M, D, H, W, K] float32, valid [D, H, W] bool)`, slices fitted to `shape` (`data.fit_to_shape`).
+  """
+  from slicejax.data import load as data_lib
+  softmax = axis.map_apply(_softmax(model))
+  for volume in volumes:
+    image, valid, _ = data_lib.fit_to_shape(volume.image, shape)
+    yield volume, evaluate.map_slices(softmax, params, (image.astype(np.float32),), config.eval.batch_size), valid
+
+
+def candidates(depth: int, roi, annotated, offered=None) -> np.ndarray:
+  """The slices of a volume that may be added: inside `offered` (`[lo, hi)`, None: every slice) narrowed by `roi`
+  (`study.candidate_range`), and not annotated."""
+  start, stop = offered if offered is not None else (0, depth)
+  lo, hi = study.candidate_range(stop - start, roi)
+  return np.setdiff1d(np.arange(lo + start, hi + start), np.asarray(annotated, np.int64))
+
+
+def choose_next(point: study.Point, plan: dict, scores: dict, quota: int, *, options, roi=(), offered=None,
+                embeddings=None) -> dict:
+  """The slices a round adds to `plan` for `point`.
+
+  Args:
+    point: a round point (its selection, `free` and s).
+    plan: case id -> annotated slices so far.
+    scores: case id -> `[D]` slice scores of every volume the rule may add to (the plan's, or with `free` the pool's).
+    quota: slices per volume this round; with `free`, s x quota slices anywhere.
+    options: the `rounds` config block.
+    roi: () or (lo, hi) fractions of the depth (`study.roi`).
+    offered: None or case id -> `[lo, hi)`, the slices a volume offers (`plan.offered_slices`).
+    embeddings: case id -> `[D, F]` slice embeddings (hybrid).
+
+  Returns:
+    case id -> sorted new slice indices (volumes that get none left out); never an annotated slice.
+  """
+  method = strategy(point)
+  cases = sorted(scores) if point.free else sorted(plan)
+  free_of = lambda c: candidates(len(scores[c]), roi, plan.get(c, ()), None if offered is None else offered[c])
+  if not point.free:
+    added = {}
+    for case in cases:
+      free = free_of(case)
+      picked = method.choose(scores[case], free, min(quota, len(free)), annotated=np.asarray(plan[case], np.int64),
+                             embeddings=None if embeddings is None else embeddings[case], options=options)
+      added[case] = [int(i) for i in picked]
+    return {case: slices for case, slices in added.items() if slices}
+  # Free allocation: one ranking over the pool, volumes concatenated in case order.
+  offsets = np.cumsum([0] + [len(scores[c]) for c in cases])
+  flat = np.concatenate([scores[c] for c in cases])
+  free = np.concatenate([free_of(c) + o for c, o in zip(cases, offsets)])
+  annotated = np.concatenate([np.asarray(plan.get(c, ()), np.int64) + o for c, o in zip(cases, offsets)])
+  picked = method.choose(flat, free, min(point.volumes * quota, len(free)), annotated=annotated,
+                         embeddings=None if embeddings is None else np.concatenate([embeddings[c] for c in cases]),
+                         options=options)
+  added = {}
+  for index in picked:
+    v = int(np.searchsorted(offsets, index, side="right") - 1)
+    added.setdefault(cases[v], []).append(int(index - offsets[v]))
+  return added
+
+
+def merge(plan: dict, added: dict) -> dict:
+  """`plan` with `added`'s slices (case id -> sorted slice indices)."""
+  out = {case: list(slices) for case, slices in plan.items()}
+  for case, slices in added.items():
+    out[case] = sorted(set(out.get(case, [])) | set(slices))
+  return out
+
+
+def next_round(config, points, plans: dict, probabilities, round_index: int, embeddings=None) -> dict:
+  """What every point of a group adds in round `round_index`, from its models' predictions of the pool.
+
+  Args:
+    points: the group's points (`models(config, points)` trained, in that order).
+    plans: point name -> plan so far.
+    probabilities: `pool_probabilities`' output for the volumes any point may add to.
+    round_index: r >= 1.
+
+  Returns:
+    point name -> `choose_next`'s added slices.
+  """
+  owner = owners(config, points)
+  rows = {p.name: slice(owner.index(p.name), owner.index(p.name) + owner.count(p.name)) for p in points}
+  scores = {p.name: {} for p in points}
+  for volume, probs, valid in probabilities:
+    for point in points:
+      if point.free or volume.case_id in plans[point.name]:
+        scores[point.name][volume.case_id] = strategy(point).scores(probs[rows[point.name]], valid, config.rounds)
+  return {p.name: choose_next(p, plans[p.name], scores[p.name], quotas(p, config.rounds.first_share)[round_index],
+                              options=config.rounds, roi=config.study.roi, embeddings=embeddings)
+          for p in points}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The rounds of one group.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _record_path(rundir, group_index: int) -> pathlib.Path:
+  return pathlib.Path(rundir) / "rounds" / f"group_{group_index}.json"
+
+
+def read_record(rundir, group_index: int, names) -> list:
+  """The rounds recorded for a group of these point names: `[{"round", "added", "val_dice"?}]`; [] without any."""
+  path = _record_path(rundir, group_index)
+  if not path.is_file():
+    return []
+  record = json.loads(path.read_text())
+  return record["rounds"] if record.get("names") == list(names) else []
+
+
+def _write_record(rundir, group_index: int, names, entries) -> None:
+  if not distributed.is_writer():  # every process holds the same entries; the writer keeps them
+    return
+  path = _record_path(rundir, group_index)
+  path.parent.mkdir(exist_ok=True)
+  files.atomic_write(path, json.dumps({"names": list(names), "rounds": entries}, sort_keys=True))
+
+
+def plans_after(entries, names) -> dict:
+  """point name -> the plan after the recorded rounds."""
+  plans = {name: {} for name in names}
+  for entry in entries:
+    plans = {name: merge(plans[name], entry["added"][name]) for name in names}
+  return plans
+
+
+def recorded_plans(rundir, groups, plans: dict) -> dict:
+  """`plans` with each round point's plan replaced by the latest one its group recorded (for `plans/*.json`)."""
+  out = dict(plans)
+  for index, points in enumerate(groups):
+    names = [p.name for p in points]
+    entries = read_record(rundir, index, names) if points[0].rounds > 1 else []
+    if entries:
+      out.update(plans_after(entries, names))
+  return out
+
+
+def _has_checkpoint(folder: pathlib.Path) -> bool:
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def bank_sizes(points, depths: dict, sizes: dict) -> dict:
+  """Bank and entry sizes that hold every round of a group's points (at most B slices each), at least `sizes`."""
+  bound = min(sum(p.budget for p in points), sum(depths.values()))
+  return {"images": max(sizes["images"], bound), "labels": max(sizes["labels"], bound),
+          "entries": max(sizes["entries"], max(p.budget for p in points))}
+
+
+def train_rounds(config, points, first_plans: dict, splits, dataset, group_index: int, rundir, *, train_group,
+                 sizes, programs=None, curves=None, embeddings=None) -> list:
+  """Runs every round of a group of round points (one round count) and returns the points' result rows.
+
+  Args:
+    config: the experiment config.
+    points: the group's points (2D, one `rounds`).
+    first_plans: point name -> round 0's plan (`first_plan`).
+    splits, dataset: as `train.train_group`.
+    group_index: the group's index in the grid.
+    rundir: the run's folder (records and checkpoints).
+    train_group: `train.train_group`.
+    sizes: the grid's 2D `data_sizes`, raised to hold every round (`bank_sizes`).
+    programs, curves: as `train.train_group` (curves for the last round only).
+    embeddings: `() -> case id -> [D, F]` slice embeddings of the pool, called when a point's `choose` needs them.
+
+  Returns:
+    One row per point, its last round's, with `round_history` ([{"round", "slices", "added", "val_dice"}]) and the
+    plan's resulting `annotated_volumes` and `annotated_slices_per_volume`.
+  """
+  rundir = pathlib.Path(rundir)
+  trained, names, owner = models(config, points), [p.name for p in points], owners(config, points)
+  pool = splits["train"]
+  depths = {v.case_id: v.depth for v in pool}
+  sizes = bank_sizes(points, depths, sizes)
+  num_rounds = points[0].rounds
+  entries = read_record(rundir, group_index, names)
+  if not entries:
+    entries = [{"round": 0, "added": {name: first_plans[name] for name in names}}]
+    _write_record(rundir, group_index, names, entries)
+  intermediate = config.copy_and_resolve_references()
+  with intermediate.unlocked():
+    intermediate.eval.update(surface_metrics=False, curve_points=0)
+  folder = lambda r: rundir / "checkpoints" / (f"group_{group_index}" if r == num_rounds - 1
+                                               else f"group_{group_index}_round_{r}")
+  need = {p.selection for p in points}
+  pool_embeddings = None
+  previous = None
+  for r in range(num_rounds):
+    last = r == num_rounds - 1
+    plans = plans_after(entries[:r + 1], names)
+    if (not last and len(entries) > r + 1 and "val_dice" in entries[r]
+        and not (config.rounds.warm_start and not _has_checkpoint(folder(r + 1)))):
+      continue  # trained, and the next round's slices chosen
+    keep = {}
+    rows = train_group(config if last else intermediate, trained, [plans[name] for name in owner], splits, dataset,
+                       group_index, folder(r), sizes=sizes, programs=programs, curves=curves if last else None,
+                       init_params=previous if config.rounds.warm_start else None, keep=keep)
+    by_name = {row["name"]: row for row in rows}
+    entries[r]["val_dice"] = {name: by_name[name].get("val_dice_mean") for name in names}
+    _write_record(rundir, group_index, names, entries)
+    if last:
+      break
+    previous = keep["stacked"]["params"]
+    if len(entries) == r + 1:
+      if pool_embeddings is None and any(selection_lib.get(s).NEEDS_EMBEDDINGS for s in need):
+        pool_embeddings = embeddings()
+      wanted = set(depths) if any(p.free for p in points) else set().union(*(plans[n] for n in names))
+      probabilities = pool_probabilities(config, keep["model"], keep["axis"], keep["params"],
+                                         [v for v in pool if v.case_id in wanted], keep["shape"])
+      added = next_round(config, points, plans, probabilities, r + 1, pool_embeddings)
+      entries.append({"round": r + 1, "added": added})
+      _write_record(rundir, group_index, names, entries)
+  for name, plan in plans_after(entries, names).items() if distributed.is_writer() else ():
+    files.atomic_write(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
+  out = []
+  for point in points:
+    row = by_name[point.name]
+    history, plan = [], {}
+    for entry in entries:
+      plan = merge(plan, entry["added"][point.name])
+      history.append({"round": entry["round"], "slices": sum(map(len, plan.values())),
+                      "added": entry["added"][point.name], "val_dice": entry["val_dice"][point.name]})
+    row.update(round_history=history, annotated_volumes=len(plan),
+               annotated_slices_per_volume=sum(map(len, plan.values())) / len(plan))
+    out.append(row)
+  return out

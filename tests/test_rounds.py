@@ -1,0 +1,342 @@
+"""Selection in rounds (`slicejax.training.rounds`) and the model-based selections: the schedule, hand-computed scores
+and picks, and tiny round studies on the phantom: exact budgets, no slice chosen twice, labels of unchosen slices never
+read, a resume at a round boundary, and ensemble members trained together equal to members trained alone."""
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from slicejax import config as config_lib
+from slicejax.errors import InputError
+from slicejax.report import results
+from slicejax.study import grid as study
+from slicejax.study.selection import entropy, hybrid
+from slicejax.study import uncertainty
+from slicejax.training.inputs import two_d
+from slicejax.training import rounds
+from slicejax.training import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _point(rho=4, r=3, selection="entropy", free=False, volumes=2, seed=0):
+  return study.Point(2, volumes * rho, volumes, rho, selection, False, seed, rounds=r, free=free)
+
+
+def test_quotas_split_rho_over_the_rounds():
+  assert rounds.quotas(_point(rho=5, r=3), 0.5) == [2, 2, 1]
+  assert rounds.quotas(_point(rho=4, r=3), 0.5) == [2, 1, 1]
+  assert rounds.quotas(_point(rho=2, r=2), 0.5) == [1, 1]
+  assert rounds.quotas(_point(rho=4, r=4), 0.9) == [1, 1, 1, 1]  # every round adds at least one slice
+  assert rounds.quotas(_point(rho=8, r=3), 0.25) == [2, 3, 3]
+
+
+def test_names_and_rows_of_round_points():
+  assert _point().name == "2d_b8_s2_rho4_entropy_r3_seed0"
+  assert _point(free=True).name == "2d_b8_s2_rho4_entropy_r3_free_seed0"
+  assert "rounds" in _point().fields() and "rounds" not in dataclasses.replace(_point(), rounds=1).fields()
+
+
+def test_scores_by_hand():
+  valid = np.ones((2, 1, 2), bool)
+  sure = np.array([[[1.0, 0.0], [1.0, 0.0]], [[0.5, 0.5], [1.0, 0.0]]])[:, None]  # [D=2, H=1, W=2, K=2]
+  np.testing.assert_allclose(uncertainty.entropy(sure[None], valid), [0.0, np.log(2) / 2])
+  # Foreground weighting: the uncertain pixel has p(foreground) 0.5.
+  np.testing.assert_allclose(uncertainty.entropy(sure[None], valid, foreground=True), [0.0, np.log(2) / 4])
+  # Padding never scores: the second pixel is padding, the mean is over the one valid pixel.
+  np.testing.assert_allclose(uncertainty.entropy(sure[None], valid & [[[True, False]]]), [0.0, np.log(2)])
+  opposite = np.stack([np.array([[[[1.0, 0.0]]]]), np.array([[[[0.0, 1.0]]]])])  # two members, one pixel
+  np.testing.assert_allclose(uncertainty.disagreement(opposite, np.ones((1, 1, 1), bool)), [np.log(2)])
+  agree = np.stack([np.array([[[[0.5, 0.5]]]])] * 2)  # uncertain but agreeing members: no disagreement
+  np.testing.assert_allclose(uncertainty.disagreement(agree, np.ones((1, 1, 1), bool)), [0.0], atol=1e-12)
+  assert uncertainty.foreground_pixels(sure[None], valid).tolist() == [0, 0]
+
+
+def test_picks_by_hand():
+  scores = np.array([0.1, 0.9, 0.5, 0.9, 0.7])
+  assert uncertainty.top(scores, [0, 2, 3, 4], 2).tolist() == [3, 4]  # 1 is not a candidate
+  assert uncertainty.top(scores, [0, 1, 2, 3, 4], 1).tolist() == [1]  # tie 1 = 3: the lower index
+  features = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]])
+  # Farthest from annotated slice 0 first (4), then from {0, 4}: 2 (distance 2 from 0, 9 from 4).
+  assert uncertainty.farthest_first(features, [1, 2, 3, 4], [0], 2).tolist() == [2, 4]
+  options = config_lib.base().rounds
+  # hybrid: k-center among the hybrid_candidates x n most uncertain; with 4 x 1 it is plain k-center.
+  assert hybrid.choose(scores, np.arange(1, 5), 1, embeddings=features, annotated=np.array([0]),
+                       options=options).tolist() == [4]
+  with options.unlocked():
+    options.hybrid_candidates = 1
+  assert hybrid.choose(scores, np.arange(1, 5), 1, embeddings=features, annotated=np.array([0]),
+                       options=options).tolist() == [1]
+  with pytest.raises(InputError, match="rounds"):
+    entropy.select(5, 2, None)
+
+
+def test_choose_next_keeps_the_allocation_or_frees_it():
+  config = config_lib.base()
+  plan = {"a": [0, 1], "b": [2]}
+  scores = {"a": np.array([9.0, 9.0, 1.0, 3.0, 2.0]), "b": np.array([0.0, 5.0, 9.0, 4.0]),
+            "c": np.array([8.0, 7.0, 0.0])}
+  # Fixed: one more slice in each annotated volume, never an annotated one.
+  choose = lambda point, **kw: rounds.choose_next(point, plan, scores, 1, options=config.rounds, **kw)
+  assert choose(_point(volumes=2)) == {"a": [3], "b": [1]}
+  # Free: s x 1 = 2 slices anywhere; "c" opens.
+  assert choose(_point(volumes=2, free=True)) == {"c": [0, 1]}
+  # Only the slices a volume offers, narrowed by the region of interest: "a" offers 2-4, its second half 3-4.
+  offered = {"a": (2, 5), "b": (0, 4), "c": (0, 3)}
+  assert choose(_point(volumes=2), offered=offered, roi=(0.5, 1.0)) == {"a": [3], "b": [3]}
+  assert rounds.merge(plan, {"c": [0], "a": [3]}) == {"a": [0, 1, 3], "b": [2], "c": [0]}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tiny round studies on the phantom, sharing compiled programs.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _config():
+  config = config_lib.load(str(ROOT / "configs/demo.py") + ":tiny")
+  config.study.update(slices_per_volume=(4,), selections=("entropy", "ensemble"), rounds=(3,),
+                      round_allocation=("fixed", "free"), round_budgets=(), round_slices_per_volume=(),
+                      reference=False)
+  config.rounds.members = 2
+  config.eval.update(surface_metrics=False, curve_points=0)
+  return config
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = _config()
+  dataset, splits, depths, points, plans = train.read_inputs(config, use_cache=False)
+  sizes = two_d.data_sizes(config, points, [plans[p.name] for p in points])
+  return {"config": config, "dataset": dataset, "splits": splits, "points": points, "plans": plans,
+          "sizes": sizes, "programs": {}}
+
+
+def _run(setup, rundir, splits=None, calls=None):
+  def train_group(*args, **kwargs):
+    if calls is not None:
+      calls.append(args[6].name)
+    return train.train_group(*args, **kwargs)
+  (pathlib.Path(rundir) / "plans").mkdir(parents=True, exist_ok=True)
+  return rounds.train_rounds(setup["config"], setup["points"], setup["plans"], splits or setup["splits"],
+                             setup["dataset"], 0, rundir, train_group=train_group, sizes=setup["sizes"],
+                             programs=setup["programs"])
+
+
+@pytest.fixture(scope="module")
+def clean(setup, tmp_path_factory):
+  rundir = tmp_path_factory.mktemp("clean")
+  calls = []
+  rows = _run(setup, rundir, calls=calls)
+  return {"rows": rows, "rundir": rundir, "calls": calls}
+
+
+def test_rounds_reach_exactly_the_budget_and_never_repeat_a_slice(setup, clean):
+  assert [p.name for p in setup["points"]] == [
+      "2d_b8_s2_rho4_entropy_r3_seed0", "2d_b8_s2_rho4_entropy_r3_free_seed0",
+      "2d_b8_s2_rho4_ensemble_r3_seed0", "2d_b8_s2_rho4_ensemble_r3_free_seed0"]
+  assert clean["calls"] == ["group_0_round_0", "group_0_round_1", "group_0"]
+  for point, row in zip(setup["points"], clean["rows"]):
+    history = row["round_history"]
+    assert [h["round"] for h in history] == [0, 1, 2] and [h["slices"] for h in history] == [4, 6, 8]
+    assert all(isinstance(h["val_dice"], float) for h in history)
+    seen = set()
+    for h in history:
+      added = {(case, s) for case, slices in h["added"].items() for s in slices}
+      assert not added & seen
+      seen |= added
+    plan = json.loads((clean["rundir"] / "plans" / f"{point.name}.json").read_text())
+    assert {(c, s) for c, slices in plan.items() for s in slices} == seen and len(seen) == point.budget == 8
+    assert history[0]["added"] == setup["plans"][point.name]  # round 0: fixed interval, 2 of the 4 per volume
+    if not point.free:
+      assert sorted(plan) == sorted(history[0]["added"]) and all(len(s) == 4 for s in plan.values())
+      assert (row["annotated_volumes"], row["annotated_slices_per_volume"]) == (2, 4.0)
+    assert row["name"] == point.name and row["rounds"] == 3 and row["free"] == point.free
+  # Both rules start alike; the entropy and ensemble points pick differently from the same round 0.
+  assert clean["rows"][0]["round_history"][1]["added"] != clean["rows"][2]["round_history"][1]["added"]
+
+
+def test_labels_of_unchosen_slices_are_never_read(setup, clean, tmp_path):
+  chosen = {}
+  for row in clean["rows"]:
+    for h in row["round_history"]:
+      for case, slices in h["added"].items():
+        chosen.setdefault(case, set()).update(slices)
+  rng = np.random.default_rng(0)
+  garbled = []
+  for volume in setup["splits"]["train"]:
+    label = rng.integers(0, setup["dataset"].num_classes, volume.label.shape).astype(volume.label.dtype)
+    keep = sorted(chosen.get(volume.case_id, ()))
+    label[keep] = volume.label[keep]
+    garbled.append(dataclasses.replace(volume, label=label))
+  rows = _run(setup, tmp_path, splits={**setup["splits"], "train": garbled})
+  assert [r["round_history"] for r in rows] == [r["round_history"] for r in clean["rows"]]
+  assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean["rows"]]
+
+
+class Killed(Exception):
+  pass
+
+
+def test_a_kill_at_a_round_boundary_resumes_with_identical_rows(setup, clean, tmp_path, monkeypatch):
+  write = rounds._write_record
+
+  def write_then_kill(rundir, group_index, names, entries):
+    write(rundir, group_index, names, entries)
+    if len(entries) == 2 and "val_dice" not in entries[1]:  # round 1's slices chosen, its training not started
+      raise Killed()
+
+  monkeypatch.setattr(rounds, "_write_record", write_then_kill)
+  with pytest.raises(Killed):
+    _run(setup, tmp_path)
+  monkeypatch.undo()
+  calls = []
+  rows = _run(setup, tmp_path, calls=calls)
+  assert calls == ["group_0_round_1", "group_0"]  # round 0 is not trained again
+  assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean["rows"]]
+
+
+def test_warm_start_resumes_from_the_last_round_s_parameters(setup, clean, tmp_path, monkeypatch):
+  warm = {**setup, "config": setup["config"].copy_and_resolve_references()}
+  warm["config"].rounds.warm_start = True
+  uninterrupted = _run(warm, tmp_path / "uninterrupted")
+  # Round 1 is chosen by round 0's model, the same cold or warm; later rounds start from the previous parameters.
+  assert [r["round_history"][1]["added"] for r in uninterrupted] == [
+      r["round_history"][1]["added"] for r in clean["rows"]]
+  assert [r["round_history"][2]["val_dice"] for r in uninterrupted] != [
+      r["round_history"][2]["val_dice"] for r in clean["rows"]]
+  write = rounds._write_record
+
+  def write_then_kill(rundir, group_index, names, entries):
+    write(rundir, group_index, names, entries)
+    if len(entries) == 2 and "val_dice" not in entries[1]:
+      raise Killed()
+
+  monkeypatch.setattr(rounds, "_write_record", write_then_kill)
+  with pytest.raises(Killed):
+    _run(warm, tmp_path / "killed")
+  monkeypatch.undo()
+  calls = []
+  rows = _run(warm, tmp_path / "killed", calls=calls)
+  # Round 1 has no checkpoint yet: round 0's parameters are restored (its training is complete) to start it.
+  assert calls == ["group_0_round_0", "group_0_round_1", "group_0"]
+  assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in uninterrupted]
+
+
+def test_ensemble_members_together_equal_members_alone(setup, tmp_path):
+  config = setup["config"]
+  point = setup["points"][2]
+  members = rounds.models(config, [point])
+  assert [m.seed for m in members] == [0, rounds.MEMBER_SEED_STRIDE]
+  plan = setup["plans"][point.name]
+
+  def params(models, folder):
+    keep = {}
+    train.train_group(config, models, [plan] * len(models), setup["splits"], setup["dataset"], 0, tmp_path / folder,
+                      sizes=setup["sizes"], programs=setup["programs"], keep=keep)
+    return jax.tree.map(np.asarray, keep["stacked"]["params"])
+
+  together = params(members, "together")
+  for m, member in enumerate(members):
+    alone = params([member], f"alone_{m}")
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[m], b[0]), together, alone)
+  first = jax.tree.leaves(together)[0]
+  assert not np.array_equal(first[0], first[1])  # different seeds, different models
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The next round's worklist: plan -> annotate -> train -> next plan, on a phantom whose labels stand in for people.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_next_worklist_from_a_model_trained_on_ignore_label_files(tmp_path):
+  import nibabel as nib
+  from slicejax.modes import export
+  from slicejax.data import nifti
+  from slicejax.data import phantom
+  from slicejax.modes import plan as plan_lib
+  root = phantom.write_phantom(tmp_path / "msd", num_cases=6, shape=(16, 16, 8))
+  first = config_lib.load(str(ROOT / "configs/plan.py"))
+  first.data.root = str(root)
+  first.plan.update(budget=4, volumes=2, selection="fixed", seed=3)
+  plan_lib.run(first, tmp_path / "plan0")
+  # "Annotate": the true labels on the planned slices of each template.
+  filled = tmp_path / "filled"
+  for template in sorted((tmp_path / "plan0" / "templates").glob("*.nii.gz")):
+    label = np.asarray(nib.load(template).dataobj)
+    truth = nifti.read_array(root / "labelsTr" / template.name).astype(label.dtype)
+    nifti.save_like(filled / template.name, np.where(label == 3, 3, truth), nib.load(root / "imagesTr" / template.name))
+  source = export.from_plan(tmp_path / "plan0", filled)
+  held_out = [c for c in ("phantom_000", "phantom_001", "phantom_002", "phantom_003", "phantom_004", "phantom_005")
+              if c not in json.loads((tmp_path / "plan0" / "plan.json").read_text())["cases"]][:1]
+  source["cases"] += [(c, [root / "imagesTr" / f"{c}.nii.gz"],
+                       nifti.read_array(root / "labelsTr" / f"{c}.nii.gz").astype(np.uint8)) for c in held_out]
+  dataset = export.write(tmp_path / "Dataset501_Phantom", source)
+  # Train on the ignore-label files (configs/sparse.py, tiny).
+  sparse = config_lib.load(str(ROOT / "configs/sparse.py"))
+  sparse.data.root = str(dataset)
+  sparse.model.update(features=4, num_stages=2)
+  sparse.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
+  sparse.eval.update(surface_metrics=False, curve_points=0)
+  train.train_and_evaluate(sparse, tmp_path / "run")
+  # The next worklist: 1 more slice in each of the 2 annotated volumes, chosen by entropy.
+  nxt = config_lib.load(str(ROOT / "configs/plan.py"))
+  nxt.data.root = str(root)
+  nxt.plan.update(budget=2, selection="entropy", model=str(tmp_path / "run"), annotated=str(filled))
+  nxt.cost.seconds_per_kilopixel = 1000.0  # one second per foreground pixel
+  built = plan_lib.run(nxt, tmp_path / "plan1")
+  so_far = built["meta"]["annotated"]
+  planned = json.loads((tmp_path / "plan0" / "plan.json").read_text())["cases"]
+  assert so_far == {case: entry["slices"] for case, entry in planned.items()}
+  assert sorted(built["plan"]) == sorted(so_far) and all(len(s) == 1 for s in built["plan"].values())
+  for case, slices in built["plan"].items():
+    assert not set(slices) & set(so_far[case])
+    lo, hi = built["meta"]["offered"][case]
+    assert all(lo <= s < hi for s in slices)
+    template = nib.load(tmp_path / "plan1" / "templates" / f"{case}.nii.gz")
+    image = nib.load(root / "imagesTr" / f"{case}.nii.gz")
+    np.testing.assert_array_equal(template.affine, image.affine)
+    assert template.shape == image.shape[:3]
+    label = np.asarray(template.dataobj)
+    before = np.asarray(nib.load(filled / f"{case}.nii.gz").dataobj)
+    for s in range(label.shape[2]):  # slicing axis 2: old slices kept, the new one 0, the rest ignore
+      expected = before[..., s] if s in so_far[case] else 0 if s in slices else 3
+      np.testing.assert_array_equal(label[..., s], expected)
+  rows = built["rows"]
+  assert [r["estimated_seconds"] for r in rows] == [1.0 + r["predicted_foreground"] for r in rows]
+  header = (tmp_path / "plan1" / "plan.csv").read_text().splitlines()[0]
+  assert header == "order,case_id,axis,slice,image,template,predicted_foreground,estimated_seconds"
+  # Free allocation: 3 slices anywhere, never an annotated one.
+  nxt.plan.update(budget=3, free=True)
+  free = plan_lib.build(nxt)
+  assert sum(map(len, free["plan"].values())) == 3
+  assert all(not set(s) & set(so_far.get(c, ())) for c, s in free["plan"].items())
+
+
+def test_the_report_compares_round_cells_with_one_shot_cells_at_equal_budget():
+  from slicejax.report import summary as report
+
+  def row(selection, seed, dice, **extra):
+    return {"dims": 2, "budget": 8, "volumes": 2, "slices_per_volume": 4, "selection": selection, "seed": seed,
+            "interpolation": False, "reference": False, "dice_mean": dice, "test_cases": ["a", "b"],
+            "per_volume": {"dice": [[dice], [dice - 0.1]]}, **extra}
+
+  history = [{"round": 0, "slices": 4, "added": {}, "val_dice": 0.5}, {"round": 1, "slices": 8, "added": {},
+                                                                        "val_dice": 0.7}]
+  rows = [row("fixed", s, 0.6 + 0.01 * s, annotated_foreground=1000) for s in range(3)]
+  rows += [row("entropy", s, 0.7 + 0.01 * s, rounds=2, free=False, round_history=history,
+               annotated_foreground=3000, annotated_volumes=2) for s in range(3)]
+  rows += [row("entropy", s, 0.65, rounds=2, free=True, round_history=history, annotated_foreground=2000,
+               annotated_volumes=3) for s in range(3)]
+  cost = {"seconds_per_volume": 10.0, "seconds_per_slice": 1.0, "seconds_per_kilopixel": 2.0}
+  cells = {c["selection"]: c for c in report.summarise(rows, cost)}
+  assert list(cells) == ["fixed", "entropy r2", "entropy r2 free"]
+  # 2 volumes x 10 s + 8 slices x 1 s + 1,000 / 3,000 / 2,000 foreground pixels x 2 s per 1,000; free opened 3.
+  assert [cells[k]["cost"] for k in cells] == [30.0, 34.0, 42.0]
+  assert cells["entropy r2"]["round_val_dice"] == pytest.approx([0.5, 0.7]) and cells["entropy r2"]["round_slices"] == [4, 8]
+  comparisons = report.paired_comparisons(rows)
+  pairs = {(c["a"]["selection"], c["b"]["selection"]): c for c in comparisons}
+  assert set(pairs) == {("entropy r2", "fixed"), ("entropy r2 free", "fixed"), ("entropy r2 free", "entropy r2")}
+  assert {c["family"] for c in comparisons} == {"selection, rounds"}
+  assert pairs[("entropy r2", "fixed")]["mean_diff"] == pytest.approx(0.1)
