@@ -4,6 +4,7 @@ Decided once for every mode (training, --check, plan, predict, export): `sliceja
 `slicejax.data.nifti` image folders, both through `detect_layout` and `parse_labels`.
 """
 
+import json
 import pathlib
 import re
 
@@ -11,6 +12,23 @@ from slicejax.errors import InputError
 
 # A label of this name in dataset.json is nnU-Net v2's ignore label: voxels not annotated, not a class.
 IGNORE_NAME = "ignore"
+
+
+def read_json(path: pathlib.Path) -> dict:
+  """A dataset.json's object.
+
+  Raises:
+    InputError: the file is missing, not JSON, or not a JSON object.
+  """
+  if not path.is_file():
+    raise InputError(path, "missing (expected an MSD or nnU-Net v2 dataset.json)")
+  try:
+    meta = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise InputError(path, f"not valid JSON: {e}") from e
+  if not isinstance(meta, dict):
+    raise InputError(path, "not a JSON object")
+  return meta
 
 
 def index_map(path, key: str, mapping) -> tuple:

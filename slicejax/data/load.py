@@ -312,14 +312,7 @@ def _smallest_int(lo: int, hi: int):
 
 
 def _read_json(path: pathlib.Path) -> dict:
-  if not path.is_file():
-    raise InputError(path, "missing (expected an MSD or nnU-Net v2 dataset.json)")
-  try:
-    meta = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise InputError(path, f"not valid JSON: {e}") from e
-  if not isinstance(meta, dict):
-    raise InputError(path, "not a JSON object")
+  meta = layouts.read_json(path)
   if "labels" not in meta:
     raise InputError(path, "lacks 'labels'")
   return meta

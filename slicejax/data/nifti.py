@@ -19,7 +19,6 @@ nnU-Net use to overlay it on the image. Bad input raises `InputError` naming the
 """
 
 import dataclasses
-import json
 import pathlib
 import re
 from typing import Optional
@@ -242,12 +241,7 @@ def index_images(root, *, slicing_axis: int = 2) -> ImageSet:
   json_path = root / "dataset.json"
   class_names, ignore, channel_names = None, None, None
   if json_path.is_file():
-    try:
-      meta = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise InputError(json_path, f"not valid JSON: {e}") from e
-    if not isinstance(meta, dict):
-      raise InputError(json_path, "not a JSON object")
+    meta = layouts.read_json(json_path)
     if "labels" in meta:
       class_names, ignore = layouts.parse_labels(json_path, meta["labels"])
     if layouts.detect_layout(json_path, meta)[0] == layouts.NNUNET:
