@@ -163,6 +163,9 @@ def test_slice_embeddings_cache(tmp_path, monkeypatch):
   rng = np.random.default_rng(3)
   images = {f"case_{i}": _volume_images(_volume_kinds(rng)[:5 + i], rng) for i in range(3)}
   config = _tiny_config(steps=3, batch_size=8)
+  # `--check`'s estimate of a missing entry trains on the slices (so it costs more than nothing) and writes nothing.
+  assert encoder.estimate_seconds(images, config, seed=0, cache_dir=tmp_path) > 0
+  assert not list(tmp_path.iterdir())
 
   first, first_info = encoder.slice_embeddings(images, config, seed=0, cache_dir=tmp_path)
   info = first_info
@@ -180,6 +183,7 @@ def test_slice_embeddings_cache(tmp_path, monkeypatch):
     raise AssertionError("the cache should have been used")
 
   monkeypatch.setattr(encoder, "train", no_training)
+  assert encoder.estimate_seconds(images, config, seed=0, cache_dir=tmp_path) == 0.0  # in the cache: nothing to do
   second, info = encoder.slice_embeddings(dict(reversed(images.items())), config, seed=0, cache_dir=tmp_path)
   assert info["cache_hit"] and info["train_seconds"] == first_info["train_seconds"]
   for case_id in images:
