@@ -27,7 +27,6 @@ from slicejax.report import figures
 from slicejax.report import summary as report
 from slicejax.study import encoder
 from slicejax.study import grid as study
-from slicejax.study import selection as selection_lib
 from slicejax.training.inputs import two_d
 from slicejax.training import parallel
 from slicejax.training import rounds
@@ -63,9 +62,7 @@ def _measure(config, dims, points, plans, splits, dataset):
   compiled, state, shared, per_model = step["compiled"], step["state"], step["shared"], step["per_model"]
   # A group's state goes into the model axis's form and back (compiled once per leaf shape and number of models).
   size = min(config.model_axis.max_models or len(points), len(points))
-  strategy = config.model_axis.strategy
-  group_axis = parallel.ModelAxis(parallel.default_strategy() if strategy in ("auto", "mesh") else strategy, size,
-                                  config.model_axis.chunk)
+  group_axis = parallel.ModelAxis(_strategy(config), size, config.model_axis.chunk)
   start = time.perf_counter()
   stacked = jax.tree.map(lambda leaf: np.repeat(np.asarray(leaf)[None], size, 0), state)
   jax.block_until_ready(group_axis.to_stacked(group_axis.from_stacked(stacked)))
@@ -100,6 +97,12 @@ def _measure(config, dims, points, plans, splits, dataset):
           step["model_bytes"], step["bank_bytes"])
 
 
+def _strategy(config) -> str:
+  """How one device runs a group's models: `model_axis.strategy`, with "auto" and "mesh" as the backend's default."""
+  strategy = config.model_axis.strategy
+  return parallel.default_strategy() if strategy in ("auto", "mesh") else strategy
+
+
 def compile_seconds(config, group_sizes, init_s: float, step_s: float, eval_s: float) -> float:
   """Seconds a launch compiles for groups of `group_sizes` (one dims), from one model's measured compilations.
 
@@ -108,9 +111,7 @@ def compile_seconds(config, group_sizes, init_s: float, step_s: float, eval_s: f
   (compilation grows with their number: chunks of `model_axis.chunk` and each group's remainder; evaluation always
   sees full chunks); "vmap" programs map them (one model's cost per distinct group size).
   """
-  strategy = config.model_axis.strategy
-  if strategy == "auto":
-    strategy = parallel.default_strategy()
+  strategy = _strategy(config)
   if strategy == "vmap":
     return init_s + len(set(group_sizes)) * (step_s + eval_s)
   chunk = 1 if strategy == "sequential" else max(1, config.model_axis.chunk)
@@ -200,10 +201,8 @@ def dry_run(config) -> list[str]:
                                        for d, ps in per_dims.items()))
   lines += [f"  left out: {reason}" for reason in left_out]
   total, peak = startup, 0
-  if any(not p.reference and selection_lib.get(p.selection).NEEDS_EMBEDDINGS for p in points):
-    shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
-    images = {v.case_id: data_lib.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
-    seconds = encoder.estimate_seconds(images, config.ual.encoder, seed=config.ual.seed,
+  if any(train.needs_embeddings(p, config) for p in points):
+    seconds = encoder.estimate_seconds(train.pool_images(config, splits), config.ual.encoder, seed=config.ual.seed,
                                        cache_dir=data_lib.cache_dir(config) / "encoder")
     total += seconds
     lines.append(f"  ual points use a slice encoder ({config.ual.encoder.steps} steps, cached per dataset and encoder "

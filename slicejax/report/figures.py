@@ -21,12 +21,8 @@ FIGURES = ("dice_vs_allocation.png", "dice_vs_budget.png", "forest.png", "dice_p
 
 def all_figures(cells, comparisons, cost) -> dict:
   """{file name: PNG bytes} of every figure of the report."""
-  return {"dice_vs_allocation.png": dice_vs_allocation(cells),
-          "dice_vs_budget.png": dice_vs_budget(cells),
-          "forest.png": forest(comparisons),
-          "dice_per_class.png": dice_per_class(cells),
-          "dice_vs_cost.png": dice_vs_cost(cells, cost),
-          "learning_curves.png": learning_curves(cells)}
+  return dict(zip(FIGURES, (dice_vs_allocation(cells), dice_vs_budget(cells), forest(comparisons),
+                            dice_per_class(cells), dice_vs_cost(cells, cost), learning_curves(cells))))
 
 
 def seconds_per_figure() -> float:

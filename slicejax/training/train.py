@@ -392,7 +392,7 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   # Labels with an ignore label are real sparse annotations: their plan is read from the voxels (`study.sparse`).
   annotated = sparse.check_study(config.study, index.ignore_label)
   points = [] if annotated else study.expand(config.study, depths, left_out)
-  plans = {p.name: plan_of(config, p, depths) for p in points if not _needs_embeddings(p, config)}
+  plans = {p.name: plan_of(config, p, depths) for p in points if not needs_embeddings(p, config)}
   used = index.select(split["train"] + split["val"] + split["test"])
   # Volumes beyond the memory budget (or for the streamed input) stay in the cache, read a part at a time; beyond the
   # budget even without `use_cache`, as they could not be held otherwise.
@@ -415,7 +415,8 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   return dataset, splits, depths, points, plans
 
 
-def _needs_embeddings(point, config=None) -> bool:
+def needs_embeddings(point, config=None) -> bool:
+  """Whether `point`'s plan needs the training pool's slice embeddings (`ual`, or a round point's selections)."""
   if point.rounds > 1:
     return rounds_lib.needs_embeddings(config, point)
   return not point.reference and selection_lib.get(point.selection).NEEDS_EMBEDDINGS
@@ -443,21 +444,25 @@ def prepare(config):
   for line in fingerprint_lib.describe(fingerprint, config=config) if fingerprint is not None else ():
     console.say(line)
   costs = {}
-  if any(_needs_embeddings(p, config) for p in points):
+  if any(needs_embeddings(p, config) for p in points):
     embeddings, info = pool_embeddings(config, splits)
     costs = {"encoder_seconds": info["train_seconds"] + info["embed_seconds"]}
-    plans.update({p.name: plan_of(config, p, depths, embeddings) for p in points if _needs_embeddings(p, config)})
+    plans.update({p.name: plan_of(config, p, depths, embeddings) for p in points if needs_embeddings(p, config)})
   plans = {p.name: plans[p.name] for p in points}
   max_models = group_size(config, points, plans, splits, dataset)
   return dataset, splits, study.group(points, max_models, rounds_lib.models_of(config)), plans, costs
 
 
+def pool_images(config, splits) -> dict:
+  """The training pool's images as the UAL encoder sees them: case id -> `[D, H, W, C]` at the 2D example shape."""
+  shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
+  return {v.case_id: data_lib.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
+
+
 def pool_embeddings(config, splits) -> tuple:
   """The UAL encoder's slice embeddings of the training pool (`encoder.slice_embeddings`, cached): (case id ->
   `[D, F]`, info)."""
-  shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
-  images = {v.case_id: data_lib.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
-  return encoder.slice_embeddings(images, config.ual.encoder, seed=config.ual.seed,
+  return encoder.slice_embeddings(pool_images(config, splits), config.ual.encoder, seed=config.ual.seed,
                                   cache_dir=data_lib.cache_dir(config) / "encoder")
 
 
@@ -616,7 +621,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
         # The work the plan asked for: the foreground of its annotated slices (`slicejax.study.cost`).
         row["annotated_foreground"] = cost_lib.foreground_pixels(final[point.name], splits["train"],
                                                                  getattr(dataset, "ignore_label", None))
-        if _needs_embeddings(point, config):
+        if needs_embeddings(point, config):
           row.update(costs)  # The encoder is part of the price of these plans.
       if writer:
         results.append_rows(results_path, rows)
