@@ -216,6 +216,17 @@ def test_check_describes_the_run_and_writes_nothing(tmp_path):
   assert [p.name for p in cache.iterdir()] == ["phantoms"]
 
 
+@pytest.mark.slow
+def test_check_counts_the_reference_steps_of_its_own(tmp_path, monkeypatch):
+  monkeypatch.setenv("SLICEJAX_CACHE", str(tmp_path / "cache"))
+  config = load("configs/demo.py:tiny")
+  with config.unlocked():
+    config.study.reference_steps = 20
+  lines = check.dry_run(config)
+  assert lines[6] == "grid: 5 points in 2 groups of at most 37 models; 2D 5 (1 reference)"
+  assert "5 models x 6 steps (the reference 20) in 2 groups" in lines[7]
+
+
 def test_the_estimate_counts_each_distinct_program_once():
   """One initialisation per grid, then per distinct number of models in a program: "loop" unrolls (chunks of 4 and
   the groups' remainders; evaluation always a full chunk), "vmap" maps (one model's cost per distinct group size)."""

@@ -94,3 +94,14 @@ def test_groups_split_by_dims_and_size():
   groups = study.group(points, 2)
   assert [[(p.dims, p.seed) for p in g] for g in groups] == [
       [(2, 0), (2, 1)], [(2, 2), (2, 3)], [(2, 4)], [(3, 0), (3, 1)], [(3, 2), (3, 3)], [(3, 4)]]
+
+
+def test_groups_split_by_training_steps():
+  # Points that train different numbers of steps (a reference with steps of its own) never share a group.
+  points = [study.Point(2, 4, 4, 1, "random", False, s) for s in range(3)]
+  points.insert(1, study.Point(2, 80, 4, None, "all", False, 0, reference=True))
+  groups = study.group(points, 8, steps_of=lambda p: 900 if p.reference else 300)
+  assert [[p.name for p in g] for g in groups] == [
+      ["2d_b4_s4_rho1_random_seed0", "2d_b4_s4_rho1_random_seed1", "2d_b4_s4_rho1_random_seed2"],
+      ["2d_reference_seed0"]]
+  assert len(study.group(points, 8)) == 1

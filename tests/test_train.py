@@ -207,6 +207,25 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
+def test_reference_with_steps_of_its_own_equals_the_reference_trained_alone(tmp_path):
+  from slicejax.config import load
+  config = load("configs/demo.py:tiny")
+  with config.unlocked():
+    config.study.reference_steps = 10
+  rows = train.train_and_evaluate(config, tmp_path / "grid")
+  steps = {r["name"]: (r["steps"], r["group"]) for r in rows}
+  assert steps.pop("2d_reference_seed0") == (10, 1)
+  assert set(steps.values()) == {(6, 0)}
+  alone = load("configs/demo.py:tiny")
+  with alone.unlocked():
+    alone.train.steps = 10
+    alone.study.budgets = ()
+  [reference] = train.train_and_evaluate(alone, tmp_path / "alone")
+  placed = lambda row: {k: v for k, v in results.comparable(row).items() if k != "name"}
+  assert placed(reference) == placed(next(r for r in rows if r["reference"]))
+
+
+@pytest.mark.slow
 def test_auto_group_size_follows_memory(monkeypatch):
   from slicejax.config import load
   config = load("configs/demo.py:tiny")

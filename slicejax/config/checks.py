@@ -214,6 +214,10 @@ def _check_train(c: _Checker) -> None:
   warmup = c.integer("train.warmup_steps", lo=0)
   if warmup >= steps:
     c.fail("train.warmup_steps", f"must be < config.train.steps ({steps}), got {warmup}")
+  reference_steps = c.integer("study.reference_steps", lo=0)
+  if 0 < reference_steps <= warmup:
+    c.fail("study.reference_steps", f"must be 0 (train.steps) or > config.train.warmup_steps ({warmup}), got "
+                                    f"{reference_steps}")
   c.real("train.final_lr_fraction", 0, 1)
   c.real("train.weight_decay", lo=0)
   c.real("train.grad_clip", lo=0, lo_open=True)

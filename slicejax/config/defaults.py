@@ -158,6 +158,9 @@ def base() -> ml_collections.ConfigDict:
       seeds=(0, 1, 2),
       reference=True,           # also train the fully annotated reference
       reference_seeds=(0,),
+      reference_steps=0,        # the reference's training steps; 0 = train.steps. It sees every slice, so it may
+                                # need more steps than the sparse cells to converge; it then trains in a group of its
+                                # own (cells are compared with each other at equal steps, never with the reference)
       roi=(),                   # () = every slice is a candidate; (lo, hi) fractions of the depth narrow it
       rounds=(3,),              # rounds of the model-based selections (entropy, ensemble, hybrid;
                                 # slicejax.training.rounds)

@@ -119,6 +119,13 @@ def compile_seconds(config, group_sizes, init_s: float, step_s: float, eval_s: f
   return init_s + step_s * sum(sizes) + eval_s * chunk
 
 
+def _steps_text(config, points) -> str:
+  """"300 steps", or "300 steps (the reference 1500)" where the reference trains its own number."""
+  text = f"{config.train.steps} steps"
+  own = {train.steps_of(config, p) for p in points if p.reference} - {config.train.steps}
+  return text + (f" (the reference {own.pop()})" if own else "")
+
+
 def seeds_check(config, points) -> list[str]:
   """The seeds each Holm family of the grid `points` needs by the pilot run `config.stats.pilot`
   (`report.seeds_needed` at the grid's own family sizes), and a warning line when the grid's `study.seeds` are
@@ -165,7 +172,7 @@ def dry_run(config) -> list[str]:
       plans[point.name] = train.plan_of(config, dataclasses.replace(point, selection="random", rounds=1, free=False),
                                         depths)
   max_models = train.group_size(config, points, plans, splits, dataset)
-  groups = study.group(points, max_models, rounds.models_of(config))
+  groups = study.group(points, max_models, rounds.models_of(config), lambda p: train.steps_of(config, p))
   names = dataset.class_names[1:]
   shapes = np.array([v.label.shape for v in dataset.volumes])
   spacings = np.array([v.spacing for v in dataset.volumes])
@@ -214,10 +221,17 @@ def dry_run(config) -> list[str]:
                                                                          dataset)
     group_sizes = [len(g) for g in groups if g[0].dims == dims]
     compile_s = sum(compiles)
-    models = sum(rounds.models_of(config)(p) * p.rounds for p in dims_points)  # trainings: members, every round
+    # Trainings (members, every round) and their steps; a group with steps of its own compiles programs of its own.
+    models = sum(rounds.models_of(config)(p) * p.rounds for p in dims_points)
+    model_steps = sum(rounds.models_of(config)(p) * p.rounds * train.steps_of(config, p) for p in dims_points)
+    by_steps = {}
+    for g in groups:
+      if g[0].dims == dims:
+        by_steps.setdefault(train.steps_of(config, g[0]), []).append(len(g))
     curve_points = len(train.curve_schedule(config.train.steps, config.eval.curve_points)) if min(
         config.eval.curve_volumes, len(splits["val"])) else 0
-    parts = {"training": compile_seconds(config, group_sizes, *compiles) + models * step_s * config.train.steps,
+    parts = {"training": sum(compile_seconds(config, sizes, *compiles) for sizes in by_steps.values())
+                         + model_steps * step_s,
              "test evaluation": models * (test_s * len(splits["test"]) + dice_s * len(splits["val"])),
              "validation curves": models * dice_s * curve_points * min(config.eval.curve_volumes, len(splits["val"]))}
     seconds = sum(parts.values())
@@ -227,8 +241,8 @@ def dry_run(config) -> list[str]:
     lines.append(f"{dims}D: {step_s:.3f} s per step and model (measured, {_MEASURED_STEPS} steps), compile "
                  f"{compile_s:.1f} s (one model's initialisation, training and evaluation programs), evaluation "
                  f"{test_s:.2f} s per model and test volume, "
-                 f"{dice_s:.2f} s per validation volume -> {len(dims_points)} models x {config.train.steps} steps in "
-                 f"{len(group_sizes)} groups: about {console.duration(seconds)} ("
+                 f"{dice_s:.2f} s per validation volume -> {len(dims_points)} models x "
+                 f"{_steps_text(config, dims_points)} in {len(group_sizes)} groups: about {console.duration(seconds)} ("
                  + ", ".join(f"{name} {console.duration(s)}" for name, s in parts.items()) + ")")
   # The report: its figures (one per kind, and the loss curves), drawn at the end of the launch.
   report_s = (len(figures.FIGURES) + 1) * figures.seconds_per_figure()

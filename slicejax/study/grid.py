@@ -134,13 +134,15 @@ def _grid(study, dims: int) -> dict:
   return grid
 
 
-def group(points: Sequence[Point], max_models: int, models_of=lambda point: 1) -> list:
-  """Splits points into groups that share shapes (dims) and round count, each of at most `max_models` models (a
-  point trains `models_of(point)`, e.g. an ensemble's members; a group holds at least one point), order kept."""
+def group(points: Sequence[Point], max_models: int, models_of=lambda point: 1, steps_of=lambda point: 0) -> list:
+  """Splits points into groups that share shapes (dims), round count and training steps (`steps_of`, e.g. a
+  reference that trains longer), each of at most `max_models` models (a point trains `models_of(point)`, e.g. an
+  ensemble's members; a group holds at least one point), order kept."""
   groups = []
-  for dims, rounds in sorted({(p.dims, p.rounds) for p in points}):
+  kind = lambda p: (p.dims, p.rounds, steps_of(p))
+  for key in sorted({kind(p) for p in points}):
     group_points, size = [], 0
-    for point in (p for p in points if (p.dims, p.rounds) == (dims, rounds)):
+    for point in (p for p in points if kind(p) == key):
       if group_points and size + models_of(point) > max_models:
         groups.append(group_points)
         group_points, size = [], 0

@@ -227,7 +227,7 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
                                                                    shape, sizes, axis)
 
   # Model, optimiser, state: the latest checkpoint of this group if there is one.
-  key = (points[0].dims, axis.batch_split.axis_name, axis.batch_split.size, group_input.NAME)
+  key = (points[0].dims, axis.batch_split.axis_name, axis.batch_split.size, group_input.NAME, config.train.steps)
   programs = {} if programs is None else programs
   if key not in programs:
     programs[key] = grid_programs(config, points[0].dims, num_classes, shape + (dataset.num_channels,),
@@ -415,6 +415,23 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   return dataset, splits, depths, points, plans
 
 
+def steps_of(config, point) -> int:
+  """The training steps of `point`: `study.reference_steps` for the fully annotated reference where set, else
+  `train.steps`."""
+  return (point.reference and config.study.reference_steps) or config.train.steps
+
+
+def with_steps(config, steps: int):
+  """`config` itself, or a copy of it whose `train.steps` is `steps` (a group that trains its own number of
+  steps)."""
+  if steps == config.train.steps:
+    return config
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.train.steps = steps
+  copy.lock()
+  return copy
+
+
 def needs_embeddings(point, config=None) -> bool:
   """Whether `point`'s plan needs the training pool's slice embeddings (`ual`, or a round point's selections)."""
   if point.rounds > 1:
@@ -450,7 +467,8 @@ def prepare(config):
     plans.update({p.name: plan_of(config, p, depths, embeddings) for p in points if needs_embeddings(p, config)})
   plans = {p.name: plans[p.name] for p in points}
   max_models = group_size(config, points, plans, splits, dataset)
-  return dataset, splits, study.group(points, max_models, rounds_lib.models_of(config)), plans, costs
+  groups = study.group(points, max_models, rounds_lib.models_of(config), lambda p: steps_of(config, p))
+  return dataset, splits, groups, plans, costs
 
 
 def pool_images(config, splits) -> dict:
@@ -604,12 +622,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
         continue
       dims = group_points[0].dims
       estimate = eval_per_model[dims] * len(group_points) if dims in eval_per_model else None
+      group_config = with_steps(config, steps_of(config, group_points[0]))
       if group_points[0].rounds > 1:
-        rows = rounds_lib.train_rounds(config, group_points, plans, splits, dataset, index, rundir,
+        rows = rounds_lib.train_rounds(group_config, group_points, plans, splits, dataset, index, rundir,
                                        train_group=train_group, sizes=sizes[dims], programs=programs, curves=curves,
                                        embeddings=lambda: pool_embeddings(config, splits)[0])
       else:
-        rows = train_group(config, group_points, [plans[p.name] for p in group_points], splits, dataset, index,
+        rows = train_group(group_config, group_points, [plans[p.name] for p in group_points], splits, dataset, index,
                            rundir / "checkpoints" / f"group_{index}", sizes=sizes[dims], programs=programs,
                            curves=curves, eval_seconds=estimate)
       eval_per_model[dims] = rows[0]["eval_seconds"]
