@@ -1,4 +1,4 @@
-"""Calibration of the report's verdicts: simulated studies with a known truth through `report.paired_comparisons`.
+"""Calibration of the report's verdicts: simulated studies with a known truth through `comparisons.paired_comparisons`.
 
 Workload: `slicejax.report.calibration.simulate_rows` (two cells, S seeds, V test volumes; seed, seed-by-cell, volume,
 volume-by-cell and residual effects, all normal) under a true difference of 0 and of +0.02 Dice, for each variance

@@ -1,5 +1,5 @@
 """The report's comparisons are calibrated: simulated studies with a known truth (seed effects, volume effects shared
-by every seed, cell effects; `slicejax.report.calibration`) run through `report.paired_comparisons`, at 3, 5 and 10
+by every seed, cell effects; `slicejax.report.calibration`) run through `comparisons.paired_comparisons`, at 3, 5 and 10
 seeds.
 
 2,000 studies per case: a true rate of 0.05 has a standard error of 0.005 there, so the bounds (false verdicts at

@@ -12,9 +12,13 @@ import pytest
 from scipy import stats as scipy_stats
 
 from slicejax.errors import InputError
+from slicejax.report import cells as cells_lib
+from slicejax.report import comparisons as comparisons_lib
+from slicejax.report import findings as findings_lib
+from slicejax.report import render
 from slicejax.report import results
 from slicejax.report import statistics as stats
-from slicejax.report import summary as report
+from slicejax.report import summary
 
 
 
@@ -52,11 +56,11 @@ def _grid_rows():
 
 
 def _key(cell):
-  return tuple(cell[name] for name in report.CELL_KEY)
+  return tuple(cell[name] for name in cells_lib.CELL_KEY)
 
 
 def test_summarise_means_std_counts_and_order():
-  cells = report.summarise(_grid_rows())
+  cells = cells_lib.summarise(_grid_rows())
   assert [_key(cell) for cell in cells] == [
       (2, 8, 8, 1, "random", False, False),
       (2, 8, 4, 2, "random", False, False),
@@ -83,7 +87,7 @@ def test_summarise_means_std_counts_and_order():
 
 
 def test_summarise_later_row_of_a_seed_replaces_the_earlier_one():
-  cells = report.summarise([_row(0, 0.25), _row(1, 0.5), _row(0, 0.75)])
+  cells = cells_lib.summarise([_row(0, 0.25), _row(1, 0.5), _row(0, 0.75)])
   # Dice [0.75, 0.5]: mean 0.625, std sqrt(2 * 0.125^2 / 1).
   assert (cells[0]["n_seeds"], cells[0]["dice_mean"]) == (2, 0.625)
   assert cells[0]["dice_std"] == pytest.approx(0.125 * math.sqrt(2), rel=1e-15)
@@ -93,29 +97,29 @@ def test_a_seed_scoring_0_on_every_class_stays_in_the_mean_and_is_flagged():
   zero, some = {"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.5}
   rows = [_row(0, 0.0, dice_per_class=zero), _row(1, 0.25, dice_per_class=some), _row(2, 0.5),
           _row(3, 0.0, dice_per_class=zero)]
-  (cell,) = report.summarise(rows)
+  (cell,) = cells_lib.summarise(rows)
   assert (cell["dice_mean"], cell["collapsed_seeds"]) == (0.1875, [0, 3])
-  assert report._flags(cell) == "collapsed: seeds 0, 3 of 4 score 0 on every class"
-  (cell,) = report.summarise(rows[1:3])
-  assert cell["collapsed_seeds"] == [] and report._flags(cell) == ""
+  assert render._flags(cell) == "collapsed: seeds 0, 3 of 4 score 0 on every class"
+  (cell,) = cells_lib.summarise(rows[1:3])
+  assert cell["collapsed_seeds"] == [] and render._flags(cell) == ""
 
 
 def test_summarise_leaves_out_seeds_without_dice_and_says_so():
   rows = [_row(0, 0.5), _row(1, None), _row(2, 0.75)]
-  (cell,) = report.summarise(rows)
+  (cell,) = cells_lib.summarise(rows)
   assert (cell["dice_mean"], cell["undefined_seeds"], cell["n_seeds"]) == (0.625, [1], 3)
-  assert report._spread(cell) == "0.625 ± 0.177 (2, 1 left out: Dice undefined)"
-  (empty,) = report.summarise([_row(0, None)])
-  assert math.isnan(empty["dice_mean"]) and report._spread(empty) == "— (1, 1 left out: Dice undefined)"
+  assert render._spread(cell) == "0.625 ± 0.177 (2, 1 left out: Dice undefined)"
+  (empty,) = cells_lib.summarise([_row(0, None)])
+  assert math.isnan(empty["dice_mean"]) and render._spread(empty) == "— (1, 1 left out: Dice undefined)"
 
 
 def test_summarise_rejects_rows_without_required_fields():
   row = _row(0, 0.5)
   del row["dice_mean"]
   with pytest.raises(InputError, match="results row 1: missing field"):
-    report.summarise([_row(0, 0.5), row])
+    cells_lib.summarise([_row(0, 0.5), row])
   with pytest.raises(InputError, match="slices_per_volume is required"):
-    report.summarise([_row(0, 0.5, slices_per_volume=None)])
+    cells_lib.summarise([_row(0, 0.5, slices_per_volume=None)])
 
 
 def _find(comparisons, kind, **a_fields):
@@ -127,7 +131,7 @@ def _find(comparisons, kind, **a_fields):
 def test_allocation_comparison_is_the_fewest_slices_against_the_others_with_the_paired_t():
   rows = [_row(seed, 0.5, slices=1) for seed in range(3)]
   rows += [_row(seed, 0.5 + diff, slices=2) for seed, diff in enumerate([0.01, 0.03, 0.02])]
-  (allocation,) = report.paired_comparisons(rows)
+  (allocation,) = comparisons_lib.paired_comparisons(rows)
   # The fewest slices per volume (1) is a, fixed in advance: a - b per seed [-0.01, -0.03, -0.02].
   assert allocation["comparison"] == "allocation"
   assert (allocation["a"]["slices_per_volume"], allocation["b"]["slices_per_volume"]) == (1, 2)
@@ -143,7 +147,7 @@ def test_allocation_comparison_is_the_fewest_slices_against_the_others_with_the_
 
 def test_allocations_are_compared_with_the_fewest_slices_never_with_the_best():
   rows = [_row(0, 0.5, slices=2), _row(0, 0.75, slices=4), _row(0, 0.625, slices=8)]
-  comparisons = report.paired_comparisons(rows)
+  comparisons = comparisons_lib.paired_comparisons(rows)
   assert [(c["comparison"], c["a"]["slices_per_volume"], c["b"]["slices_per_volume"], c["mean_diff"])
           for c in comparisons] == [("allocation", 2, 4, -0.25), ("allocation", 2, 8, -0.125)]
   assert all(c["verdict"] == stats.UNDERPOWERED and c["ci_low"] is None for c in comparisons)
@@ -152,19 +156,19 @@ def test_allocations_are_compared_with_the_fewest_slices_never_with_the_best():
 def test_unpaired_seeds_are_excluded_and_too_few_seeds_are_underpowered():
   rows = [_row(seed, 0.5, slices=1) for seed in (1, 2, 5)]
   rows += [_row(seed, dice, slices=2) for seed, dice in [(0, 0.0), (1, 0.75), (2, 0.625), (3, 0.0)]]
-  (comparison,) = report.paired_comparisons(rows)
+  (comparison,) = comparisons_lib.paired_comparisons(rows)
   assert (comparison["seeds"], comparison["n_pairs"], comparison["mean_diff"]) == ([1, 2], 2, -0.1875)
   # Two seeds give an interval but no verdict below the minimum of 3; with min_seeds 2 they do.
   assert comparison["ci_low"] is not None and comparison["verdict"] == "underpowered"
-  (two,) = report.paired_comparisons(rows, {"min_seeds": 2})
+  (two,) = comparisons_lib.paired_comparisons(rows, {"min_seeds": 2})
   assert two["verdict"] == "inconclusive" and two["p_adjusted"] == two["p_value"]
-  single = report.paired_comparisons([_row(1, 0.5, slices=1), _row(1, 0.75, slices=2), _row(2, 0.0, slices=2)])
+  single = comparisons_lib.paired_comparisons([_row(1, 0.5, slices=1), _row(1, 0.75, slices=2), _row(2, 0.0, slices=2)])
   assert (single[0]["n_pairs"], single[0]["mean_diff"], single[0]["ci_low"]) == (1, -0.25, None)
-  assert report.paired_comparisons([_row(0, 0.5, slices=1), _row(1, 0.75, slices=2)]) == []
+  assert comparisons_lib.paired_comparisons([_row(0, 0.5, slices=1), _row(1, 0.75, slices=2)]) == []
 
 
 def test_selection_and_interpolation_comparisons():
-  comparisons = report.paired_comparisons(_grid_rows())
+  comparisons = comparisons_lib.paired_comparisons(_grid_rows())
   assert [c["comparison"] for c in comparisons] == ["allocation", "selection", "interpolation"]
   allocation = _find(comparisons, "allocation", interpolation=False, selection="random")
   # Random: 1 slice per volume against 2, per seed [0.5 - 0.5, 0.625 - 0.5, 0.75 - 0.875] = [0, 0.125, -0.125].
@@ -186,7 +190,7 @@ def test_holm_runs_within_each_family():
   for seed, noise in enumerate([0.01, -0.01, 0.02, -0.02]):
     rows += [_row(seed, 0.8, slices=1), _row(seed, 0.75 + noise / 10, slices=2)]
     rows += [_row(seed, 0.8, budget=16, slices=1), _row(seed, 0.78 + 2 * noise, budget=16, slices=2)]
-  comparisons = report.paired_comparisons(rows)
+  comparisons = comparisons_lib.paired_comparisons(rows)
   assert [c["family_size"] for c in comparisons] == [2, 2]
   assert [c["p_adjusted"] for c in comparisons] == pytest.approx(stats.holm([c["p_value"] for c in comparisons]))
   assert [c["verdict"] for c in comparisons] == ["better", "inconclusive"]
@@ -194,9 +198,9 @@ def test_holm_runs_within_each_family():
 
 def test_stats_options_are_checked():
   with pytest.raises(InputError, match="config.stats.margin"):
-    report.paired_comparisons([_row(0, 0.5)], {"margin": 0})
+    comparisons_lib.paired_comparisons([_row(0, 0.5)], {"margin": 0})
   with pytest.raises(InputError, match="config.stats.alpha"):
-    report.paired_comparisons([_row(0, 0.5)], {"alpha": 1.0})
+    comparisons_lib.paired_comparisons([_row(0, 0.5)], {"alpha": 1.0})
 
 
 def _volume_row(seed, dice, *, cases=("v0", "v1", "v2", "v3"), **fields):
@@ -225,8 +229,8 @@ def _study_rows():
 
 def test_findings_from_clear_cases():
   rows = _study_rows()
-  comparisons = report.paired_comparisons(rows)
-  found = report.findings(comparisons, report.summarise(rows))
+  comparisons = comparisons_lib.paired_comparisons(rows)
+  found = findings_lib.findings(comparisons, cells_lib.summarise(rows))
   assert [f["verdict"] for f in found] == ["reproduced", "reproduced", "not reproduced"]
   one, two, three = found
   assert one["counts"]["better"] == 1 and one["best"]["2D budget 8"]["slices_per_volume"] == 1
@@ -256,7 +260,7 @@ def _undetectable_ual_rows():
 @pytest.mark.slow
 def test_finding_2_with_only_undetectable_differences_is_inconclusive(tmp_path):
   rows = _undetectable_ual_rows()
-  comparisons = report.paired_comparisons(rows)
+  comparisons = comparisons_lib.paired_comparisons(rows)
   ual = [c for c in comparisons if "ual" in (c["a"]["selection"], c["b"]["selection"])]
   assert len(ual) == 6 and {c["verdict"] for c in ual} == {"inconclusive"}
   _run_folder(tmp_path / "run", rows)
@@ -275,29 +279,29 @@ def _curve(rise):
 
 def test_the_trust_gate_closes_on_an_undertrained_study():
   rows = [dict(row, val_curve=_curve(0.0)) for row in _study_rows()]
-  cells = report.summarise(rows)
-  assert report.trust_gate(cells)["undertrained"] is False
+  cells = cells_lib.summarise(rows)
+  assert findings_lib.trust_gate(cells)["undertrained"] is False
   # The reference still improving closes the gate, and every finding says so with the reason.
   with_reference = rows + [dict(_reference(0, 0.5), val_curve=_curve(0.02))]
-  cells = report.summarise(with_reference)
-  gate = report.trust_gate(cells)
+  cells = cells_lib.summarise(with_reference)
+  gate = findings_lib.trust_gate(cells)
   assert gate["undertrained"] and "reference is still improving" in gate["reasons"][0]
   assert any("scores below the best sparse cell" in flag for flag in gate["flags"])
-  found = report.findings(report.paired_comparisons(with_reference), cells)
+  found = findings_lib.findings(comparisons_lib.paired_comparisons(with_reference), cells)
   assert {f["verdict"] for f in found} == {"inconclusive: undertrained"}
   assert found[0]["verdict_without_gate"] == "reproduced"
   # More than 10% of the cells still improving closes it too: 1 of 4 cells is 25%.
   improving = [dict(row, val_curve=_curve(0.02 if row["selection"] == "ual" else 0.0)) for row in _study_rows()]
-  gate = report.trust_gate(report.summarise(improving))
+  gate = findings_lib.trust_gate(cells_lib.summarise(improving))
   assert gate["undertrained"] and gate["reasons"] == ["1 of 4 cells are still improving (more than 10%)"]
-  assert report.trust_gate(report.summarise(improving), {"max_improving_share": 0.25})["undertrained"] is False
+  assert findings_lib.trust_gate(cells_lib.summarise(improving), {"max_improving_share": 0.25})["undertrained"] is False
 
 
 def test_seeds_needed_per_family_from_the_pooled_variability():
   rows = _study_rows()
-  comparisons = report.paired_comparisons(rows)
+  comparisons = comparisons_lib.paired_comparisons(rows)
   assert {c["family"] for c in comparisons} == {"allocation", "selection, ual", "interpolation, 2D"}
-  needed = report.seeds_needed(comparisons)
+  needed = comparisons_lib.seeds_needed(comparisons)
   assert set(needed) == {"allocation", "selection, ual", "interpolation, 2D"}
   allocation = needed["allocation"]
   pooled = stats.pooled_variability([c for c in comparisons if c["family"] == "allocation"])
@@ -312,10 +316,10 @@ def test_holm_runs_over_exactly_the_comparisons_a_finding_uses():
   rows = [r for r in _study_rows() if not r["interpolation"]]
   with_fixed = rows + [dict(r, selection="fixed", name=r["name"].replace("random", "fixed"))
                        for r in rows if r["selection"] == "random"]
-  ual = [c for c in report.paired_comparisons(rows) if c["family"] == "selection, ual"]
-  ual_with_fixed = [c for c in report.paired_comparisons(with_fixed) if c["family"] == "selection, ual"]
+  ual = [c for c in comparisons_lib.paired_comparisons(rows) if c["family"] == "selection, ual"]
+  ual_with_fixed = [c for c in comparisons_lib.paired_comparisons(with_fixed) if c["family"] == "selection, ual"]
   assert len(ual) == 1 and len(ual_with_fixed) == 2
-  fixed_random = [c for c in report.paired_comparisons(with_fixed) if c["family"] == "selection"]
+  fixed_random = [c for c in comparisons_lib.paired_comparisons(with_fixed) if c["family"] == "selection"]
   assert len(fixed_random) == 2 and all(c["family_size"] == 2 for c in fixed_random)
 
 
@@ -323,28 +327,28 @@ def test_cost_frontier_and_cost_model():
   rows = [_row(0, 0.7, budget=8, slices=1), _row(0, 0.75, budget=8, slices=2), _row(0, 0.72, budget=8, slices=8),
           _row(0, 0.8, budget=16, slices=4)]
   # 30 s per volume + 2 s per slice: 8x1 -> 256, 4x2 -> 136, 1x8 -> 46, 4x4 -> 152.
-  cells = report.summarise(rows, {"seconds_per_volume": 30.0, "seconds_per_slice": 2.0})
+  cells = cells_lib.summarise(rows, {"seconds_per_volume": 30.0, "seconds_per_slice": 2.0})
   assert sorted(cell["cost"] for cell in cells) == [46, 136, 152, 256]
-  frontier = report.cost_frontier(cells)
+  frontier = cells_lib.cost_frontier(cells)
   assert [(c["cost"], c["dice_mean"]) for c in frontier] == [(46, 0.72), (136, 0.75), (152, 0.8)]
 
 
 def test_still_improving_flag_from_learning_curves():
   rows = [_row(s, 0.5, val_curve={"steps": [50, 100], "dice": [0.5, 0.5 + 0.0078125 * s]}) for s in range(2)]
   rows += [_row(s, 0.5, slices=2, val_curve={"steps": [50, 100], "dice": [0.625, 0.5]}) for s in range(2)]
-  improving, falling = report.summarise(rows)
+  improving, falling = cells_lib.summarise(rows)
   # Mean rise 0.00390625 is within the tolerance 0.005; with a third seed rising 0.015625 the mean rise is 0.0078125.
   assert (improving["curve_steps"], improving["curve_dice"]) == ([50, 100], [0.5, 0.50390625])
   assert improving["still_improving"] is False and falling["still_improving"] is False
   rows.append(_row(2, 0.5, val_curve={"steps": [50, 100], "dice": [0.5, 0.515625]}))
-  assert report.summarise(rows)[0]["still_improving"] is True
+  assert cells_lib.summarise(rows)[0]["still_improving"] is True
 
 
 def test_absent_classes_are_flagged(tmp_path):
   rows = [_row(0, 0.5, test_volumes=10, class_volumes={"anterior": 10, "posterior": 7})]
-  (cell,) = report.summarise(rows)
+  (cell,) = cells_lib.summarise(rows)
   assert cell["absent"] == {"posterior": 3}
-  report.write_summary(tmp_path, rows)
+  summary.write_summary(tmp_path, rows)
   assert "absent: posterior in 3/10" in (tmp_path / "summary.md").read_text()
 
 
@@ -367,8 +371,8 @@ def test_merging_two_runs_equals_one_run_of_the_union(tmp_path):
   one = _run_folder(tmp_path / "one", rows)
   first = _run_folder(tmp_path / "first", rows[:half], **{"study.seeds": [0, 1]})
   second = _run_folder(tmp_path / "second", rows[half - 2:], **{"data.root": "/elsewhere"})  # overlapping rows
-  report.run([one])
-  report.run([first, second], tmp_path / "merged")
+  summary.run([one])
+  summary.run([first, second], tmp_path / "merged")
   for name in ("summary.md", "summary.csv", "findings.json"):
     assert (tmp_path / "merged" / name).read_text() == (one / name).read_text(), name
 
@@ -378,14 +382,14 @@ def test_merging_incompatible_runs_names_the_key(tmp_path):
   first = _run_folder(tmp_path / "first", _study_rows()[:2])
   second = _run_folder(tmp_path / "second", _study_rows()[2:4], **{"train.steps": 200})
   with pytest.raises(InputError, match=r"second/config.json: train.steps is 200 here but 100 in"):
-    report.run([first, second], tmp_path / "merged")
+    summary.run([first, second], tmp_path / "merged")
   assert not (tmp_path / "merged").exists()
   out = subprocess.run([sys.executable, "-m", "slicejax.report", f"--workdir={first}", f"--workdir={second}",
                         f"--out={tmp_path / 'merged'}"], capture_output=True, text=True)
   assert out.returncode == 2
   assert out.stderr.strip().count("\n") == 0 and "train.steps is 200 here but 100" in out.stderr
   with pytest.raises(InputError, match="no config.json"):
-    report.run([tmp_path / "nothing"])
+    summary.run([tmp_path / "nothing"])
 
 
 @pytest.mark.slow
@@ -394,20 +398,20 @@ def test_runs_of_different_lengths_merge_when_their_budgets_differ(tmp_path):
   short = _run_folder(tmp_path / "short", [dict(r, steps=100) for r in rows])
   longer = _run_folder(tmp_path / "long", [dict(r, budget=16, steps=300, name=r["name"].replace("b8", "b16"))
                                            for r in rows], **{"train.steps": 300})
-  merged = report.run([short, longer], tmp_path / "merged")
+  merged = summary.run([short, longer], tmp_path / "merged")
   text = (merged / "summary.md").read_text()
   assert "Training length differs between budgets (cells are compared only at equal budget): 100 steps: 8; " \
          "300 steps: 16." in text
   # The same budget trained for different lengths is not merged.
   again = _run_folder(tmp_path / "again", [dict(r, steps=300) for r in rows[:4]], **{"train.steps": 300})
   with pytest.raises(InputError, match="train.steps is 300 here but 100"):
-    report.run([short, again], tmp_path / "refused")
+    summary.run([short, again], tmp_path / "refused")
 
 
 @pytest.mark.slow
 def test_write_summary_writes_every_file(tmp_path):
   rows = _grid_rows()
-  report.write_summary(tmp_path, rows)
+  summary.write_summary(tmp_path, rows)
   assert sorted(os.listdir(tmp_path)) == [
       "dice_per_class.png", "dice_vs_allocation.png", "dice_vs_budget.png", "dice_vs_cost.png", "findings.json",
       "forest.png", "learning_curves.png", "summary.csv", "summary.md"]
@@ -417,7 +421,7 @@ def test_write_summary_writes_every_file(tmp_path):
 
   with open(tmp_path / "summary.csv", newline="") as f:
     table = list(csv.DictReader(f))
-  cells = report.summarise(rows)
+  cells = cells_lib.summarise(rows)
   assert len(table) == len(cells)
   for line, cell in zip(table, cells):
     assert int(line["dims"]) == cell["dims"] and int(line["budget"]) == cell["budget"]
@@ -447,10 +451,10 @@ def test_write_summary_writes_every_file(tmp_path):
 
 
 def test_write_summary_with_no_rows(tmp_path):
-  report.write_summary(tmp_path, [])
+  summary.write_summary(tmp_path, [])
   assert "No results yet." in (tmp_path / "summary.md").read_text()
   assert (tmp_path / "summary.csv").read_text().splitlines() == [
-      ",".join(report.CELL_KEY) + ",n_seeds,density,dice_mean,dice_std,hd95_mean,nsd_mean,interp_dice,cost,"
+      ",".join(cells_lib.CELL_KEY) + ",n_seeds,density,dice_mean,dice_std,hd95_mean,nsd_mean,interp_dice,cost,"
       "train_seconds,n_diverged,still_improving"]
   assert (tmp_path / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -464,14 +468,14 @@ def test_a_2d_run_and_a_3d_run_merge_whatever_the_other_network(tmp_path):
   config = json.loads((second / "config.json").read_text())
   config["three_d"] = {"patch": [32, 32, 32]}
   (second / "config.json").write_text(json.dumps(config))
-  report.run([first, second], tmp_path / "merged", resamples=200)  # the 2D run's three_d block is never used
+  summary.run([first, second], tmp_path / "merged", resamples=200)  # the 2D run's three_d block is never used
   config["model"] = {"features": 16}
   (second / "config.json").write_text(json.dumps(config))
-  report.run([first, second], tmp_path / "merged", resamples=200)
+  summary.run([first, second], tmp_path / "merged", resamples=200)
   third = _run_folder(tmp_path / "third", [dict(row, name=row["name"] + "_again") for row in rows_3d])
   with pytest.raises(InputError,
                      match=r"third/config.json: three_d.patch is None here but \[32, 32, 32\] in .*second"):
-    report.run([first, second, third], tmp_path / "merged")
+    summary.run([first, second, third], tmp_path / "merged")
 
 
 def test_check_sizes_the_grid_families_from_the_pilot(tmp_path):
@@ -486,10 +490,11 @@ def test_check_sizes_the_grid_families_from_the_pilot(tmp_path):
   config.study.update(budgets=(8,), slices_per_volume=(1, 2), selections=("random", "fixed"), seeds=(0, 1, 2))
   points = study.expand(config.study, {f"case_{i}": 8 for i in range(10)})
   # The grid: allocation 1 vs 2 for random and for fixed (2 comparisons), fixed - random at 2 allocations (2).
-  assert report.grid_family_sizes(points) == {"allocation": 2, "selection": 2}
-  needed = report.seeds_needed(report.paired_comparisons(rows), None, {"allocation": 2, "selection": 2})
+  assert comparisons_lib.grid_family_sizes(points) == {"allocation": 2, "selection": 2}
+  needed = comparisons_lib.seeds_needed(comparisons_lib.paired_comparisons(rows), None,
+                                        {"allocation": 2, "selection": 2})
   assert needed["selection"]["pooled_from"] == "family" and needed["allocation"]["pooled_from"] == "all"
-  pooled = stats.pooled_variability(report.paired_comparisons(rows))
+  pooled = stats.pooled_variability(comparisons_lib.paired_comparisons(rows))
   want = stats.seeds_needed(pooled["seed_sd_upper"], pooled["volume_var"], 60, 0.02, 0.025, min_seeds=3)
   assert needed["selection"]["seeds_needed"] == needed["allocation"]["seeds_needed"] == want > 3
   lines = dryrun.seeds_check(config, points)
@@ -508,6 +513,6 @@ def test_check_sizes_the_grid_families_from_the_pilot(tmp_path):
 
 
 def test_a_single_model_gets_no_findings_boilerplate(tmp_path):
-  report.write_summary(tmp_path, [_reference(0, 0.875)])
+  summary.write_summary(tmp_path, [_reference(0, 0.875)])
   text = (tmp_path / "summary.md").read_text()
   assert "the paper's findings are not checked" in text and "Verdict:" not in text

@@ -315,7 +315,8 @@ def test_next_worklist_from_a_model_trained_on_ignore_label_files(tmp_path):
 
 
 def test_the_report_compares_round_cells_with_one_shot_cells_at_equal_budget():
-  from slicejax.report import summary as report
+  from slicejax.report import cells as cells_lib
+  from slicejax.report import comparisons as comparisons_lib
 
   def row(selection, seed, dice, **extra):
     return {"dims": 2, "budget": 8, "volumes": 2, "slices_per_volume": 4, "selection": selection, "seed": seed,
@@ -330,12 +331,12 @@ def test_the_report_compares_round_cells_with_one_shot_cells_at_equal_budget():
   rows += [row("entropy", s, 0.65, rounds=2, free=True, round_history=history, annotated_foreground=2000,
                annotated_volumes=3) for s in range(3)]
   cost = {"seconds_per_volume": 10.0, "seconds_per_slice": 1.0, "seconds_per_kilopixel": 2.0}
-  cells = {c["selection"]: c for c in report.summarise(rows, cost)}
+  cells = {c["selection"]: c for c in cells_lib.summarise(rows, cost)}
   assert list(cells) == ["fixed", "entropy r2", "entropy r2 free"]
   # 2 volumes x 10 s + 8 slices x 1 s + 1,000 / 3,000 / 2,000 foreground pixels x 2 s per 1,000; free opened 3.
   assert [cells[k]["cost"] for k in cells] == [30.0, 34.0, 42.0]
   assert cells["entropy r2"]["round_val_dice"] == pytest.approx([0.5, 0.7]) and cells["entropy r2"]["round_slices"] == [4, 8]
-  comparisons = report.paired_comparisons(rows)
+  comparisons = comparisons_lib.paired_comparisons(rows)
   pairs = {(c["a"]["selection"], c["b"]["selection"]): c for c in comparisons}
   assert set(pairs) == {("entropy r2", "fixed"), ("entropy r2 free", "fixed"), ("entropy r2 free", "entropy r2")}
   assert {c["family"] for c in comparisons} == {"selection, rounds"}

@@ -23,8 +23,10 @@ from slicejax.config import fingerprint as fingerprint_lib
 from slicejax import console
 from slicejax.data import load as data_lib
 from slicejax.evaluation import evaluate as evaluate_lib
+from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import figures
-from slicejax.report import summary as report
+from slicejax.report import render
+from slicejax.report import runs
 from slicejax.study import encoder
 from slicejax.study import grid as study
 from slicejax.training.inputs import two_d
@@ -128,23 +130,23 @@ def _steps_text(config, points) -> str:
 
 def seeds_check(config, points) -> list[str]:
   """The seeds each Holm family of the grid `points` needs by the pilot run `config.stats.pilot`
-  (`report.seeds_needed` at the grid's own family sizes), and a warning line when the grid's `study.seeds` are
+  (`comparisons.seeds_needed` at the grid's own family sizes), and a warning line when the grid's `study.seeds` are
   fewer.
 
   Raises:
     InputError: the pilot folder is not a run.
   """
-  rows, _ = report.read_runs([config.stats.pilot])
-  options = report.stats_options(config.stats.to_dict())
-  sizes = report.grid_family_sizes(points, options)
-  needed = report.seeds_needed(report.paired_comparisons(rows, options), options, sizes)
+  rows, _ = runs.read_runs([config.stats.pilot])
+  options = comparisons_lib.stats_options(config.stats.to_dict())
+  sizes = comparisons_lib.grid_family_sizes(points, options)
+  needed = comparisons_lib.seeds_needed(comparisons_lib.paired_comparisons(rows, options), options, sizes)
   have = len(config.study.seeds)
   if not needed:
     return [f"seeds: the grid has {have} and no comparison to size them for"]
   lines = [f"seeds: the grid has {have}; by the pilot {config.stats.pilot}, 80% power for a difference of "
            f"{options['margin']:g} at each family's Bonferroni level needs: " + ", ".join(
                f"{family} ({e['comparisons']} comparisons{'' if e['pooled_from'] == 'family' else ', pooled SD'}) "
-               f"{report.seeds_text(e)}" for family, e in needed.items())]
+               f"{render.seeds_text(e)}" for family, e in needed.items())]
   short = [family for family, e in needed.items()
            if e["unreachable"] or (e["seeds_needed"] is not None and e["seeds_needed"] > have)]
   if short:

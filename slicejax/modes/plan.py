@@ -8,9 +8,8 @@ The plan of budget B with s volumes takes rho = B / s slices from each of s volu
 (`slicejax.study.grid.make_plan`: volumes from a seeded permutation, slices by the named strategy inside each volume;
 `ual` trains its slice encoder on the images alone, no label needed), among the slices each volume offers: from
 its first to its last slice holding a nonzero voxel (the region nnU-Net crops to), so a blank slice is never on the
-worklist. With `plan.from_study`, s, rho and the
-selection are those of the best cell (highest mean Dice over seeds, `report.summarise`) of a finished study at
-budget B (of `plan.dims`, or any dims).
+worklist. With `plan.from_study`, s, rho and the selection are those of the best cell (highest mean Dice over seeds,
+`slicejax.report.cells.summarise`) of a finished study at budget B (of `plan.dims`, or any dims).
 
 Files written into WORKDIR (nothing is written before every input has been checked):
   * `plan.json`: the settings, the classes and the ignore value, per case its image file(s), the slicing axis, the
@@ -42,6 +41,7 @@ from slicejax.data import nifti
 from slicejax.data import normalize
 from slicejax.errors import InputError
 from slicejax import files
+from slicejax.report import cells as cells_lib
 from slicejax.report import results
 from slicejax.study import grid as study
 from slicejax.study import selection as selection_lib
@@ -62,13 +62,12 @@ def best_cell(study_workdir, budget: int, dims: int = 0) -> dict:
     dims: 2 or 3 to consider only those models; 0 for any.
 
   Returns:
-    `report.summarise`'s cell (dims, volumes, slices_per_volume, selection, interpolation, dice_mean, ...).
+    `cells.summarise`'s cell (dims, volumes, slices_per_volume, selection, interpolation, dice_mean, ...).
   """
-  from slicejax.report import summary as report  # the summary's cells: only plans that follow a study need them
   path = pathlib.Path(study_workdir).expanduser() / "results.jsonl"
   if not path.is_file():
     raise InputError("config.plan.from_study", f"{path} does not exist (not a finished study workdir)")
-  cells = [c for c in report.summarise(results.read_rows(path))
+  cells = [c for c in cells_lib.summarise(results.read_rows(path))
            if not c["reference"] and c["rounds"] == 1 and c["budget"] == budget and (not dims or c["dims"] == dims)]
   if not cells:
     raise InputError("config.plan.from_study", f"{path} has no sparse results at budget {budget}"

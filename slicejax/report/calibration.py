@@ -9,17 +9,16 @@ with every term normal and independent (and, optionally, an occasional failed se
 (shared by both cells of a seed: the common random numbers of a
 study seed), `seed_cell` (a seed's effect on one cell), `volume` (a test volume's difficulty, shared by every seed
 and cell), `volume_cell` (a volume's effect on one cell, shared by every seed: it does not cancel in a - b) and
-`noise`. The true difference a - b is `delta`. `calibrate` runs `slicejax.report.summary.paired_comparisons`, the
-report's
-own code, on many such studies and counts false verdicts and interval coverage.
+`noise`. The true difference a - b is `delta`. `calibrate` runs `slicejax.report.comparisons.paired_comparisons`,
+the report's own code, on many such studies and counts false verdicts and interval coverage.
 """
 
 import dataclasses
 
 import numpy as np
 
+from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import statistics as stats
-from slicejax.report import summary as report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +71,8 @@ def calibrate(num_seeds: int, delta: float, replicates: int, *, num_volumes: int
   counts = dict.fromkeys(stats.VERDICTS, 0)
   covered, false, width = 0, 0, 0.0
   for _ in range(replicates):
-    (comparison,) = report.paired_comparisons(simulate_rows(rng, num_seeds, num_volumes, delta, components),
-                                              options)
+    (comparison,) = comparisons_lib.paired_comparisons(
+        simulate_rows(rng, num_seeds, num_volumes, delta, components), options)
     verdict = comparison["verdict"]
     counts[verdict] += 1
     covered += comparison["ci_low"] <= delta <= comparison["ci_high"]

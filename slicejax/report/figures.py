@@ -1,4 +1,4 @@
-"""The report's figures, drawn from summarised cells (`report.summarise`) and paired comparisons, as PNG bytes.
+"""The report's figures, drawn from summarised cells (`cells.summarise`) and paired comparisons, as PNG bytes.
 
 Every figure labels every panel (dims and budget, or class) and both axes; slices per volume and budgets are drawn on
 log2 axes; error bars are the std over seeds, intervals the paired t-intervals of slicejax.report.statistics.

@@ -1,6 +1,6 @@
 """Annotation work that follows the content: the foreground an annotator paints in a slice.
 
-The report's cost model (`config.cost`, `slicejax.report.summary.annotation_cost`) charges `seconds_per_slice` for every
+The report's cost model (`config.cost`, `slicejax.report.cells.annotation_cost`) charges `seconds_per_slice` for every
 annotated slice and, with `seconds_per_kilopixel` set, that many seconds per 1,000 foreground pixels, so that a
 slice full of structure costs more than a slice of background and "cheap" and "informative" choices compare at
 their real price.

@@ -1,0 +1,163 @@
+"""Paired comparisons of cells fixed in advance, Holm-adjusted within each family, and the seeds each family needs.
+
+A comparison (`slicejax.report.statistics`) reports a - b, paired by seed and test volume, so a positive difference
+means a is better; the fully annotated reference is summarised but never compared. A cell that selects in rounds is
+compared with the one-shot selections of the same budget and allocation like any other selection, in a Holm family of
+its own ("selection, rounds").
+"""
+
+import math
+
+from absl import logging
+
+from slicejax.errors import InputError
+from slicejax.report import cells as cells_lib
+from slicejax.report import statistics as stats
+
+FAMILIES = ("allocation", "selection", "interpolation")
+
+
+def _groups(keys, fields) -> list[list[tuple]]:
+  """Splits cell keys into groups that agree on `fields`; each group sorted like the tables."""
+  groups = {}
+  for key in sorted(keys, key=cells_lib.sort_key):
+    groups.setdefault(tuple(cells_lib.key_field(key, name) for name in fields), []).append(key)
+  return list(groups.values())
+
+
+def _compare(family, cells, a, b, options):
+  if not set(cells[a]) & set(cells[b]):
+    logging.info("no shared seeds for the %s comparison %s vs %s", family, a, b)
+    return None
+  return {"comparison": family, "a": dict(zip(cells_lib.CELL_KEY, a)), "b": dict(zip(cells_lib.CELL_KEY, b)),
+          **stats.compare(cells[a], cells[b], alpha=options["alpha"], margin=options["margin"])}
+
+
+def holm_family(comparison) -> str:
+  """The family a comparison's Holm adjustment runs in: exactly the comparisons one finding's verdict rests on.
+
+  "allocation": random and fixed interval (finding 1's verdict), "allocation, ual" and other selections apart;
+  "selection, ual": UAL against the others (finding 2), "selection, rounds": a selection in rounds against any
+  other, "selection": the other pairs; "interpolation, 2D" (finding 3) and "interpolation, 3D".
+  """
+  kind, a, b = comparison["comparison"], comparison["a"], comparison["b"]
+  if kind == "allocation":
+    return kind if a["selection"] in ("random", "fixed") else f"allocation, {a['selection']}"
+  if kind == "selection":
+    if cells_lib.in_rounds(a["selection"]) or cells_lib.in_rounds(b["selection"]):
+      return "selection, rounds"
+    return "selection, ual" if "ual" in (a["selection"], b["selection"]) else kind
+  return f"interpolation, {a['dims']}D"
+
+
+def stats_options(options=None) -> dict:
+  """The statistics options (`stats.DEFAULTS` updated with `options`, e.g. a run's `config.stats`), checked.
+
+  Raises:
+    InputError: a value out of its range.
+  """
+  o = dict(stats.DEFAULTS, **{k: v for k, v in (options or {}).items() if k in stats.DEFAULTS})
+  checks = {"alpha": (0 < o["alpha"] < 0.5, "in (0, 0.5)"), "margin": (o["margin"] > 0, "> 0"),
+            "min_seeds": (int(o["min_seeds"]) == o["min_seeds"] and o["min_seeds"] >= 2, "an integer >= 2"),
+            "power": (0 < o["power"] < 1, "in (0, 1)"),
+            "plateau_tolerance": (o["plateau_tolerance"] >= 0, ">= 0"),
+            "max_improving_share": (0 <= o["max_improving_share"] <= 1, "in [0, 1]")}
+  for key, (ok, want) in checks.items():
+    if not ok:
+      raise InputError(f"config.stats.{key}", f"must be {want}, got {o[key]}")
+  return o
+
+
+def paired_comparisons(rows, options=None) -> list[dict]:
+  """The pre-specified comparisons of a study, paired by seed and test volume, with their family's adjustment.
+
+  Families (fixed before any result is seen; `stats.rules_markdown`):
+  - "allocation": within one (dims, budget, selection), without interpolation, the allocation with the fewest slices
+    per volume as a against every other allocation as b;
+  - "selection": within one (dims, budget, allocation, interpolation), every pair of selection methods, the later
+    of `random`, `fixed`, `ual` as a (ual - random, ual - fixed, fixed - random);
+  - "interpolation": within one (dims, budget, allocation, selection), interpolation on against off.
+  Holm's adjustment runs within each comparison's `holm_family`, the comparisons one finding rests on
+  (`stats.adjust_family`).
+
+  Args:
+    rows: result rows (`slicejax.report.cells`); the reference rows are ignored.
+    options: the statistics options (`stats_options`); None: the defaults.
+
+  Returns:
+    One dict per comparison with at least one shared seed: `comparison` (the family), `a` and `b` (the cells'
+    `cells.CELL_KEY` fields), the fields of `stats.compare`, `family` (`holm_family`), `p_adjusted`,
+    `p_equivalence_adjusted`, `family_size` and `verdict`.
+
+  Raises:
+    InputError: an option out of range, or a row lacks a required field.
+  """
+  options = stats_options(options)
+  cells = {key: by_seed for key, by_seed in cells_lib.by_cell(rows).items()
+           if not cells_lib.key_field(key, "reference")}
+  pairs = []
+  for group in _groups(cells, ("dims", "budget", "selection", "interpolation")):
+    if cells_lib.key_field(group[0], "interpolation"):
+      continue
+    fewest = min(group, key=lambda key: cells_lib.key_field(key, "slices_per_volume"))
+    pairs += [("allocation", fewest, key) for key in group if key != fewest]
+  for group in _groups(cells, ("dims", "budget", "volumes", "slices_per_volume", "interpolation")):
+    ordered = sorted(group, key=cells_lib.sort_key)
+    pairs += [("selection", b, a) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+  for group in _groups(cells, ("dims", "budget", "volumes", "slices_per_volume", "selection")):
+    by_interpolation = {cells_lib.key_field(key, "interpolation"): key for key in group}
+    if len(by_interpolation) == 2:
+      pairs.append(("interpolation", by_interpolation[True], by_interpolation[False]))
+  comparisons = [c for c in (_compare(family, cells, a, b, options) for family, a, b in pairs) if c is not None]
+  for c in comparisons:
+    c["family"] = holm_family(c)
+  for family in dict.fromkeys(c["family"] for c in comparisons):
+    stats.adjust_family([c for c in comparisons if c["family"] == family], alpha=options["alpha"],
+                        min_seeds=options["min_seeds"])
+  return comparisons
+
+
+def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
+  """The a-priori seeds of each Holm family: 80% (`stats.power`) to detect a difference of the margin at the
+  family's Bonferroni level alpha / m, from the family's pooled variability (`stats.pooled_variability`, its
+  per-seed SD taken at the upper confidence limit), and never fewer than `min_seeds`.
+
+  Args:
+    comparisons: `paired_comparisons`' output (e.g. a pilot's).
+    options: the statistics options.
+    family_sizes: {family: m} of the grid being sized (e.g. `grid_family_sizes`); None: the comparisons' own. A
+      family without comparisons of its own is sized from all of them pooled (`pooled_from` says so).
+
+  Returns:
+    {family: {`seeds_needed` (int, or None without two seeds or when unreachable), `unreachable` (no number of
+    seeds up to `stats.MAX_SEEDS` is enough), `comparisons` (m), `alpha`, `pooled_from` ("family" or "all"), and
+    `stats.pooled_variability`'s fields}}.
+  """
+  options = stats_options(options)
+  families = {}
+  for c in comparisons:
+    families.setdefault(c.get("family") or holm_family(c), []).append(c)
+  sizes = family_sizes if family_sizes is not None else {f: len(m) for f, m in families.items()}
+  everything = stats.pooled_variability(comparisons)
+  out = {}
+  for family, m in sizes.items():
+    pooled, source = stats.pooled_variability(families.get(family, [])), "family"
+    if pooled is None:
+      pooled, source = everything, "all"
+    level = options["alpha"] / max(m, 1)
+    needed = None if pooled is None else stats.seeds_needed(
+        pooled["seed_sd_upper"], pooled["volume_var"], pooled["num_volumes"], options["margin"], level,
+        options["power"], min_seeds=options["min_seeds"])
+    out[family] = {"seeds_needed": None if needed == math.inf else needed, "unreachable": needed == math.inf,
+                   "comparisons": m, "alpha": level, "pooled_from": source, **(pooled or {})}
+  return out
+
+
+def grid_family_sizes(points, options=None) -> dict:
+  """{Holm family: comparisons} that a grid's points will make (`paired_comparisons` on one stand-in row per
+  sparse point), for sizing its seeds before it runs."""
+  rows = [{**p.fields(), "seed": 0, "dice_mean": 0.5} for p in points if not p.reference]
+  sizes = {}
+  for c in paired_comparisons(rows, options):
+    sizes[c["family"]] = sizes.get(c["family"], 0) + 1
+  return sizes

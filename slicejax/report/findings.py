@@ -1,0 +1,157 @@
+"""The trust gate and the paper's three findings, each a verdict over the study's paired comparisons.
+
+The gate asks whether the models were trained long enough for any verdict to mean something; when it is closed, every
+finding is "inconclusive: undertrained".
+"""
+
+import math
+
+from slicejax.report import cells as cells_lib
+from slicejax.report import comparisons as comparisons_lib
+from slicejax.report import statistics as stats
+
+
+def trust_gate(cells, options=None) -> dict:
+  """Whether the study's models were trained long enough for its verdicts to mean anything.
+
+  Returns:
+    dict of `undertrained` (bool), `reasons` (why; empty when not), `flags` (warnings that do not close the gate:
+    a reference below the best sparse cell, no reference or no learning curves to check), `improving` and
+    `with_curves` (sparse cells still improving, and with learning curves), `max_improving_share`.
+  """
+  options = comparisons_lib.stats_options(options)
+  grid = [c for c in cells if not c["reference"]]
+  references = [c for c in cells if c["reference"]]
+  with_curves = [c for c in grid if c["still_improving"] is not None]
+  improving = [c for c in with_curves if c["still_improving"]]
+  reasons, flags_ = [], []
+  for ref in references:
+    if ref["still_improving"]:
+      reasons.append(f"the {ref['dims']}D fully annotated reference is still improving (validation Dice rose by more "
+                     f"than {options['plateau_tolerance']:g} over its last learning-curve interval)")
+    best = max((c for c in grid if c["dims"] == ref["dims"] and not math.isnan(c["dice_mean"])),
+               key=lambda c: c["dice_mean"], default=None)
+    if best is not None and not math.isnan(ref["dice_mean"]) and ref["dice_mean"] < best["dice_mean"]:
+      flags_.append(f"the {ref['dims']}D reference ({ref['dice_mean']:.3f}) scores below the best sparse cell "
+                    f"({cells_lib.label(best)}, budget {best['budget']}: {best['dice_mean']:.3f})")
+    if ref["still_improving"] is None:
+      flags_.append(f"the {ref['dims']}D reference has no learning curve: its convergence is not checked")
+  if grid and not references:
+    flags_.append("no fully annotated reference: the training recipe's convergence is not checked")
+  if with_curves and len(improving) > options["max_improving_share"] * len(with_curves):
+    reasons.append(f"{len(improving)} of {len(with_curves)} cells are still improving (more than "
+                   f"{100 * options['max_improving_share']:g}%)")
+  if grid and len(with_curves) < len(grid):
+    flags_.append(f"{len(grid) - len(with_curves)} of {len(grid)} cells have no learning curve to check")
+  return {"undertrained": bool(reasons), "reasons": reasons, "flags": flags_, "improving": len(improving),
+          "with_curves": len(with_curves), "max_improving_share": options["max_improving_share"]}
+
+
+def _tally(comparisons) -> dict:
+  counts = dict.fromkeys(stats.VERDICTS, 0)
+  for comparison in comparisons:
+    counts[comparison["verdict"]] += 1
+  return counts
+
+
+def _evidence(comparison) -> dict:
+  a, b = comparison["a"], comparison["b"]
+  return {"dims": a["dims"], "budget": a["budget"], "a": cells_lib.label(a), "b": cells_lib.label(b),
+          **{k: comparison[k] for k in ("mean_diff", "ci_low", "ci_high", "p_value", "p_adjusted",
+                                         "p_equivalence_adjusted", "verdict", "n_pairs")}}
+
+
+def _direction_verdict(comparisons) -> str:
+  """Finding 1's rule on "a (the fewest slices per volume) is better than b" (`stats.rules_markdown`)."""
+  counts = _tally(comparisons)
+  if not comparisons:
+    return "not tested"
+  if counts[stats.UNDERPOWERED] == len(comparisons):
+    return "inconclusive: underpowered"
+  if counts[stats.BETTER] and counts[stats.WORSE]:
+    return "mixed"
+  if counts[stats.BETTER] > len(comparisons) / 2:
+    return "reproduced"
+  if counts[stats.WORSE] > len(comparisons) / 2:
+    return "reversed"
+  if counts[stats.EQUIVALENT] == len(comparisons):
+    return "not reproduced: equivalent"
+  return "inconclusive"
+
+
+def _not_better_verdict(comparisons) -> str:
+  """Findings 2 and 3's rule on "a is not better than b" (`stats.rules_markdown`): support comes only from
+  comparisons resolved as worse or equivalent, never from an unresolved difference."""
+  counts = _tally(comparisons)
+  if not comparisons:
+    return "not tested"
+  if counts[stats.UNDERPOWERED] == len(comparisons):
+    return "inconclusive: underpowered"
+  # A difference resolved as better but inside the margin (its equivalence test rejects too) is no evidence against
+  # "not better" by more than the margin: it counts as support.
+  within = sum(c["verdict"] == stats.BETTER and (c.get("p_equivalence_adjusted") or 1.0) < c["alpha"]
+               for c in comparisons)
+  better, support = counts[stats.BETTER] - within, counts[stats.WORSE] + counts[stats.EQUIVALENT] + within
+  if not better and support > len(comparisons) / 2:
+    return "reproduced"
+  if better > support:
+    return "not reproduced"
+  if better and support:
+    return "mixed"
+  return "inconclusive"
+
+
+def findings(comparisons, cells, options=None) -> list[dict]:
+  """The three findings of the paper, each checked on this study's pre-specified comparisons.
+
+  The rules are `stats.rules_markdown`'s. Finding 1 uses the "allocation" family: its verdict comes from the random
+  and fixed-interval comparisons, and each selection method (UAL too) gets its own in `by_selection`. Finding 2
+  uses the "selection" comparisons of UAL, oriented ual - other. Finding 3 uses the 2D "interpolation" comparisons;
+  the 3D ones are listed by density. When the trust gate (`trust_gate`) is closed, every verdict is
+  "inconclusive: undertrained" and `verdict_without_gate` keeps what the comparisons say.
+
+  Returns:
+    One dict per finding: `finding` (1-3), `claim`, `verdict`, `verdict_without_gate`, `counts` ({verdict word:
+    comparisons}), `evidence` (the comparisons) and, for finding 1, `best` (the highest mean per dims and budget,
+    descriptive) and `by_selection` ({selection: {verdict, counts}}).
+  """
+  gate = trust_gate(cells, options)
+
+  def result(number, claim, verdict, chosen, **extra):
+    return {"finding": number, "claim": claim,
+            "verdict": "inconclusive: undertrained" if gate["undertrained"] else verdict,
+            "verdict_without_gate": verdict, "counts": _tally(chosen), "evidence": [_evidence(c) for c in chosen],
+            **extra}
+
+  out = []
+  allocation = [c for c in comparisons if c["comparison"] == "allocation"]
+  by_selection = {}
+  for c in allocation:
+    by_selection.setdefault(c["a"]["selection"], []).append(c)
+  one_shot = [c for c in allocation if c["a"]["selection"] in ("random", "fixed")]
+  best = {}
+  for cell in cells:
+    if not cell["reference"] and not cell["interpolation"] and not math.isnan(cell["dice_mean"]):
+      key = f"{cell['dims']}D budget {cell['budget']}"
+      if key not in best or cell["dice_mean"] > best[key]["dice_mean"]:
+        best[key] = {"allocation": cells_lib.label(cell), "slices_per_volume": cell["slices_per_volume"],
+                     "dice_mean": cell["dice_mean"]}
+  out.append(result(1, "At a fixed budget, fewer slices per volume over more volumes is better.",
+                    _direction_verdict(one_shot), one_shot, best=best,
+                    by_selection={k: {"verdict": _direction_verdict(v), "counts": _tally(v)}
+                                  for k, v in by_selection.items()}))
+
+  ual = [c for c in comparisons
+         if c["comparison"] == "selection" and comparisons_lib.holm_family(c) == "selection, ual"]
+  oriented = [c if c["a"]["selection"] == "ual" else stats.flip(c) for c in ual]
+  out.append(result(2, "UAL is not better than random or fixed-interval selection at equal slices per volume.",
+                    _not_better_verdict(oriented), oriented))
+
+  interpolation = [c for c in comparisons if c["comparison"] == "interpolation"]
+  two_d = [c for c in interpolation if c["a"]["dims"] == 2]
+  verdict = "not tested in 2D" if interpolation and not two_d else _not_better_verdict(two_d)
+  three_d = sorted((c for c in interpolation if c["a"]["dims"] == 3),
+                   key=lambda c: (c["a"]["budget"], c["a"]["slices_per_volume"]))
+  out.append(result(3, "Mask interpolation rarely helps, except some low-density 3D settings.", verdict, two_d,
+                    three_d=[_evidence(c) for c in three_d], three_d_counts=_tally(three_d)))
+  return out

@@ -1,0 +1,271 @@
+"""The report as text: summary.md's markdown sections and summary.csv's lines, from cells, comparisons and findings."""
+
+import csv
+import io
+import math
+
+from slicejax import console
+from slicejax.report import cells as cells_lib
+from slicejax.report import statistics as stats
+
+
+def _fmt(value, digits=3) -> str:
+  return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _classes(cells) -> list[str]:
+  names = {}
+  for cell in cells:
+    names.update(dict.fromkeys(cell["dice_per_class"]))
+  return list(names)
+
+
+def _allocation(cell) -> str:
+  slices = cell["slices_per_volume"]
+  return f"{cell['volumes']} volumes × {slices} slice{'' if slices == 1 else 's'} per volume"
+
+
+def _table(header, lines) -> list[str]:
+  return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+          + ["| " + " | ".join(line) + " |" for line in lines])
+
+
+def _spread(cell) -> str:
+  left_out = cell.get("undefined_seeds") or []
+  note = f", {len(left_out)} left out: Dice undefined" if left_out else ""
+  if math.isnan(cell["dice_mean"]):
+    return f"— ({cell['n_seeds']}{note})"
+  if cell["dice_std"] is None:
+    return f"{cell['dice_mean']:.3f} (1 seed: no spread{note})"
+  return f"{cell['dice_mean']:.3f} ± {cell['dice_std']:.3f} ({cell['n_seeds'] - len(left_out)}{note})"
+
+
+def _flags(cell) -> str:
+  flags_ = []
+  if cell["absent"]:
+    flags_.append("absent: " + ", ".join(f"{name} in {n}/{cell['test_volumes']}" for name, n in cell["absent"].items()))
+  if cell["still_improving"]:
+    flags_.append("still improving")
+  if cell.get("collapsed_seeds"):
+    flags_.append(f"collapsed: seed{'s' if len(cell['collapsed_seeds']) > 1 else ''} "
+                  f"{', '.join(map(str, cell['collapsed_seeds']))} of {cell['n_seeds']} "
+                  f"score{'' if len(cell['collapsed_seeds']) > 1 else 's'} 0 on every class")
+  return "; ".join(flags_)
+
+
+def _cell_table(cells, classes) -> list[str]:
+  header = (["dims", "budget", "volumes", "slices/volume", "density", "selection", "interpolation",
+             "Dice mean ± std (n)"] + [f"Dice {name}" for name in classes]
+            + ["HD95 mm", "NSD", "interp Dice", "cost", "train s", "diverged", "flags"])
+  lines = []
+  for cell in cells:
+    slices = "all" if cell["slices_per_volume"] is None else str(cell["slices_per_volume"])
+    lines.append([
+        f"{cell['dims']}D", str(cell["budget"]), str(cell["volumes"]), slices, _fmt(cell["density"]),
+        cell["selection"], "on" if cell["interpolation"] else "off", _spread(cell)]
+        + [_fmt(cell["dice_per_class"].get(name)) for name in classes]
+        + [_fmt(cell["hd95_mean"], 2), _fmt(cell["nsd_mean"]), _fmt(cell["interp_dice"]), f"{cell['cost']:g}",
+           _fmt(cell["train_seconds"], 1), str(cell["n_diverged"]), _flags(cell)])
+  return _table(header, lines)
+
+
+def _interval(low, high) -> str:
+  return "—" if low is None else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def _p(value) -> str:
+  return "—" if value is None else "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _comparison_table(comparisons, options) -> list[str]:
+  percent, percent90 = f"{100 * (1 - options['alpha']):g}%", f"{100 * (1 - 2 * options['alpha']):g}%"
+  header = ["family", "dims", "budget", "a", "b", "seeds", "volumes", "Δ Dice", f"{percent} CI", f"{percent90} CI",
+            "p", "p Holm", "p equiv. Holm", "verdict", "Δ NSD", "Δ HD95 mm"]
+  lines = []
+  for c in comparisons:
+    lines.append([c["comparison"], f"{c['a']['dims']}D", str(c["a"]["budget"]), cells_lib.label(c["a"]),
+                  cells_lib.label(c["b"]), str(c["n_pairs"]), str(c["n_volumes"]),
+                  "—" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.3f}",
+                  _interval(c["ci_low"], c["ci_high"]), _interval(c["ci90_low"], c["ci90_high"]), _p(c["p_value"]),
+                  _p(c["p_adjusted"]), _p(c["p_equivalence_adjusted"]), c["verdict"],
+                  "—" if c["nsd_diff"] is None else f"{c['nsd_diff']:+.3f}",
+                  "—" if c["hd95_diff"] is None else f"{c['hd95_diff']:+.2f}"])
+  return _table(header, lines)
+
+
+def _counts_text(counts) -> str:
+  words = [f"{n} {word}" for word, n in counts.items() if n]
+  return ", ".join(words) if words else "no comparison"
+
+
+def seeds_text(entry) -> str:
+  """The seeds one family needs (an entry of `comparisons.seeds_needed`), in words."""
+  if entry["unreachable"]:
+    return f"more than {stats.MAX_SEEDS} (the test volumes' own variance is too large for the margin)"
+  return "—" if entry["seeds_needed"] is None else str(entry["seeds_needed"])
+
+
+def trust_markdown(gate) -> list[str]:
+  """The "Trust gate" section: whether the verdicts can be read as answers, and why not."""
+  out = ["## Trust gate", ""]
+  if gate["undertrained"]:
+    reasons = "; ".join(gate["reasons"])
+    out.append("**Closed: every finding is `inconclusive: undertrained`.** " + reasons[0].upper() + reasons[1:] + ".")
+  else:
+    out.append(f"Open: {gate['improving']} of {gate['with_curves']} cells with learning curves are still improving "
+               f"(at most {100 * gate['max_improving_share']:g}% allowed)"
+               + (", and the fully annotated reference has reached its plateau." if not any(
+                   "reference" in f for f in gate["flags"]) else "."))
+  out += [f"- Flag: {flag}." for flag in gate["flags"]]
+  return out + [""]
+
+
+def findings_markdown(found, needed=None) -> list[str]:
+  """The "Findings" section: one paragraph per finding with its verdict and evidence."""
+  out = ["## Findings", "",
+         "The paper's three findings, checked on this dataset with the pre-specified comparisons below (rules above).",
+         ""]
+  for finding in found:
+    gated = finding["verdict"] != finding["verdict_without_gate"]
+    out.append(f"**{finding['finding']}. {finding['claim']}** Verdict: **{finding['verdict']}**"
+               + (f" (the comparisons alone would say: {finding['verdict_without_gate']})" if gated else "") + ".")
+    if finding["finding"] == 1:
+      out.append(f"The fewest-slices allocation against each other allocation at the same budget, random and fixed "
+                 f"interval: {_counts_text(finding['counts'])}. By selection: " + "; ".join(
+                     f"{name}: {entry['verdict']} ({_counts_text(entry['counts'])})"
+                     for name, entry in finding["by_selection"].items()) + ". Highest mean (descriptive, not a test): "
+                 + "; ".join(f"{key}: {b['allocation']} ({b['dice_mean']:.3f})" for key, b in finding["best"].items())
+                 + ".")
+    elif finding["finding"] == 2:
+      out.append(f"UAL against random and fixed interval at equal allocation: {_counts_text(finding['counts'])}.")
+    else:
+      out.append(f"Interpolation on against off, 2D: {_counts_text(finding['counts'])}."
+                 + (f" 3D: {_counts_text(finding['three_d_counts'])}; "
+                    + "; ".join(f"{e['a']} {e['mean_diff']:+.3f} ({e['verdict']})" for e in finding["three_d"])
+                    if finding["three_d"] else " No 3D comparison."))
+    out.append("")
+  if needed:
+    out += ["Seeds needed a priori (80% power to detect the margin at the family's Bonferroni level, from this "
+            "study's pooled variability):", ""]
+    out += _table(["family", "comparisons", "level", "per-seed SD of Δ", "its 80% upper limit", "volume component",
+                   "seeds needed"],
+                  [[family, str(e["comparisons"]), f"{e['alpha']:.2g}", _fmt(e.get("seed_sd"), 4),
+                    _fmt(e.get("seed_sd_upper"), 4), _fmt(e.get("volume_var"), 5), seeds_text(e)]
+                   for family, e in needed.items()])
+    out.append("")
+  return out
+
+
+def figure_links(pngs, prefix) -> str:
+  """The "Figures" section: a titled link to each figure file, `prefix` put before its name."""
+  titles = {"dice_vs_allocation.png": "Dice against slices per volume", "dice_vs_budget.png": "Dice against budget",
+            "forest.png": "Paired differences", "dice_per_class.png": "Dice per class",
+            "dice_vs_cost.png": "Dice against annotation cost", "learning_curves.png": "Learning curves"}
+  lines = ["## Figures", ""]
+  for name in pngs:
+    lines += [f"![{titles.get(name, name)}]({prefix}{name})", ""]
+  return "\n".join(lines)
+
+
+def summary_markdown(cells, comparisons, found, gate, needed, frontier, cost, options, compute) -> str:
+  """summary.md without its figures: the rules, the trust gate, the findings, the cells, the reference, the
+  comparisons, the highest mean per budget, the rounds, the annotation cost frontier and the compute used."""
+  classes = _classes(cells)
+  grid = [cell for cell in cells if not cell["reference"]]
+  reference = [cell for cell in cells if cell["reference"]]
+  out = ["# Study summary", "", stats.rules_markdown(options)]
+  if not cells:
+    return "\n".join(out + ["No results yet.", ""])
+  seeds = sorted({cell["n_seeds"] for cell in grid})
+  if seeds and seeds[-1] < options["min_seeds"]:
+    out += [f"Every cell has fewer than {options['min_seeds']} seeds: no verdict can be given; run more seeds "
+            "(`study.seeds`).", ""]
+  lengths = {}
+  for cell in cells:
+    if cell.get("steps"):
+      lengths.setdefault(cell["steps"], []).append("reference" if cell["reference"] else f"{cell['budget']}")
+  if len(lengths) > 1:
+    out += ["Training length differs between budgets (cells are compared only at equal budget): " + "; ".join(
+        f"{steps} steps: {', '.join(dict.fromkeys(names))}" for steps, names in sorted(lengths.items())) + ".", ""]
+  out += trust_markdown(gate)
+  if comparisons:
+    out += findings_markdown(found, needed)
+  else:
+    out += ["## Findings", "", "No pre-specified comparison in this run (it needs cells that differ in one study "
+            "variable at equal budget): the paper's findings are not checked.", ""]
+  out += ["## Cells", "",
+          "Dice: mean ± std over seeds (number of seeds) of each model's mean test Dice; HD95 and NSD (normalised "
+          "surface Dice) likewise, means over seeds. Cost: annotation seconds under the cost model below. Flags: "
+          "`absent` (a class missing from some test volumes' truth: its Dice averages over fewer volumes), `still "
+          f"improving` (mean validation Dice rose by more than {options['plateau_tolerance']:g} over the last "
+          "learning-curve interval: more steps may change the answer). A dash for HD95 or NSD: not computed "
+          "(`eval.surface_metrics` off) or undefined (a class absent from both the truth and the prediction of every "
+          "test volume).", ""]
+  out += _cell_table(grid, classes) if grid else ["No sparse-annotation cells yet."]
+  out += ["", "## Reference (every slice annotated)", ""]
+  out += _cell_table(reference, classes) if reference else ["No reference run yet."]
+  out += ["", "## Paired comparisons", "",
+          "Δ = mean of a − b over shared seeds and test volumes (per-volume Dice); intervals from the crossed seed × "
+          "test-volume model; p of Δ = 0 and of the equivalence test, raw and Holm-adjusted within the family "
+          "(rules above).", ""]
+  out += _comparison_table(comparisons, options) if comparisons else ["No cells to compare yet."]
+  out += ["", "## Highest mean per budget", "",
+          "Descriptive: the cell with the highest mean Dice; whether it is better than the others is what the "
+          "comparisons above say.", ""]
+  by_budget = {}
+  for cell in grid:
+    by_budget.setdefault((cell["dims"], cell["budget"]), []).append(cell)
+  for (dims, budget), members in by_budget.items():
+    best = max(members, key=lambda cell: -math.inf if math.isnan(cell["dice_mean"]) else cell["dice_mean"])
+    out.append(
+        f"- {dims}D, budget {budget}: the highest mean is {_allocation(best)}, {best['selection']} selection, "
+        f"interpolation {'on' if best['interpolation'] else 'off'} (Dice {_spread(best)}).")
+  in_round = [cell for cell in grid if cell.get("round_slices")]
+  if in_round:
+    out += ["", "## Rounds", "",
+            "Selection in rounds: the slices annotated after each round and the mean validation Dice over seeds of "
+            "the models trained on them; the last round's models are the cell's. Their comparisons with the one-shot "
+            "selections at the same budget and allocation are the family \"selection, rounds\" above.", ""]
+    out += _table(["dims", "budget", "cell", "slices per round", "validation Dice per round", "volumes annotated",
+                   "test Dice"],
+                  [[f"{c['dims']}D", str(c["budget"]), cells_lib.label(c), " → ".join(map(str, c["round_slices"])),
+                    " → ".join(_fmt(d) for d in c["round_val_dice"]), _fmt(c["annotated_volumes"], 1),
+                    _spread(c)] for c in in_round])
+  out += ["", "## Annotation cost", "",
+          f"Cost model: {cost['seconds_per_volume']:g} s per volume opened + {cost['seconds_per_slice']:g} s per "
+          "slice" + (f" + {cost['seconds_per_kilopixel']:g} s per 1,000 foreground pixels of the annotated slices"
+                     if cost.get("seconds_per_kilopixel") else "")
+          + " (`python -m slicejax.report --seconds_per_volume=... --seconds_per_slice=..."
+          + (" --seconds_per_kilopixel=..." if cost.get("seconds_per_kilopixel") else "")
+          + "` recomputes this view with a team's own timings). The best cell at each cost level (cells that beat "
+          "every cheaper one):", ""]
+  out += _table(["cost s", "dims", "allocation", "selection", "interpolation", "Dice"],
+                [[f"{c['cost']:g}", f"{c['dims']}D", f"{c['volumes']}×{c['slices_per_volume']}", c["selection"],
+                  "on" if c["interpolation"] else "off", _spread(c)] for c in frontier]) if frontier else ["—"]
+  out += ["", "## Compute", "",
+          f"{compute['models']} models: {console.duration(compute['train_seconds'])} of training and "
+          f"{console.duration(compute['eval_seconds'])} of evaluation (sums of the rows' `train_seconds` and "
+          f"`eval_seconds`, each model's share of its group's time)"
+          + (f", and {console.duration(compute['encoder_seconds'])} for UAL slice encoders" if compute["encoder_seconds"]
+             else "") + ".", ""]
+  return "\n".join(out)
+
+
+def summary_csv(cells) -> str:
+  """summary.csv: one line per cell with plain numbers (booleans as 0/1, missing values empty)."""
+  classes = _classes(cells)
+  header = list(cells_lib.CELL_KEY) + ["n_seeds", "density", "dice_mean", "dice_std"] + [
+      f"dice_{name}" for name in classes] + ["hd95_mean", "nsd_mean", "interp_dice", "cost", "train_seconds",
+                                             "n_diverged", "still_improving"]
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(header)
+  for cell in cells:
+    values = [cell[name] for name in cells_lib.CELL_KEY] + [cell["n_seeds"], cell["density"], cell["dice_mean"],
+                                                              cell["dice_std"]]
+    values += [cell["dice_per_class"].get(name) for name in classes]
+    values += [cell["hd95_mean"], cell["nsd_mean"], cell["interp_dice"], cell["cost"], cell["train_seconds"],
+               cell["n_diverged"], cell["still_improving"]]
+    # str(float) is the shortest repr that parses back to the same float.
+    writer.writerow(["" if value is None else int(value) if isinstance(value, bool) else value for value in values])
+  return buffer.getvalue()

@@ -1,0 +1,107 @@
+"""Reading the rows of one or several run folders, merged into one study when the runs trained alike.
+
+Several runs merge into one report only if they trained on the same data, split, network and training
+(`check_compatible`): a grid split over machines, or more seeds run later. Their union gives the same summary as one
+run of all their points.
+"""
+
+import json
+import pathlib
+
+from slicejax.errors import InputError
+from slicejax.report import results
+from slicejax import workdir as workdir_lib
+
+# Config keys that must agree between runs merged into one report: what was trained on what, and how it was scored.
+# Everything else (the grid, placement, paths, logging) may differ.
+MERGE_KEYS = ("seed", "data", "model", "three_d", "train", "interpolation", "ual", "eval.nsd_tolerance_mm")
+_MERGE_IGNORED = ("data.root", "data.cache_dir", "data.missing_root_hint")
+# Keys of the training length: they may differ between runs whose rows share no (dims, budget), since cells are
+# compared only at equal budget (a study may train each budget to its own plateau).
+SCHEDULE_KEYS = ("train.steps", "train.warmup_steps", "train.checkpoint_every", "train.log_every", "eval.curve_points")
+
+
+def _merge_view(config: dict, keys) -> dict:
+  flat = workdir_lib._flatten(config)
+  return {k: v for k, v in flat.items()
+          if any(k == m or k.startswith(m + ".") for m in keys) and k not in _MERGE_IGNORED}
+
+
+def check_compatible(configs: dict, dims: dict | None = None, budgets: dict | None = None) -> None:
+  """Refuses to merge runs that differ in data, split, network or training.
+
+  Args:
+    configs: {path of config.json: its config dict}, in the order given.
+    dims: {the same paths: the set of dims its rows hold}; the 2D network (`model`) is compared only between runs
+      that both hold 2D rows, the 3D one (`three_d`) between runs that both hold 3D rows. None: both always.
+    budgets: {the same paths: the set of (dims, budget, reference) its rows hold}; runs whose sets are disjoint may
+      differ in `SCHEDULE_KEYS`. None: they may not.
+
+  Raises:
+    InputError: naming the later config.json of the first pair that differs, the first differing key, and both
+      values.
+  """
+  items = list(configs.items())
+  for j, (path, config) in enumerate(items):
+    for first_path, first in items[:j]:
+      keys = list(MERGE_KEYS)
+      for name, d in (("model", 2), ("three_d", 3)):
+        if dims is not None and not (d in dims[path] and d in dims[first_path]):
+          keys.remove(name)
+      reference, view = _merge_view(first, keys), _merge_view(config, keys)
+      disjoint = budgets is not None and not budgets[path] & budgets[first_path]
+      for key in sorted(reference.keys() | view.keys()):
+        if reference.get(key) != view.get(key) and not (disjoint and key in SCHEDULE_KEYS):
+          raise InputError(path, f"{key} is {view.get(key)!r} here but {reference.get(key)!r} in {first_path}; "
+                                 "runs with different data, split, network or training cannot be merged")
+
+
+def read_runs(workdirs) -> tuple:
+  """Reads and merges the rows of one or several run folders (each holding config.json and results.jsonl).
+
+  Returns:
+    (rows, config): the rows of every run in order (a point trained in two runs counts once, the later row), and
+    the first run's config dict.
+
+  Raises:
+    InputError: a folder is not a run, runs are incompatible (`check_compatible`), or their test volumes differ.
+  """
+  configs, rows, dims, budgets = {}, [], {}, {}
+  for workdir in workdirs:
+    path = pathlib.Path(workdir) / workdir_lib.CONFIG_NAME
+    if not path.is_file():
+      raise InputError(str(workdir), "no config.json: not a slicejax run folder (with --fresh runs, pass the run_<n>"
+                                     " folder)")
+    try:
+      configs[str(path)] = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+      raise InputError(str(path), f"not valid JSON ({err})") from err
+    run_rows = results.read_rows(pathlib.Path(workdir) / workdir_lib.RESULTS_NAME)
+    dims[str(path)] = {row.get("dims") for row in run_rows}
+    budgets[str(path)] = {(row.get("dims"), row.get("budget"), bool(row.get("reference"))) for row in run_rows}
+    rows += run_rows
+  check_compatible(configs, dims, budgets)
+  cases = {}
+  for row in rows:
+    if "test_cases" in row:
+      cases.setdefault(tuple(row["test_cases"]), row["name"] if "name" in row else "?")
+  if len(cases) > 1:
+    (_, a), (_, b) = list(cases.items())[:2]
+    raise InputError(str(workdirs[-1]), f"rows {a} and {b} were tested on different volumes; they cannot be merged")
+  # A point trained by two runs counts once: its later row, in the later row's place.
+  by_name = {}
+  for index, row in enumerate(rows):
+    key = row.get("name", ("unnamed", index))
+    by_name.pop(key, None)
+    by_name[key] = row
+  return list(by_name.values()), next(iter(configs.values()))
+
+
+def compute_used(rows) -> dict:
+  """What the rows cost to produce: `models`, `train_seconds` and `eval_seconds` (sums over rows, each row's share of
+  its group), `encoder_seconds` (the UAL encoders', counted once per distinct value: every ual row of a run carries
+  its run's)."""
+  encoders = {row["encoder_seconds"] for row in rows if row.get("encoder_seconds") is not None}
+  return {"models": len(rows), "train_seconds": float(sum(row.get("train_seconds") or 0 for row in rows)),
+          "eval_seconds": float(sum(row.get("eval_seconds") or 0 for row in rows)),
+          "encoder_seconds": float(sum(encoders))}
