@@ -195,7 +195,7 @@ def _check_data(c: _Checker) -> None:
   multiple = 2 ** (c.integer("model.num_stages") - 1)
   c.items("data.shape", f"() or two positive integers divisible by {multiple} (2**(config.model.num_stages - 1))",
           lambda n: _is_int(n) and n >= 1 and n % multiple == 0, (0, 2))
-  # train 0: every case left after val and test (slicejax.data.load.split_cases).
+  # train 0: every case left after val and test (slicejax.data.split.split_cases).
   total = c.integer("data.split.train", lo=0) + c.integer("data.split.val", lo=0) + c.integer("data.split.test", lo=1)
   c.integer("data.split.seed", lo=0)
   if source == "phantom":

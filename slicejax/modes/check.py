@@ -22,6 +22,7 @@ import numpy as np
 from slicejax.config import fingerprint as fingerprint_lib
 from slicejax import console
 from slicejax.data import load as data_lib
+from slicejax.data import padding
 from slicejax.evaluation import evaluate as evaluate_lib
 from slicejax.report import figures
 from slicejax.report import summary as report
@@ -47,7 +48,7 @@ def _cropped_share(volumes, shape, num_classes) -> np.ndarray:
   total, kept = np.zeros(num_classes - 1), np.zeros(num_classes - 1)
   for volume in volumes:
     counts = np.bincount(volume.label.ravel(), minlength=num_classes)[1:num_classes]
-    fitted = data_lib.fit_to_shape(volume.label, shape)[0]
+    fitted = padding.fit_to_shape(volume.label, shape)[0]
     total += counts
     kept += np.bincount(fitted.ravel(), minlength=num_classes)[1:num_classes]
   return np.where(total > 0, 1.0 - kept / np.maximum(total, 1), 0.0)

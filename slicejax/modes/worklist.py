@@ -26,6 +26,7 @@ import re
 
 import numpy as np
 
+from slicejax.data import index as index_lib
 from slicejax.data import nifti
 from slicejax.errors import InputError
 from slicejax.study import cost as cost_lib
@@ -36,7 +37,7 @@ from slicejax.study import uncertainty
 from slicejax.training import rounds
 
 
-def annotated(config, images: nifti.ImageSet, ignore: int) -> tuple:
+def annotated(config, images: index_lib.ImageSet, ignore: int) -> tuple:
   """What is annotated so far: (case id -> slice indices, case id -> the `[X, Y, Z]` labels of its annotated file)."""
   cfg = config.plan
   plan, labels = {}, {}
@@ -86,7 +87,7 @@ def trained_models(config) -> list:
   return members
 
 
-def choose(config, images: nifti.ImageSet, offered: dict, so_far: dict) -> tuple:
+def choose(config, images: index_lib.ImageSet, offered: dict, so_far: dict) -> tuple:
   """The next slices: (case id -> new slice indices, case id -> `[D]` predicted foreground pixels per slice)."""
   from slicejax.modes import predict
   cfg = config.plan
@@ -117,7 +118,7 @@ def choose(config, images: nifti.ImageSet, offered: dict, so_far: dict) -> tuple
   return added, foreground
 
 
-def build(config, images: nifti.ImageSet, names: tuple, offered: dict) -> dict:
+def build(config, images: index_lib.ImageSet, names: tuple, offered: dict) -> dict:
   """The worklist as `plan.build` returns a plan, with `base`: case id -> the annotations a template continues."""
   from slicejax.modes import plan as plan_lib
   cfg = config.plan
