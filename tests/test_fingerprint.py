@@ -1,4 +1,4 @@
-"""Tests for slicejax.config.fingerprint and configs/msd.py: derived settings, and runs on generated datasets that no config
+"""Tests for slicejax.data.fingerprint and configs/msd.py: derived settings, and runs on generated datasets that no config
 was written for (MSD and nnU-Net v2 layouts, two channels, three classes)."""
 
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from slicejax import config as config_lib
-from slicejax.config import fingerprint
+from slicejax.data import fingerprint
 from slicejax.data import split as split_lib
 from slicejax.report import results
 

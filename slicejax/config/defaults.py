@@ -99,7 +99,7 @@ def base() -> ml_collections.ConfigDict:
       ct_window=(-1000.0, 1000.0),
       shape=(),                 # static in-plane (H, W); () = smallest that holds every volume
       target_spacing=(),        # resample to (sX, sY, sZ) mm, NIfTI axes (0 keeps an axis); () = the files' grid
-      fingerprint=False,        # settings derived from the dataset's fingerprint (slicejax.config.fingerprint.bind)
+      fingerprint=False,        # settings derived from the dataset's fingerprint (slicejax.data.fingerprint.bind)
       cache_dir="",             # cache of preprocessed volumes, the phantom and UAL encoders; "" = the user cache
       pipeline="auto",          # 2D training input: "bank" (the group's slices on the device), "stream" (read from a
                                 # slice store on the disk, prefetched) or "auto": the bank when it fits

@@ -7,7 +7,7 @@ which each occurs), channels, the spread of volume shapes and spacings, the in-p
 cropping do to it (the share of each class's voxels cropped away), the split, the grid (points, allocations left out
 and why, groups), and an estimate of the run's time and peak memory from a few measured training steps of one model
 per dims. A config whose settings follow the dataset's fingerprint (`configs/msd.py`,
-`slicejax.config.fingerprint.bind`)
+`slicejax.data.fingerprint.bind`)
 also gets the fingerprint and the values derived from it.
 """
 
@@ -19,8 +19,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from slicejax.config import fingerprint as fingerprint_lib
 from slicejax import console
+from slicejax.data import fingerprint as fingerprint_lib
 from slicejax.data import load as data_lib
 from slicejax.data import padding
 from slicejax.evaluation import evaluate as evaluate_lib

@@ -28,8 +28,8 @@ import numpy as np
 import optax
 
 from slicejax import config as config_lib
-from slicejax.config import fingerprint as fingerprint_lib
 from slicejax import console
+from slicejax.data import fingerprint as fingerprint_lib
 from slicejax.data import index as index_lib
 from slicejax.data import load as data_lib
 from slicejax.data import padding
