@@ -43,11 +43,12 @@ import time
 from absl import logging
 import numpy as np
 
+from slicejax.config.checks import parse_normalization
 from slicejax.data import cache_entries
 from slicejax.data import index as index_lib
 from slicejax.data import layouts
 from slicejax.data import nifti
-from slicejax.data.normalize import normalize_float64, parse_normalization
+from slicejax.data.normalize import normalize_float64
 from slicejax.data import phantom
 from slicejax.data import resample as resample_lib
 from slicejax.errors import InputError
