@@ -40,16 +40,12 @@ from slicejax import config as config_lib
 from slicejax.data import index as index_lib
 from slicejax.data import load as data_lib
 from slicejax.data import nifti
-from slicejax.data import normalize
-from slicejax.data import padding
 from slicejax.errors import InputError
 from slicejax import files
+from slicejax.modes import plan_slices
 from slicejax.report import results
 from slicejax.study import grid as study
 from slicejax.study import selection as selection_lib
-
-TEMPLATES = "templates"
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # What to plan: the allocation and selection, given or read from a study.
@@ -114,22 +110,6 @@ def class_names(config, images: index_lib.ImageSet) -> tuple:
 # The plan.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def slice_embeddings(config, images: index_lib.ImageSet) -> dict:
-  """Slice embeddings of every volume from the UAL encoder, trained on the images alone (`slicejax.study.encoder`)."""
-  from slicejax.study import encoder  # Only `ual` plans need the encoder (and its JAX programs).
-  volumes = {c.case_id: normalize.normalize(index_lib.read_case(c, images.slicing_axis), config.data.normalization,
-                                           tuple(config.data.ct_window)) for c in images.cases}
-  if config.data.shape:
-    shape = tuple(config.data.shape)
-  else:
-    multiple = 2 ** (config.model.num_stages - 1)
-    shape = tuple(int(-(-s // multiple) * multiple) for s in np.max([v.shape[1:3] for v in volumes.values()], 0))
-  fitted = {case: padding.fit_to_shape(v, shape)[0].astype(np.float32) for case, v in volumes.items()}
-  embeddings, _ = encoder.slice_embeddings(fitted, config.ual.encoder, seed=config.ual.seed,
-                                           cache_dir=data_lib.cache_dir(config) / "encoder")
-  return embeddings
-
-
 def offered_slices(images: index_lib.ImageSet) -> dict:
   """case id -> `[lo, hi)`: the slices from the first to the last that hold a nonzero voxel in any channel (the
   region nnU-Net crops every case to); slices outside it are blank and never planned.
@@ -158,7 +138,7 @@ def make_plan(config, images: index_lib.ImageSet, chosen: dict, offered: dict | 
                       interpolation=False, seed=config.plan.seed)
   strategy = selection_lib.get(point.selection)
   options = config.get(point.selection) if point.selection in config else None
-  embeddings = slice_embeddings(config, images) if strategy.NEEDS_EMBEDDINGS else None
+  embeddings = plan_slices.slice_embeddings(config, images) if strategy.NEEDS_EMBEDDINGS else None
   return study.make_plan(point, depths, roi=tuple(config.plan.roi), options=options, embeddings=embeddings,
                          offered=offered)
 
@@ -169,18 +149,6 @@ def template(case: index_lib.ImageCase, slices, slicing_axis: int, ignore: int) 
   volume = np.full(case.shape, ignore, dtype)
   volume[list(slices)] = 0
   return np.ascontiguousarray(nifti.to_nifti_order(volume, slicing_axis))
-
-
-def rows(plan: dict, images: index_lib.ImageSet) -> list:
-  """The plan's slices in annotation order: case by case (sorted ids), slices ascending."""
-  by_id = images.by_id()
-  out = []
-  for case in sorted(plan):
-    for index in plan[case]:
-      out.append({"order": len(out) + 1, "case_id": case, "axis": images.slicing_axis, "slice": int(index),
-                  "image": ";".join(str(p) for p in by_id[case].paths),
-                  "template": f"{TEMPLATES}/{case}.nii.gz"})
-  return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -241,7 +209,7 @@ def build(config) -> dict:
     return worklist.build(config, images, names, offered)
   chosen = allocation(config)
   plan = make_plan(config, images, chosen, offered)
-  ordered = rows(plan, images)
+  ordered = plan_slices.rows(plan, images)
   ignore = len(names)
   meta = {
       "format": 1, "dataset": images.name, "root": images.root, "layout": images.layout,
@@ -249,10 +217,7 @@ def build(config) -> dict:
       "slices_per_volume": chosen["slices_per_volume"], "selection": chosen["selection"], "seed": config.plan.seed,
       "roi": list(config.plan.roi), "from_study": chosen["source"],
       "class_names": list(names), "ignore_label": ignore, "channel_names": list(images.channel_names),
-      "cases": {case: {"image": [str(p) for p in images.by_id()[case].paths], "slices": plan[case],
-                       "offered": list(offered[case]), "template": f"{TEMPLATES}/{case}.nii.gz"}
-                for case in sorted(plan)},
-      "offered": {case: list(lohi) for case, lohi in sorted(offered.items())},
+      **plan_slices.entries(plan, images, offered),
   }
   return {"meta": meta, "rows": ordered, "images": images, "plan": plan}
 
@@ -274,14 +239,14 @@ def write(workdir, built: dict, tiles_per_sheet: int = 64) -> pathlib.Path:
   existing = workdir / "plan.json"
   if existing.is_file() and json.loads(existing.read_text()) != meta:
     raise InputError(workdir, "holds a different plan (plan.json); choose another --workdir or remove it")
-  (workdir / TEMPLATES).mkdir(parents=True, exist_ok=True)
+  (workdir / plan_slices.TEMPLATES).mkdir(parents=True, exist_ok=True)
   by_id = images.by_id()
   for case, slices in sorted(plan.items()):
     reference = nifti.load(by_id[case].paths[0])
     label = template(by_id[case], slices, images.slicing_axis, meta["ignore_label"])
     if case in built.get("base", {}):  # a worklist continues the volume's annotations so far
       label = np.where(label == meta["ignore_label"], built["base"][case], label).astype(label.dtype)
-    nifti.save_like(workdir / TEMPLATES / f"{case}.nii.gz", label, reference)
+    nifti.save_like(workdir / plan_slices.TEMPLATES / f"{case}.nii.gz", label, reference)
   sheets = contact_sheets(plan, images, tiles_per_sheet)
   for old in workdir.glob("contact_sheet*.png"):
     old.unlink()

@@ -29,6 +29,7 @@ import numpy as np
 from slicejax.data import index as index_lib
 from slicejax.data import nifti
 from slicejax.errors import InputError
+from slicejax.modes import plan_slices
 from slicejax.study import cost as cost_lib
 from slicejax.study import grid as study
 from slicejax.study import selection as selection_lib
@@ -111,8 +112,7 @@ def choose(config, images: index_lib.ImageSet, offered: dict, so_far: dict) -> t
     foreground[case.case_id] = uncertainty.foreground_pixels(probs, valid)
   embeddings = None
   if method.NEEDS_EMBEDDINGS:
-    from slicejax.modes import plan as plan_lib
-    embeddings = plan_lib.slice_embeddings(config, images)
+    embeddings = plan_slices.slice_embeddings(config, images)
   added = rounds.choose_next(point, so_far, scores, quota, options=config.rounds, roi=tuple(cfg.roi),
                              offered=offered, embeddings=embeddings)
   return added, foreground
@@ -120,7 +120,6 @@ def choose(config, images: index_lib.ImageSet, offered: dict, so_far: dict) -> t
 
 def build(config, images: index_lib.ImageSet, names: tuple, offered: dict) -> dict:
   """The worklist as `plan.build` returns a plan, with `base`: case id -> the annotations a template continues."""
-  from slicejax.modes import plan as plan_lib
   cfg = config.plan
   if not getattr(selection_lib.get(cfg.selection), "MODEL_BASED", False):
     raise InputError("config.plan.selection", f"with config.plan.model, must be a model-based selection (entropy, "
@@ -128,7 +127,7 @@ def build(config, images: index_lib.ImageSet, names: tuple, offered: dict) -> di
   ignore = len(names)
   so_far, base = annotated(config, images, ignore)
   added, foreground = choose(config, images, offered, so_far)
-  ordered = plan_lib.rows(added, images)
+  ordered = plan_slices.rows(added, images)
   for row in ordered:
     pixels = int(foreground[row["case_id"]][row["slice"]])
     row.update(predicted_foreground=pixels, estimated_seconds=float(cost_lib.slice_seconds(pixels, config.cost)))
@@ -143,10 +142,7 @@ def build(config, images: index_lib.ImageSet, names: tuple, offered: dict) -> di
                      "estimated_seconds": sum(row["estimated_seconds"] for row in ordered)},
       "annotated": {case: slices for case, slices in sorted(so_far.items())},
       "class_names": list(names), "ignore_label": ignore, "channel_names": list(images.channel_names),
-      "cases": {case: {"image": [str(p) for p in images.by_id()[case].paths], "slices": added[case],
-                       "offered": list(offered[case]), "template": f"{plan_lib.TEMPLATES}/{case}.nii.gz"}
-                for case in sorted(added)},
-      "offered": {case: list(lohi) for case, lohi in sorted(offered.items())},
+      **plan_slices.entries(added, images, offered),
   }
   return {"meta": meta, "rows": ordered, "images": images, "plan": added,
           "base": {case: base[case] for case in added if case in base}}
