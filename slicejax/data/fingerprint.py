@@ -119,7 +119,7 @@ def compute(root, *, seed: int = 0) -> Fingerprint:
   """The fingerprint of an MSD or nnU-Net v2 folder (see the module docstring).
 
   Raises:
-    InputError: as `data.index_msd` (and, for CT channels, as reading the voxels would).
+    InputError: as `index.index_msd` (and, for CT channels, as reading the voxels would).
   """
   index = index_lib.index_msd(root, slicing_axis=2)
   # With slicing axis 2, volume order (D, H, W) is NIfTI (Z, X, Y).

@@ -70,7 +70,7 @@ _LOOP_IN_PROGRAM = ("gpu", "tpu")
 # ---------------------------------------------------------------------------------------------------------------------
 
 def split_index(config, index) -> dict:
-  """The split of an indexed dataset (`data.index_msd`): "train"/"val"/"test" -> case ids."""
+  """The split of an indexed dataset (`index.index_msd`): "train"/"val"/"test" -> case ids."""
   cfg = config.data.split
   return split_lib.split_cases([case.case_id for case in index.cases], num_train=cfg.train, num_val=cfg.val,
                                num_test=cfg.test, seed=cfg.seed)
@@ -378,7 +378,7 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   entries (none with `use_cache=False`, unless the volumes exceed the memory budget: they are then read through the
   cache, mapped).
 
-  Order: the config (`config_lib.validate`), the dataset's structure and headers (`data.index_msd`), the split and the
+  Order: the config (`config_lib.validate`), the dataset's structure and headers (`index.index_msd`), the split and the
   grid against the pool's depths, the plans that need no voxels; only then are voxels read.
 
   Returns:
