@@ -5,7 +5,7 @@ layout, with settings from its fingerprint (as configs/msd.py) and the hippocamp
     python launch.py --config=configs/atlas.py --config.data.root=PATH/ATLAS_v2 --check
     python launch.py --config=configs/atlas.py --config.data.root=PATH/ATLAS_v2 --workdir=runs/atlas
 
-Derived (see slicejax.config.fingerprint): isotropic, so slices along NIfTI axis 2 (axial), no resampling, z-score
+Derived (see slicejax.data.fingerprint): isotropic, so slices along NIfTI axis 2 (axial), no resampling, z-score
 normalisation, a 20% test / 10% validation split. Volumes are 197 x 233 x 189.
 
 Arguments:
@@ -13,7 +13,7 @@ Arguments:
 """
 
 from slicejax import config as config_lib
-from slicejax.config import fingerprint
+from slicejax.data import fingerprint
 
 
 def get_config(arg=""):

@@ -7,7 +7,7 @@ settings from its fingerprint (as configs/msd.py).
     python launch.py --config=configs/dbc.py --config.data.root=PATH/DBC_v2 --check
     python launch.py --config=configs/dbc.py --config.data.root=PATH/DBC_v2 --workdir=runs/dbc
 
-Derived (see slicejax.config.fingerprint): the slicing axis (the coarsest, else NIfTI axis 2), the median spacing,
+Derived (see slicejax.data.fingerprint): the slicing axis (the coarsest, else NIfTI axis 2), the median spacing,
 z-score
 normalisation (MRI), a 20% test / 10% validation split. Meant for an accelerator.
 
@@ -16,7 +16,7 @@ Arguments:
 """
 
 from slicejax import config as config_lib
-from slicejax.config import fingerprint
+from slicejax.data import fingerprint
 
 
 def get_config(arg=""):

@@ -5,7 +5,7 @@ settings from its fingerprint (as configs/msd.py) and the hippocampus grid's net
     python launch.py --config=configs/lits.py --config.data.root=PATH/LiTS17_v2 --check
     python launch.py --config=configs/lits.py --config.data.root=PATH/LiTS17_v2 --workdir=runs/lits
 
-Derived (see slicejax.config.fingerprint): slicing along the coarse (axial) axis, the median spacing, nnU-Net's CT
+Derived (see slicejax.data.fingerprint): slicing along the coarse (axial) axis, the median spacing, nnU-Net's CT
 normalisation from the foreground (liver and tumour) intensities, a 20% test / 10% validation split. In-plane the
 volumes are 512 x 512 at 0.6-1 mm; slices 0.7-5 mm. Meant for an accelerator.
 
@@ -14,7 +14,7 @@ Arguments:
 """
 
 from slicejax import config as config_lib
-from slicejax.config import fingerprint
+from slicejax.data import fingerprint
 
 
 def get_config(arg=""):

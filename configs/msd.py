@@ -5,7 +5,7 @@
 
 The folder is an MSD task (dataset.json with `modality`, `labels` {"0": "background", ...} and a `training` list)
 or an nnU-Net v2 raw dataset (dataset.json with `channel_names`, `labels` {"background": 0, ...} and `file_ending`;
-channel files `imagesTr/CASE_0000.nii.gz`, ...). `slicejax.config.fingerprint` derives the slicing axis, target spacing,
+channel files `imagesTr/CASE_0000.nii.gz`, ...). `slicejax.data.fingerprint` derives the slicing axis, target spacing,
 in-plane shape, per-channel normalisation, split and study grid (budgets, slices per volume) from the headers (and,
 for CT channels, foreground intensities); they are logged at start and listed by `--check`. Any of them can be set
 instead, e.g. `--config.data.slicing_axis=0 --config.data.target_spacing='()' --config.study.budgets='(20, 40)'`.
@@ -23,7 +23,7 @@ Arguments:
 """
 
 from slicejax import config as config_lib
-from slicejax.config import fingerprint
+from slicejax.data import fingerprint
 
 
 def get_config(arg=""):

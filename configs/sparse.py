@@ -20,7 +20,7 @@ in part is placed on one of its annotated voxels (`slicejax.training.inputs.patc
 """
 
 from slicejax import config as config_lib
-from slicejax.config import fingerprint
+from slicejax.data import fingerprint
 
 
 def get_config(arg=""):

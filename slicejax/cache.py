@@ -5,7 +5,8 @@
     python -m slicejax.cache --prune --dataset=Task04          # remove the entries of datasets matching "Task04"
     python -m slicejax.cache --prune --kind=jax                # remove compiled programs
 
-The folder is `$SLICEJAX_CACHE`, else the user cache (`slicejax.data.load.default_cache_dir`), or `--dir`. It holds:
+The folder is `$SLICEJAX_CACHE`, else the user cache (`slicejax.data.cache_entries.default_cache_dir`), or `--dir`.
+It holds:
   * `volumes/`: preprocessed volumes, one `.npz` per case and settings, recording the dataset folder they came from
     (entries written before that record show the dataset as "?");
   * `encoder/`: trained UAL slice encoders and their embeddings, one folder per dataset pool and encoder config
@@ -29,7 +30,7 @@ from absl import flags
 import numpy as np
 
 from slicejax import console
-from slicejax.data import load as data_lib
+from slicejax.data import cache_entries
 from slicejax.errors import exit_with
 from slicejax.errors import InputError
 
@@ -148,7 +149,7 @@ _KIND = flags.DEFINE_enum("kind", "", ("",) + KINDS, "Entries of this kind.")
 def main(argv):
   del argv
   console.set_output(sys.stdout)
-  folder = pathlib.Path(_DIR.value).expanduser() if _DIR.value else data_lib.default_cache_dir()
+  folder = pathlib.Path(_DIR.value).expanduser() if _DIR.value else cache_entries.default_cache_dir()
   try:
     if not folder.is_dir():
       raise InputError(str(folder), "no cache folder here (nothing cached yet, or a wrong --dir)")

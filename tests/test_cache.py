@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from slicejax import cache
+from slicejax.data import index as index_lib
 from slicejax.data import load as data
 from slicejax.data import phantom
 
@@ -21,7 +22,7 @@ def filled(tmp_path):
   roots = [phantom.write_phantom(tmp_path / name, num_cases=3, shape=(16, 16, 8), seed=seed)
            for name, seed in (("first", 0), ("second", 1))]
   for root in roots:
-    data.load_volumes(data.index_msd(root), cache_dir=folder)
+    data.load_volumes(index_lib.index_msd(root), cache_dir=folder)
   (folder / "jax").mkdir()
   (folder / "jax" / "program-cache").write_bytes(b"x" * 1000)
   return folder, roots
@@ -48,10 +49,10 @@ def test_entries_name_their_dataset_and_prune_selects(filled):
   cache.prune(cache.select(left, kind="jax"))
   assert not any(e.kind == "jax" for e in cache.entries(folder))
   # A pruned entry is rebuilt on the next load, identical.
-  again = data.load_volumes(data.index_msd(second), cache_dir=folder)
-  fresh = data.load_volumes(data.index_msd(second))
+  again = data.load_volumes(index_lib.index_msd(second), cache_dir=folder)
+  fresh = data.load_volumes(index_lib.index_msd(second))
   np.testing.assert_array_equal(again.volumes[0].image, fresh.volumes[0].image)
-  mapped = data.load_volumes(data.index_msd(second), cache_dir=folder, mapped=True)
+  mapped = data.load_volumes(index_lib.index_msd(second), cache_dir=folder, mapped=True)
   np.testing.assert_array_equal(np.asarray(mapped.volumes[0].label), fresh.volumes[0].label)
 
 

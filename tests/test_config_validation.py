@@ -267,6 +267,15 @@ def test_every_config_loads_without_importing_jax():
   assert out.stdout.strip() == "[]"
 
 
+def test_the_config_package_imports_no_other_part_of_slicejax():
+  # Its checks read the names they allow (normalisations, selections) from `defaults`, not from the modules that use
+  # them, so the config sits below every other part of slicejax.
+  code = "import sys; from slicejax import config; print(sorted(m for m in sys.modules if m.startswith('slicejax')))"
+  out = subprocess.run([sys.executable, "-c", code], cwd=_REPO, capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == str(["slicejax", "slicejax.config", "slicejax.config.args", "slicejax.config.checks",
+                                    "slicejax.config.defaults", "slicejax.errors"])
+
+
 def test_check_refuses_a_bad_value_before_jax_is_imported():
   # With JAX made unimportable, `--check`'s config stage still ends with the config's one-line error.
   code = ("import runpy, sys; sys.modules['jax'] = None; sys.argv = ['launch.py', '--config=configs/demo.py:tiny', "

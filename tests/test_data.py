@@ -10,11 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from slicejax.data import cache_entries
+from slicejax.data import index as index_lib
 from slicejax.data import layouts
 from slicejax.data import load as data
 from slicejax.data import nifti
 from slicejax.data import normalize
+from slicejax.data import padding
 from slicejax.data import phantom
+from slicejax.data import split as split_lib
 from slicejax.errors import InputError
 
 AFFINE = np.array([[0.5, 0., 0., -3.], [0., 0.75, 0., 4.], [0., 0., 2., 1.5], [0., 0., 0., 1.]])
@@ -84,7 +88,7 @@ def test_axes_spacing_and_save_label_round_trip(tmp_path, axis, spacing):
 
   # A prediction back in NIfTI order, written on the case's label file, lands on the file's axes and affine.
   prediction = (vol.label + 1) % 3
-  out = nifti.save_like(tmp_path / "pred" / "case_b.nii.gz", data.to_nifti_order(prediction, axis),
+  out = nifti.save_like(tmp_path / "pred" / "case_b.nii.gz", nifti.to_nifti_order(prediction, axis),
                         nifti.load(root / "labelsTr" / "case_b.nii.gz"))
   back = nib.load(str(out))
   np.testing.assert_array_equal(np.asanyarray(back.dataobj), np.moveaxis(prediction, 0, axis))
@@ -229,10 +233,10 @@ def test_bad_files_raise_input_error_naming_the_file(tmp_path, name):
   assert str(path) in message
   if name in HEADER_PROBLEMS:
     with pytest.raises(InputError) as info:
-      data.index_msd(root)
+      index_lib.index_msd(root)
     assert str(info.value) == message
   else:
-    assert data.index_msd(root).case_ids == ("c0", "c1")
+    assert index_lib.index_msd(root).case_ids == ("c0", "c1")
 
 
 def test_truncated_uncompressed_nifti(tmp_path):
@@ -294,13 +298,13 @@ def test_max_cases_takes_the_first_cases_by_id(tmp_path):
 
 def _count_decodes(monkeypatch):
   calls = []
-  decode = data._decode_nifti
+  decode = nifti.decode
 
   def counting(path, raw):
     calls.append(pathlib.Path(path).name)
     return decode(path, raw)
 
-  monkeypatch.setattr(data, "_decode_nifti", counting)
+  monkeypatch.setattr(nifti, "decode", counting)
   return calls
 
 
@@ -472,22 +476,23 @@ def test_a_refused_dataset_leaves_the_cache_as_it_was(tmp_path):
 def test_default_cache_dir(monkeypatch, tmp_path):
   monkeypatch.setenv("SLICEJAX_CACHE", str(tmp_path / "mine"))
   monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
-  assert data.default_cache_dir() == tmp_path / "mine"
+  assert cache_entries.default_cache_dir() == tmp_path / "mine"
   root = _write_dataset(tmp_path / "ds", {"c0": _case(seed=0)})
-  data.load_msd(root, cache_dir=data.default_cache_dir())
+  data.load_msd(root, cache_dir=cache_entries.default_cache_dir())
   assert len(list((tmp_path / "mine" / "volumes").glob("c0.*.npz"))) == 1
   monkeypatch.delenv("SLICEJAX_CACHE")
-  assert data.default_cache_dir() == pathlib.Path("/xdg/slicejax")
+  assert cache_entries.default_cache_dir() == pathlib.Path("/xdg/slicejax")
   monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
   monkeypatch.setenv("HOME", "/home/someone")
-  assert data.default_cache_dir() == pathlib.Path("/home/someone/.cache/slicejax")
+  assert cache_entries.default_cache_dir() == pathlib.Path("/home/someone/.cache/slicejax")
   monkeypatch.delenv("XDG_CACHE_HOME")
-  assert data.default_cache_dir() == pathlib.Path("/home/someone/.cache/slicejax")
+  assert cache_entries.default_cache_dir() == pathlib.Path("/home/someone/.cache/slicejax")
 
 
 def test_the_test_session_has_a_cache_of_its_own():
   # Set by conftest.py before anything imports slicejax.
-  assert os.environ.get("SLICEJAX_CACHE") and data.default_cache_dir() == pathlib.Path(os.environ["SLICEJAX_CACHE"])
+  assert os.environ.get("SLICEJAX_CACHE") and (cache_entries.default_cache_dir()
+                                               == pathlib.Path(os.environ["SLICEJAX_CACHE"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -502,9 +507,9 @@ def test_index_reads_shapes_spacing_and_channels_without_voxels(tmp_path, monkey
                         modality={"0": "T2", "1": "ADC"})
   with monkeypatch.context() as m:
     _forbid_nibabel(m)
-    m.setattr(data, "_read_bytes", lambda *a: pytest.fail("read a whole file"))
-    m.setattr(data, "_decode_nifti", lambda *a: pytest.fail("decoded voxels"))
-    index = data.index_msd(root, slicing_axis=1)
+    m.setattr(nifti, "read_bytes", lambda *a: pytest.fail("read a whole file"))
+    m.setattr(nifti, "decode", lambda *a: pytest.fail("decoded voxels"))
+    index = index_lib.index_msd(root, slicing_axis=1)
   assert index.name == "Tiny" and index.root == str(root) and index.slicing_axis == 1
   assert index.class_names == ("background", "a", "b") and index.channel_names == ("T2", "ADC")
   assert index.num_classes == 3 and index.num_channels == 2 and index.case_ids == ("a", "b")
@@ -515,8 +520,8 @@ def test_index_reads_shapes_spacing_and_channels_without_voxels(tmp_path, monkey
   assert b.num_channels == 2 and b.nifti_shape == (3, 4, 5, 2)
   np.testing.assert_array_equal(b.affine, AFFINE)
   assert index.depths() == {"a": 4, "b": 4}
-  assert data.index_msd(root).depths() == {"a": 2, "b": 5}
-  assert data.index_msd(root, max_cases=1).case_ids == ("a",)
+  assert index_lib.index_msd(root).depths() == {"a": 2, "b": 5}
+  assert index_lib.index_msd(root, max_cases=1).case_ids == ("a",)
   assert index.select(["b"]).case_ids == ("b",) and index.select(["b", "a"]).cases == index.cases
   with pytest.raises(InputError, match=r"has no case\(s\) \['z'\]"):
     index.select(["a", "z"])
@@ -546,13 +551,13 @@ def test_index_accepts_a_damaged_payload_that_load_rejects(tmp_path, suffix):
     _truncate(path)
   else:
     _corrupt_payload_keep_header(path)
-  assert data.index_msd(root).cases[0].shape == (20, 20, 20)
+  assert index_lib.index_msd(root).cases[0].shape == (20, 20, 20)
   assert str(path) in _expect_error(root, "cannot read NIfTI")
 
 
 def test_a_file_changed_after_indexing_is_rejected(tmp_path):
   root = _write_dataset(tmp_path / "ds", {"c": _case(shape=(3, 4, 5))})
-  index = data.index_msd(root)
+  index = index_lib.index_msd(root)
   image, label = _case(shape=(3, 4, 6))
   _write_nifti(root / "imagesTr" / "c.nii.gz", image)
   with pytest.raises(InputError, match="changed since it was indexed"):
@@ -566,18 +571,18 @@ def test_a_file_changed_after_indexing_is_rejected(tmp_path):
 
 def test_split_cases_is_seeded_disjoint_sorted_and_order_independent():
   ids = [f"case_{i:03d}" for i in range(30)]
-  split = data.split_cases(ids, num_train=12, num_val=5, num_test=8, seed=3)
+  split = split_lib.split_cases(ids, num_train=12, num_val=5, num_test=8, seed=3)
   assert {k: len(v) for k, v in split.items()} == {"train": 12, "val": 5, "test": 8}
   assert all(v == sorted(v) for v in split.values())
   assert len(set(split["train"]) | set(split["val"]) | set(split["test"])) == 25
   shuffled = list(np.random.default_rng(0).permutation(ids))
-  assert data.split_cases(shuffled, num_train=12, num_val=5, num_test=8, seed=3) == split
-  assert data.split_cases(ids, num_train=12, num_val=5, num_test=8, seed=4) != split
+  assert split_lib.split_cases(shuffled, num_train=12, num_val=5, num_test=8, seed=3) == split
+  assert split_lib.split_cases(ids, num_train=12, num_val=5, num_test=8, seed=4) != split
   # The test set does not move when only the training pool size changes.
-  assert data.split_cases(ids, num_train=3, num_val=5, num_test=8, seed=3)["test"] == split["test"]
-  assert data.split_cases(ids, num_train=30, num_val=0, num_test=0, seed=0)["train"] == ids
+  assert split_lib.split_cases(ids, num_train=3, num_val=5, num_test=8, seed=3)["test"] == split["test"]
+  assert split_lib.split_cases(ids, num_train=30, num_val=0, num_test=0, seed=0)["train"] == ids
   # train 0 takes every case left after test and validation: the same test and validation cases.
-  rest = data.split_cases(ids, num_train=0, num_val=5, num_test=8, seed=3)
+  rest = split_lib.split_cases(ids, num_train=0, num_val=5, num_test=8, seed=3)
   assert (rest["test"], rest["val"]) == (split["test"], split["val"]) and len(rest["train"]) == len(ids) - 13
 
 
@@ -585,23 +590,23 @@ def test_split_cases_rejects_bad_counts():
   ids = ["a", "b", "c"]
   with pytest.raises(InputError, match=r"train \+ val \+ test = 2 \+ 1 \+ 1 exceeds the 3 cases; set "
                                        r"--config.data.split.train \(0: every case left after val and test\)"):
-    data.split_cases(ids, num_train=2, num_val=1, num_test=1, seed=0)
+    split_lib.split_cases(ids, num_train=2, num_val=1, num_test=1, seed=0)
   with pytest.raises(InputError, match="leaves no training case among the 3 cases"):
-    data.split_cases(ids, num_train=0, num_val=1, num_test=2, seed=0)
+    split_lib.split_cases(ids, num_train=0, num_val=1, num_test=2, seed=0)
   with pytest.raises(InputError, match="num_val"):
-    data.split_cases(ids, num_train=1, num_val=-1, num_test=1, seed=0)
+    split_lib.split_cases(ids, num_train=1, num_val=-1, num_test=1, seed=0)
   with pytest.raises(InputError, match="duplicate"):
-    data.split_cases(["a", "a"], num_train=1, num_val=0, num_test=0, seed=0)
+    split_lib.split_cases(["a", "a"], num_train=1, num_val=0, num_test=0, seed=0)
 
 
 def test_fit_to_shape_pads_at_the_end_and_crops_the_centre():
   array = np.arange(2 * 6 * 3 * 2).reshape(2, 6, 3, 2) + 1
-  out, valid, offsets = data.fit_to_shape(array, (4, 5))
+  out, valid, offsets = padding.fit_to_shape(array, (4, 5))
   assert out.shape == (2, 4, 5, 2) and valid.shape == (2, 4, 5) and offsets == (1, 0)
   np.testing.assert_array_equal(out[:, :, :3], array[:, 1:5])
   np.testing.assert_array_equal(out[:, :, 3:], 0)
   np.testing.assert_array_equal(valid, np.broadcast_to(np.arange(5) < 3, (2, 4, 5)))
-  back = data.unfit(out[..., 0], (6, 3), offsets)
+  back = padding.unfit(out[..., 0], (6, 3), offsets)
   expected = array[..., 0].copy()
   expected[:, [0, 5]] = 0
   np.testing.assert_array_equal(back, expected)
@@ -609,13 +614,13 @@ def test_fit_to_shape_pads_at_the_end_and_crops_the_centre():
 
 def test_fit_to_shape_identity_and_odd_crop():
   array = np.arange(1 * 5 * 4).reshape(1, 5, 4)
-  out, valid, offsets = data.fit_to_shape(array, (5, 4))
+  out, valid, offsets = padding.fit_to_shape(array, (5, 4))
   np.testing.assert_array_equal(out, array)
   assert valid.all() and offsets == (0, 0)
-  out, valid, offsets = data.fit_to_shape(array, (2, 1))
+  out, valid, offsets = padding.fit_to_shape(array, (2, 1))
   assert offsets == (1, 1) and valid.all()
   np.testing.assert_array_equal(out[0], [[5], [9]])
-  np.testing.assert_array_equal(data.unfit(out, (5, 4), offsets)[0],
+  np.testing.assert_array_equal(padding.unfit(out, (5, 4), offsets)[0],
                                 [[0, 0, 0, 0], [0, 5, 0, 0], [0, 9, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
 
 
@@ -666,7 +671,7 @@ def test_ignore_label_is_not_a_class_and_is_kept_in_labels(tmp_path):
   label[0, 0, :2] = 3
   labels = {"background": 0, "a": 1, "b": 2, "ignore": 3}
   root = _write_v2(tmp_path / "v2", {"c": ([image, 2 * image], label)}, labels)
-  index = data.index_msd(root)
+  index = index_lib.index_msd(root)
   assert index.class_names == ("background", "a", "b") and index.num_classes == 3 and index.ignore_label == 3
   ds = data.load_volumes(index)
   assert ds.ignore_label == 3 and ds.num_classes == 3
@@ -675,8 +680,8 @@ def test_ignore_label_is_not_a_class_and_is_kept_in_labels(tmp_path):
   np.testing.assert_array_equal(vol.label, np.moveaxis(label, 2, 0))
   # The MSD spelling of labels too; no ignore label gives None.
   root = _write_dataset(tmp_path / "msd", {"c": _case()}, labels={"0": "background", "1": "x", "2": "ignore"})
-  assert data.index_msd(root).ignore_label == 2 and data.index_msd(root).class_names == ("background", "x")
-  assert data.index_msd(_write_dataset(tmp_path / "plain", {"c": _case()})).ignore_label is None
+  assert index_lib.index_msd(root).ignore_label == 2 and index_lib.index_msd(root).class_names == ("background", "x")
+  assert index_lib.index_msd(_write_dataset(tmp_path / "plain", {"c": _case()})).ignore_label is None
 
 
 def test_ignore_label_must_be_the_highest_value(tmp_path):
@@ -721,7 +726,6 @@ def test_nnunet_v2_bad_input(tmp_path, problem, fragment):
 
 
 def test_one_layout_detector_for_a_dataset_json_with_both_layouts_keys(tmp_path):
-  from slicejax.data import nifti  # the plan and predict modes' reader
   both = lambda meta: meta.update(modality={"0": "T2", "1": "ADC"}, channel_names={"0": "T2", "1": "ADC"})
   # MSD: a training list of 4D images, plus nnU-Net v2's channel_names.
   msd = phantom.write_phantom(tmp_path / "msd", num_cases=3, shape=(16, 16, 8), num_channels=2)
@@ -739,7 +743,7 @@ def test_one_layout_detector_for_a_dataset_json_with_both_layouts_keys(tmp_path)
   assert layout == layouts.NNUNET and "channel files" in why
   # Every mode reads each folder the same way: training and --check (index_msd), plan and predict (index_images).
   for root, cases in ((msd, ["phantom_000", "phantom_001", "phantom_002"]), (v2, ["c"])):
-    index = data.index_msd(root)
-    images = nifti.index_images(root)
+    index = index_lib.index_msd(root)
+    images = index_lib.index_images(root)
     assert [c.case_id for c in index.cases] == [c.case_id for c in images.cases] == cases
     assert index.channel_names == ("T2", "ADC") and images.cases[0].num_channels == 2

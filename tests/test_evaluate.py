@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from slicejax.data import load as data
+from slicejax.data import padding
 from slicejax.evaluation import evaluate
 from slicejax.evaluation import metrics
 from slicejax.evaluation import sliding_window
@@ -121,10 +122,10 @@ def test_2d_counts_equal_numpy_path_with_padding_and_cropping(strategy):
   # Today's path on the host: predict the fitted slices, crop the label map back to the volume's grid, count.
   reference, fitted_labels = [], []
   for volume in volumes:
-    images, _, offsets = data.fit_to_shape(volume.image.astype(np.float32), shape)
+    images, _, offsets = padding.fit_to_shape(volume.image.astype(np.float32), shape)
     labels = np.stack([[model.numpy_apply({k: v[m] for k, v in params.items()}, s).argmax(-1) for s in images]
                        for m in range(num_models)])
-    on_grid = [data.unfit(labels[m], volume.label.shape[1:], offsets) for m in range(num_models)]
+    on_grid = [padding.unfit(labels[m], volume.label.shape[1:], offsets) for m in range(num_models)]
     reference.append(np.stack([metrics.confusion_counts(l, volume.label, K) for l in on_grid]))
     fitted_labels.append(labels)
   # The padding of case_0 (rows 4-5, column 5) is predicted foreground, which must not count.
@@ -169,7 +170,7 @@ def test_3d_counts_equal_numpy_path_and_compile_once():
   assert all(f._cache_size() - b <= 1 for f, b in zip(programs, before))
 
   for volume, got in zip(volumes, counts):
-    padded = data.pad_volume(volume.image.astype(np.float32), [max(n, q) for n, q in zip(volume.label.shape, patch)])
+    padded = padding.pad_volume(volume.image.astype(np.float32), [max(n, q) for n, q in zip(volume.label.shape, patch)])
     depth, height, width = volume.label.shape
     want = []
     for m in range(num_models):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from slicejax import config as config_lib
+from slicejax.data import index as index_lib
 from slicejax.data import load as data_lib
 from slicejax.data import nifti
 from slicejax.data import phantom
@@ -57,7 +58,7 @@ def test_export_of_a_plan_is_an_nnunet_raw_dataset(planned, tmp_path):
     assert (out / "imagesTr" / f"{case}_0000.nii.gz").read_bytes() == (root / "imagesTr" /
                                                                       f"{case}.nii.gz").read_bytes()
   # slicejax reads it back with the ignore label kept in the labels and out of the classes.
-  dataset = data_lib.load_volumes(data_lib.index_msd(out))
+  dataset = data_lib.load_volumes(index_lib.index_msd(out))
   assert dataset.class_names == ("background", "core", "rim") and dataset.ignore_label == 3
   for volume in dataset.volumes:
     annotated = np.flatnonzero((volume.label != 3).any(axis=(1, 2))).tolist()
@@ -91,7 +92,7 @@ def test_an_ignore_label_that_is_not_the_highest_is_refused(tmp_path):
   (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "core": 1, "ignore": 1},
                                                      "channel_names": {"0": "T2"}, "file_ending": ".nii.gz"}))
   with pytest.raises(InputError, match="ignore"):
-    nifti.index_images(tmp_path)
+    index_lib.index_images(tmp_path)
 
 
 @pytest.mark.slow

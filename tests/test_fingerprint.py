@@ -1,4 +1,4 @@
-"""Tests for slicejax.config.fingerprint and configs/msd.py: derived settings, and runs on generated datasets that no config
+"""Tests for slicejax.data.fingerprint and configs/msd.py: derived settings, and runs on generated datasets that no config
 was written for (MSD and nnU-Net v2 layouts, two channels, three classes)."""
 
 import json
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from slicejax import config as config_lib
-from slicejax.config import fingerprint
-from slicejax.data import load as data
+from slicejax.data import fingerprint
+from slicejax.data import split as split_lib
 from slicejax.report import results
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def test_derived_settings_by_hand():
 def test_ct_channel_statistics_are_foreground_percentiles_mean_and_std_of_the_training_pool(tmp_path):
   root = write_dataset(tmp_path / "ct", "v2", num_cases=5, channels=("CT", "T2"))
   ids = [f"case_{i:03d}" for i in range(5)]
-  split = data.split_cases(ids, num_train=3, num_val=1, num_test=1, seed=0)  # the derived split of 5 cases
+  split = split_lib.split_cases(ids, num_train=3, num_val=1, num_test=1, seed=0)  # the derived split of 5 cases
   # The validation and test cases get extreme intensities: none of them may reach the statistics.
   for case in split["val"] + split["test"]:
     path = root / "imagesTr" / f"{case}_0000.nii.gz"

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from slicejax import config as config_lib
+from slicejax.data import index as index_lib
 from slicejax.data import load as data_lib
 from slicejax.data import mapped
+from slicejax.data import padding
 from slicejax.data import phantom
 from slicejax.training import train
 
@@ -35,7 +37,7 @@ def test_npy_and_npz_members_read_as_numpy_reads_them(tmp_path):
     np.testing.assert_array_equal(array[[3, 0, 3]], want[[3, 0, 3]])
     np.testing.assert_array_equal(np.stack(list(array)), want)
     np.testing.assert_array_equal(array.astype(np.float32), want.astype(np.float32))  # ndarray methods
-    np.testing.assert_array_equal(data_lib.fit_to_shape(array, (3, 8))[0], data_lib.fit_to_shape(want, (3, 8))[0])
+    np.testing.assert_array_equal(padding.fit_to_shape(array, (3, 8))[0], padding.fit_to_shape(want, (3, 8))[0])
   np.testing.assert_array_equal(arrays["label"] == 2, label == 2)  # operators
   assert np.sum(arrays["label"]) == label.sum() and arrays["label"].max() == label.max()
   assert arrays["empty"].shape == (0, 3) and np.asarray(arrays["empty"]).size == 0
@@ -60,13 +62,13 @@ def test_compressed_or_damaged_npz_is_refused(tmp_path):
   np.savez(tmp_path / "d.npz", a=np.zeros(1000))
   raw = (tmp_path / "d.npz").read_bytes()
   (tmp_path / "d.npz").write_bytes(raw[:200] + raw[-200:])  # the data cut out, the directory kept
-  with pytest.raises((zipfile.BadZipFile, OSError)):  # what `data._read_cache` takes for an unreadable entry
+  with pytest.raises((zipfile.BadZipFile, OSError)):  # what `cache_entries.read_entry` takes for an unreadable entry
     mapped.open_npz(tmp_path / "d.npz")
 
 
 def test_mapped_volumes_equal_loaded_ones_cold_and_warm(tmp_path):
   root = phantom.write_phantom(tmp_path / "ph", num_cases=4, shape=(20, 24, 12), num_channels=2)
-  index = data_lib.index_msd(root)
+  index = index_lib.index_msd(root)
   plain = data_lib.load_volumes(index)
   cold = data_lib.load_volumes(index, cache_dir=tmp_path / "cache", mapped=True)
   warm = data_lib.load_volumes(index, cache_dir=tmp_path / "cache", mapped=True)

@@ -154,7 +154,7 @@ def test_blank_slices_are_never_planned(images, tmp_path, selection):
 
 
 def test_a_plain_folder_of_channel_files_groups_them_into_cases(tmp_path):
-  from slicejax.data import nifti  # the reader of image folders
+  from slicejax.data import index as index_lib  # the reader of image folders
   root = phantom.write_phantom(tmp_path / "msd", num_cases=3, shape=(16, 16, 8), num_channels=2)
   folder = tmp_path / "channels"
   folder.mkdir()
@@ -163,15 +163,15 @@ def test_a_plain_folder_of_channel_files_groups_them_into_cases(tmp_path):
     data = np.asarray(img.dataobj)
     for c in range(2):
       nib.save(nib.Nifti1Image(data[..., c], img.affine), folder / f"{path.name[:-7]}_{c:04d}.nii.gz")
-  images = nifti.index_images(folder)
+  images = index_lib.index_images(folder)
   assert [c.case_id for c in images.cases] == ["phantom_000", "phantom_001", "phantom_002"]
   assert [c.num_channels for c in images.cases] == [2, 2, 2]
   # The same cases and voxels as the 4D originals.
-  original = nifti.index_images(root)
-  np.testing.assert_array_equal(nifti.read_case(images.cases[1], 2), nifti.read_case(original.cases[1], 2))
+  original = index_lib.index_images(root)
+  np.testing.assert_array_equal(index_lib.read_case(images.cases[1], 2), index_lib.read_case(original.cases[1], 2))
   # Numbered cases of one name are cases, not channels of one case.
   numbered = tmp_path / "numbered"
   numbered.mkdir()
   for i, path in enumerate(sorted(folder.glob("*_0000.nii.gz"))):
     (numbered / f"scan_{i:04d}.nii.gz").write_bytes(path.read_bytes())
-  assert [c.case_id for c in nifti.index_images(numbered).cases] == ["scan_0000", "scan_0001", "scan_0002"]
+  assert [c.case_id for c in index_lib.index_images(numbered).cases] == ["scan_0000", "scan_0001", "scan_0002"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from slicejax import config as config_lib
-from slicejax.data import load as data_lib
+from slicejax.data import nifti
 from slicejax.data import normalize
 from slicejax.data import phantom
 from slicejax.errors import InputError
@@ -65,10 +65,10 @@ def test_predictions_round_trip_with_the_inputs_geometry(run, tmp_path):
     np.testing.assert_allclose(p.sum(-1), 1, atol=1e-5)
     np.testing.assert_array_equal(values, p.argmax(-1))
     # The network applied directly to the normalised slices (the volume fills the trained 16 x 16 plane).
-    volume = normalize.normalize(data_lib.to_volume_order(image.get_fdata()[..., None], 2), "zscore")
+    volume = normalize.normalize(nifti.to_volume_order(image.get_fdata()[..., None], 2), "zscore")
     logits = model.apply({"params": params}, volume.astype(np.float32))
     direct = np.asarray(jax.nn.softmax(logits, axis=-1))
-    np.testing.assert_allclose(data_lib.to_volume_order(p, 2), direct, atol=1e-5)
+    np.testing.assert_allclose(nifti.to_volume_order(p, 2), direct, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import pathlib
 import nibabel as nib
 import numpy as np
 
+from slicejax.data import index as index_lib
 from slicejax.data import load as data
 from slicejax.data import nifti
 from slicejax.data import resample
@@ -75,7 +76,7 @@ def _prostate_like(root):
 
 def test_prostate_like_volume_resampled_scores_dice_one_on_its_original_grid(tmp_path):
   root, labels = _prostate_like(tmp_path / "prostate")
-  index = data.index_msd(root, slicing_axis=2, target_spacing=(1.2, 1.2, 0))
+  index = index_lib.index_msd(root, slicing_axis=2, target_spacing=(1.2, 1.2, 0))
   case = index.cases[0]
   assert case.shape == (4, 6, 5) and case.original_shape == (4, 12, 10) and case.resampled
   np.testing.assert_allclose(case.spacing, (3.6, 1.2, 1.2))
@@ -95,7 +96,7 @@ def test_prostate_like_volume_resampled_scores_dice_one_on_its_original_grid(tmp
       assert spacing == vol.original_spacing
   # Predictions are written on the files' grid with their affine.
   vol = ds.volumes[0]
-  on_files = data.to_nifti_order(resample.to_original(vol.label, vol), vol.slicing_axis)
+  on_files = nifti.to_nifti_order(resample.to_original(vol.label, vol), vol.slicing_axis)
   label_file = nifti.load(root / "labelsTr" / f"{vol.case_id}.nii.gz")
   written = nib.load(nifti.save_like(tmp_path / "p.nii.gz", on_files, label_file))
   np.testing.assert_array_equal(np.asarray(written.dataobj), labels[vol.case_id])

@@ -1,12 +1,22 @@
 """Selection strategies, allocations, nesting and plans."""
 
+import pkgutil
+
 import numpy as np
 import pytest
 
 from slicejax.config import base
+from slicejax.config import defaults
 from slicejax.errors import InputError
 from slicejax.study import grid as study
 from slicejax.study import selection
+
+
+def test_the_configs_names_are_the_strategy_modules():
+  # The config's checks read the names without importing the strategies (`slicejax.config.defaults`).
+  modules = sorted(m.name for m in pkgutil.iter_modules(selection.__path__))
+  assert defaults.SELECTIONS == tuple(modules)
+  assert defaults.MODEL_BASED_SELECTIONS == tuple(m for m in modules if getattr(selection.get(m), "MODEL_BASED", False))
 
 
 @pytest.mark.parametrize("name", ["random", "fixed"])

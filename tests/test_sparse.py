@@ -13,6 +13,7 @@ import pytest
 
 from slicejax import config as config_lib
 from slicejax import console
+from slicejax.data import index as index_lib
 from slicejax.data import load as data_lib
 from slicejax.data import nifti
 from slicejax.data import phantom
@@ -157,7 +158,7 @@ def same_plan_runs(tmp_path_factory):
   simulated = _study_config(root)
   sim_rows = train.train_and_evaluate(simulated, base / "simulated")
   point = sim_rows[0]["name"]
-  split = train.split_index(simulated, data_lib.index_msd(root))
+  split = train.split_index(simulated, index_lib.index_msd(root))
   source = _with_held_out(export.from_study(base / "simulated", point), root, split["val"] + split["test"])
   dataset = export.write(base / "Dataset501_Phantom", source)
   real_rows = train.train_and_evaluate(_sparse_config(dataset, simulated), base / "real")

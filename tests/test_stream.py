@@ -10,6 +10,7 @@ import pytest
 from slicejax.config import base
 from slicejax.data import load as data_lib
 from slicejax.data import mapped
+from slicejax.data import padding
 from slicejax.report import results
 from slicejax.study import grid as study
 from slicejax.training.inputs import sampler
@@ -41,8 +42,8 @@ def test_store_holds_every_slice_fitted_and_is_written_once(tmp_path):
   images = np.load(folder / "images.npy", mmap_mode="r")
   labels = np.load(folder / "labels.npy", mmap_mode="r")
   assert images.dtype == np.float16 and images.shape == (12, 8, 8, 2) and labels.dtype == np.uint8
-  np.testing.assert_array_equal(images[:5], data_lib.fit_to_shape(pool[0].image, (8, 8))[0])
-  np.testing.assert_array_equal(labels[5:], data_lib.fit_to_shape(pool[1].label, (8, 8))[0])
+  np.testing.assert_array_equal(images[:5], padding.fit_to_shape(pool[0].image, (8, 8))[0])
+  np.testing.assert_array_equal(labels[5:], padding.fit_to_shape(pool[1].label, (8, 8))[0])
   np.testing.assert_array_equal(np.load(folder / "extents.npy"), [[6, 8]] * 5 + [[8, 8]] * 7)
   np.testing.assert_array_equal(store.rows["b"], np.arange(5, 12))
   # Positioned reads give the rows in the order asked, repeats included.
@@ -166,7 +167,7 @@ def test_tfds_and_grain_batches_equal_bank_batches(tmp_path):
   store = tfds_builder.store_for(config, root, tmp_path / "tfds", (8, 8), 1)
   assert len(store) == sum(v.depth for v in pool)
   np.testing.assert_array_equal(store.read_labels(store.rows[pool[1].case_id]),
-                                data_lib.fit_to_shape(pool[1].label, (8, 8))[0])
+                                padding.fit_to_shape(pool[1].label, (8, 8))[0])
   points = [study.Point(2, 3, 2, 1, "random", False, 0)]
   plans = [{pool[0].case_id: [1, 4], pool[2].case_id: [3]}]
   bank, bank_entries, _ = two_d.training_data(config, points, plans, pool, 3, (8, 8))

@@ -1,5 +1,6 @@
-"""Configs: every key's default (`defaults`, plain data), the checks of their values (`checks`), `get_config(arg)`'s
-argument (`args`) and the settings derived from a dataset's fingerprint (`fingerprint`).
+"""Configs: every key's default (`defaults`, plain data), the checks of their values (`checks`) and `get_config(arg)`'s
+argument (`args`); the settings derived from a dataset's fingerprint are `slicejax.data.fingerprint`'s. Nothing here
+imports another part of slicejax than `slicejax.errors`.
 
 `from slicejax import config as config_lib` gives the functions that configs, `launch.py` and tests call; none of
 them imports JAX.

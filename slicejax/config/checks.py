@@ -7,15 +7,12 @@ run's process count only where JAX is already imported (a run of several process
 import importlib.util
 import math
 import numbers
-import pkgutil
 import sys
 
 import ml_collections
 
 from slicejax.config import defaults
-from slicejax.data import normalize
 from slicejax.errors import InputError
-from slicejax.study import selection as selection_lib
 
 
 def _process_count() -> int:
@@ -167,6 +164,39 @@ def _check_model(c: _Checker) -> None:
   _check_group_norm(c, "model.features", features, num_stages, max_features, norm)
 
 
+def parse_normalization(spec: str) -> tuple:
+  """Parses a normalisation setting (`config.data.normalization`, see `slicejax.data.load`) into per-channel items.
+
+  Args:
+    spec: "zscore", "ct", or a comma-separated list with one item per channel, each "zscore", "ct" or
+      "ct:LO:HI:MEAN:STD".
+
+  Returns:
+    A tuple of items, each ("zscore",), ("ct",) or ("ct", lo, hi, mean, std); one item means every channel.
+
+  Raises:
+    InputError("normalization", ...) for a malformed setting.
+  """
+  items = []
+  for word in str(spec).split(","):
+    parts = word.strip().split(":")
+    if (parts[0] not in defaults.NORMALIZATIONS or (parts[0] == "zscore" and len(parts) > 1)
+        or len(parts) not in (1, 5)):
+      raise InputError("normalization", f"unknown normalisation {word.strip()!r}; per channel one of 'zscore', 'ct' "
+                       "or 'ct:LO:HI:MEAN:STD', separated by commas")
+    if len(parts) == 5:
+      try:
+        lo, hi, mean, std = (float(p) for p in parts[1:])
+      except ValueError as e:
+        raise InputError("normalization", f"{word.strip()!r}: LO, HI, MEAN and STD must be numbers") from e
+      if not (all(math.isfinite(v) for v in (lo, hi, mean, std)) and lo < hi and std > 0):
+        raise InputError("normalization", f"{word.strip()!r}: needs LO < HI and STD > 0")
+      items.append(("ct", lo, hi, mean, std))
+    else:
+      items.append((parts[0],))
+  return tuple(items)
+
+
 def _check_data(c: _Checker) -> None:
   source = c.choice("data.source", _SOURCES)
   for key in ("data.root", "data.missing_root_hint", "data.cache_dir", "data.download_task"):
@@ -176,7 +206,7 @@ def _check_data(c: _Checker) -> None:
   if isinstance(normalization, str) and not any(s in normalization for s in ",:"):
     c.choice("data.normalization", defaults.NORMALIZATIONS)
   try:
-    normalize.parse_normalization(normalization)
+    parse_normalization(normalization)
   except InputError as e:
     c.fail("data.normalization", str(e).partition(": ")[2])
   c.items("data.target_spacing", "() or three numbers >= 0 (mm, NIfTI axes X, Y, Z; 0 keeps an axis)",
@@ -195,7 +225,7 @@ def _check_data(c: _Checker) -> None:
   multiple = 2 ** (c.integer("model.num_stages") - 1)
   c.items("data.shape", f"() or two positive integers divisible by {multiple} (2**(config.model.num_stages - 1))",
           lambda n: _is_int(n) and n >= 1 and n % multiple == 0, (0, 2))
-  # train 0: every case left after val and test (slicejax.data.load.split_cases).
+  # train 0: every case left after val and test (slicejax.data.split.split_cases).
   total = c.integer("data.split.train", lo=0) + c.integer("data.split.val", lo=0) + c.integer("data.split.test", lo=1)
   c.integer("data.split.seed", lo=0)
   if source == "phantom":
@@ -237,11 +267,13 @@ def _check_train(c: _Checker) -> None:
 
 
 def _check_selection(c: _Checker, key: str, name: str) -> None:
-  try:
-    selection_lib.get(name)
-  except InputError:
-    known = sorted(m.name for m in pkgutil.iter_modules(selection_lib.__path__))
-    c.fail(key, f"must name modules of slicejax/study/selection ({', '.join(known)}), got {name!r}")
+  if name not in defaults.SELECTIONS:
+    c.fail(key, f"must name modules of slicejax/study/selection ({', '.join(defaults.SELECTIONS)}), got {name!r}")
+
+
+def _model_based(name: str) -> bool:
+  """Whether the selection `name` chooses in rounds with a trained model."""
+  return name in defaults.MODEL_BASED_SELECTIONS
 
 
 def _check_grid_entry(c: _Checker, key: str, name: str) -> None:
@@ -288,7 +320,7 @@ def _check_study(c: _Checker) -> tuple:
         if not grid[name]:
           c.fail(keys[name], f"must not be empty while config.{keys['budgets']} is {tuple(grid['budgets'])!r}")
       selections.update(grid["selections"])
-      in_rounds = [s for s in grid["selections"] if getattr(selection_lib.get(s), "MODEL_BASED", False)]
+      in_rounds = [s for s in grid["selections"] if _model_based(s)]
       if d == 3 and in_rounds:
         c.fail(keys["selections"], f"{in_rounds[0]!r} selects in rounds, which only 2D points do")
     elif "annotated" in grid["selections"]:
@@ -363,7 +395,7 @@ def _check_rounds(c: _Checker) -> None:
   """The round schedule and the model-based selections' options (`slicejax.training.rounds`)."""
   first = c.text("rounds.first_selection")
   _check_selection(c, "rounds.first_selection", first)
-  if getattr(selection_lib.get(first), "MODEL_BASED", False) or first == "annotated":
+  if _model_based(first) or first == "annotated":
     c.fail("rounds.first_selection", f"must be a one-shot selection (random, fixed or ual), got {first!r}")
   c.real("rounds.first_share", 0, 1, lo_open=True, hi_open=True)
   c.boolean("rounds.warm_start")
@@ -412,7 +444,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   c.boolean("interpolation.align_centroids")
   if 3 in dims:
     _check_three_d(c)
-  in_rounds = [s for s in selections if getattr(selection_lib.get(s), "MODEL_BASED", False)]
+  in_rounds = [s for s in selections if _model_based(s)]
   if in_rounds:
     _check_rounds(c)
   if "ual" in selections or (in_rounds and c.get("rounds.first_selection") == "ual") or "hybrid" in selections:
@@ -463,7 +495,7 @@ def validate_plan(config) -> None:
     if not (c.get("plan.annotated") or c.get("plan.previous")):
       c.fail("plan.annotated", "say what is annotated so far: a folder of label files, or config.plan.previous")
     _check_selection(c, "plan.selection", c.text("plan.selection"))
-    if not getattr(selection_lib.get(c.get("plan.selection")), "MODEL_BASED", False):
+    if not _model_based(c.get("plan.selection")):
       c.fail("plan.selection", "with config.plan.model, must be entropy, ensemble or hybrid, got "
              f"{c.get('plan.selection')!r}")
     _check_rounds(c)

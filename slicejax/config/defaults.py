@@ -18,6 +18,10 @@ PIPELINES = ("auto", "bank", "stream")  # `slicejax.training.inputs.stream`
 STREAM_SOURCES = ("volumes", "store", "tfds")  # `slicejax.training.inputs.stream.open_store`
 STRATEGIES = ("vmap", "loop", "sequential", "mesh")  # `slicejax.training.parallel`
 UAL_METHODS = ("kmeans", "kcenter", "typiclust")  # `slicejax.study.selection.ual`
+# The selection strategies, the modules of `slicejax.study.selection` (a test holds the two together), and those that
+# choose in rounds with a trained model (their module's `MODEL_BASED`).
+SELECTIONS = ("annotated", "ensemble", "entropy", "fixed", "hybrid", "random", "ual")
+MODEL_BASED_SELECTIONS = ("ensemble", "entropy", "hybrid")
 # Defaults of the config keys `stats.*` (`slicejax.report.statistics`); the report reads the run's own values.
 STATS = {"alpha": 0.05, "margin": 0.02, "min_seeds": 3, "power": 0.8, "plateau_tolerance": 0.005,
          "max_improving_share": 0.1}
@@ -99,7 +103,7 @@ def base() -> ml_collections.ConfigDict:
       ct_window=(-1000.0, 1000.0),
       shape=(),                 # static in-plane (H, W); () = smallest that holds every volume
       target_spacing=(),        # resample to (sX, sY, sZ) mm, NIfTI axes (0 keeps an axis); () = the files' grid
-      fingerprint=False,        # settings derived from the dataset's fingerprint (slicejax.config.fingerprint.bind)
+      fingerprint=False,        # settings derived from the dataset's fingerprint (slicejax.data.fingerprint.bind)
       cache_dir="",             # cache of preprocessed volumes, the phantom and UAL encoders; "" = the user cache
       pipeline="auto",          # 2D training input: "bank" (the group's slices on the device), "stream" (read from a
                                 # slice store on the disk, prefetched) or "auto": the bank when it fits

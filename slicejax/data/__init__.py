@@ -1,1 +1,2 @@
-"""Reading datasets into volumes: layouts, NIfTI, normalisation, resampling, the phantom."""
+"""Reading datasets into volumes: layouts and cases, NIfTI, the index and the loader (cached), splits, normalisation,
+resampling, the phantom."""

@@ -1,7 +1,7 @@
 """The two dataset layouts slicejax reads, MSD and nnU-Net v2: which one a dataset.json describes, and its labels.
 
-Decided once for every mode (training, --check, plan, predict, export): `slicejax.data.load` reads labelled cases,
-`slicejax.data.nifti` image folders, both through `detect_layout` and `parse_labels`.
+Decided once for every mode (training, --check, plan, predict, export): `slicejax.data.cases.find_cases` lists the
+cases of a folder, labelled or not, through `detect_layout` and `parse_labels`.
 """
 
 import json
@@ -12,6 +12,8 @@ from slicejax.errors import InputError
 
 # A label of this name in dataset.json is nnU-Net v2's ignore label: voxels not annotated, not a class.
 IGNORE_NAME = "ignore"
+# The name of an nnU-Net v2 channel file without its ending: `<case>_<cccc>`, channel cccc of a case.
+CHANNEL_FILE = re.compile(r"^(.+)_(\d{4})$")
 
 
 def read_json(path: pathlib.Path) -> dict:
@@ -89,8 +91,7 @@ MSD, NNUNET = "MSD", "nnU-Net v2"
 
 def _channel_files(folder: pathlib.Path, ending: str) -> list:
   """Names in `folder` named like nnU-Net v2 channel files, `<case>_<cccc><ending>`."""
-  pattern = re.compile(r"^.+_\d{4}" + re.escape(ending) + "$")
-  return [n for n in listed_files(folder, ending) if pattern.match(n)] if folder.is_dir() else []
+  return [n for n in listed_files(folder, ending) if CHANNEL_FILE.match(n[:-len(ending)])] if folder.is_dir() else []
 
 
 def detect_layout(json_path, meta: dict) -> tuple:

@@ -1,92 +1,45 @@
-"""Image folders without labels, and NIfTI files written on another file's grid.
+"""NIfTI files: the one place that reads them (headers, bytes, voxels), their axis convention, and the writers.
 
-Three layouts are read (`index_images`), headers only:
-  * an MSD folder: `dataset.json` with `training` (and optionally `test`) entries; only their images are used, so
-    label files may be missing; one file per case, 3D `[X, Y, Z]` or 4D `[X, Y, Z, C]`;
-  * an nnU-Net v2 raw folder: `dataset.json` with `channel_names` and `file_ending`, images in `imagesTr/` (and
-    `imagesTs/`) named `<case>_<cccc><file_ending>`, one 3D file per channel;
-  * a plain folder of `.nii.gz` / `.nii` files, one case per file, or nnU-Net v2 channel files `<case>_<cccc>` grouped
-    into cases (`folder_cases`).
-Class names come from dataset.json's `labels` (MSD `{"0": "background"}` or nnU-Net `{"background": 0}`); a label
-named "ignore" is not a class. A plain folder has none.
+Reading. `header(path)` decodes a file's header alone, streamed (a `.nii.gz` is decompressed only as far as its
+header), and checks that its voxels are real numbers: an index reads no voxel. `read_bytes(path)` gives a file's
+bytes, which a cache key hashes (`slicejax.data.cache_entries`), and `decode(path, raw)` the voxels of those bytes,
+decompressed whole first, so that a damaged data block is found, not only a damaged header. Both recognise a
+compressed file by gzip's magic bytes and NIfTI-1 or NIfTI-2 by the header's size. `load(path)` opens a file through
+nibabel (header now, voxels on access): the reference grid of a file written on it, and `read_array`'s voxels. Bad
+input raises `InputError` naming the file.
 
-Axis convention as in `slicejax.data`: the NIfTI array `(X, Y, Z[, C])` has its slicing axis moved to the front, so a
-volume is `[D, H, W, C]`; `shape` and `spacing` are in that order, `nifti_shape` and `affine` are the file's own.
+Axis convention. The NIfTI data array `(X, Y, Z[, C])` has its slicing axis `a` (0, 1 or 2) moved to the front with
+`np.moveaxis(arr, a, 0)` (`to_volume_order`); the two remaining spatial axes keep their order. Labels become
+`[D, H, W]` and images `[D, H, W, C]` with `C >= 1` (a 3D image gets `C = 1`). `to_nifti_order` is the inverse.
+Shapes and spacings (mm) of volumes are given in the same `(D, H, W)` order; a file's affine is kept unchanged, so a
+prediction in `to_nifti_order` written on the case's file (`save_like`) has the original axis order, affine and
+array shape.
 
-`save_like(path, data, reference)` writes an array of the reference file's spatial shape with the reference's
-header geometry (affine, sform and qform with their codes, voxel sizes, units), which is what ITK-SNAP, 3D Slicer and
-nnU-Net use to overlay it on the image. Bad input raises `InputError` naming the file.
+Writing. `save_like(path, data, reference)` writes an array of the reference file's spatial shape with the
+reference's header geometry (affine, sform and qform with their codes, voxel sizes, units), which is what ITK-SNAP,
+3D Slicer and nnU-Net use to overlay it on the image; `save(path, array, affine)` writes an array on an affine.
 """
 
-import dataclasses
+import gzip
 import pathlib
-import re
+import zlib
 from typing import Optional
 
 import nibabel as nib
+from nibabel import filebasedimages
+from nibabel import spatialimages
+from nibabel import wrapstruct
 import numpy as np
 
-from slicejax.data import layouts
 from slicejax.errors import InputError
 from slicejax import files
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ImageCase:
-  """One unlabelled case as its header(s) describe it.
-
-  Attributes:
-    case_id: the file name without ending (and without the channel suffix `_cccc` of nnU-Net files).
-    paths: the image files: one (3D or 4D) file, or one 3D file per channel (nnU-Net).
-    shape: `(D, H, W)` in volume order.
-    spacing: `(sD, sH, sW)` in mm.
-    num_channels: C.
-    nifti_shape: the spatial shape `(X, Y, Z)` of the files.
-    affine: `[4, 4]` float64, the (first) image file's affine.
-  """
-  case_id: str
-  paths: tuple
-  shape: tuple
-  spacing: tuple
-  num_channels: int
-  nifti_shape: tuple
-  affine: np.ndarray
-
-  @property
-  def depth(self) -> int:
-    return self.shape[0]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ImageSet:
-  """An indexed folder of images (see the module docstring).
-
-  Attributes:
-    name: dataset.json's `name`, else the folder's name.
-    root: the folder.
-    layout: "msd", "nnunet" or "folder".
-    class_names: class names by label value (background first), or None when the folder declares none.
-    ignore_label: the value of a label named "ignore" in dataset.json, or None.
-    channel_names: one name per channel.
-    slicing_axis: the NIfTI axis that became D.
-    cases: ImageCase per case, sorted by case_id.
-  """
-  name: str
-  root: str
-  layout: str
-  class_names: Optional[tuple]
-  ignore_label: Optional[int]
-  channel_names: tuple
-  slicing_axis: int
-  cases: tuple
-
-  def depths(self) -> dict:
-    return {c.case_id: c.depth for c in self.cases}
-
-  def by_id(self) -> dict:
-    return {c.case_id: c for c in self.cases}
+_GZIP_MAGIC = b"\x1f\x8b"
+_NIFTI2_HEADER_SIZE = 540
+# Everything nibabel, gzip and zlib raise for a damaged file; caught while decoding a header or a whole data block.
+_DECODE_ERRORS = (OSError, EOFError, zlib.error, ValueError, filebasedimages.ImageFileError,
+                  spatialimages.HeaderDataError, wrapstruct.WrapStructError)
 
 
 def strip_ending(name: str) -> Optional[str]:
@@ -95,6 +48,92 @@ def strip_ending(name: str) -> Optional[str]:
     if name.endswith(ending):
       return name[:-len(ending)]
   return None
+
+
+def to_volume_order(array: np.ndarray, slicing_axis: int) -> np.ndarray:
+  """NIfTI `[X, Y, Z, ...]` -> `[D, H, W, ...]` by moving `slicing_axis` to the front."""
+  return np.moveaxis(array, slicing_axis, 0)
+
+
+def to_nifti_order(array: np.ndarray, slicing_axis: int) -> np.ndarray:
+  """`[D, H, W, ...]` -> NIfTI `[X, Y, Z, ...]`; the inverse of `to_volume_order`."""
+  return np.moveaxis(array, 0, slicing_axis)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _missing(listed_in) -> str:
+  return "missing" if listed_in is None else f"missing (listed in {listed_in})"
+
+
+def _nifti_class(head: bytes):
+  """The NIfTI-1 or NIfTI-2 image class, from the first (decompressed) bytes of a file."""
+  return nib.Nifti2Image if int.from_bytes(head[:4], "little") == _NIFTI2_HEADER_SIZE else nib.Nifti1Image
+
+
+def _cannot_read(path, e: Exception) -> InputError:
+  return InputError(path, f"cannot read NIfTI (corrupt or truncated file): {type(e).__name__}: {e}")
+
+
+def read_bytes(path, listed_in=None) -> bytes:
+  """The bytes of the file at `path`; InputError if it is missing (listed in the file `listed_in`, if given) or
+  unreadable."""
+  try:
+    return pathlib.Path(path).read_bytes()
+  except FileNotFoundError as e:
+    raise InputError(path, _missing(listed_in)) from e
+  except OSError as e:
+    raise InputError(path, f"cannot read: {e}") from e
+
+
+def header(path, listed_in=None) -> tuple:
+  """Reads the header of a NIfTI file, not its voxels.
+
+  Args:
+    path: the file, compressed or not.
+    listed_in: the file that lists `path` (e.g. its dataset.json), said when `path` is missing.
+
+  Returns:
+    (array shape, affine `[4, 4]` float64, zooms of the three spatial axes); InputError if the file is missing,
+    unreadable or damaged, or its voxel type is not a real number.
+  """
+  try:
+    with open(path, "rb") as f:
+      compressed = f.read(2) == _GZIP_MAGIC
+  except FileNotFoundError as e:
+    raise InputError(path, _missing(listed_in)) from e
+  except OSError as e:
+    raise InputError(path, f"cannot read: {e}") from e
+  try:
+    # Streaming through gzip decompresses only the header's bytes.
+    with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+      header_class = _nifti_class(f.read(4)).header_class
+      f.seek(0)
+      decoded = header_class.from_fileobj(f)
+    shape = tuple(int(s) for s in decoded.get_data_shape())
+    affine = np.asarray(decoded.get_best_affine(), np.float64)
+    zooms = tuple(float(z) for z in decoded.get_zooms()[:3])
+    dtype = decoded.get_data_dtype()
+  except _DECODE_ERRORS as e:
+    raise _cannot_read(path, e) from e
+  if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    raise InputError(path, f"unsupported voxel type {dtype}")
+  return shape, affine, zooms
+
+
+def decode(path, raw: bytes) -> np.ndarray:
+  """The voxels of `raw`, the bytes of the NIfTI file at `path` (`read_bytes`), scaling applied; InputError if
+  damaged."""
+  try:
+    if raw[:2] == _GZIP_MAGIC:
+      # Decompressing everything up front (and checking the CRC) catches a damaged data block, not just the header.
+      raw = gzip.decompress(raw)
+    return np.asanyarray(_nifti_class(raw).from_bytes(raw).dataobj)
+  except _DECODE_ERRORS as e:
+    raise _cannot_read(path, e) from e
 
 
 def load(path) -> nib.spatialimages.SpatialImage:
@@ -125,161 +164,9 @@ def read_array(path, dtype=np.float64) -> np.ndarray:
   return data.astype(dtype, copy=False)
 
 
-def _header(path, slicing_axis: int) -> tuple:
-  """(spatial shape, affine, spacing in volume order, channels) of one image file."""
-  image = load(path)
-  shape = tuple(int(s) for s in image.shape)
-  if len(shape) not in (3, 4) or min(shape) < 1:
-    raise InputError(path, f"image must be 3D [X, Y, Z] or 4D [X, Y, Z, C], got shape {shape}")
-  zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
-  if not all(np.isfinite(z) and z > 0 for z in zooms):
-    raise InputError(path, f"voxel spacing {zooms} must be positive")
-  order = [slicing_axis] + [a for a in range(3) if a != slicing_axis]
-  return shape[:3], np.asarray(image.affine, np.float64), tuple(zooms[a] for a in order), (
-      shape[3] if len(shape) == 4 else 1)
-
-
-def _case(case_id, paths, slicing_axis: int, num_channels=None) -> ImageCase:
-  shape, affine, spacing, channels = _header(paths[0], slicing_axis)
-  for other in paths[1:]:
-    other_shape, other_affine, _, other_channels = _header(other, slicing_axis)
-    if other_shape != shape or other_channels != 1:
-      raise InputError(other, f"shape {other_shape} differs from channel 0's {shape} ({paths[0].name})")
-    if not np.allclose(other_affine, affine, atol=1e-3):
-      raise InputError(other, f"affine differs from channel 0's ({paths[0].name})")
-  channels = len(paths) if len(paths) > 1 else channels
-  if num_channels is not None and channels != num_channels:
-    raise InputError(paths[0], f"has {channels} channel(s), the dataset declares {num_channels}")
-  order = [slicing_axis] + [a for a in range(3) if a != slicing_axis]
-  return ImageCase(case_id=case_id, paths=tuple(paths), shape=tuple(shape[a] for a in order), spacing=spacing,
-                   num_channels=channels, nifti_shape=shape, affine=affine)
-
-
-def _nnunet_cases(root: pathlib.Path, meta: dict, json_path) -> dict:
-  ending = meta["file_ending"]
-  channels = len(meta["channel_names"])
-  pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
-  found = {}
-  for folder in ("imagesTr", "imagesTs"):
-    for path in sorted((root / folder).glob(f"*{ending}")) if (root / folder).is_dir() else ():
-      match = pattern.match(path.name)
-      if not match:
-        raise InputError(path, f"not named <case>_<cccc>{ending} (nnU-Net v2 raw layout)")
-      found.setdefault(match.group(1), {})[int(match.group(2))] = path
-  cases = {}
-  for case_id, by_channel in found.items():
-    if sorted(by_channel) != list(range(channels)):
-      raise InputError(root / "imagesTr", f"case {case_id} has channel files {sorted(by_channel)}, dataset.json "
-                       f"declares {channels} channel(s) (0..{channels - 1})")
-    cases[case_id] = [by_channel[i] for i in range(channels)]
-  if not cases:
-    raise InputError(root, f"no images named <case>_0000{ending} in imagesTr/ or imagesTs/")
-  return cases
-
-
-def _msd_cases(root: pathlib.Path, meta: dict, json_path) -> dict:
-  entries = list(meta.get("training") or [])
-  entries += [{"image": e} if isinstance(e, str) else e for e in meta.get("test") or []]
-  cases = {}
-  for i, entry in enumerate(entries):
-    image = entry.get("image") if isinstance(entry, dict) else None
-    if not isinstance(image, str):
-      raise InputError(json_path, f"entry {i} of 'training'/'test' has no string 'image'")
-    path = root / image
-    case_id = strip_ending(path.name) or path.name
-    if case_id in cases:
-      raise InputError(json_path, f"case '{case_id}' is listed twice")
-    cases[case_id] = [path]
-  if not cases:
-    raise InputError(json_path, "lists no images in 'training' or 'test'")
-  return cases
-
-
-_CHANNEL_FILE = re.compile(r"^(.+)_(\d{4})$")
-
-
-def folder_cases(root: pathlib.Path) -> dict:
-  """case id -> its files, in a folder without dataset.json: one case per file, or nnU-Net v2 channel files grouped
-  into cases when every file is named `<case>_<cccc>` and the cases all have the channels 0..C-1 (with several
-  cases, or a single channel: `case_0000`, `case_0001`, ... of one name are read as cases otherwise).
-
-  Raises:
-    InputError: the folder holds no NIfTI file.
-  """
-  files_ = {strip_ending(p.name): p for p in sorted(root.iterdir()) if strip_ending(p.name)
-            and not p.name.startswith(".")}
-  if not files_:
-    raise InputError(root, "holds no dataset.json and no .nii.gz / .nii files")
-  matches = {stem: _CHANNEL_FILE.match(stem) for stem in files_}
-  if all(matches.values()):
-    grouped = {}
-    for stem, match in matches.items():
-      grouped.setdefault(match.group(1), {})[int(match.group(2))] = files_[stem]
-    channel_sets = {tuple(sorted(by_channel)) for by_channel in grouped.values()}
-    (channels,) = channel_sets if len(channel_sets) == 1 else ((),)
-    if channels and channels == tuple(range(len(channels))) and (len(grouped) > 1 or len(channels) == 1):
-      return {case: [by_channel[i] for i in channels] for case, by_channel in grouped.items()}
-  return {stem: [path] for stem, path in files_.items()}
-
-
-def index_images(root, *, slicing_axis: int = 2) -> ImageSet:
-  """Indexes the images of an MSD, nnU-Net v2 raw or plain NIfTI folder (see the module docstring).
-
-  Args:
-    root: the folder.
-    slicing_axis: NIfTI axis (0, 1 or 2) that becomes D.
-
-  Returns:
-    An ImageSet whose cases are sorted by case_id.
-
-  Raises:
-    InputError: naming the file for anything missing, unreadable or inconsistent.
-  """
-  root = pathlib.Path(root).expanduser()
-  if not root.is_dir():
-    raise InputError(root, "not a folder")
-  json_path = root / "dataset.json"
-  class_names, ignore, channel_names = None, None, None
-  if json_path.is_file():
-    meta = layouts.read_json(json_path)
-    if "labels" in meta:
-      class_names, ignore = layouts.parse_labels(json_path, meta["labels"])
-    if layouts.detect_layout(json_path, meta)[0] == layouts.NNUNET:
-      if not isinstance(meta.get("file_ending"), str) or not isinstance(meta.get("channel_names"), dict):
-        raise InputError(json_path, "lacks 'file_ending' or 'channel_names' (read as nnU-Net v2: "
-                                    f"{layouts.detect_layout(json_path, meta)[1]})")
-      layout, paths = "nnunet", _nnunet_cases(root, meta, json_path)
-      names = meta["channel_names"]
-      channel_names = tuple(str(names[k]) for k in sorted(names, key=int))
-    else:
-      layout, paths = "msd", _msd_cases(root, meta, json_path)
-      if isinstance(meta.get("modality"), dict):
-        channel_names = tuple(str(meta["modality"][k]) for k in sorted(meta["modality"], key=int))
-    name = str(meta.get("name", root.name))
-  else:
-    layout, name = "folder", root.name
-    paths = folder_cases(root)
-  cases = []
-  num_channels = len(channel_names) if channel_names else None
-  for case_id in sorted(paths):
-    case = _case(case_id, paths[case_id], slicing_axis, num_channels)
-    num_channels = case.num_channels
-    cases.append(case)
-  channel_names = channel_names or tuple(f"channel_{i}" for i in range(num_channels))
-  return ImageSet(name=name, root=str(root), layout=layout, class_names=class_names, ignore_label=ignore,
-                  channel_names=channel_names, slicing_axis=slicing_axis, cases=tuple(cases))
-
-
-def read_case(case: ImageCase, slicing_axis: int) -> np.ndarray:
-  """The raw voxels of one case as `[D, H, W, C]` float64 (volume order)."""
-  if len(case.paths) == 1:
-    image = read_array(case.paths[0])
-    image = image if image.ndim == 4 else image[..., None]
-  else:
-    image = np.stack([read_array(p) for p in case.paths], axis=-1)
-  if image.shape[:3] != case.nifti_shape:
-    raise InputError(case.paths[0], f"changed since it was indexed: shape {image.shape[:3]}, was {case.nifti_shape}")
-  return np.moveaxis(image, slicing_axis, 0)
+# ---------------------------------------------------------------------------------------------------------------------
+# Checks.
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def check_affine(path, affine: np.ndarray, reference_affine: np.ndarray, reference: str, tolerance: float) -> None:
@@ -298,6 +185,11 @@ def check_same_grid(path, reference_path, *, tolerance: float = 1e-3) -> nib.spa
                      f"({reference_path})")
   check_affine(path, image.affine, reference.affine, f"its image's ({reference_path})", tolerance)
   return image
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Writing.
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def image(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:

@@ -1,46 +1,13 @@
-"""Intensity normalisation of one volume, per channel (the settings are described in `slicejax.data.load`).
-
-numpy only, so that a config's check (`slicejax.config.checks`) parses `config.data.normalization` without JAX.
+"""Intensity normalisation of one volume, per channel (the settings are described in `slicejax.data.load`; a config's
+check parses them, `slicejax.config.checks.parse_normalization`).
 """
 
 import numpy as np
 
-from slicejax.config.defaults import NORMALIZATIONS
+from slicejax.config.checks import parse_normalization
 from slicejax.errors import InputError
 
 _STD_FLOOR = 1e-8
-
-
-def parse_normalization(spec: str) -> tuple:
-  """Parses a normalisation setting (see the module docstring) into per-channel items.
-
-  Args:
-    spec: "zscore", "ct", or a comma-separated list with one item per channel, each "zscore", "ct" or
-      "ct:LO:HI:MEAN:STD".
-
-  Returns:
-    A tuple of items, each ("zscore",), ("ct",) or ("ct", lo, hi, mean, std); one item means every channel.
-
-  Raises:
-    InputError("normalization", ...) for a malformed setting.
-  """
-  items = []
-  for word in str(spec).split(","):
-    parts = word.strip().split(":")
-    if parts[0] not in NORMALIZATIONS or (parts[0] == "zscore" and len(parts) > 1) or len(parts) not in (1, 5):
-      raise InputError("normalization", f"unknown normalisation {word.strip()!r}; per channel one of 'zscore', 'ct' "
-                       "or 'ct:LO:HI:MEAN:STD', separated by commas")
-    if len(parts) == 5:
-      try:
-        lo, hi, mean, std = (float(p) for p in parts[1:])
-      except ValueError as e:
-        raise InputError("normalization", f"{word.strip()!r}: LO, HI, MEAN and STD must be numbers") from e
-      if not (np.isfinite([lo, hi, mean, std]).all() and lo < hi and std > 0):
-        raise InputError("normalization", f"{word.strip()!r}: needs LO < HI and STD > 0")
-      items.append(("ct", lo, hi, mean, std))
-    else:
-      items.append((parts[0],))
-  return tuple(items)
 
 
 def normalize_float64(image: np.ndarray, normalization: str, ct_window) -> np.ndarray:

@@ -2,9 +2,8 @@
 
 `write_phantom` writes `imagesTr/phantom_XXX.nii.gz`, `labelsTr/phantom_XXX.nii.gz` and `dataset.json`, so demos and
 tests go through the same reader (`slicejax.data.load.load_msd`) as real data. `cached_phantom` keeps one such folder
-per
-set of arguments in a cache folder (e.g. `slicejax.data.load.default_cache_dir()`), shared by every run. Either way the
-folder is built under a temporary name and renamed into place, so it is complete or absent.
+per set of arguments in a cache folder (e.g. `slicejax.data.cache_entries.default_cache_dir()`), shared by every run.
+Either way the folder is built under a temporary name and renamed into place, so it is complete or absent.
 
 Conventions. Arrays are built and written in NIfTI order `[X, Y, Z]` (images `[X, Y, Z, C]` when `num_channels > 1`)
 with voxel spacing 1 x 1 x 2 mm, so Z (axis 2) is the slicing axis; the depth of each case is drawn from
@@ -296,7 +295,7 @@ def cached_phantom(cache_dir, *, num_cases: int = 60, shape=(40, 40, 24), num_ch
   a hidden `.*.building` folder, which is never read.
 
   Args:
-    cache_dir: the cache folder, e.g. `slicejax.data.load.default_cache_dir()`; the phantom goes in
+    cache_dir: the cache folder, e.g. `slicejax.data.cache_entries.default_cache_dir()`; the phantom goes in
       `cache_dir/phantoms/phantom_v<version>_n<num_cases>_<X>x<Y>x<Z>_c<num_channels>_seed<seed>/`.
     num_cases, shape, num_channels, seed: as in `write_phantom`.
 

@@ -7,7 +7,7 @@ which each occurs), channels, the spread of volume shapes and spacings, the in-p
 cropping do to it (the share of each class's voxels cropped away), the split, the grid (points, allocations left out
 and why, groups), and an estimate of the run's time and peak memory from a few measured training steps of one model
 per dims. A config whose settings follow the dataset's fingerprint (`configs/msd.py`,
-`slicejax.config.fingerprint.bind`)
+`slicejax.data.fingerprint.bind`)
 also gets the fingerprint and the values derived from it.
 """
 
@@ -19,9 +19,10 @@ from absl import logging
 import jax
 import numpy as np
 
-from slicejax.config import fingerprint as fingerprint_lib
 from slicejax import console
+from slicejax.data import fingerprint as fingerprint_lib
 from slicejax.data import load as data_lib
+from slicejax.data import padding
 from slicejax.evaluation import evaluate as evaluate_lib
 from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import figures
@@ -49,7 +50,7 @@ def _cropped_share(volumes, shape, num_classes) -> np.ndarray:
   total, kept = np.zeros(num_classes - 1), np.zeros(num_classes - 1)
   for volume in volumes:
     counts = np.bincount(volume.label.ravel(), minlength=num_classes)[1:num_classes]
-    fitted = data_lib.fit_to_shape(volume.label, shape)[0]
+    fitted = padding.fit_to_shape(volume.label, shape)[0]
     total += counts
     kept += np.bincount(fitted.ravel(), minlength=num_classes)[1:num_classes]
   return np.where(total > 0, 1.0 - kept / np.maximum(total, 1), 0.0)

@@ -27,6 +27,8 @@ import ml_collections
 import numpy as np
 
 from slicejax import config as config_lib
+from slicejax.data import index as index_lib
+from slicejax.data import layouts
 from slicejax.data import load as data_lib
 from slicejax.data import nifti
 from slicejax.data import resample as resample_lib
@@ -39,7 +41,7 @@ FILE_ENDING = ".nii.gz"
 def dataset_json(name: str, channel_names, class_names, num_training: int) -> dict:
   """nnU-Net v2's dataset.json for classes `class_names` (background first) plus the ignore label K."""
   labels = {str(n): i for i, n in enumerate(class_names)}
-  labels[data_lib.IGNORE_NAME] = len(class_names)
+  labels[layouts.IGNORE_NAME] = len(class_names)
   return {"name": name, "channel_names": {str(i): str(n) for i, n in enumerate(channel_names)}, "labels": labels,
           "numTraining": int(num_training), "file_ending": FILE_ENDING,
           "description": "sparse annotations: voxels labelled 'ignore' were not annotated"}
@@ -168,8 +170,8 @@ def from_study(study_dir, point: str) -> dict:
   plan = json.loads(plan_path.read_text())
   config = study_config(study_dir)
   axis = int(config.data.slicing_axis)
-  index = data_lib.index_msd(data_lib.dataset_root(config), slicing_axis=axis,
-                             target_spacing=tuple(config.data.get("target_spacing") or ()))
+  index = index_lib.index_msd(data_lib.dataset_root(config), slicing_axis=axis,
+                              target_spacing=tuple(config.data.get("target_spacing") or ()))
   by_id = {c.case_id: c for c in index.cases}
   missing = sorted(set(plan) - set(by_id))
   if missing:

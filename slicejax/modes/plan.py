@@ -36,18 +36,16 @@ from absl import logging
 import numpy as np
 
 from slicejax import config as config_lib
+from slicejax.data import index as index_lib
 from slicejax.data import load as data_lib
 from slicejax.data import nifti
-from slicejax.data import normalize
 from slicejax.errors import InputError
 from slicejax import files
+from slicejax.modes import plan_slices
 from slicejax.report import cells as cells_lib
 from slicejax.report import results
 from slicejax.study import grid as study
 from slicejax.study import selection as selection_lib
-
-TEMPLATES = "templates"
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # What to plan: the allocation and selection, given or read from a study.
@@ -97,7 +95,7 @@ def allocation(config) -> dict:
           "selection": cfg.selection, "source": None}
 
 
-def class_names(config, images: nifti.ImageSet) -> tuple:
+def class_names(config, images: index_lib.ImageSet) -> tuple:
   """The classes annotators paint: dataset.json's `labels`, else `config.plan.classes`."""
   if config.plan.classes:
     return tuple(config.plan.classes)
@@ -111,23 +109,7 @@ def class_names(config, images: nifti.ImageSet) -> tuple:
 # The plan.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def slice_embeddings(config, images: nifti.ImageSet) -> dict:
-  """Slice embeddings of every volume from the UAL encoder, trained on the images alone (`slicejax.study.encoder`)."""
-  from slicejax.study import encoder  # Only `ual` plans need the encoder (and its JAX programs).
-  volumes = {c.case_id: normalize.normalize(nifti.read_case(c, images.slicing_axis), config.data.normalization,
-                                           tuple(config.data.ct_window)) for c in images.cases}
-  if config.data.shape:
-    shape = tuple(config.data.shape)
-  else:
-    multiple = 2 ** (config.model.num_stages - 1)
-    shape = tuple(int(-(-s // multiple) * multiple) for s in np.max([v.shape[1:3] for v in volumes.values()], 0))
-  fitted = {case: data_lib.fit_to_shape(v, shape)[0].astype(np.float32) for case, v in volumes.items()}
-  embeddings, _ = encoder.slice_embeddings(fitted, config.ual.encoder, seed=config.ual.seed,
-                                           cache_dir=data_lib.cache_dir(config) / "encoder")
-  return embeddings
-
-
-def offered_slices(images: nifti.ImageSet) -> dict:
+def offered_slices(images: index_lib.ImageSet) -> dict:
   """case id -> `[lo, hi)`: the slices from the first to the last that hold a nonzero voxel in any channel (the
   region nnU-Net crops every case to); slices outside it are blank and never planned.
 
@@ -136,7 +118,7 @@ def offered_slices(images: nifti.ImageSet) -> dict:
   """
   offered = {}
   for case in images.cases:
-    volume = nifti.read_case(case, images.slicing_axis)
+    volume = index_lib.read_case(case, images.slicing_axis)
     nonzero = np.flatnonzero(np.any(volume.reshape(volume.shape[0], -1) != 0, axis=1))
     if not nonzero.size:
       raise InputError(case.paths[0], "holds no nonzero voxel: nothing to annotate")
@@ -144,7 +126,7 @@ def offered_slices(images: nifti.ImageSet) -> dict:
   return offered
 
 
-def make_plan(config, images: nifti.ImageSet, chosen: dict, offered: dict | None = None) -> dict:
+def make_plan(config, images: index_lib.ImageSet, chosen: dict, offered: dict | None = None) -> dict:
   """case id -> sorted slice indices: `study.make_plan` of the allocation over every volume of `images`, inside
   each volume's `offered` slices (`offered_slices`; None: all)."""
   depths = images.depths()
@@ -155,29 +137,17 @@ def make_plan(config, images: nifti.ImageSet, chosen: dict, offered: dict | None
                       interpolation=False, seed=config.plan.seed)
   strategy = selection_lib.get(point.selection)
   options = config.get(point.selection) if point.selection in config else None
-  embeddings = slice_embeddings(config, images) if strategy.NEEDS_EMBEDDINGS else None
+  embeddings = plan_slices.slice_embeddings(config, images) if strategy.NEEDS_EMBEDDINGS else None
   return study.make_plan(point, depths, roi=tuple(config.plan.roi), options=options, embeddings=embeddings,
                          offered=offered)
 
 
-def template(case: nifti.ImageCase, slices, slicing_axis: int, ignore: int) -> np.ndarray:
+def template(case: index_lib.ImageCase, slices, slicing_axis: int, ignore: int) -> np.ndarray:
   """`[X, Y, Z]` uint8 (uint16 above 255): `ignore` everywhere but the planes `slices` along `slicing_axis`, 0 there."""
   dtype = np.uint8 if ignore <= np.iinfo(np.uint8).max else np.uint16
   volume = np.full(case.shape, ignore, dtype)
   volume[list(slices)] = 0
-  return np.ascontiguousarray(data_lib.to_nifti_order(volume, slicing_axis))
-
-
-def rows(plan: dict, images: nifti.ImageSet) -> list:
-  """The plan's slices in annotation order: case by case (sorted ids), slices ascending."""
-  by_id = images.by_id()
-  out = []
-  for case in sorted(plan):
-    for index in plan[case]:
-      out.append({"order": len(out) + 1, "case_id": case, "axis": images.slicing_axis, "slice": int(index),
-                  "image": ";".join(str(p) for p in by_id[case].paths),
-                  "template": f"{TEMPLATES}/{case}.nii.gz"})
-  return out
+  return np.ascontiguousarray(nifti.to_nifti_order(volume, slicing_axis))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -190,7 +160,7 @@ def _tile(image: np.ndarray) -> np.ndarray:
   return np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1).T[::-1]
 
 
-def contact_sheets(plan: dict, images: nifti.ImageSet, tiles_per_sheet: int) -> list:
+def contact_sheets(plan: dict, images: index_lib.ImageSet, tiles_per_sheet: int) -> list:
   """PNG bytes of the chosen slices (channel 0), `tiles_per_sheet` per sheet, each titled `case [axis=a] index`."""
   import matplotlib
   matplotlib.use("Agg")
@@ -198,7 +168,7 @@ def contact_sheets(plan: dict, images: nifti.ImageSet, tiles_per_sheet: int) -> 
   by_id = images.by_id()
   tiles = []
   for case in sorted(plan):
-    volume = nifti.read_case(by_id[case], images.slicing_axis)
+    volume = index_lib.read_case(by_id[case], images.slicing_axis)
     tiles += [(f"{case} [{images.slicing_axis}] {i}", _tile(volume[i, ..., 0])) for i in plan[case]]
   sheets = []
   for start in range(0, len(tiles), tiles_per_sheet):
@@ -230,7 +200,7 @@ def build(config) -> dict:
     {"meta": plan.json's content, "rows": plan.csv's rows, "images": the ImageSet, "plan": case -> slices}.
   """
   config_lib.validate_plan(config)
-  images = nifti.index_images(data_lib.dataset_root(config), slicing_axis=config.data.slicing_axis)
+  images = index_lib.index_images(data_lib.dataset_root(config), slicing_axis=config.data.slicing_axis)
   names = class_names(config, images)
   offered = offered_slices(images)
   if config.plan.model:  # the next round's worklist, chosen by a trained model (`slicejax.modes.worklist`)
@@ -238,7 +208,7 @@ def build(config) -> dict:
     return worklist.build(config, images, names, offered)
   chosen = allocation(config)
   plan = make_plan(config, images, chosen, offered)
-  ordered = rows(plan, images)
+  ordered = plan_slices.rows(plan, images)
   ignore = len(names)
   meta = {
       "format": 1, "dataset": images.name, "root": images.root, "layout": images.layout,
@@ -246,10 +216,7 @@ def build(config) -> dict:
       "slices_per_volume": chosen["slices_per_volume"], "selection": chosen["selection"], "seed": config.plan.seed,
       "roi": list(config.plan.roi), "from_study": chosen["source"],
       "class_names": list(names), "ignore_label": ignore, "channel_names": list(images.channel_names),
-      "cases": {case: {"image": [str(p) for p in images.by_id()[case].paths], "slices": plan[case],
-                       "offered": list(offered[case]), "template": f"{TEMPLATES}/{case}.nii.gz"}
-                for case in sorted(plan)},
-      "offered": {case: list(lohi) for case, lohi in sorted(offered.items())},
+      **plan_slices.entries(plan, images, offered),
   }
   return {"meta": meta, "rows": ordered, "images": images, "plan": plan}
 
@@ -271,14 +238,14 @@ def write(workdir, built: dict, tiles_per_sheet: int = 64) -> pathlib.Path:
   existing = workdir / "plan.json"
   if existing.is_file() and json.loads(existing.read_text()) != meta:
     raise InputError(workdir, "holds a different plan (plan.json); choose another --workdir or remove it")
-  (workdir / TEMPLATES).mkdir(parents=True, exist_ok=True)
+  (workdir / plan_slices.TEMPLATES).mkdir(parents=True, exist_ok=True)
   by_id = images.by_id()
   for case, slices in sorted(plan.items()):
     reference = nifti.load(by_id[case].paths[0])
     label = template(by_id[case], slices, images.slicing_axis, meta["ignore_label"])
     if case in built.get("base", {}):  # a worklist continues the volume's annotations so far
       label = np.where(label == meta["ignore_label"], built["base"][case], label).astype(label.dtype)
-    nifti.save_like(workdir / TEMPLATES / f"{case}.nii.gz", label, reference)
+    nifti.save_like(workdir / plan_slices.TEMPLATES / f"{case}.nii.gz", label, reference)
   sheets = contact_sheets(plan, images, tiles_per_sheet)
   for old in workdir.glob("contact_sheet*.png"):
     old.unlink()

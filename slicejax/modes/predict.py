@@ -8,7 +8,7 @@ A model is one point of a workdir that trained it (a sparse training run or a st
 The in-plane shape and the classes come from `model.json` when the run wrote one, else from the run's dataset
 (header only), as the run itself derived them.
 
-Each input volume (`slicejax.data.nifti.index_images`: an MSD or nnU-Net v2 raw folder, or a folder of .nii.gz files) is
+Each input volume (`slicejax.data.index.index_images`: an MSD or nnU-Net v2 raw folder, or a folder of .nii.gz files) is
 read in volume order `[D, H, W, C]` along the model's slicing axis, normalised as in training, resampled to the
 training spacing when the run resampled (`data.target_spacing`), and predicted:
   * 2D: slice by slice, `predict.batch_size` (else `eval.batch_size`) slices per call, each slice zero-padded at the
@@ -34,9 +34,11 @@ import ml_collections
 import numpy as np
 
 from slicejax import config as config_lib
+from slicejax.data import index as index_lib
 from slicejax.data import load as data_lib
 from slicejax.data import nifti
 from slicejax.data import normalize
+from slicejax.data import padding
 from slicejax.errors import InputError
 
 
@@ -76,9 +78,9 @@ class TrainedModel:
 def _card_from_data(config) -> dict:
   """`model_card`'s fields, derived from the run's dataset headers the way the run derived them."""
   from slicejax.training import train
-  index = data_lib.index_msd(data_lib.dataset_root(config), slicing_axis=int(config.data.slicing_axis),
-                             **({"target_spacing": tuple(config.data.target_spacing)}
-                                if config.data.get("target_spacing") else {}))
+  index = index_lib.index_msd(data_lib.dataset_root(config), slicing_axis=int(config.data.slicing_axis),
+                              **({"target_spacing": tuple(config.data.target_spacing)}
+                                 if config.data.get("target_spacing") else {}))
   split = train.split_index(config, index)
   used = set(split["train"] + split["val"] + split["test"])
   if config.data.shape:
@@ -169,7 +171,7 @@ def probabilities_2d(trained: TrainedModel, image: np.ndarray, batch_size: int) 
   """`image [D, H, W, C]` float32 -> softmax `[D, H, W, K]` float32, slice by slice (see the module docstring)."""
   multiple = 2 ** (int(trained.config.model.num_stages) - 1)
   size = tuple(max(s, -(-n // multiple) * multiple) for n, s in zip(image.shape[1:3], trained.shape))
-  padded, _, _ = data_lib.fit_to_shape(image, size)
+  padded, _, _ = padding.fit_to_shape(image, size)
   softmax = _softmax_fn(trained)
   out = []
   for start in range(0, len(padded), batch_size):
@@ -184,7 +186,7 @@ def probabilities_3d(trained: TrainedModel, image: np.ndarray, batch_size: int) 
   """`image [D, H, W, C]` float32 -> softmax `[D, H, W, K]` float32 by Gaussian-weighted sliding windows."""
   from slicejax.evaluation import sliding_window
   grid = tuple(max(n, p) for n, p in zip(image.shape[:3], trained.shape))
-  padded = data_lib.pad_volume(image, grid)
+  padded = padding.pad_volume(image, grid)
   apply = jax.jit(lambda params, windows: trained.model.apply({"params": params}, windows)[None])
   logits = sliding_window.sliding_window_logits(lambda windows: apply(trained.params, windows), padded,
                                                 trained.shape, overlap=float(trained.config.three_d.overlap),
@@ -193,11 +195,11 @@ def probabilities_3d(trained: TrainedModel, image: np.ndarray, batch_size: int) 
   return probs[:image.shape[0], :image.shape[1], :image.shape[2]]
 
 
-def predict_case(trained: TrainedModel, case: nifti.ImageCase, batch_size: int = 0) -> np.ndarray:
+def predict_case(trained: TrainedModel, case: index_lib.ImageCase, batch_size: int = 0) -> np.ndarray:
   """Softmax probabilities `[X, Y, Z, K]` float32 of one case on its files' grid (NIfTI order)."""
   from slicejax.data import resample
   cfg = trained.config
-  raw = nifti.read_case(case, trained.slicing_axis)
+  raw = index_lib.read_case(case, trained.slicing_axis)
   if raw.shape[3] != len(trained.channel_names):
     raise InputError(case.paths[0], f"has {raw.shape[3]} channel(s); the model was trained on "
                      f"{len(trained.channel_names)} ({', '.join(trained.channel_names)})")
@@ -215,7 +217,7 @@ def predict_case(trained: TrainedModel, case: nifti.ImageCase, batch_size: int =
     probs = resample.resample_image(probs, case.shape, tuple(n * s / m for n, s, m in zip(case.shape, case.spacing,
                                                                                           shape)), order=1,
                                     order_coarse=1)
-  return np.ascontiguousarray(data_lib.to_nifti_order(probs, trained.slicing_axis))
+  return np.ascontiguousarray(nifti.to_nifti_order(probs, trained.slicing_axis))
 
 
 def run(config, workdir) -> list:
@@ -223,7 +225,7 @@ def run(config, workdir) -> list:
   config_lib.validate_predict(config)
   cfg = config.predict
   trained = load_model(cfg.model, cfg.point)
-  images = nifti.index_images(cfg.input, slicing_axis=trained.slicing_axis)
+  images = index_lib.index_images(cfg.input, slicing_axis=trained.slicing_axis)
   for case in images.cases:  # every input is checked before the workdir is made
     if case.num_channels != len(trained.channel_names):
       raise InputError(case.paths[0], f"has {case.num_channels} channel(s) but the model was trained on "

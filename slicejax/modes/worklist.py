@@ -26,8 +26,10 @@ import re
 
 import numpy as np
 
+from slicejax.data import index as index_lib
 from slicejax.data import nifti
 from slicejax.errors import InputError
+from slicejax.modes import plan_slices
 from slicejax.study import cost as cost_lib
 from slicejax.study import grid as study
 from slicejax.study import selection as selection_lib
@@ -36,7 +38,7 @@ from slicejax.study import uncertainty
 from slicejax.training import rounds
 
 
-def annotated(config, images: nifti.ImageSet, ignore: int) -> tuple:
+def annotated(config, images: index_lib.ImageSet, ignore: int) -> tuple:
   """What is annotated so far: (case id -> slice indices, case id -> the `[X, Y, Z]` labels of its annotated file)."""
   cfg = config.plan
   plan, labels = {}, {}
@@ -86,7 +88,7 @@ def trained_models(config) -> list:
   return members
 
 
-def choose(config, images: nifti.ImageSet, offered: dict, so_far: dict) -> tuple:
+def choose(config, images: index_lib.ImageSet, offered: dict, so_far: dict) -> tuple:
   """The next slices: (case id -> new slice indices, case id -> `[D]` predicted foreground pixels per slice)."""
   from slicejax.modes import predict
   cfg = config.plan
@@ -110,16 +112,14 @@ def choose(config, images: nifti.ImageSet, offered: dict, so_far: dict) -> tuple
     foreground[case.case_id] = uncertainty.foreground_pixels(probs, valid)
   embeddings = None
   if method.NEEDS_EMBEDDINGS:
-    from slicejax.modes import plan as plan_lib
-    embeddings = plan_lib.slice_embeddings(config, images)
+    embeddings = plan_slices.slice_embeddings(config, images)
   added = rounds.choose_next(point, so_far, scores, quota, options=config.rounds, roi=tuple(cfg.roi),
                              offered=offered, embeddings=embeddings)
   return added, foreground
 
 
-def build(config, images: nifti.ImageSet, names: tuple, offered: dict) -> dict:
+def build(config, images: index_lib.ImageSet, names: tuple, offered: dict) -> dict:
   """The worklist as `plan.build` returns a plan, with `base`: case id -> the annotations a template continues."""
-  from slicejax.modes import plan as plan_lib
   cfg = config.plan
   if not getattr(selection_lib.get(cfg.selection), "MODEL_BASED", False):
     raise InputError("config.plan.selection", f"with config.plan.model, must be a model-based selection (entropy, "
@@ -127,7 +127,7 @@ def build(config, images: nifti.ImageSet, names: tuple, offered: dict) -> dict:
   ignore = len(names)
   so_far, base = annotated(config, images, ignore)
   added, foreground = choose(config, images, offered, so_far)
-  ordered = plan_lib.rows(added, images)
+  ordered = plan_slices.rows(added, images)
   for row in ordered:
     pixels = int(foreground[row["case_id"]][row["slice"]])
     row.update(predicted_foreground=pixels, estimated_seconds=float(cost_lib.slice_seconds(pixels, config.cost)))
@@ -142,10 +142,7 @@ def build(config, images: nifti.ImageSet, names: tuple, offered: dict) -> dict:
                      "estimated_seconds": sum(row["estimated_seconds"] for row in ordered)},
       "annotated": {case: slices for case, slices in sorted(so_far.items())},
       "class_names": list(names), "ignore_label": ignore, "channel_names": list(images.channel_names),
-      "cases": {case: {"image": [str(p) for p in images.by_id()[case].paths], "slices": added[case],
-                       "offered": list(offered[case]), "template": f"{plan_lib.TEMPLATES}/{case}.nii.gz"}
-                for case in sorted(added)},
-      "offered": {case: list(lohi) for case, lohi in sorted(offered.items())},
+      **plan_slices.entries(added, images, offered),
   }
   return {"meta": meta, "rows": ordered, "images": images, "plan": added,
           "base": {case: base[case] for case in added if case in base}}

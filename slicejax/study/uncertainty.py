@@ -4,7 +4,7 @@ model-based selections (`slicejax.study.selection.entropy`, `ensemble`, `hybrid`
 Conventions:
   * `probs` are softmax probabilities `[E, D, H, W, K]` of E models (one, or an ensemble's members) for the D slices
     of one volume fitted to the trained in-plane shape; `valid [D, H, W]` marks the pixels that hold the volume
-    (`data.fit_to_shape`), so padding never scores. Nothing here sees a label.
+    (`padding.fit_to_shape`), so padding never scores. Nothing here sees a label.
   * A slice's score is a mean over its valid pixels of a per-pixel uncertainty in nats. With `foreground` each
     pixel's uncertainty is weighted by its predicted foreground probability (1 - p(background), the ensemble's mean
     for several models), so that a slice of confident background scores low however noisy its edges.

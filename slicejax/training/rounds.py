@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slicejax.data import padding
 from slicejax.errors import InputError
 from slicejax.evaluation import evaluate
 from slicejax import files
@@ -121,12 +122,11 @@ def pool_probabilities(config, model, axis, params, volumes, shape):
   """Every model's softmax on every slice of `volumes`, one volume at a time (images only).
 
   Yields:
-    `(volume, probs [M, D, H, W, K] float32, valid [D, H, W] bool)`, slices fitted to `shape` (`data.fit_to_shape`).
+    `(volume, probs [M, D, H, W, K] float32, valid [D, H, W] bool)`, slices fitted to `shape` (`padding.fit_to_shape`).
   """
-  from slicejax.data import load as data_lib
   softmax = axis.map_apply(_softmax(model))
   for volume in volumes:
-    image, valid, _ = data_lib.fit_to_shape(volume.image, shape)
+    image, valid, _ = padding.fit_to_shape(volume.image, shape)
     yield volume, evaluate.map_slices(softmax, params, (image.astype(np.float32),), config.eval.batch_size), valid
 
 

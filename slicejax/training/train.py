@@ -28,9 +28,12 @@ import numpy as np
 import optax
 
 from slicejax import config as config_lib
-from slicejax.config import fingerprint as fingerprint_lib
 from slicejax import console
+from slicejax.data import fingerprint as fingerprint_lib
+from slicejax.data import index as index_lib
 from slicejax.data import load as data_lib
+from slicejax.data import padding
+from slicejax.data import split as split_lib
 from slicejax.evaluation import evaluate as evaluate_lib
 from slicejax import files
 from slicejax.model import losses
@@ -67,10 +70,10 @@ _LOOP_IN_PROGRAM = ("gpu", "tpu")
 # ---------------------------------------------------------------------------------------------------------------------
 
 def split_index(config, index) -> dict:
-  """The split of an indexed dataset (`data.index_msd`): "train"/"val"/"test" -> case ids."""
+  """The split of an indexed dataset (`index.index_msd`): "train"/"val"/"test" -> case ids."""
   cfg = config.data.split
-  return data_lib.split_cases([case.case_id for case in index.cases], num_train=cfg.train, num_val=cfg.val,
-                              num_test=cfg.test, seed=cfg.seed)
+  return split_lib.split_cases([case.case_id for case in index.cases], num_train=cfg.train, num_val=cfg.val,
+                               num_test=cfg.test, seed=cfg.seed)
 
 
 def make_model(config, num_classes: int, dims: int) -> unet.UNet:
@@ -375,7 +378,7 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   entries (none with `use_cache=False`, unless the volumes exceed the memory budget: they are then read through the
   cache, mapped).
 
-  Order: the config (`config_lib.validate`), the dataset's structure and headers (`data.index_msd`), the split and the
+  Order: the config (`config_lib.validate`), the dataset's structure and headers (`index.index_msd`), the split and the
   grid against the pool's depths, the plans that need no voxels; only then are voxels read.
 
   Returns:
@@ -385,8 +388,8 @@ def read_inputs(config, *, use_cache: bool = True, left_out: list | None = None)
   """
   config_lib.validate(config)
   cfg = config.data
-  index = data_lib.index_msd(data_lib.dataset_root(config), slicing_axis=cfg.slicing_axis,
-                             target_spacing=tuple(cfg.target_spacing))
+  index = index_lib.index_msd(data_lib.dataset_root(config), slicing_axis=cfg.slicing_axis,
+                              target_spacing=tuple(cfg.target_spacing))
   split = split_index(config, index)
   depths = {case.case_id: case.depth for case in index.cases if case.case_id in set(split["train"])}
   # Labels with an ignore label are real sparse annotations: their plan is read from the voxels (`study.sparse`).
@@ -474,7 +477,7 @@ def prepare(config):
 def pool_images(config, splits) -> dict:
   """The training pool's images as the UAL encoder sees them: case id -> `[D, H, W, C]` at the 2D example shape."""
   shape = two_d.example_shape(config, splits["train"] + splits["val"] + splits["test"])
-  return {v.case_id: data_lib.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
+  return {v.case_id: padding.fit_to_shape(v.image, shape)[0] for v in splits["train"]}
 
 
 def pool_embeddings(config, splits) -> tuple:

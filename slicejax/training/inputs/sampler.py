@@ -1,3 +1,4 @@
+from slicejax.data import padding
 """Training data for the model axis, sampled on device.
 
 The slices a group's plans reference sit in one *bank* (`images [N, H, W, C]`, `labels [L, H, W]` uint8,
@@ -16,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slicejax.data import load as data_lib
 
 
 def slice_bank(volumes: Sequence, shape: Sequence[int], keep: Mapping[str, Sequence[int]] | None = None,
@@ -37,8 +37,8 @@ def slice_bank(volumes: Sequence, shape: Sequence[int], keep: Mapping[str, Seque
   images, labels, extents, rows, row = [], [], [], {}, 0
   for volume in volumes:
     chosen = np.arange(volume.depth) if keep is None else np.asarray(keep.get(volume.case_id, ()), np.int64)
-    image, _, _ = data_lib.fit_to_shape(volume.image[chosen], shape)
-    label, _, _ = data_lib.fit_to_shape(volume.label[chosen], shape)
+    image, _, _ = padding.fit_to_shape(volume.image[chosen], shape)
+    label, _, _ = padding.fit_to_shape(volume.label[chosen], shape)
     images.append(image.astype(image_dtype))
     labels.append(label.astype(np.uint8))
     extents.append(np.tile(np.minimum(volume.label.shape[1:], shape), (len(chosen), 1)))

@@ -16,7 +16,7 @@ Two input paths feed the same training step (`config.data.pipeline`):
 
 The slice store (`write_store`, `SliceStore`), one folder per training pool and in-plane shape, keyed by content:
   * `images.npy [N, H, W, C]` float16 (the preprocessed volumes' own precision), `labels.npy [N, H, W]` uint8,
-    `extents.npy [N, 2]` int32: every slice of every volume, fitted to the static shape (`data.fit_to_shape`), the
+    `extents.npy [N, 2]` int32: every slice of every volume, fitted to the static shape (`padding.fit_to_shape`), the
     volumes one after another, as `sampler.slice_bank` would lay them out with every slice kept;
   * `index.json`, written last (a store without it is incomplete): the key, and each case's first row and depth.
 The `.npy` files are plain numpy arrays (`np.load(path, mmap_mode="r")` maps them); the trainer reads rows with
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slicejax.config import defaults
-from slicejax.data import load as data_lib
+from slicejax.data import padding
 from slicejax import files
 from slicejax.training.inputs import sampler
 from slicejax.training.inputs import two_d
@@ -142,9 +142,9 @@ def write_store(folder, volumes, shape, key: str = "") -> "SliceStore":
   depths = [v.depth for v in volumes]
   rows, channels = sum(depths), volumes[0].image.shape[-1]
   _write_npy(folder / "images.npy", np.float16, (rows,) + shape + (channels,),
-             (data_lib.fit_to_shape(v.image, shape)[0] for v in volumes))
+             (padding.fit_to_shape(v.image, shape)[0] for v in volumes))
   _write_npy(folder / "labels.npy", np.uint8, (rows,) + shape,
-             (data_lib.fit_to_shape(v.label, shape)[0] for v in volumes))
+             (padding.fit_to_shape(v.label, shape)[0] for v in volumes))
   _write_npy(folder / "extents.npy", np.int32, (rows, 2),
              (np.tile(np.minimum(v.label.shape[1:], shape), (v.depth, 1)) for v in volumes))
   starts = _first_rows(depths)
@@ -280,7 +280,7 @@ class VolumeRows:
       if not 0 <= row < len(self):
         raise IndexError(f"row {row} outside [0, {len(self)})")
       d = int(self._slice_of[row])
-      out[i] = data_lib.fit_to_shape(getattr(self._volumes[self._volume_of[row]], name)[d:d + 1], self.shape)[0][0]
+      out[i] = padding.fit_to_shape(getattr(self._volumes[self._volume_of[row]], name)[d:d + 1], self.shape)[0][0]
     return out
 
   def read_images(self, rows) -> tuple:

@@ -24,7 +24,9 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from slicejax.data import index as index_lib
 from slicejax.data import load as data_lib
+from slicejax.data import padding
 
 
 @dataclasses.dataclass(eq=False)
@@ -49,8 +51,8 @@ def settings_of(config, shape, channels: int) -> dict:
 
 
 def _index(root, settings: dict):
-  return data_lib.index_msd(root, slicing_axis=settings["slicing_axis"],
-                            target_spacing=tuple(settings["target_spacing"]))
+  return index_lib.index_msd(root, slicing_axis=settings["slicing_axis"],
+                             target_spacing=tuple(settings["target_spacing"]))
 
 
 class SliceDataset(tfds.core.GeneratorBasedBuilder):
@@ -83,8 +85,8 @@ class SliceDataset(tfds.core.GeneratorBasedBuilder):
     for case_id in sorted(index.case_ids):
       volume = data_lib.load_volumes(index.select([case_id]), normalization=settings["normalization"],
                                      ct_window=tuple(settings["ct_window"])).volumes[0]
-      images = data_lib.fit_to_shape(volume.image, shape)[0].astype(np.float16)
-      labels = data_lib.fit_to_shape(volume.label, shape)[0].astype(np.uint8)
+      images = padding.fit_to_shape(volume.image, shape)[0].astype(np.float16)
+      labels = padding.fit_to_shape(volume.label, shape)[0].astype(np.uint8)
       extent = np.minimum(volume.label.shape[1:], shape).astype(np.int32)
       for d in range(volume.depth):
         yield row, {"image": images[d], "label": labels[d], "extent": extent}

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slicejax.data import load as data_lib
+from slicejax.data import padding
 from slicejax.evaluation import evaluate
 from slicejax.evaluation import sliding_window
 from slicejax.study import interpolation
@@ -72,11 +72,11 @@ def training_data(config, points, plans, pool, num_classes: int, shape, sizes=No
   index = {v.case_id: i for i, v in enumerate(used)}
   by_id = {v.case_id: v for v in used}
   image_dtype = precision.bank_dtype(config)
-  bank = {"images": np.stack([data_lib.pad_volume(v.image, size).astype(image_dtype) for v in used]),
+  bank = {"images": np.stack([padding.pad_volume(v.image, size).astype(image_dtype) for v in used]),
           "extents": np.array([v.label.shape for v in used], np.int32)}
   # Label rows: the true labels of the bank's volumes (padded to the grid's volume count), then interpolated ones. An
   # ignore label (K or more) becomes the sampler's UNANNOTATED.
-  labels = [data_lib.pad_volume(np.where(v.label < num_classes, v.label, patches.UNANNOTATED), size).astype(np.uint8)
+  labels = [padding.pad_volume(np.where(v.label < num_classes, v.label, patches.UNANNOTATED), size).astype(np.uint8)
             for v in used]
   labels += [np.zeros(size, np.uint8)] * (sizes["volumes"] - len(used))
   planes = np.zeros((len(points), sizes["volumes"], size[0]), np.float32)
@@ -92,7 +92,7 @@ def training_data(config, points, plans, pool, num_classes: int, shape, sizes=No
         volume_labels, known = filled[case]
         planes[m, v, :len(known)] = known * config.interpolation.weight
         label_rows[m, v] = len(labels)
-        labels.append(data_lib.pad_volume(volume_labels, size).astype(np.uint8))
+        labels.append(padding.pad_volume(volume_labels, size).astype(np.uint8))
       planes[m, v, plan[case]] = 1.0
   bank = {**sampler.pad_rows(bank, sizes["volumes"]), **sampler.pad_rows({"labels": np.stack(labels)}, sizes["labels"])}
   return bank, {"planes": planes, "label_rows": label_rows}, quality
@@ -131,7 +131,7 @@ def _volume_logits(config, model, axis):
     grid = sliding_window.bucket_shape(np.max(extents, axis=0))
     for volume, extent in zip(volumes, extents):
       yield volume, sliding_window.sliding_window_logits(
-          lambda windows: logits_of(params, windows), data_lib.pad_volume(volume.image, grid).astype(np.float32),
+          lambda windows: logits_of(params, windows), padding.pad_volume(volume.image, grid).astype(np.float32),
           shape, extent=extent, overlap=c3.overlap, batch_size=c3.eval_batch_size), grid
   return volume_logits
 
@@ -148,8 +148,8 @@ def predictor(config, model, axis):
 
   def predict(params, volumes, shape):
     for volume, logits, grid in volume_logits(params, volumes, shape):
-      valid = data_lib.pad_volume(np.ones(volume.label.shape, bool), grid)
-      yield np.asarray(evaluate.confusion_counts(logits, data_lib.pad_volume(volume.label, grid), valid,
+      valid = padding.pad_volume(np.ones(volume.label.shape, bool), grid)
+      yield np.asarray(evaluate.confusion_counts(logits, padding.pad_volume(volume.label, grid), valid,
                                                  model.num_classes))
   return predict
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slicejax.data import load as data_lib
+from slicejax.data import padding
 from slicejax.evaluation import evaluate
 from slicejax.study import interpolation
 from slicejax.training.inputs import sampler
@@ -142,7 +142,7 @@ def interpolated_entries(config, points, plans, pool, num_classes: int, rows, sh
       for case in sorted(plan) if weight > 0 else ():
         labels, known = filled[case]
         between = np.setdiff1d(np.flatnonzero(known), plan[case])
-        label_rows.append(data_lib.fit_to_shape(labels[between], shape)[0].astype(np.uint8))
+        label_rows.append(padding.fit_to_shape(labels[between], shape)[0].astype(np.uint8))
         entries += [(rows[case][d], next_row + i, weight) for i, d in enumerate(between)]
         next_row += len(between)
     extra.append(entries)
@@ -189,14 +189,14 @@ def segmenter(config, model, axis):
 
   def segment(params, volumes, shape):
     for chunk in evaluate.volume_chunks(volumes, shape):
-      fitted = [data_lib.fit_to_shape(volume.image, shape) for volume in chunk]
+      fitted = [padding.fit_to_shape(volume.image, shape) for volume in chunk]
       images = np.concatenate([image.astype(np.float32) for image, _, _ in fitted])
       labels = evaluate.map_slices(labels_of, params, (images,), config.eval.batch_size)
       start = 0
       for volume, (_, _, offsets) in zip(chunk, fitted):
         per_model = labels[:, start:start + volume.depth]
         start += volume.depth
-        yield np.stack([data_lib.unfit(m, volume.label.shape[1:], offsets) for m in per_model])
+        yield np.stack([padding.unfit(m, volume.label.shape[1:], offsets) for m in per_model])
   return segment
 
 
@@ -213,7 +213,7 @@ def _cropped_away(label: np.ndarray, kept: np.ndarray, num_classes: int) -> np.n
 def predictor(config, model, axis):
   """Dense prediction of every slice of whole volumes by every model of the group, scored on the device.
 
-  Slices are fitted to the trained in-plane shape (`data.fit_to_shape`) and predicted `eval.batch_size` at a time;
+  Slices are fitted to the trained in-plane shape (`padding.fit_to_shape`) and predicted `eval.batch_size` at a time;
   the device counts each slice's voxels inside the volume's extent (padding never counts), and the truth that
   centre-cropping left out is added on the host as predicted background, as on the volume's own grid
   (`data.unfit`).
@@ -234,8 +234,8 @@ def predictor(config, model, axis):
     for chunk in evaluate.volume_chunks(volumes, shape):
       fitted = []
       for volume in chunk:
-        image, valid, _ = data_lib.fit_to_shape(volume.image, shape)
-        fitted.append((image.astype(np.float32), data_lib.fit_to_shape(volume.label, shape)[0], valid))
+        image, valid, _ = padding.fit_to_shape(volume.image, shape)
+        fitted.append((image.astype(np.float32), padding.fit_to_shape(volume.label, shape)[0], valid))
       per_slice = evaluate.map_slices(counts_of, params, tuple(np.concatenate(parts) for parts in zip(*fitted)),
                                       config.eval.batch_size)
       start = 0

@@ -37,8 +37,10 @@ import ml_collections
 import numpy as np
 
 from slicejax import config as config_lib
-from slicejax.data import load as data_lib
+from slicejax.data import index as index_lib
+from slicejax.data import nifti
 from slicejax.data import resample as resample_lib
+from slicejax.data import split as split_lib
 from slicejax.errors import InputError
 
 SAMPLES_PER_CASE = 10000
@@ -94,7 +96,7 @@ def _foreground_samples(case, channel: int, num_classes: int, ignore_label, rng)
     InputError: the label file holds values dataset.json does not declare.
   """
   json_path = case.label_path.parent.parent / "dataset.json"
-  label = data_lib._decode_nifti(case.label_path, data_lib._read_bytes(case.label_path, json_path))
+  label = nifti.decode(case.label_path, nifti.read_bytes(case.label_path, json_path))
   declared = set(range(num_classes)) | ({ignore_label} if ignore_label is not None else set())
   undeclared = sorted(set(np.unique(label).tolist()) - declared)
   if undeclared:
@@ -102,9 +104,9 @@ def _foreground_samples(case, channel: int, num_classes: int, ignore_label, rng)
                                       f"(0..{num_classes - 1})")
   if len(case.image_paths) > 1:
     path = case.image_paths[channel]
-    image = data_lib._decode_nifti(path, data_lib._read_bytes(path, json_path))
+    image = nifti.decode(path, nifti.read_bytes(path, json_path))
   else:
-    image = data_lib._decode_nifti(case.image_path, data_lib._read_bytes(case.image_path, json_path))
+    image = nifti.decode(case.image_path, nifti.read_bytes(case.image_path, json_path))
     image = image[..., channel] if image.ndim == 4 else image
   mask = (label > 0) & (label < num_classes)
   values = np.asarray(image[mask], np.float64)
@@ -117,9 +119,9 @@ def compute(root, *, seed: int = 0) -> Fingerprint:
   """The fingerprint of an MSD or nnU-Net v2 folder (see the module docstring).
 
   Raises:
-    InputError: as `data.index_msd` (and, for CT channels, as reading the voxels would).
+    InputError: as `index.index_msd` (and, for CT channels, as reading the voxels would).
   """
-  index = data_lib.index_msd(root, slicing_axis=2)
+  index = index_lib.index_msd(root, slicing_axis=2)
   # With slicing axis 2, volume order (D, H, W) is NIfTI (Z, X, Y).
   shapes = np.array([c.original_shape for c in index.cases], np.int64)[:, [1, 2, 0]]
   spacings = np.array([c.original_spacing for c in index.cases], np.float64)[:, [1, 2, 0]]
@@ -130,8 +132,8 @@ def compute(root, *, seed: int = 0) -> Fingerprint:
 
 
 def _training_pool(case_ids, counts: dict, split_seed: int) -> tuple:
-  return tuple(data_lib.split_cases(case_ids, num_train=counts["train"], num_val=counts["val"],
-                                    num_test=counts["test"], seed=split_seed)["train"])
+  return tuple(split_lib.split_cases(case_ids, num_train=counts["train"], num_val=counts["val"],
+                                     num_test=counts["test"], seed=split_seed)["train"])
 
 
 def _intensity(index, pool, seed: int) -> tuple:
@@ -157,7 +159,7 @@ def _intensity(index, pool, seed: int) -> tuple:
 @functools.lru_cache(maxsize=8)
 def _pool_intensity(root: str, stamp, pool: tuple) -> tuple:
   del stamp  # part of the cache key only
-  return _intensity(data_lib.index_msd(root, slicing_axis=2), pool, 0)
+  return _intensity(index_lib.index_msd(root, slicing_axis=2), pool, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
