@@ -208,7 +208,7 @@ def test_check_describes_the_run_and_writes_nothing(tmp_path):
   assert lines[1] == "classes (test volumes containing each): 1 core (3/3), 2 rim (1/3)"
   assert lines[4] == "split (seed 0): 8 train / 1 val / 3 test"
   assert lines[5].startswith("2D in-plane shape 16 x 16 (derived): 0 volumes padded, 0 centre-cropped")
-  assert lines[6] == "grid: 5 points in 1 groups of at most 37 models; 2D 5 (1 reference)"
+  assert lines[6] == "grid: 5 points in 1 groups of at most 24 models; 2D 5 (1 reference)"
   assert lines[7].startswith("2D: ") and "5 models x 6 steps in 1 groups" in lines[7]
   assert lines[-1].endswith("nothing was trained or written")
   assert not (tmp_path / "run").exists()
@@ -223,7 +223,7 @@ def test_check_counts_the_reference_steps_of_its_own(tmp_path, monkeypatch):
   with config.unlocked():
     config.study.reference_steps = 20
   lines = check.dry_run(config)
-  assert lines[6] == "grid: 5 points in 2 groups of at most 37 models; 2D 5 (1 reference)"
+  assert lines[6] == "grid: 5 points in 2 groups of at most 24 models; 2D 5 (1 reference)"
   assert "5 models x 6 steps (the reference 20) in 2 groups" in lines[7]
 
 
