@@ -28,7 +28,7 @@ def get_config(arg=""):
   config.data.split.update(train=40, val=8, test=16, seed=0)
 
   config.model.update(features=8, num_stages=3)
-  # 600 steps of batch 8: the sparse cells' validation curves level off by step 400-500 (learning curves of a
+  # 600 steps of batch 8: most sparse cells' validation curves level off by step 400-500 (learning curves of a
   # 1,200-step pilot and of this recipe). The reference sees every slice of 40 volumes, 30 times more than the
   # largest cell, and needs about 3,000 steps, so it trains them in a group of its own (`study.reference_steps`);
   # cells are compared with each other at equal steps, never with it.
