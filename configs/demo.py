@@ -52,7 +52,7 @@ def get_config(arg=""):
     config.data.split.update(train=8, val=1, test=3)
     config.model.update(features=4, num_stages=2)
     config.train.update(steps=6, batch_size=4, warmup_steps=2, log_every=3)
-    config.study.reference_steps = 0
+    config.study.update(reference_seeds=(0,), reference_steps=0)
     config.study.update(budgets=(8,), slices_per_volume=(1, 2), selections=("random", "fixed"), seeds=(0,),
                         dims=(2,))
     config.study.three_d.update(budgets=(8,), slices_per_volume=(1, 2))
