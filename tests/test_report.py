@@ -392,6 +392,13 @@ def test_merging_incompatible_runs_names_the_key(tmp_path):
     summary.run([tmp_path / "nothing"])
 
 
+def test_a_document_in_a_missing_folder_is_refused_before_anything_is_written(tmp_path):
+  run = _run_folder(tmp_path / "run", _study_rows()[:2])
+  with pytest.raises(InputError, match=r"missing/study.md: its folder does not exist"):
+    summary.run([run], tmp_path / "out", document=tmp_path / "missing" / "study.md")
+  assert not (tmp_path / "out").exists() and not (tmp_path / "missing").exists()
+
+
 @pytest.mark.slow
 def test_runs_of_different_lengths_merge_when_their_budgets_differ(tmp_path):
   rows = _study_rows()

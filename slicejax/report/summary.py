@@ -99,6 +99,8 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
       text = pathlib.Path(preamble).read_text(encoding="utf-8").rstrip("\n") + "\n\n"
     except (OSError, UnicodeDecodeError) as err:
       raise InputError(str(preamble), f"cannot be read ({err})") from err
+  if document is not None and not pathlib.Path(document).resolve().parent.is_dir():
+    raise InputError(str(document), "its folder does not exist (the report writes the file, not its folder)")
   out = pathlib.Path(out if out is not None else workdirs[0])
   out.mkdir(parents=True, exist_ok=True)
   write_summary(out, rows, options, cost=cost, preamble=text, document=document)
