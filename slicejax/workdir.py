@@ -166,13 +166,13 @@ class WorkdirLock:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _flatten(tree, prefix: str = "") -> dict:
+def flatten(tree, prefix: str = "") -> dict:
   """{"a": {"b": 1}} -> {"a.b": 1}; an empty nested dict stays a leaf."""
   out = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if isinstance(value, dict) and value:
-      out.update(_flatten(value, name + "."))
+      out.update(flatten(value, name + "."))
     else:
       out[name] = value
   return out
@@ -184,7 +184,7 @@ def _differences(stored: Mapping, config: Mapping, defaults) -> list:
   keys = differing_keys(stored, config)
   if defaults is None:
     return keys
-  flat_stored, flat_config, flat_defaults = _flatten(stored), _flatten(config), _flatten(defaults)
+  flat_stored, flat_config, flat_defaults = flatten(stored), flatten(config), flatten(defaults)
   missing = object()
   return [key for key in keys if key in flat_stored or flat_config[key] != flat_defaults.get(key, missing)]
 
@@ -196,7 +196,7 @@ def _same(stored, config: dict, defaults) -> bool:
 
 def differing_keys(a: Mapping, b: Mapping) -> list:
   """Sorted dotted keys whose values differ between two nested JSON-like dicts (present in one only counts)."""
-  flat_a, flat_b = _flatten(a), _flatten(b)
+  flat_a, flat_b = flatten(a), flatten(b)
   missing = object()
   return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k, missing) != flat_b.get(k, missing))
 

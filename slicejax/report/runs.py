@@ -22,7 +22,7 @@ SCHEDULE_KEYS = ("train.steps", "train.warmup_steps", "train.checkpoint_every", 
 
 
 def _merge_view(config: dict, keys) -> dict:
-  flat = workdir_lib._flatten(config)
+  flat = workdir_lib.flatten(config)
   return {k: v for k, v in flat.items()
           if any(k == m or k.startswith(m + ".") for m in keys) and k not in _MERGE_IGNORED}
 
