@@ -14,8 +14,6 @@ from slicejax.errors import InputError
 from slicejax.report import cells as cells_lib
 from slicejax.report import statistics as stats
 
-FAMILIES = ("allocation", "selection", "interpolation")
-
 
 def _groups(keys, fields) -> list[list[tuple]]:
   """Splits cell keys into groups that agree on `fields`; each group sorted like the tables."""
