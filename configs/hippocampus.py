@@ -18,13 +18,15 @@ Arguments:
     "reference" (3 seeds); base-16 U-Net, batch 16, CONVERGED_STEPS steps for the budget, 5 seeds, validation Dice
     on all 20 validation volumes at 8 points of training.
     "rounds" is the selection in rounds (`slicejax.training.rounds`) to compare with the grid's one-shot cells of the
-    same
-    budget (the report merges the two workdirs): entropy, ensemble (4 members) and hybrid, 3 rounds (half of each
-    volume's slices by fixed interval in round 0), fixed and free allocation, at 4 and 16 slices per volume where
-    whole; every round trains CONVERGED_STEPS steps from the initialisation, so a point costs 3 trainings (an
-    ensemble point 12). E.g.
+    same budget (the report merges the two workdirs): entropy, ensemble (4 members) and hybrid at 4 slices per
+    volume, 2 rounds (2 slices of each volume by fixed interval in round 0, 2 chosen by the model in round 1), fixed
+    allocation; every round trains CONVERGED_STEPS steps from the initialisation, and the last round only the point's
+    own model (`rounds.final_members=False`), so a point costs 2 trainings (an ensemble point 5). E.g.
         python launch.py --config=configs/hippocampus.py:converged=rounds,budget=144 --workdir=runs/hippo_rounds_144
         python -m slicejax.report --workdir=runs/hippo_grid_144 --workdir=runs/hippo_rounds_144 --out=runs/r144
+    "grid3d" at 144 or 288: the 3D subset, a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16
+    slices per volume, interpolation off and on, CONVERGED_3D_STEPS steps; "recipe3d": its pilot, the same cells at
+    budget 144 and the 3D reference, seed 0, 4,000 steps, validation Dice at 8 points.
   recipe: the converged study's pilot: the reference and budgets 36 and 288 at 1, 4 and 16 slices per volume,
     random, seeds 0-1, `recipe_steps` (4000) steps of batch 16 with a base-`recipe_features` (8) U-Net, validation
     Dice on all 20 validation volumes every 250 steps.
@@ -53,6 +55,10 @@ CONVERGED_REFERENCE_STEPS = 6000
 CONVERGED_UAL_BUDGETS = (36, 144)  # ual at two budgets
 CONVERGED_INTERP_BUDGETS = (72, 288)  # interpolation on against off at two budgets
 CONVERGED_ROUND_BUDGETS = (36, 144)  # selection in rounds at the budgets where ual runs
+# The 3D subset: a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16 slices per volume,
+# interpolation off and on; its steps come from the `recipe3d` pilot's learning curves.
+CONVERGED_3D = dict(features=8, patch=(32, 32, 32), batch_size=2, budgets=(144, 288), pilot_steps=4000)
+CONVERGED_3D_STEPS = {144: 4000, 288: 4000}
 
 
 def get_config(arg=""):
@@ -117,14 +123,23 @@ def get_config(arg=""):
     # One part of the converged study: "grid" (random and fixed, with ual at CONVERGED_UAL_BUDGETS, rho 1, 4 and
     # 16 where whole), "interp" (fixed interval with interpolation at CONVERGED_INTERP_BUDGETS, rho 4 and 16; its
     # "off" cells are the grid's) or "reference" (every slice, 3 seeds), each budget a launch of its own.
-    if arg.converged not in ("grid", "interp", "rounds", "reference"):
-      raise ValueError(f"converged must be grid, interp, rounds or reference, got {arg.converged!r}")
+    if arg.converged not in ("grid", "interp", "rounds", "reference", "grid3d", "recipe3d"):
+      raise ValueError(f"converged must be grid, interp, rounds, reference, grid3d or recipe3d, got "
+                       f"{arg.converged!r}")
     if arg.converged == "rounds" and arg.budget not in CONVERGED_ROUND_BUDGETS:
       raise ValueError(f"rounds runs at budgets {CONVERGED_ROUND_BUDGETS}, got {arg.budget}")
     config.model.features = CONVERGED["features"]
-    steps = CONVERGED_REFERENCE_STEPS if arg.converged == "reference" else CONVERGED_STEPS.get(arg.budget)
+    if arg.converged == "reference":
+      steps = CONVERGED_REFERENCE_STEPS
+    elif arg.converged == "recipe3d":
+      steps = CONVERGED_3D["pilot_steps"]
+    elif arg.converged == "grid3d":
+      steps = CONVERGED_3D_STEPS.get(arg.budget)
+    else:
+      steps = CONVERGED_STEPS.get(arg.budget)
     if steps is None:
-      raise ValueError(f"budget must be one of {sorted(CONVERGED_STEPS)}, got {arg.budget}")
+      known = sorted(CONVERGED_3D_STEPS if arg.converged == "grid3d" else CONVERGED_STEPS)
+      raise ValueError(f"budget must be one of {known}, got {arg.budget}")
     config.train.update(steps=steps, batch_size=CONVERGED["batch_size"], learning_rate=CONVERGED["learning_rate"],
                         warmup_steps=CONVERGED["warmup_steps"], log_every=100, checkpoint_every=250)
     config.eval.update(curve_points=8, curve_volumes=20)
@@ -134,9 +149,19 @@ def get_config(arg=""):
       config.study.update(budgets=(arg.budget,), selections=("random", "fixed") + (
           ("ual",) if arg.budget in CONVERGED_UAL_BUDGETS else ()))
     elif arg.converged == "rounds":
-      config.study.update(budgets=(arg.budget,), slices_per_volume=(4, 16),
-                          selections=("entropy", "ensemble", "hybrid"), rounds=(3,), round_allocation=("fixed", "free"))
-      config.rounds.update(first_selection="fixed", first_share=0.5, warm_start=False, members=4)
+      config.study.update(budgets=(arg.budget,), slices_per_volume=(4,),
+                          selections=("entropy", "ensemble", "hybrid"), rounds=(2,), round_allocation=("fixed",))
+      config.rounds.update(first_selection="fixed", first_share=0.5, warm_start=False, members=4,
+                           final_members=False)
+    elif arg.converged in ("grid3d", "recipe3d"):
+      config.study.update(dims=(3,), budgets=(arg.budget,) if arg.converged == "grid3d" else (144,),
+                          slices_per_volume=(4, 16), selections=("fixed",), interpolation=(False, True))
+      if arg.converged == "recipe3d":
+        # Learning curves of the 3D cells at one budget and the 3D reference, one seed, along a long schedule.
+        config.study.update(seeds=(0,), reference=True, reference_seeds=(0,))
+        config.eval.update(curve_points=steps // 500)
+      config.three_d.update(features=CONVERGED_3D["features"], patch=CONVERGED_3D["patch"],
+                            batch_size=CONVERGED_3D["batch_size"])
     elif arg.converged == "interp":
       config.study.update(budgets=(arg.budget,), slices_per_volume=(4, 16), selections=("fixed",),
                           interpolation=(True,))

@@ -227,6 +227,18 @@ def test_check_counts_the_reference_steps_of_its_own(tmp_path, monkeypatch):
   assert "5 models x 6 steps (the reference 20) in 2 groups" in lines[7]
 
 
+@pytest.mark.slow
+def test_check_counts_the_trainings_of_rounds_and_members(tmp_path, monkeypatch):
+  monkeypatch.setenv("SLICEJAX_CACHE", str(tmp_path / "cache"))
+  config = load("configs/demo.py:tiny")
+  with config.unlocked():
+    config.study.update(slices_per_volume=(2,), selections=("ensemble",), rounds=(2,), round_allocation=("fixed",),
+                        round_budgets=(), round_slices_per_volume=(), reference=False)
+    config.rounds.update(members=2, final_members=False)
+  # Round 0 trains the point and its member, the last round the point alone: 3 trainings.
+  assert "1 models (3 trainings: ensemble members, rounds) x 6 steps in 1 groups" in check.dry_run(config)[7]
+
+
 def test_the_estimate_counts_each_distinct_program_once():
   """One initialisation per grid, then per distinct number of models in a program: "loop" unrolls (chunks of 4 and
   the groups' remainders; evaluation always a full chunk), "vmap" maps (one model's cost per distinct group size)."""

@@ -198,10 +198,20 @@ def test_a_kill_at_a_round_boundary_resumes_with_identical_rows(setup, clean, tm
   assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean["rows"]]
 
 
-def test_warm_start_resumes_from_the_last_round_s_parameters(setup, clean, tmp_path, monkeypatch):
-  warm = {**setup, "config": setup["config"].copy_and_resolve_references()}
-  warm["config"].rounds.warm_start = True
-  uninterrupted = _run(warm, tmp_path / "uninterrupted")
+def _with(setup, **rounds_options):
+  config = setup["config"].copy_and_resolve_references()
+  config.rounds.update(rounds_options)
+  return {**setup, "config": config}
+
+
+@pytest.fixture(scope="module")
+def warm_rows(setup, tmp_path_factory):
+  return _run(_with(setup, warm_start=True), tmp_path_factory.mktemp("warm"))
+
+
+def test_warm_start_resumes_from_the_last_round_s_parameters(setup, clean, warm_rows, tmp_path, monkeypatch):
+  warm = _with(setup, warm_start=True)
+  uninterrupted = warm_rows
   # Round 1 is chosen by round 0's model, the same cold or warm; later rounds start from the previous parameters.
   assert [r["round_history"][1]["added"] for r in uninterrupted] == [
       r["round_history"][1]["added"] for r in clean["rows"]]
@@ -223,6 +233,28 @@ def test_warm_start_resumes_from_the_last_round_s_parameters(setup, clean, tmp_p
   # Round 1 has no checkpoint yet: round 0's parameters are restored (its training is complete) to start it.
   assert calls == ["group_0_round_0", "group_0_round_1", "group_0"]
   assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in uninterrupted]
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_a_last_round_without_members_gives_the_same_rows(setup, clean, warm_rows, tmp_path, warm_start):
+  models = []
+
+  def train_group(config, points, *args, **kwargs):
+    models.append([p.seed for p in points])
+    return train.train_group(config, points, *args, **kwargs)
+
+  lean = _with(setup, final_members=False, warm_start=warm_start)
+  (tmp_path / "plans").mkdir()
+  rows = rounds.train_rounds(lean["config"], lean["points"], lean["plans"], lean["splits"], lean["dataset"], 0,
+                             tmp_path, train_group=train_group, sizes=lean["sizes"], programs=lean["programs"])
+  member = rounds.MEMBER_SEED_STRIDE
+  # entropy, entropy free, ensemble and its member, ensemble free and its member; the last round without members.
+  assert models == [[0, 0, 0, member, 0, member]] * 2 + [[0, 0, 0, 0]]
+  assert [rounds.trainings(lean["config"], p) for p in lean["points"]] == [3, 3, 5, 5]
+  assert [rounds.trainings(setup["config"], p) for p in setup["points"]] == [3, 3, 6, 6]
+  same = warm_rows if warm_start else clean["rows"]
+  assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in same]
+  assert [r["round_history"] for r in rows] == [r["round_history"] for r in same]
 
 
 def test_ensemble_members_together_equal_members_alone(setup, tmp_path):

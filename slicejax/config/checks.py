@@ -400,6 +400,7 @@ def _check_rounds(c: _Checker) -> None:
   c.real("rounds.first_share", 0, 1, lo_open=True, hi_open=True)
   c.boolean("rounds.warm_start")
   c.integer("rounds.members", lo=2)
+  c.boolean("rounds.final_members")
   c.boolean("rounds.foreground")
   c.integer("rounds.hybrid_candidates", lo=1)
 

@@ -196,6 +196,8 @@ def base() -> ml_collections.ConfigDict:
       warm_start=False,         # a round starts from the previous round's parameters (fresh optimiser); False:
                                 # every round trains from the same initialisation
       members=4,                # `ensemble`: K models of different seeds trained together on the model axis
+      final_members=True,       # the last round trains the members too (for a next `plan` with selection=ensemble);
+                                # False: only each point's own model, the row's (members serve only to choose)
       foreground=False,         # weigh each pixel's uncertainty by its predicted foreground probability
       hybrid_candidates=4,      # `hybrid`: k-center among the `hybrid_candidates` x n most uncertain slices
   ))

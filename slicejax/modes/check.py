@@ -225,8 +225,8 @@ def dry_run(config) -> list[str]:
     group_sizes = [len(g) for g in groups if g[0].dims == dims]
     compile_s = sum(compiles)
     # Trainings (members, every round) and their steps; a group with steps of its own compiles programs of its own.
-    models = sum(rounds.models_of(config)(p) * p.rounds for p in dims_points)
-    model_steps = sum(rounds.models_of(config)(p) * p.rounds * train.steps_of(config, p) for p in dims_points)
+    models = sum(rounds.trainings(config, p) for p in dims_points)
+    model_steps = sum(rounds.trainings(config, p) * train.steps_of(config, p) for p in dims_points)
     by_steps = {}
     for g in groups:
       if g[0].dims == dims:
@@ -244,7 +244,9 @@ def dry_run(config) -> list[str]:
     lines.append(f"{dims}D: {step_s:.3f} s per step and model (measured, {_MEASURED_STEPS} steps), compile "
                  f"{compile_s:.1f} s (one model's initialisation, training and evaluation programs), evaluation "
                  f"{test_s:.2f} s per model and test volume, "
-                 f"{dice_s:.2f} s per validation volume -> {len(dims_points)} models x "
+                 f"{dice_s:.2f} s per validation volume -> {len(dims_points)} models"
+                 + (f" ({models} trainings: ensemble members, rounds)" if models != len(dims_points) else "")
+                 + " x "
                  f"{_steps_text(config, dims_points)} in {len(group_sizes)} groups: about {console.duration(seconds)} ("
                  + ", ".join(f"{name} {console.duration(s)}" for name, s in parts.items()) + ")")
   # The report: its figures (one per kind, and the loss curves), drawn at the end of the launch.

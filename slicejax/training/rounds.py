@@ -18,7 +18,9 @@ earlier rounds take the remainder), so round r adds `s x q_r` slices and the las
 Rounds of the points of a group train together on the model axis; an `ensemble` point trains its K members
 (`rounds.members`, seeds `seed + k x MEMBER_SEED_STRIDE`, the first its own) beside it, on its plan. With
 `rounds.warm_start` a round starts from the previous round's parameters (a fresh optimiser state and schedule);
-otherwise every round trains from the same initialisation.
+otherwise every round trains from the same initialisation. The members serve to choose; without
+`rounds.final_members` the last round trains each point's own model only (`trainings`), which a later `plan` with
+`selection=ensemble` then cannot use as an ensemble.
 
 Records, in the run's folder: `rounds/group_<g>.json` holds per round what each point added and, once trained, its
 validation Dice; a round's models are checkpointed in `checkpoints/group_<g>_round_<r>` (the last round in
@@ -75,6 +77,12 @@ def models(config, points) -> list:
   return out
 
 
+def final_models(config, points) -> list:
+  """The models of a group's last round, in its checkpoint's order: `models`, less the ensemble members unless
+  `rounds.final_members`."""
+  return models(config, points) if config.rounds.final_members else list(points)
+
+
 def owners(config, points) -> list:
   """The point name of each of `models(config, points)`: an ensemble member's is its point's."""
   return [p.name for p in points for _ in range(strategy(p).members(config.rounds) if p.rounds > 1 else 1)]
@@ -83,6 +91,15 @@ def owners(config, points) -> list:
 def models_of(config):
   """`point -> models it trains` (for `study.group`)."""
   return lambda point: strategy(point).members(config.rounds) if point.rounds > 1 else 1
+
+
+def trainings(config, point: study.Point) -> int:
+  """The models a point trains over all its rounds: its members in every round that chooses, and in the last round
+  only its own model unless `rounds.final_members` (members serve only to choose the next slices)."""
+  if point.rounds <= 1:
+    return 1
+  k = strategy(point).members(config.rounds)
+  return k * (point.rounds - 1) + (k if config.rounds.final_members else 1)
 
 
 def needs_embeddings(config, point) -> bool:
@@ -313,9 +330,14 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
         and not (config.rounds.warm_start and not _has_checkpoint(folder(r + 1)))):
       continue  # trained, and the next round's slices chosen
     keep = {}
-    rows = train_group(config if last else intermediate, trained, [plans[name] for name in owner], splits, dataset,
-                       group_index, folder(r), sizes=sizes, programs=programs, curves=curves if last else None,
-                       init_params=previous if config.rounds.warm_start else None, keep=keep)
+    models_r, owner_r, init = trained, owner, previous if config.rounds.warm_start else None
+    if last and not config.rounds.final_members:  # the points' own models: members serve only to choose
+      own = [trained.index(p) for p in points]
+      models_r, owner_r = final_models(config, points), names
+      init = None if init is None else jax.tree.map(lambda leaf: leaf[np.asarray(own)], init)
+    rows = train_group(config if last else intermediate, models_r, [plans[name] for name in owner_r], splits,
+                       dataset, group_index, folder(r), sizes=sizes, programs=programs,
+                       curves=curves if last else None, init_params=init, keep=keep)
     by_name = {row["name"]: row for row in rows}
     entries[r]["val_dice"] = {name: by_name[name].get("val_dice_mean") for name in names}
     _write_record(rundir, group_index, names, entries)

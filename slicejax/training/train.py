@@ -602,7 +602,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
                                         defaults=json.loads(config_lib.base().to_json_best_effort()))
     if writer:
       files.atomic_write(rundir / "groups.json", json.dumps(
-          [{str(m): p.name for m, p in enumerate(rounds_lib.models(config, g))} for g in groups], indent=1))
+          [{str(m): p.name for m, p in enumerate(rounds_lib.final_models(config, g))} for g in groups], indent=1))
       (rundir / "plans").mkdir(exist_ok=True)
       for name, plan in rounds_lib.recorded_plans(rundir, groups, plans).items():  # a round point's latest
         files.atomic_write(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
