@@ -65,9 +65,9 @@ def test_volume_data_holds_annotated_volumes_planes_and_interpolated_label_rows(
   config.interpolation.weight = 0.25
   points = [study.Point(3, 2, 1, 2, "fixed", False, 0), study.Point(3, 2, 1, 2, "fixed", True, 0)]
   plans = [{"b": [1, 4]}, {"b": [1, 4]}]
-  assert three_d.data_sizes(config, points, plans) == {"volumes": 1, "labels": 2}
+  assert three_d.data_sizes(config, points, plans) == {"volumes": 1, "interpolated": 1}
   bank, per_model, _ = three_d.training_data(config, points, plans, pool, 2, (4, 8, 8),
-                                             {"volumes": 2, "labels": 3})
+                                             {"volumes": 2, "interpolated": 1})
   assert bank["images"].shape == (2, 6, 8, 8, 1) and bank["labels"].shape == (3, 6, 8, 8)
   np.testing.assert_array_equal(bank["extents"], [[6, 8, 8], [0, 0, 0]])
   np.testing.assert_allclose(per_model["planes"][0], [[0, 1, 0, 0, 1, 0], [0] * 6])
@@ -76,6 +76,14 @@ def test_volume_data_holds_annotated_volumes_planes_and_interpolated_label_rows(
   filled, _ = interpolation.interpolate(label, [1, 4], 2)
   np.testing.assert_array_equal(bank["labels"][0], label)
   np.testing.assert_array_equal(bank["labels"][2], filled)
+  # A grid whose largest group annotates more volumes (a reference) than this group, which interpolates: the grid's
+  # sizes still hold this group's interpolated rows.
+  reference = study.Point(3, 12, 2, None, "all", False, 0, reference=True)
+  groups = [(points, plans), ([reference], [{"b": list(range(6)), "c": list(range(6))}])]
+  grid = {k: max(three_d.data_sizes(config, *g)[k] for g in groups) for k in ("volumes", "interpolated")}
+  assert grid == {"volumes": 2, "interpolated": 1}
+  bank, per_model, _ = three_d.training_data(config, points, plans, pool, 2, (4, 8, 8), grid)
+  assert bank["labels"].shape[0] == 3 and per_model["label_rows"][1, 0] == 2
 
 
 def test_static_shape_rounds_up_to_the_downsampling():

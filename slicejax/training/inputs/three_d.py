@@ -45,11 +45,12 @@ def batch_size(config) -> int:
 
 
 def data_sizes(config, points, plans) -> dict:
-  """The sizes of a group's training data: `volumes` (distinct annotated volumes) and `labels` (label volumes:
-  one per volume, plus one per volume of each model with interpolation); see `two_d.data_sizes`."""
+  """The sizes of a group's training data: `volumes` (distinct annotated volumes) and `interpolated` (one label
+  volume per volume of each model with interpolation); see `two_d.data_sizes`. The bank's labels hold `volumes`
+  rows of true labels, then the interpolated ones, so padding to the grid's largest of each key always fits."""
   volumes = set().union(*(plan.keys() for plan in plans))
   extra = sum(len(plan) for point, plan in zip(points, plans) if point.interpolation)
-  return {"volumes": len(volumes), "labels": len(volumes) + extra}
+  return {"volumes": len(volumes), "interpolated": extra}
 
 
 def training_data(config, points, plans, pool, num_classes: int, shape, sizes=None) -> tuple:
@@ -94,7 +95,8 @@ def training_data(config, points, plans, pool, num_classes: int, shape, sizes=No
         label_rows[m, v] = len(labels)
         labels.append(padding.pad_volume(volume_labels, size).astype(np.uint8))
       planes[m, v, plan[case]] = 1.0
-  bank = {**sampler.pad_rows(bank, sizes["volumes"]), **sampler.pad_rows({"labels": np.stack(labels)}, sizes["labels"])}
+  bank = {**sampler.pad_rows(bank, sizes["volumes"]), **sampler.pad_rows({"labels": np.stack(labels)},
+                                                                                sizes["volumes"] + sizes["interpolated"])}
   return bank, {"planes": planes, "label_rows": label_rows}, quality
 
 
