@@ -24,6 +24,8 @@ Arguments:
     own model (`rounds.final_members=False`), so a point costs 2 trainings (an ensemble point 5). E.g.
         python launch.py --config=configs/hippocampus.py:converged=rounds,budget=144 --workdir=runs/hippo_rounds_144
         python -m slicejax.report --workdir=runs/hippo_grid_144 --workdir=runs/hippo_rounds_144 --out=runs/r144
+    "doubling" at 144 or 288: the schedule-doubling check, the budget's extreme allocations (144 x 1 and 9 x 16;
+    72 x 4 and 18 x 16), random, seeds 0-1, at twice CONVERGED_STEPS; against the grid's rows of the same points.
     "grid3d" at 144 or 288: the 3D subset, a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16
     slices per volume, interpolation off and on, CONVERGED_3D_STEPS steps; "recipe3d": its pilot, the same cells at
     budget 144 and the 3D reference, seed 0, 4,000 steps, validation Dice at 8 points.
@@ -55,6 +57,9 @@ CONVERGED_REFERENCE_STEPS = 6000
 CONVERGED_UAL_BUDGETS = (36, 144)  # ual at two budgets
 CONVERGED_INTERP_BUDGETS = (72, 288)  # interpolation on against off at two budgets
 CONVERGED_ROUND_BUDGETS = (36, 144)  # selection in rounds at the budgets where ual runs
+# The schedule-doubling check: the extreme allocations of a budget (random, seeds 0-1) trained twice as long as the
+# grid trains them; the steps are confirmed when the difference between the extremes moves by less than 0.005.
+CONVERGED_DOUBLING = {144: (1, 16), 288: (4, 16)}
 # The 3D subset: a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16 slices per volume,
 # interpolation off and on; its steps come from the `recipe3d` pilot's learning curves.
 CONVERGED_3D = dict(features=8, patch=(32, 32, 32), batch_size=2, budgets=(144, 288), pilot_steps=4000)
@@ -123,9 +128,11 @@ def get_config(arg=""):
     # One part of the converged study: "grid" (random and fixed, with ual at CONVERGED_UAL_BUDGETS, rho 1, 4 and
     # 16 where whole), "interp" (fixed interval with interpolation at CONVERGED_INTERP_BUDGETS, rho 4 and 16; its
     # "off" cells are the grid's) or "reference" (every slice, 3 seeds), each budget a launch of its own.
-    if arg.converged not in ("grid", "interp", "rounds", "reference", "grid3d", "recipe3d"):
-      raise ValueError(f"converged must be grid, interp, rounds, reference, grid3d or recipe3d, got "
+    if arg.converged not in ("grid", "interp", "rounds", "reference", "grid3d", "recipe3d", "doubling"):
+      raise ValueError(f"converged must be grid, interp, rounds, reference, grid3d, recipe3d or doubling, got "
                        f"{arg.converged!r}")
+    if arg.converged == "doubling" and arg.budget not in CONVERGED_DOUBLING:
+      raise ValueError(f"doubling runs at budgets {tuple(CONVERGED_DOUBLING)}, got {arg.budget}")
     if arg.converged == "rounds" and arg.budget not in CONVERGED_ROUND_BUDGETS:
       raise ValueError(f"rounds runs at budgets {CONVERGED_ROUND_BUDGETS}, got {arg.budget}")
     config.model.features = CONVERGED["features"]
@@ -137,6 +144,8 @@ def get_config(arg=""):
       steps = CONVERGED_3D_STEPS.get(arg.budget)
     else:
       steps = CONVERGED_STEPS.get(arg.budget)
+      if arg.converged == "doubling":
+        steps *= 2
     if steps is None:
       known = sorted(CONVERGED_3D_STEPS if arg.converged == "grid3d" else CONVERGED_STEPS)
       raise ValueError(f"budget must be one of {known}, got {arg.budget}")
@@ -148,6 +157,9 @@ def get_config(arg=""):
     if arg.converged == "grid":
       config.study.update(budgets=(arg.budget,), selections=("random", "fixed") + (
           ("ual",) if arg.budget in CONVERGED_UAL_BUDGETS else ()))
+    elif arg.converged == "doubling":
+      config.study.update(budgets=(arg.budget,), slices_per_volume=CONVERGED_DOUBLING[arg.budget],
+                          selections=("random",), seeds=(0, 1))
     elif arg.converged == "rounds":
       config.study.update(budgets=(arg.budget,), slices_per_volume=(4,),
                           selections=("entropy", "ensemble", "hybrid"), rounds=(2,), round_allocation=("fixed",))
