@@ -24,8 +24,9 @@ Arguments:
     own model (`rounds.final_members=False`), so a point costs 2 trainings (an ensemble point 5). E.g.
         python launch.py --config=configs/hippocampus.py:converged=rounds,budget=144 --workdir=runs/hippo_rounds_144
         python -m slicejax.report --workdir=runs/hippo_grid_144 --workdir=runs/hippo_rounds_144 --out=runs/r144
-    "doubling" at 144 or 288: the schedule-doubling check, the budget's extreme allocations (144 x 1 and 9 x 16;
-    72 x 4 and 18 x 16), random, seeds 0-1, at twice CONVERGED_STEPS; against the grid's rows of the same points.
+    "doubling" at 36, 72, 144 or 288: the schedule-doubling check, the budget's extreme allocations (B x 1 and
+    B/4 x 4; 144 x 1 and 9 x 16; 72 x 4 and 18 x 16), random, seeds 0-1, at twice CONVERGED_STEPS; against the
+    grid's rows of the same points.
     "grid3d" at 144 or 288: the 3D subset, a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16
     slices per volume, interpolation off and on, CONVERGED_3D_STEPS steps; "recipe3d": its pilot, the same cells at
     budget 144 and the 3D reference, seed 0, 4,000 steps, validation Dice at 8 points.
@@ -59,7 +60,7 @@ CONVERGED_INTERP_BUDGETS = (72, 288)  # interpolation on against off at two budg
 CONVERGED_ROUND_BUDGETS = (36, 144)  # selection in rounds at the budgets where ual runs
 # The schedule-doubling check: the extreme allocations of a budget (random, seeds 0-1) trained twice as long as the
 # grid trains them; the steps are confirmed when the difference between the extremes moves by less than 0.005.
-CONVERGED_DOUBLING = {144: (1, 16), 288: (4, 16)}
+CONVERGED_DOUBLING = {36: (1, 4), 72: (1, 4), 144: (1, 16), 288: (4, 16)}
 # The 3D subset: a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16 slices per volume,
 # interpolation off and on; its steps come from the `recipe3d` pilot's learning curves.
 CONVERGED_3D = dict(features=8, patch=(32, 32, 32), batch_size=2, budgets=(144, 288), pilot_steps=4000)
