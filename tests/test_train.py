@@ -1,6 +1,8 @@
 """Pieces of the trainer: the dims modules' training data, the static shape, keys owned by points, divergence
 containment, resume."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,8 +196,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
 
   save = checkpoint.GroupCheckpoints.save
 
-  def save_then_crash(self, step, state):
-    save(self, step, state)
+  def save_then_crash(self, step, state, **kwargs):
+    save(self, step, state, **kwargs)
     if step == 4:
       self.close()  # The crash comes once step 4's checkpoint is complete (saves finish in the background).
       raise Crash()
@@ -210,8 +212,14 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
   monkeypatch.undo()
   assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints" / "group_0").iterdir()) == ["2", "4"]
   assert not (tmp_path / "resumed" / "results.jsonl").exists()
+  # The training seconds up to each checkpoint are kept beside them; the resumed rows count the first launch's.
+  seconds_path = tmp_path / "resumed" / "checkpoints" / "group_0_seconds.json"
+  seconds = json.loads(seconds_path.read_text())
+  assert sorted(seconds, key=int) == ["2", "4"] and 0 < seconds["2"] <= seconds["4"]
+  seconds_path.write_text(json.dumps({**seconds, "4": 1000.0}))
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
   assert timeless(resumed) == timeless(clean)
+  assert all(1000.0 < row["group_train_seconds"] < 1000.0 + 600 for row in resumed)
 
 
 @pytest.mark.slow

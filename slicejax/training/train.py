@@ -247,6 +247,7 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   restored = checkpoints.restore_latest(initial)
   state = axis.from_stacked(initial if restored is None else restored)
   first_step = 0 if restored is None else int(axis.fetch(restored["step"])[0])
+  before = 0.0 if restored is None else checkpoints.seconds_at(first_step)  # earlier launches' training seconds
   inputs = group_input.start(axis.fetch(initial["rng"]), first_step)
   step_fn = axis.map(programs[key]["step"], donate_state=True)
   logging.info("Group %d: %d %dD models (%s), %s strategy, inputs %s, %d steps of batch %d from step %d.",
@@ -296,10 +297,10 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
           files.atomic_write(curve_path, json.dumps({"names": names, "curve": val_curve}))
           curves.write_scalars(end, {f"val_dice/group_{group_index}/{name}": d for name, d in zip(names, dice)})
       if end % config.train.checkpoint_every == 0 or end == steps:
-        checkpoints.save(end, axis.to_stacked(state))
+        checkpoints.save(end, axis.to_stacked(state), seconds=before + time.perf_counter() - start)
     jax.block_until_ready(state)
   checkpoints.close()
-  train_seconds = time.perf_counter() - start
+  train_seconds = before + time.perf_counter() - start
 
   # Evaluation: dense, on the test volumes and the validation volumes.
   console.phase_line(group_index, f"test evaluation ({console.count(len(splits['test']), 'test volume')}, "
