@@ -15,6 +15,7 @@ from slicejax.errors import InputError
 from slicejax.report import cells as cells_lib
 from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import findings as findings_lib
+from slicejax.report import recommendations
 from slicejax.report import render
 from slicejax.report import results
 from slicejax.report import statistics as stats
@@ -333,6 +334,134 @@ def test_cost_frontier_and_cost_model():
   assert [(c["cost"], c["dice_mean"]) for c in frontier] == [(46, 0.72), (136, 0.75), (152, 0.8)]
 
 
+_TIMED = {"seconds_per_volume": 30.0, "seconds_per_slice": 2.0}  # 8 x 1 costs 256 s, 4 x 2 costs 136 s
+
+
+def _recommend(rows, cost=None):
+  """(the recommendations, the section's markdown lines) of `rows` under `cost`, as write_summary computes them."""
+  cost = cells_lib.DEFAULT_COST if cost is None else cost
+  cells = cells_lib.summarise(rows, cost)
+  comparisons = comparisons_lib.paired_comparisons(rows)
+  recommended = recommendations.recommendations(comparisons, cells, cost=cost,
+                                                needed=comparisons_lib.seeds_needed(comparisons))
+  return recommended, render.recommendations_markdown(recommended, cells, cost)
+
+
+def _allocation_rows(differences, *, base=0.75, offset=0.0):
+  """Per seed, 8 x 1 scoring `base + offset` and 4 x 2 scoring `base - d` (d: that seed's difference)."""
+  return [r for seed, d in enumerate(differences)
+          for r in (_row(seed, base + offset, slices=1), _row(seed, base - d, slices=2))]
+
+
+def test_recommendation_is_best_when_one_allocation_is_clearly_better():
+  # 4 x 2 scores 0.125 below 8 x 1, give or take 1/64: differences 0.125 - noise over 5 seeds.
+  noise = [0, 1 / 64, -1 / 64, 1 / 128, -1 / 128]
+  rows = _allocation_rows([0.125 - n for n in noise]) + [_row(0, 0.5, dims=3)]  # 3D: a budget of one cell
+  (entry,), lines = _recommend(rows, _TIMED)
+  assert (entry["dims"], entry["case"], entry["recommended"], entry["agreement"]) == (2, "best", "8×1 random",
+                                                                                      "MIDL 2025")
+  assert entry["shown_worse"] == {"4×2 random": ["8×1 random"]} and entry["break_even"] is None
+  # SD of the noise sqrt((2/64^2 + 2/128^2) / 4), over sqrt(5) seeds, times t(0.975, 4) = 2.776: [0.110, 0.140].
+  half = scipy_stats.t.ppf(0.975, 4) * math.sqrt((2 / 64 ** 2 + 2 / 128 ** 2) / 4 / 5)
+  (evidence,) = entry["allocation"]
+  assert (evidence["mean_diff"], evidence["ci_low"], evidence["ci_high"]) == pytest.approx(
+      (0.125, 0.125 - half, 0.125 + half))
+  assert lines[4:7] == [
+      "- **2D, budget 8: best: 8×1 random**. Dice 0.750 ± 0.000 (5), 256 s; better than each cell it was compared "
+      "with (1 comparison).",
+      "  - Shown worse, left out: 4×2 random (than 8×1 random).",
+      "  - Prior studies (the `allocation` family here, finding 1's rule): agrees with the MIDL 2025 study (fewer "
+      "slices per volume over more volumes is better). 8×1 random − 4×2 random: Δ +0.125 [+0.110, +0.140], better; "
+      "margin 0.02."]
+  assert lines[-3:] == ["| dims | budget | candidate | Dice mean ± std (n) | cost s |", "|---|---|---|---|---|",
+                        "| 2D | 8 | 8×1 random | 0.750 ± 0.000 (5) | 256 |"]
+  assert not any("3D" in line for line in lines)
+
+
+def test_recommendation_is_an_equivalent_set_with_its_break_even():
+  # 6 seeds, differences 1/256 +- 1/128: the 90% interval [-0.003, +0.011] lies inside +-0.02.
+  rows = _allocation_rows([(1 if seed % 2 else -1) / 128 for seed in range(6)], offset=1 / 256)
+  (entry,), lines = _recommend(rows, _TIMED)
+  assert (entry["case"], entry["recommended"], entry["agreement"]) == ("equivalent", "8×1 random", "neither")
+  assert [(c["cell"], c["cost"]) for c in entry["candidates"]] == [("8×1 random", 256), ("4×2 random", 136)]
+  # At equal Dice, 4 volumes instead of 8 save 4 x 30 s.
+  assert entry["break_even"] == {"more": "8×1 random", "fewer": "4×2 random", "volumes": 4, "seconds": 120.0}
+  # SD sqrt(6 / 128^2 / 5) over sqrt(6) seeds, times t(0.975, 5) = 2.571: 1/256 -+ 0.009.
+  half = scipy_stats.t.ppf(0.975, 5) * math.sqrt(6 / 128 ** 2 / 5 / 6)
+  (evidence,) = entry["allocation"]
+  assert (evidence["ci_low"], evidence["ci_high"]) == pytest.approx((1 / 256 - half, 1 / 256 + half))
+  assert lines[4:7] == [
+      "- **2D, budget 8: equivalent within ±0.02: any of 8×1 random, 4×2 random**. Comparisons between them: 1 "
+      "equivalent. Highest mean: 8×1 random (Dice 0.754 ± 0.000 (6), 256 s); the cheapest: 4×2 random (136 s).",
+      "  - Break-even: at equal Dice, 4×2 random opens 4 fewer volumes than 8×1 random and saves 4 × 30 s = 120 s.",
+      "  - Prior studies (the `allocation` family here, finding 1's rule): agrees with neither study (the allocations "
+      "are equivalent within the margin). 8×1 random − 4×2 random: Δ +0.004 [-0.005, +0.013], equivalent; margin "
+      "0.02."]
+
+
+def test_recommendation_is_not_separated_under_large_noise_and_points_at_the_seeds():
+  # 3 seeds, differences [1/16, -1/32, 0]: mean 1/96, SD 0.048, 95% interval [-0.108, +0.129].
+  rows = _allocation_rows([1 / 16, -1 / 32, 0])
+  (entry,), lines = _recommend(rows)
+  assert (entry["case"], entry["recommended"], entry["agreement"], entry["seeds"]) == (
+      "not separated", "8×1 random", "inconclusive", [3])
+  pooled = stats.pooled_variability(comparisons_lib.paired_comparisons(rows))
+  assert pooled["seed_sd"] == pytest.approx(float(np.std([1 / 16, -1 / 32, 0], ddof=1)))
+  # 80% power at 0.05 for a difference of 0.02 with the SD's 80% upper limit, 0.048 x sqrt(2 / chi2(0.2, 2)) = 0.101:
+  # about ((1.96 + 0.84) x 0.101 / 0.02)^2 = 200 seeds, 203 under the t distribution.
+  needed = stats.seeds_needed(pooled["seed_sd_upper"], 0.0, 1, 0.02, 0.05, min_seeds=3)
+  assert entry["seeds_needed"]["allocation"]["seeds_needed"] == needed == 203
+  # The default cost model charges nothing per volume: the break-even says so instead of a number.
+  assert entry["break_even"] == {"more": "8×1 random", "fewer": "4×2 random", "volumes": 4, "seconds": None}
+  assert lines[4:7] == [
+      "- **2D, budget 8: not separated at this number of seeds (3)**. Highest mean of the 2 candidates: 8×1 random "
+      "(Dice 0.750 ± 0.000 (3), 8 s). Comparisons between them: 1 inconclusive; seeds needed a priori: allocation 203.",
+      "  - Break-even: at equal Dice, 4×2 random opens 4 fewer volumes than 8×1 random; the cost model charges nothing "
+      "per volume opened (`--seconds_per_volume=...` prices it).",
+      "  - Prior studies (the `allocation` family here, finding 1's rule): inconclusive. 8×1 random − 4×2 random: "
+      "Δ +0.010 [-0.108, +0.129], inconclusive; margin 0.02."]
+
+
+def test_an_undertrained_study_recommends_nothing_but_says_what_the_comparisons_would():
+  noise = [0, 1 / 64, -1 / 64, 1 / 128, -1 / 128]
+  rows = [dict(row, val_curve=_curve(0.02)) for row in _allocation_rows([0.125 - n for n in noise])]
+  (entry,), lines = _recommend(rows)
+  assert (entry["case"], entry["case_without_gate"]) == ("inconclusive: undertrained", "best")
+  assert (entry["agreement"], entry["agreement_without_gate"]) == ("inconclusive: undertrained", "MIDL 2025")
+  assert lines[4].startswith("- **2D, budget 8: inconclusive: undertrained** (the comparisons alone would say: best: "
+                             "8×1 random). Dice 0.750 ± 0.000 (5), 8 s;")
+  assert "inconclusive: undertrained (the comparisons alone would say: agrees with the MIDL 2025 study" in lines[6]
+
+
+def _cell_key(volumes, selection="random"):
+  """The key of the budget-8 cell of `volumes` volumes (2D, without interpolation)."""
+  return (2, 8, volumes, 8 // volumes, selection, False, False)
+
+
+def _verdict(a, b, verdict):
+  """A comparison of the cells with keys a and b (`_cell_key`) that says `verdict` of a - b."""
+  return {"a": dict(zip(cells_lib.CELL_KEY, a)), "b": dict(zip(cells_lib.CELL_KEY, b)), "verdict": verdict}
+
+
+def test_recommendation_cases_from_the_verdicts_alone():
+  rho1, rho2, rho4, ual = _cell_key(8), _cell_key(4), _cell_key(2), _cell_key(8, "ual")
+  # One candidate, better than each cell it is compared with, whether it is a or b.
+  comparisons = [_verdict(rho1, rho2, "better"), _verdict(ual, rho1, "worse")]
+  assert recommendations.case([rho1], comparisons) == "best"
+  # One candidate with an unresolved comparison of its own is not separated, though that cell (rho4) is shown worse
+  # than another (rho2).
+  comparisons = [_verdict(rho1, rho2, "better"), _verdict(rho1, rho4, "inconclusive"), _verdict(rho4, rho2, "worse")]
+  assert recommendations.case([rho1], comparisons) == "not separated"
+  # Equivalences that link every candidate, directly or through another: any of them.
+  comparisons = [_verdict(rho1, rho2, "equivalent"), _verdict(rho1, rho4, "equivalent")]
+  assert recommendations.case([rho1, rho2, rho4], comparisons) == "equivalent"
+  assert recommendations.case([rho1, rho2, rho4, ual], comparisons) == "not separated"  # ual is linked to none
+  comparisons.append(_verdict(ual, rho1, "inconclusive"))
+  assert recommendations.case([rho1, rho2, rho4, ual], comparisons) == "not separated"
+  assert recommendations.shown_worse(_verdict(ual, rho1, "worse")) == ual
+  assert recommendations.shown_worse(_verdict(ual, rho1, "better")) == rho1
+
+
 def test_still_improving_flag_from_learning_curves():
   rows = [_row(s, 0.5, val_curve={"steps": [50, 100], "dice": [0.5, 0.5 + 0.0078125 * s]}) for s in range(2)]
   rows += [_row(s, 0.5, slices=2, val_curve={"steps": [50, 100], "dice": [0.625, 0.5]}) for s in range(2)]
@@ -450,9 +579,10 @@ def test_write_summary_writes_every_file(tmp_path):
   assert reference_line in markdown.split("## Reference (every slice annotated)")[1]
   assert "| selection | 2D | 8 | 4×2 fixed | 4×2 random | 1 | 1 | -0.250 | — | — | — | — | — | underpowered |" \
       in markdown
-  assert ("- 2D, budget 8: the highest mean is 8 volumes × 1 slice per volume, random selection, "
-          "interpolation off (Dice 0.625 ± 0.125 (3)).") in markdown
-  assert "- 3D, budget 8:" in markdown
+  # 8 x 1 and 4 x 2 random tie at 0.625 (the one with more volumes comes first); 3D budget 8 has a single cell.
+  assert ("- **2D, budget 8: not separated at this number of seeds (1-3)**. Highest mean of the 4 candidates: 8×1 "
+          "random (Dice 0.625 ± 0.125 (3), 8 s). Comparisons between them: 1 inconclusive, 2 underpowered") in markdown
+  assert "3D, budget 8" not in markdown.split("## Recommendation per budget")[1]
   found = json.loads((tmp_path / "findings.json").read_text())
   assert [f["finding"] for f in found["findings"]] == [1, 2, 3]
 

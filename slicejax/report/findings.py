@@ -54,14 +54,15 @@ def _tally(comparisons) -> dict:
   return counts
 
 
-def _evidence(comparison) -> dict:
+def evidence(comparison) -> dict:
+  """A comparison as the findings cite it: dims, budget, the cells' labels, Δ, its interval, p-values, verdict."""
   a, b = comparison["a"], comparison["b"]
   return {"dims": a["dims"], "budget": a["budget"], "a": cells_lib.label(a), "b": cells_lib.label(b),
           **{k: comparison[k] for k in ("mean_diff", "ci_low", "ci_high", "p_value", "p_adjusted",
                                          "p_equivalence_adjusted", "verdict", "n_pairs")}}
 
 
-def _direction_verdict(comparisons) -> str:
+def direction_verdict(comparisons) -> str:
   """Finding 1's rule on "a (the fewest slices per volume) is better than b" (`stats.rules_markdown`)."""
   counts = _tally(comparisons)
   if not comparisons:
@@ -120,7 +121,7 @@ def findings(comparisons, cells, options=None) -> list[dict]:
   def result(number, claim, verdict, chosen, **extra):
     return {"finding": number, "claim": claim,
             "verdict": "inconclusive: undertrained" if gate["undertrained"] else verdict,
-            "verdict_without_gate": verdict, "counts": _tally(chosen), "evidence": [_evidence(c) for c in chosen],
+            "verdict_without_gate": verdict, "counts": _tally(chosen), "evidence": [evidence(c) for c in chosen],
             **extra}
 
   out = []
@@ -137,8 +138,8 @@ def findings(comparisons, cells, options=None) -> list[dict]:
         best[key] = {"allocation": cells_lib.label(cell), "slices_per_volume": cell["slices_per_volume"],
                      "dice_mean": cell["dice_mean"]}
   out.append(result(1, "At a fixed budget, fewer slices per volume over more volumes is better.",
-                    _direction_verdict(one_shot), one_shot, best=best,
-                    by_selection={k: {"verdict": _direction_verdict(v), "counts": _tally(v)}
+                    direction_verdict(one_shot), one_shot, best=best,
+                    by_selection={k: {"verdict": direction_verdict(v), "counts": _tally(v)}
                                   for k, v in by_selection.items()}))
 
   ual = [c for c in comparisons
@@ -153,5 +154,5 @@ def findings(comparisons, cells, options=None) -> list[dict]:
   three_d = sorted((c for c in interpolation if c["a"]["dims"] == 3),
                    key=lambda c: (c["a"]["budget"], c["a"]["slices_per_volume"]))
   out.append(result(3, "Mask interpolation rarely helps, except some low-density 3D settings.", verdict, two_d,
-                    three_d=[_evidence(c) for c in three_d], three_d_counts=_tally(three_d)))
+                    three_d=[evidence(c) for c in three_d], three_d_counts=_tally(three_d)))
   return out

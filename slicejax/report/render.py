@@ -20,11 +20,6 @@ def _classes(cells) -> list[str]:
   return list(names)
 
 
-def _allocation(cell) -> str:
-  slices = cell["slices_per_volume"]
-  return f"{cell['volumes']} volumes × {slices} slice{'' if slices == 1 else 's'} per volume"
-
-
 def _table(header, lines) -> list[str]:
   return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
           + ["| " + " | ".join(line) + " |" for line in lines])
@@ -156,6 +151,104 @@ def findings_markdown(found, needed=None) -> list[str]:
   return out
 
 
+_AGREEMENT_TEXT = {
+    "MIDL 2025": "agrees with the MIDL 2025 study (fewer slices per volume over more volumes is better)",
+    "cardiac": "agrees with the cardiac study (more slices per volume is better)",
+    "neither": "agrees with neither study (the allocations are equivalent within the margin)",
+    "mixed": "mixed (the fewest slices per volume better in some comparisons, worse in others)"}
+
+
+def _plural(n, word) -> str:
+  return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _case_text(entry, case) -> str:
+  """The headline of a budget's recommendation for `case`, its gated or its ungated case."""
+  if case == "best":
+    return f"best: {entry['recommended']}"
+  if case == "equivalent":
+    return f"equivalent within ±{entry['margin']:g}: any of {', '.join(c['cell'] for c in entry['candidates'])}"
+  if case == "not separated" and entry["seeds"]:
+    low, high = entry["seeds"][0], entry["seeds"][-1]
+    return f"not separated at this number of seeds ({low if low == high else f'{low}-{high}'})"
+  return case
+
+
+def _case_detail(entry, cell) -> str:
+  """What backs a budget's case: the recommended `cell`, the comparisons, the seeds their families need."""
+  if cell is None:
+    return "Every cell is shown worse than another: the comparisons contradict each other."
+  named = f"{entry['recommended']} (Dice {_spread(cell)}, {cell['cost']:g} s)"
+  if entry["case_without_gate"] == "best":
+    return (f"Dice {_spread(cell)}, {cell['cost']:g} s; better than each cell it was compared with "
+            f"({_plural(entry['counts']['better'], 'comparison')}).")
+  if entry["case_without_gate"] == "equivalent":
+    costs = sorted(entry["candidates"], key=lambda c: c["cost"])
+    cheapest = (f"the cheapest: {costs[0]['cell']} ({costs[0]['cost']:g} s)" if costs[0]["cost"] < costs[-1]["cost"]
+                else f"each costs {costs[0]['cost']:g} s")
+    return f"Comparisons between them: {_counts_text(entry['counts'])}. Highest mean: {named}; {cheapest}."
+  needed = "; ".join(f"{family} {seeds_text(e)}" for family, e in entry["seeds_needed"].items())
+  if len(entry["candidates"]) == 1:
+    compared = f"The only candidate: {named}. Its comparisons, read as it − other: {_counts_text(entry['counts'])}"
+  else:
+    compared = (f"Highest mean of the {len(entry['candidates'])} candidates: {named}. Comparisons between them: "
+                + (_counts_text(entry["counts"]) if entry["counts"] else "none"))
+  return compared + (f"; seeds needed a priori: {needed}" if needed else "") + "."
+
+
+def _break_even_text(be, seconds_per_volume) -> str:
+  opens = f"at equal Dice, {be['fewer']} opens {be['volumes']:g} fewer volumes than {be['more']}"
+  if be["seconds"] is not None:
+    return f"Break-even: {opens} and saves {be['volumes']:g} × {seconds_per_volume:g} s = {be['seconds']:g} s."
+  return (f"Break-even: {opens}; the cost model charges nothing per volume opened (`--seconds_per_volume=...` "
+          "prices it).")
+
+
+def _agreement_text(entry) -> str:
+  agreement = _AGREEMENT_TEXT.get(entry["agreement"], entry["agreement"])
+  if entry["agreement"] != entry["agreement_without_gate"]:
+    alone = _AGREEMENT_TEXT.get(entry["agreement_without_gate"], entry["agreement_without_gate"])
+    agreement += f" (the comparisons alone would say: {alone})"
+  evidence = "; ".join(
+      f"{e['a']} − {e['b']}: Δ {'—' if math.isnan(e['mean_diff']) else format(e['mean_diff'], '+.3f')} "
+      f"{_interval(e['ci_low'], e['ci_high'])}, {e['verdict']}" for e in entry["allocation"])
+  return (f"Prior studies (the `allocation` family here, finding 1's rule): {agreement}. {evidence}; margin "
+          f"{entry['margin']:g}.")
+
+
+def recommendations_markdown(recommended, cells, cost) -> list[str]:
+  """The "Recommendation per budget" section (`recommendations.recommendations`): per budget the case, the cells
+  left out, the break-even and the prior study the allocation comparisons agree with, then the candidates' cost;
+  nothing when no budget has two or more cells."""
+  if not recommended:
+    return []
+  by_key = {tuple(c[name] for name in cells_lib.CELL_KEY): c for c in cells}
+  out = ["## Recommendation per budget", "",
+         "What to annotate at each budget with two or more cells, read off the pre-specified comparisons above and no "
+         "other test (rules above): the candidates are the cells that no comparison at their budget shows worse than "
+         "another, and the recommendation is the candidate with the highest mean.", ""]
+  table = []
+  for entry in recommended:
+    keys = [tuple(c[name] for name in cells_lib.CELL_KEY) for c in entry["candidates"]]
+    case = _case_text(entry, entry["case"]) + "**"
+    if entry["case"] != entry["case_without_gate"]:
+      case += f" (the comparisons alone would say: {_case_text(entry, entry['case_without_gate'])})"
+    out.append(f"- **{entry['dims']}D, budget {entry['budget']}: {case}. "
+               + _case_detail(entry, by_key[keys[0]] if keys else None))
+    if entry["shown_worse"]:
+      out.append("  - Shown worse, left out: " + "; ".join(
+          f"{name} (than {', '.join(than)})" for name, than in entry["shown_worse"].items()) + ".")
+    if entry["break_even"]:
+      out.append("  - " + _break_even_text(entry["break_even"], cost["seconds_per_volume"]))
+    if entry["agreement"]:
+      out.append("  - " + _agreement_text(entry))
+    table += [[f"{entry['dims']}D", str(entry["budget"]), c["cell"], _spread(by_key[key]), f"{c['cost']:g}"]
+              for c, key in zip(entry["candidates"], keys)]
+  out += ["", "The candidates, highest mean first, and their annotation cost (cost model under \"Annotation cost\"):",
+          ""]
+  return out + _table(["dims", "budget", "candidate", "Dice mean ± std (n)", "cost s"], table)
+
+
 def figure_links(pngs, prefix) -> str:
   """The "Figures" section: a titled link to each figure file, `prefix` put before its name."""
   titles = {"dice_vs_allocation.png": "Dice against slices per volume", "dice_vs_budget.png": "Dice against budget",
@@ -167,9 +260,9 @@ def figure_links(pngs, prefix) -> str:
   return "\n".join(lines)
 
 
-def summary_markdown(cells, comparisons, found, gate, needed, frontier, cost, options, compute) -> str:
+def summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options, compute) -> str:
   """summary.md without its figures: the rules, the trust gate, the findings, the cells, the reference, the
-  comparisons, the highest mean per budget, the rounds, the annotation cost frontier and the compute used."""
+  comparisons, the recommendation per budget, the rounds, the annotation cost frontier and the compute used."""
   classes = _classes(cells)
   grid = [cell for cell in cells if not cell["reference"]]
   reference = [cell for cell in cells if cell["reference"]]
@@ -209,17 +302,8 @@ def summary_markdown(cells, comparisons, found, gate, needed, frontier, cost, op
           "test-volume model; p of Δ = 0 and of the equivalence test, raw and Holm-adjusted within the family "
           "(rules above).", ""]
   out += _comparison_table(comparisons, options) if comparisons else ["No cells to compare yet."]
-  out += ["", "## Highest mean per budget", "",
-          "Descriptive: the cell with the highest mean Dice; whether it is better than the others is what the "
-          "comparisons above say.", ""]
-  by_budget = {}
-  for cell in grid:
-    by_budget.setdefault((cell["dims"], cell["budget"]), []).append(cell)
-  for (dims, budget), members in by_budget.items():
-    best = max(members, key=lambda cell: -math.inf if math.isnan(cell["dice_mean"]) else cell["dice_mean"])
-    out.append(
-        f"- {dims}D, budget {budget}: the highest mean is {_allocation(best)}, {best['selection']} selection, "
-        f"interpolation {'on' if best['interpolation'] else 'off'} (Dice {_spread(best)}).")
+  section = recommendations_markdown(recommended, cells, cost)
+  out += [""] + section if section else []
   in_round = [cell for cell in grid if cell.get("round_slices")]
   if in_round:
     out += ["", "## Rounds", "",

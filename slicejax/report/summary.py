@@ -22,6 +22,7 @@ from slicejax.report import cells as cells_lib
 from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import figures
 from slicejax.report import findings as findings_lib
+from slicejax.report import recommendations
 from slicejax.report import render
 from slicejax.report import runs
 
@@ -31,9 +32,11 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
 
   - `summary.md`: the rules (`statistics.rules_markdown`), the trust gate, the findings, the cells (mean ± std over
     seeds, surface metrics, flags), the reference, the pre-specified comparisons with intervals, raw and adjusted
-    p-values and verdicts, the seeds each family needs, the best cell per budget and the annotation cost view.
+    p-values and verdicts, the seeds each family needs, the recommendation per budget
+    (`recommendations.recommendations`) and the annotation cost view.
   - `summary.csv`: one line per cell with plain numbers (booleans as 0/1, missing values empty).
-  - `findings.json`: `findings`, `trust_gate`, `seeds_needed`, `comparisons`, `options` and `cost`.
+  - `findings.json`: `findings`, `trust_gate`, `seeds_needed`, `recommendations`, `comparisons`, `options` and
+    `cost`.
   - figures (`slicejax.report.figures`): `dice_vs_allocation.png`, `dice_vs_budget.png`, `forest.png`,
     `dice_per_class.png`, `dice_vs_cost.png`, `learning_curves.png`.
 
@@ -53,8 +56,9 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   found = findings_lib.findings(comparisons, cells, options)
   gate = findings_lib.trust_gate(cells, options)
   needed = comparisons_lib.seeds_needed(comparisons, options)
+  recommended = recommendations.recommendations(comparisons, cells, options, cost=cost, needed=needed)
   frontier = cells_lib.cost_frontier(cells)
-  text = render.summary_markdown(cells, comparisons, found, gate, needed, frontier, cost, options,
+  text = render.summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options,
                                  runs.compute_used(rows))
   pngs = figures.all_figures(cells, comparisons, cost)
   files.atomic_write(os.path.join(workdir, "summary.md"), preamble + text + render.figure_links(pngs, ""))
@@ -63,8 +67,8 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
     files.atomic_write(document, preamble + text + render.figure_links(pngs, prefix + "/"))
   files.atomic_write(os.path.join(workdir, "summary.csv"), render.summary_csv(cells))
   files.atomic_write(os.path.join(workdir, "findings.json"), json.dumps(
-      {"findings": found, "trust_gate": gate, "seeds_needed": needed, "comparisons": comparisons,
-       "options": options, "cost": cost}, indent=1, default=_json_value) + "\n")
+      {"findings": found, "trust_gate": gate, "seeds_needed": needed, "recommendations": recommended,
+       "comparisons": comparisons, "options": options, "cost": cost}, indent=1, default=_json_value) + "\n")
   for name, png in pngs.items():
     files.atomic_write(os.path.join(workdir, name), png)
   logging.info("wrote the summary of %d rows (%d cells) to %s", len(rows), len(cells), workdir)

@@ -1,0 +1,187 @@
+"""What to annotate at each budget, read off the pre-specified comparisons: no test of its own.
+
+At one (dims, budget) with two or more cells (sparse, with a defined mean Dice), the candidates are the cells that no
+comparison there shows worse than another cell (`worse` as a, `better` as b), and the recommendation is the candidate
+with the highest mean. The case says how far the comparisons separate it (`stats.rules_markdown`):
+- "best": it is the only candidate, and better in every comparison it is in;
+- "equivalent": two or more candidates, every comparison between two of them `equivalent`, and those comparisons link
+  them all;
+- "not separated": otherwise.
+Beside it, the budget's comparisons of the `allocation` family, read by finding 1's rule (`findings.direction_verdict`),
+say which prior study the dataset agrees with there: the MIDL 2025 study (fewer slices per volume over more volumes is
+better) or the cardiac study (more slices per volume is better).
+"""
+
+import math
+
+from slicejax.report import cells as cells_lib
+from slicejax.report import findings as findings_lib
+from slicejax.report import statistics as stats
+
+BEST, EQUIVALENT, NOT_SEPARATED = "best", "equivalent", "not separated"
+UNDERTRAINED = "inconclusive: undertrained"
+# Finding 1's verdict on a budget's allocation comparisons, as the prior study it agrees with; other verdicts (mixed,
+# inconclusive, underpowered) are kept as they are.
+AGREEMENT = {"reproduced": "MIDL 2025", "reversed": "cardiac", "not reproduced: equivalent": "neither"}
+
+
+def _key(cell) -> tuple:
+  return tuple(cell[name] for name in cells_lib.CELL_KEY)
+
+
+def shown_worse(comparison) -> tuple | None:
+  """The key of the cell a comparison shows worse than the other (a when `worse`, b when `better`), or None."""
+  if comparison["verdict"] == stats.BETTER:
+    return _key(comparison["b"])
+  if comparison["verdict"] == stats.WORSE:
+    return _key(comparison["a"])
+  return None
+
+
+def linked(keys, comparisons) -> bool:
+  """Whether `comparisons` join every cell key of `keys` to every other, directly or through other keys of `keys`."""
+  keys = set(keys)
+  reached, frontier = set(), [next(iter(keys))] if keys else []
+  while frontier:
+    key = frontier.pop()
+    if key in reached:
+      continue
+    reached.add(key)
+    for c in comparisons:
+      a, b = _key(c["a"]), _key(c["b"])
+      if key in (a, b) and {a, b} <= keys:
+        frontier.append(b if key == a else a)
+  return reached == keys
+
+
+def deciding(candidates, comparisons) -> list[dict]:
+  """The comparisons a budget's case rests on: with one candidate (a key), its own, read as candidate − other; with
+  more, those between two candidates."""
+  pairs = [(c, _key(c["a"]), _key(c["b"])) for c in comparisons]
+  if len(candidates) == 1:
+    return [c if a == candidates[0] else stats.flip(c) for c, a, b in pairs if candidates[0] in (a, b)]
+  return [c for c, a, b in pairs if {a, b} <= set(candidates)]
+
+
+def case(candidates, comparisons) -> str:
+  """`BEST`, `EQUIVALENT` or `NOT_SEPARATED` (the module docstring) for candidate keys and the budget's comparisons."""
+  decide = deciding(candidates, comparisons)
+  if len(candidates) == 1 and decide and all(c["verdict"] == stats.BETTER for c in decide):
+    return BEST
+  if len(candidates) >= 2 and all(c["verdict"] == stats.EQUIVALENT for c in decide) and linked(candidates, decide):
+    return EQUIVALENT
+  return NOT_SEPARATED
+
+
+def break_even(candidates, seconds_per_volume: float) -> dict | None:
+  """At equal Dice, what the candidate opening the fewest volumes saves over the one opening the most.
+
+  Args:
+    candidates: the budget's candidate cells (`cells.summarise`), highest mean first.
+    seconds_per_volume: the cost model's seconds per volume opened.
+
+  Returns:
+    {`more`, `fewer` (labels), `volumes` (saved: s1 - s2), `seconds` ((s1 - s2) x seconds_per_volume; None when the
+    cost model charges nothing per volume)}; None when the candidates open equally many volumes.
+  """
+  opened = [(c.get("annotated_volumes") or c["volumes"], c) for c in candidates]
+  most = max(opened, key=lambda item: item[0])
+  fewest = min(opened, key=lambda item: item[0])
+  if most[0] == fewest[0]:
+    return None
+  saved = most[0] - fewest[0]
+  return {"more": cells_lib.label(most[1]), "fewer": cells_lib.label(fewest[1]), "volumes": saved,
+          "seconds": saved * seconds_per_volume if seconds_per_volume > 0 else None}
+
+
+def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volume: float = 0.0,
+                          needed=None) -> dict:
+  """The recommendation at one (dims, budget).
+
+  Args:
+    cells: the budget's sparse cells with a defined mean (`cells.summarise`), two or more.
+    comparisons: the pre-specified comparisons between them (`comparisons.paired_comparisons`).
+    margin: the equivalence margin in Dice.
+    seconds_per_volume: the cost model's seconds per volume opened (for `break_even`).
+    needed: `comparisons.seeds_needed`'s table; None: no seeds are pointed at.
+
+  Returns:
+    dict of `dims`, `budget`, `case`, `recommended` (the candidate with the highest mean; None when every cell is
+    shown worse than another), `candidates` ([{the `cells.CELL_KEY` fields, `cell` (label), `dice_mean`, `cost`}],
+    highest mean first, the cheaper first on a tie), `shown_worse` ({label: labels of the cells it is shown worse
+    than}), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
+    `inconclusive` or `underpowered`), `seeds_needed`
+    ({family of an unresolved comparison: its `needed` entry}), `break_even`, `agreement` (`AGREEMENT`'s word for
+    finding 1's rule on the `allocation` family's comparisons here; None without any), `allocation` (those
+    comparisons, `findings.evidence`) and `margin`.
+  """
+  by_key = {_key(c): c for c in cells}
+
+  def label(key):
+    return cells_lib.label(by_key[key])
+
+  comparisons = [c for c in comparisons if _key(c["a"]) in by_key and _key(c["b"]) in by_key]
+  beaten = {}
+  for c in comparisons:
+    loser = shown_worse(c)
+    if loser is not None:
+      beaten.setdefault(loser, []).append(_key(c["a"]) if loser == _key(c["b"]) else _key(c["b"]))
+  ordered = sorted(cells, key=lambda c: (-c["dice_mean"], c["cost"], cells_lib.sort_key(_key(c))))
+  candidates = [_key(c) for c in ordered if _key(c) not in beaten]
+  decide = deciding(candidates, comparisons)
+  unresolved = [c for c in decide if c["verdict"] in (stats.INCONCLUSIVE, stats.UNDERPOWERED)]
+  allocation = [c for c in comparisons if c.get("family") == "allocation"]
+  verdict = findings_lib.direction_verdict(allocation) if allocation else None
+  counts = dict.fromkeys(stats.VERDICTS, 0)
+  for c in decide:
+    counts[c["verdict"]] += 1
+  return {
+      "dims": cells[0]["dims"], "budget": cells[0]["budget"], "case": case(candidates, comparisons),
+      "recommended": label(candidates[0]) if candidates else None,
+      "candidates": [{**dict(zip(cells_lib.CELL_KEY, key)), "cell": label(key), "dice_mean": by_key[key]["dice_mean"],
+                      "cost": by_key[key]["cost"]} for key in candidates],
+      "shown_worse": {label(key): [label(k) for k in dict.fromkeys(beaten[key])]
+                      for key in map(_key, ordered) if key in beaten},
+      "counts": {k: n for k, n in counts.items() if n},
+      "seeds": sorted({c["n_pairs"] for c in unresolved}),
+      "seeds_needed": {c["family"]: needed[c["family"]] for c in unresolved if needed and c.get("family") in needed},
+      "break_even": break_even([by_key[key] for key in candidates], seconds_per_volume),
+      "agreement": AGREEMENT.get(verdict, verdict), "allocation": [findings_lib.evidence(c) for c in allocation],
+      "margin": margin}
+
+
+def recommendations(comparisons, cells, options=None, *, cost=None, needed=None) -> list[dict]:
+  """The recommendation at every (dims, budget) with two or more sparse cells of defined mean Dice, in table order.
+
+  Args:
+    comparisons: `comparisons.paired_comparisons`' output.
+    cells: `cells.summarise`'s output.
+    options: the statistics options (`comparisons.stats_options`); None: the defaults.
+    cost: the annotation cost model; None: `cells.DEFAULT_COST`.
+    needed: `comparisons.seeds_needed`'s table.
+
+  Returns:
+    One `budget_recommendation` per budget, with `case_without_gate` and `agreement_without_gate`: when the trust
+    gate (`findings.trust_gate`) is closed, `case` and `agreement` (where there is one) are "inconclusive:
+    undertrained".
+  """
+  gate = findings_lib.trust_gate(cells, options)
+  margin = dict(stats.DEFAULTS, **(options or {}))["margin"]
+  cost = cells_lib.DEFAULT_COST if cost is None else cost
+  budgets = {}
+  for cell in cells:
+    if not cell["reference"] and not math.isnan(cell["dice_mean"]):
+      budgets.setdefault((cell["dims"], cell["budget"]), []).append(cell)
+  out = []
+  for (dims, budget), members in budgets.items():
+    if len(members) < 2:
+      continue
+    here = [c for c in comparisons if (c["a"]["dims"], c["a"]["budget"]) == (dims, budget)]
+    entry = budget_recommendation(members, here, margin=margin, seconds_per_volume=cost["seconds_per_volume"],
+                                  needed=needed)
+    entry.update(case_without_gate=entry["case"], agreement_without_gate=entry["agreement"])
+    if gate["undertrained"]:
+      entry["case"] = UNDERTRAINED
+      entry["agreement"] = None if entry["agreement"] is None else UNDERTRAINED
+    out.append(entry)
+  return out
