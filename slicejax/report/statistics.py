@@ -349,11 +349,24 @@ def rules_markdown(options: dict) -> str:
   equivalent, `not reproduced` when more are better than worse or equivalent, `mixed` when some are better and
   some support the claim, else `inconclusive`. A difference that no test resolves never counts as support; one
   resolved as better but inside the margin (its equivalence test rejects too) does not count against the claim.
+- **Recommendation per budget.** Read off the verdicts above, with no test of its own. At each dims and budget with
+  two or more cells, a cell is a candidate unless a comparison there shows it worse than another cell (`worse` as
+  a, `better` as b); the recommendation is the candidate with the highest mean Dice. The case rests on the only
+  candidate's comparisons, or on those between two candidates: `best` when it is the only candidate and `better` in
+  each of its comparisons; `equivalent within ±δ: any of them` when there are two or more candidates, every
+  comparison between two of them is `equivalent`, and these comparisons link them all (candidates not compared
+  directly are linked through others, each link within ±δ), so the cheapest will do; else `not separated`, at this
+  number of seeds when some of them are `inconclusive` or `underpowered`, with the seeds their families need a
+  priori. Per budget, the `allocation` comparisons there, by finding 1's rule, say which prior study the dataset
+  agrees with: the MIDL 2025 study (fewer slices per volume better) when `reproduced`, the cardiac study (more
+  slices per volume better) when `reversed`, neither when `not reproduced: equivalent`, else `mixed` or
+  `inconclusive`.
 - **Trust gate.** A cell is `still improving` when its mean validation Dice rose by more than
   {o['plateau_tolerance']:g} over the last learning-curve interval. When a fully annotated reference is still
   improving, or more than {100 * o['max_improving_share']:g}% of the cells with learning curves are, every finding
-  is `inconclusive: undertrained`, with the reason. A reference below the best sparse cell, and cells without
-  learning curves (whose convergence cannot be checked), are flagged.
+  and every case and prior study of the recommendation per budget is `inconclusive: undertrained`, with the
+  reason. A reference below the best sparse cell, and cells without learning curves (whose convergence cannot be
+  checked), are flagged.
 - **Limits.** The calibration below holds for seed effects that are roughly symmetric. A model that fails now and
   then (one seed in ten collapsing) makes a mean over 3-10 seeds unreliable in a way no test on those seeds can see:
   such a seed shows as a diverged model or an outlying per-seed difference, and is worth rerunning or reporting
