@@ -420,6 +420,11 @@ def test_recommendation_is_not_separated_under_large_noise_and_points_at_the_see
       "per volume opened (`--seconds_per_volume=...` prices it).",
       "  - Prior studies (the `allocation` family here, finding 1's rule): inconclusive. 8×1 random − 4×2 random: "
       "Δ +0.010 [-0.108, +0.129], inconclusive; margin 0.02."]
+  # One seed: no interval, and no variability to size the seeds from.
+  (entry,), lines = _recommend(_allocation_rows([1 / 16]))
+  assert (entry["case"], entry["seeds"], entry["seeds_needed"]) == ("not separated", [1], {})
+  assert lines[4].endswith("Comparisons between them: 1 underpowered.")
+  assert lines[6].endswith("inconclusive: underpowered. 8×1 random − 4×2 random: Δ +0.062, underpowered; margin 0.02.")
 
 
 def test_an_undertrained_study_recommends_nothing_but_says_what_the_comparisons_would():

@@ -94,6 +94,11 @@ def break_even(candidates, seconds_per_volume: float) -> dict | None:
           "seconds": saved * seconds_per_volume if seconds_per_volume > 0 else None}
 
 
+def _sized(entry) -> bool:
+  """Whether a family's `comparisons.seeds_needed` entry says how many seeds it needs (a number, or more than any)."""
+  return entry["seeds_needed"] is not None or entry["unreachable"]
+
+
 def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volume: float = 0.0,
                           needed=None) -> dict:
   """The recommendation at one (dims, budget).
@@ -111,7 +116,7 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     highest mean first, the cheaper first on a tie), `shown_worse` ({label: labels of the cells it is shown worse
     than}), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
     `inconclusive` or `underpowered`), `seeds_needed`
-    ({family of an unresolved comparison: its `needed` entry}), `break_even`, `agreement` (`AGREEMENT`'s word for
+    ({family of an unresolved comparison: its `needed` entry, where that sizes it}), `break_even`, `agreement` (`AGREEMENT`'s word for
     finding 1's rule on the `allocation` family's comparisons here; None without any), `allocation` (those
     comparisons, `findings.evidence`) and `margin`.
   """
@@ -144,7 +149,8 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
                       for key in map(_key, ordered) if key in beaten},
       "counts": {k: n for k, n in counts.items() if n},
       "seeds": sorted({c["n_pairs"] for c in unresolved}),
-      "seeds_needed": {c["family"]: needed[c["family"]] for c in unresolved if needed and c.get("family") in needed},
+      "seeds_needed": {c["family"]: needed[c["family"]] for c in unresolved
+                       if c.get("family") in (needed or {}) and _sized(needed[c["family"]])},
       "break_even": break_even([by_key[key] for key in candidates], seconds_per_volume),
       "agreement": AGREEMENT.get(verdict, verdict), "allocation": [findings_lib.evidence(c) for c in allocation],
       "margin": margin}

@@ -210,8 +210,9 @@ def _agreement_text(entry) -> str:
     alone = _AGREEMENT_TEXT.get(entry["agreement_without_gate"], entry["agreement_without_gate"])
     agreement += f" (the comparisons alone would say: {alone})"
   evidence = "; ".join(
-      f"{e['a']} − {e['b']}: Δ {'—' if math.isnan(e['mean_diff']) else format(e['mean_diff'], '+.3f')} "
-      f"{_interval(e['ci_low'], e['ci_high'])}, {e['verdict']}" for e in entry["allocation"])
+      f"{e['a']} − {e['b']}: Δ {'—' if math.isnan(e['mean_diff']) else format(e['mean_diff'], '+.3f')}"
+      + ("" if e["ci_low"] is None else f" {_interval(e['ci_low'], e['ci_high'])}") + f", {e['verdict']}"
+      for e in entry["allocation"])
   return (f"Prior studies (the `allocation` family here, finding 1's rule): {agreement}. {evidence}; margin "
           f"{entry['margin']:g}.")
 
