@@ -115,8 +115,8 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     shown worse than another), `candidates` ([{the `cells.CELL_KEY` fields, `cell` (label), `dice_mean`, `cost`}],
     highest mean first, the cheaper first on a tie), `shown_worse` ({label: labels of the cells it is shown worse
     than}), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
-    `inconclusive` or `underpowered`), `seeds_needed`
-    ({family of an unresolved comparison: its `needed` entry, where that sizes it}), `break_even`, `agreement` (`AGREEMENT`'s word for
+    `inconclusive` or `underpowered`), `seeds_needed` ({family of an unresolved comparison: the `seeds_needed` and
+    `unreachable` of its `needed` entry, where that sizes it}), `break_even`, `agreement` (`AGREEMENT`'s word for
     finding 1's rule on the `allocation` family's comparisons here; None without any), `allocation` (those
     comparisons, `findings.evidence`) and `margin`.
   """
@@ -149,8 +149,8 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
                       for key in map(_key, ordered) if key in beaten},
       "counts": {k: n for k, n in counts.items() if n},
       "seeds": sorted({c["n_pairs"] for c in unresolved}),
-      "seeds_needed": {c["family"]: needed[c["family"]] for c in unresolved
-                       if c.get("family") in (needed or {}) and _sized(needed[c["family"]])},
+      "seeds_needed": {c["family"]: {k: needed[c["family"]][k] for k in ("seeds_needed", "unreachable")}
+                       for c in unresolved if c.get("family") in (needed or {}) and _sized(needed[c["family"]])},
       "break_even": break_even([by_key[key] for key in candidates], seconds_per_volume),
       "agreement": AGREEMENT.get(verdict, verdict), "allocation": [findings_lib.evidence(c) for c in allocation],
       "margin": margin}
