@@ -463,6 +463,16 @@ def test_recommendation_cases_from_the_verdicts_alone():
   assert recommendations.case([rho1, rho2, rho4, ual], comparisons) == "not separated"  # ual is linked to none
   comparisons.append(_verdict(ual, rho1, "inconclusive"))
   assert recommendations.case([rho1, rho2, rho4, ual], comparisons) == "not separated"
+  # Rendered: two equivalent pairs that no comparison joins (fixed - random at 8 x 1, interpolation of ual at 4 x 2)
+  # are not separated, and the line says why.
+  rows = [_row(seed, 0.75, **fields) for seed in range(3)
+          for fields in ({"selection": "random"}, {"selection": "fixed"}, {"slices": 2, "selection": "ual"},
+                         {"slices": 2, "selection": "ual", "interpolation": True})]
+  (entry,), lines = _recommend(rows)
+  assert (entry["case"], entry["counts"], entry["seeds"]) == ("not separated", {"equivalent": 2}, [])
+  assert lines[4] == ("- **2D, budget 8: not separated**. Highest mean of the 4 candidates: 8×1 random (Dice 0.750 ± "
+                      "0.000 (3), 8 s). Comparisons between them: 2 equivalent, which do not link every candidate to "
+                      "the others.")
   assert recommendations.shown_worse(_verdict(ual, rho1, "worse")) == ual
   assert recommendations.shown_worse(_verdict(ual, rho1, "better")) == rho1
 

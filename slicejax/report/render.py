@@ -193,6 +193,8 @@ def _case_detail(entry, cell) -> str:
   else:
     compared = (f"Highest mean of the {len(entry['candidates'])} candidates: {named}. Comparisons between them: "
                 + (_counts_text(entry["counts"]) if entry["counts"] else "none"))
+    if entry["counts"] and not entry["seeds"]:
+      compared += ", which do not link every candidate to the others"
   return compared + (f"; seeds needed a priori: {needed}" if needed else "") + "."
 
 
