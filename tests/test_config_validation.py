@@ -285,3 +285,20 @@ def test_check_refuses_a_bad_value_before_jax_is_imported():
           "'--config.train.steps=0', '--check']; runpy.run_path('launch.py', run_name='__main__')")
   out = subprocess.run([sys.executable, "-c", code], cwd=_REPO, capture_output=True, text=True)
   assert (out.returncode, out.stderr.strip().splitlines()[-1]) == (2, "error: config.train.steps: must be >= 1, got 0")
+
+
+@pytest.mark.parametrize("selection, message", [
+    ("passive", "config.plan.selection: with config.plan.model, must be entropy, ensemble or hybrid, got 'passive'"),
+    ("fixed", "config.plan.selection: with config.plan.model, must be entropy, ensemble or hybrid, got 'fixed'"),
+    ("entropy", None)])
+def test_a_worklist_from_a_model_takes_only_a_selection_that_uses_it(selection, message):
+  config = config_lib.load("configs/demo.py:tiny")
+  with config.unlocked():
+    config.plan = config_lib.plan_block()
+    config.plan.update(model="runs/x", annotated="labels", selection=selection, budget=4)
+  if message is None:
+    config_lib.validate_plan(config)
+    return
+  with pytest.raises(InputError) as err:
+    config_lib.validate_plan(config)
+  assert str(err.value) == message

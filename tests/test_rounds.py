@@ -257,6 +257,44 @@ def test_a_last_round_without_members_gives_the_same_rows(setup, clean, warm_row
   assert [r["round_history"] for r in rows] == [r["round_history"] for r in same]
 
 
+def test_passive_draws_at_random_without_a_model_beside_a_point_that_uses_one(setup, clean, tmp_path):
+  config = _config()
+  config.study.selections = ("entropy", "passive")
+  dataset, splits, _, points, plans = train.read_inputs(config, use_cache=False)
+  assert [p.name for p in points][2:] == ["2d_b8_s2_rho4_passive_r3_seed0", "2d_b8_s2_rho4_passive_r3_free_seed0"]
+  assert [rounds.trainings(config, p) for p in points] == [3, 3, 1, 1]
+  sizes = two_d.data_sizes(config, points, [plans[p.name] for p in points])
+  trained = []
+
+  def train_group(config_, models, *args, **kwargs):
+    trained.append([m.name for m in models])
+    return train.train_group(config_, models, *args, **kwargs)
+
+  def run(folder):
+    (folder / "plans").mkdir(parents=True)
+    return rounds.train_rounds(config, points, plans, splits, dataset, 0, folder, train_group=train_group,
+                               sizes=sizes, programs=setup["programs"])
+
+  rows = run(tmp_path / "a")
+  # Rounds 0 and 1 train only the entropy points' models; the passive points train once, in the last round.
+  assert trained == [[p.name for p in points[:2]]] * 2 + [[p.name for p in points]]
+  for row in rows[2:]:
+    history = row["round_history"]
+    assert [h["slices"] for h in history] == [4, 6, 8] and [h["val_dice"] is None for h in history] == [
+        True, True, False]
+    chosen = [(c, s) for h in history for c, slices in h["added"].items() for s in slices]
+    assert len(chosen) == len(set(chosen)) == 8
+  assert rows[2]["annotated_volumes"] == 2 and rows[2]["annotated_slices_per_volume"] == 4.0
+  # Each entropy point chooses as it does beside the ensemble points; the draws repeat exactly.
+  assert [r["round_history"] for r in rows[:2]] == [r["round_history"] for r in clean["rows"][:2]]
+  assert [results.comparable(r) for r in rows[:2]] == [results.comparable(r) for r in clean["rows"][:2]]
+  assert [r["round_history"] for r in run(tmp_path / "b")] == [r["round_history"] for r in rows]
+  # Different seeds, different draws: the round's generator follows the point's seed.
+  first = rounds.round_rng(points[2], 1).permutation(16)
+  assert not np.array_equal(first, rounds.round_rng(dataclasses.replace(points[2], seed=1), 1).permutation(16))
+  assert np.array_equal(first, rounds.round_rng(points[2], 1).permutation(16))
+
+
 def test_ensemble_members_together_equal_members_alone(setup, tmp_path):
   config = setup["config"]
   point = setup["points"][2]

@@ -496,7 +496,7 @@ def validate_plan(config) -> None:
     if not (c.get("plan.annotated") or c.get("plan.previous")):
       c.fail("plan.annotated", "say what is annotated so far: a folder of label files, or config.plan.previous")
     _check_selection(c, "plan.selection", c.text("plan.selection"))
-    if not _model_based(c.get("plan.selection")):
+    if not _model_based(c.get("plan.selection")) or c.get("plan.selection") == "passive":
       c.fail("plan.selection", "with config.plan.model, must be entropy, ensemble or hybrid, got "
              f"{c.get('plan.selection')!r}")
     _check_rounds(c)

@@ -19,9 +19,9 @@ STREAM_SOURCES = ("volumes", "store", "tfds")  # `slicejax.training.inputs.strea
 STRATEGIES = ("vmap", "loop", "sequential", "mesh")  # `slicejax.training.parallel`
 UAL_METHODS = ("kmeans", "kcenter", "typiclust")  # `slicejax.study.selection.ual`
 # The selection strategies, the modules of `slicejax.study.selection` (a test holds the two together), and those that
-# choose in rounds with a trained model (their module's `MODEL_BASED`).
-SELECTIONS = ("annotated", "ensemble", "entropy", "fixed", "hybrid", "random", "ual")
-MODEL_BASED_SELECTIONS = ("ensemble", "entropy", "hybrid")
+# choose in rounds (their module's `MODEL_BASED`), with a trained model but for the control `passive`.
+SELECTIONS = ("annotated", "ensemble", "entropy", "fixed", "hybrid", "passive", "random", "ual")
+MODEL_BASED_SELECTIONS = ("ensemble", "entropy", "hybrid", "passive")
 # Defaults of the config keys `stats.*` (`slicejax.report.statistics`); the report reads the run's own values.
 STATS = {"alpha": 0.05, "margin": 0.02, "min_seeds": 3, "power": 0.8, "plateau_tolerance": 0.005,
          "max_improving_share": 0.1}

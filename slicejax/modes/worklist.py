@@ -121,7 +121,8 @@ def choose(config, images: index_lib.ImageSet, offered: dict, so_far: dict) -> t
 def build(config, images: index_lib.ImageSet, names: tuple, offered: dict) -> dict:
   """The worklist as `plan.build` returns a plan, with `base`: case id -> the annotations a template continues."""
   cfg = config.plan
-  if not getattr(selection_lib.get(cfg.selection), "MODEL_BASED", False):
+  method = selection_lib.get(cfg.selection)
+  if not getattr(method, "MODEL_BASED", False) or not getattr(method, "NEEDS_MODEL", True):
     raise InputError("config.plan.selection", f"with config.plan.model, must be a model-based selection (entropy, "
                      f"ensemble, hybrid), got {cfg.selection!r}")
   ignore = len(names)

@@ -93,10 +93,27 @@ def models_of(config):
   return lambda point: strategy(point).members(config.rounds) if point.rounds > 1 else 1
 
 
+def needs_model(config, point: study.Point) -> bool:
+  """Whether a round point trains in the rounds before its last: to choose with its models (not `passive`), or to
+  hand their parameters to the next round (`rounds.warm_start`)."""
+  return getattr(strategy(point), "NEEDS_MODEL", True) or bool(config.rounds.warm_start)
+
+
+# A round's draws (`passive`) come from the point's seed, the round and this tag.
+_ROUND_TAG = 0x50A55
+
+
+def round_rng(point: study.Point, round_index: int) -> np.random.Generator:
+  return np.random.default_rng([point.seed, round_index, _ROUND_TAG])
+
+
 def trainings(config, point: study.Point) -> int:
-  """The models a point trains over all its rounds: its members in every round that chooses, and in the last round
-  only its own model unless `rounds.final_members` (members serve only to choose the next slices)."""
+  """The models a point trains over all its rounds: its members in every round that chooses with them (none for
+  `passive`), and in the last round only its own model unless `rounds.final_members` (members serve only to choose
+  the next slices)."""
   if point.rounds <= 1:
+    return 1
+  if not needs_model(config, point):
     return 1
   k = strategy(point).members(config.rounds)
   return k * (point.rounds - 1) + (k if config.rounds.final_members else 1)
@@ -156,7 +173,7 @@ def candidates(depth: int, roi, annotated, offered=None) -> np.ndarray:
 
 
 def choose_next(point: study.Point, plan: dict, scores: dict, quota: int, *, options, roi=(), offered=None,
-                embeddings=None) -> dict:
+                embeddings=None, rng=None) -> dict:
   """The slices a round adds to `plan` for `point`.
 
   Args:
@@ -168,6 +185,7 @@ def choose_next(point: study.Point, plan: dict, scores: dict, quota: int, *, opt
     roi: () or (lo, hi) fractions of the depth (`study.roi`).
     offered: None or case id -> `[lo, hi)`, the slices a volume offers (`plan.offered_slices`).
     embeddings: case id -> `[D, F]` slice embeddings (hybrid).
+    rng: the round's draws (`round_rng`; passive).
 
   Returns:
     case id -> sorted new slice indices (volumes that get none left out); never an annotated slice.
@@ -180,7 +198,8 @@ def choose_next(point: study.Point, plan: dict, scores: dict, quota: int, *, opt
     for case in cases:
       free = free_of(case)
       picked = method.choose(scores[case], free, min(quota, len(free)), annotated=np.asarray(plan[case], np.int64),
-                             embeddings=None if embeddings is None else embeddings[case], options=options)
+                             embeddings=None if embeddings is None else embeddings[case], options=options,
+                             rng=rng)
       added[case] = [int(i) for i in picked]
     return {case: slices for case, slices in added.items() if slices}
   # Free allocation: one ranking over the pool, volumes concatenated in case order.
@@ -190,7 +209,7 @@ def choose_next(point: study.Point, plan: dict, scores: dict, quota: int, *, opt
   annotated = np.concatenate([np.asarray(plan.get(c, ()), np.int64) + o for c, o in zip(cases, offsets)])
   picked = method.choose(flat, free, min(point.volumes * quota, len(free)), annotated=annotated,
                          embeddings=None if embeddings is None else np.concatenate([embeddings[c] for c in cases]),
-                         options=options)
+                         options=options, rng=rng)
   added = {}
   for index in picked:
     v = int(np.searchsorted(offsets, index, side="right") - 1)
@@ -206,27 +225,32 @@ def merge(plan: dict, added: dict) -> dict:
   return out
 
 
-def next_round(config, points, plans: dict, probabilities, round_index: int, embeddings=None) -> dict:
+def next_round(config, points, plans: dict, probabilities, round_index: int, embeddings=None, owner=None) -> dict:
   """What every point of a group adds in round `round_index`, from its models' predictions of the pool.
 
   Args:
-    points: the group's points (`models(config, points)` trained, in that order).
+    points: the group's points.
     plans: point name -> plan so far.
-    probabilities: `pool_probabilities`' output for the volumes any point may add to.
+    probabilities: `pool_probabilities`' output for the volumes any point may add to (probs and valid None when no
+      point of the group needs a model).
     round_index: r >= 1.
+    owner: the point name of each model trained (`owners(config, points)` when None).
 
   Returns:
     point name -> `choose_next`'s added slices.
   """
-  owner = owners(config, points)
-  rows = {p.name: slice(owner.index(p.name), owner.index(p.name) + owner.count(p.name)) for p in points}
+  owner = owners(config, points) if owner is None else owner
+  rows = {name: slice(owner.index(name), owner.index(name) + owner.count(name)) for name in set(owner)}
   scores = {p.name: {} for p in points}
   for volume, probs, valid in probabilities:
     for point in points:
       if point.free or volume.case_id in plans[point.name]:
-        scores[point.name][volume.case_id] = strategy(point).scores(probs[rows[point.name]], valid, config.rounds)
+        scores[point.name][volume.case_id] = (
+            strategy(point).scores(probs[rows[point.name]], valid, config.rounds)
+            if getattr(strategy(point), "NEEDS_MODEL", True) else np.zeros(volume.depth, np.float32))
   return {p.name: choose_next(p, plans[p.name], scores[p.name], quotas(p, config.rounds.first_share)[round_index],
-                              options=config.rounds, roi=config.study.roi, embeddings=embeddings)
+                              options=config.rounds, roi=config.study.roi, embeddings=embeddings,
+                              rng=round_rng(p, round_index))
           for p in points}
 
 
@@ -335,22 +359,27 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
       own = [trained.index(p) for p in points]
       models_r, owner_r = final_models(config, points), names
       init = None if init is None else jax.tree.map(lambda leaf: leaf[np.asarray(own)], init)
+    elif not last:  # a point that chooses without a model (`passive`) trains only in its last round
+      choosing = {p.name for p in points if needs_model(config, p)}
+      models_r, owner_r = [m for m, o in zip(trained, owner) if o in choosing], [o for o in owner if o in choosing]
     rows = train_group(config if last else intermediate, models_r, [plans[name] for name in owner_r], splits,
                        dataset, group_index, folder(r), sizes=sizes, programs=programs,
-                       curves=curves if last else None, init_params=init, keep=keep)
+                       curves=curves if last else None, init_params=init, keep=keep) if models_r else []
     by_name = {row["name"]: row for row in rows}
-    entries[r]["val_dice"] = {name: by_name[name].get("val_dice_mean") for name in names}
+    entries[r]["val_dice"] = {name: by_name[name].get("val_dice_mean") if name in by_name else None
+                              for name in names}
     _write_record(rundir, group_index, names, entries)
     if last:
       break
-    previous = keep["stacked"]["params"]
+    previous = keep["stacked"]["params"] if models_r else None
     if len(entries) == r + 1:
       if pool_embeddings is None and any(selection_lib.get(s).NEEDS_EMBEDDINGS for s in need):
         pool_embeddings = embeddings()
       wanted = set(depths) if any(p.free for p in points) else set().union(*(plans[n] for n in names))
-      probabilities = pool_probabilities(config, keep["model"], keep["axis"], keep["params"],
-                                         [v for v in pool if v.case_id in wanted], keep["shape"])
-      added = next_round(config, points, plans, probabilities, r + 1, pool_embeddings)
+      volumes = [v for v in pool if v.case_id in wanted]
+      probabilities = (pool_probabilities(config, keep["model"], keep["axis"], keep["params"], volumes, keep["shape"])
+                       if models_r else ((v, None, None) for v in volumes))
+      added = next_round(config, points, plans, probabilities, r + 1, pool_embeddings, owner=owner_r)
       entries.append({"round": r + 1, "added": added})
       _write_record(rundir, group_index, names, entries)
   for name, plan in plans_after(entries, names).items() if distributed.is_writer() else ():

@@ -6,7 +6,10 @@ Model-based selections share this interface, next to the one-shot `select` that 
     MODEL_BASED = True
     def members(options) -> int            # models trained per point (an ensemble's K, else 1)
     def scores(probs, valid, options) -> [D] float   # probs [E, D, H, W, K] of the point's E models, one volume
-    def choose(scores, candidates, n, *, embeddings, annotated, options) -> sorted [n] indices
+    def choose(scores, candidates, n, *, embeddings, annotated, options, rng) -> sorted [n] indices
+    NEEDS_MODEL = False                    # optional: chooses without a model (`passive`), so `scores` is not called
+
+`rng` is a numpy Generator seeded by the point's seed and the round (`rounds.round_rng`).
 """
 
 from slicejax.errors import InputError
@@ -30,7 +33,7 @@ def scores(probs, valid, options):
   return uncertainty.entropy(probs, valid, options.foreground)
 
 
-def choose(scores_, candidates, n, *, embeddings=None, annotated=(), options=None):
+def choose(scores_, candidates, n, *, embeddings=None, annotated=(), options=None, rng=None):
   """The `n` candidates of highest score."""
-  del embeddings, annotated, options
+  del embeddings, annotated, options, rng
   return uncertainty.top(scores_, candidates, n)

@@ -10,7 +10,8 @@ NEEDS_EMBEDDINGS = True
 MODEL_BASED = True
 
 
-def choose(scores_, candidates, n, *, embeddings=None, annotated=(), options=None):
+def choose(scores_, candidates, n, *, embeddings=None, annotated=(), options=None, rng=None):
   """`n` diverse slices among the most uncertain candidates; `embeddings [N, F]` indexed like `scores_`."""
+  del rng
   shortlist = uncertainty.top(scores_, candidates, n * int(options.hybrid_candidates))
   return uncertainty.farthest_first(embeddings, shortlist, annotated, n)
