@@ -19,9 +19,10 @@ Arguments:
     on all 20 validation volumes at 8 points of training.
     "rounds" is the selection in rounds (`slicejax.training.rounds`) to compare with the grid's one-shot cells of the
     same budget (the report merges the two workdirs): entropy, ensemble (4 members) and hybrid at 4 slices per
-    volume, 2 rounds (2 slices of each volume by fixed interval in round 0, 2 chosen by the model in round 1), fixed
-    allocation; every round trains CONVERGED_STEPS steps from the initialisation, and the last round only the point's
-    own model (`rounds.final_members=False`), so a point costs 2 trainings (an ensemble point 5). E.g.
+    volume, and their control passive (the same schedule, random next slices), 2 rounds (2 slices of each volume by
+    fixed interval in round 0, 2 chosen in round 1), fixed allocation; every round trains CONVERGED_STEPS steps from
+    the initialisation, and the last round only the point's own model (`rounds.final_members=False`), so a point
+    costs 2 trainings (an ensemble point 5, a passive point 1). E.g.
         python launch.py --config=configs/hippocampus.py:converged=rounds,budget=144 --workdir=runs/hippo_rounds_144
         python -m slicejax.report --workdir=runs/hippo_grid_144 --workdir=runs/hippo_rounds_144 --out=runs/r144
     "doubling" at 36, 72, 144 or 288: the schedule-doubling check, the budget's extreme allocations (B x 1 and
@@ -163,7 +164,8 @@ def get_config(arg=""):
                           selections=("random",), seeds=(0, 1))
     elif arg.converged == "rounds":
       config.study.update(budgets=(arg.budget,), slices_per_volume=(4,),
-                          selections=("entropy", "ensemble", "hybrid"), rounds=(2,), round_allocation=("fixed",))
+                          selections=("entropy", "ensemble", "hybrid", "passive"), rounds=(2,),
+                          round_allocation=("fixed",))
       config.rounds.update(first_selection="fixed", first_share=0.5, warm_start=False, members=4,
                            final_members=False)
     elif arg.converged in ("grid3d", "recipe3d"):
