@@ -30,7 +30,8 @@ Arguments:
     grid's rows of the same points.
     "grid3d" at 144 or 288: the 3D subset, a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16
     slices per volume, interpolation off and on, CONVERGED_3D_STEPS steps; "recipe3d": its pilot, the same cells at
-    budget 144 and the 3D reference, seed 0, 4,000 steps, validation Dice at 8 points.
+    budget 144 and the 3D reference, seed 0, 4,000 steps, validation Dice at 8 points; "reference3d": the 3D
+    reference with 3 seeds, CONVERGED_3D_REFERENCE_STEPS steps.
   recipe: the converged study's pilot: the reference and budgets 36 and 288 at 1, 4 and 16 slices per volume,
     random, seeds 0-1, `recipe_steps` (4000) steps of batch 16 with a base-`recipe_features` (8) U-Net, validation
     Dice on all 20 validation volumes every 250 steps.
@@ -66,6 +67,7 @@ CONVERGED_DOUBLING = {36: (1, 4), 72: (1, 4), 144: (1, 16), 288: (4, 16)}
 # interpolation off and on; its steps come from the `recipe3d` pilot's learning curves.
 CONVERGED_3D = dict(features=8, patch=(32, 32, 32), batch_size=2, budgets=(144, 288), pilot_steps=4000)
 CONVERGED_3D_STEPS = {144: 4000, 288: 4000}
+CONVERGED_3D_REFERENCE_STEPS = 4000
 
 
 def get_config(arg=""):
@@ -130,8 +132,10 @@ def get_config(arg=""):
     # One part of the converged study: "grid" (random and fixed, with ual at CONVERGED_UAL_BUDGETS, rho 1, 4 and
     # 16 where whole), "interp" (fixed interval with interpolation at CONVERGED_INTERP_BUDGETS, rho 4 and 16; its
     # "off" cells are the grid's) or "reference" (every slice, 3 seeds), each budget a launch of its own.
-    if arg.converged not in ("grid", "interp", "rounds", "reference", "grid3d", "recipe3d", "doubling"):
-      raise ValueError(f"converged must be grid, interp, rounds, reference, grid3d, recipe3d or doubling, got "
+    if arg.converged not in ("grid", "interp", "rounds", "reference", "grid3d", "recipe3d", "doubling",
+                             "reference3d"):
+      raise ValueError(f"converged must be grid, interp, rounds, reference, grid3d, recipe3d, reference3d or "
+                       f"doubling, got "
                        f"{arg.converged!r}")
     if arg.converged == "doubling" and arg.budget not in CONVERGED_DOUBLING:
       raise ValueError(f"doubling runs at budgets {tuple(CONVERGED_DOUBLING)}, got {arg.budget}")
@@ -142,6 +146,8 @@ def get_config(arg=""):
       steps = CONVERGED_REFERENCE_STEPS
     elif arg.converged == "recipe3d":
       steps = CONVERGED_3D["pilot_steps"]
+    elif arg.converged == "reference3d":
+      steps = CONVERGED_3D_REFERENCE_STEPS
     elif arg.converged == "grid3d":
       steps = CONVERGED_3D_STEPS.get(arg.budget)
     else:
@@ -168,6 +174,10 @@ def get_config(arg=""):
                           round_allocation=("fixed",))
       config.rounds.update(first_selection="fixed", first_share=0.5, warm_start=False, members=4,
                            final_members=False)
+    elif arg.converged == "reference3d":
+      config.study.update(dims=(3,), budgets=(), reference=True, reference_seeds=(0, 1, 2))
+      config.three_d.update(features=CONVERGED_3D["features"], patch=CONVERGED_3D["patch"],
+                            batch_size=CONVERGED_3D["batch_size"])
     elif arg.converged in ("grid3d", "recipe3d"):
       config.study.update(dims=(3,), budgets=(arg.budget,) if arg.converged == "grid3d" else (144,),
                           slices_per_volume=(4, 16), selections=("fixed",), interpolation=(False, True))
