@@ -128,8 +128,9 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
 
   Returns:
     {family: {`seeds_needed` (int, or None without two seeds or when unreachable), `unreachable` (no number of
-    seeds up to `stats.MAX_SEEDS` is enough), `comparisons` (m), `alpha`, `pooled_from` ("family" or "all"), and
-    `stats.pooled_variability`'s fields}}.
+    seeds up to `stats.MAX_SEEDS` is enough), `unreachable_by` (then `stats.unreachable_by`: "volumes" or "seeds";
+    else None), `comparisons` (m), `alpha`, `pooled_from` ("family" or "all"), and `stats.pooled_variability`'s
+    fields}}.
   """
   options = stats_options(options)
   families = {}
@@ -146,8 +147,11 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
     needed = None if pooled is None else stats.seeds_needed(
         pooled["seed_sd_upper"], pooled["volume_var"], pooled["num_volumes"], options["margin"], level,
         options["power"], min_seeds=options["min_seeds"])
+    limit = None if needed != math.inf else stats.unreachable_by(
+        pooled["volume_var"], pooled["num_volumes"], options["margin"], level, options["power"])
     out[family] = {"seeds_needed": None if needed == math.inf else needed, "unreachable": needed == math.inf,
-                   "comparisons": m, "alpha": level, "pooled_from": source, **(pooled or {})}
+                   "unreachable_by": limit, "comparisons": m, "alpha": level, "pooled_from": source,
+                   **(pooled or {})}
   return out
 
 

@@ -23,6 +23,8 @@ UNDERTRAINED = "inconclusive: undertrained"
 # Finding 1's verdict on a budget's allocation comparisons, as the prior study it agrees with; other verdicts (mixed,
 # inconclusive, underpowered) are kept as they are.
 AGREEMENT = {"reproduced": "MIDL 2025", "reversed": "cardiac", "not reproduced: equivalent": "neither"}
+# What a budget keeps of a family's `comparisons.seeds_needed` entry.
+_SEEDS_FIELDS = ("seeds_needed", "unreachable", "unreachable_by")
 
 
 def _key(cell) -> tuple:
@@ -115,8 +117,8 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     shown worse than another), `candidates` ([{the `cells.CELL_KEY` fields, `cell` (label), `dice_mean`, `cost`}],
     highest mean first, the cheaper first on a tie), `shown_worse` ({label: labels of the cells it is shown worse
     than}), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
-    `inconclusive` or `underpowered`), `seeds_needed` ({family of an unresolved comparison: the `seeds_needed` and
-    `unreachable` of its `needed` entry, where that sizes it}), `break_even`, `agreement` (`AGREEMENT`'s word for
+    `inconclusive` or `underpowered`), `seeds_needed` ({family of an unresolved comparison: the `_SEEDS_FIELDS` of
+    its `needed` entry, where that sizes it}), `break_even`, `agreement` (`AGREEMENT`'s word for
     finding 1's rule on the `allocation` family's comparisons here; None without any), `allocation` (those
     comparisons, `findings.evidence`) and `margin`.
   """
@@ -149,7 +151,7 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
                       for key in map(_key, ordered) if key in beaten},
       "counts": {k: n for k, n in counts.items() if n},
       "seeds": sorted({c["n_pairs"] for c in unresolved}),
-      "seeds_needed": {c["family"]: {k: needed[c["family"]][k] for k in ("seeds_needed", "unreachable")}
+      "seeds_needed": {c["family"]: {k: needed[c["family"]][k] for k in _SEEDS_FIELDS}
                        for c in unresolved if c.get("family") in (needed or {}) and _sized(needed[c["family"]])},
       "break_even": break_even([by_key[key] for key in candidates], seconds_per_volume),
       "agreement": AGREEMENT.get(verdict, verdict), "allocation": [findings_lib.evidence(c) for c in allocation],

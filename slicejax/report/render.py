@@ -93,10 +93,15 @@ def _counts_text(counts) -> str:
   return ", ".join(words) if words else "no comparison"
 
 
+_UNREACHABLE = {"volumes": "the test volumes' own variance is too large for the margin, whatever the seeds",
+                "seeds": "the per-seed spread of the differences is too large for the margin at that many seeds"}
+
+
 def seeds_text(entry) -> str:
-  """The seeds one family needs (an entry of `comparisons.seeds_needed`), in words."""
+  """The seeds one family needs (an entry of `comparisons.seeds_needed`), in words; when no number is enough, which
+  limit was hit (`stats.unreachable_by`)."""
   if entry["unreachable"]:
-    return f"more than {stats.MAX_SEEDS} (the test volumes' own variance is too large for the margin)"
+    return f"more than {stats.MAX_SEEDS} ({_UNREACHABLE[entry['unreachable_by']]})"
   return "—" if entry["seeds_needed"] is None else str(entry["seeds_needed"])
 
 

@@ -205,7 +205,7 @@ def power(n_seeds: int, seed_sd: float, volume_var: float, num_volumes: int, mar
 def seeds_needed(seed_sd, volume_var, num_volumes: int, margin: float, alpha: float, target: float = 0.8,
                  min_seeds: int = 2):
   """The fewest seeds (min_seeds..MAX_SEEDS) whose `power` reaches `target`; None when no standard deviation is
-  known, `math.inf` when even MAX_SEEDS seeds do not (the test volumes' own variance is too large for the margin)."""
+  known, `math.inf` when even MAX_SEEDS seeds do not (`unreachable_by` says why)."""
   if seed_sd is None or volume_var is None or math.isnan(seed_sd):
     return None
   if power(MAX_SEEDS, seed_sd, volume_var, num_volumes, margin, alpha) < target:
@@ -218,6 +218,13 @@ def seeds_needed(seed_sd, volume_var, num_volumes: int, margin: float, alpha: fl
     else:
       lo = mid + 1
   return lo
+
+
+def unreachable_by(volume_var, num_volumes: int, margin: float, alpha: float, target: float = 0.8) -> str:
+  """Which limit makes `seeds_needed` unreachable: "volumes" when the test volumes' variance alone (`power` at
+  MAX_SEEDS seeds without any per-seed spread) stays below `target`, so that no number of seeds is enough, else
+  "seeds" (the per-seed spread needs more than MAX_SEEDS seeds)."""
+  return "volumes" if power(MAX_SEEDS, 0.0, volume_var, num_volumes, margin, alpha) < target else "seeds"
 
 
 # Seeds are sized on an upper confidence limit of the pooled per-seed SD: a pilot's SD rests on few degrees of
