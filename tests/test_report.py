@@ -235,7 +235,7 @@ def test_findings_from_clear_cases():
   assert [f["verdict"] for f in found] == ["reproduced", "reproduced", "not reproduced"]
   one, two, three = found
   assert one["counts"]["better"] == 1 and one["best"]["2D budget 8"]["slices_per_volume"] == 1
-  assert one["by_selection"]["random"]["verdict"] == "reproduced"
+  assert one["by_dims"]["2D"]["by_selection"]["random"]["verdict"] == "reproduced"
   (evidence,) = one["evidence"]
   assert evidence["mean_diff"] == pytest.approx(0.1) and evidence["ci_low"] == pytest.approx(0.1)
   # UAL against random at 1 slice per volume: differences +-0.01 per volume, mean 0, resolved as equivalent.

@@ -4,8 +4,86 @@ import math
 
 import pytest
 
+from slicejax.report import cells as cells_lib
 from slicejax.report import comparisons as comparisons_lib
+from slicejax.report import findings as findings_lib
+from slicejax.report import recommendations
 from slicejax.report import render
+
+# Per-seed noise of the differences below: its SD is sqrt((2/64^2 + 2/128^2) / 4) = sqrt(10) / 256, so over 5 seeds
+# the standard error is sqrt(2) / 256 and a mean difference m gives t = 256 m / sqrt(2) on 4 degrees of freedom.
+NOISE = (0, 1 / 64, -1 / 64, 1 / 128, -1 / 128)
+SE = math.sqrt(2) / 256
+
+
+def _row(seed, dice, *, dims=2, budget=8, slices=1, selection="random", steps_=100, **extra):
+  return {"dims": dims, "budget": budget, "volumes": budget // slices, "slices_per_volume": slices,
+          "selection": selection, "interpolation": False, "reference": False, "seed": seed, "steps": steps_,
+          "dice_mean": dice, **extra}
+
+
+def _pair(mean, *, a, b, base=0.75, **fields):
+  """5 seeds of cells a and b ({field: value}), a scoring `base` and b `base - mean - noise`: a - b = mean + noise."""
+  return [r for seed, e in enumerate(NOISE)
+          for r in (_row(seed, base, **fields, **a), _row(seed, base - mean - e, **fields, **b))]
+
+
+def _p_two_sided_4df(t):
+  """Student's t on 4 degrees of freedom in closed form: P(|T| > t) = 1 - sin(x) (1 + cos(x)^2 / 2), x = atan(t/2)."""
+  sin2 = t * t / (t * t + 4)
+  return 1 - math.sqrt(sin2) * (1 + (1 - sin2) / 2)
+
+
+def test_2d_and_3d_allocations_are_adjusted_and_judged_apart():
+  # 2D: 8 x 1 beats 4 x 2 by 1/32 (t = 4 sqrt(2)) and 2 x 4 by 1/64 (t = 2 sqrt(2)); 3D: 8 x 1 loses to 4 x 2 by 1/64.
+  rows = (_pair(1 / 32, a={"slices": 1}, b={"slices": 2}) + _pair(1 / 64, a={"slices": 1}, b={"slices": 4})[1::2]
+          + _pair(-1 / 64, a={"slices": 1}, b={"slices": 2}, dims=3, selection="fixed"))
+  comparisons = comparisons_lib.paired_comparisons(rows)
+  by_b = {(c["a"]["dims"], c["b"]["slices_per_volume"]): c for c in comparisons}
+  assert sorted(by_b) == [(2, 2), (2, 4), (3, 2)]
+  assert [by_b[k]["family"] for k in sorted(by_b)] == ["allocation", "allocation", "allocation, 3D"]
+  p_strong = 1 - (2 * math.sqrt(2) / 3) * (1 + 1 / 18)  # t^2 = 32: sin^2 x = 32/36
+  p_weak = 1 - math.sqrt(2 / 3) * (1 + 1 / 6)  # t^2 = 8: sin^2 x = 8/12
+  assert (p_strong, p_weak) == pytest.approx((0.004813, 0.047421), abs=1e-6)
+  assert [by_b[k]["p_value"] for k in sorted(by_b)] == pytest.approx([p_strong, p_weak, p_weak])
+  assert _p_two_sided_4df(4 * math.sqrt(2)) == pytest.approx(p_strong)
+  # Holm in 2D (m = 2): 2 x 0.0048 = 0.0096, then max(0.0096, 0.0474); in 3D alone (m = 1) p itself. Pooled with 3D
+  # (m = 3) the 2D weak comparison would need 2 x 0.0474 = 0.095 and not be resolved.
+  assert [by_b[k]["family_size"] for k in sorted(by_b)] == [2, 2, 1]
+  assert [by_b[k]["p_adjusted"] for k in sorted(by_b)] == pytest.approx([2 * p_strong, p_weak, p_weak])
+  assert [by_b[k]["verdict"] for k in sorted(by_b)] == ["better", "better", "worse"]
+
+  cells = cells_lib.summarise(rows)
+  one, two, _ = findings_lib.findings(comparisons, cells)
+  assert one["verdict"] == "2D: reproduced; 3D: reversed"
+  assert {dims: (e["family"], e["verdict"], e["counts"]["better"], e["counts"]["worse"])
+          for dims, e in one["by_dims"].items()} == {"2D": ("allocation", "reproduced", 2, 0),
+                                                      "3D": ("allocation, 3D", "reversed", 0, 1)}
+  assert one["by_dims"]["3D"]["by_selection"] == {"fixed": {"verdict": "reversed", "counts": one["by_dims"]["3D"][
+      "counts"]}}
+  assert two["verdict"] == "not tested" and two["by_dims"] == {}
+  text = render.findings_markdown([one])
+  assert text[4] == ("**1. At a fixed budget, fewer slices per volume over more volumes is better.** Verdict: **2D: "
+                     "reproduced; 3D: reversed**.")
+  assert text[5] == (
+      "2D (`allocation`): reproduced. The fewest-slices allocation against each other allocation at the same budget, "
+      "random and fixed interval: 2 better. By selection: random: reproduced (2 better). 3D (`allocation, 3D`): "
+      "reversed. The fewest-slices allocation against each other allocation at the same budget, random and fixed "
+      "interval: 1 worse. By selection: fixed: reversed (1 worse). Highest mean (descriptive, not a test): 2D budget "
+      "8: 8×1 random (0.750); 3D budget 8: 4×2 fixed (0.766).")
+  # The 3D budget's prior study is read off its own family.
+  three_d = [e for e in recommendations.recommendations(comparisons, cells) if e["dims"] == 3]
+  assert [(e["allocation_family"], e["agreement"]) for e in three_d] == [("allocation, 3D", "cardiac")]
+
+
+def test_ual_in_3d_is_its_own_family_and_finding_2_names_both_dims():
+  rows = (_pair(0.0, a={"selection": "ual"}, b={"selection": "random"}, slices=2)
+          + _pair(1 / 32, a={"selection": "ual"}, b={"selection": "random"}, slices=2, dims=3))
+  comparisons = comparisons_lib.paired_comparisons(rows)
+  assert [(c["family"], c["family_size"], c["verdict"]) for c in comparisons] == [
+      ("selection, ual", 1, "equivalent"), ("selection, ual, 3D", 1, "better")]
+  _, two, _ = findings_lib.findings(comparisons, cells_lib.summarise(rows))
+  assert two["verdict"] == "2D: reproduced; 3D: not reproduced"
 
 
 def _needed(seed_sd, volume_var, num_volumes):

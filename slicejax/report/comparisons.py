@@ -3,7 +3,7 @@
 A comparison (`slicejax.report.statistics`) reports a - b, paired by seed and test volume, so a positive difference
 means a is better; the fully annotated reference is summarised but never compared. A cell that selects in rounds is
 compared with the one-shot selections of the same budget and allocation like any other selection, in a Holm family of
-its own ("selection, rounds").
+its own ("selection, rounds"). 3D comparisons never share a family with 2D ones.
 """
 
 import math
@@ -31,21 +31,30 @@ def _compare(family, cells, a, b, options):
           **stats.compare(cells[a], cells[b], alpha=options["alpha"], margin=options["margin"])}
 
 
+def dims_family(name: str, dims: int) -> str:
+  """The Holm family `name` of 2D comparisons for `dims`: the name itself in 2D, "name, 3D" in 3D."""
+  return name if dims == 2 else f"{name}, {dims}D"
+
+
 def holm_family(comparison) -> str:
   """The family a comparison's Holm adjustment runs in: exactly the comparisons one finding's verdict rests on.
 
   "allocation": random and fixed interval (finding 1's verdict), "allocation, ual" and other selections apart;
   "selection, ual": UAL against the others (finding 2), "selection, rounds": a selection in rounds against any
-  other, "selection": the other pairs; "interpolation, 2D" (finding 3) and "interpolation, 3D".
+  other, "selection": the other pairs; "interpolation, 2D" (finding 3) and "interpolation, 3D". A 3D comparison's
+  family carries ", 3D" (`dims_family`: "allocation, 3D", "selection, ual, 3D"), so 3D never adjusts or decides
+  with 2D.
   """
   kind, a, b = comparison["comparison"], comparison["a"], comparison["b"]
+  if kind == "interpolation":
+    return f"interpolation, {a['dims']}D"
   if kind == "allocation":
-    return kind if a["selection"] in ("random", "fixed") else f"allocation, {a['selection']}"
-  if kind == "selection":
-    if cells_lib.in_rounds(a["selection"]) or cells_lib.in_rounds(b["selection"]):
-      return "selection, rounds"
-    return "selection, ual" if "ual" in (a["selection"], b["selection"]) else kind
-  return f"interpolation, {a['dims']}D"
+    name = kind if a["selection"] in ("random", "fixed") else f"allocation, {a['selection']}"
+  elif cells_lib.in_rounds(a["selection"]) or cells_lib.in_rounds(b["selection"]):
+    name = "selection, rounds"
+  else:
+    name = "selection, ual" if "ual" in (a["selection"], b["selection"]) else kind
+  return dims_family(name, a["dims"])
 
 
 def stats_options(options=None) -> dict:

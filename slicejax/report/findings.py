@@ -102,19 +102,47 @@ def _not_better_verdict(comparisons) -> str:
   return "inconclusive"
 
 
+def _one_shot(comparison) -> bool:
+  """Whether an allocation comparison is finding 1's: random or fixed interval."""
+  return comparison["a"]["selection"] in ("random", "fixed")
+
+
+def by_dims(comparisons, rule, name: str, decides=lambda comparison: True) -> dict:
+  """A finding's verdict per dims: {"2D": {`family` (`comparisons.dims_family` of `name`), `verdict` (`rule` on that
+  dims' comparisons that `decides`), `counts` (theirs)}, "3D": ...}, for the dims that have comparisons, 2D first."""
+  out = {}
+  for dims in sorted({c["a"]["dims"] for c in comparisons}):
+    chosen = [c for c in comparisons if c["a"]["dims"] == dims and decides(c)]
+    out[f"{dims}D"] = {"family": comparisons_lib.dims_family(name, dims), "verdict": rule(chosen),
+                       "counts": _tally(chosen)}
+  return out
+
+
+def joint_verdict(per_dims: dict) -> str:
+  """One line for a finding judged per dims (`by_dims`): the only tested dims' verdict, or each one's ("2D:
+  reproduced; 3D: mixed"), so that one dims never changes the other's silently; "not tested" without any."""
+  tested = {dims: e["verdict"] for dims, e in per_dims.items() if e["verdict"] != "not tested"}
+  if len(tested) == 1:
+    return next(iter(tested.values()))
+  return "; ".join(f"{dims}: {verdict}" for dims, verdict in tested.items()) or "not tested"
+
+
 def findings(comparisons, cells, options=None) -> list[dict]:
   """The three findings of the paper, each checked on this study's pre-specified comparisons.
 
-  The rules are `stats.rules_markdown`'s. Finding 1 uses the "allocation" family: its verdict comes from the random
-  and fixed-interval comparisons, and each selection method (UAL too) gets its own in `by_selection`. Finding 2
-  uses the "selection" comparisons of UAL, oriented ual - other. Finding 3 uses the 2D "interpolation" comparisons;
-  the 3D ones are listed by density. When the trust gate (`trust_gate`) is closed, every verdict is
-  "inconclusive: undertrained" and `verdict_without_gate` keeps what the comparisons say.
+  The rules are `stats.rules_markdown`'s. Finding 1 uses the "allocation" family, "allocation, 3D" in 3D: its
+  verdict comes from the random and fixed-interval comparisons, and each selection method (UAL too) gets its own in
+  `by_selection`. Finding 2 uses the "selection" comparisons of UAL, oriented ual - other ("selection, ual" and
+  "selection, ual, 3D"). Findings 1 and 2 are judged per dims (`by_dims`); with 2D and 3D comparisons the verdict
+  names both (`joint_verdict`). Finding 3 uses the 2D "interpolation" comparisons; the 3D ones are listed by
+  density. When the trust gate (`trust_gate`) is closed, every verdict is "inconclusive: undertrained" and
+  `verdict_without_gate` keeps what the comparisons say.
 
   Returns:
     One dict per finding: `finding` (1-3), `claim`, `verdict`, `verdict_without_gate`, `counts` ({verdict word:
-    comparisons}), `evidence` (the comparisons) and, for finding 1, `best` (the highest mean per dims and budget,
-    descriptive) and `by_selection` ({selection: {verdict, counts}}).
+    comparisons}), `evidence` (the comparisons); for findings 1 and 2, `by_dims` (`by_dims`; finding 1's entries
+    with `by_selection`: {selection: {verdict, counts}}), and for finding 1, `best` (the highest mean per dims and
+    budget, descriptive).
   """
   gate = trust_gate(cells, options)
 
@@ -126,10 +154,14 @@ def findings(comparisons, cells, options=None) -> list[dict]:
 
   out = []
   allocation = [c for c in comparisons if c["comparison"] == "allocation"]
-  by_selection = {}
-  for c in allocation:
-    by_selection.setdefault(c["a"]["selection"], []).append(c)
-  one_shot = [c for c in allocation if c["a"]["selection"] in ("random", "fixed")]
+  one_shot = [c for c in allocation if _one_shot(c)]
+  per_dims = by_dims(allocation, direction_verdict, "allocation", _one_shot)
+  for dims, entry in per_dims.items():
+    selections = {}
+    for c in allocation:
+      if f"{c['a']['dims']}D" == dims:
+        selections.setdefault(c["a"]["selection"], []).append(c)
+    entry["by_selection"] = {k: {"verdict": direction_verdict(v), "counts": _tally(v)} for k, v in selections.items()}
   best = {}
   for cell in cells:
     if not cell["reference"] and not cell["interpolation"] and not math.isnan(cell["dice_mean"]):
@@ -138,15 +170,14 @@ def findings(comparisons, cells, options=None) -> list[dict]:
         best[key] = {"allocation": cells_lib.label(cell), "slices_per_volume": cell["slices_per_volume"],
                      "dice_mean": cell["dice_mean"]}
   out.append(result(1, "At a fixed budget, fewer slices per volume over more volumes is better.",
-                    direction_verdict(one_shot), one_shot, best=best,
-                    by_selection={k: {"verdict": direction_verdict(v), "counts": _tally(v)}
-                                  for k, v in by_selection.items()}))
+                    joint_verdict(per_dims), one_shot, best=best, by_dims=per_dims))
 
   ual = [c for c in comparisons
-         if c["comparison"] == "selection" and comparisons_lib.holm_family(c) == "selection, ual"]
+         if c["comparison"] == "selection" and comparisons_lib.holm_family(c).startswith("selection, ual")]
   oriented = [c if c["a"]["selection"] == "ual" else stats.flip(c) for c in ual]
+  per_dims = by_dims(oriented, _not_better_verdict, "selection, ual")
   out.append(result(2, "UAL is not better than random or fixed-interval selection at equal slices per volume.",
-                    _not_better_verdict(oriented), oriented))
+                    joint_verdict(per_dims), oriented, by_dims=per_dims))
 
   interpolation = [c for c in comparisons if c["comparison"] == "interpolation"]
   two_d = [c for c in interpolation if c["a"]["dims"] == 2]

@@ -7,14 +7,15 @@ with the highest mean. The case says how far the comparisons separate it (`stats
 - "equivalent": two or more candidates, every comparison between two of them `equivalent`, and those comparisons link
   them all;
 - "not separated": otherwise.
-Beside it, the budget's comparisons of the `allocation` family, read by finding 1's rule (`findings.direction_verdict`),
-say which prior study the dataset agrees with there: the MIDL 2025 study (fewer slices per volume over more volumes is
-better) or the cardiac study (more slices per volume is better).
+Beside it, the budget's comparisons of the `allocation` family (`allocation, 3D` in 3D), read by finding 1's rule
+(`findings.direction_verdict`), say which prior study the dataset agrees with there: the MIDL 2025 study (fewer slices
+per volume over more volumes is better) or the cardiac study (more slices per volume is better).
 """
 
 import math
 
 from slicejax.report import cells as cells_lib
+from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import findings as findings_lib
 from slicejax.report import statistics as stats
 
@@ -118,9 +119,9 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     highest mean first, the cheaper first on a tie), `shown_worse` ({label: labels of the cells it is shown worse
     than}), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
     `inconclusive` or `underpowered`), `seeds_needed` ({family of an unresolved comparison: the `_SEEDS_FIELDS` of
-    its `needed` entry, where that sizes it}), `break_even`, `agreement` (`AGREEMENT`'s word for
-    finding 1's rule on the `allocation` family's comparisons here; None without any), `allocation` (those
-    comparisons, `findings.evidence`) and `margin`.
+    its `needed` entry, where that sizes it}), `break_even`, `allocation_family` ("allocation" in 2D, "allocation,
+    3D" in 3D: `comparisons.dims_family`), `agreement` (`AGREEMENT`'s word for finding 1's rule on that family's
+    comparisons here; None without any), `allocation` (those comparisons, `findings.evidence`) and `margin`.
   """
   by_key = {_key(c): c for c in cells}
 
@@ -137,7 +138,8 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
   candidates = [_key(c) for c in ordered if _key(c) not in beaten]
   decide = deciding(candidates, comparisons)
   unresolved = [c for c in decide if c["verdict"] in (stats.INCONCLUSIVE, stats.UNDERPOWERED)]
-  allocation = [c for c in comparisons if c.get("family") == "allocation"]
+  family = comparisons_lib.dims_family("allocation", cells[0]["dims"])
+  allocation = [c for c in comparisons if c.get("family") == family]
   verdict = findings_lib.direction_verdict(allocation) if allocation else None
   counts = dict.fromkeys(stats.VERDICTS, 0)
   for c in decide:
@@ -154,8 +156,8 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
       "seeds_needed": {c["family"]: {k: needed[c["family"]][k] for k in _SEEDS_FIELDS}
                        for c in unresolved if c.get("family") in (needed or {}) and _sized(needed[c["family"]])},
       "break_even": break_even([by_key[key] for key in candidates], seconds_per_volume),
-      "agreement": AGREEMENT.get(verdict, verdict), "allocation": [findings_lib.evidence(c) for c in allocation],
-      "margin": margin}
+      "allocation_family": family, "agreement": AGREEMENT.get(verdict, verdict),
+      "allocation": [findings_lib.evidence(c) for c in allocation], "margin": margin}
 
 
 def recommendations(comparisons, cells, options=None, *, cost=None, needed=None) -> list[dict]:

@@ -78,7 +78,7 @@ def _comparison_table(comparisons, options) -> list[str]:
             "p", "p Holm", "p equiv. Holm", "verdict", "Δ NSD", "Δ HD95 mm"]
   lines = []
   for c in comparisons:
-    lines.append([c["comparison"], f"{c['a']['dims']}D", str(c["a"]["budget"]), cells_lib.label(c["a"]),
+    lines.append([c["family"], f"{c['a']['dims']}D", str(c["a"]["budget"]), cells_lib.label(c["a"]),
                   cells_lib.label(c["b"]), str(c["n_pairs"]), str(c["n_volumes"]),
                   "—" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.3f}",
                   _interval(c["ci_low"], c["ci_high"]), _interval(c["ci90_low"], c["ci90_high"]), _p(c["p_value"]),
@@ -91,6 +91,16 @@ def _comparison_table(comparisons, options) -> list[str]:
 def _counts_text(counts) -> str:
   words = [f"{n} {word}" for word, n in counts.items() if n]
   return ", ".join(words) if words else "no comparison"
+
+
+def _allocation_text(dims, entry, per_dims: bool) -> str:
+  """Finding 1's evidence in one dims (an entry of its `by_dims`); `per_dims`: the study has both, so it says which
+  and its verdict."""
+  lead = (f"{dims} (`{entry['family']}`): {entry['verdict']}. The fewest-slices" if per_dims else "The fewest-slices")
+  by_selection = "; ".join(f"{name}: {e['verdict']} ({_counts_text(e['counts'])})"
+                           for name, e in entry["by_selection"].items())
+  return (f"{lead} allocation against each other allocation at the same budget, random and fixed interval: "
+          f"{_counts_text(entry['counts'])}. By selection: {by_selection}.")
 
 
 _UNREACHABLE = {"volumes": "the test volumes' own variance is too large for the margin, whatever the seeds",
@@ -130,14 +140,18 @@ def findings_markdown(found, needed=None) -> list[str]:
     out.append(f"**{finding['finding']}. {finding['claim']}** Verdict: **{finding['verdict']}**"
                + (f" (the comparisons alone would say: {finding['verdict_without_gate']})" if gated else "") + ".")
     if finding["finding"] == 1:
-      out.append(f"The fewest-slices allocation against each other allocation at the same budget, random and fixed "
-                 f"interval: {_counts_text(finding['counts'])}. By selection: " + "; ".join(
-                     f"{name}: {entry['verdict']} ({_counts_text(entry['counts'])})"
-                     for name, entry in finding["by_selection"].items()) + ". Highest mean (descriptive, not a test): "
+      out.append(" ".join(_allocation_text(dims, entry, len(finding["by_dims"]) > 1)
+                          for dims, entry in finding["by_dims"].items())
+                 + (" " if finding["by_dims"] else "") + "Highest mean (descriptive, not a test): "
                  + "; ".join(f"{key}: {b['allocation']} ({b['dice_mean']:.3f})" for key, b in finding["best"].items())
                  + ".")
     elif finding["finding"] == 2:
-      out.append(f"UAL against random and fixed interval at equal allocation: {_counts_text(finding['counts'])}.")
+      if len(finding["by_dims"]) > 1:
+        out.append("UAL against random and fixed interval at equal allocation, judged per dims: " + "; ".join(
+            f"{dims} (`{e['family']}`): {_counts_text(e['counts'])}, {e['verdict']}"
+            for dims, e in finding["by_dims"].items()) + ".")
+      else:
+        out.append(f"UAL against random and fixed interval at equal allocation: {_counts_text(finding['counts'])}.")
     else:
       out.append(f"Interpolation on against off, 2D: {_counts_text(finding['counts'])}."
                  + (f" 3D: {_counts_text(finding['three_d_counts'])}; "
@@ -220,8 +234,8 @@ def _agreement_text(entry) -> str:
       f"{e['a']} − {e['b']}: Δ {'—' if math.isnan(e['mean_diff']) else format(e['mean_diff'], '+.3f')}"
       + ("" if e["ci_low"] is None else f" {_interval(e['ci_low'], e['ci_high'])}") + f", {e['verdict']}"
       for e in entry["allocation"])
-  return (f"Prior studies (the `allocation` family here, finding 1's rule): {agreement}. {evidence}; margin "
-          f"{entry['margin']:g}.")
+  return (f"Prior studies (the `{entry['allocation_family']}` family here, finding 1's rule): {agreement}. {evidence}; "
+          f"margin {entry['margin']:g}.")
 
 
 def recommendations_markdown(recommended, cells, cost) -> list[str]:

@@ -337,8 +337,9 @@ def rules_markdown(options: dict) -> str:
 - **Multiplicity.** Holm's step-down adjustment within each finding's family, i.e. over exactly the comparisons
   its verdict rests on: `allocation` (random and fixed interval, finding 1), `allocation, ual` (UAL's allocations,
   reported apart), `selection, ual` (finding 2), `selection` (fixed − random), `interpolation, 2D` (finding 3) and
-  `interpolation, 3D`; separately for the test of Δ = 0 and for the equivalence test. Adjusted p-values are shown;
-  intervals are not adjusted.
+  `interpolation, 3D`; separately for the test of Δ = 0 and for the equivalence test. 3D comparisons are never in a
+  2D family: their families carry ", 3D" (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are
+  shown; intervals are not adjusted.
 - **Verdicts.** Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict). Else `better` or `worse`
   when the adjusted p of Δ = 0 is below {a:g} (by the sign of Δ); else `equivalent` when the adjusted equivalence p
   is below {a:g}; else `inconclusive`.
@@ -356,6 +357,8 @@ def rules_markdown(options: dict) -> str:
   equivalent, `not reproduced` when more are better than worse or equivalent, `mixed` when some are better and
   some support the claim, else `inconclusive`. A difference that no test resolves never counts as support; one
   resolved as better but inside the margin (its equivalence test rejects too) does not count against the claim.
+  Findings 1 and 2 are judged per dims, 3D on its own families (`allocation, 3D`, `selection, ual, 3D`): with 2D
+  and 3D comparisons, the verdict names each ("2D: ...; 3D: ...").
 - **Recommendation per budget.** Read off the verdicts above, with no test of its own. At each dims and budget with
   two or more cells, a cell is a candidate unless a comparison there shows it worse than another cell (`worse` as
   a, `better` as b); the recommendation is the candidate with the highest mean Dice. The case rests on the only
@@ -364,10 +367,10 @@ def rules_markdown(options: dict) -> str:
   comparison between two of them is `equivalent`, and these comparisons link them all (candidates not compared
   directly are linked through others, each link within ±δ), so the cheapest will do; else `not separated`, at this
   number of seeds when some of them are `inconclusive` or `underpowered`, with the seeds their families need a
-  priori. Per budget, the `allocation` comparisons there, by finding 1's rule, say which prior study the dataset
-  agrees with: the MIDL 2025 study (fewer slices per volume better) when `reproduced`, the cardiac study (more
-  slices per volume better) when `reversed`, neither when `not reproduced: equivalent`, else `mixed` or
-  `inconclusive`.
+  priori. Per budget, the `allocation` (in 3D `allocation, 3D`) comparisons there, by finding 1's rule, say which
+  prior study the dataset agrees with: the MIDL 2025 study (fewer slices per volume better) when `reproduced`, the
+  cardiac study (more slices per volume better) when `reversed`, neither when `not reproduced: equivalent`, else
+  `mixed` or `inconclusive`.
 - **Trust gate.** A cell is `still improving` when its mean validation Dice rose by more than
   {o['plateau_tolerance']:g} over the last learning-curve interval. When a fully annotated reference is still
   improving, or more than {100 * o['max_improving_share']:g}% of the cells with learning curves are, every finding
