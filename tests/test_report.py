@@ -313,15 +313,16 @@ def test_seeds_needed_per_family_from_the_pooled_variability():
 
 
 def test_holm_runs_over_exactly_the_comparisons_a_finding_uses():
-  # fixed - random comparisons are not part of finding 2's family: they form a family of their own.
+  # fixed - random comparisons are not part of finding 2's family: they form a family of their own (at 1 slice per
+  # volume, an A/A check in none).
   rows = [r for r in _study_rows() if not r["interpolation"]]
   with_fixed = rows + [dict(r, selection="fixed", name=r["name"].replace("random", "fixed"))
                        for r in rows if r["selection"] == "random"]
   ual = [c for c in comparisons_lib.paired_comparisons(rows) if c["family"] == "selection, ual"]
   ual_with_fixed = [c for c in comparisons_lib.paired_comparisons(with_fixed) if c["family"] == "selection, ual"]
   assert len(ual) == 1 and len(ual_with_fixed) == 2
-  fixed_random = [c for c in comparisons_lib.paired_comparisons(with_fixed) if c["family"] == "selection"]
-  assert len(fixed_random) == 2 and all(c["family_size"] == 2 for c in fixed_random)
+  (fixed_random,) = [c for c in comparisons_lib.paired_comparisons(with_fixed) if c["family"] == "selection"]
+  assert fixed_random["a"]["slices_per_volume"] == 2 and fixed_random["family_size"] == 1
 
 
 def test_cost_frontier_and_cost_model():
@@ -463,14 +464,14 @@ def test_recommendation_cases_from_the_verdicts_alone():
   assert recommendations.case([rho1, rho2, rho4, ual], comparisons) == "not separated"  # ual is linked to none
   comparisons.append(_verdict(ual, rho1, "inconclusive"))
   assert recommendations.case([rho1, rho2, rho4, ual], comparisons) == "not separated"
-  # Rendered: two equivalent pairs that no comparison joins (fixed - random at 8 x 1, interpolation of ual at 4 x 2)
+  # Rendered: two equivalent pairs that no comparison joins (fixed - random at 4 x 2, interpolation of ual at 8 x 1)
   # are not separated, and the line says why.
   rows = [_row(seed, 0.75, **fields) for seed in range(3)
-          for fields in ({"selection": "random"}, {"selection": "fixed"}, {"slices": 2, "selection": "ual"},
-                         {"slices": 2, "selection": "ual", "interpolation": True})]
+          for fields in ({"slices": 2, "selection": "random"}, {"slices": 2, "selection": "fixed"},
+                         {"selection": "ual"}, {"selection": "ual", "interpolation": True})]
   (entry,), lines = _recommend(rows)
   assert (entry["case"], entry["counts"], entry["seeds"]) == ("not separated", {"equivalent": 2}, [])
-  assert lines[4] == ("- **2D, budget 8: not separated**. Highest mean of the 4 candidates: 8×1 random (Dice 0.750 ± "
+  assert lines[4] == ("- **2D, budget 8: not separated**. Highest mean of the 4 candidates: 8×1 ual (Dice 0.750 ± "
                       "0.000 (3), 8 s). Comparisons between them: 2 equivalent, which do not link every candidate to "
                       "the others.")
   assert recommendations.shown_worse(_verdict(ual, rho1, "worse")) == ual
@@ -639,9 +640,9 @@ def test_check_sizes_the_grid_families_from_the_pilot(tmp_path):
   pilot = _run_folder(tmp_path / "pilot", rows)
   config = config_lib.load("configs/demo.py:tiny")
   config.stats.pilot = str(pilot)
-  config.study.update(budgets=(8,), slices_per_volume=(1, 2), selections=("random", "fixed"), seeds=(0, 1, 2))
+  config.study.update(budgets=(8,), slices_per_volume=(2, 4), selections=("random", "fixed"), seeds=(0, 1, 2))
   points = study.expand(config.study, {f"case_{i}": 8 for i in range(10)})
-  # The grid: allocation 1 vs 2 for random and for fixed (2 comparisons), fixed - random at 2 allocations (2).
+  # The grid: allocation 2 vs 4 for random and for fixed (2 comparisons), fixed - random at 2 allocations (2).
   assert comparisons_lib.grid_family_sizes(points) == {"allocation": 2, "selection": 2}
   needed = comparisons_lib.seeds_needed(comparisons_lib.paired_comparisons(rows), None,
                                         {"allocation": 2, "selection": 2})

@@ -3,12 +3,14 @@
 import math
 
 import pytest
+from scipy import stats as scipy_stats
 
 from slicejax.report import cells as cells_lib
 from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import findings as findings_lib
 from slicejax.report import recommendations
 from slicejax.report import render
+from slicejax.study import grid
 
 # Per-seed noise of the differences below: its SD is sqrt((2/64^2 + 2/128^2) / 4) = sqrt(10) / 256, so over 5 seeds
 # the standard error is sqrt(2) / 256 and a mean difference m gives t = 256 m / sqrt(2) on 4 degrees of freedom.
@@ -84,6 +86,40 @@ def test_ual_in_3d_is_its_own_family_and_finding_2_names_both_dims():
       ("selection, ual", 1, "equivalent"), ("selection, ual, 3D", 1, "better")]
   _, two, _ = findings_lib.findings(comparisons, cells_lib.summarise(rows))
   assert two["verdict"] == "2D: reproduced; 3D: not reproduced"
+
+
+def test_fixed_against_random_at_one_slice_per_volume_is_an_a_a_check():
+  # Budget 8: fixed - random differs by 1/64 + noise at 1 slice per volume (t = 2 sqrt(2)) and by 1/32 at 4 (t =
+  # 4 sqrt(2)); budget 16: by noise alone at 1 slice per volume.
+  fixed_random = {"a": {"selection": "fixed"}, "b": {"selection": "random"}}
+  rows = (_pair(1 / 64, **fixed_random) + _pair(1 / 32, **fixed_random, slices=4)
+          + _pair(0.0, **fixed_random, budget=16))
+  comparisons = comparisons_lib.paired_comparisons(rows)
+  selection = [c for c in comparisons if c["family"] == "selection"]
+  # Only the 2 x 4 comparison is in the family: m = 1, so Holm leaves its p as it is.
+  assert [(c["a"]["slices_per_volume"], c["family_size"]) for c in selection] == [(4, 1)]
+  assert selection[0]["p_adjusted"] == selection[0]["p_value"] == pytest.approx(_p_two_sided_4df(4 * math.sqrt(2)))
+  checks = comparisons_lib.a_a_checks(rows)
+  assert [(c["a"]["budget"], c["a"]["selection"], c["b"]["selection"], c["a"]["slices_per_volume"])
+          for c in checks] == [(8, "fixed", "random", 1), (16, "fixed", "random", 1)]
+  assert "family" not in checks[0] and "verdict" not in checks[0]
+  # 1/64 -+ t(0.975, 4) sqrt(2) / 256 = 0.015625 -+ 0.015338: [+0.0003, +0.0310] excludes 0; 0 -+ 0.0153 does not.
+  half = scipy_stats.t.ppf(0.975, 4) * SE
+  assert (checks[0]["mean_diff"], checks[0]["ci_low"], checks[0]["ci_high"]) == pytest.approx(
+      (1 / 64, 1 / 64 - half, 1 / 64 + half))
+  assert checks[0]["ci_low"] == pytest.approx(0.000287, abs=1e-6)
+  assert [c["excludes_zero"] for c in checks] == [True, False]
+  # A grid's own families leave the check out too.
+  points = [grid.Point(2, 8, 8 // rho, rho, sel, False, 0) for rho in (1, 4) for sel in ("random", "fixed")]
+  assert comparisons_lib.grid_family_sizes(points) == {"allocation": 2, "selection": 1}
+
+  lines = render.checks_markdown({"a_a": checks, "steps": []}, comparisons_lib.stats_options())
+  assert lines[4:8] == [
+      "| dims | budget | a | b | seeds | volumes | Δ Dice | 95% CI | p | interval |", "|" + "---|" * 10,
+      "| 2D | 8 | 8×1 fixed | 8×1 random | 5 | 1 | +0.016 | [+0.000, +0.031] | 0.047 | **excludes 0** |",
+      "| 2D | 16 | 16×1 fixed | 16×1 random | 5 | 1 | +0.000 | [-0.015, +0.015] | 1.000 | covers 0 |"]
+  assert lines[9] == ("- Warning: 1 of 2 A/A intervals exclude 0 (2D budget 8, 8×1 fixed − 8×1 random): the "
+                      "statistics may be anti-conservative (intervals too narrow, p-values too small).")
 
 
 def _needed(seed_sd, volume_var, num_volumes):

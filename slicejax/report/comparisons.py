@@ -3,7 +3,8 @@
 A comparison (`slicejax.report.statistics`) reports a - b, paired by seed and test volume, so a positive difference
 means a is better; the fully annotated reference is summarised but never compared. A cell that selects in rounds is
 compared with the one-shot selections of the same budget and allocation like any other selection, in a Holm family of
-its own ("selection, rounds"). 3D comparisons never share a family with 2D ones.
+its own ("selection, rounds"). 3D comparisons never share a family with 2D ones. Fixed interval against random at one
+slice per volume is an A/A check (`is_a_a`), in no family: `a_a_checks`.
 """
 
 import math
@@ -57,6 +58,15 @@ def holm_family(comparison) -> str:
   return dims_family(name, a["dims"])
 
 
+def is_a_a(kind: str, a: tuple, b: tuple) -> bool:
+  """Whether the comparison `kind` of cell keys a and b is an A/A check: fixed interval against random at one slice
+  per volume. With one slice, fixed interval's offset is uniform over the whole candidate range
+  (`slicejax.study.selection.fixed`), so it picks a uniformly random candidate slice, as `random` does, in the same
+  volumes: the two cells are two draws of one distribution."""
+  selections = {cells_lib.key_field(a, "selection"), cells_lib.key_field(b, "selection")}
+  return kind == "selection" and selections == {"fixed", "random"} and cells_lib.key_field(a, "slices_per_volume") == 1
+
+
 def stats_options(options=None) -> dict:
   """The statistics options (`stats.DEFAULTS` updated with `options`, e.g. a run's `config.stats`), checked.
 
@@ -75,6 +85,29 @@ def stats_options(options=None) -> dict:
   return o
 
 
+def _sparse_cells(rows) -> dict:
+  return {key: by_seed for key, by_seed in cells_lib.by_cell(rows).items()
+          if not cells_lib.key_field(key, "reference")}
+
+
+def _pairs(cells) -> list[tuple]:
+  """Every pre-specified (kind, a, b) between the cells (keys), the A/A checks included, in table order."""
+  pairs = []
+  for group in _groups(cells, ("dims", "budget", "selection", "interpolation")):
+    if cells_lib.key_field(group[0], "interpolation"):
+      continue
+    fewest = min(group, key=lambda key: cells_lib.key_field(key, "slices_per_volume"))
+    pairs += [("allocation", fewest, key) for key in group if key != fewest]
+  for group in _groups(cells, ("dims", "budget", "volumes", "slices_per_volume", "interpolation")):
+    ordered = sorted(group, key=cells_lib.sort_key)
+    pairs += [("selection", b, a) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+  for group in _groups(cells, ("dims", "budget", "volumes", "slices_per_volume", "selection")):
+    by_interpolation = {cells_lib.key_field(key, "interpolation"): key for key in group}
+    if len(by_interpolation) == 2:
+      pairs.append(("interpolation", by_interpolation[True], by_interpolation[False]))
+  return pairs
+
+
 def paired_comparisons(rows, options=None) -> list[dict]:
   """The pre-specified comparisons of a study, paired by seed and test volume, with their family's adjustment.
 
@@ -82,7 +115,8 @@ def paired_comparisons(rows, options=None) -> list[dict]:
   - "allocation": within one (dims, budget, selection), without interpolation, the allocation with the fewest slices
     per volume as a against every other allocation as b;
   - "selection": within one (dims, budget, allocation, interpolation), every pair of selection methods, the later
-    of `random`, `fixed`, `ual` as a (ual - random, ual - fixed, fixed - random);
+    of `random`, `fixed`, `ual` as a (ual - random, ual - fixed, fixed - random), less fixed - random at one slice
+    per volume (`is_a_a`: an A/A check, `a_a_checks`);
   - "interpolation": within one (dims, budget, allocation, selection), interpolation on against off.
   Holm's adjustment runs within each comparison's `holm_family`, the comparisons one finding rests on
   (`stats.adjust_family`).
@@ -100,28 +134,32 @@ def paired_comparisons(rows, options=None) -> list[dict]:
     InputError: an option out of range, or a row lacks a required field.
   """
   options = stats_options(options)
-  cells = {key: by_seed for key, by_seed in cells_lib.by_cell(rows).items()
-           if not cells_lib.key_field(key, "reference")}
-  pairs = []
-  for group in _groups(cells, ("dims", "budget", "selection", "interpolation")):
-    if cells_lib.key_field(group[0], "interpolation"):
-      continue
-    fewest = min(group, key=lambda key: cells_lib.key_field(key, "slices_per_volume"))
-    pairs += [("allocation", fewest, key) for key in group if key != fewest]
-  for group in _groups(cells, ("dims", "budget", "volumes", "slices_per_volume", "interpolation")):
-    ordered = sorted(group, key=cells_lib.sort_key)
-    pairs += [("selection", b, a) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
-  for group in _groups(cells, ("dims", "budget", "volumes", "slices_per_volume", "selection")):
-    by_interpolation = {cells_lib.key_field(key, "interpolation"): key for key in group}
-    if len(by_interpolation) == 2:
-      pairs.append(("interpolation", by_interpolation[True], by_interpolation[False]))
-  comparisons = [c for c in (_compare(family, cells, a, b, options) for family, a, b in pairs) if c is not None]
+  cells = _sparse_cells(rows)
+  pairs = [(kind, a, b) for kind, a, b in _pairs(cells) if not is_a_a(kind, a, b)]
+  comparisons = [c for c in (_compare(kind, cells, a, b, options) for kind, a, b in pairs) if c is not None]
   for c in comparisons:
     c["family"] = holm_family(c)
   for family in dict.fromkeys(c["family"] for c in comparisons):
     stats.adjust_family([c for c in comparisons if c["family"] == family], alpha=options["alpha"],
                         min_seeds=options["min_seeds"])
   return comparisons
+
+
+def a_a_checks(rows, options=None) -> list[dict]:
+  """The A/A checks of a study (`is_a_a`: fixed - random at one slice per volume), in no Holm family and no finding.
+
+  Returns:
+    One dict per check with at least one shared seed: `comparison` ("selection"), `a`, `b`, the fields of
+    `stats.compare`, and `excludes_zero` (whether its 1 - alpha interval excludes 0, a warning that the intervals
+    are too narrow; None without an interval).
+  """
+  options = stats_options(options)
+  cells = _sparse_cells(rows)
+  checks = [c for c in (_compare(kind, cells, a, b, options) for kind, a, b in _pairs(cells) if is_a_a(kind, a, b))
+            if c is not None]
+  for c in checks:
+    c["excludes_zero"] = None if c["ci_low"] is None else bool(c["ci_low"] > 0 or c["ci_high"] < 0)
+  return checks
 
 
 def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:

@@ -130,6 +130,36 @@ def trust_markdown(gate) -> list[str]:
   return out + [""]
 
 
+def _a_a_markdown(checks, options) -> list[str]:
+  """The A/A part of "Checks": fixed − random at one slice per volume (`comparisons.a_a_checks`), and a warning for
+  each interval that excludes 0."""
+  percent = f"{100 * (1 - options['alpha']):g}%"
+  lines = [[f"{c['a']['dims']}D", str(c["a"]["budget"]), cells_lib.label(c["a"]), cells_lib.label(c["b"]),
+            str(c["n_pairs"]), str(c["n_volumes"]), "—" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.3f}",
+            _interval(c["ci_low"], c["ci_high"]), _p(c["p_value"]),
+            "no interval" if c["excludes_zero"] is None else "**excludes 0**" if c["excludes_zero"] else "covers 0"]
+           for c in checks]
+  out = [f"Fixed interval against random at one slice per volume, an A/A comparison (two draws of one distribution of "
+         f"slices: the true Δ is 0). Its {percent} interval excludes 0 in {100 * options['alpha']:g}% of studies when "
+         "the intervals are right; more often, they are too narrow.", ""]
+  out += _table(["dims", "budget", "a", "b", "seeds", "volumes", "Δ Dice", f"{percent} CI", "p", "interval"], lines)
+  warned = [c for c in checks if c["excludes_zero"]]
+  if warned:
+    out += ["", f"- Warning: {len(warned)} of {len(checks)} A/A intervals exclude 0 ("
+            + "; ".join(f"{c['a']['dims']}D budget {c['a']['budget']}, {cells_lib.label(c['a'])} − "
+                        f"{cells_lib.label(c['b'])}" for c in warned)
+            + "): the statistics may be anti-conservative (intervals too narrow, p-values too small)."]
+  return out + [""]
+
+
+def checks_markdown(checks, options) -> list[str]:
+  """The "Checks" section: the A/A comparisons (`checks`: {"a_a": ...}), in no family and no finding; nothing
+  without any."""
+  if not checks["a_a"]:
+    return []
+  return ["## Checks", ""] + _a_a_markdown(checks["a_a"], options)
+
+
 def findings_markdown(found, needed=None) -> list[str]:
   """The "Findings" section: one paragraph per finding with its verdict and evidence."""
   out = ["## Findings", "",
@@ -282,9 +312,11 @@ def figure_links(pngs, prefix) -> str:
   return "\n".join(lines)
 
 
-def summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options, compute) -> str:
-  """summary.md without its figures: the rules, the trust gate, the findings, the cells, the reference, the
-  comparisons, the recommendation per budget, the rounds, the annotation cost frontier and the compute used."""
+def summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options, compute,
+                     checks=None) -> str:
+  """summary.md without its figures: the rules, the trust gate, the checks (`checks`, `checks_markdown`; None:
+  none), the findings, the cells, the reference, the comparisons, the recommendation per budget, the rounds, the
+  annotation cost frontier and the compute used."""
   classes = _classes(cells)
   grid = [cell for cell in cells if not cell["reference"]]
   reference = [cell for cell in cells if cell["reference"]]
@@ -303,6 +335,7 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
     out += ["Training length differs between budgets (cells are compared only at equal budget): " + "; ".join(
         f"{steps} steps: {', '.join(dict.fromkeys(names))}" for steps, names in sorted(lengths.items())) + ".", ""]
   out += trust_markdown(gate)
+  out += checks_markdown(checks or {"a_a": []}, options)
   if comparisons:
     out += findings_markdown(found, needed)
   else:

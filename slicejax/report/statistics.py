@@ -332,8 +332,9 @@ def rules_markdown(options: dict) -> str:
 - **Comparisons, fixed in advance.** Never a comparison against a cell chosen after looking at the results:
   `allocation` — at equal dims, budget and selection, without interpolation, the allocation with the fewest slices
   per volume (the most volumes) against each other allocation; `selection` — at equal dims, budget, allocation and
-  interpolation, each pair of selection methods (ual − random, ual − fixed, fixed − random); `interpolation` — at
-  equal dims, budget, allocation and selection, interpolation on − off.
+  interpolation, each pair of selection methods (ual − random, ual − fixed, fixed − random), except fixed − random
+  at one slice per volume, a check (below); `interpolation` — at equal dims, budget, allocation and selection,
+  interpolation on − off.
 - **Multiplicity.** Holm's step-down adjustment within each finding's family, i.e. over exactly the comparisons
   its verdict rests on: `allocation` (random and fixed interval, finding 1), `allocation, ual` (UAL's allocations,
   reported apart), `selection, ual` (finding 2), `selection` (fixed − random), `interpolation, 2D` (finding 3) and
@@ -377,6 +378,12 @@ def rules_markdown(options: dict) -> str:
   and every case and prior study of the recommendation per budget is `inconclusive: undertrained`, with the
   reason. A reference below the best sparse cell, and cells without learning curves (whose convergence cannot be
   checked), are flagged.
+- **A/A check.** With one slice per volume, fixed interval's random offset picks a uniformly random slice among a
+  volume's candidates, as random selection does, in the same volumes: fixed − random at one slice per volume
+  compares two draws of one distribution, its true Δ is 0. These comparisons are in no family, finding or
+  recommendation; "Checks" shows each with its Δ and {100 * (1 - a):g}% interval. When the statistics are
+  right, such an interval excludes 0 in {100 * a:g}% of studies; one that excludes 0 is a warning that they are
+  anti-conservative (intervals too narrow, p-values too small).
 - **Limits.** The calibration below holds for seed effects that are roughly symmetric. A model that fails now and
   then (one seed in ten collapsing) makes a mean over 3-10 seeds unreliable in a way no test on those seeds can see:
   such a seed shows as a diverged model or an outlying per-seed difference, and is worth rerunning or reporting

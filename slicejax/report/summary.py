@@ -30,13 +30,14 @@ from slicejax.report import runs
 def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "", document=None) -> None:
   """Writes the study report of `rows` into `workdir`, each file replaced atomically.
 
-  - `summary.md`: the rules (`statistics.rules_markdown`), the trust gate, the findings, the cells (mean ± std over
-    seeds, surface metrics, flags), the reference, the pre-specified comparisons with intervals, raw and adjusted
+  - `summary.md`: the rules (`statistics.rules_markdown`), the trust gate, the checks (the A/A comparisons,
+    `comparisons.a_a_checks`), the findings, the cells (mean ± std over seeds, surface metrics, flags), the
+    reference, the pre-specified comparisons with intervals, raw and adjusted
     p-values and verdicts, the seeds each family needs, the recommendation per budget
     (`recommendations.recommendations`) and the annotation cost view.
   - `summary.csv`: one line per cell with plain numbers (booleans as 0/1, missing values empty).
-  - `findings.json`: `findings`, `trust_gate`, `seeds_needed`, `recommendations`, `comparisons`, `options` and
-    `cost`.
+  - `findings.json`: `findings`, `trust_gate`, `a_a_checks`, `seeds_needed`, `recommendations`, `comparisons`,
+    `options` and `cost`.
   - figures (`slicejax.report.figures`): `dice_vs_allocation.png`, `dice_vs_budget.png`, `forest.png`,
     `dice_per_class.png`, `dice_vs_cost.png`, `learning_curves.png`.
 
@@ -53,13 +54,14 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   cost = dict(cells_lib.DEFAULT_COST if cost is None else cost)
   cells = cells_lib.summarise(rows, cost, options["plateau_tolerance"])
   comparisons = comparisons_lib.paired_comparisons(rows, options)
+  a_a = comparisons_lib.a_a_checks(rows, options)
   found = findings_lib.findings(comparisons, cells, options)
   gate = findings_lib.trust_gate(cells, options)
   needed = comparisons_lib.seeds_needed(comparisons, options)
   recommended = recommendations.recommendations(comparisons, cells, options, cost=cost, needed=needed)
   frontier = cells_lib.cost_frontier(cells)
   text = render.summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options,
-                                 runs.compute_used(rows))
+                                 runs.compute_used(rows), checks={"a_a": a_a})
   pngs = figures.all_figures(cells, comparisons, cost)
   files.atomic_write(os.path.join(workdir, "summary.md"), preamble + text + render.figure_links(pngs, ""))
   if document is not None:
@@ -67,8 +69,9 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
     files.atomic_write(document, preamble + text + render.figure_links(pngs, prefix + "/"))
   files.atomic_write(os.path.join(workdir, "summary.csv"), render.summary_csv(cells))
   files.atomic_write(os.path.join(workdir, "findings.json"), json.dumps(
-      {"findings": found, "trust_gate": gate, "seeds_needed": needed, "recommendations": recommended,
-       "comparisons": comparisons, "options": options, "cost": cost}, indent=1, default=_json_value) + "\n")
+      {"findings": found, "trust_gate": gate, "a_a_checks": a_a, "seeds_needed": needed,
+       "recommendations": recommended, "comparisons": comparisons, "options": options, "cost": cost}, indent=1,
+      default=_json_value) + "\n")
   for name, png in pngs.items():
     files.atomic_write(os.path.join(workdir, name), png)
   logging.info("wrote the summary of %d rows (%d cells) to %s", len(rows), len(cells), workdir)
