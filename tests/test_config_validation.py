@@ -34,6 +34,7 @@ BAD = [
     ({"stats.alpha": 0.5}, "config.stats.alpha: must be in (0, 0.5), got 0.5"),
     ({"stats.min_seeds": 1}, "config.stats.min_seeds: must be >= 2, got 1"),
     ({"stats.max_improving_share": 1.5}, "config.stats.max_improving_share: must be in [0, 1], got 1.5"),
+    ({"stats.steps_tolerance": 0.0}, "config.stats.steps_tolerance: must be > 0, got 0.0"),
     ({"train.steps": MISSING}, "config.train.steps: missing"),
     # train
     ({"train.steps": 0}, "config.train.steps: must be >= 1, got 0"),

@@ -1,15 +1,20 @@
 """Tests for the report's families by dims, its A/A and steps checks, and the seeds it says a family needs."""
 
+import json
 import math
 
 import pytest
 from scipy import stats as scipy_stats
 
+from slicejax.errors import InputError
 from slicejax.report import cells as cells_lib
 from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import findings as findings_lib
 from slicejax.report import recommendations
 from slicejax.report import render
+from slicejax.report import results
+from slicejax.report import steps
+from slicejax.report import summary
 from slicejax.study import grid
 
 # Per-seed noise of the differences below: its SD is sqrt((2/64^2 + 2/128^2) / 4) = sqrt(10) / 256, so over 5 seeds
@@ -120,6 +125,88 @@ def test_fixed_against_random_at_one_slice_per_volume_is_an_a_a_check():
       "| 2D | 16 | 16×1 fixed | 16×1 random | 5 | 1 | +0.000 | [-0.015, +0.015] | 1.000 | covers 0 |"]
   assert lines[9] == ("- Warning: 1 of 2 A/A intervals exclude 0 (2D budget 8, 8×1 fixed − 8×1 random): the "
                       "statistics may be anti-conservative (intervals too narrow, p-values too small).")
+
+
+def _steps_rows():
+  """Budget 8: 8 x 1, 2 x 4 and 4 x 2 at 100 steps (seeds 0-2); 8 x 1 (seeds 0-2) and 2 x 4 (seeds 0-1) again at
+  200. Budget 16: 16 x 1 and 4 x 4 at 100 and at 200 steps (seeds 0-1)."""
+  study = [_row(s, d) for s, d in enumerate([0.75, 0.8125, 0.5])]
+  study += [_row(s, d, slices=4) for s, d in enumerate([0.6875, 0.75, 0.625])]
+  study += [_row(s, 0.7, slices=2) for s in range(3)]
+  longer = [_row(s, d, steps_=200) for s, d in enumerate([0.78125, 0.84375, 0.6])]
+  longer += [_row(s, d, slices=4, steps_=200) for s, d in enumerate([0.71875, 0.7734375])]
+  study += [_row(s, 0.75, budget=16, slices=s_) for s in range(2) for s_ in (1, 4)]
+  longer += [_row(s, 0.765625 if s_ == 1 else 0.75, budget=16, slices=s_, steps_=200) for s in range(2)
+             for s_ in (1, 4)]
+  return study, longer
+
+
+def test_the_steps_check_keeps_the_study_rows_and_follows_the_extremes():
+  study, longer = _steps_rows()
+  rows = study + longer
+  # Budget 8: 9 rows at 100 steps, 5 at 200; budget 16: 4 and 4, the tie goes to the fewer steps.
+  assert steps.study_steps(rows) == {(2, 8, False): 100, (2, 16, False): 100}
+  assert steps.study_rows(rows) == study
+  cells = cells_lib.summarise(steps.study_rows(rows))
+  assert [(c["budget"], c["slices_per_volume"], c["n_seeds"], c["steps"]) for c in cells] == [
+      (8, 1, 3, 100), (8, 2, 3, 100), (8, 4, 3, 100), (16, 1, 2, 100), (16, 4, 2, 100)]
+  assert cells[0]["dice_mean"] == (0.75 + 0.8125 + 0.5) / 3
+
+  eight, sixteen = steps.steps_check(rows, 0.005)
+  (check,) = eight["checks"]
+  # Seeds 0 and 1 have both re-trained allocations at both step counts (seed 2 lacks 2 x 4 at 200).
+  assert (check["cells"], check["seeds"], check["steps"]) == (["8×1 random", "2×4 random"], [0, 1], 200)
+  # At 100: 8 x 1 (0.75 + 0.8125) / 2 = 0.78125, 2 x 4 (0.6875 + 0.75) / 2 = 0.71875, difference 0.0625. At 200:
+  # 0.8125 and (0.71875 + 0.7734375) / 2 = 0.74609375, difference 0.06640625: moved 1/256 < 0.005.
+  assert check["study_dice"] == {"8×1 random": 0.78125, "2×4 random": 0.71875}
+  assert check["dice"] == {"8×1 random": 0.8125, "2×4 random": 0.74609375}
+  assert (check["study_difference"], check["difference"], check["moved"]) == (0.0625, 0.06640625, 1 / 256)
+  assert (eight["study_steps"], eight["verdict"], eight["reason"]) == (100, "steps stand", None)
+  # Budget 16: 16 x 1 gains 1/64 at 200 steps, 4 x 4 nothing: the difference moves by 0.015625.
+  assert sixteen["checks"][0]["moved"] == 1 / 64 and sixteen["verdict"] == "more steps needed"
+  assert steps.steps_check(rows, 0.02)[1]["verdict"] == "steps stand"
+  # One allocation trained again: nothing to follow.
+  (alone,) = steps.steps_check(study + longer[:3], 0.005)
+  assert (alone["verdict"], alone["reason"]) == ("not checked", "one allocation trained again: no difference to follow")
+
+  lines = render.checks_markdown({"a_a": [], "steps": steps.steps_check(rows, 0.005)}, comparisons_lib.stats_options())
+  assert lines[4:] == [
+      "| dims | budget | steps | seeds | mean Dice | fewest − most | moved |", "|" + "---|" * 7,
+      "| 2D | 8 | 100 (study) | 0, 1 | 8×1 random 0.781; 2×4 random 0.719 | +0.062 | — |",
+      "| 2D | 8 | 200 | 0, 1 | 8×1 random 0.812; 2×4 random 0.746 | +0.066 | +0.004 |",
+      "| 2D | 16 | 100 (study) | 0, 1 | 16×1 random 0.750; 4×4 random 0.750 | +0.000 | — |",
+      "| 2D | 16 | 200 | 0, 1 | 16×1 random 0.766; 4×4 random 0.750 | +0.016 | +0.016 |", "",
+      "- 2D, budget 8: **steps stand**: 8×1 random − 2×4 random moved +0.004 from 100 to 200 steps (by less than "
+      "0.005).",
+      "- 2D, budget 16: **more steps needed**: 16×1 random − 4×4 random moved +0.016 from 100 to 200 steps (by 0.005 "
+      "or more).", ""]
+
+
+def _run_folder(path, rows, steps_):
+  path.mkdir()
+  (path / "config.json").write_text(json.dumps({"seed": 0, "data": {"split": {"seed": 0}}, "model": {"features": 8},
+                                                "train": {"steps": steps_, "warmup_steps": steps_ // 10}}))
+  results.append_rows(path / "results.jsonl", rows)
+  return path
+
+
+def test_a_run_training_points_again_for_more_steps_merges_as_a_steps_check(tmp_path):
+  study, longer = _steps_rows()
+  grid_run = _run_folder(tmp_path / "grid", study, 100)
+  doubling = _run_folder(tmp_path / "doubling", longer, 200)
+  out = summary.run([grid_run, doubling], tmp_path / "merged")
+  report = json.loads((out / "findings.json").read_text())
+  assert [e["verdict"] for e in report["steps_check"]] == ["steps stand", "more steps needed"]
+  # The cells and comparisons are the study's: 8 x 1 - 2 x 4 at 100 steps per seed [0.0625, 0.0625, -0.125].
+  allocation = [c for c in report["comparisons"] if c["a"]["budget"] == 8 and c["b"]["slices_per_volume"] == 4]
+  assert [(c["n_pairs"], c["mean_diff"]) for c in allocation] == [(3, 0.0)]
+  text = (out / "summary.md").read_text()
+  assert text.index("## Trust gate") < text.index("## Checks") < text.index("## Findings")
+  assert "Training length differs" not in text
+  # A point the other run does not hold (seed 3) makes it another study, not a check: refused.
+  other = _run_folder(tmp_path / "other", [_row(3, 0.7, steps_=200)], 200)
+  with pytest.raises(InputError, match="train.steps is 200 here but 100"):
+    summary.run([grid_run, other], tmp_path / "refused")
 
 
 def _needed(seed_sd, volume_var, num_volumes):

@@ -460,6 +460,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   c.real("stats.power", lo=0, hi=1, lo_open=True, hi_open=True)
   c.real("stats.plateau_tolerance", lo=0)
   c.real("stats.max_improving_share", lo=0, hi=1)
+  c.real("stats.steps_tolerance", lo=0, lo_open=True)
 
 
 def _check_data_source(c: _Checker) -> None:

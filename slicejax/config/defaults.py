@@ -24,7 +24,7 @@ SELECTIONS = ("annotated", "ensemble", "entropy", "fixed", "hybrid", "passive", 
 MODEL_BASED_SELECTIONS = ("ensemble", "entropy", "hybrid", "passive")
 # Defaults of the config keys `stats.*` (`slicejax.report.statistics`); the report reads the run's own values.
 STATS = {"alpha": 0.05, "margin": 0.02, "min_seeds": 3, "power": 0.8, "plateau_tolerance": 0.005,
-         "max_improving_share": 0.1}
+         "max_improving_share": 0.1, "steps_tolerance": 0.005}
 
 
 def augment_config() -> ml_collections.ConfigDict:
@@ -208,10 +208,10 @@ def base() -> ml_collections.ConfigDict:
   c.cost = ml_collections.ConfigDict(dict(seconds_per_volume=0.0, seconds_per_slice=1.0, seconds_per_kilopixel=0.0))
 
   # The report's statistics (slicejax.report.statistics, docs/statistics.md): test level, equivalence margin in Dice,
-  # fewest
-  # seeds for a verdict, power for the seeds needed, and the trust gate's plateau tolerance and share of cells
-  # allowed to be still improving. `pilot`: a finished run folder whose rows give the seeds each family needs;
-  # --check warns when the grid has fewer.
+  # fewest seeds for a verdict, power for the seeds needed, the trust gate's plateau tolerance and share of cells
+  # allowed to be still improving, and the steps check's tolerance (the steps stand when the difference between the
+  # re-trained extremes moves by less than this at more steps). `pilot`: a finished run folder whose rows give the
+  # seeds each family needs; --check warns when the grid has fewer.
   c.stats = ml_collections.ConfigDict(dict(STATS, pilot=""))
 
   c.model_axis = ml_collections.ConfigDict(dict(

@@ -28,6 +28,7 @@ from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import figures
 from slicejax.report import render
 from slicejax.report import runs
+from slicejax.report import steps
 from slicejax.study import encoder
 from slicejax.study import grid as study
 from slicejax.training.inputs import two_d
@@ -140,7 +141,8 @@ def seeds_check(config, points) -> list[str]:
   rows, _ = runs.read_runs([config.stats.pilot])
   options = comparisons_lib.stats_options(config.stats.to_dict())
   sizes = comparisons_lib.grid_family_sizes(points, options)
-  needed = comparisons_lib.seeds_needed(comparisons_lib.paired_comparisons(rows, options), options, sizes)
+  needed = comparisons_lib.seeds_needed(comparisons_lib.paired_comparisons(steps.study_rows(rows), options), options,
+                                        sizes)
   have = len(config.study.seeds)
   if not needed:
     return [f"seeds: the grid has {have} and no comparison to size them for"]

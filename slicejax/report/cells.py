@@ -34,8 +34,8 @@ DEFAULT_COST = {"seconds_per_volume": 0.0, "seconds_per_slice": 1.0}
 def _selection(row) -> str:
   """The selection of a row's cell: its `selection`, with the round schedule of a round point ("entropy r3 free")."""
   if row.get("rounds", 1) == 1:
-    return row["selection"]
-  return f"{row['selection']} r{row['rounds']}" + (" free" if row.get("free") else "")
+    return row.get("selection")
+  return f"{row.get('selection')} r{row['rounds']}" + (" free" if row.get("free") else "")
 
 
 def in_rounds(selection: str) -> bool:
@@ -43,8 +43,9 @@ def in_rounds(selection: str) -> bool:
   return " r" in selection
 
 
-def _cell_key(row) -> tuple:
-  return (row["dims"], row["budget"], row["volumes"], row.get("slices_per_volume"), _selection(row),
+def cell_key(row) -> tuple:
+  """The key of a row's cell: its `CELL_KEY` fields (None where the row lacks one)."""
+  return (row.get("dims"), row.get("budget"), row.get("volumes"), row.get("slices_per_volume"), _selection(row),
           bool(row.get("interpolation", False)), bool(row.get("reference", False)))
 
 
@@ -70,7 +71,7 @@ def by_cell(rows) -> dict:
       raise InputError(f"results row {index}", f"missing field(s) {', '.join(missing)}")
     if not row.get("reference", False) and row.get("slices_per_volume") is None:
       raise InputError(f"results row {index}", "slices_per_volume is required unless the row is the reference")
-    by_seed = cells.setdefault(_cell_key(row), {})
+    by_seed = cells.setdefault(cell_key(row), {})
     if row["seed"] in by_seed:
       logging.warning("results row %d replaces an earlier row of the same cell and seed %s", index, row["seed"])
     by_seed[row["seed"]] = row

@@ -78,7 +78,8 @@ def stats_options(options=None) -> dict:
             "min_seeds": (int(o["min_seeds"]) == o["min_seeds"] and o["min_seeds"] >= 2, "an integer >= 2"),
             "power": (0 < o["power"] < 1, "in (0, 1)"),
             "plateau_tolerance": (o["plateau_tolerance"] >= 0, ">= 0"),
-            "max_improving_share": (0 <= o["max_improving_share"] <= 1, "in [0, 1]")}
+            "max_improving_share": (0 <= o["max_improving_share"] <= 1, "in [0, 1]"),
+            "steps_tolerance": (o["steps_tolerance"] > 0, "> 0")}
   for key, (ok, want) in checks.items():
     if not ok:
       raise InputError(f"config.stats.{key}", f"must be {want}, got {o[key]}")

@@ -152,12 +152,47 @@ def _a_a_markdown(checks, options) -> list[str]:
   return out + [""]
 
 
+def _steps_markdown(entries) -> list[str]:
+  """The steps part of "Checks" (`steps.steps_check`): per budget and step count, the re-trained cells' mean Dice,
+  the difference between the extremes and how much it moved, and the budget's verdict."""
+  tolerance = entries[0]["tolerance"]
+  out = ["Steps check: points trained again for more steps. At these budgets the cells, comparisons and findings "
+         "use the study's step count (the one most of the budget's rows have); here, the re-trained allocations' mean "
+         "Dice over the seeds that have them all at both step counts, and the difference between the extremes. The "
+         f"steps stand when it moves by less than {tolerance:g} (`stats.steps_tolerance`).", ""]
+  lines = []
+  for e in entries:
+    for c in e["checks"]:
+      study = (f"{e['study_steps']} (study)", c["study_dice"], c["study_difference"], "—")
+      longer = (str(c["steps"]), c["dice"], c["difference"], f"{c['moved']:+.3f}")
+      for steps, dice, difference, moved in (study, longer):
+        lines.append([f"{e['dims']}D", str(e["budget"]), steps, ", ".join(map(str, c["seeds"])),
+                      "; ".join(f"{cell} {d:.3f}" for cell, d in dice.items()), f"{difference:+.3f}", moved])
+  if lines:
+    out += _table(["dims", "budget", "steps", "seeds", "mean Dice", "fewest − most", "moved"], lines) + [""]
+  for e in entries:
+    where = f"{e['dims']}D, " + ("the reference" if e["reference"] else f"budget {e['budget']}")
+    if e["reason"]:
+      out.append(f"- {where}: **{e['verdict']}** ({e['reason']}).")
+      continue
+    out.append(f"- {where}: **{e['verdict']}**: " + "; ".join(
+        f"{c['fewest']} − {c['most']} moved {c['moved']:+.3f} from {e['study_steps']} to {c['steps']} steps "
+        f"({'by less than' if c['stands'] else 'by'} {e['tolerance']:g}{'' if c['stands'] else ' or more'})"
+        for c in e["checks"]) + ".")
+  return out + [""]
+
+
 def checks_markdown(checks, options) -> list[str]:
-  """The "Checks" section: the A/A comparisons (`checks`: {"a_a": ...}), in no family and no finding; nothing
-  without any."""
-  if not checks["a_a"]:
+  """The "Checks" section: the A/A comparisons and the steps check, in no family and no finding; nothing without
+  either."""
+  if not checks["a_a"] and not checks["steps"]:
     return []
-  return ["## Checks", ""] + _a_a_markdown(checks["a_a"], options)
+  out = ["## Checks", ""]
+  if checks["a_a"]:
+    out += _a_a_markdown(checks["a_a"], options)
+  if checks["steps"]:
+    out += _steps_markdown(checks["steps"])
+  return out
 
 
 def findings_markdown(found, needed=None) -> list[str]:
@@ -314,9 +349,9 @@ def figure_links(pngs, prefix) -> str:
 
 def summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options, compute,
                      checks=None) -> str:
-  """summary.md without its figures: the rules, the trust gate, the checks (`checks`, `checks_markdown`; None:
-  none), the findings, the cells, the reference, the comparisons, the recommendation per budget, the rounds, the
-  annotation cost frontier and the compute used."""
+  """summary.md without its figures: the rules, the trust gate, the checks (`checks`: {"a_a": ..., "steps": ...},
+  `checks_markdown`; None: none), the findings, the cells, the reference, the comparisons, the recommendation per
+  budget, the rounds, the annotation cost frontier and the compute used."""
   classes = _classes(cells)
   grid = [cell for cell in cells if not cell["reference"]]
   reference = [cell for cell in cells if cell["reference"]]
@@ -335,7 +370,7 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
     out += ["Training length differs between budgets (cells are compared only at equal budget): " + "; ".join(
         f"{steps} steps: {', '.join(dict.fromkeys(names))}" for steps, names in sorted(lengths.items())) + ".", ""]
   out += trust_markdown(gate)
-  out += checks_markdown(checks or {"a_a": []}, options)
+  out += checks_markdown(checks or {"a_a": [], "steps": []}, options)
   if comparisons:
     out += findings_markdown(found, needed)
   else:

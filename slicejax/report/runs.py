@@ -2,7 +2,8 @@
 
 Several runs merge into one report only if they trained on the same data, split, network and training
 (`check_compatible`): a grid split over machines, or more seeds run later. Their union gives the same summary as one
-run of all their points.
+run of all their points. One exception: a run that trains some points of another again for a different number of
+steps (a steps check, `slicejax.report.steps`) merges with it; both rows of such a point are kept.
 """
 
 import json
@@ -10,6 +11,7 @@ import pathlib
 
 from slicejax.errors import InputError
 from slicejax.report import results
+from slicejax.report import steps as steps_lib
 from slicejax import workdir as workdir_lib
 
 # Config keys that must agree between runs merged into one report: what was trained on what, and how it was scored.
@@ -17,7 +19,8 @@ from slicejax import workdir as workdir_lib
 MERGE_KEYS = ("seed", "data", "model", "three_d", "train", "interpolation", "ual", "eval.nsd_tolerance_mm")
 _MERGE_IGNORED = ("data.root", "data.cache_dir", "data.missing_root_hint")
 # Keys of the training length: they may differ between runs whose rows share no (dims, budget), since cells are
-# compared only at equal budget (a study may train each budget to its own plateau).
+# compared only at equal budget (a study may train each budget to its own plateau), and between runs of different
+# `train.steps` where, at every budget they share, one holds only points of the other (a steps check).
 SCHEDULE_KEYS = ("train.steps", "train.warmup_steps", "train.checkpoint_every", "train.log_every", "eval.curve_points")
 
 
@@ -27,15 +30,22 @@ def _merge_view(config: dict, keys) -> dict:
           if any(k == m or k.startswith(m + ".") for m in keys) and k not in _MERGE_IGNORED}
 
 
-def check_compatible(configs: dict, dims: dict | None = None, budgets: dict | None = None) -> None:
+def _retraining(points_a: dict, points_b: dict) -> bool:
+  """Whether, at every budget two runs share, one run's points are all points of the other: one trains some points of
+  the other again."""
+  return all(points_a[k] <= points_b[k] or points_b[k] <= points_a[k] for k in points_a.keys() & points_b.keys())
+
+
+def check_compatible(configs: dict, dims: dict | None = None, points: dict | None = None) -> None:
   """Refuses to merge runs that differ in data, split, network or training.
 
   Args:
     configs: {path of config.json: its config dict}, in the order given.
     dims: {the same paths: the set of dims its rows hold}; the 2D network (`model`) is compared only between runs
       that both hold 2D rows, the 3D one (`three_d`) between runs that both hold 3D rows. None: both always.
-    budgets: {the same paths: the set of (dims, budget, reference) its rows hold}; runs whose sets are disjoint may
-      differ in `SCHEDULE_KEYS`. None: they may not.
+    points: {the same paths: {(dims, budget, reference): the set of points (`steps.point_key`) its rows hold
+      there}}; runs that share no budget may differ in `SCHEDULE_KEYS`, and so may runs of different `train.steps`
+      where, at every budget they share, one's points are all the other's (`_retraining`). None: they may not.
 
   Raises:
     InputError: naming the later config.json of the first pair that differs, the first differing key, and both
@@ -49,24 +59,29 @@ def check_compatible(configs: dict, dims: dict | None = None, budgets: dict | No
         if dims is not None and not (d in dims[path] and d in dims[first_path]):
           keys.remove(name)
       reference, view = _merge_view(first, keys), _merge_view(config, keys)
-      disjoint = budgets is not None and not budgets[path] & budgets[first_path]
+      schedule_may_differ = points is not None and (
+          not points[path].keys() & points[first_path].keys()
+          or (reference.get("train.steps") != view.get("train.steps")
+              and _retraining(points[path], points[first_path])))
       for key in sorted(reference.keys() | view.keys()):
-        if reference.get(key) != view.get(key) and not (disjoint and key in SCHEDULE_KEYS):
+        if reference.get(key) != view.get(key) and not (schedule_may_differ and key in SCHEDULE_KEYS):
+          hint = (" (runs of different lengths merge when they share no budget, or when one trains only points of "
+                  "the other again: a steps check)" if key in SCHEDULE_KEYS else "")
           raise InputError(path, f"{key} is {view.get(key)!r} here but {reference.get(key)!r} in {first_path}; "
-                                 "runs with different data, split, network or training cannot be merged")
+                                 f"runs with different data, split, network or training cannot be merged{hint}")
 
 
 def read_runs(workdirs) -> tuple:
   """Reads and merges the rows of one or several run folders (each holding config.json and results.jsonl).
 
   Returns:
-    (rows, config): the rows of every run in order (a point trained in two runs counts once, the later row), and
-    the first run's config dict.
+    (rows, config): the rows of every run in order (a point trained in two runs for the same steps counts once, the
+    later row; trained for different steps, both count: `slicejax.report.steps`), and the first run's config dict.
 
   Raises:
     InputError: a folder is not a run, runs are incompatible (`check_compatible`), or their test volumes differ.
   """
-  configs, rows, dims, budgets = {}, [], {}, {}
+  configs, rows, dims, points = {}, [], {}, {}
   for workdir in workdirs:
     path = pathlib.Path(workdir) / workdir_lib.CONFIG_NAME
     if not path.is_file():
@@ -78,9 +93,12 @@ def read_runs(workdirs) -> tuple:
       raise InputError(str(path), f"not valid JSON ({err})") from err
     run_rows = results.read_rows(pathlib.Path(workdir) / workdir_lib.RESULTS_NAME)
     dims[str(path)] = {row.get("dims") for row in run_rows}
-    budgets[str(path)] = {(row.get("dims"), row.get("budget"), bool(row.get("reference"))) for row in run_rows}
+    points[str(path)] = {}
+    for row in run_rows:
+      points[str(path)].setdefault((row.get("dims"), row.get("budget"), bool(row.get("reference"))), set()).add(
+          steps_lib.point_key(row))
     rows += run_rows
-  check_compatible(configs, dims, budgets)
+  check_compatible(configs, dims, points)
   cases = {}
   for row in rows:
     if "test_cases" in row:
@@ -88,10 +106,10 @@ def read_runs(workdirs) -> tuple:
   if len(cases) > 1:
     (_, a), (_, b) = list(cases.items())[:2]
     raise InputError(str(workdirs[-1]), f"rows {a} and {b} were tested on different volumes; they cannot be merged")
-  # A point trained by two runs counts once: its later row, in the later row's place.
+  # A point trained by two runs for the same steps counts once: its later row, in the later row's place.
   by_name = {}
   for index, row in enumerate(rows):
-    key = row.get("name", ("unnamed", index))
+    key = (row.get("name", ("unnamed", index)), row.get("steps"))
     by_name.pop(key, None)
     by_name[key] = row
   return list(by_name.values()), next(iter(configs.values()))

@@ -384,6 +384,14 @@ def rules_markdown(options: dict) -> str:
   recommendation; "Checks" shows each with its Δ and {100 * (1 - a):g}% interval. When the statistics are
   right, such an interval excludes 0 in {100 * a:g}% of studies; one that excludes 0 is a warning that they are
   anti-conservative (intervals too narrow, p-values too small).
+- **Steps check.** A study confirms its training length by training some of its points (the same dims, budget,
+  allocation, selection, interpolation and seed) again at more steps, in another run. At a budget whose rows hold
+  such a point at two or more step counts, the cells, comparisons, findings and recommendation use only the
+  study's rows: those of the step count most of the budget's rows have (the fewer steps on a tie). For each longer
+  step count, "Checks" shows the mean Dice of each re-trained allocation over the seeds that have all of them at
+  both step counts, and the difference between the extremes (fewest slices per volume − most). The budget's
+  steps stand when that difference moves by less than {o['steps_tolerance']:g} (`stats.steps_tolerance`) at
+  every longer step count; else more steps are needed. The check does not close the trust gate.
 - **Limits.** The calibration below holds for seed effects that are roughly symmetric. A model that fails now and
   then (one seed in ten collapsing) makes a mean over 3-10 seeds unreliable in a way no test on those seeds can see:
   such a seed shows as a diverged model or an outlying per-seed difference, and is worth rerunning or reporting

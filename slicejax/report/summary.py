@@ -25,25 +25,27 @@ from slicejax.report import findings as findings_lib
 from slicejax.report import recommendations
 from slicejax.report import render
 from slicejax.report import runs
+from slicejax.report import steps
 
 
 def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "", document=None) -> None:
   """Writes the study report of `rows` into `workdir`, each file replaced atomically.
 
   - `summary.md`: the rules (`statistics.rules_markdown`), the trust gate, the checks (the A/A comparisons,
-    `comparisons.a_a_checks`), the findings, the cells (mean ± std over seeds, surface metrics, flags), the
-    reference, the pre-specified comparisons with intervals, raw and adjusted
+    `comparisons.a_a_checks`, and the steps check, `steps.steps_check`), the findings, the cells (mean ± std over
+    seeds, surface metrics, flags), the reference, the pre-specified comparisons with intervals, raw and adjusted
     p-values and verdicts, the seeds each family needs, the recommendation per budget
     (`recommendations.recommendations`) and the annotation cost view.
   - `summary.csv`: one line per cell with plain numbers (booleans as 0/1, missing values empty).
-  - `findings.json`: `findings`, `trust_gate`, `a_a_checks`, `seeds_needed`, `recommendations`, `comparisons`,
-    `options` and `cost`.
+  - `findings.json`: `findings`, `trust_gate`, `a_a_checks`, `steps_check`, `seeds_needed`, `recommendations`,
+    `comparisons`, `options` and `cost`.
   - figures (`slicejax.report.figures`): `dice_vs_allocation.png`, `dice_vs_budget.png`, `forest.png`,
     `dice_per_class.png`, `dice_vs_cost.png`, `learning_curves.png`.
+  Everything but the steps check and the compute used is made of the study's rows (`steps.study_rows`).
 
   Args:
     workdir: an existing folder.
-    rows: result rows (`slicejax.report.cells`).
+    rows: result rows (`slicejax.report.cells`), of every step count (`runs.read_runs`).
     options: the statistics options (`comparisons.stats_options`); None: the defaults.
     cost: the annotation cost model; None: `cells.DEFAULT_COST`.
     preamble: markdown put before the summary (e.g. a study's protocol and commands).
@@ -52,16 +54,18 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   workdir = os.fspath(workdir)
   options = comparisons_lib.stats_options(options)
   cost = dict(cells_lib.DEFAULT_COST if cost is None else cost)
-  cells = cells_lib.summarise(rows, cost, options["plateau_tolerance"])
-  comparisons = comparisons_lib.paired_comparisons(rows, options)
-  a_a = comparisons_lib.a_a_checks(rows, options)
+  study = steps.study_rows(rows)
+  cells = cells_lib.summarise(study, cost, options["plateau_tolerance"])
+  comparisons = comparisons_lib.paired_comparisons(study, options)
+  a_a = comparisons_lib.a_a_checks(study, options)
+  steps_check = steps.steps_check(rows, options["steps_tolerance"])
   found = findings_lib.findings(comparisons, cells, options)
   gate = findings_lib.trust_gate(cells, options)
   needed = comparisons_lib.seeds_needed(comparisons, options)
   recommended = recommendations.recommendations(comparisons, cells, options, cost=cost, needed=needed)
   frontier = cells_lib.cost_frontier(cells)
   text = render.summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options,
-                                 runs.compute_used(rows), checks={"a_a": a_a})
+                                 runs.compute_used(rows), checks={"a_a": a_a, "steps": steps_check})
   pngs = figures.all_figures(cells, comparisons, cost)
   files.atomic_write(os.path.join(workdir, "summary.md"), preamble + text + render.figure_links(pngs, ""))
   if document is not None:
@@ -69,12 +73,12 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
     files.atomic_write(document, preamble + text + render.figure_links(pngs, prefix + "/"))
   files.atomic_write(os.path.join(workdir, "summary.csv"), render.summary_csv(cells))
   files.atomic_write(os.path.join(workdir, "findings.json"), json.dumps(
-      {"findings": found, "trust_gate": gate, "a_a_checks": a_a, "seeds_needed": needed,
+      {"findings": found, "trust_gate": gate, "a_a_checks": a_a, "steps_check": steps_check, "seeds_needed": needed,
        "recommendations": recommended, "comparisons": comparisons, "options": options, "cost": cost}, indent=1,
       default=_json_value) + "\n")
   for name, png in pngs.items():
     files.atomic_write(os.path.join(workdir, name), png)
-  logging.info("wrote the summary of %d rows (%d cells) to %s", len(rows), len(cells), workdir)
+  logging.info("wrote the summary of %d rows (%d cells) to %s", len(study), len(cells), workdir)
 
 
 def _json_value(value):
@@ -126,6 +130,7 @@ def define_flags() -> None:
   flags.DEFINE_float("alpha", None, "Test level (intervals cover 1 - alpha); default: the run's config.stats.")
   flags.DEFINE_float("margin", None, "Equivalence margin in Dice; default: the run's config.stats.")
   flags.DEFINE_integer("min_seeds", None, "Fewest shared seeds for a verdict; default: the run's config.stats.")
+  flags.DEFINE_float("steps_tolerance", None, "The steps check's tolerance in Dice; default: the run's config.stats.")
   flags.DEFINE_string("preamble", None, "A markdown file put before the summary (a study's protocol and commands).")
   flags.DEFINE_string("document", None, "Also write the summary, after the preamble, to this markdown file.")
 
@@ -136,7 +141,7 @@ def main(argv):
   try:
     out = run(f.workdir or [], f.out, seconds_per_volume=f.seconds_per_volume, seconds_per_slice=f.seconds_per_slice,
               seconds_per_kilopixel=f.seconds_per_kilopixel, preamble=f.preamble, document=f.document,
-              alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds)
+              alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds, steps_tolerance=f.steps_tolerance)
   except InputError as err:
     exit_with(err)
   print(f"report written to {out}")

@@ -1,0 +1,154 @@
+"""The steps check: points of a study trained again at more steps, and which rows are the study's.
+
+A study confirms its training length by training some of its points (the same dims, budget, allocation, selection,
+interpolation and seed) again for more steps, in another run; `runs.read_runs` keeps both rows of such a point. At a
+budget (dims, budget, reference) that holds a point at two or more step counts:
+- the study's rows are those of the budget's study step count, the one most of the budget's rows have (the fewer
+  steps on a tie); cells, comparisons, findings and recommendations see only them (`study_rows`);
+- the check (`steps_check`) follows, for each longer step count, the difference between the re-trained allocations'
+  extremes (the fewest slices per volume minus the most, in mean Dice over the seeds that have every re-trained
+  allocation at both step counts). The steps stand when it moves by less than `stats.steps_tolerance` at every
+  longer step count; otherwise more steps are needed.
+Budgets without such a point keep every row.
+"""
+
+import numpy as np
+
+from slicejax.report import cells as cells_lib
+
+STAND, MORE, NOT_CHECKED = "steps stand", "more steps needed", "not checked"
+
+
+def _budget(row) -> tuple:
+  return row.get("dims"), row.get("budget"), bool(row.get("reference", False))
+
+
+def point_key(row) -> tuple:
+  """A row's point without its training length: its cell key (`cells.cell_key`) and seed."""
+  return cells_lib.cell_key(row) + (row.get("seed"),)
+
+
+def _longer(steps, than) -> bool:
+  return steps is not None and than is not None and steps > than
+
+
+def retrained(rows) -> dict:
+  """{budget (dims, budget, reference): {point key: its step counts}} of the points trained at two or more step
+  counts; budgets without one are left out."""
+  steps = {}
+  for row in rows:
+    steps.setdefault(_budget(row), {}).setdefault(point_key(row), set()).add(row.get("steps"))
+  return {budget: {p: s for p, s in points.items() if len(s) > 1}
+          for budget, points in steps.items() if any(len(s) > 1 for s in points.values())}
+
+
+def study_steps(rows) -> dict:
+  """{budget: its study step count} for the budgets of `retrained`: the step count most of the budget's rows have,
+  the fewer steps on a tie."""
+  counts = {}
+  for row in rows:
+    here = counts.setdefault(_budget(row), {})
+    here[row.get("steps")] = here.get(row.get("steps"), 0) + 1
+  return {budget: min(counts[budget], key=lambda s: (-counts[budget][s], s is None, s or 0))
+          for budget in retrained(rows)}
+
+
+def study_rows(rows) -> list:
+  """The rows the study's cells are made of: every row, less those of a budget of `retrained` trained for another
+  step count than the budget's study step count (`study_steps`). Order kept."""
+  study = study_steps(rows)
+  return [row for row in rows if _budget(row) not in study or row.get("steps") == study[_budget(row)]]
+
+
+def _dice(rows, steps) -> dict:
+  """{(volumes, slices per volume, seed): Dice} of the rows at `steps` whose Dice is defined."""
+  return {(row["volumes"], row["slices_per_volume"], row["seed"]): row["dice_mean"] for row in rows
+          if row.get("steps") == steps and row.get("dice_mean") is not None}
+
+
+def allocation_check(rows, allocations, label, study: int, steps: int, tolerance: float) -> dict | None:
+  """The check of one re-trained selection and interpolation at one longer step count.
+
+  Args:
+    rows: that selection and interpolation's rows at the budget, every step count.
+    allocations: the re-trained (volumes, slices per volume), fewest slices per volume first; two or more.
+    label: {allocation: its cell's label}.
+    study, steps: the study's step count and the longer one.
+    tolerance: `stats.steps_tolerance`.
+
+  Returns:
+    dict of `cells` (the labels), `fewest`, `most`, `steps`, `seeds` (those with every allocation at both step
+    counts), `study_dice` and `dice` ({cell: mean Dice over `seeds`} at `study` and at `steps`), `study_difference`
+    and `difference` (fewest - most there), `moved` (difference - study_difference) and `stands` (|moved| <
+    tolerance); None without such a seed.
+  """
+  at_study, at_steps = _dice(rows, study), _dice(rows, steps)
+  seeds = sorted({key[2] for key in at_study} & {key[2] for key in at_steps})
+  seeds = [s for s in seeds if all(a + (s,) in at_study and a + (s,) in at_steps for a in allocations)]
+  if not seeds:
+    return None
+  before = {a: float(np.mean([at_study[a + (s,)] for s in seeds])) for a in allocations}
+  after = {a: float(np.mean([at_steps[a + (s,)] for s in seeds])) for a in allocations}
+  fewest, most = allocations[0], allocations[-1]
+  moved = (after[fewest] - after[most]) - (before[fewest] - before[most])
+  return {"cells": [label[a] for a in allocations], "fewest": label[fewest], "most": label[most], "steps": steps,
+          "seeds": seeds, "study_dice": {label[a]: before[a] for a in allocations},
+          "dice": {label[a]: after[a] for a in allocations}, "study_difference": before[fewest] - before[most],
+          "difference": after[fewest] - after[most], "moved": moved, "stands": abs(moved) < tolerance}
+
+
+def _variant(key) -> tuple:
+  """The (selection, interpolation) of a cell or point key."""
+  return cells_lib.key_field(key, "selection"), cells_lib.key_field(key, "interpolation")
+
+
+def _budget_entry(rows, points, study, tolerance) -> dict:
+  """`steps_check`'s entry of one budget: its rows (every step count), its re-trained points."""
+  variants = {}
+  for p in points:
+    variants.setdefault(_variant(p), []).append(p)
+  longer = sorted({s for p in points for s in points[p] if _longer(s, study)})
+  checks, compared = [], False
+  for (selection, interpolation), chosen in sorted(variants.items()):
+    allocations = sorted({(cells_lib.key_field(p, "volumes"), cells_lib.key_field(p, "slices_per_volume"))
+                          for p in chosen}, key=lambda a: a[1] or 0)
+    if len(allocations) < 2:
+      continue
+    compared = True
+    cell = dict(zip(cells_lib.CELL_KEY, chosen[0]))
+    label = {a: cells_lib.label(dict(cell, volumes=a[0], slices_per_volume=a[1])) for a in allocations}
+    mine = [row for row in rows if _variant(cells_lib.cell_key(row)) == (selection, interpolation)]
+    for steps in longer:
+      check = allocation_check(mine, allocations, label, study, steps, tolerance)
+      if check is not None:
+        checks.append(check)
+  reason = None
+  if not checks:
+    reason = ("no point trained at more steps than the study's" if not longer else
+              "one allocation trained again: no difference to follow" if not compared else
+              "no seed with every re-trained allocation at both step counts")
+  return {"study_steps": study, "tolerance": tolerance, "checks": checks,
+          "verdict": NOT_CHECKED if not checks else STAND if all(c["stands"] for c in checks) else MORE,
+          "reason": reason}
+
+
+def steps_check(rows, tolerance: float) -> list[dict]:
+  """The steps check of every budget that holds a point trained at two or more step counts (module docstring).
+
+  Args:
+    rows: result rows, every step count (`runs.read_runs`).
+    tolerance: `stats.steps_tolerance`, in Dice.
+
+  Returns:
+    One dict per such budget, in table order: `dims`, `budget`, `reference`, `study_steps`, `tolerance`, `checks`
+    (one `allocation_check` per re-trained selection and interpolation with two or more allocations, and longer
+    step count, with a seed at both), `verdict` (`STAND` when every check stands, `MORE` when one does not,
+    `NOT_CHECKED` without a check) and `reason` (why not checked; None when checked).
+  """
+  study = study_steps(rows)
+  out = []
+  for budget, points in sorted(retrained(rows).items(), key=lambda item: (item[0][0], item[0][2], item[0][1])):
+    here = [row for row in rows if _budget(row) == budget]
+    out.append({"dims": budget[0], "budget": budget[1], "reference": budget[2],
+                **_budget_entry(here, points, study[budget], tolerance)})
+  return out
