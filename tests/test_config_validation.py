@@ -122,7 +122,7 @@ BAD = [
     ({"study.dims": (2, 3), "study.three_d.selections": ("hybrid",)},
      "config.study.three_d.selections: 'hybrid' selects in rounds, which only 2D points do"),
     ({"study.selections": ("nope",)},
-     "config.study.selections: must name modules of slicejax/study/selection (annotated, ensemble, entropy, fixed, hybrid, random, ual), got 'nope'"),
+     "config.study.selections: must name modules of slicejax/study/selection (annotated, ensemble, entropy, fixed, hybrid, passive, random, ual), got 'nope'"),
     ({"study.selections": ("random", 1)}, "config.study.selections: must be a tuple of selection names, got "
      "('random', 1)"),
     ({"study.interpolation": ("yes",)}, "config.study.interpolation: must be a tuple of booleans, got ('yes',)"),
@@ -137,7 +137,7 @@ BAD = [
      "config.study.roi: must be () or two fractions (lo, hi) with 0 <= lo < hi <= 1, got (0.2, 1.2)"),
     ({"study.three_d.budgets": (0,)}, "config.study.three_d.budgets: must be a tuple of positive integers, got (0,)"),
     ({"study.three_d.selections": ("nope",)},
-     "config.study.three_d.selections: must name modules of slicejax/study/selection (annotated, ensemble, entropy, fixed, hybrid, random, ual), got 'nope'"),
+     "config.study.three_d.selections: must name modules of slicejax/study/selection (annotated, ensemble, entropy, fixed, hybrid, passive, random, ual), got 'nope'"),
     ({"study.three_d.reference": True},
      "config.study.three_d.reference: must be () or a one-item tuple (True,) or (False,), got True"),
     ({**WITH_3D, "study.three_d.seeds": (), "study.seeds": ()},

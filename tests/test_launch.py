@@ -34,10 +34,12 @@ def load_config(spec):
 
 def loop_demo():
   """The tiny demo with the loop strategy's default chunk (4 models per program) instead of the tiny configs' one
-  model per program, so that the grid's rows go through a program of several models."""
+  model per program, so that the grid's rows go through a program of several models; and a margin of its own, which
+  the launch's report must use."""
   config = load_config("configs/demo.py:tiny")
   with config.unlocked():
     config.model_axis.chunk = parallel.DEFAULT_CHUNK
+    config.stats.margin = 0.03
   return config
 
 
@@ -99,6 +101,7 @@ def test_demo_summary_files(demo_run):
   assert len(cells) == 5
   assert (workdir / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert json.loads((workdir / "groups.json").read_text())[0]["0"] == rows[0]["name"]
+  assert json.loads((workdir / "findings.json").read_text())["options"]["margin"] == 0.03
 
 
 def test_rerun_skips_and_keeps_rows(demo_run):

@@ -653,7 +653,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
     with distributed.writer_first("summary"):
       rows = results.read_rows(results_path)
       if writer:
-        report.write_summary(rundir, rows, cost=config.cost.to_dict())
+        report.write_summary(rundir, rows, config.stats.to_dict(), cost=config.cost.to_dict())
         console.plot_curves(rundir / "curves", rundir / "curves.png")
         console.say(f"wrote {results_path}, summary.md, summary.csv, the figures and curves.png")
   return rows
