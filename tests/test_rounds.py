@@ -411,3 +411,37 @@ def test_the_report_compares_round_cells_with_one_shot_cells_at_equal_budget():
   assert set(pairs) == {("entropy r2", "fixed"), ("entropy r2 free", "fixed"), ("entropy r2 free", "entropy r2")}
   assert {c["family"] for c in comparisons} == {"selection, rounds"}
   assert pairs[("entropy r2", "fixed")]["mean_diff"] == pytest.approx(0.1)
+
+
+def test_round_methods_against_their_passive_control_are_a_family_of_their_own():
+  from slicejax.report import cells as cells_lib
+  from slicejax.report import comparisons as comparisons_lib
+
+  def row(selection, seed, dice, **extra):
+    return {"dims": 2, "budget": 8, "volumes": 2, "slices_per_volume": 4, "selection": selection, "seed": seed,
+            "interpolation": False, "reference": False, "dice_mean": dice, "test_cases": ["a", "b"],
+            "per_volume": {"dice": [[dice], [dice - 0.1]]}, **extra}
+
+  history = lambda first: [{"round": 0, "slices": 4, "added": {}, "val_dice": first},
+                           {"round": 1, "slices": 8, "added": {}, "val_dice": 0.7}]
+  rows = [row("fixed", s, 0.6, annotated_volumes=2) for s in range(3)]
+  for selection, dice in (("entropy", 0.70), ("hybrid", 0.66), ("passive", 0.64)):
+    rows += [row(selection, s, dice + 0.01 * s, rounds=2, free=False, annotated_volumes=2,
+                 round_history=history(None if selection == "passive" else 0.5)) for s in range(3)]
+  rows += [row("passive", s, 0.62, rounds=2, free=True, annotated_volumes=3, round_history=history(None))
+           for s in range(3)]
+  cells = {c["selection"]: c for c in cells_lib.summarise(rows)}
+  assert cells["passive r2"]["round_val_dice"][0] is None and cells["entropy r2"]["round_val_dice"][0] == 0.5
+  families = {(c["a"]["selection"], c["b"]["selection"]): c["family"]
+              for c in comparisons_lib.paired_comparisons(rows)}
+  # Method - passive on the same schedule; the free control is another schedule.
+  control = {pair for pair, family in families.items() if family == "selection, rounds, control"}
+  assert control == {("entropy r2", "passive r2"), ("hybrid r2", "passive r2")}
+  assert len(families) == 10 and set(families.values()) == {"selection, rounds", "selection, rounds, control"}
+  assert comparisons_lib.is_control("entropy r2 free", "passive r2 free")
+  assert not comparisons_lib.is_control("entropy r2", "passive r2 free")
+  assert not comparisons_lib.is_control("entropy r2", "hybrid r2") and not comparisons_lib.is_control("passive r2",
+                                                                                                      "fixed")
+  comparisons = comparisons_lib.paired_comparisons(rows)
+  entropy = next(c for c in comparisons if (c["a"]["selection"], c["b"]["selection"]) == ("entropy r2", "passive r2"))
+  assert entropy["mean_diff"] == pytest.approx(0.06) and entropy["family_size"] == 2

@@ -41,8 +41,9 @@ def holm_family(comparison) -> str:
   """The family a comparison's Holm adjustment runs in: exactly the comparisons one finding's verdict rests on.
 
   "allocation": random and fixed interval (finding 1's verdict), "allocation, ual" and other selections apart;
-  "selection, ual": UAL against the others (finding 2), "selection, rounds": a selection in rounds against any
-  other, "selection": the other pairs; "interpolation, 2D" (finding 3) and "interpolation, 3D". A 3D comparison's
+  "selection, ual": UAL against the others (finding 2), "selection, rounds, control": a model-based selection in
+  rounds against the control `passive` on the same schedule (`is_control`), "selection, rounds": a selection in
+  rounds against any other, "selection": the other pairs; "interpolation, 2D" (finding 3) and "interpolation, 3D". A 3D comparison's
   family carries ", 3D" (`dims_family`: "allocation, 3D", "selection, ual, 3D"), so 3D never adjusts or decides
   with 2D.
   """
@@ -51,11 +52,21 @@ def holm_family(comparison) -> str:
     return f"interpolation, {a['dims']}D"
   if kind == "allocation":
     name = kind if a["selection"] in ("random", "fixed") else f"allocation, {a['selection']}"
+  elif is_control(a["selection"], b["selection"]):
+    name = "selection, rounds, control"
   elif cells_lib.in_rounds(a["selection"]) or cells_lib.in_rounds(b["selection"]):
     name = "selection, rounds"
   else:
     name = "selection, ual" if "ual" in (a["selection"], b["selection"]) else kind
   return dims_family(name, a["dims"])
+
+
+def is_control(a: str, b: str) -> bool:
+  """Whether cells of selections a and b ("entropy r2", "passive r2") are a model-based selection in rounds against
+  its control `passive` on the same schedule (rounds and allocation rule)."""
+  schedule = lambda selection: selection.split(" ", 1)[1] if cells_lib.in_rounds(selection) else None
+  methods = {a.split(" ", 1)[0], b.split(" ", 1)[0]}
+  return schedule(a) is not None and schedule(a) == schedule(b) and "passive" in methods and len(methods) == 2
 
 
 def is_a_a(kind: str, a: tuple, b: tuple) -> bool:
@@ -101,7 +112,12 @@ def _pairs(cells) -> list[tuple]:
     pairs += [("allocation", fewest, key) for key in group if key != fewest]
   for group in _groups(cells, ("dims", "budget", "volumes", "slices_per_volume", "interpolation")):
     ordered = sorted(group, key=cells_lib.sort_key)
-    pairs += [("selection", b, a) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+    for i, a in enumerate(ordered):
+      for b in ordered[i + 1:]:
+        # a round method against its control: method - passive
+        control = cells_lib.key_field(b, "selection").startswith("passive ")
+        pairs.append(("selection", a, b) if control and is_control(*(cells_lib.key_field(k, "selection")
+                                                                       for k in (a, b))) else ("selection", b, a))
   for group in _groups(cells, ("dims", "budget", "volumes", "slices_per_volume", "selection")):
     by_interpolation = {cells_lib.key_field(key, "interpolation"): key for key in group}
     if len(by_interpolation) == 2:

@@ -398,8 +398,10 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
   if in_round:
     out += ["", "## Rounds", "",
             "Selection in rounds: the slices annotated after each round and the mean validation Dice over seeds of "
-            "the models trained on them; the last round's models are the cell's. Their comparisons with the one-shot "
-            "selections at the same budget and allocation are the family \"selection, rounds\" above.", ""]
+            "the models trained on them (a dash: a round that trained nothing, `passive`); the last round's models are "
+            "the cell's. Each model-based selection against its control `passive` on the same schedule is the family "
+            "\"selection, rounds, control\" above; the other comparisons of selections in rounds, with the one-shot "
+            "selections at the same budget and allocation among them, are \"selection, rounds\".", ""]
     out += _table(["dims", "budget", "cell", "slices per round", "validation Dice per round", "volumes annotated",
                    "test Dice"],
                   [[f"{c['dims']}D", str(c["budget"]), cells_lib.label(c), " → ".join(map(str, c["round_slices"])),

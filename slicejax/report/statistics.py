@@ -332,13 +332,14 @@ def rules_markdown(options: dict) -> str:
 - **Comparisons, fixed in advance.** Never a comparison against a cell chosen after looking at the results:
   `allocation` — at equal dims, budget and selection, without interpolation, the allocation with the fewest slices
   per volume (the most volumes) against each other allocation; `selection` — at equal dims, budget, allocation and
-  interpolation, each pair of selection methods (ual − random, ual − fixed, fixed − random), except fixed − random
-  at one slice per volume, a check (below); `interpolation` — at equal dims, budget, allocation and selection,
-  interpolation on − off.
+  interpolation, each pair of selection methods (ual − random, ual − fixed, fixed − random; a selection in rounds
+  against its control `passive` on the same schedule as method − passive), except fixed − random at one slice per
+  volume, a check (below); `interpolation` — at equal dims, budget, allocation and selection, interpolation on − off.
 - **Multiplicity.** Holm's step-down adjustment within each finding's family, i.e. over exactly the comparisons
   its verdict rests on: `allocation` (random and fixed interval, finding 1), `allocation, ual` (UAL's allocations,
-  reported apart), `selection, ual` (finding 2), `selection` (fixed − random), `interpolation, 2D` (finding 3) and
-  `interpolation, 3D`; separately for the test of Δ = 0 and for the equivalence test. 3D comparisons are never in a
+  reported apart), `selection, ual` (finding 2), `selection` (fixed − random), `selection, rounds, control` (each
+  model-based selection in rounds against `passive`, the rounds' primary contrasts), `selection, rounds` (the other
+  comparisons of selections in rounds), `interpolation, 2D` (finding 3) and `interpolation, 3D`; separately for the test of Δ = 0 and for the equivalence test. 3D comparisons are never in a
   2D family: their families carry ", 3D" (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are
   shown; intervals are not adjusted.
 - **Verdicts.** Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict). Else `better` or `worse`
