@@ -68,6 +68,16 @@ def test_expand_allocations_and_exact_budget():
   assert sum(len(v) for v in study.make_plan(points[-1], depths).values()) == 200
 
 
+def test_interpolation_at_one_slice_per_volume_is_left_out():
+  depths = {f"c{i:02d}": 10 for i in range(20)}
+  left_out = []
+  points = study.expand(_study(budgets=(8,), slices_per_volume=(1, 2), selections=("random", "fixed"), seeds=(0, 1),
+                               interpolation=(False, True), reference=False), depths, left_out)
+  assert sorted({(p.slices_per_volume, p.interpolation) for p in points}) == [(1, False), (2, False), (2, True)]
+  assert len(points) == 12
+  assert left_out == ["2D budget 8 at 1 slice per volume with interpolation: no slice lies between two annotated ones"]
+
+
 def test_budget_errors():
   depths = {f"c{i}": 4 for i in range(3)}
   with pytest.raises(InputError, match="exceeds the 12 slices"):

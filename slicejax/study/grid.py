@@ -70,8 +70,8 @@ def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) ->
 
   Returns:
     list of Point. An allocation whose s = B / rho is not an integer or exceeds the pool is left out (logged), and
-    so is a round schedule with more rounds than slices per volume (a round would add nothing); a budget that no
-    allocation fits is an error.
+    so are interpolation at one slice per volume (it would train as without) and a round schedule with more rounds
+    than slices per volume (a round would add nothing); a budget that no allocation fits is an error.
   """
   pool = len(depths)
   total = sum(depths.values())
@@ -97,6 +97,14 @@ def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) ->
       for rho, sel, interp, seed in itertools.product(fitting, grid["selections"], grid["interpolation"],
                                                       grid["seeds"]):
         if not getattr(selection_lib.get(sel), "MODEL_BASED", False):
+          if interp and rho < 2:  # nothing lies between annotated slices: the point would train as without
+            if sel == grid["selections"][0] and seed == grid["seeds"][0]:
+              reason = (f"{dims}D budget {budget} at 1 slice per volume with interpolation: no slice lies between "
+                        "two annotated ones")
+              logging.info("%s: left out.", reason)
+              if left_out is not None:
+                left_out.append(reason)
+            continue
           points.append(Point(dims, budget, budget // rho, rho, sel, bool(interp), seed))
           continue
         if dims != 2:
