@@ -146,7 +146,7 @@ CASES = [
     ("budget_as_text", ("--config.study.budgets=('6',)",),
      "config.study.budgets: must be a tuple of positive integers, got ('6',)"),
     ("unknown_selection", ("--config.study.selections=('nope',)",),
-     "config.study.selections: must name modules of slicejax/study/selection (annotated, ensemble, entropy, fixed, hybrid, random, ual), got 'nope'"),
+     "config.study.selections: must name modules of slicejax/study/selection (annotated, ensemble, entropy, fixed, hybrid, passive, random, ual), got 'nope'"),
     ("reversed_roi", ("--config.study.roi=(0.6, 0.4)",),
      "config.study.roi: must be () or two fractions (lo, hi) with 0 <= lo < hi <= 1, got (0.6, 0.4)"),
     ("negative_interpolation_weight", ("--config.interpolation.weight=-1",),
