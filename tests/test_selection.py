@@ -17,6 +17,8 @@ def test_the_configs_names_are_the_strategy_modules():
   modules = sorted(m.name for m in pkgutil.iter_modules(selection.__path__))
   assert defaults.SELECTIONS == tuple(modules)
   assert defaults.MODEL_BASED_SELECTIONS == tuple(m for m in modules if getattr(selection.get(m), "MODEL_BASED", False))
+  # The one that chooses without a model, which the config's check of a worklist names.
+  assert [m for m in defaults.MODEL_BASED_SELECTIONS if not selection.get(m).NEEDS_MODEL] == ["passive"]
 
 
 @pytest.mark.parametrize("name", ["random", "fixed"])

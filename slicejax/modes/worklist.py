@@ -122,7 +122,7 @@ def build(config, images: index_lib.ImageSet, names: tuple, offered: dict) -> di
   """The worklist as `plan.build` returns a plan, with `base`: case id -> the annotations a template continues."""
   cfg = config.plan
   method = selection_lib.get(cfg.selection)
-  if not getattr(method, "MODEL_BASED", False) or not getattr(method, "NEEDS_MODEL", True):
+  if not (getattr(method, "MODEL_BASED", False) and method.NEEDS_MODEL):
     raise InputError("config.plan.selection", f"with config.plan.model, must be a model-based selection (entropy, "
                      f"ensemble, hybrid), got {cfg.selection!r}")
   ignore = len(names)

@@ -66,37 +66,56 @@ def strategy(point: study.Point):
   return selection_lib.get(point.selection)
 
 
+def _members(config, point: study.Point) -> list:
+  """A point's models: the point, then (in rounds) its ensemble members (same plan, other seeds)."""
+  k = strategy(point).members(config.rounds) if point.rounds > 1 else 1
+  return [point] + [dataclasses.replace(point, seed=point.seed + i * MEMBER_SEED_STRIDE) for i in range(1, k)]
+
+
 def models(config, points) -> list:
-  """The models a group of points trains: each point, followed by its ensemble members (same plan, other seeds)."""
+  """Every model a group of points may train: each point, followed by its ensemble members."""
+  return [m for point in points for m in _members(config, point)]
+
+
+def models_of(config):
+  """`point -> models it trains` at most in one round (for `study.group`)."""
+  return lambda point: len(_members(config, point))
+
+
+def uses_model(point: study.Point) -> bool:
+  """Whether a round point's selection chooses with its models' predictions (all but `passive`)."""
+  return strategy(point).NEEDS_MODEL
+
+
+def needs_model(config, point: study.Point) -> bool:
+  """Whether a round point trains in the rounds before its last: to choose with its models, or to hand their
+  parameters to the next round (`rounds.warm_start`)."""
+  return uses_model(point) or bool(config.rounds.warm_start)
+
+
+def round_models(config, points, last: bool) -> list[tuple]:
+  """`(model, owner point name)` of the models a round trains, in order: before the last round every model of a
+  point that `needs_model` (none of `passive`'s without warm start); in the last round each point's own model, and
+  its members too with `rounds.final_members` (members serve only to choose the next slices)."""
   out = []
   for point in points:
-    out.append(point)
-    if point.rounds > 1:
-      out += [dataclasses.replace(point, seed=point.seed + k * MEMBER_SEED_STRIDE)
-              for k in range(1, strategy(point).members(config.rounds))]
+    members = _members(config, point)
+    if last and not config.rounds.final_members:
+      members = members[:1]
+    elif not last and not needs_model(config, point):
+      members = []
+    out += [(m, point.name) for m in members]
   return out
 
 
 def final_models(config, points) -> list:
-  """The models of a group's last round, in its checkpoint's order: `models`, less the ensemble members unless
-  `rounds.final_members`."""
-  return models(config, points) if config.rounds.final_members else list(points)
+  """The models of a group's last round, in its checkpoint's order (`round_models`)."""
+  return [m for m, _ in round_models(config, points, last=True)]
 
 
-def owners(config, points) -> list:
-  """The point name of each of `models(config, points)`: an ensemble member's is its point's."""
-  return [p.name for p in points for _ in range(strategy(p).members(config.rounds) if p.rounds > 1 else 1)]
-
-
-def models_of(config):
-  """`point -> models it trains` (for `study.group`)."""
-  return lambda point: strategy(point).members(config.rounds) if point.rounds > 1 else 1
-
-
-def needs_model(config, point: study.Point) -> bool:
-  """Whether a round point trains in the rounds before its last: to choose with its models (not `passive`), or to
-  hand their parameters to the next round (`rounds.warm_start`)."""
-  return getattr(strategy(point), "NEEDS_MODEL", True) or bool(config.rounds.warm_start)
+def trainings(config, point: study.Point) -> int:
+  """The models a point trains over all its rounds (`round_models`)."""
+  return sum(len(round_models(config, [point], last=r == point.rounds - 1)) for r in range(point.rounds))
 
 
 # A round's draws (`passive`) come from the point's seed, the round and this tag.
@@ -105,18 +124,6 @@ _ROUND_TAG = 0x50A55
 
 def round_rng(point: study.Point, round_index: int) -> np.random.Generator:
   return np.random.default_rng([point.seed, round_index, _ROUND_TAG])
-
-
-def trainings(config, point: study.Point) -> int:
-  """The models a point trains over all its rounds: its members in every round that chooses with them (none for
-  `passive`), and in the last round only its own model unless `rounds.final_members` (members serve only to choose
-  the next slices)."""
-  if point.rounds <= 1:
-    return 1
-  if not needs_model(config, point):
-    return 1
-  k = strategy(point).members(config.rounds)
-  return k * (point.rounds - 1) + (k if config.rounds.final_members else 1)
 
 
 def needs_embeddings(config, point) -> bool:
@@ -225,7 +232,7 @@ def merge(plan: dict, added: dict) -> dict:
   return out
 
 
-def next_round(config, points, plans: dict, probabilities, round_index: int, embeddings=None, owner=None) -> dict:
+def next_round(config, points, plans: dict, probabilities, owner, round_index: int, embeddings=None) -> dict:
   """What every point of a group adds in round `round_index`, from its models' predictions of the pool.
 
   Args:
@@ -233,13 +240,12 @@ def next_round(config, points, plans: dict, probabilities, round_index: int, emb
     plans: point name -> plan so far.
     probabilities: `pool_probabilities`' output for the volumes any point may add to (probs and valid None when no
       point of the group needs a model).
+    owner: the point name of each model whose predictions `probabilities` holds (`round_models`).
     round_index: r >= 1.
-    owner: the point name of each model trained (`owners(config, points)` when None).
 
   Returns:
     point name -> `choose_next`'s added slices.
   """
-  owner = owners(config, points) if owner is None else owner
   rows = {name: slice(owner.index(name), owner.index(name) + owner.count(name)) for name in set(owner)}
   scores = {p.name: {} for p in points}
   for volume, probs, valid in probabilities:
@@ -247,7 +253,7 @@ def next_round(config, points, plans: dict, probabilities, round_index: int, emb
       if point.free or volume.case_id in plans[point.name]:
         scores[point.name][volume.case_id] = (
             strategy(point).scores(probs[rows[point.name]], valid, config.rounds)
-            if getattr(strategy(point), "NEEDS_MODEL", True) else np.zeros(volume.depth, np.float32))
+            if uses_model(point) else np.zeros(volume.depth, np.float32))
   return {p.name: choose_next(p, plans[p.name], scores[p.name], quotas(p, config.rounds.first_share)[round_index],
                               options=config.rounds, roi=config.study.roi, embeddings=embeddings,
                               rng=round_rng(p, round_index))
@@ -330,7 +336,7 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
     plan's resulting `annotated_volumes` and `annotated_slices_per_volume`.
   """
   rundir = pathlib.Path(rundir)
-  trained, names, owner = models(config, points), [p.name for p in points], owners(config, points)
+  names = [p.name for p in points]
   pool = splits["train"]
   depths = {v.case_id: v.depth for v in pool}
   sizes = bank_sizes(points, depths, sizes)
@@ -346,7 +352,7 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
                                                else f"group_{group_index}_round_{r}")
   need = {p.selection for p in points}
   pool_embeddings = None
-  previous = None
+  previous = previous_models = None
   for r in range(num_rounds):
     last = r == num_rounds - 1
     plans = plans_after(entries[:r + 1], names)
@@ -354,14 +360,11 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
         and not (config.rounds.warm_start and not _has_checkpoint(folder(r + 1)))):
       continue  # trained, and the next round's slices chosen
     keep = {}
-    models_r, owner_r, init = trained, owner, previous if config.rounds.warm_start else None
-    if last and not config.rounds.final_members:  # the points' own models: members serve only to choose
-      own = [trained.index(p) for p in points]
-      models_r, owner_r = final_models(config, points), names
-      init = None if init is None else jax.tree.map(lambda leaf: leaf[np.asarray(own)], init)
-    elif not last:  # a point that chooses without a model (`passive`) trains only in its last round
-      choosing = {p.name for p in points if needs_model(config, p)}
-      models_r, owner_r = [m for m, o in zip(trained, owner) if o in choosing], [o for o in owner if o in choosing]
+    chosen = round_models(config, points, last)
+    models_r, owner_r = [m for m, _ in chosen], [o for _, o in chosen]
+    init = None
+    if config.rounds.warm_start and previous is not None:  # the previous round's parameters of the same models
+      init = jax.tree.map(lambda leaf: leaf[np.asarray([previous_models.index(m) for m in models_r])], previous)
     rows = train_group(config if last else intermediate, models_r, [plans[name] for name in owner_r], splits,
                        dataset, group_index, folder(r), sizes=sizes, programs=programs,
                        curves=curves if last else None, init_params=init, keep=keep) if models_r else []
@@ -371,7 +374,7 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
     _write_record(rundir, group_index, names, entries)
     if last:
       break
-    previous = keep["stacked"]["params"] if models_r else None
+    previous, previous_models = (keep["stacked"]["params"], models_r) if models_r else (None, None)
     if len(entries) == r + 1:
       if pool_embeddings is None and any(selection_lib.get(s).NEEDS_EMBEDDINGS for s in need):
         pool_embeddings = embeddings()
@@ -379,7 +382,7 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
       volumes = [v for v in pool if v.case_id in wanted]
       probabilities = (pool_probabilities(config, keep["model"], keep["axis"], keep["params"], volumes, keep["shape"])
                        if models_r else ((v, None, None) for v in volumes))
-      added = next_round(config, points, plans, probabilities, r + 1, pool_embeddings, owner=owner_r)
+      added = next_round(config, points, plans, probabilities, owner_r, r + 1, pool_embeddings)
       entries.append({"round": r + 1, "added": added})
       _write_record(rundir, group_index, names, entries)
   for name, plan in plans_after(entries, names).items() if distributed.is_writer() else ():

@@ -8,6 +8,7 @@ from slicejax.study import uncertainty
 
 NEEDS_EMBEDDINGS = False
 MODEL_BASED = True
+NEEDS_MODEL = True
 
 
 def members(options) -> int:

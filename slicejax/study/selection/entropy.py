@@ -4,10 +4,10 @@ the round's model (`uncertainty.entropy`; with `rounds.foreground`, weighted by 
 Model-based selections share this interface, next to the one-shot `select` that they refuse:
 
     MODEL_BASED = True
+    NEEDS_MODEL = True                     # False: chooses without a model (`passive`), so `scores` is not called
     def members(options) -> int            # models trained per point (an ensemble's K, else 1)
     def scores(probs, valid, options) -> [D] float   # probs [E, D, H, W, K] of the point's E models, one volume
     def choose(scores, candidates, n, *, embeddings, annotated, options, rng) -> sorted [n] indices
-    NEEDS_MODEL = False                    # optional: chooses without a model (`passive`), so `scores` is not called
 
 `rng` is a numpy Generator seeded by the point's seed and the round (`rounds.round_rng`).
 """
@@ -17,6 +17,7 @@ from slicejax.study import uncertainty
 
 NEEDS_EMBEDDINGS = False
 MODEL_BASED = True
+NEEDS_MODEL = True
 
 
 def select(num_slices, rho, rng, *, embeddings=None, options=None):

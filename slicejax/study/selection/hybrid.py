@@ -8,6 +8,7 @@ from slicejax.study import uncertainty
 
 NEEDS_EMBEDDINGS = True
 MODEL_BASED = True
+NEEDS_MODEL = True
 
 
 def choose(scores_, candidates, n, *, embeddings=None, annotated=(), options=None, rng=None):
