@@ -343,7 +343,7 @@ def _recommend(rows, cost=None):
   cost = cells_lib.DEFAULT_COST if cost is None else cost
   cells = cells_lib.summarise(rows, cost)
   comparisons = comparisons_lib.paired_comparisons(rows)
-  recommended = recommendations.recommendations(comparisons, cells, cost=cost,
+  recommended = recommendations.recommendations(comparisons, cells, findings_lib.trust_gate(cells), cost=cost,
                                                 needed=comparisons_lib.seeds_needed(comparisons))
   return recommended, render.recommendations_markdown(recommended, cells, cost)
 

@@ -49,6 +49,11 @@ def cell_key(row) -> tuple:
           bool(row.get("interpolation", False)), bool(row.get("reference", False)))
 
 
+def key_of(cell) -> tuple:
+  """The key of a cell (`summarise`'s, or a comparison's a or b), whose selection already names its rounds."""
+  return tuple(cell[name] for name in CELL_KEY)
+
+
 def sort_key(key) -> tuple:
   """The order of cell keys in every table: dims, the reference last, budget, slices per volume, selection."""
   dims, budget, volumes, slices_per_volume, selection, interpolation, reference = key

@@ -43,9 +43,9 @@ def holm_family(comparison) -> str:
   "allocation": random and fixed interval (finding 1's verdict), "allocation, ual" and other selections apart;
   "selection, ual": UAL against the others (finding 2), "selection, rounds, control": a model-based selection in
   rounds against the control `passive` on the same schedule (`is_control`), "selection, rounds": a selection in
-  rounds against any other, "selection": the other pairs; "interpolation, 2D" (finding 3) and "interpolation, 3D". A 3D comparison's
-  family carries ", 3D" (`dims_family`: "allocation, 3D", "selection, ual, 3D"), so 3D never adjusts or decides
-  with 2D.
+  rounds against any other, "selection": the other pairs; "interpolation, 2D" (finding 3) and "interpolation, 3D".
+  A 3D comparison's family carries ", 3D" (`dims_family`: "allocation, 3D", "selection, ual, 3D"), so 3D never
+  adjusts or decides with 2D.
   """
   kind, a, b = comparison["comparison"], comparison["a"], comparison["b"]
   if kind == "interpolation":

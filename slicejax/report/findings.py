@@ -103,8 +103,8 @@ def _not_better_verdict(comparisons) -> str:
 
 
 def _one_shot(comparison) -> bool:
-  """Whether an allocation comparison is finding 1's: random or fixed interval."""
-  return comparison["a"]["selection"] in ("random", "fixed")
+  """Whether an allocation comparison is finding 1's: in its dims' `allocation` family (random or fixed interval)."""
+  return comparisons_lib.holm_family(comparison) == comparisons_lib.dims_family("allocation", comparison["a"]["dims"])
 
 
 def by_dims(comparisons, rule, name: str, decides=lambda comparison: True) -> dict:

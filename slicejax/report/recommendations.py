@@ -28,16 +28,12 @@ AGREEMENT = {"reproduced": "MIDL 2025", "reversed": "cardiac", "not reproduced: 
 _SEEDS_FIELDS = ("seeds_needed", "unreachable", "unreachable_by")
 
 
-def _key(cell) -> tuple:
-  return tuple(cell[name] for name in cells_lib.CELL_KEY)
-
-
 def shown_worse(comparison) -> tuple | None:
   """The key of the cell a comparison shows worse than the other (a when `worse`, b when `better`), or None."""
   if comparison["verdict"] == stats.BETTER:
-    return _key(comparison["b"])
+    return cells_lib.key_of(comparison["b"])
   if comparison["verdict"] == stats.WORSE:
-    return _key(comparison["a"])
+    return cells_lib.key_of(comparison["a"])
   return None
 
 
@@ -51,7 +47,7 @@ def linked(keys, comparisons) -> bool:
       continue
     reached.add(key)
     for c in comparisons:
-      a, b = _key(c["a"]), _key(c["b"])
+      a, b = cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])
       if key in (a, b) and {a, b} <= keys:
         frontier.append(b if key == a else a)
   return reached == keys
@@ -60,7 +56,7 @@ def linked(keys, comparisons) -> bool:
 def deciding(candidates, comparisons) -> list[dict]:
   """The comparisons a budget's case rests on: with one candidate (a key), its own, read as candidate − other; with
   more, those between two candidates."""
-  pairs = [(c, _key(c["a"]), _key(c["b"])) for c in comparisons]
+  pairs = [(c, cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])) for c in comparisons]
   if len(candidates) == 1:
     return [c if a == candidates[0] else stats.flip(c) for c, a, b in pairs if candidates[0] in (a, b)]
   return [c for c, a, b in pairs if {a, b} <= set(candidates)]
@@ -123,19 +119,20 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     3D" in 3D: `comparisons.dims_family`), `agreement` (`AGREEMENT`'s word for finding 1's rule on that family's
     comparisons here; None without any), `allocation` (those comparisons, `findings.evidence`) and `margin`.
   """
-  by_key = {_key(c): c for c in cells}
+  by_key = {cells_lib.key_of(c): c for c in cells}
 
   def label(key):
     return cells_lib.label(by_key[key])
 
-  comparisons = [c for c in comparisons if _key(c["a"]) in by_key and _key(c["b"]) in by_key]
+  comparisons = [c for c in comparisons if {cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])} <= by_key.keys()]
   beaten = {}
   for c in comparisons:
     loser = shown_worse(c)
     if loser is not None:
-      beaten.setdefault(loser, []).append(_key(c["a"]) if loser == _key(c["b"]) else _key(c["b"]))
-  ordered = sorted(cells, key=lambda c: (-c["dice_mean"], c["cost"], cells_lib.sort_key(_key(c))))
-  candidates = [_key(c) for c in ordered if _key(c) not in beaten]
+      a, b = cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])
+      beaten.setdefault(loser, []).append(a if loser == b else b)
+  ordered = sorted(cells, key=lambda c: (-c["dice_mean"], c["cost"], cells_lib.sort_key(cells_lib.key_of(c))))
+  candidates = [cells_lib.key_of(c) for c in ordered if cells_lib.key_of(c) not in beaten]
   decide = deciding(candidates, comparisons)
   unresolved = [c for c in decide if c["verdict"] in (stats.INCONCLUSIVE, stats.UNDERPOWERED)]
   family = comparisons_lib.dims_family("allocation", cells[0]["dims"])
@@ -150,7 +147,7 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
       "candidates": [{**dict(zip(cells_lib.CELL_KEY, key)), "cell": label(key), "dice_mean": by_key[key]["dice_mean"],
                       "cost": by_key[key]["cost"]} for key in candidates],
       "shown_worse": {label(key): [label(k) for k in dict.fromkeys(beaten[key])]
-                      for key in map(_key, ordered) if key in beaten},
+                      for key in map(cells_lib.key_of, ordered) if key in beaten},
       "counts": {k: n for k, n in counts.items() if n},
       "seeds": sorted({c["n_pairs"] for c in unresolved}),
       "seeds_needed": {c["family"]: {k: needed[c["family"]][k] for k in _SEEDS_FIELDS}
@@ -160,23 +157,23 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
       "allocation": [findings_lib.evidence(c) for c in allocation], "margin": margin}
 
 
-def recommendations(comparisons, cells, options=None, *, cost=None, needed=None) -> list[dict]:
+def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed=None) -> list[dict]:
   """The recommendation at every (dims, budget) with two or more sparse cells of defined mean Dice, in table order.
 
   Args:
     comparisons: `comparisons.paired_comparisons`' output.
     cells: `cells.summarise`'s output.
+    gate: the trust gate (`findings.trust_gate`).
     options: the statistics options (`comparisons.stats_options`); None: the defaults.
     cost: the annotation cost model; None: `cells.DEFAULT_COST`.
     needed: `comparisons.seeds_needed`'s table.
 
   Returns:
     One `budget_recommendation` per budget, with `case_without_gate` and `agreement_without_gate`: when the trust
-    gate (`findings.trust_gate`) is closed, `case` and `agreement` (where there is one) are "inconclusive:
+    gate is closed, `case` and `agreement` (where there is one) are "inconclusive:
     undertrained".
   """
-  gate = findings_lib.trust_gate(cells, options)
-  margin = dict(stats.DEFAULTS, **(options or {}))["margin"]
+  margin = comparisons_lib.stats_options(options)["margin"]
   cost = cells_lib.DEFAULT_COST if cost is None else cost
   budgets = {}
   for cell in cells:

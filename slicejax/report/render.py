@@ -309,14 +309,14 @@ def recommendations_markdown(recommended, cells, cost) -> list[str]:
   nothing when no budget has two or more cells."""
   if not recommended:
     return []
-  by_key = {tuple(c[name] for name in cells_lib.CELL_KEY): c for c in cells}
+  by_key = {cells_lib.key_of(c): c for c in cells}
   out = ["## Recommendation per budget", "",
          "What to annotate at each budget with two or more cells, read off the pre-specified comparisons above and no "
          "other test (rules above): the candidates are the cells that no comparison at their budget shows worse than "
          "another, and the recommendation is the candidate with the highest mean.", ""]
   table = []
   for entry in recommended:
-    keys = [tuple(c[name] for name in cells_lib.CELL_KEY) for c in entry["candidates"]]
+    keys = [cells_lib.key_of(c) for c in entry["candidates"]]
     case = _case_text(entry, entry["case"]) + "**"
     if entry["case"] != entry["case_without_gate"]:
       case += f" (the comparisons alone would say: {_case_text(entry, entry['case_without_gate'])})"

@@ -339,9 +339,9 @@ def rules_markdown(options: dict) -> str:
   its verdict rests on: `allocation` (random and fixed interval, finding 1), `allocation, ual` (UAL's allocations,
   reported apart), `selection, ual` (finding 2), `selection` (fixed − random), `selection, rounds, control` (each
   model-based selection in rounds against `passive`, the rounds' primary contrasts), `selection, rounds` (the other
-  comparisons of selections in rounds), `interpolation, 2D` (finding 3) and `interpolation, 3D`; separately for the test of Δ = 0 and for the equivalence test. 3D comparisons are never in a
-  2D family: their families carry ", 3D" (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are
-  shown; intervals are not adjusted.
+  comparisons of selections in rounds), `interpolation, 2D` (finding 3) and `interpolation, 3D`; separately for the
+  test of Δ = 0 and for the equivalence test. 3D comparisons are never in a 2D family: their families carry ", 3D"
+  (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are shown; intervals are not adjusted.
 - **Verdicts.** Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict). Else `better` or `worse`
   when the adjusted p of Δ = 0 is below {a:g} (by the sign of Δ); else `equivalent` when the adjusted equivalence p
   is below {a:g}; else `inconclusive`.

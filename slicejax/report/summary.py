@@ -62,7 +62,7 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   found = findings_lib.findings(comparisons, cells, options)
   gate = findings_lib.trust_gate(cells, options)
   needed = comparisons_lib.seeds_needed(comparisons, options)
-  recommended = recommendations.recommendations(comparisons, cells, options, cost=cost, needed=needed)
+  recommended = recommendations.recommendations(comparisons, cells, gate, options, cost=cost, needed=needed)
   frontier = cells_lib.cost_frontier(cells)
   text = render.summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options,
                                  runs.compute_used(rows), checks={"a_a": a_a, "steps": steps_check})
