@@ -123,6 +123,17 @@ def test_summarise_rejects_rows_without_required_fields():
     cells_lib.summarise([_row(0, 0.5, slices_per_volume=None)])
 
 
+
+def test_a_foreground_cost_needs_every_seeds_foreground():
+  cost = {"seconds_per_volume": 0.0, "seconds_per_slice": 1.0, "seconds_per_kilopixel": 2.0}
+  rows = [_row(0, 0.5, annotated_foreground=1000), _row(1, 0.5, annotated_foreground=3000)]
+  # 8 slices x 1 s + the mean 2,000 foreground pixels x 2 s per 1,000.
+  assert cells_lib.summarise(rows, cost)[0]["cost"] == 12.0
+  rows.append(_row(2, 0.5))  # written before rows recorded their foreground: no mean over the other seeds
+  with pytest.raises(InputError, match=r"2D budget 8 8×1 random: seed\(s\) 2 lack annotated_foreground"):
+    cells_lib.summarise(rows, cost)
+  assert cells_lib.summarise(rows)[0]["cost"] == 8.0  # a cost model without foreground does not need it
+
 def _find(comparisons, kind, **a_fields):
   found = [c for c in comparisons if c["comparison"] == kind and all(c["a"][k] == v for k, v in a_fields.items())]
   assert len(found) == 1, found

@@ -115,6 +115,24 @@ def annotation_cost(volumes: int, slices: int, cost: dict, foreground: float | N
   return seconds
 
 
+def _foreground(rows, cost: dict, key) -> float | None:
+  """Mean `annotated_foreground` of a cell's rows, for a cost model that counts foreground; None otherwise.
+
+  Raises:
+    InputError: the cost model counts foreground and some rows lack it (rows written before it was recorded): a mean
+      over the others would price the cell by the seeds that happen to have it.
+  """
+  if not cost.get("seconds_per_kilopixel"):
+    return None
+  missing = sorted(row["seed"] for row in rows if row.get("annotated_foreground") is None)
+  if missing:
+    cell = dict(zip(CELL_KEY, key))
+    raise InputError(f"results of {cell['dims']}D budget {cell['budget']} {label(cell)}",
+                     f"seed(s) {', '.join(map(str, missing))} lack annotated_foreground, which --seconds_per_kilopixel "
+                     "needs (rows written before it was recorded)")
+  return _mean_of(rows, "annotated_foreground")
+
+
 def _round_history(rows) -> dict:
   """Per round, the slices annotated and the mean validation Dice over the rows (seeds); {} for one-shot rows."""
   histories = [row["round_history"] for row in rows if row.get("round_history")]
@@ -197,7 +215,7 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
         interp_dice=_mean_of(members, "interp_dice"),
         n_diverged=sum(bool(row.get("diverged", False)) for row in members),
         cost=annotation_cost(_mean_of(members, "annotated_volumes") or cell["volumes"], cell["budget"], cost,
-                             _mean_of(members, "annotated_foreground")),
+                             _foreground(members, cost, key)),
         test_volumes=test_volumes, absent=absent, curve_steps=steps, curve_dice=curve, still_improving=improving,
         rounds=max(row.get("rounds", 1) for row in members), annotated_volumes=_mean_of(members, "annotated_volumes"),
         **_round_history(members))
