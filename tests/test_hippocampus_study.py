@@ -1,6 +1,7 @@
-"""The documented hippocampus study regenerates from its committed rows, exactly."""
+"""The documented hippocampus studies regenerate from their committed rows, exactly."""
 
 import pathlib
+import re
 
 import pytest
 
@@ -11,13 +12,34 @@ pytestmark = pytest.mark.slow  # every test here runs for seconds: launches, sub
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 
 
-def test_the_study_document_regenerates_from_the_committed_rows(tmp_path):
-  study = DOCS / "hippocampus_study"
-  report.run([study / "study2d", study / "interp", study / "study3d"], tmp_path / "report",
-             preamble=study / "protocol.md", document=tmp_path / "hippocampus_study.md")
-  regenerated = (tmp_path / "hippocampus_study.md").read_text()
-  committed = (DOCS / "hippocampus_study.md").read_text()
-  # Only the figure links differ: they point into the output folder, relative to the document.
-  assert regenerated.replace("](report/", "](hippocampus_study/report/") == committed
-  assert "## Findings" in committed and "## How this report decides" in committed and "p Holm" in committed
-  assert "## Trust gate" in committed and "inconclusive: undertrained" in committed
+def _regenerate(tmp_path, document: str) -> tuple[str, str]:
+  """(regenerated, committed) text of `document` (relative to docs/), from the report command its preamble gives,
+  run in a copy of the docs layout under `tmp_path` (the rows are read where they are committed)."""
+  committed = (DOCS / document).read_text()
+  command = re.search(r"```bash\n(\.venv/bin/python -m slicejax\.report .*?)\n(?:\.venv|```)", committed, re.S).group(1)
+  flags = dict(re.findall(r"--(\w+)=(\S+)", command.replace("\\\n", " ")))
+  workdirs = re.findall(r"--workdir=(\S+)", command)
+  assert flags["document"] == f"docs/{document}"
+  root = DOCS.parent
+  out = tmp_path / flags["out"]
+  (tmp_path / flags["document"]).parent.mkdir(parents=True, exist_ok=True)
+  report.run([root / w for w in workdirs], out, preamble=root / flags["preamble"],
+             document=tmp_path / flags["document"])
+  return (tmp_path / flags["document"]).read_text(), committed
+
+
+def test_the_converged_study_document_regenerates_from_the_committed_rows(tmp_path):
+  regenerated, committed = _regenerate(tmp_path, "hippocampus_study.md")
+  assert regenerated == committed
+  assert "## Findings" in committed and "## Recommendation per budget" in committed and "p Holm" in committed
+  # The recipe converged: the reference reaches 0.85 and the trust gate is open.
+  assert "## Trust gate\n\nOpen: 0 of " in committed
+  reference = re.search(r"\| 2D \| \d+ \| 180 \| all \|.*?\| (0\.\d+) ± ", committed).group(1)
+  assert float(reference) >= 0.85
+  assert "**steps stand**" in committed
+
+
+def test_the_first_study_document_regenerates_from_the_committed_rows(tmp_path):
+  regenerated, committed = _regenerate(tmp_path, "hippocampus_study/first_study.md")
+  assert regenerated == committed
+  assert "## Trust gate\n\n**Closed: every finding is `inconclusive: undertrained`.**" in committed

@@ -341,7 +341,7 @@ def figure_links(pngs, prefix) -> str:
   titles = {"dice_vs_allocation.png": "Dice against slices per volume", "dice_vs_budget.png": "Dice against budget",
             "forest.png": "Paired differences", "dice_per_class.png": "Dice per class",
             "dice_vs_cost.png": "Dice against annotation cost", "learning_curves.png": "Learning curves"}
-  lines = ["## Figures", ""]
+  lines = ["", "## Figures", ""]
   for name in pngs:
     lines += [f"![{titles.get(name, name)}]({prefix}{name})", ""]
   return "\n".join(lines)
