@@ -201,3 +201,25 @@ def get_config(arg=""):
     config.model_axis.chunk = 1  # runs this short are mostly compilation: one program of one model
   config.lock()
   return config
+
+
+# The parts of the converged study whose rows make its document (the doubling checks and the pilots check the recipe
+# and make no cell of it), as `converged=PART` arguments.
+CONVERGED_PARTS = ("grid,budget=36", "grid,budget=72", "grid,budget=144", "grid,budget=288", "interp,budget=72",
+                   "interp,budget=288", "reference", "grid3d,budget=144", "grid3d,budget=288", "reference3d",
+                   "rounds,budget=36", "rounds,budget=144")
+POOL_MIN_DEPTH = 24  # the fewest slices along axis 2 of a Task04 volume: every rho of the study fits every volume
+
+
+def converged_families() -> dict:
+  """{Holm family: planned comparisons} of the whole converged study: its parts' points (`CONVERGED_PARTS`, on a pool
+  of the split's size) through the report's own comparison rules (`grid_family_sizes`). The study's document passes
+  them to the report (`--families=docs/hippocampus_study/converged/families.json`) while parts are still running, so
+  that an interim verdict stays when the rest of its family arrives."""
+  from slicejax.report import comparisons  # pylint: disable=g-import-not-at-top
+  from slicejax.study import grid  # pylint: disable=g-import-not-at-top
+  points = []
+  for part in CONVERGED_PARTS:
+    config = get_config(f"converged={part}")
+    points += grid.expand(config.study, {f"case_{i}": POOL_MIN_DEPTH for i in range(config.data.split.train)})
+  return comparisons.grid_family_sizes(points)

@@ -1,5 +1,7 @@
 """The documented hippocampus studies regenerate from their committed rows, exactly."""
 
+import importlib.util
+import json
 import pathlib
 import re
 
@@ -24,7 +26,8 @@ def _regenerate(tmp_path, document: str) -> tuple[str, str]:
   out = tmp_path / flags["out"]
   (tmp_path / flags["document"]).parent.mkdir(parents=True, exist_ok=True)
   report.run([root / w for w in workdirs], out, preamble=root / flags["preamble"],
-             document=tmp_path / flags["document"])
+             document=tmp_path / flags["document"],
+             families=root / flags["families"] if "families" in flags else None)
   return (tmp_path / flags["document"]).read_text(), committed
 
 
@@ -43,3 +46,15 @@ def test_the_first_study_document_regenerates_from_the_committed_rows(tmp_path):
   regenerated, committed = _regenerate(tmp_path, "hippocampus_study/first_study.md")
   assert regenerated == committed
   assert "## Trust gate\n\n**Closed: every finding is `inconclusive: undertrained`.**" in committed
+
+
+def test_the_converged_study_s_planned_families_are_those_of_its_parts():
+  # The document adjusts each Holm family over the comparisons the whole study will make (`--families`): the
+  # committed plan must be what the parts' configs expand to under the report's rules.
+  spec = importlib.util.spec_from_file_location("hippocampus", DOCS.parent / "configs" / "hippocampus.py")
+  hippocampus = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(hippocampus)
+  committed = json.loads((DOCS / "hippocampus_study" / "converged" / "families.json").read_text())
+  assert committed == hippocampus.converged_families()
+  # By hand: allocation 2 + 2 + 4 + 2 (B 36, 72, 144, 288; random and fixed); ual's selections 4 + 6 (B 36, 144).
+  assert committed["allocation"] == 10 and committed["selection, ual"] == 10 and committed["interpolation, 2D"] == 3

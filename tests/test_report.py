@@ -208,6 +208,42 @@ def test_holm_runs_within_each_family():
   assert [c["verdict"] for c in comparisons] == ["better", "inconclusive"]
 
 
+def test_a_planned_family_adjusts_over_its_planned_size_and_checks_the_rows_against_it(tmp_path):
+  rows = []
+  for seed, noise in enumerate([0.01, -0.01, 0.02, -0.02]):
+    rows += [_row(seed, 0.8, slices=1), _row(seed, 0.75 + noise / 10, slices=2)]
+    rows += [_row(seed, 0.8, budget=16, slices=1), _row(seed, 0.78 + 2 * noise, budget=16, slices=2)]
+  own = comparisons_lib.paired_comparisons(rows)
+  planned = comparisons_lib.paired_comparisons(rows, {"families": {"allocation": 6}})
+  assert [c["family_size"] for c in planned] == [6, 6]
+  assert [c["p_adjusted"] for c in planned] == pytest.approx(stats.holm([c["p_value"] for c in own], size=6))
+  assert [c["p_adjusted"] for c in planned] >= [c["p_adjusted"] for c in own]
+  needed = comparisons_lib.seeds_needed(planned, {"families": {"allocation": 6}})
+  assert needed["allocation"]["comparisons"] == 6 and needed["allocation"]["alpha"] == pytest.approx(0.05 / 6)
+  with pytest.raises(InputError, match="--families: family 'allocation' has 2 comparisons in the rows, more than the 1"):
+    comparisons_lib.paired_comparisons(rows, {"families": {"allocation": 1}})
+  with pytest.raises(InputError, match="family 'allocation', which the plan does not list"):
+    comparisons_lib.paired_comparisons(rows, {"families": {"selection": 3}})
+  with pytest.raises(InputError, match="--families: must map family names"):
+    comparisons_lib.paired_comparisons(rows, {"families": {"allocation": 0}})
+  # The report: the plan comes from a JSON file; a bad one is named.
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  results.append_rows(run / "results.jsonl", rows)
+  plan = tmp_path / "families.json"
+  plan.write_text(json.dumps({"allocation": 6}))
+  summary.run([run], tmp_path / "out", families=plan)
+  text = (tmp_path / "out" / "summary.md").read_text()
+  assert "`allocation` 2 of 6." in text and "adjusted over its planned families" in text
+  plan.write_text("{not json")
+  with pytest.raises(InputError, match=f"{plan}: cannot be read as JSON"):
+    summary.run([run], tmp_path / "out", families=plan)
+  plan.write_text(json.dumps({"allocation": "six"}))
+  with pytest.raises(InputError, match=f"{plan}: must map family names"):
+    summary.run([run], tmp_path / "out", families=plan)
+
+
 def test_stats_options_are_checked():
   with pytest.raises(InputError, match="config.stats.margin"):
     comparisons_lib.paired_comparisons([_row(0, 0.5)], {"margin": 0})

@@ -126,6 +126,34 @@ def test_holm_by_hand():
   assert stats.holm([]) == []
 
 
+def test_holm_over_a_planned_family_counts_the_missing_hypotheses_as_p_1():
+  # 2 of 5 planned: 5 x 0.01 = 0.05, then max(0.05, 4 x 0.02 = 0.08); the 3 missing would be ranked after them.
+  assert stats.holm([0.02, 0.01], size=5) == pytest.approx([0.08, 0.05])
+  assert stats.holm([0.02, 0.01], size=5) == pytest.approx(stats.holm([0.02, 0.01, 1.0, 1.0, 1.0])[:2])
+  assert stats.holm([0.02, 0.01], size=2) == stats.holm([0.02, 0.01])
+  with pytest.raises(ValueError, match="2 planned hypotheses has 3"):
+    stats.holm([0.1, 0.2, 0.3], size=2)
+
+
+def test_an_interim_rejection_over_the_planned_family_stays_when_the_family_completes():
+  # By simulation: 2,000 families of 8 hypotheses, half of them false (p-values from a shifted normal), tested when
+  # 3 of 8 have arrived (the other 5 counted as p = 1) and again when all have: the interim rejections are always a
+  # subset of the final ones, and the family-wise error of the interim tests stays below alpha under the global null.
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(2000, 8)) + np.where(np.arange(8) < 4, 3.0, 0.0)
+  p = 2 * scipy_stats.norm.sf(np.abs(z))
+  kept = 0
+  for row in p:
+    interim = stats.holm(list(row[:3]), size=8)
+    final = stats.holm(list(row))
+    assert all(f <= i + 1e-12 for i, f in zip(interim, final[:3]))  # adjusted p only falls as the rest arrive
+    kept += sum(i < 0.05 for i in interim)
+  assert kept > 0
+  null = 2 * scipy_stats.norm.sf(np.abs(rng.normal(size=(4000, 3))))
+  errors = np.mean([min(stats.holm(list(row), size=8)) < 0.05 for row in null])
+  assert errors < 0.05 * 3 / 8 + 0.01  # Bonferroni-like: at most alpha x 3 / 8 for 3 true nulls of 8 planned
+
+
 def test_verdict_words():
   assert stats.verdict(0.03, 0.001, 0.9, 5, 0.05, 3) == "better"
   assert stats.verdict(-0.03, 0.001, 0.9, 5, 0.05, 3) == "worse"

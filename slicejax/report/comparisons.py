@@ -81,10 +81,20 @@ def is_a_a(kind: str, a: tuple, b: tuple) -> bool:
 def stats_options(options=None) -> dict:
   """The statistics options (`stats.DEFAULTS` updated with `options`, e.g. a run's `config.stats`), checked.
 
+  Besides the config's keys, `families`: {Holm family: planned number of comparisons} of a study that is not
+  complete yet (the report's `--families`), or None; each family then adjusts over its planned size
+  (`stats.holm`).
+
   Raises:
     InputError: a value out of its range.
   """
   o = dict(stats.DEFAULTS, **{k: v for k, v in (options or {}).items() if k in stats.DEFAULTS})
+  o["families"] = (options or {}).get("families")
+  if o["families"] is not None and not (isinstance(o["families"], dict) and all(
+      isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+      for k, v in o["families"].items())):
+    raise InputError("--families", f"must map family names to planned comparisons (integers >= 1), got "
+                     f"{o['families']!r}")
   checks = {"alpha": (0 < o["alpha"] < 0.5, "in (0, 0.5)"), "margin": (o["margin"] > 0, "> 0"),
             "min_seeds": (int(o["min_seeds"]) == o["min_seeds"] and o["min_seeds"] >= 2, "an integer >= 2"),
             "power": (0 < o["power"] < 1, "in (0, 1)"),
@@ -156,9 +166,16 @@ def paired_comparisons(rows, options=None) -> list[dict]:
   comparisons = [c for c in (_compare(kind, cells, a, b, options) for kind, a, b in pairs) if c is not None]
   for c in comparisons:
     c["family"] = holm_family(c)
+  planned = options["families"]
   for family in dict.fromkeys(c["family"] for c in comparisons):
-    stats.adjust_family([c for c in comparisons if c["family"] == family], alpha=options["alpha"],
-                        min_seeds=options["min_seeds"])
+    members = [c for c in comparisons if c["family"] == family]
+    if planned is not None and family not in planned:
+      raise InputError("--families", f"the rows make comparisons of family {family!r}, which the plan does not list")
+    if planned is not None and len(members) > planned[family]:
+      raise InputError("--families", f"family {family!r} has {len(members)} comparisons in the rows, more than the "
+                       f"{planned[family]} planned")
+    stats.adjust_family(members, alpha=options["alpha"], min_seeds=options["min_seeds"],
+                        planned=None if planned is None else planned[family])
   return comparisons
 
 
@@ -187,8 +204,10 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
   Args:
     comparisons: `paired_comparisons`' output (e.g. a pilot's).
     options: the statistics options.
-    family_sizes: {family: m} of the grid being sized (e.g. `grid_family_sizes`); None: the comparisons' own. A
-      family without comparisons of its own is sized from all of them pooled (`pooled_from` says so).
+    family_sizes: {family: m} of the grid being sized (e.g. `grid_family_sizes`); None: the comparisons' own
+      families, each at its planned size when `options` holds the planned `families`, else at the number of its
+      comparisons. A family without comparisons of its own is sized from all of them pooled (`pooled_from` says
+      so).
 
   Returns:
     {family: {`seeds_needed` (int, or None without two seeds or when unreachable), `unreachable` (no number of
@@ -200,7 +219,10 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
   families = {}
   for c in comparisons:
     families.setdefault(c.get("family") or holm_family(c), []).append(c)
-  sizes = family_sizes if family_sizes is not None else {f: len(m) for f, m in families.items()}
+  if family_sizes is not None:
+    sizes = family_sizes
+  else:  # the families' planned sizes where a plan is given (`stats_options`), else their own
+    sizes = {f: (options["families"] or {}).get(f, len(m)) for f, m in families.items()}
   everything = stats.pooled_variability(comparisons)
   out = {}
   for family, m in sizes.items():

@@ -391,6 +391,13 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
           "Δ = mean of a − b over shared seeds and test volumes (per-volume Dice); intervals from the crossed seed × "
           "test-volume model; p of Δ = 0 and of the equivalence test, raw and Holm-adjusted within the family "
           "(rules above).", ""]
+  if options.get("families") and comparisons:
+    present = {}
+    for c in comparisons:
+      present[c["family"]] = present.get(c["family"], 0) + 1
+    out += ["Holm's adjustment runs over each family's planned comparisons, those not yet run counted as p = 1: "
+            + "; ".join(f"`{family}` {n} of {options['families'][family]}" for family, n in present.items())
+            + ".", ""]
   out += _comparison_table(comparisons, options) if comparisons else ["No cells to compare yet."]
   section = recommendations_markdown(recommended, cells, cost)
   out += [""] + section if section else []

@@ -164,12 +164,20 @@ def t_test(mean: float, se, df, alpha: float, margin: float) -> dict:
           "p_equivalence": max(_t_tail((mean + margin) / se, df), _t_tail((margin - mean) / se, df))}
 
 
-def holm(p_values) -> list:
-  """Holm's step-down adjustment of a family's p-values (None entries are not in the family and stay None)."""
+def holm(p_values, size=None) -> list:
+  """Holm's step-down adjustment of a family's p-values (None entries are not in the family and stay None).
+
+  `size`: the family's planned number of hypotheses, when some have no p-value yet (an interim analysis); each
+  missing one counts as p = 1. Holm's rejections only grow as p-values fall, so what is rejected now stays rejected
+  when the missing p-values arrive. None: the p-values given are the whole family.
+  """
   indexed = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+  size = len(indexed) if size is None else size
+  if size < len(indexed):
+    raise ValueError(f"a family of {size} planned hypotheses has {len(indexed)} p-values")
   adjusted, running = [None] * len(p_values), 0.0
   for rank, (p, i) in enumerate(indexed):
-    running = max(running, min(1.0, (len(indexed) - rank) * p))
+    running = max(running, min(1.0, (size - rank) * p))
     adjusted[i] = running
   return adjusted
 
@@ -283,14 +291,16 @@ def compare(rows_a: dict, rows_b: dict, *, alpha: float = DEFAULTS["alpha"],
   return out
 
 
-def adjust_family(comparisons, *, alpha: float, min_seeds: int) -> None:
+def adjust_family(comparisons, *, alpha: float, min_seeds: int, planned=None) -> None:
   """Adds `p_adjusted`, `p_equivalence_adjusted` (Holm within the family, over the comparisons with at least
-  `min_seeds` seeds) and `verdict` to each comparison of one family, in place."""
+  `min_seeds` seeds, or over `planned` comparisons when the family is not complete: `holm`'s `size`),
+  `family_size` (the m of the adjustment) and `verdict` to each comparison of one family, in place."""
   eligible = [c["n_pairs"] >= min_seeds and c["p_value"] is not None for c in comparisons]
-  p = holm([c["p_value"] if ok else None for c, ok in zip(comparisons, eligible)])
-  q = holm([c["p_equivalence"] if ok else None for c, ok in zip(comparisons, eligible)])
+  size = sum(eligible) if planned is None else planned
+  p = holm([c["p_value"] if ok else None for c, ok in zip(comparisons, eligible)], size)
+  q = holm([c["p_equivalence"] if ok else None for c, ok in zip(comparisons, eligible)], size)
   for c, p_adj, q_adj in zip(comparisons, p, q):
-    c["p_adjusted"], c["p_equivalence_adjusted"], c["family_size"] = p_adj, q_adj, sum(eligible)
+    c["p_adjusted"], c["p_equivalence_adjusted"], c["family_size"] = p_adj, q_adj, size
     c["verdict"] = verdict(c["mean_diff"], p_adj, q_adj, c["n_pairs"], alpha, min_seeds)
 
 
@@ -312,6 +322,11 @@ def rules_markdown(options: dict) -> str:
   the defaults, the text of docs/statistics.md."""
   o = dict(DEFAULTS, **(options or {}))
   a, m = o["alpha"], o["margin"]
+  planned = "" if not o.get("families") else (
+      "\n  A study still in progress is adjusted over its planned families (`--families`): each family's m is the"
+      "\n  number of comparisons its plan holds, those not yet run counted as p = 1. Holm's rejections only grow as"
+      "\n  p-values fall, so a `better`, `worse` or `equivalent` reached before a family is complete stays when the"
+      "\n  rest arrive; an `inconclusive` may still resolve.")
   return f"""## How this report decides
 
 - **Unit of replication: the study seed.** A seed fixes a cell's annotated volumes and slices, the network's
@@ -341,7 +356,7 @@ def rules_markdown(options: dict) -> str:
   model-based selection in rounds against `passive`, the rounds' primary contrasts), `selection, rounds` (the other
   comparisons of selections in rounds), `interpolation, 2D` (finding 3) and `interpolation, 3D`; separately for the
   test of Δ = 0 and for the equivalence test. 3D comparisons are never in a 2D family: their families carry ", 3D"
-  (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are shown; intervals are not adjusted.
+  (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are shown; intervals are not adjusted.{planned}
 - **Verdicts.** Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict). Else `better` or `worse`
   when the adjusted p of Δ = 0 is below {a:g} (by the sign of Δ); else `equivalent` when the adjusted equivalence p
   is below {a:g}; else `inconclusive`.

@@ -88,16 +88,28 @@ def _json_value(value):
 
 
 def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, seconds_per_kilopixel=None,
-        preamble=None, document=None, **options) -> pathlib.Path:
-  """Regenerates the report of one or several runs into `out` (default: the only workdir); returns `out`."""
+        preamble=None, document=None, families=None, **options) -> pathlib.Path:
+  """Regenerates the report of one or several runs into `out` (default: the only workdir); returns `out`.
+
+  `families`: a JSON file {Holm family: planned comparisons} of a study in progress (`comparisons.stats_options`).
+  """
   if not workdirs:
     raise InputError("--workdir", "give at least one run folder")
   if out is None and len(workdirs) > 1:
     raise InputError("--out", "several --workdir merge into one report: say where it goes")
   rows, config = runs.read_runs(workdirs)
   cost = dict(cells_lib.DEFAULT_COST, **(config.get("cost") or {}))
-  options = comparisons_lib.stats_options(
-      {**(config.get("stats") or {}), **{k: v for k, v in options.items() if v is not None}})
+  options = {**(config.get("stats") or {}), **{k: v for k, v in options.items() if v is not None}}
+  if families is not None:
+    try:
+      options["families"] = json.loads(pathlib.Path(families).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+      raise InputError(str(families), f"cannot be read as JSON ({err})") from err
+    try:
+      options = comparisons_lib.stats_options(options)
+    except InputError as err:
+      raise InputError(str(families), str(err).split(": ", 1)[1]) from err
+  options = comparisons_lib.stats_options(options)
   for key, value in (("seconds_per_volume", seconds_per_volume), ("seconds_per_slice", seconds_per_slice),
                      ("seconds_per_kilopixel", seconds_per_kilopixel)):
     if value is not None:
@@ -133,6 +145,8 @@ def define_flags() -> None:
   flags.DEFINE_float("steps_tolerance", None, "The steps check's tolerance in Dice; default: the run's config.stats.")
   flags.DEFINE_string("preamble", None, "A markdown file put before the summary (a study's protocol and commands).")
   flags.DEFINE_string("document", None, "Also write the summary, after the preamble, to this markdown file.")
+  flags.DEFINE_string("families", None, "A JSON file {Holm family: planned comparisons} of a study in progress: each "
+                      "family is adjusted over its planned size, comparisons not yet run counted as p = 1.")
 
 
 def main(argv):
@@ -141,6 +155,7 @@ def main(argv):
   try:
     out = run(f.workdir or [], f.out, seconds_per_volume=f.seconds_per_volume, seconds_per_slice=f.seconds_per_slice,
               seconds_per_kilopixel=f.seconds_per_kilopixel, preamble=f.preamble, document=f.document,
+              families=f.families,
               alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds, steps_tolerance=f.steps_tolerance)
   except InputError as err:
     exit_with(err)
