@@ -292,6 +292,17 @@ def test_findings_from_clear_cases():
   assert three["counts"]["better"] == 1 and three["evidence"][0]["mean_diff"] == pytest.approx(0.05)
 
 
+def test_finding_one_names_ual_s_allocations_as_a_family_outside_its_verdict():
+  rows = _study_rows() + [dict(r, selection="ual") for r in _study_rows()
+                          if r["slices_per_volume"] == 2 and not r["interpolation"]]
+  comparisons = comparisons_lib.paired_comparisons(rows)
+  assert {c["family"] for c in comparisons if c["comparison"] == "allocation"} == {"allocation", "allocation, ual"}
+  found = findings_lib.findings(comparisons, cells_lib.summarise(rows))
+  text = "\n".join(render.findings_markdown(found))
+  assert "By selection: random: reproduced (1 better); ual (its own family, not in the verdict): " in text
+  assert found[0]["verdict"] == "reproduced" and found[0]["counts"]["better"] == 1 and sum(found[0]["counts"].values()) == 1
+
+
 def _undetectable_ual_rows():
   """6 UAL comparisons (3 budgets x ual - random, ual - fixed) whose differences are noise far larger than the
   margin over 3 seeds: nothing can be resolved."""
@@ -401,6 +412,20 @@ def _allocation_rows(differences, *, base=0.75, offset=0.0):
           for r in (_row(seed, base + offset, slices=1), _row(seed, base - d, slices=2))]
 
 
+def test_a_budget_s_seeds_come_from_its_own_unresolved_comparisons_at_the_family_s_level():
+  # Budget 8: differences [1/16, -1/32, 0] (203 seeds alone at level 0.05); budget 16 in the same family spreads ten
+  # times wider. The budget-8 entry sizes its own comparison at the family's level 0.05 / 2, not the pooled spread.
+  rows = _allocation_rows([1 / 16, -1 / 32, 0])
+  rows += [dict(r, budget=16, volumes=16 // r["slices_per_volume"]) for r in _allocation_rows([10 / 16, -10 / 32, 0])]
+  recommended, _ = _recommend(rows)
+  comparisons = comparisons_lib.paired_comparisons(rows)
+  own = stats.pooled_variability([c for c in comparisons if c["a"]["budget"] == 8])
+  alone = stats.seeds_needed(own["seed_sd_upper"], 0.0, 1, 0.02, 0.05 / 2, min_seeds=3)
+  pooled = comparisons_lib.seeds_needed(comparisons)["allocation"]
+  assert recommended[0]["budget"] == 8 and recommended[0]["seeds_needed"]["allocation"]["seeds_needed"] == alone
+  assert alone > 203 and (pooled["unreachable"] or pooled["seeds_needed"] > alone)
+
+
 def test_recommendation_is_best_when_one_allocation_is_clearly_better():
   # 4 x 2 scores 0.125 below 8 x 1, give or take 1/64: differences 0.125 - noise over 5 seeds.
   noise = [0, 1 / 64, -1 / 64, 1 / 128, -1 / 128]
@@ -463,9 +488,10 @@ def test_recommendation_is_not_separated_under_large_noise_and_points_at_the_see
   assert entry["break_even"] == {"more": "8×1 random", "fewer": "4×2 random", "volumes": 4, "seconds": None}
   assert lines[4:7] == [
       "- **2D, budget 8: not separated at this number of seeds (3)**. Highest mean of the 2 candidates: 8×1 random "
-      "(Dice 0.750 ± 0.000 (3), 8 s). Comparisons between them: 1 inconclusive; seeds needed a priori: allocation 203.",
-      "  - Break-even: at equal Dice, 4×2 random opens 4 fewer volumes than 8×1 random; the cost model charges nothing "
-      "per volume opened (`--seconds_per_volume=...` prices it).",
+      "(Dice 0.750 ± 0.000 (3), 8 s). Comparisons between them: 1 inconclusive; seeds that would separate them (80% "
+      "power at the margin, from these comparisons' own spread, at their family's level): allocation 203.",
+      "  - Cost: for the same slices, 4×2 random opens 4 fewer volumes than 8×1 random; the cost model charges nothing "
+      "per volume opened (`--seconds_per_volume=...` prices it); their Dice is not shown equal.",
       "  - Prior studies (the `allocation` family here, finding 1's rule): inconclusive. 8×1 random − 4×2 random: "
       "Δ +0.010 [-0.108, +0.129], inconclusive; margin 0.02."]
   # One seed: no interval, and no variability to size the seeds from.

@@ -99,7 +99,7 @@ def _sized(entry) -> bool:
 
 
 def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volume: float = 0.0,
-                          needed=None) -> dict:
+                          needed=None, options=None) -> dict:
   """The recommendation at one (dims, budget).
 
   Args:
@@ -107,7 +107,8 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     comparisons: the pre-specified comparisons between them (`comparisons.paired_comparisons`).
     margin: the equivalence margin in Dice.
     seconds_per_volume: the cost model's seconds per volume opened (for `break_even`).
-    needed: `comparisons.seeds_needed`'s table; None: no seeds are pointed at.
+    needed: `comparisons.seeds_needed`'s table, for each family's size m; None: no seeds are pointed at.
+    options: the statistics options (`comparisons.stats_options`); None: the defaults.
 
   Returns:
     dict of `dims`, `budget`, `case`, `recommended` (the candidate with the highest mean; None when every cell is
@@ -115,7 +116,9 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     highest mean first, the cheaper first on a tie), `shown_worse` ({label: labels of the cells it is shown worse
     than}), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
     `inconclusive` or `underpowered`), `seeds_needed` ({family of an unresolved comparison: the `_SEEDS_FIELDS` of
-    its `needed` entry, where that sizes it}), `break_even`, `allocation_family` ("allocation" in 2D, "allocation,
+    `comparisons.seeds_needed` on the unresolved comparisons of that family alone, at the family's m in `needed`:
+    the seeds that would separate these candidates, from their own spread, not the family's pooled one}),
+    `break_even`, `allocation_family` ("allocation" in 2D, "allocation,
     3D" in 3D: `comparisons.dims_family`), `agreement` (`AGREEMENT`'s word for finding 1's rule on that family's
     comparisons here; None without any), `allocation` (those comparisons, `findings.evidence`) and `margin`.
   """
@@ -141,6 +144,8 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
   counts = dict.fromkeys(stats.VERDICTS, 0)
   for c in decide:
     counts[c["verdict"]] += 1
+  sizes = {c["family"]: needed[c["family"]]["comparisons"] for c in unresolved if c.get("family") in (needed or {})}
+  own = comparisons_lib.seeds_needed([c for c in unresolved if c.get("family") in sizes], options, sizes)
   return {
       "dims": cells[0]["dims"], "budget": cells[0]["budget"], "case": case(candidates, comparisons),
       "recommended": label(candidates[0]) if candidates else None,
@@ -150,8 +155,8 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
                       for key in map(cells_lib.key_of, ordered) if key in beaten},
       "counts": {k: n for k, n in counts.items() if n},
       "seeds": sorted({c["n_pairs"] for c in unresolved}),
-      "seeds_needed": {c["family"]: {k: needed[c["family"]][k] for k in _SEEDS_FIELDS}
-                       for c in unresolved if c.get("family") in (needed or {}) and _sized(needed[c["family"]])},
+      "seeds_needed": {family: {k: e[k] for k in _SEEDS_FIELDS} for family, e in own.items()
+                       if e["pooled_from"] == "family" and _sized(e)},
       "break_even": break_even([by_key[key] for key in candidates], seconds_per_volume),
       "allocation_family": family, "agreement": AGREEMENT.get(verdict, verdict),
       "allocation": [findings_lib.evidence(c) for c in allocation], "margin": margin}
@@ -185,7 +190,7 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
       continue
     here = [c for c in comparisons if (c["a"]["dims"], c["a"]["budget"]) == (dims, budget)]
     entry = budget_recommendation(members, here, margin=margin, seconds_per_volume=cost["seconds_per_volume"],
-                                  needed=needed)
+                                  needed=needed, options=options)
     entry.update(case_without_gate=entry["case"], agreement_without_gate=entry["agreement"])
     if gate["undertrained"]:
       entry["case"] = UNDERTRAINED

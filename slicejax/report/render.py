@@ -97,8 +97,9 @@ def _allocation_text(dims, entry, per_dims: bool) -> str:
   """Finding 1's evidence in one dims (an entry of its `by_dims`); `per_dims`: the study has both, so it says which
   and its verdict."""
   lead = (f"{dims} (`{entry['family']}`): {entry['verdict']}. The fewest-slices" if per_dims else "The fewest-slices")
-  by_selection = "; ".join(f"{name}: {e['verdict']} ({_counts_text(e['counts'])})"
-                           for name, e in entry["by_selection"].items())
+  # UAL's allocations are a family of their own (`allocation, ual`), outside the finding's verdict: said so.
+  by_selection = "; ".join(f"{name}{' (its own family, not in the verdict)' if name == 'ual' else ''}: "
+                           f"{e['verdict']} ({_counts_text(e['counts'])})" for name, e in entry["by_selection"].items())
   return (f"{lead} allocation against each other allocation at the same budget, random and fixed interval: "
           f"{_counts_text(entry['counts'])}. By selection: {by_selection}.")
 
@@ -224,8 +225,8 @@ def findings_markdown(found, needed=None) -> list[str]:
                     if finding["three_d"] else " No 3D comparison."))
     out.append("")
   if needed:
-    out += ["Seeds needed a priori (80% power to detect the margin at the family's Bonferroni level, from this "
-            "study's pooled variability):", ""]
+    out += ["Seeds needed, for planning (80% power to detect the margin at the family's Bonferroni level, from this "
+            "study's pooled variability; a pilot's, with `--check`, before a study):", ""]
     out += _table(["family", "comparisons", "level", "per-seed SD of Δ", "its 80% upper limit", "volume component",
                    "seeds needed"],
                   [[family, str(e["comparisons"]), f"{e['alpha']:.2g}", _fmt(e.get("seed_sd"), 4),
@@ -279,15 +280,22 @@ def _case_detail(entry, cell) -> str:
                 + (_counts_text(entry["counts"]) if entry["counts"] else "none"))
     if entry["counts"] and not entry["seeds"]:
       compared += ", which do not link every candidate to the others"
-  return compared + (f"; seeds needed a priori: {needed}" if needed else "") + "."
+  return compared + (f"; seeds that would separate them (80% power at the margin, from these comparisons' own "
+                      f"spread, at their family's level): {needed}" if needed else "") + "."
 
 
-def _break_even_text(be, seconds_per_volume) -> str:
-  opens = f"at equal Dice, {be['fewer']} opens {be['volumes']:g} fewer volumes than {be['more']}"
+def _break_even_text(be, seconds_per_volume, equivalent: bool) -> str:
+  """The volumes (and seconds) the candidate opening the fewest volumes saves: a break-even at equal Dice where the
+  candidates are `equivalent`, else only the cost side (their Dice is not shown equal)."""
+  if equivalent:
+    head, opens = "Break-even", f"at equal Dice, {be['fewer']} opens {be['volumes']:g} fewer volumes than {be['more']}"
+  else:
+    head, opens = "Cost", f"for the same slices, {be['fewer']} opens {be['volumes']:g} fewer volumes than {be['more']}"
+  tail = "" if equivalent else "; their Dice is not shown equal"
   if be["seconds"] is not None:
-    return f"Break-even: {opens} and saves {be['volumes']:g} × {seconds_per_volume:g} s = {be['seconds']:g} s."
-  return (f"Break-even: {opens}; the cost model charges nothing per volume opened (`--seconds_per_volume=...` "
-          "prices it).")
+    return f"{head}: {opens} and saves {be['volumes']:g} × {seconds_per_volume:g} s = {be['seconds']:g} s{tail}."
+  return (f"{head}: {opens}; the cost model charges nothing per volume opened (`--seconds_per_volume=...` "
+          f"prices it){tail}.")
 
 
 def _agreement_text(entry) -> str:
@@ -326,7 +334,8 @@ def recommendations_markdown(recommended, cells, cost) -> list[str]:
       out.append("  - Shown worse, left out: " + "; ".join(
           f"{name} (than {', '.join(than)})" for name, than in entry["shown_worse"].items()) + ".")
     if entry["break_even"]:
-      out.append("  - " + _break_even_text(entry["break_even"], cost["seconds_per_volume"]))
+      out.append("  - " + _break_even_text(entry["break_even"], cost["seconds_per_volume"],
+                                           entry["case_without_gate"] == "equivalent"))
     if entry["agreement"]:
       out.append("  - " + _agreement_text(entry))
     table += [[f"{entry['dims']}D", str(entry["budget"]), c["cell"], _spread(by_key[key]), f"{c['cost']:g}"]

@@ -360,11 +360,13 @@ def rules_markdown(options: dict) -> str:
 - **Verdicts.** Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict). Else `better` or `worse`
   when the adjusted p of Δ = 0 is below {a:g} (by the sign of Δ); else `equivalent` when the adjusted equivalence p
   is below {a:g}; else `inconclusive`.
-- **Seeds needed (a priori).** Per family, the fewest seeds (at least {o['min_seeds']}) for {100 * o['power']:g}%
+- **Seeds needed (for planning).** Per family, the fewest seeds (at least {o['min_seeds']}) for {100 * o['power']:g}%
   power to detect |Δ| = δ with a two-sided t-test at the family's Bonferroni level {a:g} / m (m: the family's
   comparisons), from the pooled standard deviation of the per-seed mean differences, taken at its 80% upper
   confidence limit, and the volume component (noncentral t, seeds − 1 degrees of freedom). `--check` sizes a grid's
-  own families this way from a pilot run (`stats.pilot`) and warns when the grid has fewer seeds.
+  own families this way from a pilot run (`stats.pilot`) and warns when the grid has fewer seeds; in a finished
+  study's report the figure is computed from its own results, so it plans the next study rather than judging this
+  one. A budget's recommendation sizes only its unresolved comparisons, from their own spread.
 - **Findings.** 1, fewer slices per volume over more volumes, on the `allocation` family: `reproduced` when the
   fewest-slices allocation is better in most comparisons and worse in none, `reversed` when worse in most and
   better in none, `mixed` when better in some and worse in others, `not reproduced: equivalent` when every
