@@ -34,6 +34,7 @@ def _regenerate(tmp_path, document: str) -> tuple[str, str]:
 def test_the_converged_study_document_regenerates_from_the_committed_rows(tmp_path):
   regenerated, committed = _regenerate(tmp_path, "hippocampus_study.md")
   assert regenerated == committed
+  assert committed.startswith("# Which slices") and "\n# " not in committed  # one title: the preamble's
   assert "## Findings" in committed and "## Recommendation per budget" in committed and "p Holm" in committed
   # The recipe converged: the reference reaches 0.85 and the trust gate is open.
   assert "## Trust gate\n\nOpen: 0 of " in committed

@@ -161,6 +161,8 @@ def test_the_steps_check_keeps_the_study_rows_and_follows_the_extremes():
   assert check["study_dice"] == {"8×1 random": 0.78125, "2×4 random": 0.71875}
   assert check["dice"] == {"8×1 random": 0.8125, "2×4 random": 0.74609375}
   assert (check["study_difference"], check["difference"], check["moved"]) == (0.0625, 0.06640625, 1 / 256)
+  # Per seed: seed 0 (0.78125 - 0.71875) - (0.75 - 0.6875) = 0; seed 1 (0.84375 - 0.7734375) - (0.8125 - 0.75) = 1/128.
+  assert check["moved_per_seed"] == {0: 0.0, 1: 1 / 128}
   assert (eight["study_steps"], eight["verdict"], eight["reason"]) == (100, "steps stand", None)
   # Budget 16: 16 x 1 gains 1/64 at 200 steps, 4 x 4 nothing: the difference moves by 0.015625.
   assert sixteen["checks"][0]["moved"] == 1 / 64 and sixteen["verdict"] == "more steps needed"
@@ -173,9 +175,10 @@ def test_the_steps_check_keeps_the_study_rows_and_follows_the_extremes():
   assert lines[4:] == [
       "| dims | budget | steps | seeds | mean Dice | fewest − most | moved |", "|" + "---|" * 7,
       "| 2D | 8 | 100 (study) | 0, 1 | 8×1 random 0.781; 2×4 random 0.719 | +0.062 | — |",
-      "| 2D | 8 | 200 | 0, 1 | 8×1 random 0.812; 2×4 random 0.746 | +0.066 | +0.004 |",
+      "| 2D | 8 | 200 | 0, 1 | 8×1 random 0.812; 2×4 random 0.746 | +0.066 | +0.004 (per seed +0.000, +0.008) |",
       "| 2D | 16 | 100 (study) | 0, 1 | 16×1 random 0.750; 4×4 random 0.750 | +0.000 | — |",
-      "| 2D | 16 | 200 | 0, 1 | 16×1 random 0.766; 4×4 random 0.750 | +0.016 | +0.016 |", "",
+      "| 2D | 16 | 200 | 0, 1 | 16×1 random 0.766; 4×4 random 0.750 | +0.016 | +0.016 (per seed +0.016, +0.016) |",
+      "",
       "- 2D, budget 8: **steps stand**: 8×1 random − 2×4 random moved +0.004 from 100 to 200 steps (by less than "
       "0.005).",
       "- 2D, budget 16: **more steps needed**: 16×1 random − 4×4 random moved +0.016 from 100 to 200 steps (by 0.005 "

@@ -165,7 +165,9 @@ def _steps_markdown(entries) -> list[str]:
   for e in entries:
     for c in e["checks"]:
       study = (f"{e['study_steps']} (study)", c["study_dice"], c["study_difference"], "—")
-      longer = (str(c["steps"]), c["dice"], c["difference"], f"{c['moved']:+.3f}")
+      per_seed = ", ".join(f"{m:+.3f}" for m in c["moved_per_seed"].values())
+      longer = (str(c["steps"]), c["dice"], c["difference"],
+                f"{c['moved']:+.3f}" + (f" (per seed {per_seed})" if len(c["moved_per_seed"]) > 1 else ""))
       for steps, dice, difference, moved in (study, longer):
         lines.append([f"{e['dims']}D", str(e["budget"]), steps, ", ".join(map(str, c["seeds"])),
                       "; ".join(f"{cell} {d:.3f}" for cell, d in dice.items()), f"{difference:+.3f}", moved])
@@ -399,7 +401,8 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
   out += ["", "## Paired comparisons", "",
           "Δ = mean of a − b over shared seeds and test volumes (per-volume Dice); intervals from the crossed seed × "
           "test-volume model; p of Δ = 0 and of the equivalence test, raw and Holm-adjusted within the family "
-          "(rules above).", ""]
+          "(rules above). Δ NSD and Δ HD95 are a − b too: a positive Δ HD95 means a's boundaries lie further from the "
+          "truth.", ""]
   if options.get("families") and comparisons:
     present = {}
     for c in comparisons:

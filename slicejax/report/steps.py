@@ -79,8 +79,8 @@ def allocation_check(rows, allocations, label, study: int, steps: int, tolerance
   Returns:
     dict of `cells` (the labels), `fewest`, `most`, `steps`, `seeds` (those with every allocation at both step
     counts), `study_dice` and `dice` ({cell: mean Dice over `seeds`} at `study` and at `steps`), `study_difference`
-    and `difference` (fewest - most there), `moved` (difference - study_difference) and `stands` (|moved| <
-    tolerance); None without such a seed.
+    and `difference` (fewest - most there), `moved` (difference - study_difference), `moved_per_seed` ({seed: that
+    seed's own move}, whose mean is `moved`) and `stands` (|moved| < tolerance); None without such a seed.
   """
   at_study, at_steps = _dice(rows, study), _dice(rows, steps)
   seeds = sorted({key[2] for key in at_study} & {key[2] for key in at_steps})
@@ -91,10 +91,13 @@ def allocation_check(rows, allocations, label, study: int, steps: int, tolerance
   after = {a: float(np.mean([at_steps[a + (s,)] for s in seeds])) for a in allocations}
   fewest, most = allocations[0], allocations[-1]
   moved = (after[fewest] - after[most]) - (before[fewest] - before[most])
+  per_seed = {s: (at_steps[fewest + (s,)] - at_steps[most + (s,)]) - (at_study[fewest + (s,)] - at_study[most + (s,)])
+              for s in seeds}
   return {"cells": [label[a] for a in allocations], "fewest": label[fewest], "most": label[most], "steps": steps,
           "seeds": seeds, "study_dice": {label[a]: before[a] for a in allocations},
           "dice": {label[a]: after[a] for a in allocations}, "study_difference": before[fewest] - before[most],
-          "difference": after[fewest] - after[most], "moved": moved, "stands": abs(moved) < tolerance}
+          "difference": after[fewest] - after[most], "moved": moved, "moved_per_seed": per_seed,
+          "stands": abs(moved) < tolerance}
 
 
 def _variant(key) -> tuple:

@@ -66,6 +66,8 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   frontier = cells_lib.cost_frontier(cells)
   text = render.summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options,
                                  runs.compute_used(rows), checks={"a_a": a_a, "steps": steps_check})
+  if preamble:  # the preamble has the document's title
+    text = text.removeprefix("# Study summary\n\n")
   pngs = figures.all_figures(cells, comparisons, cost)
   files.atomic_write(os.path.join(workdir, "summary.md"), preamble + text + render.figure_links(pngs, ""))
   if document is not None:
