@@ -185,6 +185,26 @@ def test_the_steps_check_keeps_the_study_rows_and_follows_the_extremes():
       "or more).", ""]
 
 
+def test_a_budget_whose_steps_check_fails_leaves_the_findings_and_holds_its_recommendation(tmp_path):
+  study, longer = _steps_rows()
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  results.append_rows(run / "results.jsonl", study + longer)
+  summary.run([run], tmp_path / "out")
+  found = json.loads((tmp_path / "out" / "findings.json").read_text())
+  one = found["findings"][0]
+  # Budget 16 needs more steps (moved 1/64): its comparisons leave every finding, its cells the descriptive best.
+  assert one["left_out"] == [[2, 16]] and list(one["best"]) == ["2D budget 8"]
+  assert {e["b"] for e in one["evidence"]} == {"2×4 random", "4×2 random"}
+  cases = {r["budget"]: (r["case"], r["case_without_gate"]) for r in found["recommendations"]}
+  assert cases[16] == ("inconclusive: more steps needed", "not separated") and cases[8][0] == "not separated"
+  # The comparisons themselves stay, with their verdicts.
+  assert any(c["a"]["budget"] == 16 for c in found["comparisons"])
+  text = (tmp_path / "out" / "summary.md").read_text()
+  assert "Left out of the findings: 2D budget 16, where the steps check says more steps are needed" in text
+
+
 def _run_folder(path, rows, steps_):
   path.mkdir()
   (path / "config.json").write_text(json.dumps({"seed": 0, "data": {"split": {"seed": 0}}, "model": {"features": 8},

@@ -127,7 +127,7 @@ def joint_verdict(per_dims: dict) -> str:
   return "; ".join(f"{dims}: {verdict}" for dims, verdict in tested.items()) or "not tested"
 
 
-def findings(comparisons, cells, options=None) -> list[dict]:
+def findings(comparisons, cells, options=None, unconverged=()) -> list[dict]:
   """The three findings of the paper, each checked on this study's pre-specified comparisons.
 
   The rules are `stats.rules_markdown`'s. Finding 1 uses the "allocation" family, "allocation, 3D" in 3D: its
@@ -136,21 +136,24 @@ def findings(comparisons, cells, options=None) -> list[dict]:
   "selection, ual, 3D"). Findings 1 and 2 are judged per dims (`by_dims`); with 2D and 3D comparisons the verdict
   names both (`joint_verdict`). Finding 3 uses the 2D "interpolation" comparisons; the 3D ones are listed by
   density. When the trust gate (`trust_gate`) is closed, every verdict is "inconclusive: undertrained" and
-  `verdict_without_gate` keeps what the comparisons say.
+  `verdict_without_gate` keeps what the comparisons say. The comparisons at the (dims, budget)s in `unconverged`
+  (whose steps check says more steps are needed, `steps.steps_check`) are left out of every finding.
 
   Returns:
     One dict per finding: `finding` (1-3), `claim`, `verdict`, `verdict_without_gate`, `counts` ({verdict word:
-    comparisons}), `evidence` (the comparisons); for findings 1 and 2, `by_dims` (`by_dims`; finding 1's entries
+    comparisons}), `evidence` (the comparisons), `left_out` (the `unconverged` (dims, budget)s, sorted); for findings 1 and 2, `by_dims` (`by_dims`; finding 1's entries
     with `by_selection`: {selection: {verdict, counts}}), and for finding 1, `best` (the highest mean per dims and
     budget, descriptive).
   """
   gate = trust_gate(cells, options)
+  unconverged = set(unconverged)
+  comparisons = [c for c in comparisons if (c["a"]["dims"], c["a"]["budget"]) not in unconverged]
 
   def result(number, claim, verdict, chosen, **extra):
     return {"finding": number, "claim": claim,
             "verdict": "inconclusive: undertrained" if gate["undertrained"] else verdict,
             "verdict_without_gate": verdict, "counts": _tally(chosen), "evidence": [evidence(c) for c in chosen],
-            **extra}
+            "left_out": sorted(unconverged), **extra}
 
   out = []
   allocation = [c for c in comparisons if c["comparison"] == "allocation"]
@@ -164,7 +167,8 @@ def findings(comparisons, cells, options=None) -> list[dict]:
     entry["by_selection"] = {k: {"verdict": direction_verdict(v), "counts": _tally(v)} for k, v in selections.items()}
   best = {}
   for cell in cells:
-    if not cell["reference"] and not cell["interpolation"] and not math.isnan(cell["dice_mean"]):
+    if (not cell["reference"] and not cell["interpolation"] and not math.isnan(cell["dice_mean"])
+        and (cell["dims"], cell["budget"]) not in unconverged):
       key = f"{cell['dims']}D budget {cell['budget']}"
       if key not in best or cell["dice_mean"] > best[key]["dice_mean"]:
         best[key] = {"allocation": cells_lib.label(cell), "slices_per_volume": cell["slices_per_volume"],

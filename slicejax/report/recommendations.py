@@ -21,6 +21,7 @@ from slicejax.report import statistics as stats
 
 BEST, EQUIVALENT, NOT_SEPARATED = "best", "equivalent", "not separated"
 UNDERTRAINED = "inconclusive: undertrained"
+MORE_STEPS = "inconclusive: more steps needed"
 # Finding 1's verdict on a budget's allocation comparisons, as the prior study it agrees with; other verdicts (mixed,
 # inconclusive, underpowered) are kept as they are.
 AGREEMENT = {"reproduced": "MIDL 2025", "reversed": "cardiac", "not reproduced: equivalent": "neither"}
@@ -162,7 +163,7 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
       "allocation": [findings_lib.evidence(c) for c in allocation], "margin": margin}
 
 
-def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed=None) -> list[dict]:
+def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed=None, unconverged=()) -> list[dict]:
   """The recommendation at every (dims, budget) with two or more sparse cells of defined mean Dice, in table order.
 
   Args:
@@ -172,11 +173,12 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
     options: the statistics options (`comparisons.stats_options`); None: the defaults.
     cost: the annotation cost model; None: `cells.DEFAULT_COST`.
     needed: `comparisons.seeds_needed`'s table.
+    unconverged: the (dims, budget)s whose steps check says more steps are needed (`steps.steps_check`).
 
   Returns:
     One `budget_recommendation` per budget, with `case_without_gate` and `agreement_without_gate`: when the trust
-    gate is closed, `case` and `agreement` (where there is one) are "inconclusive:
-    undertrained".
+    gate is closed, `case` and `agreement` (where there is one) are "inconclusive: undertrained"; else, at an
+    `unconverged` budget, "inconclusive: more steps needed".
   """
   margin = comparisons_lib.stats_options(options)["margin"]
   cost = cells_lib.DEFAULT_COST if cost is None else cost
@@ -192,8 +194,9 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
     entry = budget_recommendation(members, here, margin=margin, seconds_per_volume=cost["seconds_per_volume"],
                                   needed=needed, options=options)
     entry.update(case_without_gate=entry["case"], agreement_without_gate=entry["agreement"])
-    if gate["undertrained"]:
-      entry["case"] = UNDERTRAINED
-      entry["agreement"] = None if entry["agreement"] is None else UNDERTRAINED
+    held = UNDERTRAINED if gate["undertrained"] else MORE_STEPS if (dims, budget) in set(unconverged) else None
+    if held:
+      entry["case"] = held
+      entry["agreement"] = None if entry["agreement"] is None else held
     out.append(entry)
   return out

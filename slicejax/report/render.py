@@ -203,6 +203,10 @@ def findings_markdown(found, needed=None) -> list[str]:
   out = ["## Findings", "",
          "The paper's three findings, checked on this dataset with the pre-specified comparisons below (rules above).",
          ""]
+  left_out = found[0].get("left_out") if found else None
+  if left_out:
+    out += ["Left out of the findings: " + ", ".join(f"{dims}D budget {budget}" for dims, budget in left_out)
+            + ", where the steps check says more steps are needed (\"Checks\").", ""]
   for finding in found:
     gated = finding["verdict"] != finding["verdict_without_gate"]
     out.append(f"**{finding['finding']}. {finding['claim']}** Verdict: **{finding['verdict']}**"

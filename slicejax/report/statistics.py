@@ -409,7 +409,9 @@ def rules_markdown(options: dict) -> str:
   step count, "Checks" shows the mean Dice of each re-trained allocation over the seeds that have all of them at
   both step counts, and the difference between the extremes (fewest slices per volume − most). The budget's
   steps stand when that difference moves by less than {o['steps_tolerance']:g} (`stats.steps_tolerance`) at
-  every longer step count; else more steps are needed. The check does not close the trust gate.
+  every longer step count; else more steps are needed, and that budget's comparisons are left out of the findings
+  and its recommendation is `inconclusive: more steps needed` (the comparisons themselves stay, with their
+  verdicts). The check does not close the trust gate.
 - **Limits.** The calibration below holds for seed effects that are roughly symmetric. A model that fails now and
   then (one seed in ten collapsing) makes a mean over 3-10 seeds unreliable in a way no test on those seeds can see:
   such a seed shows as a diverged model or an outlying per-seed difference, and is worth rerunning or reporting

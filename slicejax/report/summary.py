@@ -59,10 +59,12 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   comparisons = comparisons_lib.paired_comparisons(study, options)
   a_a = comparisons_lib.a_a_checks(study, options)
   steps_check = steps.steps_check(rows, options["steps_tolerance"])
-  found = findings_lib.findings(comparisons, cells, options)
+  unconverged = [(e["dims"], e["budget"]) for e in steps_check if e["verdict"] == steps.MORE and not e["reference"]]
+  found = findings_lib.findings(comparisons, cells, options, unconverged)
   gate = findings_lib.trust_gate(cells, options)
   needed = comparisons_lib.seeds_needed(comparisons, options)
-  recommended = recommendations.recommendations(comparisons, cells, gate, options, cost=cost, needed=needed)
+  recommended = recommendations.recommendations(comparisons, cells, gate, options, cost=cost, needed=needed,
+                                                unconverged=unconverged)
   frontier = cells_lib.cost_frontier(cells)
   text = render.summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options,
                                  runs.compute_used(rows), checks={"a_a": a_a, "steps": steps_check})
