@@ -90,6 +90,57 @@ class ConvBlock(nn.Sequential):
     )
 
 
+class SJConvBlock(nn.Sequential):
+  """Bias-free conv (optionally strided), one-channel-per-group GroupNorm (eps 1e-6), leaky ReLU."""
+  def __init__(self, cin, cout, stride=1):
+    super().__init__(
+      nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+      nn.GroupNorm(cout, cout, eps=1e-6),
+      nn.LeakyReLU(0.01, inplace=True),
+    )
+
+
+def lecun_normal_(w):
+  fan_in = w.shape[1] * w[0, 0].numel()
+  with torch.no_grad():
+    # flax's lecun_normal: truncated normal (+-2 sd) rescaled to variance 1 / fan_in
+    nn.init.trunc_normal_(w, 0.0, 1.0, -2.0, 2.0)
+    w.mul_(math.sqrt(1.0 / fan_in) / 0.87962566103423978)
+
+
+class UNet2DSlicejax(nn.Module):
+  """--arch=slicejax: stride-2 3x3 conv downsampling, nearest resize + 3x3 conv upsampling, no conv bias,
+  lecun-normal init, GroupNorm(group size 1, eps 1e-6), 1x1 head with bias."""
+  def __init__(self, cin=1, ncls=NUM_CLASSES, base=16, levels=4):
+    super().__init__()
+    ch = [base * 2 ** i for i in range(levels)]
+    self.enc = nn.ModuleList()
+    c = cin
+    for i, co in enumerate(ch):
+      self.enc.append(nn.Sequential(SJConvBlock(c, co, 2 if i else 1), SJConvBlock(co, co)))
+      c = co
+    self.up = nn.ModuleList()
+    self.dec = nn.ModuleList()
+    for i in range(levels - 1, 0, -1):
+      self.up.append(nn.Conv2d(ch[i], ch[i - 1], 3, padding=1, bias=False))
+      self.dec.append(nn.Sequential(SJConvBlock(2 * ch[i - 1], ch[i - 1]), SJConvBlock(ch[i - 1], ch[i - 1])))
+    self.head = nn.Conv2d(ch[0], ncls, 1)
+    for m in self.modules():
+      if isinstance(m, nn.Conv2d) and m is not self.head:
+        lecun_normal_(m.weight)
+
+  def forward(self, x):
+    skips = []
+    for blk in self.enc:
+      x = blk(x)
+      skips.append(x)
+    skips.pop()
+    for up, dec in zip(self.up, self.dec):
+      x = up(F.interpolate(x, scale_factor=2, mode="nearest"))
+      x = dec(torch.cat([x, skips.pop()], dim=1))
+    return self.head(x)
+
+
 class UNet2D(nn.Module):
   def __init__(self, cin=1, ncls=NUM_CLASSES, base=16, levels=4):
     super().__init__()
@@ -123,8 +174,9 @@ class UNet2D(nn.Module):
 # training pieces
 # ----------------------------------------------------------------------------
 
-def augment(x, y, gen):
-  """x [B,1,H,W] float, y [B,H,W] long; per-sample random augmentation."""
+def augment(x, y, gen, w=None):
+  """x [B,1,H,W] float, y [B,H,W] long; per-sample random augmentation. Optional w [B,H,W] float loss
+  weights move with the label (nearest; 0 where read from outside) and are returned third."""
   b = x.shape[0]
   u = lambda *s: torch.rand(*s, generator=gen)
   # flips of each in-plane axis, p 0.5 each
@@ -132,8 +184,12 @@ def augment(x, y, gen):
   fw = u(b) < 0.5
   x = torch.where(fh[:, None, None, None], x.flip(2), x)
   y = torch.where(fh[:, None, None], y.flip(1), y)
+  if w is not None:
+    w = torch.where(fh[:, None, None], w.flip(1), w)
   x = torch.where(fw[:, None, None, None], x.flip(3), x)
   y = torch.where(fw[:, None, None], y.flip(2), y)
+  if w is not None:
+    w = torch.where(fw[:, None, None], w.flip(2), w)
   # rotation +-15 deg and scale 0.85-1.15 with p 0.3
   do = u(b) < 0.3
   if bool(do.any()):
@@ -151,8 +207,14 @@ def augment(x, y, gen):
                        align_corners=False)[:, 0].round().long()
     x = torch.where(do[:, None, None, None], xr, x)
     y = torch.where(do[:, None, None], yr, y)
+    if w is not None:
+      wr = F.grid_sample(w[:, None], grid, mode="nearest", padding_mode="zeros",
+                         align_corners=False)[:, 0]
+      w = torch.where(do[:, None, None], wr, w)
   # intensity scale / shift
   x = x * (0.9 + 0.2 * u(b, 1, 1, 1)) + (u(b, 1, 1, 1) * 0.2 - 0.1)
+  if w is not None:
+    return x, y, w
   return x, y
 
 
@@ -160,6 +222,18 @@ def loss_fn(logits, y, smooth=1e-5):
   ce = F.cross_entropy(logits, y)
   p = logits.softmax(1)[:, 1:]                          # [B,2,H,W]
   t = F.one_hot(y, NUM_CLASSES).permute(0, 3, 1, 2)[:, 1:].float()
+  inter = (p * t).sum((0, 2, 3))
+  denom = p.sum((0, 2, 3)) + t.sum((0, 2, 3))
+  dice = (2 * inter + smooth) / (denom + smooth)
+  return ce + (1 - dice.mean())
+
+
+def masked_loss_fn(logits, y, w, smooth=1e-5):
+  """--mask_padding: CE mean and batch soft Dice over pixels with weight w > 0 only (slicejax's masking)."""
+  wsum = w.sum()
+  ce = (F.cross_entropy(logits, y, reduction="none") * w).sum() / wsum.clamp_min(1e-12)
+  p = logits.softmax(1)[:, 1:] * w[:, None]
+  t = F.one_hot(y, NUM_CLASSES).permute(0, 3, 1, 2)[:, 1:].float() * w[:, None]
   inter = (p * t).sum((0, 2, 3))
   denom = p.sum((0, 2, 3)) + t.sum((0, 2, 3))
   dice = (2 * inter + smooth) / (denom + smooth)
@@ -227,6 +301,16 @@ def main():
                   help="the MSD Task04 Hippocampus folder; default $SLICEJAX_HIPPOCAMPUS")
   ap.add_argument("--threads", type=int, default=2)
   ap.add_argument("--out", default=None)
+  ap.add_argument("--arch", choices=("plain", "slicejax"), default="plain",
+                  help="plain: max-pool + transposed conv (default); slicejax: strided conv + resize-conv, "
+                  "no conv bias, lecun-normal, GroupNorm eps 1e-6")
+  ap.add_argument("--init", choices=("default", "lecun"), default="default",
+                  help="lecun: re-initialise the 3x3 convolutions of --arch=plain (not the transposed convs "
+                  "or the head) with slicejax's lecun-normal")
+  ap.add_argument("--mask_padding", action="store_true",
+                  help="loss only on the real (unpadded) pixels, as slicejax's loss weights do")
+  ap.add_argument("--curve_every", type=int, default=0,
+                  help="every N steps also print Dice on the 20 validation cases of the study split (0: off)")
   a = ap.parse_args()
   if not a.data:
     ap.error("--data: give the MSD Task04 Hippocampus folder (or set SLICEJAX_HIPPOCAMPUS)")
@@ -254,13 +338,14 @@ def main():
   plan = json.load(open(a.plan))
   assert not set(plan) & set(test_cases), "plan and test cases overlap"
 
-  xs, ys = [], []
+  xs, ys, box_sizes = [], [], []
   for cid, ks in sorted(plan.items()):
     img, lab = load_case(paths, cid)
     x, y = pad_slices(img, lab)
     for k in ks:
       assert 0 <= k < img.shape[2], (cid, k, img.shape)
       xs.append(x[k])
+      box_sizes.append(img.shape[:2])
       ys.append(y[k])
   X = torch.from_numpy(np.stack(xs))
   Y = torch.from_numpy(np.stack(ys))
@@ -268,7 +353,24 @@ def main():
   log(f"{a.name}: {len(plan)} volumes, {X.shape[0]} slices, {fg} annotated fg pixels; "
     f"{len(test_cases)} test volumes")
 
-  model = UNet2D(base=a.features)
+  model = (UNet2DSlicejax if a.arch == "slicejax" else UNet2D)(base=a.features)
+  if a.init == "lecun":
+    for m in model.modules():
+      if isinstance(m, nn.Conv2d) and m is not model.head:
+        lecun_normal_(m.weight)
+  if a.mask_padding:
+    Wt = torch.zeros(Y.shape)
+    for j, (h, w_) in enumerate(box_sizes):
+      Wt[j, :h, :w_] = 1.0
+  val_cases = []
+  if a.curve_every:
+    # the study split: sorted ids permuted with seed 0; 60 test first, then 20 validation
+    ids = sorted(paths)
+    order = [ids[i] for i in np.random.default_rng(0).permutation(len(ids))]
+    assert sorted(order[:60]) == sorted(test_cases), "split reproduction does not match the row's test cases"
+    val_cases = sorted(order[60:80])
+    assert not set(val_cases) & set(plan)
+  curve = []
   opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
   model.train()
   t0 = time.time()
@@ -277,8 +379,12 @@ def main():
     for g in opt.param_groups:
       g["lr"] = lr_at(step, a.steps, a.lr)
     idx = torch.randint(0, X.shape[0], (a.batch_size,), generator=gen)
-    xb, yb = augment(X[idx], Y[idx], gen)
-    loss = loss_fn(model(xb), yb)
+    if a.mask_padding:
+      xb, yb, wb = augment(X[idx], Y[idx], gen, Wt[idx])
+      loss = masked_loss_fn(model(xb), yb, wb)
+    else:
+      xb, yb = augment(X[idx], Y[idx], gen)
+      loss = loss_fn(model(xb), yb)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -289,6 +395,10 @@ def main():
       log(f"step {step + 1}/{a.steps} loss {run_loss / n:.4f} "
         f"elapsed {time.time() - t0:.1f}s")
       run_loss = 0.0
+    if a.curve_every and ((step + 1) % a.curve_every == 0 or step + 1 == a.steps):
+      vd, _ = evaluate(model, paths, val_cases, classes)
+      curve.append((step + 1, vd))
+      log(f"step {step + 1} val_dice {vd:.4f}")
   train_s = time.time() - t0
 
   t1 = time.time()
@@ -311,6 +421,10 @@ def main():
     "annotated_foreground": fg,
     "slicejax_annotated_foreground": row.get("annotated_foreground"),
   }
+  if a.arch != "plain" or a.mask_padding or a.init != "default":
+    res.update(arch=a.arch, mask_padding=a.mask_padding, init=a.init)
+  if a.curve_every:
+    res.update(val_curve=curve, slicejax_val_curve=row.get("val_curve"))
   line = json.dumps(res)
   print(line, flush=True)
   if a.out:
