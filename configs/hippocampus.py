@@ -36,8 +36,8 @@ Arguments:
     random, seeds 0-1, `recipe_steps` (4000) steps of batch 16 with a base-`recipe_features` (8) U-Net, validation
     Dice on all 20 validation volumes every 250 steps.
 
-The first, undertrained study (docs/hippocampus_study/first_study.md; a base-8 2D U-Net, batch 16, seeds 0-4, fewer budgets and steps
-than the default grid so that each part runs in about 90 minutes on 2 CPU cores):
+The first, undertrained study (docs/hippocampus_study/first_study.md; a base-8 2D U-Net, batch 16, seeds 0-4,
+fewer budgets and steps than the default grid so that each part runs in about 90 minutes on 2 CPU cores):
   pilot: learning curves of the extreme allocations (budgets 36 and 144 at 1 and the most slices per volume,
     600 steps, validation Dice every 50 steps) that chose the study's step count.
   study2d: budgets 36 and 144 at 1, 4 and 16 slices per volume where they fit, random / fixed / ual, 5 seeds, and

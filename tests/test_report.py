@@ -217,10 +217,10 @@ def test_a_planned_family_adjusts_over_its_planned_size_and_checks_the_rows_agai
   planned = comparisons_lib.paired_comparisons(rows, {"families": {"allocation": 6}})
   assert [c["family_size"] for c in planned] == [6, 6]
   assert [c["p_adjusted"] for c in planned] == pytest.approx(stats.holm([c["p_value"] for c in own], size=6))
-  assert [c["p_adjusted"] for c in planned] >= [c["p_adjusted"] for c in own]
+  assert all(p["p_adjusted"] > o["p_adjusted"] for p, o in zip(planned, own))  # 6 planned: stricter than 2
   needed = comparisons_lib.seeds_needed(planned, {"families": {"allocation": 6}})
   assert needed["allocation"]["comparisons"] == 6 and needed["allocation"]["alpha"] == pytest.approx(0.05 / 6)
-  with pytest.raises(InputError, match="--families: family 'allocation' has 2 comparisons in the rows, more than the 1"):
+  with pytest.raises(InputError, match="--families: family 'allocation' has 2 comparisons in the rows, more than"):
     comparisons_lib.paired_comparisons(rows, {"families": {"allocation": 1}})
   with pytest.raises(InputError, match="family 'allocation', which the plan does not list"):
     comparisons_lib.paired_comparisons(rows, {"families": {"selection": 3}})
@@ -300,7 +300,7 @@ def test_finding_one_names_ual_s_allocations_as_a_family_outside_its_verdict():
   found = findings_lib.findings(comparisons, cells_lib.summarise(rows))
   text = "\n".join(render.findings_markdown(found))
   assert "By selection: random: reproduced (1 better); ual (its own family, not in the verdict): " in text
-  assert found[0]["verdict"] == "reproduced" and found[0]["counts"]["better"] == 1 and sum(found[0]["counts"].values()) == 1
+  assert found[0]["verdict"] == "reproduced" and found[0]["counts"]["better"] == sum(found[0]["counts"].values()) == 1
 
 
 def _undetectable_ual_rows():
@@ -490,8 +490,8 @@ def test_recommendation_is_not_separated_under_large_noise_and_points_at_the_see
       "- **2D, budget 8: not separated at this number of seeds (3)**. Highest mean of the 2 candidates: 8×1 random "
       "(Dice 0.750 ± 0.000 (3), 8 s). Comparisons between them: 1 inconclusive; seeds that would separate them (80% "
       "power at the margin, from these comparisons' own spread, at their family's level): allocation 203.",
-      "  - Cost: for the same slices, 4×2 random opens 4 fewer volumes than 8×1 random; the cost model charges nothing "
-      "per volume opened (`--seconds_per_volume=...` prices it); their Dice is not shown equal.",
+      "  - Cost: for the same slices, 4×2 random opens 4 fewer volumes than 8×1 random; the cost model charges "
+      "nothing per volume opened (`--seconds_per_volume=...` prices it); their Dice is not shown equal.",
       "  - Prior studies (the `allocation` family here, finding 1's rule): inconclusive. 8×1 random − 4×2 random: "
       "Δ +0.010 [-0.108, +0.129], inconclusive; margin 0.02."]
   # One seed: no interval, and no variability to size the seeds from.

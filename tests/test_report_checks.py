@@ -79,7 +79,8 @@ def test_2d_and_3d_allocations_are_adjusted_and_judged_apart():
       "interval: 1 worse. By selection: fixed: reversed (1 worse). Highest mean (descriptive, not a test): 2D budget "
       "8: 8×1 random (0.750); 3D budget 8: 4×2 fixed (0.766).")
   # The 3D budget's prior study is read off its own family.
-  three_d = [e for e in recommendations.recommendations(comparisons, cells, findings_lib.trust_gate(cells)) if e["dims"] == 3]
+  gate = findings_lib.trust_gate(cells)
+  three_d = [e for e in recommendations.recommendations(comparisons, cells, gate) if e["dims"] == 3]
   assert [(e["allocation_family"], e["agreement"]) for e in three_d] == [("allocation, 3D", "cardiac")]
 
 

@@ -89,12 +89,7 @@ def stats_options(options=None) -> dict:
     InputError: a value out of its range.
   """
   o = dict(stats.DEFAULTS, **{k: v for k, v in (options or {}).items() if k in stats.DEFAULTS})
-  o["families"] = (options or {}).get("families")
-  if o["families"] is not None and not (isinstance(o["families"], dict) and all(
-      isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
-      for k, v in o["families"].items())):
-    raise InputError("--families", f"must map family names to planned comparisons (integers >= 1), got "
-                     f"{o['families']!r}")
+  o["families"] = checked_families((options or {}).get("families"))
   checks = {"alpha": (0 < o["alpha"] < 0.5, "in (0, 0.5)"), "margin": (o["margin"] > 0, "> 0"),
             "min_seeds": (int(o["min_seeds"]) == o["min_seeds"] and o["min_seeds"] >= 2, "an integer >= 2"),
             "power": (0 < o["power"] < 1, "in (0, 1)"),
@@ -105,6 +100,18 @@ def stats_options(options=None) -> dict:
     if not ok:
       raise InputError(f"config.stats.{key}", f"must be {want}, got {o[key]}")
   return o
+
+
+def checked_families(families, where="--families"):
+  """`families` ({Holm family: planned comparisons}, or None), checked.
+
+  Raises:
+    InputError: not a mapping of names to integers >= 1; the message names `where` (the flag, or the file).
+  """
+  if families is not None and not (isinstance(families, dict) and all(
+      isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in families.items())):
+    raise InputError(where, f"must map family names to planned comparisons (integers >= 1), got {families!r}")
+  return families
 
 
 def _sparse_cells(rows) -> dict:

@@ -141,9 +141,9 @@ def findings(comparisons, cells, options=None, unconverged=()) -> list[dict]:
 
   Returns:
     One dict per finding: `finding` (1-3), `claim`, `verdict`, `verdict_without_gate`, `counts` ({verdict word:
-    comparisons}), `evidence` (the comparisons), `left_out` (the `unconverged` (dims, budget)s, sorted); for findings 1 and 2, `by_dims` (`by_dims`; finding 1's entries
-    with `by_selection`: {selection: {verdict, counts}}), and for finding 1, `best` (the highest mean per dims and
-    budget, descriptive).
+    comparisons}), `evidence` (the comparisons), `left_out` (the `unconverged` (dims, budget)s, sorted); for
+    findings 1 and 2, `by_dims` (`by_dims`; finding 1's entries with `by_selection`: {selection: {verdict,
+    counts}}), and for finding 1, `best` (the highest mean per dims and budget, descriptive).
   """
   gate = trust_gate(cells, options)
   unconverged = set(unconverged)

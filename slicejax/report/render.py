@@ -1,5 +1,6 @@
 """The report as text: summary.md's markdown sections and summary.csv's lines, from cells, comparisons and findings."""
 
+import collections
 import csv
 import io
 import math
@@ -293,11 +294,9 @@ def _case_detail(entry, cell) -> str:
 def _break_even_text(be, seconds_per_volume, equivalent: bool) -> str:
   """The volumes (and seconds) the candidate opening the fewest volumes saves: a break-even at equal Dice where the
   candidates are `equivalent`, else only the cost side (their Dice is not shown equal)."""
-  if equivalent:
-    head, opens = "Break-even", f"at equal Dice, {be['fewer']} opens {be['volumes']:g} fewer volumes than {be['more']}"
-  else:
-    head, opens = "Cost", f"for the same slices, {be['fewer']} opens {be['volumes']:g} fewer volumes than {be['more']}"
-  tail = "" if equivalent else "; their Dice is not shown equal"
+  head, where, tail = ("Break-even", "at equal Dice", "") if equivalent else (
+      "Cost", "for the same slices", "; their Dice is not shown equal")
+  opens = f"{where}, {be['fewer']} opens {be['volumes']:g} fewer volumes than {be['more']}"
   if be["seconds"] is not None:
     return f"{head}: {opens} and saves {be['volumes']:g} × {seconds_per_volume:g} s = {be['seconds']:g} s{tail}."
   return (f"{head}: {opens}; the cost model charges nothing per volume opened (`--seconds_per_volume=...` "
@@ -405,12 +404,10 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
   out += ["", "## Paired comparisons", "",
           "Δ = mean of a − b over shared seeds and test volumes (per-volume Dice); intervals from the crossed seed × "
           "test-volume model; p of Δ = 0 and of the equivalence test, raw and Holm-adjusted within the family "
-          "(rules above). Δ NSD and Δ HD95 are a − b too: a positive Δ HD95 means a's boundaries lie further from the "
-          "truth.", ""]
+          "(rules above). Δ NSD and Δ HD95 are a − b too: a positive Δ HD95 means a's boundaries lie further from "
+          "the truth.", ""]
   if options.get("families") and comparisons:
-    present = {}
-    for c in comparisons:
-      present[c["family"]] = present.get(c["family"], 0) + 1
+    present = collections.Counter(c["family"] for c in comparisons)
     out += ["Holm's adjustment runs over each family's planned comparisons, those not yet run counted as p = 1: "
             + "; ".join(f"`{family}` {n} of {options['families'][family]}" for family, n in present.items())
             + ".", ""]

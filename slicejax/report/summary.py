@@ -106,13 +106,10 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
   options = {**(config.get("stats") or {}), **{k: v for k, v in options.items() if v is not None}}
   if families is not None:
     try:
-      options["families"] = json.loads(pathlib.Path(families).read_text(encoding="utf-8"))
+      planned = json.loads(pathlib.Path(families).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
       raise InputError(str(families), f"cannot be read as JSON ({err})") from err
-    try:
-      options = comparisons_lib.stats_options(options)
-    except InputError as err:
-      raise InputError(str(families), str(err).split(": ", 1)[1]) from err
+    options["families"] = comparisons_lib.checked_families(planned, str(families))
   options = comparisons_lib.stats_options(options)
   for key, value in (("seconds_per_volume", seconds_per_volume), ("seconds_per_slice", seconds_per_slice),
                      ("seconds_per_kilopixel", seconds_per_kilopixel)):
