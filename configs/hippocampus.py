@@ -19,10 +19,12 @@ Arguments:
     on all 20 validation volumes at 8 points of training.
     "rounds" is the selection in rounds (`slicejax.training.rounds`) to compare with the grid's one-shot cells of the
     same budget (the report merges the two workdirs): entropy, ensemble (4 members) and hybrid at 4 slices per
-    volume, and their control passive (the same schedule, random next slices), 2 rounds (2 slices of each volume by
-    fixed interval in round 0, 2 chosen in round 1), fixed allocation; every round trains CONVERGED_STEPS steps from
-    the initialisation, and the last round only the point's own model (`rounds.final_members=False`), so a point
-    costs 2 trainings (an ensemble point 5, a passive point 1). E.g.
+    volume, and their control passive (the same schedule, random next slices), 2 rounds (in round 0, every other
+    slice of the one-shot fixed-interval plan of the same seed at 4 per volume; 2 chosen in round 1), fixed
+    allocation; every round trains CONVERGED_STEPS steps from the initialisation, and the last round only the point's
+    own model (`rounds.final_members=False`). The points of one seed train together, sharing round 0's models: a
+    seed costs 8 trainings (round 0: one model for entropy, hybrid and the ensemble's first member, and the
+    ensemble's 3 others; round 1: each point's own). E.g.
         python launch.py --config=configs/hippocampus.py:converged=rounds,budget=144 --workdir=runs/hippo_rounds_144
         python -m slicejax.report --workdir=runs/hippo_grid_144 --workdir=runs/hippo_rounds_144 --out=runs/r144
     "doubling" at 36, 72, 144 or 288: the schedule-doubling check, the budget's extreme allocations (B x 1 and

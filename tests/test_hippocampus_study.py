@@ -59,3 +59,6 @@ def test_the_converged_study_s_planned_families_are_those_of_its_parts():
   assert committed == hippocampus.converged_families()
   # By hand: allocation 2 + 2 + 4 + 2 (B 36, 72, 144, 288; random and fixed); ual's selections 4 + 6 (B 36, 144).
   assert committed["allocation"] == 10 and committed["selection, ual"] == 10 and committed["interpolation, 2D"] == 3
+  # Rounds at B 36 and 144: entropy, ensemble and hybrid against passive (6) and against one-shot random and fixed
+  # (12).
+  assert committed["selection, rounds, control"] == 6 and committed["selection, rounds, one-shot"] == 12

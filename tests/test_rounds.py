@@ -2,6 +2,7 @@
 and picks, and tiny round studies on the phantom: exact budgets, no slice chosen twice, labels of unchosen slices never
 read, a resume at a round boundary, and ensemble members trained together equal to members trained alone."""
 
+import collections
 import dataclasses
 import json
 import pathlib
@@ -91,6 +92,31 @@ def test_choose_next_keeps_the_allocation_or_frees_it():
   assert rounds.merge(plan, {"c": [0], "a": [3]}) == {"a": [0, 1, 3], "b": [2], "c": [0]}
 
 
+@pytest.mark.parametrize("selection", ["fixed", "random"])
+def test_round_0_keeps_part_of_the_one_shot_plan_it_is_compared_with(selection):
+  config = config_lib.base()
+  config.rounds.first_selection = selection
+  depths = {f"case{i:02d}": 20 + i for i in range(12)}
+  phases = set()
+  for seed in range(8):
+    point = _point(rho=4, r=2, volumes=6, seed=seed)  # q_0 = 2 of 4
+    one_shot = dataclasses.replace(point, selection=selection, rounds=1)
+    full = study.make_plan(one_shot, depths)
+    first = rounds.first_plan(config, point, depths)
+    assert sorted(first) == sorted(full)  # the same volumes
+    for case, slices in first.items():
+      assert len(slices) == 2 and set(slices) <= set(full[case])
+      if selection == "fixed":  # every other slice of the equally spaced plan: a spacing of about depth / 2
+        ranks = [full[case].index(i) for i in slices]
+        assert ranks in ([0, 2], [1, 3])
+        phases.add(ranks[0])
+  assert selection == "random" or phases == {0, 1}  # both phases occur
+  # With free allocation round 0 is its own one-shot plan at q_0.
+  free = dataclasses.replace(_point(rho=4, r=2, volumes=6), free=True)
+  assert rounds.first_plan(config, free, depths) == study.make_plan(
+      dataclasses.replace(free, budget=12, slices_per_volume=2, selection=selection, rounds=1, free=False), depths)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Tiny round studies on the phantom, sharing compiled programs.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -172,7 +198,8 @@ def test_labels_of_unchosen_slices_are_never_read(setup, clean, tmp_path):
     label[keep] = volume.label[keep]
     garbled.append(dataclasses.replace(volume, label=label))
   rows = _run(setup, tmp_path, splits={**setup["splits"], "train": garbled})
-  assert [r["round_history"] for r in rows] == [r["round_history"] for r in clean["rows"]]
+  assert [results.comparable(r)["round_history"] for r in rows] == [
+      results.comparable(r)["round_history"] for r in clean["rows"]]
   assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean["rows"]]
 
 
@@ -248,13 +275,17 @@ def test_a_last_round_without_members_gives_the_same_rows(setup, clean, warm_row
   rows = rounds.train_rounds(lean["config"], lean["points"], lean["plans"], lean["splits"], lean["dataset"], 0,
                              tmp_path, train_group=train_group, sizes=lean["sizes"], programs=lean["programs"])
   member = rounds.MEMBER_SEED_STRIDE
-  # entropy, entropy free, ensemble and its member, ensemble free and its member; the last round without members.
-  assert models == [[0, 0, 0, member, 0, member]] * 2 + [[0, 0, 0, 0]]
-  assert [rounds.trainings(lean["config"], p) for p in lean["points"]] == [3, 3, 5, 5]
-  assert [rounds.trainings(setup["config"], p) for p in setup["points"]] == [3, 3, 6, 6]
+  # Round 0: entropy and ensemble share their round-0 plan and seed (a family), so one model serves both, beside the
+  # ensemble's member; the same for the free pair. Round 1: entropy, entropy free, ensemble and its member, ensemble
+  # free and its member. The last round without members.
+  assert models == [[0, 0, member, member], [0, 0, 0, member, 0, member], [0, 0, 0, 0]]
+  assert [rounds.trainings(lean["config"], [p]) for p in lean["points"]] == [3, 3, 5, 5]
+  assert rounds.trainings(lean["config"], lean["points"]) == 14  # 16 alone, less the 2 shared in round 0
+  assert [rounds.trainings(setup["config"], [p]) for p in setup["points"]] == [3, 3, 6, 6]
   same = warm_rows if warm_start else clean["rows"]
   assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in same]
-  assert [r["round_history"] for r in rows] == [r["round_history"] for r in same]
+  assert [results.comparable(r)["round_history"] for r in rows] == [
+      results.comparable(r)["round_history"] for r in same]
 
 
 def test_passive_draws_at_random_without_a_model_beside_a_point_that_uses_one(setup, clean, tmp_path):
@@ -262,7 +293,7 @@ def test_passive_draws_at_random_without_a_model_beside_a_point_that_uses_one(se
   config.study.selections = ("entropy", "passive")
   dataset, splits, _, points, plans = train.read_inputs(config, use_cache=False)
   assert [p.name for p in points][2:] == ["2d_b8_s2_rho4_passive_r3_seed0", "2d_b8_s2_rho4_passive_r3_free_seed0"]
-  assert [rounds.trainings(config, p) for p in points] == [3, 3, 1, 1]
+  assert [rounds.trainings(config, [p]) for p in points] == [3, 3, 1, 1]
   sizes = two_d.data_sizes(config, points, [plans[p.name] for p in points])
   trained = []
 
@@ -285,10 +316,10 @@ def test_passive_draws_at_random_without_a_model_beside_a_point_that_uses_one(se
     chosen = [(c, s) for h in history for c, slices in h["added"].items() for s in slices]
     assert len(chosen) == len(set(chosen)) == 8
   assert rows[2]["annotated_volumes"] == 2 and rows[2]["annotated_slices_per_volume"] == 4.0
-  # Each entropy point chooses as it does beside the ensemble points; the draws repeat exactly.
-  assert [r["round_history"] for r in rows[:2]] == [r["round_history"] for r in clean["rows"][:2]]
+  # Each entropy point chooses as it does beside the ensemble points (where round 0 shares its model with the
+  # ensemble's first member: the same rows); the draws repeat exactly.
   assert [results.comparable(r) for r in rows[:2]] == [results.comparable(r) for r in clean["rows"][:2]]
-  assert [r["round_history"] for r in run(tmp_path / "b")] == [r["round_history"] for r in rows]
+  assert [results.comparable(r) for r in run(tmp_path / "b")] == [results.comparable(r) for r in rows]
   # Different seeds, different draws: the round's generator follows the point's seed.
   first = rounds.round_rng(points[2], 1).permutation(16)
   assert not np.array_equal(first, rounds.round_rng(dataclasses.replace(points[2], seed=1), 1).permutation(16))
@@ -377,6 +408,14 @@ def test_next_worklist_from_a_model_trained_on_ignore_label_files(tmp_path):
   assert [r["estimated_seconds"] for r in rows] == [1.0 + r["predicted_foreground"] for r in rows]
   header = (tmp_path / "plan1" / "plan.csv").read_text().splitlines()[0]
   assert header == "order,case_id,axis,slice,image,template,predicted_foreground,estimated_seconds"
+  # A budget a volume cannot hold: the error names its image, and nothing is written.
+  room = {case: hi - lo - len(so_far[case]) for case, (lo, hi) in built["meta"]["offered"].items() if case in so_far}
+  tight = min(room, key=lambda case: (room[case], case))
+  nxt.plan.budget = 2 * (room[tight] + 1)
+  with pytest.raises(InputError, match=rf"{tight}\.nii\.gz: {room[tight]} slices of it are left to annotate, fewer "
+                                       rf"than the {room[tight] + 1} per volume"):
+    plan_lib.run(nxt, tmp_path / "plan2")
+  assert not (tmp_path / "plan2").exists()
   # Free allocation: 3 slices anywhere, never an annotated one.
   nxt.plan.update(budget=3, free=True)
   free = plan_lib.build(nxt)
@@ -409,7 +448,9 @@ def test_the_report_compares_round_cells_with_one_shot_cells_at_equal_budget():
   comparisons = comparisons_lib.paired_comparisons(rows)
   pairs = {(c["a"]["selection"], c["b"]["selection"]): c for c in comparisons}
   assert set(pairs) == {("entropy r2", "fixed"), ("entropy r2 free", "fixed"), ("entropy r2 free", "entropy r2")}
-  assert {c["family"] for c in comparisons} == {"selection, rounds"}
+  assert {(c["a"]["selection"], c["b"]["selection"]): c["family"] for c in comparisons} == {
+      ("entropy r2", "fixed"): "selection, rounds, one-shot", ("entropy r2 free", "fixed"): "selection, rounds, one-shot",
+      ("entropy r2 free", "entropy r2"): "selection, rounds"}
   assert pairs[("entropy r2", "fixed")]["mean_diff"] == pytest.approx(0.1)
 
 
@@ -437,7 +478,10 @@ def test_round_methods_against_their_passive_control_are_a_family_of_their_own()
   # Method - passive on the same schedule; the free control is another schedule.
   control = {pair for pair, family in families.items() if family == "selection, rounds, control"}
   assert control == {("entropy r2", "passive r2"), ("hybrid r2", "passive r2")}
-  assert len(families) == 10 and set(families.values()) == {"selection, rounds", "selection, rounds, control"}
+  one_shot = {pair for pair, family in families.items() if family == "selection, rounds, one-shot"}
+  assert one_shot == {("entropy r2", "fixed"), ("hybrid r2", "fixed")}  # the control passive is not a method
+  assert len(families) == 10 and collections.Counter(families.values()) == {
+      "selection, rounds": 6, "selection, rounds, control": 2, "selection, rounds, one-shot": 2}
   assert comparisons_lib.is_control("entropy r2 free", "passive r2 free")
   assert not comparisons_lib.is_control("entropy r2", "passive r2 free")
   assert not comparisons_lib.is_control("entropy r2", "hybrid r2") and not comparisons_lib.is_control("passive r2",
@@ -445,3 +489,67 @@ def test_round_methods_against_their_passive_control_are_a_family_of_their_own()
   comparisons = comparisons_lib.paired_comparisons(rows)
   entropy = next(c for c in comparisons if (c["a"]["selection"], c["b"]["selection"]) == ("entropy r2", "passive r2"))
   assert entropy["mean_diff"] == pytest.approx(0.06) and entropy["family_size"] == 2
+
+
+def test_a_cell_in_rounds_is_recommended_only_once_shown_better_than_its_control():
+  from slicejax.report import cells as cells_lib
+  from slicejax.report import comparisons as comparisons_lib
+  from slicejax.report import findings as findings_lib
+  from slicejax.report import recommendations
+  from slicejax.report import render
+
+  def row(selection, seed, dice, **extra):
+    return {"dims": 2, "budget": 8, "volumes": 2, "slices_per_volume": 4, "selection": selection, "seed": seed,
+            "interpolation": False, "reference": False, "dice_mean": dice, "test_cases": ["a", "b"],
+            "per_volume": {"dice": [[dice], [dice - 0.1]]}, **extra}
+
+  history = lambda first: [{"round": 0, "slices": 4, "added": {}, "val_dice": first},
+                           {"round": 1, "slices": 8, "added": {}, "val_dice": 0.7}]
+  base, wobble = [0.0, 0.02, -0.01, 0.015, -0.02], [0.03, -0.03, 0.04, -0.02, 0.0]
+
+  def recommend(passive_gap):
+    rows = [row("random", s, 0.64 + base[s]) for s in range(5)]
+    rows += [row("passive", s, 0.64 + passive_gap + base[s] + 0.001 * s, rounds=2, free=False,
+                 round_history=history(None)) for s in range(5)]
+    # entropy has the highest mean, 0.010 over passive with a per-seed spread of 0.03: not shown better than it.
+    rows += [row("entropy", s, 0.65 + base[s] + wobble[s], rounds=2, free=False, round_history=history(0.5))
+             for s in range(5)]
+    cells = cells_lib.summarise(rows)
+    comparisons = comparisons_lib.paired_comparisons(rows)
+    verdicts = {(c["a"]["selection"], c["b"]["selection"]): c["verdict"] for c in comparisons}
+    (entry,) = recommendations.recommendations(comparisons, cells, findings_lib.trust_gate(cells),
+                                               needed=comparisons_lib.seeds_needed(comparisons))
+    return verdicts, entry, render.recommendations_markdown([entry], cells, cells_lib.DEFAULT_COST)
+
+  # passive 0.030 below random: entropy beats its control, so it is a candidate beside random, and the highest.
+  verdicts, entry, _ = recommend(-0.03)
+  assert verdicts[("entropy r2", "passive r2")] == "better"
+  assert [c["cell"] for c in entry["candidates"]] == ["2×4 entropy r2", "2×4 random"] and entry["held_back"] == []
+  # passive just above random: entropy is not shown better than passive, so neither is a candidate, and random is
+  # shown worse than passive: no candidate, and the line says why.
+  verdicts, entry, lines = recommend(0.002)
+  assert (verdicts[("entropy r2", "passive r2")], verdicts[("passive r2", "random")]) == ("inconclusive", "better")
+  assert entry["candidates"] == [] and entry["recommended"] is None
+  assert entry["held_back"] == ["2×4 entropy r2", "2×4 passive r2"]
+  assert lines[4] == ("- **2D, budget 8: not separated**. No candidate: every one-shot cell is shown worse than "
+                      "another, and no cell in rounds is shown better than its control.")
+
+
+def test_a_family_trains_in_one_group_and_shares_its_round_0_models():
+  config = config_lib.load(str(ROOT / "configs/hippocampus.py") + ":converged=rounds,budget=36")
+  points = study.expand(config.study, {f"case_{i:03d}": 30 for i in range(180)})
+  groups = rounds.group(config, points, 2, lambda p: 0)
+  # One group per seed (its family), though an ensemble alone exceeds 2 models: a family is never split.
+  assert [[p.selection for p in g] for g in groups] == [["entropy", "ensemble", "hybrid", "passive"]] * 5
+  assert [{p.seed for p in g} for g in groups] == [{seed} for seed in range(5)]
+  # Round 0: one model for entropy, hybrid and the ensemble's first member, and the ensemble's 3 other members
+  # (passive trains none); round 1: each point's own model. 8 trainings, against 10 for the points alone.
+  assert [[(m.seed, owners) for m, owners in rounds.round_models(config, groups[1], r)] for r in (0, 1)] == [
+      [(1, tuple(p.name for p in groups[1][:3]))] + [(1 + k * rounds.MEMBER_SEED_STRIDE, (groups[1][1].name,))
+                                                     for k in (1, 2, 3)],
+      [(1, (p.name,)) for p in groups[1]]]
+  assert rounds.trainings(config, groups[1]) == 8 and sum(rounds.trainings(config, [p]) for p in groups[1]) == 10
+  # One-shot points group as before: consecutive, at most 2 models.
+  one_shot = study.expand(config_lib.load(str(ROOT / "configs/hippocampus.py") + ":converged=grid,budget=36").study,
+                          {f"case_{i:03d}": 30 for i in range(180)})
+  assert rounds.group(config, one_shot, 2, lambda p: 0) == [one_shot[i:i + 2] for i in range(0, len(one_shot), 2)]

@@ -30,7 +30,6 @@ from slicejax.report import render
 from slicejax.report import runs
 from slicejax.report import steps
 from slicejax.study import encoder
-from slicejax.study import grid as study
 from slicejax.training.inputs import two_d
 from slicejax.training import parallel
 from slicejax.training import rounds
@@ -177,7 +176,7 @@ def dry_run(config) -> list[str]:
       plans[point.name] = train.plan_of(config, dataclasses.replace(point, selection="random", rounds=1, free=False),
                                         depths)
   max_models = train.group_size(config, points, plans, splits, dataset)
-  groups = study.group(points, max_models, rounds.models_of(config), lambda p: train.steps_of(config, p))
+  groups = rounds.group(config, points, max_models, lambda p: train.steps_of(config, p))
   names = dataset.class_names[1:]
   shapes = np.array([v.label.shape for v in dataset.volumes])
   spacings = np.array([v.spacing for v in dataset.volumes])
@@ -227,8 +226,10 @@ def dry_run(config) -> list[str]:
     group_sizes = [len(g) for g in groups if g[0].dims == dims]
     compile_s = sum(compiles)
     # Trainings (members, every round) and their steps; a group with steps of its own compiles programs of its own.
-    models = sum(rounds.trainings(config, p) for p in dims_points)
-    model_steps = sum(rounds.trainings(config, p) * train.steps_of(config, p) for p in dims_points)
+    # The rounds before the last score the validation volumes only, without learning curves.
+    models = sum(rounds.trainings(config, g) for g in groups if g[0].dims == dims)
+    final = sum(len(rounds.final_models(config, g)) for g in groups if g[0].dims == dims)
+    model_steps = sum(rounds.trainings(config, g) * train.steps_of(config, g[0]) for g in groups if g[0].dims == dims)
     by_steps = {}
     for g in groups:
       if g[0].dims == dims:
@@ -237,8 +238,8 @@ def dry_run(config) -> list[str]:
         config.eval.curve_volumes, len(splits["val"])) else 0
     parts = {"training": sum(compile_seconds(config, sizes, *compiles) for sizes in by_steps.values())
                          + model_steps * step_s,
-             "test evaluation": models * (test_s * len(splits["test"]) + dice_s * len(splits["val"])),
-             "validation curves": models * dice_s * curve_points * min(config.eval.curve_volumes, len(splits["val"]))}
+             "test evaluation": final * test_s * len(splits["test"]) + models * dice_s * len(splits["val"]),
+             "validation curves": final * dice_s * curve_points * min(config.eval.curve_volumes, len(splits["val"]))}
     seconds = sum(parts.values())
     total += seconds
     per_program = min(max(group_sizes), config.model_axis.chunk)

@@ -103,6 +103,11 @@ def choose(config, images: index_lib.ImageSet, offered: dict, so_far: dict) -> t
     volumes, quota = len(so_far), cfg.budget // len(so_far)
   point = study.Point(dims=2, budget=cfg.budget, volumes=volumes, slices_per_volume=quota, selection=cfg.selection,
                       interpolation=False, seed=cfg.seed, rounds=2, free=cfg.free)
+  for case in [] if cfg.free else [c for c in images.cases if c.case_id in so_far]:
+    left = len(rounds.candidates(case.depth, tuple(cfg.roi), so_far[case.case_id], offered[case.case_id]))
+    if left < quota:
+      raise InputError(case.paths[0], f"{left} slices of it are left to annotate, fewer than the {quota} per volume "
+                       f"that config.plan.budget={cfg.budget} asks; lower the budget or set --config.plan.free=True")
   scores, foreground = {}, {}
   for case in images.cases if cfg.free else [c for c in images.cases if c.case_id in so_far]:
     probs = np.stack([np.moveaxis(predict.predict_case(m, case, cfg.batch_size), images.slicing_axis, 0)

@@ -2,8 +2,9 @@
 
 A comparison (`slicejax.report.statistics`) reports a - b, paired by seed and test volume, so a positive difference
 means a is better; the fully annotated reference is summarised but never compared. A cell that selects in rounds is
-compared with the one-shot selections of the same budget and allocation like any other selection, in a Holm family of
-its own ("selection, rounds"). 3D comparisons never share a family with 2D ones. Fixed interval against random at one
+compared with the one-shot selections of the same budget and allocation like any other selection, in Holm families
+of its own: against its control `passive` ("selection, rounds, control"), against one-shot random and fixed interval
+("selection, rounds, one-shot"), and the rest ("selection, rounds"). 3D comparisons never share a family with 2D ones. Fixed interval against random at one
 slice per volume is an A/A check (`is_a_a`), in no family: `a_a_checks`.
 """
 
@@ -42,8 +43,9 @@ def holm_family(comparison) -> str:
 
   "allocation": random and fixed interval (finding 1's verdict), "allocation, ual" and other selections apart;
   "selection, ual": UAL against the others (finding 2), "selection, rounds, control": a model-based selection in
-  rounds against the control `passive` on the same schedule (`is_control`), "selection, rounds": a selection in
-  rounds against any other, "selection": the other pairs; "interpolation, 2D" (finding 3) and "interpolation, 3D".
+  rounds against the control `passive` on the same schedule (`is_control`), "selection, rounds, one-shot": a
+  model-based selection in rounds against one-shot random or fixed interval (`is_against_one_shot`), "selection,
+  rounds": the other comparisons of a selection in rounds, "selection": the other pairs; "interpolation, 2D" (finding 3) and "interpolation, 3D".
   A 3D comparison's family carries ", 3D" (`dims_family`: "allocation, 3D", "selection, ual, 3D"), so 3D never
   adjusts or decides with 2D.
   """
@@ -54,6 +56,8 @@ def holm_family(comparison) -> str:
     name = kind if a["selection"] in ("random", "fixed") else f"allocation, {a['selection']}"
   elif is_control(a["selection"], b["selection"]):
     name = "selection, rounds, control"
+  elif is_against_one_shot(a["selection"], b["selection"]):
+    name = "selection, rounds, one-shot"
   elif cells_lib.in_rounds(a["selection"]) or cells_lib.in_rounds(b["selection"]):
     name = "selection, rounds"
   else:
@@ -67,6 +71,14 @@ def is_control(a: str, b: str) -> bool:
   schedule = lambda selection: selection.split(" ", 1)[1] if cells_lib.in_rounds(selection) else None
   methods = {a.split(" ", 1)[0], b.split(" ", 1)[0]}
   return schedule(a) is not None and schedule(a) == schedule(b) and "passive" in methods and len(methods) == 2
+
+
+def is_against_one_shot(a: str, b: str) -> bool:
+  """Whether cells of selections a and b are a model-based selection in rounds ("entropy r2", not the control
+  `passive`) against one-shot random or fixed interval: the comparisons that say whether choosing in rounds beats
+  the one-shot selections a team would otherwise use."""
+  model_based = lambda s: cells_lib.in_rounds(s) and not s.startswith("passive ")
+  return (model_based(a) and b in ("random", "fixed")) or (model_based(b) and a in ("random", "fixed"))
 
 
 def is_a_a(kind: str, a: tuple, b: tuple) -> bool:

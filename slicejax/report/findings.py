@@ -168,7 +168,7 @@ def findings(comparisons, cells, options=None, unconverged=()) -> list[dict]:
   best = {}
   for cell in cells:
     if (not cell["reference"] and not cell["interpolation"] and not math.isnan(cell["dice_mean"])
-        and (cell["dims"], cell["budget"]) not in unconverged):
+        and not cells_lib.in_rounds(cell["selection"]) and (cell["dims"], cell["budget"]) not in unconverged):
       key = f"{cell['dims']}D budget {cell['budget']}"
       if key not in best or cell["dice_mean"] > best[key]["dice_mean"]:
         best[key] = {"allocation": cells_lib.label(cell), "slices_per_volume": cell["slices_per_volume"],

@@ -1,8 +1,8 @@
 """What to annotate at each budget, read off the pre-specified comparisons: no test of its own.
 
 At one (dims, budget) with two or more cells (sparse, with a defined mean Dice), the candidates are the cells that no
-comparison there shows worse than another cell (`worse` as a, `better` as b), and the recommendation is the candidate
-with the highest mean. The case says how far the comparisons separate it (`stats.rules_markdown`):
+comparison there shows worse than another cell (`worse` as a, `better` as b), less the cells in rounds not shown
+better than their control `passive` (`held_back`), and the recommendation is the candidate with the highest mean. The case says how far the comparisons separate it (`stats.rules_markdown`):
 - "best": it is the only candidate, and better in every comparison it is in;
 - "equivalent": two or more candidates, every comparison between two of them `equivalent`, and those comparisons link
   them all;
@@ -82,9 +82,11 @@ def break_even(candidates, seconds_per_volume: float) -> dict | None:
 
   Returns:
     {`more`, `fewer` (labels), `volumes` (saved: s1 - s2), `seconds` ((s1 - s2) x seconds_per_volume; None when the
-    cost model charges nothing per volume)}; None when the candidates open equally many volumes.
+    cost model charges nothing per volume)}; None when the candidates open equally many volumes (or there are none).
   """
   opened = [(c.get("annotated_volumes") or c["volumes"], c) for c in candidates]
+  if not opened:
+    return None
   most = max(opened, key=lambda item: item[0])
   fewest = min(opened, key=lambda item: item[0])
   if most[0] == fewest[0]:
@@ -92,6 +94,16 @@ def break_even(candidates, seconds_per_volume: float) -> dict | None:
   saved = most[0] - fewest[0]
   return {"more": cells_lib.label(most[1]), "fewer": cells_lib.label(fewest[1]), "volumes": saved,
           "seconds": saved * seconds_per_volume if seconds_per_volume > 0 else None}
+
+
+def held_back(keys, comparisons) -> list:
+  """The cell keys among `keys` that select in rounds and are not candidates whatever their mean: the control
+  `passive`, and a model-based selection that no comparison shows better than its control on the same schedule
+  (`comparisons.is_control`). Choosing in rounds costs a training per round and a wait for the annotators; it is
+  recommended only where it has been shown to pay."""
+  paid = {cells_lib.key_of(c["a"]) for c in comparisons if c["verdict"] == stats.BETTER and
+          comparisons_lib.is_control(c["a"]["selection"], c["b"]["selection"])}
+  return [key for key in keys if cells_lib.in_rounds(cells_lib.key_field(key, "selection")) and key not in paid]
 
 
 def _sized(entry) -> bool:
@@ -115,7 +127,7 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     dict of `dims`, `budget`, `case`, `recommended` (the candidate with the highest mean; None when every cell is
     shown worse than another), `candidates` ([{the `cells.CELL_KEY` fields, `cell` (label), `dice_mean`, `cost`}],
     highest mean first, the cheaper first on a tie), `shown_worse` ({label: labels of the cells it is shown worse
-    than}), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
+    than}), `held_back` (labels of the cells in rounds that are no candidates, `held_back`, and not shown worse), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
     `inconclusive` or `underpowered`), `seeds_needed` ({family of an unresolved comparison: the `_SEEDS_FIELDS` of
     `comparisons.seeds_needed` on the unresolved comparisons of that family alone, at the family's m in `needed`:
     the seeds that would separate these candidates, from their own spread, not the family's pooled one}),
@@ -136,7 +148,9 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
       a, b = cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])
       beaten.setdefault(loser, []).append(a if loser == b else b)
   ordered = sorted(cells, key=lambda c: (-c["dice_mean"], c["cost"], cells_lib.sort_key(cells_lib.key_of(c))))
-  candidates = [cells_lib.key_of(c) for c in ordered if cells_lib.key_of(c) not in beaten]
+  held = held_back([cells_lib.key_of(c) for c in ordered], comparisons)
+  candidates = [cells_lib.key_of(c) for c in ordered if cells_lib.key_of(c) not in beaten and
+                cells_lib.key_of(c) not in held]
   decide = deciding(candidates, comparisons)
   unresolved = [c for c in decide if c["verdict"] in (stats.INCONCLUSIVE, stats.UNDERPOWERED)]
   family = comparisons_lib.dims_family("allocation", cells[0]["dims"])
@@ -154,6 +168,7 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
                       "cost": by_key[key]["cost"]} for key in candidates],
       "shown_worse": {label(key): [label(k) for k in dict.fromkeys(beaten[key])]
                       for key in map(cells_lib.key_of, ordered) if key in beaten},
+      "held_back": [label(key) for key in held if key not in beaten],
       "counts": {k: n for k, n in counts.items() if n},
       "seeds": sorted({c["n_pairs"] for c in unresolved}),
       "seeds_needed": {family: {k: e[k] for k in _SEEDS_FIELDS} for family, e in own.items()

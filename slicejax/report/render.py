@@ -269,6 +269,9 @@ def _case_text(entry, case) -> str:
 def _case_detail(entry, cell) -> str:
   """What backs a budget's case: the recommended `cell`, the comparisons, the seeds their families need."""
   if cell is None:
+    if entry.get("held_back"):
+      return ("No candidate: every one-shot cell is shown worse than another, and no cell in rounds is shown better "
+              "than its control.")
     return "Every cell is shown worse than another: the comparisons contradict each other."
   named = f"{entry['recommended']} (Dice {_spread(cell)}, {cell['cost']:g} s)"
   if entry["case_without_gate"] == "best":
@@ -326,7 +329,8 @@ def recommendations_markdown(recommended, cells, cost) -> list[str]:
   out = ["## Recommendation per budget", "",
          "What to annotate at each budget with two or more cells, read off the pre-specified comparisons above and no "
          "other test (rules above): the candidates are the cells that no comparison at their budget shows worse than "
-         "another, and the recommendation is the candidate with the highest mean.", ""]
+         "another, a cell in rounds only once shown better than its control `passive`, and the recommendation is the "
+         "candidate with the highest mean.", ""]
   table = []
   for entry in recommended:
     keys = [cells_lib.key_of(c) for c in entry["candidates"]]
@@ -338,6 +342,9 @@ def recommendations_markdown(recommended, cells, cost) -> list[str]:
     if entry["shown_worse"]:
       out.append("  - Shown worse, left out: " + "; ".join(
           f"{name} (than {', '.join(than)})" for name, than in entry["shown_worse"].items()) + ".")
+    if entry.get("held_back"):
+      out.append("  - Selection in rounds, left out until shown better than its control `passive` (the control "
+                 "itself always): " + ", ".join(entry["held_back"]) + ".")
     if entry["break_even"]:
       out.append("  - " + _break_even_text(entry["break_even"], cost["seconds_per_volume"],
                                            entry["case_without_gate"] == "equivalent"))
@@ -420,8 +427,11 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
             "Selection in rounds: the slices annotated after each round and the mean validation Dice over seeds of "
             "the models trained on them (a dash: a round that trained nothing, `passive`); the last round's models are "
             "the cell's. Each model-based selection against its control `passive` on the same schedule is the family "
-            "\"selection, rounds, control\" above; the other comparisons of selections in rounds, with the one-shot "
-            "selections at the same budget and allocation among them, are \"selection, rounds\".", ""]
+            "\"selection, rounds, control\" above, and against one-shot random and fixed interval at the same budget "
+            "and allocation \"selection, rounds, one-shot\"; the other comparisons of selections in rounds are "
+            "\"selection, rounds\". Against a one-shot cell, a cell in rounds differs in how its first slices were "
+            "chosen as well as in the slices its models chose, unless round 0 kept part of that cell's plan "
+            "(`rounds.first_plan`: random and fixed interval do); against `passive` it differs only in the latter.", ""]
     out += _table(["dims", "budget", "cell", "slices per round", "validation Dice per round", "volumes annotated",
                    "test Dice"],
                   [[f"{c['dims']}D", str(c["budget"]), cells_lib.label(c), " → ".join(map(str, c["round_slices"])),
@@ -441,7 +451,9 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
   out += ["", "## Compute", "",
           f"{compute['models']} models: {console.duration(compute['train_seconds'])} of training and "
           f"{console.duration(compute['eval_seconds'])} of evaluation (sums of the rows' `train_seconds` and "
-          f"`eval_seconds`, each model's share of its group's time)"
+          f"`eval_seconds`, each model's share of its group's time"
+          + ("; a cell in rounds counts every round's models, `rounds_train_seconds` and `rounds_eval_seconds`"
+             if compute.get("rounds") else "") + ")"
           + (f", and {console.duration(compute['encoder_seconds'])} for UAL slice encoders" if compute["encoder_seconds"]
              else "") + ".", ""]
   return "\n".join(out)

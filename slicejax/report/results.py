@@ -59,7 +59,8 @@ def make_row(point, *, group: int, model_index: int, steps: int, density, class_
     density: slices per volume over the mean depth of its annotated volumes (None for the reference).
     class_names: foreground class names, `[K - 1]`.
     test, val: this model's `dice_mean` (scalar) and `dice_per_class` (`[K - 1]`) on the test and validation
-      volumes, with `volumes` (their number); val None when the split has none. Test may also hold `hd95_mean`,
+      volumes, with `volumes` (their number); test None when not evaluated (no test fields), val None when the split
+      has none. Test may also hold `hd95_mean`,
       `hd95_per_class`, `nsd_mean`, `nsd_per_class`, `nsd_tolerance_mm`, `class_volumes` (`[K - 1]`), `cases` and
       `per_volume` ({metric: `[V, K - 1]`}); val may hold `curve` ({"steps", "dice"}).
     diverged, diverged_step: whether (and at which step) its loss or gradients became non-finite.
@@ -67,8 +68,11 @@ def make_row(point, *, group: int, model_index: int, steps: int, density, class_
     seconds: timing fields, e.g. {"train_seconds": ..., "eval_seconds": ...}.
   """
   row = {"name": point.name, **point.fields(), **dict(zip(PLACEMENT_FIELDS, (group, model_index))),
-         "density": density, "steps": steps, "dice_mean": _number(test["dice_mean"]),
-         "dice_per_class": _per_class(class_names, test["dice_per_class"]), "test_volumes": test["volumes"]}
+         "density": density, "steps": steps}
+  test = {} if test is None else test
+  if test:
+    row.update(dice_mean=_number(test["dice_mean"]), dice_per_class=_per_class(class_names, test["dice_per_class"]),
+               test_volumes=test["volumes"])
   for metric in ("hd95", "nsd"):
     if f"{metric}_mean" in test:
       row.update({f"{metric}_mean": _number(test[f"{metric}_mean"]),
@@ -99,8 +103,13 @@ def make_row(point, *, group: int, model_index: int, steps: int, density, class_
 
 
 def comparable(row: dict) -> dict:
-  """The row without placement and timing fields: what must be equal for the same point trained anywhere."""
-  return {k: v for k, v in row.items() if k not in PLACEMENT_FIELDS and not k.endswith("_seconds")}
+  """The row without placement and timing fields (a round history's too): what must be equal for the same point
+  trained anywhere."""
+  out = {k: v for k, v in row.items() if k not in PLACEMENT_FIELDS and not k.endswith("_seconds")}
+  if "round_history" in out:
+    out["round_history"] = [{k: v for k, v in entry.items() if not k.endswith("_seconds")}
+                            for entry in out["round_history"]]
+  return out
 
 
 def read_rows(path) -> list[dict]:

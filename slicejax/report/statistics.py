@@ -353,7 +353,8 @@ def rules_markdown(options: dict) -> str:
 - **Multiplicity.** Holm's step-down adjustment within each finding's family, i.e. over exactly the comparisons
   its verdict rests on: `allocation` (random and fixed interval, finding 1), `allocation, ual` (UAL's allocations,
   reported apart), `selection, ual` (finding 2), `selection` (fixed − random), `selection, rounds, control` (each
-  model-based selection in rounds against `passive`, the rounds' primary contrasts), `selection, rounds` (the other
+  model-based selection in rounds against `passive`, the rounds' primary contrasts), `selection, rounds, one-shot`
+  (each model-based selection in rounds against one-shot random and fixed interval), `selection, rounds` (the other
   comparisons of selections in rounds), `interpolation, 2D` (finding 3) and `interpolation, 3D`; separately for the
   test of Δ = 0 and for the equivalence test. 3D comparisons are never in a 2D family: their families carry ", 3D"
   (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are shown; intervals are not adjusted.{planned}
@@ -380,7 +381,8 @@ def rules_markdown(options: dict) -> str:
   and 3D comparisons, the verdict names each ("2D: ...; 3D: ...").
 - **Recommendation per budget.** Read off the verdicts above, with no test of its own. At each dims and budget with
   two or more cells, a cell is a candidate unless a comparison there shows it worse than another cell (`worse` as
-  a, `better` as b); the recommendation is the candidate with the highest mean Dice. The case rests on the only
+  a, `better` as b); a cell that selects in rounds is one only when shown `better` than its control `passive` (the
+  control never is); the recommendation is the candidate with the highest mean Dice. The case rests on the only
   candidate's comparisons, or on those between two candidates: `best` when it is the only candidate and `better` in
   each of its comparisons; `equivalent within ±δ: any of them` when there are two or more candidates, every
   comparison between two of them is `equivalent`, and these comparisons link them all (candidates not compared

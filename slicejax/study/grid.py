@@ -142,20 +142,26 @@ def _grid(study, dims: int) -> dict:
   return grid
 
 
-def group(points: Sequence[Point], max_models: int, models_of=lambda point: 1, steps_of=lambda point: 0) -> list:
+def group(points: Sequence[Point], max_models: int, size_of=len, steps_of=lambda point: 0,
+          family_of=lambda point: None) -> list:
   """Splits points into groups that share shapes (dims), round count and training steps (`steps_of`, e.g. a
-  reference that trains longer), each of at most `max_models` models (a point trains `models_of(point)`, e.g. an
-  ensemble's members; a group holds at least one point), order kept."""
+  reference that trains longer), each of at most `max_models` models (`size_of(points)`: the models a group of these
+  points trains at once, e.g. with an ensemble's members); the points of one family (equal `family_of(point)`, not
+  None: e.g. round points that share round 0's models) join one group at the place of its first point; a group holds
+  at least one point, or one family; order kept otherwise."""
   groups = []
   kind = lambda p: (p.dims, p.rounds, steps_of(p))
   for key in sorted({kind(p) for p in points}):
-    group_points, size = [], 0
-    for point in (p for p in points if kind(p) == key):
-      if group_points and size + models_of(point) > max_models:
+    units = {}
+    for index, point in enumerate(p for p in points if kind(p) == key):
+      family = family_of(point)
+      units.setdefault(("point", index) if family is None else ("family", family), []).append(point)
+    group_points = []
+    for unit in units.values():
+      if group_points and size_of(group_points + unit) > max_models:
         groups.append(group_points)
-        group_points, size = [], 0
-      group_points.append(point)
-      size += models_of(point)
+        group_points = []
+      group_points = group_points + unit
     groups.append(group_points)
   return groups
 

@@ -6,7 +6,8 @@ rounds.first_share x rho))` of them in round 0 and the rest split as evenly as p
 earlier rounds take the remainder), so round r adds `s x q_r` slices and the last round ends at exactly B.
 
   * Round 0 is a one-shot plan: `rounds.first_selection` (random, fixed or ual) at q_0 slices per volume, in the
-    volumes a one-shot point of the same s and seed annotates (`study.make_plan`).
+    volumes a one-shot point of the same s and seed annotates (`study.make_plan`); with random or fixed, q_0 of the
+    slices that one-shot point annotates at the full rho (`first_plan`), so the two share round 0's slices.
   * Each round r trains the group's models on what is annotated so far (`train.train_group`), predicts the
     not-yet-annotated candidate slices of the training pool (images only: a label is read only once its slice is
     annotated, when it enters the training bank), scores them with the point's selection module
@@ -33,6 +34,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -77,9 +79,21 @@ def models(config, points) -> list:
   return [m for point in points for m in _members(config, point)]
 
 
-def models_of(config):
-  """`point -> models it trains` at most in one round (for `study.group`)."""
-  return lambda point: len(_members(config, point))
+def family(point: study.Point) -> tuple:
+  """What decides a round point's round-0 plan (`first_plan`) besides the config: its dims, s, rho, round count,
+  allocation rule and seed. The points of one family (e.g. entropy, ensemble and hybrid of one seed) annotate the same
+  slices in round 0 and train the same models on them, seed for seed: `round_models` trains each once."""
+  return (point.dims, point.volumes, point.slices_per_volume, point.rounds, point.free, point.seed)
+
+
+def group(config, points, max_models: int, steps_of) -> list:
+  """`study.group` for a grid's points: a group of round points holds whole `family`s, sized by the models its
+  largest round trains (`round_models`)."""
+  def size_of(group_points):
+    if group_points[0].rounds == 1:
+      return len(group_points)
+    return max(len(round_models(config, group_points, r)) for r in range(group_points[0].rounds))
+  return study.group(points, max_models, size_of, steps_of, lambda p: family(p) if p.rounds > 1 else None)
 
 
 def uses_model(point: study.Point) -> bool:
@@ -93,29 +107,41 @@ def needs_model(config, point: study.Point) -> bool:
   return uses_model(point) or bool(config.rounds.warm_start)
 
 
-def round_models(config, points, last: bool) -> list[tuple]:
-  """`(model, owner point name)` of the models a round trains, in order: before the last round every model of a
-  point that `needs_model` (none of `passive`'s without warm start); in the last round each point's own model, and
-  its members too with `rounds.final_members` (members serve only to choose the next slices)."""
-  out = []
+def round_models(config, points, round_index: int) -> list[tuple]:
+  """`(model, owners)` of the models round `round_index` trains, in order, `owners` the names of the points whose
+  model it is: before the last round every model of a point that `needs_model` (none of `passive`'s without warm
+  start), and in round 0 one model for each member of a `family` (its points annotate the same slices with the same
+  seeds there: the same model); in the last round each point's own model, and its members too with
+  `rounds.final_members` (members serve only to choose the next slices). A point's own model comes before its
+  members."""
+  last = round_index == points[0].rounds - 1
+  out, where = [], {}
   for point in points:
     members = _members(config, point)
     if last and not config.rounds.final_members:
       members = members[:1]
     elif not last and not needs_model(config, point):
       members = []
-    out += [(m, point.name) for m in members]
+    for k, model in enumerate(members):
+      key = (family(point), k) if round_index == 0 and not last else (point.name, k)
+      if key in where:
+        shared, owners = out[where[key]]
+        out[where[key]] = (shared, owners + (point.name,))
+      else:
+        where[key] = len(out)
+        out.append((model, (point.name,)))
   return out
 
 
 def final_models(config, points) -> list:
   """The models of a group's last round, in its checkpoint's order (`round_models`)."""
-  return [m for m, _ in round_models(config, points, last=True)]
+  return [m for m, _ in round_models(config, points, points[0].rounds - 1)]
 
 
-def trainings(config, point: study.Point) -> int:
-  """The models a point trains over all its rounds (`round_models`)."""
-  return sum(len(round_models(config, [point], last=r == point.rounds - 1)) for r in range(point.rounds))
+def trainings(config, points) -> int:
+  """The models a group of points trains over all its rounds (`round_models`), a model shared by a `family` once."""
+  return sum(len(round_models(config, points, r)) for r in range(points[0].rounds)) if points[0].rounds > 1 else len(
+      points)
 
 
 # A round's draws (`passive`) come from the point's seed, the round and this tag.
@@ -131,14 +157,34 @@ def needs_embeddings(config, point) -> bool:
   return (strategy(point).NEEDS_EMBEDDINGS or selection_lib.get(config.rounds.first_selection).NEEDS_EMBEDDINGS)
 
 
+# Round 0's pick among a one-shot plan's slices (`first_plan`) comes from the point's seed, the case and this tag.
+_NESTED_TAG = 0x0E57ED
+
+
 def first_plan(config, point: study.Point, depths, embeddings=None) -> dict:
-  """Round 0's plan: the one-shot `rounds.first_selection` at `quotas(...)[0]` slices in each of the s volumes."""
+  """Round 0's plan: the one-shot `rounds.first_selection` at `quotas(...)[0]` = q_0 slices in each of the s volumes.
+
+  With `random` or `fixed` (and allocation not `free`), round 0 is nested in the one-shot plan of the same selection,
+  volumes and seed at the point's full rho (`study.make_plan`): in each volume it keeps q_0 of that plan's rho slices,
+  picked by the same selection over their ranks (`fixed`: every (rho / q_0)-th slice from a random phase). The pick
+  has the distribution of the one-shot selection at q_0 (`fixed` exactly when q_0 divides rho: a random phase of an
+  interval-rho/q_0 subsequence of an equally spaced plan is an equally spaced plan with a uniform offset), and the
+  round point shares its first q_0 slices with the one-shot cell it is compared with, so that the two differ only in
+  the slices chosen after round 0. `ual` (k-means at q_0, not a subset of k-means at rho) plans q_0 slices directly.
+  """
   first = quotas(point, config.rounds.first_share)[0]
   name = config.rounds.first_selection
-  one_shot = dataclasses.replace(point, budget=point.volumes * first, slices_per_volume=first, selection=name,
+  nested = name in ("random", "fixed") and not point.free
+  one_shot = dataclasses.replace(point, budget=point.volumes * (point.slices_per_volume if nested else first),
+                                 slices_per_volume=point.slices_per_volume if nested else first, selection=name,
                                  rounds=1, free=False)
   options = config.get(name) if name in config else None
   plan = study.make_plan(one_shot, depths, roi=config.study.roi, options=options, embeddings=embeddings)
+  if nested:
+    method = selection_lib.get(name)
+    for case, slices in plan.items():
+      rng = np.random.default_rng([point.seed, zlib.crc32(case.encode()), len(slices), first, _NESTED_TAG])
+      plan[case] = [slices[i] for i in method.select(len(slices), first, rng)]
   for case in plan if not point.free else ():
     lo, hi = study.candidate_range(depths[case], config.study.roi)
     if point.slices_per_volume > hi - lo:
@@ -232,7 +278,7 @@ def merge(plan: dict, added: dict) -> dict:
   return out
 
 
-def next_round(config, points, plans: dict, probabilities, owner, round_index: int, embeddings=None) -> dict:
+def next_round(config, points, plans: dict, probabilities, owners, round_index: int, embeddings=None) -> dict:
   """What every point of a group adds in round `round_index`, from its models' predictions of the pool.
 
   Args:
@@ -240,13 +286,13 @@ def next_round(config, points, plans: dict, probabilities, owner, round_index: i
     plans: point name -> plan so far.
     probabilities: `pool_probabilities`' output for the volumes any point may add to (probs and valid None when no
       point of the group needs a model).
-    owner: the point name of each model whose predictions `probabilities` holds (`round_models`).
+    owners: the names of the points that own each model whose predictions `probabilities` holds (`round_models`).
     round_index: r >= 1.
 
   Returns:
     point name -> `choose_next`'s added slices.
   """
-  rows = {name: slice(owner.index(name), owner.index(name) + owner.count(name)) for name in set(owner)}
+  rows = {p.name: [i for i, names in enumerate(owners) if p.name in names] for p in points}
   scores = {p.name: {} for p in points}
   for volume, probs, valid in probabilities:
     for point in points:
@@ -332,8 +378,11 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
     embeddings: `() -> case id -> [D, F]` slice embeddings of the pool, called when a point's `choose` needs them.
 
   Returns:
-    One row per point, its last round's, with `round_history` ([{"round", "slices", "added", "val_dice"}]) and the
-    plan's resulting `annotated_volumes` and `annotated_slices_per_volume`.
+    One row per point, its last round's, with `round_history` ([{"round", "slices", "added", "val_dice",
+    "train_seconds", "eval_seconds"}]: the seconds are the shares of the point's models, members included, in that
+    round), their sums `rounds_train_seconds` and `rounds_eval_seconds` (the row's `train_seconds` and
+    `eval_seconds` are its last round's), and the plan's resulting `annotated_volumes` and
+    `annotated_slices_per_volume`.
   """
   rundir = pathlib.Path(rundir)
   names = [p.name for p in points]
@@ -352,7 +401,7 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
                                                else f"group_{group_index}_round_{r}")
   need = {p.selection for p in points}
   pool_embeddings = None
-  previous = previous_models = None
+  previous = previous_params = None
   for r in range(num_rounds):
     last = r == num_rounds - 1
     plans = plans_after(entries[:r + 1], names)
@@ -360,21 +409,32 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
         and not (config.rounds.warm_start and not _has_checkpoint(folder(r + 1)))):
       continue  # trained, and the next round's slices chosen
     keep = {}
-    chosen = round_models(config, points, last)
-    models_r, owner_r = [m for m, _ in chosen], [o for _, o in chosen]
+    chosen = round_models(config, points, r)
+    models_r, owners_r = [m for m, _ in chosen], [o for _, o in chosen]
     init = None
     if config.rounds.warm_start and previous is not None:  # the previous round's parameters of the same models
-      init = jax.tree.map(lambda leaf: leaf[np.asarray([previous_models.index(m) for m in models_r])], previous)
-    rows = train_group(config if last else intermediate, models_r, [plans[name] for name in owner_r], splits,
+      init = jax.tree.map(lambda leaf: leaf[np.asarray([previous[(o[0], m.seed)] for m, o in chosen])],
+                          previous_params)
+    rows = train_group(config if last else intermediate, models_r, [plans[o[0]] for o in owners_r], splits,
                        dataset, group_index, folder(r), sizes=sizes, programs=programs,
-                       curves=curves if last else None, init_params=init, keep=keep) if models_r else []
-    by_name = {row["name"]: row for row in rows}
-    entries[r]["val_dice"] = {name: by_name[name].get("val_dice_mean") if name in by_name else None
-                              for name in names}
+                       curves=curves if last else None, init_params=init, keep=keep,
+                       evaluate_test=last) if models_r else []
+    own = {}  # point name -> its own model's row (before its members')
+    for i, owners in enumerate(owners_r):
+      for name in owners:
+        own.setdefault(name, rows[i])
+    entries[r]["val_dice"] = {name: own[name].get("val_dice_mean") if name in own else None for name in names}
+    seconds = {name: {"train": 0.0, "eval": 0.0} for name in names}  # each point's shares, members included
+    for row, owners in zip(rows, owners_r):
+      for name in owners:  # a model a family shares, shared equally
+        seconds[name]["train"] += row["train_seconds"] / len(owners)
+        seconds[name]["eval"] += row["eval_seconds"] / len(owners)
+    entries[r]["seconds"] = seconds
     _write_record(rundir, group_index, names, entries)
     if last:
       break
-    previous, previous_models = (keep["stacked"]["params"], models_r) if models_r else (None, None)
+    previous_params = keep["stacked"]["params"] if models_r else None
+    previous = {(name, m.seed): i for i, (m, owners) in enumerate(chosen) for name in owners} if models_r else None
     if len(entries) == r + 1:
       if pool_embeddings is None and any(selection_lib.get(s).NEEDS_EMBEDDINGS for s in need):
         pool_embeddings = embeddings()
@@ -382,20 +442,24 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
       volumes = [v for v in pool if v.case_id in wanted]
       probabilities = (pool_probabilities(config, keep["model"], keep["axis"], keep["params"], volumes, keep["shape"])
                        if models_r else ((v, None, None) for v in volumes))
-      added = next_round(config, points, plans, probabilities, owner_r, r + 1, pool_embeddings)
+      added = next_round(config, points, plans, probabilities, owners_r, r + 1, pool_embeddings)
       entries.append({"round": r + 1, "added": added})
       _write_record(rundir, group_index, names, entries)
   for name, plan in plans_after(entries, names).items() if distributed.is_writer() else ():
     files.atomic_write(rundir / "plans" / f"{name}.json", json.dumps(plan, sort_keys=True))
   out = []
   for point in points:
-    row = by_name[point.name]
+    row = own[point.name]
     history, plan = [], {}
     for entry in entries:
       plan = merge(plan, entry["added"][point.name])
+      spent = entry.get("seconds", {}).get(point.name, {"train": 0.0, "eval": 0.0})
       history.append({"round": entry["round"], "slices": sum(map(len, plan.values())),
-                      "added": entry["added"][point.name], "val_dice": entry["val_dice"][point.name]})
+                      "added": entry["added"][point.name], "val_dice": entry["val_dice"][point.name],
+                      "train_seconds": spent["train"], "eval_seconds": spent["eval"]})
     row.update(round_history=history, annotated_volumes=len(plan),
-               annotated_slices_per_volume=sum(map(len, plan.values())) / len(plan))
+               annotated_slices_per_volume=sum(map(len, plan.values())) / len(plan),
+               rounds_train_seconds=sum(h["train_seconds"] for h in history),
+               rounds_eval_seconds=sum(h["eval_seconds"] for h in history))
     out.append(row)
   return out

@@ -206,7 +206,8 @@ def grid_programs(config, dims: int, num_classes: int, example_shape, batch_spli
 # ---------------------------------------------------------------------------------------------------------------------
 
 def train_group(config, points, plans, splits, dataset, group_index: int, checkpoint_dir: pathlib.Path, *,
-                sizes=None, programs=None, curves=None, eval_seconds=None, init_params=None, keep=None) -> list:
+                sizes=None, programs=None, curves=None, eval_seconds=None, init_params=None, keep=None,
+                evaluate_test: bool = True) -> list:
   """Trains the points of one group together on their plans and returns their result rows.
 
   The group's state is checkpointed to `checkpoint_dir` every `train.checkpoint_every` steps and at the end; a
@@ -216,8 +217,8 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   `console.CurveWriter`, or None); `eval_seconds` estimates the group's evaluation for the progress line's ETA.
   `init_params` (stacked `[M, ...]`) replaces the initial parameters when there is no checkpoint (a warm-started
   round, `slicejax.training.rounds`); `keep`, a dict, receives the trained `model`, `axis`, `params` (axis form),
-  `stacked`
-  state and input `shape`.
+  `stacked` state and input `shape`. Without `evaluate_test` only the validation volumes are scored and the rows
+  carry no test fields (a round before the last, whose models only choose the next slices).
   """
   dims_lib = DIMS[points[0].dims]
   pool, num_classes = splits["train"], dataset.num_classes
@@ -303,15 +304,18 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   train_seconds = before + time.perf_counter() - start
 
   # Evaluation: dense, on the test volumes and the validation volumes.
-  console.phase_line(group_index, f"test evaluation ({console.count(len(splits['test']), 'test volume')}, "
-                                  f"{console.count(len(splits['val']), 'validation volume')})")
+  console.phase_line(group_index, ("test evaluation (" + console.count(len(splits['test']), 'test volume') + ", "
+                                   if evaluate_test else "evaluation (")
+                     + f"{console.count(len(splits['val']), 'validation volume')})")
   stacked = axis.to_stacked(state)
   params = axis.from_stacked(stacked["params"])
   start = time.perf_counter()
   segment = dims_lib.segmenter(config, model, axis)
-  scores = {"test": evaluate_lib.score_labels(segment(params, splits["test"], shape), splits["test"], num_classes,
-                                              tolerance_mm=config.eval.nsd_tolerance_mm,
-                                              surface=config.eval.surface_metrics)}
+  scores = {}
+  if evaluate_test:
+    scores["test"] = evaluate_lib.score_labels(segment(params, splits["test"], shape), splits["test"], num_classes,
+                                               tolerance_mm=config.eval.nsd_tolerance_mm,
+                                               surface=config.eval.surface_metrics)
   if splits["val"]:
     scores["val"] = evaluate_lib.score_labels(segment(params, splits["val"], shape), splits["val"], num_classes,
                                               tolerance_mm=config.eval.nsd_tolerance_mm, surface=False)
@@ -325,13 +329,14 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
   rows = [results.make_row(
       point, group=group_index, model_index=m, steps=steps,
       density=None if point.reference else point.slices_per_volume / float(np.mean([depths[c] for c in plan])),
-      class_names=dataset.class_names[1:], test=_test_scores(config, scores["test"], m),
+      class_names=dataset.class_names[1:], test=_test_scores(config, scores["test"], m) if evaluate_test else None,
       val=_val_scores(scores.get("val"), val_curve, m),
       diverged=diverged[m], diverged_step=diverged_step[m], interpolation=group_input.interpolation.get(m),
       seconds={"train_seconds": train_seconds / len(points), "group_train_seconds": train_seconds,
                "eval_seconds": eval_seconds / len(points)})
       for m, (point, plan) in enumerate(zip(points, plans))]
-  console.say(f"group {group_index}: test Dice {np.array2string(scores['test']['dice_mean'], precision=3)} "
+  split = "test" if evaluate_test else "val"
+  console.say(f"group {group_index}: {split} Dice {np.array2string(scores[split]['dice_mean'], precision=3)} "
               f"({console.duration(train_seconds)} training, {console.duration(eval_seconds)} evaluation)")
   return rows
 
@@ -471,7 +476,7 @@ def prepare(config):
     plans.update({p.name: plan_of(config, p, depths, embeddings) for p in points if needs_embeddings(p, config)})
   plans = {p.name: plans[p.name] for p in points}
   max_models = group_size(config, points, plans, splits, dataset)
-  groups = study.group(points, max_models, rounds_lib.models_of(config), lambda p: steps_of(config, p))
+  groups = rounds_lib.group(config, points, max_models, lambda p: steps_of(config, p))
   return dataset, splits, groups, plans, costs
 
 
