@@ -524,15 +524,17 @@ def test_a_cell_in_rounds_is_recommended_only_once_shown_better_than_its_control
   # passive 0.030 below random: entropy beats its control, so it is a candidate beside random, and the highest.
   verdicts, entry, _ = recommend(-0.03)
   assert verdicts[("entropy r2", "passive r2")] == "better"
-  assert [c["cell"] for c in entry["candidates"]] == ["2×4 entropy r2", "2×4 random"] and entry["held_back"] == []
-  # passive just above random: entropy is not shown better than passive, so neither is a candidate, and random is
-  # shown worse than passive: no candidate, and the line says why.
+  assert [c["cell"] for c in entry["candidates"]] == ["2×4 entropy r2", "2×4 random"]
+  assert entry["held_back"] == ["2×4 passive r2"] and entry["shown_worse"] == {}  # the control takes no part
+  # passive just above random: entropy is not shown better than passive, so neither takes part; passive's win over
+  # random rules nothing out, and random is the only candidate, with no comparison of its own left.
   verdicts, entry, lines = recommend(0.002)
   assert (verdicts[("entropy r2", "passive r2")], verdicts[("passive r2", "random")]) == ("inconclusive", "better")
-  assert entry["candidates"] == [] and entry["recommended"] is None
-  assert entry["held_back"] == ["2×4 entropy r2", "2×4 passive r2"]
-  assert lines[4] == ("- **2D, budget 8: not separated**. No candidate: every one-shot cell is shown worse than "
-                      "another, and no cell in rounds is shown better than its control.")
+  assert [c["cell"] for c in entry["candidates"]] == ["2×4 random"] and entry["shown_worse"] == {}
+  assert (entry["case"], entry["counts"], entry["held_back"]) == ("not separated", {}, ["2×4 entropy r2",
+                                                                                       "2×4 passive r2"])
+  assert lines[5] == ("  - Selection in rounds, left out until shown better than its control `passive` (the control "
+                      "itself always): 2×4 entropy r2, 2×4 passive r2.")
 
 
 def test_a_family_trains_in_one_group_and_shares_its_round_0_models():
@@ -553,3 +555,12 @@ def test_a_family_trains_in_one_group_and_shares_its_round_0_models():
   one_shot = study.expand(config_lib.load(str(ROOT / "configs/hippocampus.py") + ":converged=grid,budget=36").study,
                           {f"case_{i:03d}": 30 for i in range(180)})
   assert rounds.group(config, one_shot, 2, lambda p: 0) == [one_shot[i:i + 2] for i in range(0, len(one_shot), 2)]
+
+
+def test_rounds_without_validation_volumes_choose_and_score_as_with_them(setup, clean, tmp_path):
+  rows = _run(setup, tmp_path, splits={**setup["splits"], "val": []})
+  assert all(h["val_dice"] is None for r in rows for h in r["round_history"])
+  # Validation volumes only measure: the same slices chosen, the same test scores.
+  assert [[h["added"] for h in r["round_history"]] for r in rows] == [
+      [h["added"] for h in r["round_history"]] for r in clean["rows"]]
+  assert [r["per_volume"] for r in rows] == [r["per_volume"] for r in clean["rows"]]

@@ -2,7 +2,8 @@
 
 At one (dims, budget) with two or more cells (sparse, with a defined mean Dice), the candidates are the cells that no
 comparison there shows worse than another cell (`worse` as a, `better` as b), less the cells in rounds not shown
-better than their control `passive` (`held_back`), and the recommendation is the candidate with the highest mean. The case says how far the comparisons separate it (`stats.rules_markdown`):
+better than their control `passive` (`held_back`; such a cell takes no part: its comparisons neither rule another
+cell out nor count in the case), and the recommendation is the candidate with the highest mean. The case says how far the comparisons separate it (`stats.rules_markdown`):
 - "best": it is the only candidate, and better in every comparison it is in;
 - "equivalent": two or more candidates, every comparison between two of them `equivalent`, and those comparisons link
   them all;
@@ -127,7 +128,7 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     dict of `dims`, `budget`, `case`, `recommended` (the candidate with the highest mean; None when every cell is
     shown worse than another), `candidates` ([{the `cells.CELL_KEY` fields, `cell` (label), `dice_mean`, `cost`}],
     highest mean first, the cheaper first on a tie), `shown_worse` ({label: labels of the cells it is shown worse
-    than}), `held_back` (labels of the cells in rounds that are no candidates, `held_back`, and not shown worse), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
+    than}), `held_back` (labels of the cells in rounds held back, `held_back`, and not shown worse), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
     `inconclusive` or `underpowered`), `seeds_needed` ({family of an unresolved comparison: the `_SEEDS_FIELDS` of
     `comparisons.seeds_needed` on the unresolved comparisons of that family alone, at the family's m in `needed`:
     the seeds that would separate these candidates, from their own spread, not the family's pooled one}),
@@ -141,17 +142,19 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     return cells_lib.label(by_key[key])
 
   comparisons = [c for c in comparisons if {cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])} <= by_key.keys()]
+  ordered = sorted(cells, key=lambda c: (-c["dice_mean"], c["cost"], cells_lib.sort_key(cells_lib.key_of(c))))
+  held = held_back([cells_lib.key_of(c) for c in ordered], comparisons)
+  # A cell held back takes no part: it neither rules another out nor counts in the case.
+  among = [c for c in comparisons if not {cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])} & set(held)]
   beaten = {}
-  for c in comparisons:
+  for c in among:
     loser = shown_worse(c)
     if loser is not None:
       a, b = cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])
       beaten.setdefault(loser, []).append(a if loser == b else b)
-  ordered = sorted(cells, key=lambda c: (-c["dice_mean"], c["cost"], cells_lib.sort_key(cells_lib.key_of(c))))
-  held = held_back([cells_lib.key_of(c) for c in ordered], comparisons)
-  candidates = [cells_lib.key_of(c) for c in ordered if cells_lib.key_of(c) not in beaten and
-                cells_lib.key_of(c) not in held]
-  decide = deciding(candidates, comparisons)
+  candidates = [cells_lib.key_of(c) for c in ordered
+                if cells_lib.key_of(c) not in beaten and cells_lib.key_of(c) not in held]
+  decide = deciding(candidates, among)
   unresolved = [c for c in decide if c["verdict"] in (stats.INCONCLUSIVE, stats.UNDERPOWERED)]
   family = comparisons_lib.dims_family("allocation", cells[0]["dims"])
   allocation = [c for c in comparisons if c.get("family") == family]
@@ -162,7 +165,7 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
   sizes = {c["family"]: needed[c["family"]]["comparisons"] for c in unresolved if c.get("family") in (needed or {})}
   own = comparisons_lib.seeds_needed([c for c in unresolved if c.get("family") in sizes], options, sizes)
   return {
-      "dims": cells[0]["dims"], "budget": cells[0]["budget"], "case": case(candidates, comparisons),
+      "dims": cells[0]["dims"], "budget": cells[0]["budget"], "case": case(candidates, among),
       "recommended": label(candidates[0]) if candidates else None,
       "candidates": [{**dict(zip(cells_lib.CELL_KEY, key)), "cell": label(key), "dice_mean": by_key[key]["dice_mean"],
                       "cost": by_key[key]["cost"]} for key in candidates],

@@ -269,9 +269,8 @@ def _case_text(entry, case) -> str:
 def _case_detail(entry, cell) -> str:
   """What backs a budget's case: the recommended `cell`, the comparisons, the seeds their families need."""
   if cell is None:
-    if entry.get("held_back"):
-      return ("No candidate: every one-shot cell is shown worse than another, and no cell in rounds is shown better "
-              "than its control.")
+    if entry.get("held_back") and not entry["shown_worse"]:
+      return "No candidate: no cell in rounds is shown better than its control, and no other cell is here."
     return "Every cell is shown worse than another: the comparisons contradict each other."
   named = f"{entry['recommended']} (Dice {_spread(cell)}, {cell['cost']:g} s)"
   if entry["case_without_gate"] == "best":

@@ -381,8 +381,9 @@ def rules_markdown(options: dict) -> str:
   and 3D comparisons, the verdict names each ("2D: ...; 3D: ...").
 - **Recommendation per budget.** Read off the verdicts above, with no test of its own. At each dims and budget with
   two or more cells, a cell is a candidate unless a comparison there shows it worse than another cell (`worse` as
-  a, `better` as b); a cell that selects in rounds is one only when shown `better` than its control `passive` (the
-  control never is); the recommendation is the candidate with the highest mean Dice. The case rests on the only
+  a, `better` as b); a cell that selects in rounds takes part only when shown `better` than its control `passive`
+  (the control never does; a cell that does not neither rules another out nor counts below); the recommendation is
+  the candidate with the highest mean Dice. The case rests on the only
   candidate's comparisons, or on those between two candidates: `best` when it is the only candidate and `better` in
   each of its comparisons; `equivalent within ±δ: any of them` when there are two or more candidates, every
   comparison between two of them is `equivalent`, and these comparisons link them all (candidates not compared

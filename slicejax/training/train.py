@@ -336,8 +336,10 @@ def train_group(config, points, plans, splits, dataset, group_index: int, checkp
                "eval_seconds": eval_seconds / len(points)})
       for m, (point, plan) in enumerate(zip(points, plans))]
   split = "test" if evaluate_test else "val"
-  console.say(f"group {group_index}: {split} Dice {np.array2string(scores[split]['dice_mean'], precision=3)} "
-              f"({console.duration(train_seconds)} training, {console.duration(eval_seconds)} evaluation)")
+  dice = (f"{split} Dice {np.array2string(scores[split]['dice_mean'], precision=3)}" if split in scores
+          else "no validation volumes")
+  console.say(f"group {group_index}: {dice} ({console.duration(train_seconds)} training, "
+              f"{console.duration(eval_seconds)} evaluation)")
   return rows
 
 
