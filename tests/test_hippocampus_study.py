@@ -62,3 +62,15 @@ def test_the_converged_study_s_planned_families_are_those_of_its_parts():
   # Rounds at B 36 and 144: entropy, ensemble and hybrid against passive (6) and against one-shot random and fixed
   # (12).
   assert committed["selection, rounds, control"] == 6 and committed["selection, rounds, one-shot"] == 12
+
+
+def test_a_failed_doubling_check_extends_to_the_other_seeds_at_the_same_steps():
+  spec = importlib.util.spec_from_file_location("hippocampus", DOCS.parent / "configs" / "hippocampus.py")
+  hippocampus = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(hippocampus)
+  first, more = (hippocampus.get_config(f"converged=doubling,budget=72{extra}") for extra in ("", ",more=True"))
+  assert (first.study.seeds, more.study.seeds) == ((0, 1), (2, 3, 4))
+  assert first.train.steps == more.train.steps == 2 * hippocampus.CONVERGED_STEPS[72]
+  assert first.study.slices_per_volume == more.study.slices_per_volume == (1, 4)
+  with pytest.raises(ValueError, match="more extends the doubling check only"):
+    hippocampus.get_config("converged=grid,budget=72,more=True")
