@@ -564,3 +564,12 @@ def test_rounds_without_validation_volumes_choose_and_score_as_with_them(setup, 
   assert [[h["added"] for h in r["round_history"]] for r in rows] == [
       [h["added"] for h in r["round_history"]] for r in clean["rows"]]
   assert [r["per_volume"] for r in rows] == [r["per_volume"] for r in clean["rows"]]
+
+
+def test_a_round_checkpoint_without_its_record_is_never_restored(setup, tmp_path):
+  stale = tmp_path / "checkpoints" / "group_0_round_0" / "250"
+  stale.mkdir(parents=True)
+  with pytest.raises(InputError, match=r"group_0_round_0: holds models of other points than group 0's "):
+    _run(setup, tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["group_0_round_0"]  # nothing else written
+  assert not (tmp_path / "rounds").exists()

@@ -390,15 +390,21 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
   depths = {v.case_id: v.depth for v in pool}
   sizes = bank_sizes(points, depths, sizes)
   num_rounds = points[0].rounds
+  folder = lambda r: rundir / "checkpoints" / (f"group_{group_index}" if r == num_rounds - 1
+                                               else f"group_{group_index}_round_{r}")
   entries = read_record(rundir, group_index, names)
   if not entries:
+    # The record is written before a round trains, so a checkpoint without it belongs to other points (a group of
+    # an earlier grouping): never restored into these.
+    for r in range(num_rounds):
+      if _has_checkpoint(folder(r)):
+        raise InputError(folder(r), f"holds models of other points than group {group_index}'s ({', '.join(names)}): "
+                         "its round record is missing or names others; move the folder away to train them afresh")
     entries = [{"round": 0, "added": {name: first_plans[name] for name in names}}]
     _write_record(rundir, group_index, names, entries)
   intermediate = config.copy_and_resolve_references()
   with intermediate.unlocked():
     intermediate.eval.update(surface_metrics=False, curve_points=0)
-  folder = lambda r: rundir / "checkpoints" / (f"group_{group_index}" if r == num_rounds - 1
-                                               else f"group_{group_index}_round_{r}")
   need = {p.selection for p in points}
   pool_embeddings = None
   previous = previous_params = None
