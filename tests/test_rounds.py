@@ -454,17 +454,24 @@ def test_the_report_compares_round_cells_with_one_shot_cells_at_equal_budget():
   assert pairs[("entropy r2", "fixed")]["mean_diff"] == pytest.approx(0.1)
 
 
+def _report_row(selection, seed, dice, **extra):
+  """A budget-8, 2 x 4 result row of `selection` for the report, Dice `dice` and `dice - 0.1` on two test volumes."""
+  return {"dims": 2, "budget": 8, "volumes": 2, "slices_per_volume": 4, "selection": selection, "seed": seed,
+          "interpolation": False, "reference": False, "dice_mean": dice, "test_cases": ["a", "b"],
+          "per_volume": {"dice": [[dice], [dice - 0.1]]}, **extra}
+
+
+def _history(first):
+  """A two-round history whose round 0 scored validation Dice `first` (None: it trained nothing)."""
+  return [{"round": 0, "slices": 4, "added": {}, "val_dice": first},
+          {"round": 1, "slices": 8, "added": {}, "val_dice": 0.7}]
+
+
 def test_round_methods_against_their_passive_control_are_a_family_of_their_own():
   from slicejax.report import cells as cells_lib
   from slicejax.report import comparisons as comparisons_lib
 
-  def row(selection, seed, dice, **extra):
-    return {"dims": 2, "budget": 8, "volumes": 2, "slices_per_volume": 4, "selection": selection, "seed": seed,
-            "interpolation": False, "reference": False, "dice_mean": dice, "test_cases": ["a", "b"],
-            "per_volume": {"dice": [[dice], [dice - 0.1]]}, **extra}
-
-  history = lambda first: [{"round": 0, "slices": 4, "added": {}, "val_dice": first},
-                           {"round": 1, "slices": 8, "added": {}, "val_dice": 0.7}]
+  row, history = _report_row, _history
   rows = [row("fixed", s, 0.6, annotated_volumes=2) for s in range(3)]
   for selection, dice in (("entropy", 0.70), ("hybrid", 0.66), ("passive", 0.64)):
     rows += [row(selection, s, dice + 0.01 * s, rounds=2, free=False, annotated_volumes=2,
@@ -498,13 +505,7 @@ def test_a_cell_in_rounds_is_recommended_only_once_shown_better_than_its_control
   from slicejax.report import recommendations
   from slicejax.report import render
 
-  def row(selection, seed, dice, **extra):
-    return {"dims": 2, "budget": 8, "volumes": 2, "slices_per_volume": 4, "selection": selection, "seed": seed,
-            "interpolation": False, "reference": False, "dice_mean": dice, "test_cases": ["a", "b"],
-            "per_volume": {"dice": [[dice], [dice - 0.1]]}, **extra}
-
-  history = lambda first: [{"round": 0, "slices": 4, "added": {}, "val_dice": first},
-                           {"round": 1, "slices": 8, "added": {}, "val_dice": 0.7}]
+  row, history = _report_row, _history
   base, wobble = [0.0, 0.02, -0.01, 0.015, -0.02], [0.03, -0.03, 0.04, -0.02, 0.0]
 
   def recommend(passive_gap):
