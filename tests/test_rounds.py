@@ -14,6 +14,7 @@ import pytest
 from slicejax import config as config_lib
 from slicejax.errors import InputError
 from slicejax.report import results
+from slicejax.report import runs
 from slicejax.study import grid as study
 from slicejax.study.selection import entropy, hybrid
 from slicejax.study import uncertainty
@@ -182,6 +183,11 @@ def test_rounds_reach_exactly_the_budget_and_never_repeat_a_slice(setup, clean):
     assert row["name"] == point.name and row["rounds"] == 3 and row["free"] == point.free
   # Both rules start alike; the entropy and ensemble points pick differently from the same round 0.
   assert clean["rows"][0]["round_history"][1]["added"] != clean["rows"][2]["round_history"][1]["added"]
+  # Every model trained counts once, a shared one split between its points (the report's "Compute"): by hand,
+  # entropy 1/2 + 1 + 1 (round 0's model shared with the ensemble), the ensemble of 2 members 1/2 + 1, 2, 2.
+  assert [r["rounds_trained_models"] for r in clean["rows"]] == [2.5, 2.5, 5.5, 5.5]
+  assert [[h["trained_models"] for h in r["round_history"]] for r in clean["rows"][2:]] == [[1.5, 2.0, 2.0]] * 2
+  assert runs.compute_used(clean["rows"])["models"] == rounds.trainings(setup["config"], setup["points"]) == 16
 
 
 def test_labels_of_unchosen_slices_are_never_read(setup, clean, tmp_path):

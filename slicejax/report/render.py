@@ -448,7 +448,7 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
                 [[f"{c['cost']:g}", f"{c['dims']}D", f"{c['volumes']}×{c['slices_per_volume']}", c["selection"],
                   "on" if c["interpolation"] else "off", _spread(c)] for c in frontier]) if frontier else ["—"]
   out += ["", "## Compute", "",
-          f"{compute['models']} models: {console.duration(compute['train_seconds'])} of training and "
+          f"{compute['models']:g} models: {console.duration(compute['train_seconds'])} of training and "
           f"{console.duration(compute['eval_seconds'])} of evaluation (sums of the rows' `train_seconds` and "
           f"`eval_seconds`, each model's share of its group's time"
           + ("; a cell in rounds counts every round's models, `rounds_train_seconds` and `rounds_eval_seconds`"

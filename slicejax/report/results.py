@@ -103,12 +103,12 @@ def make_row(point, *, group: int, model_index: int, steps: int, density, class_
 
 
 def comparable(row: dict) -> dict:
-  """The row without placement and timing fields (a round history's too): what must be equal for the same point
-  trained anywhere."""
-  out = {k: v for k, v in row.items() if k not in PLACEMENT_FIELDS and not k.endswith("_seconds")}
+  """The row without placement, timing and model-count fields (a round history's too: a model a family shares counts
+  a share to each point): what must be equal for the same point trained anywhere."""
+  drop = lambda k: k.endswith(("_seconds", "trained_models"))
+  out = {k: v for k, v in row.items() if k not in PLACEMENT_FIELDS and not drop(k)}
   if "round_history" in out:
-    out["round_history"] = [{k: v for k, v in entry.items() if not k.endswith("_seconds")}
-                            for entry in out["round_history"]]
+    out["round_history"] = [{k: v for k, v in entry.items() if not drop(k)} for entry in out["round_history"]]
   return out
 
 

@@ -116,11 +116,13 @@ def read_runs(workdirs) -> tuple:
 
 
 def compute_used(rows) -> dict:
-  """What the rows cost to produce: `models`, `train_seconds` and `eval_seconds` (sums over rows, each row's share of
-  its group; a point in rounds counts every round's models, `rounds_train_seconds` and `rounds_eval_seconds`),
+  """What the rows cost to produce: `models` (trainings), `train_seconds` and `eval_seconds` (sums over rows, each
+  row's share of its group; a point in rounds counts its shares of every round's models, `rounds_trained_models`,
+  `rounds_train_seconds` and `rounds_eval_seconds`),
   `encoder_seconds` (the UAL encoders', counted once per distinct value: every ual row of a run carries its run's)."""
   encoders = {row["encoder_seconds"] for row in rows if row.get("encoder_seconds") is not None}
   spent = lambda row, kind: row.get(f"rounds_{kind}_seconds", row.get(f"{kind}_seconds")) or 0
-  return {"models": len(rows), "train_seconds": float(sum(spent(row, "train") for row in rows)),
+  return {"models": round(sum(row.get("rounds_trained_models", 1) for row in rows), 6),
+          "train_seconds": float(sum(spent(row, "train") for row in rows)),
           "eval_seconds": float(sum(spent(row, "eval") for row in rows)),
           "encoder_seconds": float(sum(encoders)), "rounds": any("rounds_train_seconds" in row for row in rows)}

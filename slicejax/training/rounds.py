@@ -379,10 +379,10 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
 
   Returns:
     One row per point, its last round's, with `round_history` ([{"round", "slices", "added", "val_dice",
-    "train_seconds", "eval_seconds"}]: the seconds are the shares of the point's models, members included, in that
-    round), their sums `rounds_train_seconds` and `rounds_eval_seconds` (the row's `train_seconds` and
-    `eval_seconds` are its last round's), and the plan's resulting `annotated_volumes` and
-    `annotated_slices_per_volume`.
+    "trained_models", "train_seconds", "eval_seconds"}]: the point's shares of the models trained in that round
+    and of their seconds, members included, a model a family shares split equally), their sums `rounds_trained_models`,
+    `rounds_train_seconds` and `rounds_eval_seconds` (the row's `train_seconds` and `eval_seconds` are its last
+    round's), and the plan's resulting `annotated_volumes` and `annotated_slices_per_volume`.
   """
   rundir = pathlib.Path(rundir)
   names = [p.name for p in points]
@@ -431,11 +431,13 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
         own.setdefault(name, rows[i])
     entries[r]["val_dice"] = {name: own[name].get("val_dice_mean") if name in own else None for name in names}
     seconds = {name: {"train": 0.0, "eval": 0.0} for name in names}  # each point's shares, members included
+    models = {name: 0.0 for name in names}
     for row, owners in zip(rows, owners_r):
       for name in owners:  # a model a family shares, shared equally
         seconds[name]["train"] += row["train_seconds"] / len(owners)
         seconds[name]["eval"] += row["eval_seconds"] / len(owners)
-    entries[r]["seconds"] = seconds
+        models[name] += 1 / len(owners)
+    entries[r].update(seconds=seconds, models=models)
     _write_record(rundir, group_index, names, entries)
     if last:
       break
@@ -462,9 +464,11 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
       spent = entry.get("seconds", {}).get(point.name, {"train": 0.0, "eval": 0.0})
       history.append({"round": entry["round"], "slices": sum(map(len, plan.values())),
                       "added": entry["added"][point.name], "val_dice": entry["val_dice"][point.name],
+                      "trained_models": entry.get("models", {}).get(point.name, 0.0),
                       "train_seconds": spent["train"], "eval_seconds": spent["eval"]})
     row.update(round_history=history, annotated_volumes=len(plan),
                annotated_slices_per_volume=sum(map(len, plan.values())) / len(plan),
+               rounds_trained_models=sum(h["trained_models"] for h in history),
                rounds_train_seconds=sum(h["train_seconds"] for h in history),
                rounds_eval_seconds=sum(h["eval_seconds"] for h in history))
     out.append(row)
