@@ -206,6 +206,44 @@ def test_a_budget_whose_steps_check_fails_leaves_the_findings_and_holds_its_reco
   assert "Left out of the findings: 2D budget 16, where the steps check says more steps are needed" in text
 
 
+def test_a_steps_check_with_fewer_seeds_than_it_decides_on_is_pending_and_holds_its_budget(tmp_path):
+  study, longer = _steps_rows()
+  rows = study + longer
+  # Both budgets' checks have seeds 0 and 1. Decided on 3 seeds, both are pending, budget 16's failure too.
+  eight, sixteen = steps.steps_check(rows, 0.005, 3)
+  assert [(e["verdict"], e["reason"]) for e in (eight, sixteen)] == [("pending", "2 of the 3 seeds it decides on")] * 2
+  assert [e["verdict"] for e in steps.steps_check(rows, 0.005, 2)] == ["steps stand", "more steps needed"]
+  lines = render.checks_markdown({"a_a": [], "steps": [eight, sixteen]}, comparisons_lib.stats_options())
+  assert lines[-3:] == [
+      "- 2D, budget 8: **pending** (2 of the 3 seeds it decides on): 8×1 random − 2×4 random moved +0.004 from 100 "
+      "to 200 steps (by less than 0.005, so far).",
+      "- 2D, budget 16: **pending** (2 of the 3 seeds it decides on): 16×1 random − 4×4 random moved +0.016 from "
+      "100 to 200 steps (by 0.005 or more, so far).", ""]
+  # Seed 2 at budget 16, where 16 x 1 again gains 1/64 at 200 steps: 3 seeds decide its failure (budget 8's seed 2
+  # still lacks 2 x 4 at 200 steps).
+  third = [_row(2, 0.75, budget=16, slices=s_) for s_ in (1, 4)]
+  third += [_row(2, 0.765625 if s_ == 1 else 0.75, budget=16, slices=s_, steps_=200) for s_ in (1, 4)]
+  assert [e["verdict"] for e in steps.steps_check(rows + third, 0.005, 3)] == ["pending", "more steps needed"]
+
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({"stats": {"steps_seeds": 3}}))
+  results.append_rows(run / "results.jsonl", rows)
+  summary.run([run], tmp_path / "out")
+  found = json.loads((tmp_path / "out" / "findings.json").read_text())
+  assert found["findings"][0]["left_out"] == [[2, 8], [2, 16]]
+  assert {r["budget"]: r["case"] for r in found["recommendations"]} == {
+      8: "inconclusive: steps check pending", 16: "inconclusive: steps check pending"}
+  text = (tmp_path / "out" / "summary.md").read_text()
+  assert "Left out of the findings: 2D budget 8, 2D budget 16, whose steps check is pending" in text
+  # The report's flag decides as the config would: 2 seeds decide both checks.
+  summary.run([run], tmp_path / "flag", steps_seeds=2)
+  found = json.loads((tmp_path / "flag" / "findings.json").read_text())
+  assert [e["verdict"] for e in found["steps_check"]] == ["steps stand", "more steps needed"]
+  assert "Left out of the findings: 2D budget 16, where the steps check says more steps are needed" in (
+      tmp_path / "flag" / "summary.md").read_text()
+
+
 def _run_folder(path, rows, steps_):
   path.mkdir()
   (path / "config.json").write_text(json.dumps({"seed": 0, "data": {"split": {"seed": 0}}, "model": {"features": 8},

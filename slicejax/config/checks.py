@@ -461,6 +461,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   c.real("stats.plateau_tolerance", lo=0)
   c.real("stats.max_improving_share", lo=0, hi=1)
   c.real("stats.steps_tolerance", lo=0, lo_open=True)
+  c.integer("stats.steps_seeds", lo=1)
 
 
 def _check_data_source(c: _Checker) -> None:

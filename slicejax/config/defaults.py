@@ -24,7 +24,7 @@ SELECTIONS = ("annotated", "ensemble", "entropy", "fixed", "hybrid", "passive", 
 MODEL_BASED_SELECTIONS = ("ensemble", "entropy", "hybrid", "passive")
 # Defaults of the config keys `stats.*` (`slicejax.report.statistics`); the report reads the run's own values.
 STATS = {"alpha": 0.05, "margin": 0.02, "min_seeds": 3, "power": 0.8, "plateau_tolerance": 0.005,
-         "max_improving_share": 0.1, "steps_tolerance": 0.005}
+         "max_improving_share": 0.1, "steps_tolerance": 0.005, "steps_seeds": 2}
 
 
 def augment_config() -> ml_collections.ConfigDict:

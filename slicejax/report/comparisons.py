@@ -107,7 +107,8 @@ def stats_options(options=None) -> dict:
             "power": (0 < o["power"] < 1, "in (0, 1)"),
             "plateau_tolerance": (o["plateau_tolerance"] >= 0, ">= 0"),
             "max_improving_share": (0 <= o["max_improving_share"] <= 1, "in [0, 1]"),
-            "steps_tolerance": (o["steps_tolerance"] > 0, "> 0")}
+            "steps_tolerance": (o["steps_tolerance"] > 0, "> 0"),
+            "steps_seeds": (int(o["steps_seeds"]) == o["steps_seeds"] and o["steps_seeds"] >= 1, "an integer >= 1")}
   for key, (ok, want) in checks.items():
     if not ok:
       raise InputError(f"config.stats.{key}", f"must be {want}, got {o[key]}")

@@ -137,7 +137,7 @@ def findings(comparisons, cells, options=None, unconverged=()) -> list[dict]:
   names both (`joint_verdict`). Finding 3 uses the 2D "interpolation" comparisons; the 3D ones are listed by
   density. When the trust gate (`trust_gate`) is closed, every verdict is "inconclusive: undertrained" and
   `verdict_without_gate` keeps what the comparisons say. The comparisons at the (dims, budget)s in `unconverged`
-  (whose steps check says more steps are needed, `steps.steps_check`) are left out of every finding.
+  (whose steps check says more steps are needed or is pending, `steps.steps_check`) are left out of every finding.
 
   Returns:
     One dict per finding: `finding` (1-3), `claim`, `verdict`, `verdict_without_gate`, `counts` ({verdict word:

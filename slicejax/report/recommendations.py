@@ -19,10 +19,12 @@ from slicejax.report import cells as cells_lib
 from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import findings as findings_lib
 from slicejax.report import statistics as stats
+from slicejax.report import steps as steps_lib
 
 BEST, EQUIVALENT, NOT_SEPARATED = "best", "equivalent", "not separated"
 UNDERTRAINED = "inconclusive: undertrained"
 MORE_STEPS = "inconclusive: more steps needed"
+STEPS_PENDING = "inconclusive: steps check pending"
 # Finding 1's verdict on a budget's allocation comparisons, as the prior study it agrees with; other verdicts (mixed,
 # inconclusive, underpowered) are kept as they are.
 AGREEMENT = {"reproduced": "MIDL 2025", "reversed": "cardiac", "not reproduced: equivalent": "neither"}
@@ -191,15 +193,17 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
     options: the statistics options (`comparisons.stats_options`); None: the defaults.
     cost: the annotation cost model; None: `cells.DEFAULT_COST`.
     needed: `comparisons.seeds_needed`'s table.
-    unconverged: the (dims, budget)s whose steps check says more steps are needed (`steps.steps_check`).
+    unconverged: the (dims, budget)s whose steps check says more steps are needed or is pending: a list (more
+      steps needed), or {(dims, budget): the check's verdict} (`steps.steps_check`).
 
   Returns:
     One `budget_recommendation` per budget, with `case_without_gate` and `agreement_without_gate`: when the trust
     gate is closed, `case` and `agreement` (where there is one) are "inconclusive: undertrained"; else, at an
-    `unconverged` budget, "inconclusive: more steps needed".
+    `unconverged` budget, "inconclusive: more steps needed" or "inconclusive: steps check pending".
   """
   margin = comparisons_lib.stats_options(options)["margin"]
   cost = cells_lib.DEFAULT_COST if cost is None else cost
+  unconverged = unconverged if isinstance(unconverged, dict) else dict.fromkeys(unconverged, steps_lib.MORE)
   budgets = {}
   for cell in cells:
     if not cell["reference"] and not math.isnan(cell["dice_mean"]):
@@ -212,7 +216,8 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
     entry = budget_recommendation(members, here, margin=margin, seconds_per_volume=cost["seconds_per_volume"],
                                   needed=needed, options=options)
     entry.update(case_without_gate=entry["case"], agreement_without_gate=entry["agreement"])
-    held = UNDERTRAINED if gate["undertrained"] else MORE_STEPS if (dims, budget) in set(unconverged) else None
+    steps_held = {steps_lib.MORE: MORE_STEPS, steps_lib.PENDING: STEPS_PENDING}.get(unconverged.get((dims, budget)))
+    held = UNDERTRAINED if gate["undertrained"] else steps_held
     if held:
       entry["case"] = held
       entry["agreement"] = None if entry["agreement"] is None else held

@@ -8,6 +8,7 @@ import math
 from slicejax import console
 from slicejax.report import cells as cells_lib
 from slicejax.report import statistics as stats
+from slicejax.report import steps as steps_lib
 
 
 def _fmt(value, digits=3) -> str:
@@ -161,7 +162,8 @@ def _steps_markdown(entries) -> list[str]:
   out = ["Steps check: points trained again for more steps. At these budgets the cells, comparisons and findings "
          "use the study's step count (the one most of the budget's rows have); here, the re-trained allocations' mean "
          "Dice over the seeds that have them all at both step counts, and the difference between the extremes. The "
-         f"steps stand when it moves by less than {tolerance:g} (`stats.steps_tolerance`).", ""]
+         f"steps stand when it moves by less than {tolerance:g} (`stats.steps_tolerance`) over at least "
+         f"{entries[0]['min_seeds']} seeds (`stats.steps_seeds`); with fewer the check is pending.", ""]
   lines = []
   for e in entries:
     for c in e["checks"]:
@@ -176,13 +178,13 @@ def _steps_markdown(entries) -> list[str]:
     out += _table(["dims", "budget", "steps", "seeds", "mean Dice", "fewest − most", "moved"], lines) + [""]
   for e in entries:
     where = f"{e['dims']}D, " + ("the reference" if e["reference"] else f"budget {e['budget']}")
-    if e["reason"]:
+    if not e["checks"]:
       out.append(f"- {where}: **{e['verdict']}** ({e['reason']}).")
       continue
-    out.append(f"- {where}: **{e['verdict']}**: " + "; ".join(
+    out.append(f"- {where}: **{e['verdict']}**" + (f" ({e['reason']})" if e["reason"] else "") + ": " + "; ".join(
         f"{c['fewest']} − {c['most']} moved {c['moved']:+.3f} from {e['study_steps']} to {c['steps']} steps "
-        f"({'by less than' if c['stands'] else 'by'} {e['tolerance']:g}{'' if c['stands'] else ' or more'})"
-        for c in e["checks"]) + ".")
+        f"({'by less than' if c['stands'] else 'by'} {e['tolerance']:g}{'' if c['stands'] else ' or more'}"
+        f"{'' if len(c['seeds']) >= e['min_seeds'] else ', so far'})" for c in e["checks"]) + ".")
   return out + [""]
 
 
@@ -199,15 +201,19 @@ def checks_markdown(checks, options) -> list[str]:
   return out
 
 
-def findings_markdown(found, needed=None) -> list[str]:
-  """The "Findings" section: one paragraph per finding with its verdict and evidence."""
+def findings_markdown(found, needed=None, steps_entries=()) -> list[str]:
+  """The "Findings" section: one paragraph per finding with its verdict and evidence (`steps_entries`: the steps
+  check's, which say why a budget is left out)."""
   out = ["## Findings", "",
          "The paper's three findings, checked on this dataset with the pre-specified comparisons below (rules above).",
          ""]
   left_out = found[0].get("left_out") if found else None
   if left_out:
-    out += ["Left out of the findings: " + ", ".join(f"{dims}D budget {budget}" for dims, budget in left_out)
-            + ", where the steps check says more steps are needed (\"Checks\").", ""]
+    pending = {(e["dims"], e["budget"]) for e in steps_entries if e["verdict"] == steps_lib.PENDING}
+    why = {False: "where the steps check says more steps are needed", True: "whose steps check is pending"}
+    parts = [", ".join(f"{dims}D budget {budget}" for dims, budget in left_out if ((dims, budget) in pending) == p)
+             + ", " + why[p] for p in (False, True) if any(((d, b) in pending) == p for d, b in left_out)]
+    out += ["Left out of the findings: " + "; ".join(parts) + " (\"Checks\").", ""]
   for finding in found:
     gated = finding["verdict"] != finding["verdict_without_gate"]
     out.append(f"**{finding['finding']}. {finding['claim']}** Verdict: **{finding['verdict']}**"
@@ -392,7 +398,7 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
   out += trust_markdown(gate)
   out += checks_markdown(checks or {"a_a": [], "steps": []}, options)
   if comparisons:
-    out += findings_markdown(found, needed)
+    out += findings_markdown(found, needed, (checks or {}).get("steps", ()))
   else:
     out += ["## Findings", "", "No pre-specified comparison in this run (it needs cells that differ in one study "
             "variable at equal budget): the paper's findings are not checked.", ""]

@@ -414,7 +414,9 @@ def rules_markdown(options: dict) -> str:
   steps stand when that difference moves by less than {o['steps_tolerance']:g} (`stats.steps_tolerance`) at
   every longer step count; else more steps are needed, and that budget's comparisons are left out of the findings
   and its recommendation is `inconclusive: more steps needed` (the comparisons themselves stay, with their
-  verdicts). The check does not close the trust gate.
+  verdicts). The check decides over at least {o['steps_seeds']} seeds (`stats.steps_seeds`); with fewer it is
+  `pending` and holds its budget the same way (`inconclusive: steps check pending`), unless a comparison that has
+  them already fails. The check does not close the trust gate.
 - **Limits.** The calibration below holds for seed effects that are roughly symmetric. A model that fails now and
   then (one seed in ten collapsing) makes a mean over 3-10 seeds unreliable in a way no test on those seeds can see:
   such a seed shows as a diverged model or an outlying per-seed difference, and is worth rerunning or reporting

@@ -7,8 +7,9 @@ budget (dims, budget, reference) that holds a point at two or more step counts:
   steps on a tie); cells, comparisons, findings and recommendations see only them (`study_rows`);
 - the check (`steps_check`) follows, for each longer step count, the difference between the re-trained allocations'
   extremes (the fewest slices per volume minus the most, in mean Dice over the seeds that have every re-trained
-  allocation at both step counts). The steps stand when it moves by less than `stats.steps_tolerance` at every
-  longer step count; otherwise more steps are needed.
+  allocation at both step counts). The check decides once each comparison has `stats.steps_seeds` such seeds: the
+  steps stand when the difference moves by less than `stats.steps_tolerance` at every longer step count; otherwise
+  more steps are needed. With fewer seeds it is pending (a failed comparison that has them decides already).
 Budgets without such a point keep every row.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from slicejax.report import cells as cells_lib
 
-STAND, MORE, NOT_CHECKED = "steps stand", "more steps needed", "not checked"
+STAND, MORE, PENDING, NOT_CHECKED = "steps stand", "more steps needed", "pending", "not checked"
 
 
 def _budget(row) -> tuple:
@@ -105,7 +106,7 @@ def _variant(key) -> tuple:
   return cells_lib.key_field(key, "selection"), cells_lib.key_field(key, "interpolation")
 
 
-def _budget_entry(rows, points, study, tolerance) -> dict:
+def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
   """`steps_check`'s entry of one budget: its rows (every step count), its re-trained points."""
   variants = {}
   for p in points:
@@ -130,28 +131,34 @@ def _budget_entry(rows, points, study, tolerance) -> dict:
     reason = ("no point trained at more steps than the study's" if not longer else
               "one allocation trained again: no difference to follow" if not compared else
               "no seed with every re-trained allocation at both step counts")
-  return {"study_steps": study, "tolerance": tolerance, "checks": checks,
-          "verdict": NOT_CHECKED if not checks else STAND if all(c["stands"] for c in checks) else MORE,
+  decided = [c for c in checks if len(c["seeds"]) >= min_seeds]
+  verdict = (NOT_CHECKED if not checks else MORE if not all(c["stands"] for c in decided) else
+             PENDING if len(decided) < len(checks) else STAND)
+  if verdict == PENDING:
+    reason = f"{min(len(c['seeds']) for c in checks)} of the {min_seeds} seeds it decides on"
+  return {"study_steps": study, "tolerance": tolerance, "min_seeds": min_seeds, "checks": checks, "verdict": verdict,
           "reason": reason}
 
 
-def steps_check(rows, tolerance: float) -> list[dict]:
+def steps_check(rows, tolerance: float, min_seeds: int = 1) -> list[dict]:
   """The steps check of every budget that holds a point trained at two or more step counts (module docstring).
 
   Args:
     rows: result rows, every step count (`runs.read_runs`).
     tolerance: `stats.steps_tolerance`, in Dice.
+    min_seeds: `stats.steps_seeds`, the fewest seeds a check decides on.
 
   Returns:
-    One dict per such budget, in table order: `dims`, `budget`, `reference`, `study_steps`, `tolerance`, `checks`
-    (one `allocation_check` per re-trained selection and interpolation with two or more allocations, and longer
-    step count, with a seed at both), `verdict` (`STAND` when every check stands, `MORE` when one does not,
-    `NOT_CHECKED` without a check) and `reason` (why not checked; None when checked).
+    One dict per such budget, in table order: `dims`, `budget`, `reference`, `study_steps`, `tolerance`,
+    `min_seeds`, `checks` (one `allocation_check` per re-trained selection and interpolation with two or more
+    allocations, and longer step count, with a seed at both), `verdict` (`MORE` when a check with `min_seeds` seeds
+    or more does not stand, else `PENDING` when a check has fewer, else `STAND`; `NOT_CHECKED` without a check) and
+    `reason` (why not checked, or the seeds a pending check has; None otherwise).
   """
   study = study_steps(rows)
   out = []
   for budget, points in sorted(retrained(rows).items(), key=lambda item: (item[0][0], item[0][2], item[0][1])):
     here = [row for row in rows if _budget(row) == budget]
     out.append({"dims": budget[0], "budget": budget[1], "reference": budget[2],
-                **_budget_entry(here, points, study[budget], tolerance)})
+                **_budget_entry(here, points, study[budget], tolerance, min_seeds)})
   return out

@@ -58,8 +58,9 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   cells = cells_lib.summarise(study, cost, options["plateau_tolerance"])
   comparisons = comparisons_lib.paired_comparisons(study, options)
   a_a = comparisons_lib.a_a_checks(study, options)
-  steps_check = steps.steps_check(rows, options["steps_tolerance"])
-  unconverged = [(e["dims"], e["budget"]) for e in steps_check if e["verdict"] == steps.MORE and not e["reference"]]
+  steps_check = steps.steps_check(rows, options["steps_tolerance"], options["steps_seeds"])
+  unconverged = {(e["dims"], e["budget"]): e["verdict"] for e in steps_check
+                 if e["verdict"] in (steps.MORE, steps.PENDING) and not e["reference"]}
   found = findings_lib.findings(comparisons, cells, options, unconverged)
   gate = findings_lib.trust_gate(cells, options)
   needed = comparisons_lib.seeds_needed(comparisons, options)
@@ -144,6 +145,8 @@ def define_flags() -> None:
   flags.DEFINE_float("margin", None, "Equivalence margin in Dice; default: the run's config.stats.")
   flags.DEFINE_integer("min_seeds", None, "Fewest shared seeds for a verdict; default: the run's config.stats.")
   flags.DEFINE_float("steps_tolerance", None, "The steps check's tolerance in Dice; default: the run's config.stats.")
+  flags.DEFINE_integer("steps_seeds", None, "Fewest seeds the steps check decides on; default: the run's "
+                       "config.stats.")
   flags.DEFINE_string("preamble", None, "A markdown file put before the summary (a study's protocol and commands).")
   flags.DEFINE_string("document", None, "Also write the summary, after the preamble, to this markdown file.")
   flags.DEFINE_string("families", None, "A JSON file {Holm family: planned comparisons} of a study in progress: each "
@@ -157,7 +160,8 @@ def main(argv):
     out = run(f.workdir or [], f.out, seconds_per_volume=f.seconds_per_volume, seconds_per_slice=f.seconds_per_slice,
               seconds_per_kilopixel=f.seconds_per_kilopixel, preamble=f.preamble, document=f.document,
               families=f.families,
-              alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds, steps_tolerance=f.steps_tolerance)
+              alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds, steps_tolerance=f.steps_tolerance,
+              steps_seeds=f.steps_seeds)
   except InputError as err:
     exit_with(err)
   print(f"report written to {out}")
