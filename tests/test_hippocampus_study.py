@@ -12,6 +12,8 @@ from slicejax.report import summary as report
 pytestmark = pytest.mark.slow  # every test here runs for seconds: launches, subprocesses or whole reports
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+# The report's statistics flags a document's command may give, with their types.
+STATS_FLAGS = {"alpha": float, "margin": float, "min_seeds": int, "steps_tolerance": float, "steps_seeds": int}
 
 
 def _regenerate(tmp_path, document: str) -> tuple[str, str]:
@@ -27,7 +29,8 @@ def _regenerate(tmp_path, document: str) -> tuple[str, str]:
   (tmp_path / flags["document"]).parent.mkdir(parents=True, exist_ok=True)
   report.run([root / w for w in workdirs], out, preamble=root / flags["preamble"],
              document=tmp_path / flags["document"],
-             families=root / flags["families"] if "families" in flags else None)
+             families=root / flags["families"] if "families" in flags else None,
+             **{k: kind(flags[k]) for k, kind in STATS_FLAGS.items() if k in flags})
   return (tmp_path / flags["document"]).read_text(), committed
 
 
@@ -40,7 +43,9 @@ def test_the_converged_study_document_regenerates_from_the_committed_rows(tmp_pa
   assert "## Trust gate\n\nOpen: 0 of " in committed
   reference = re.search(r"\| 2D \| \d+ \| 180 \| all \|.*?\| (0\.\d+) ± ", committed).group(1)
   assert float(reference) >= 0.85
-  assert "**steps stand**" in committed
+  # Every budget's steps check is decided on the 5 study seeds (the command's --steps_seeds=5).
+  assert "--steps_seeds=5" in committed and re.search(r"budget 36: \*\*(steps stand|pending|more steps needed)\*\*",
+                                                      committed)
 
 
 def test_the_first_study_document_regenerates_from_the_committed_rows(tmp_path):

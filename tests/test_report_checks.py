@@ -236,6 +236,8 @@ def test_a_steps_check_with_fewer_seeds_than_it_decides_on_is_pending_and_holds_
       8: "inconclusive: steps check pending", 16: "inconclusive: steps check pending"}
   text = (tmp_path / "out" / "summary.md").read_text()
   assert "Left out of the findings: 2D budget 8, 2D budget 16, whose steps check is pending" in text
+  assert ("**1. At a fixed budget, fewer slices per volume over more volumes is better.** Verdict: **not tested**.\n"
+          "Fewer against more slices per volume: no comparison.\n") in text
   # The report's flag decides as the config would: 2 seeds decide both checks.
   summary.run([run], tmp_path / "flag", steps_seeds=2)
   found = json.loads((tmp_path / "flag" / "findings.json").read_text())

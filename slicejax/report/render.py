@@ -219,11 +219,11 @@ def findings_markdown(found, needed=None, steps_entries=()) -> list[str]:
     out.append(f"**{finding['finding']}. {finding['claim']}** Verdict: **{finding['verdict']}**"
                + (f" (the comparisons alone would say: {finding['verdict_without_gate']})" if gated else "") + ".")
     if finding["finding"] == 1:
+      best = "; ".join(f"{key}: {b['allocation']} ({b['dice_mean']:.3f})" for key, b in finding["best"].items())
       out.append(" ".join(_allocation_text(dims, entry, len(finding["by_dims"]) > 1)
                           for dims, entry in finding["by_dims"].items())
-                 + (" " if finding["by_dims"] else "") + "Highest mean (descriptive, not a test): "
-                 + "; ".join(f"{key}: {b['allocation']} ({b['dice_mean']:.3f})" for key, b in finding["best"].items())
-                 + ".")
+                 + (" " if finding["by_dims"] else "")
+                 + (f"Highest mean (descriptive, not a test): {best}." if best else "Fewer against more slices per volume: no comparison."))
     elif finding["finding"] == 2:
       if len(finding["by_dims"]) > 1:
         out.append("UAL against random and fixed interval at equal allocation, judged per dims: " + "; ".join(
