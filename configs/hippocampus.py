@@ -29,8 +29,8 @@ Arguments:
         python -m slicejax.report --workdir=runs/hippo_grid_144 --workdir=runs/hippo_rounds_144 --out=runs/r144
     "doubling" at 36, 72, 144 or 288: the schedule-doubling check, the budget's extreme allocations (B x 1 and
     B/4 x 4; 144 x 1 and 9 x 16; 72 x 4 and 18 x 16), random, seeds 0-1, at twice CONVERGED_STEPS; against the
-    grid's rows of the same points; with more=True the same points for seeds 2-4 (a failed check extended to
-    every study seed; the grid gives their rows at the study's steps).
+    grid's rows of the same points; with more=True the same points for seeds 2-4 (every budget's check is decided
+    over the 5 study seeds; the grid gives their rows at the study's steps).
     "grid3d" at 144 or 288: the 3D subset, a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16
     slices per volume, interpolation off and on, CONVERGED_3D_STEPS steps; "recipe3d": its pilot, the same cells at
     budget 144 and the 3D reference, seed 0, 4,000 steps, validation Dice at 8 points; "reference3d": the 3D
@@ -69,9 +69,9 @@ CONVERGED_ROUND_BUDGETS = (36, 144)  # selection in rounds at the budgets where 
 # The schedule-doubling check: the extreme allocations of a budget (random, seeds 0-1) trained twice as long as the
 # grid trains them; the steps are confirmed when the difference between the extremes moves by less than 0.005.
 CONVERGED_DOUBLING = {36: (1, 4), 72: (1, 4), 144: (1, 16), 288: (4, 16)}
-# A check that fails with seeds 0-1 is extended to the study's other seeds before its budget trains again
-# (`converged=doubling,budget=B,more=True`; the grid's rows give the study's side): with 2 seeds the movement's
-# standard error (about 0.006) is as large as the tolerance. Amendment of 2026-12-06, after budget 72's second check.
+# Every budget's check is decided over the 5 study seeds, seeds 2-4 from `converged=doubling,budget=B,more=True`
+# (the grid's rows give the study's side): with 2 seeds the movement's standard error (about 0.006) is as large as
+# the tolerance. Amendments of 2026-12-06 (after budget 72's second check) and 2026-12-07 (every budget).
 CONVERGED_DOUBLING_MORE = (2, 3, 4)
 # The 3D subset: a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16 slices per volume,
 # interpolation off and on; its steps come from the `recipe3d` pilot's learning curves.
@@ -139,9 +139,11 @@ def get_config(arg=""):
     config.eval.update(curve_points=arg.recipe_steps // 250, curve_volumes=20)
     config.model_axis.max_models = 2  # groups of a few minutes: a stop loses little
   if arg.converged:
-    # One part of the converged study: "grid" (random and fixed, with ual at CONVERGED_UAL_BUDGETS, rho 1, 4 and
-    # 16 where whole), "interp" (fixed interval with interpolation at CONVERGED_INTERP_BUDGETS, rho 4 and 16; its
-    # "off" cells are the grid's) or "reference" (every slice, 3 seeds), each budget a launch of its own.
+    # One part of the converged study, each budget a launch of its own: "grid" (random and fixed, with ual at
+    # CONVERGED_UAL_BUDGETS, rho 1, 4 and 16 where whole), "interp" (fixed interval with interpolation at
+    # CONVERGED_INTERP_BUDGETS, rho 4 and 16; its "off" cells are the grid's), "rounds", "reference" (every slice,
+    # 3 seeds), "doubling" (the steps check), and the 3D parts "grid3d", "recipe3d" and "reference3d" (the module
+    # docstring says what each trains).
     if arg.converged not in ("grid", "interp", "rounds", "reference", "grid3d", "recipe3d", "doubling",
                              "reference3d"):
       raise ValueError(f"converged must be grid, interp, rounds, reference, grid3d, recipe3d, reference3d or "
