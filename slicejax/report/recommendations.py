@@ -183,7 +183,7 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
       "allocation": [findings_lib.evidence(c) for c in allocation], "margin": margin}
 
 
-def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed=None, unconverged=()) -> list[dict]:
+def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed=None, unconverged=None) -> list[dict]:
   """The recommendation at every (dims, budget) with two or more sparse cells of defined mean Dice, in table order.
 
   Args:
@@ -193,8 +193,8 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
     options: the statistics options (`comparisons.stats_options`); None: the defaults.
     cost: the annotation cost model; None: `cells.DEFAULT_COST`.
     needed: `comparisons.seeds_needed`'s table.
-    unconverged: the (dims, budget)s whose steps check says more steps are needed or is pending: a list (more
-      steps needed), or {(dims, budget): the check's verdict} (`steps.steps_check`).
+    unconverged: {(dims, budget): its steps check's verdict} of the budgets whose check says more steps are needed
+      or is pending (`steps.steps_check`).
 
   Returns:
     One `budget_recommendation` per budget, with `case_without_gate` and `agreement_without_gate`: when the trust
@@ -203,7 +203,6 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
   """
   margin = comparisons_lib.stats_options(options)["margin"]
   cost = cells_lib.DEFAULT_COST if cost is None else cost
-  unconverged = unconverged if isinstance(unconverged, dict) else dict.fromkeys(unconverged, steps_lib.MORE)
   budgets = {}
   for cell in cells:
     if not cell["reference"] and not math.isnan(cell["dice_mean"]):
@@ -216,7 +215,8 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
     entry = budget_recommendation(members, here, margin=margin, seconds_per_volume=cost["seconds_per_volume"],
                                   needed=needed, options=options)
     entry.update(case_without_gate=entry["case"], agreement_without_gate=entry["agreement"])
-    steps_held = {steps_lib.MORE: MORE_STEPS, steps_lib.PENDING: STEPS_PENDING}.get(unconverged.get((dims, budget)))
+    steps_held = {steps_lib.MORE: MORE_STEPS, steps_lib.PENDING: STEPS_PENDING}.get((unconverged or {}).get(
+        (dims, budget)))
     held = UNDERTRAINED if gate["undertrained"] else steps_held
     if held:
       entry["case"] = held

@@ -210,10 +210,13 @@ def findings_markdown(found, needed=None, steps_entries=()) -> list[str]:
   left_out = found[0].get("left_out") if found else None
   if left_out:
     pending = {(e["dims"], e["budget"]) for e in steps_entries if e["verdict"] == steps_lib.PENDING}
-    why = {False: "where the steps check says more steps are needed", True: "whose steps check is pending"}
-    parts = [", ".join(f"{dims}D budget {budget}" for dims, budget in left_out if ((dims, budget) in pending) == p)
-             + ", " + why[p] for p in (False, True) if any(((d, b) in pending) == p for d, b in left_out)]
-    out += ["Left out of the findings: " + "; ".join(parts) + " (\"Checks\").", ""]
+    by_why = {}
+    for dims, budget in left_out:
+      why = "whose steps check is pending" if (dims, budget) in pending else (
+          "where the steps check says more steps are needed")
+      by_why.setdefault(why, []).append(f"{dims}D budget {budget}")
+    out += ["Left out of the findings: " + "; ".join(f"{', '.join(names)}, {why}" for why, names in by_why.items())
+            + " (\"Checks\").", ""]
   for finding in found:
     gated = finding["verdict"] != finding["verdict_without_gate"]
     out.append(f"**{finding['finding']}. {finding['claim']}** Verdict: **{finding['verdict']}**"
@@ -223,7 +226,8 @@ def findings_markdown(found, needed=None, steps_entries=()) -> list[str]:
       out.append(" ".join(_allocation_text(dims, entry, len(finding["by_dims"]) > 1)
                           for dims, entry in finding["by_dims"].items())
                  + (" " if finding["by_dims"] else "")
-                 + (f"Highest mean (descriptive, not a test): {best}." if best else "Fewer against more slices per volume: no comparison."))
+                 + (f"Highest mean (descriptive, not a test): {best}." if best
+                    else "Fewer against more slices per volume: no comparison."))
     elif finding["finding"] == 2:
       if len(finding["by_dims"]) > 1:
         out.append("UAL against random and fixed interval at equal allocation, judged per dims: " + "; ".join(

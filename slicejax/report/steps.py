@@ -15,6 +15,7 @@ Budgets without such a point keep every row.
 
 import numpy as np
 
+from slicejax.config import defaults
 from slicejax.report import cells as cells_lib
 
 STAND, MORE, PENDING, NOT_CHECKED = "steps stand", "more steps needed", "pending", "not checked"
@@ -140,7 +141,7 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
           "reason": reason}
 
 
-def steps_check(rows, tolerance: float, min_seeds: int = 1) -> list[dict]:
+def steps_check(rows, tolerance: float, min_seeds: int = defaults.STATS["steps_seeds"]) -> list[dict]:
   """The steps check of every budget that holds a point trained at two or more step counts (module docstring).
 
   Args:
