@@ -1,5 +1,6 @@
 """Tests for the report's families by dims, its A/A and steps checks, and the seeds it says a family needs."""
 
+import csv
 import json
 import math
 
@@ -130,13 +131,14 @@ def test_fixed_against_random_at_one_slice_per_volume_is_an_a_a_check():
 
 def _steps_rows():
   """Budget 8: 8 x 1, 2 x 4 and 4 x 2 at 100 steps (seeds 0-2); 8 x 1 (seeds 0-2) and 2 x 4 (seeds 0-1) again at
-  200. Budget 16: 16 x 1 and 4 x 4 at 100 and at 200 steps (seeds 0-1)."""
+  200. Budget 16: 16 x 1, 4 x 4 and 4 x 4 fixed at 100 steps, 16 x 1 and 4 x 4 again at 200 (seeds 0-1)."""
   study = [_row(s, d) for s, d in enumerate([0.75, 0.8125, 0.5])]
   study += [_row(s, d, slices=4) for s, d in enumerate([0.6875, 0.75, 0.625])]
   study += [_row(s, 0.7, slices=2) for s in range(3)]
   longer = [_row(s, d, steps_=200) for s, d in enumerate([0.78125, 0.84375, 0.6])]
   longer += [_row(s, d, slices=4, steps_=200) for s, d in enumerate([0.71875, 0.7734375])]
   study += [_row(s, 0.75, budget=16, slices=s_) for s in range(2) for s_ in (1, 4)]
+  study += [_row(s, 0.75, budget=16, slices=4, selection="fixed") for s in range(2)]
   longer += [_row(s, 0.765625 if s_ == 1 else 0.75, budget=16, slices=s_, steps_=200) for s in range(2)
              for s_ in (1, 4)]
   return study, longer
@@ -145,12 +147,13 @@ def _steps_rows():
 def test_the_steps_check_keeps_the_study_rows_and_follows_the_extremes():
   study, longer = _steps_rows()
   rows = study + longer
-  # Budget 8: 9 rows at 100 steps, 5 at 200; budget 16: 4 and 4, the tie goes to the fewer steps.
+  # Only at 100 steps does every cell have all its seeds (budget 8's 4 x 2 and budget 16's 4 x 4 fixed were not trained
+  # again, budget 8's 2 x 4 lacks seed 2 at 200).
   assert steps.study_steps(rows) == {(2, 8, False): 100, (2, 16, False): 100}
   assert steps.study_rows(rows) == study
   cells = cells_lib.summarise(steps.study_rows(rows))
   assert [(c["budget"], c["slices_per_volume"], c["n_seeds"], c["steps"]) for c in cells] == [
-      (8, 1, 3, 100), (8, 2, 3, 100), (8, 4, 3, 100), (16, 1, 2, 100), (16, 4, 2, 100)]
+      (8, 1, 3, 100), (8, 2, 3, 100), (8, 4, 3, 100), (16, 1, 2, 100), (16, 4, 2, 100), (16, 4, 2, 100)]
   assert cells[0]["dice_mean"] == (0.75 + 0.8125 + 0.5) / 3
 
   eight, sixteen = steps.steps_check(rows, 0.005)
@@ -244,6 +247,45 @@ def test_a_steps_check_with_fewer_seeds_than_it_decides_on_is_pending_and_holds_
   assert [e["verdict"] for e in found["steps_check"]] == ["steps stand", "more steps needed"]
   assert "Left out of the findings: 2D budget 16, where the steps check says more steps are needed" in (
       tmp_path / "flag" / "summary.md").read_text()
+
+
+def test_a_budget_trained_again_in_full_takes_the_longer_steps_and_shows_the_check_that_sent_it(tmp_path):
+  study, longer = _steps_rows()
+  # Budget 16 failed its check (moved 1/64); its 4 x 4 fixed trains again at 200 steps, seed 0 so far: 200 steps lack
+  # seed 1 of it, so the study stays at 100 and the budget is still held.
+  part = [_row(0, 0.8, budget=16, slices=4, selection="fixed", steps_=200)]
+  assert steps.study_steps(study + longer + part) == {(2, 8, False): 100, (2, 16, False): 100}
+  assert steps.steps_check(study + longer + part, 0.005)[1]["verdict"] == "more steps needed"
+  # With seed 1, every cell of budget 16 has all its seeds at 200 steps: those are the study's rows.
+  rows = study + longer + part + [_row(1, 0.8, budget=16, slices=4, selection="fixed", steps_=200)]
+  assert steps.study_steps(rows) == {(2, 8, False): 100, (2, 16, False): 200}
+  assert steps.study_rows(rows) == study[:9] + longer[5:] + rows[-2:]
+  eight, sixteen = steps.steps_check(rows, 0.005)
+  assert eight["verdict"] == "steps stand"
+  (check,) = sixteen["checks"]
+  assert (sixteen["study_steps"], sixteen["verdict"], sixteen["reason"]) == (200, "retrained", None)
+  assert (check["from_steps"], check["steps"], check["moved"], check["stands"]) == (100, 200, 1 / 64, False)
+  lines = render.checks_markdown({"a_a": [], "steps": [eight, sixteen]}, comparisons_lib.stats_options())
+  assert lines[8:10] == [
+      "| 2D | 16 | 100 | 0, 1 | 16×1 random 0.750; 4×4 random 0.750 | +0.000 | — |",
+      "| 2D | 16 | 200 (study) | 0, 1 | 16×1 random 0.766; 4×4 random 0.750 | +0.016 | +0.016 (per seed +0.016, "
+      "+0.016) |"]
+  assert lines[-2] == ("- 2D, budget 16: **retrained**: 16×1 random − 4×4 random moved +0.016 from 100 to 200 steps "
+                       "(by 0.005 or more); the study's rows are those at 200 steps.")
+
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  results.append_rows(run / "results.jsonl", rows)
+  summary.run([run], tmp_path / "out")
+  found = json.loads((tmp_path / "out" / "findings.json").read_text())
+  # Not held: budget 16 is in the findings, with its 200-step cells, and has a recommendation of its own.
+  assert not found["findings"][0].get("left_out")
+  assert {r["budget"]: r["case"] for r in found["recommendations"]}[16] == "not separated"
+  with open(tmp_path / "out" / "summary.csv", newline="") as f:
+    sixteen_cells = [c for c in csv.DictReader(f) if c["budget"] == "16"]
+  assert sorted((c["slices_per_volume"], c["selection"], float(c["dice_mean"])) for c in sixteen_cells) == [
+      ("1", "random", 0.765625), ("4", "fixed", 0.8), ("4", "random", 0.75)]
 
 
 def _run_folder(path, rows, steps_):

@@ -160,18 +160,23 @@ def _steps_markdown(entries) -> list[str]:
   the difference between the extremes and how much it moved, and the budget's verdict."""
   tolerance = entries[0]["tolerance"]
   out = ["Steps check: points trained again for more steps. At these budgets the cells, comparisons and findings "
-         "use the study's step count (the one most of the budget's rows have); here, the re-trained allocations' mean "
-         "Dice over the seeds that have them all at both step counts, and the difference between the extremes. The "
-         f"steps stand when it moves by less than {tolerance:g} (`stats.steps_tolerance`) over at least "
-         f"{entries[0]['min_seeds']} seeds (`stats.steps_seeds`); with fewer the check is pending.", ""]
+         "use the study's step count (the longest at which every cell has all its seeds); here, the re-trained "
+         "allocations' mean Dice over the seeds that have them all at both step counts, and the difference between "
+         f"the extremes. The steps stand when it moves by less than {tolerance:g} (`stats.steps_tolerance`) over at "
+         f"least {entries[0]['min_seeds']} seeds (`stats.steps_seeds`); with fewer the check is pending. A budget "
+         "`retrained` was trained again in full at more steps, which it keeps.", ""]
+
+  def steps_label(steps, e):
+    return f"{steps} (study)" if steps == e["study_steps"] else str(steps)
+
   lines = []
   for e in entries:
     for c in e["checks"]:
-      study = (f"{e['study_steps']} (study)", c["study_dice"], c["study_difference"], "—")
       per_seed = ", ".join(f"{m:+.3f}" for m in c["moved_per_seed"].values())
-      longer = (str(c["steps"]), c["dice"], c["difference"],
-                f"{c['moved']:+.3f}" + (f" (per seed {per_seed})" if len(c["moved_per_seed"]) > 1 else ""))
-      for steps, dice, difference, moved in (study, longer):
+      before = (steps_label(c["from_steps"], e), c["study_dice"], c["study_difference"], "—")
+      after = (steps_label(c["steps"], e), c["dice"], c["difference"],
+               f"{c['moved']:+.3f}" + (f" (per seed {per_seed})" if len(c["moved_per_seed"]) > 1 else ""))
+      for steps, dice, difference, moved in (before, after):
         lines.append([f"{e['dims']}D", str(e["budget"]), steps, ", ".join(map(str, c["seeds"])),
                       "; ".join(f"{cell} {d:.3f}" for cell, d in dice.items()), f"{difference:+.3f}", moved])
   if lines:
@@ -182,9 +187,11 @@ def _steps_markdown(entries) -> list[str]:
       out.append(f"- {where}: **{e['verdict']}** ({e['reason']}).")
       continue
     out.append(f"- {where}: **{e['verdict']}**" + (f" ({e['reason']})" if e["reason"] else "") + ": " + "; ".join(
-        f"{c['fewest']} − {c['most']} moved {c['moved']:+.3f} from {e['study_steps']} to {c['steps']} steps "
+        f"{c['fewest']} − {c['most']} moved {c['moved']:+.3f} from {c['from_steps']} to {c['steps']} steps "
         f"({'by less than' if c['stands'] else 'by'} {e['tolerance']:g}{'' if c['stands'] else ' or more'}"
-        f"{'' if len(c['seeds']) >= e['min_seeds'] else ', so far'})" for c in e["checks"]) + ".")
+        f"{'' if len(c['seeds']) >= e['min_seeds'] else ', so far'})" for c in e["checks"])
+        + (f"; the study's rows are those at {e['study_steps']} steps" if e["verdict"] == steps_lib.RETRAINED else "")
+        + ".")
   return out + [""]
 
 

@@ -408,15 +408,18 @@ def rules_markdown(options: dict) -> str:
 - **Steps check.** A study confirms its training length by training some of its points (the same dims, budget,
   allocation, selection, interpolation and seed) again at more steps, in another run. At a budget whose rows hold
   such a point at two or more step counts, the cells, comparisons, findings and recommendation use only the
-  study's rows: those of the step count most of the budget's rows have (the fewer steps on a tie). For each longer
-  step count, "Checks" shows the mean Dice of each re-trained allocation over the seeds that have all of them at
-  both step counts, and the difference between the extremes (fewest slices per volume − most). The budget's
+  study's rows: those of the longest step count at which every cell of the budget has every seed it has at any
+  step count (else the step count most of its rows have, the fewer steps on a tie). For each longer step count,
+  "Checks" shows the mean Dice of each re-trained allocation over the seeds that have all of them at both step
+  counts, and the difference between the extremes (fewest slices per volume − most). The budget's
   steps stand when that difference moves by less than {o['steps_tolerance']:g} (`stats.steps_tolerance`) at
   every longer step count; else more steps are needed, and that budget's comparisons are left out of the findings
   and its recommendation is `inconclusive: more steps needed` (the comparisons themselves stay, with their
   verdicts). The check decides over at least {o['steps_seeds']} seeds (`stats.steps_seeds`); with fewer it is
   `pending` and holds its budget the same way (`inconclusive: steps check pending`), unless a comparison that has
-  them already fails. The check does not close the trust gate.
+  them already fails. A budget trained again in full at more steps takes them as its study's: its verdict is
+  `retrained`, and "Checks" shows how the difference moved on the way there, without holding the budget. The check
+  does not close the trust gate.
 - **Limits.** The calibration below holds for seed effects that are roughly symmetric. A model that fails now and
   then (one seed in ten collapsing) makes a mean over 3-10 seeds unreliable in a way no test on those seeds can see:
   such a seed shows as a diverged model or an outlying per-seed difference, and is worth rerunning or reporting

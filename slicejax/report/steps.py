@@ -3,13 +3,19 @@
 A study confirms its training length by training some of its points (the same dims, budget, allocation, selection,
 interpolation and seed) again for more steps, in another run; `runs.read_runs` keeps both rows of such a point. At a
 budget (dims, budget, reference) that holds a point at two or more step counts:
-- the study's rows are those of the budget's study step count, the one most of the budget's rows have (the fewer
-  steps on a tie); cells, comparisons, findings and recommendations see only them (`study_rows`);
+- the study's rows are those of the budget's study step count: the longest at which every cell of the budget has
+  every seed it has at any step count (a budget trained again in full at more steps takes them; a check that
+  re-trains only some cells, or some seeds, leaves it where it was); when no step count is complete, the one most of
+  the budget's rows have, the fewer steps on a tie. Cells, comparisons, findings and recommendations see only them
+  (`study_rows`);
 - the check (`steps_check`) follows, for each longer step count, the difference between the re-trained allocations'
   extremes (the fewest slices per volume minus the most, in mean Dice over the seeds that have every re-trained
   allocation at both step counts). The check decides once each comparison has `stats.steps_seeds` such seeds: the
   steps stand when the difference moves by less than `stats.steps_tolerance` at every longer step count; otherwise
   more steps are needed. With fewer seeds it is pending (a failed comparison that has them decides already).
+- a budget whose study step count is its longest was trained again at those steps: its verdict is `retrained`, and
+  the check shows how the difference moved from each shorter step count to the study's (the check that sent it
+  there), without holding the budget.
 Budgets without such a point keep every row.
 """
 
@@ -18,7 +24,8 @@ import numpy as np
 from slicejax.config import defaults
 from slicejax.report import cells as cells_lib
 
-STAND, MORE, PENDING, NOT_CHECKED = "steps stand", "more steps needed", "pending", "not checked"
+STAND, MORE, PENDING, RETRAINED, NOT_CHECKED = (
+    "steps stand", "more steps needed", "pending", "retrained", "not checked")
 
 
 def _budget(row) -> tuple:
@@ -44,15 +51,33 @@ def retrained(rows) -> dict:
           for budget, points in steps.items() if any(len(s) > 1 for s in points.values())}
 
 
+def _complete(seeds) -> list:
+  """The step counts at which every cell has every seed it has at any step count, shortest first.
+
+  Args:
+    seeds: {cell key: {step count: set of seeds}} of one budget.
+  """
+  counts = {s for by_steps in seeds.values() for s in by_steps}
+  return sorted((s for s in counts if s is not None and all(
+      by_steps.get(s, set()) >= set().union(*by_steps.values()) for by_steps in seeds.values())))
+
+
 def study_steps(rows) -> dict:
-  """{budget: its study step count} for the budgets of `retrained`: the step count most of the budget's rows have,
-  the fewer steps on a tie."""
-  counts = {}
+  """{budget: its study step count} for the budgets of `retrained`: the longest step count at which every cell of
+  the budget has every seed it has at any step count; when there is none, the step count most of the budget's rows
+  have, the fewer steps on a tie."""
+  counts, seeds = {}, {}
   for row in rows:
     here = counts.setdefault(_budget(row), {})
     here[row.get("steps")] = here.get(row.get("steps"), 0) + 1
-  return {budget: min(counts[budget], key=lambda s: (-counts[budget][s], s is None, s or 0))
-          for budget in retrained(rows)}
+    seeds.setdefault(_budget(row), {}).setdefault(cells_lib.cell_key(row), {}).setdefault(
+        row.get("steps"), set()).add(row.get("seed"))
+  out = {}
+  for budget in retrained(rows):
+    complete = _complete(seeds[budget])
+    out[budget] = complete[-1] if complete else min(
+        counts[budget], key=lambda s: (-counts[budget][s], s is None, s or 0))
+  return out
 
 
 def study_rows(rows) -> list:
@@ -75,11 +100,12 @@ def allocation_check(rows, allocations, label, study: int, steps: int, tolerance
     rows: that selection and interpolation's rows at the budget, every step count.
     allocations: the re-trained (volumes, slices per volume), fewest slices per volume first; two or more.
     label: {allocation: its cell's label}.
-    study, steps: the study's step count and the longer one.
+    study, steps: the step count it moves from and the longer one it moves to (`steps_check`: the study's and a
+      longer one, or a shorter one and the study's).
     tolerance: `stats.steps_tolerance`.
 
   Returns:
-    dict of `cells` (the labels), `fewest`, `most`, `steps`, `seeds` (those with every allocation at both step
+    dict of `cells` (the labels), `fewest`, `most`, `from_steps` (`study`), `steps`, `seeds` (those with every allocation at both step
     counts), `study_dice` and `dice` ({cell: mean Dice over `seeds`} at `study` and at `steps`), `study_difference`
     and `difference` (fewest - most there), `moved` (difference - study_difference), `moved_per_seed` ({seed: that
     seed's own move}, whose mean is `moved`) and `stands` (|moved| < tolerance); None without such a seed.
@@ -95,7 +121,8 @@ def allocation_check(rows, allocations, label, study: int, steps: int, tolerance
   moved = (after[fewest] - after[most]) - (before[fewest] - before[most])
   per_seed = {s: (at_steps[fewest + (s,)] - at_steps[most + (s,)]) - (at_study[fewest + (s,)] - at_study[most + (s,)])
               for s in seeds}
-  return {"cells": [label[a] for a in allocations], "fewest": label[fewest], "most": label[most], "steps": steps,
+  return {"cells": [label[a] for a in allocations], "fewest": label[fewest], "most": label[most],
+          "from_steps": study, "steps": steps,
           "seeds": seeds, "study_dice": {label[a]: before[a] for a in allocations},
           "dice": {label[a]: after[a] for a in allocations}, "study_difference": before[fewest] - before[most],
           "difference": after[fewest] - after[most], "moved": moved, "moved_per_seed": per_seed,
@@ -113,7 +140,8 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
   for p in points:
     variants.setdefault(_variant(p), []).append(p)
   longer = sorted({s for p in points for s in points[p] if _longer(s, study)})
-  checks, compared = [], False
+  shorter = sorted({s for p in points for s in points[p] if _longer(study, s)})
+  checks, earlier, compared = [], [], False
   for (selection, interpolation), chosen in sorted(variants.items()):
     allocations = sorted({(cells_lib.key_field(p, "volumes"), cells_lib.key_field(p, "slices_per_volume"))
                           for p in chosen}, key=lambda a: a[1] or 0)
@@ -127,18 +155,22 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
       check = allocation_check(mine, allocations, label, study, steps, tolerance)
       if check is not None:
         checks.append(check)
+    for steps in shorter:
+      check = allocation_check(mine, allocations, label, steps, study, tolerance)
+      if check is not None:
+        earlier.append(check)
   reason = None
-  if not checks:
-    reason = ("no point trained at more steps than the study's" if not longer else
+  if not checks and not earlier:
+    reason = ("no point trained at another step count than the study's" if not longer and not shorter else
               "one allocation trained again: no difference to follow" if not compared else
               "no seed with every re-trained allocation at both step counts")
   decided = [c for c in checks if len(c["seeds"]) >= min_seeds]
-  verdict = (NOT_CHECKED if not checks else MORE if not all(c["stands"] for c in decided) else
-             PENDING if len(decided) < len(checks) else STAND)
+  verdict = (RETRAINED if not checks and earlier else NOT_CHECKED if not checks else
+             MORE if not all(c["stands"] for c in decided) else PENDING if len(decided) < len(checks) else STAND)
   if verdict == PENDING:
     reason = f"{min(len(c['seeds']) for c in checks)} of the {min_seeds} seeds it decides on"
-  return {"study_steps": study, "tolerance": tolerance, "min_seeds": min_seeds, "checks": checks, "verdict": verdict,
-          "reason": reason}
+  return {"study_steps": study, "tolerance": tolerance, "min_seeds": min_seeds, "checks": earlier + checks,
+          "verdict": verdict, "reason": reason}
 
 
 def steps_check(rows, tolerance: float, min_seeds: int = defaults.STATS["steps_seeds"]) -> list[dict]:
@@ -152,9 +184,11 @@ def steps_check(rows, tolerance: float, min_seeds: int = defaults.STATS["steps_s
   Returns:
     One dict per such budget, in table order: `dims`, `budget`, `reference`, `study_steps`, `tolerance`,
     `min_seeds`, `checks` (one `allocation_check` per re-trained selection and interpolation with two or more
-    allocations, and longer step count, with a seed at both), `verdict` (`MORE` when a check with `min_seeds` seeds
-    or more does not stand, else `PENDING` when a check has fewer, else `STAND`; `NOT_CHECKED` without a check) and
-    `reason` (why not checked, or the seeds a pending check has; None otherwise).
+    allocations, and other step count, with a seed at both: from each shorter step count to the study's, then from
+    the study's to each longer one), `verdict` (`MORE` when a check to a longer step count with `min_seeds` seeds or
+    more does not stand, else `PENDING` when such a check has fewer, else `STAND`; `RETRAINED` when every check
+    comes from a shorter step count; `NOT_CHECKED` without a check) and `reason` (why not checked, or the seeds a
+    pending check has; None otherwise).
   """
   study = study_steps(rows)
   out = []
