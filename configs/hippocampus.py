@@ -31,6 +31,12 @@ Arguments:
     B/4 x 4; 144 x 1 and 9 x 16; 72 x 4 and 18 x 16), random, seeds 0-1, at twice CONVERGED_STEPS; against the
     grid's rows of the same points; with more=True the same points for seeds 2-4 (every budget's check is decided
     over the 5 study seeds; the grid gives their rows at the study's steps).
+    "retrain" at 36, 72, 144 or 288: a budget whose 5-seed doubling check failed trains again once, at twice
+    CONVERGED_STEPS, which are then final (CONVERGED_RETRAINED): the grid's cells that the doubling check did not
+    train at those steps, fixed interval (and ual where the grid has it) at every allocation, 5 seeds; with
+    middle=True instead the random cells between the extremes (only budget 144 has one, 36 x 4). The doubling
+    parts give the random extremes' rows; the report takes a budget's longest step count once every cell has all
+    its seeds there ("retrained"). The interp and rounds parts of such a budget train at the doubled steps too.
     "grid3d" at 144 or 288: the 3D subset, a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16
     slices per volume, interpolation off and on, CONVERGED_3D_STEPS steps; "recipe3d": its pilot, the same cells at
     budget 144 and the 3D reference, seed 0, 4,000 steps, validation Dice at 8 points; "reference3d": the 3D
@@ -73,6 +79,9 @@ CONVERGED_DOUBLING = {36: (1, 4), 72: (1, 4), 144: (1, 16), 288: (4, 16)}
 # (the grid's rows give the study's side): with 2 seeds the movement's standard error (about 0.006) is as large as
 # the tolerance. Amendments of 2026-12-06 (after budget 72's second check) and 2026-12-07 (every budget).
 CONVERGED_DOUBLING_MORE = (2, 3, 4)
+# Budgets whose 5-seed doubling check failed: they train again once at twice CONVERGED_STEPS (`converged=retrain`),
+# and their interp and rounds parts train as long (`converged_steps`).
+CONVERGED_RETRAINED = ()
 # The 3D subset: a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16 slices per volume,
 # interpolation off and on; its steps come from the `recipe3d` pilot's learning curves.
 CONVERGED_3D = dict(features=8, patch=(32, 32, 32), batch_size=2, budgets=(144, 288), pilot_steps=4000)
@@ -83,7 +92,7 @@ CONVERGED_3D_REFERENCE_STEPS = 4000
 def get_config(arg=""):
   arg = config_lib.parse_arg(arg, reference=False, reference3d=False, tiny=False, pilot=False, study2d=False,
                              interp=False, study3d=False, recipe=False, recipe_features=8, recipe_steps=4000,
-                             converged="", budget=0, more=False)
+                             converged="", budget=0, more=False, middle=False)
   config = config_lib.base()
   config.data.update(
       source="msd", slicing_axis=2, normalization="zscore", shape=(48, 64),
@@ -144,15 +153,19 @@ def get_config(arg=""):
     # CONVERGED_INTERP_BUDGETS, rho 4 and 16; its "off" cells are the grid's), "rounds", "reference" (every slice,
     # 3 seeds), "doubling" (the steps check), and the 3D parts "grid3d", "recipe3d" and "reference3d" (the module
     # docstring says what each trains).
-    if arg.converged not in ("grid", "interp", "rounds", "reference", "grid3d", "recipe3d", "doubling",
+    if arg.converged not in ("grid", "interp", "rounds", "reference", "grid3d", "recipe3d", "doubling", "retrain",
                              "reference3d"):
-      raise ValueError(f"converged must be grid, interp, rounds, reference, grid3d, recipe3d, reference3d or "
-                       f"doubling, got "
-                       f"{arg.converged!r}")
+      raise ValueError(f"converged must be grid, interp, rounds, reference, grid3d, recipe3d, reference3d, "
+                       f"doubling or retrain, got {arg.converged!r}")
     if arg.more and arg.converged != "doubling":
       raise ValueError(f"more extends the doubling check only, got converged={arg.converged!r}")
-    if arg.converged == "doubling" and arg.budget not in CONVERGED_DOUBLING:
-      raise ValueError(f"doubling runs at budgets {tuple(CONVERGED_DOUBLING)}, got {arg.budget}")
+    if arg.middle and arg.converged != "retrain":
+      raise ValueError(f"middle is a part of retrain only, got converged={arg.converged!r}")
+    if arg.converged in ("doubling", "retrain") and arg.budget not in CONVERGED_DOUBLING:
+      raise ValueError(f"{arg.converged} runs at budgets {tuple(CONVERGED_DOUBLING)}, got {arg.budget}")
+    if arg.middle and not _middle(arg.budget):
+      raise ValueError(f"budget {arg.budget} has no random cell between its extremes "
+                       f"{CONVERGED_DOUBLING[arg.budget]}")
     if arg.converged == "rounds" and arg.budget not in CONVERGED_ROUND_BUDGETS:
       raise ValueError(f"rounds runs at budgets {CONVERGED_ROUND_BUDGETS}, got {arg.budget}")
     config.model.features = CONVERGED["features"]
@@ -164,10 +177,10 @@ def get_config(arg=""):
       steps = CONVERGED_3D_REFERENCE_STEPS
     elif arg.converged == "grid3d":
       steps = CONVERGED_3D_STEPS.get(arg.budget)
-    else:
+    elif arg.converged == "grid":
       steps = CONVERGED_STEPS.get(arg.budget)
-      if arg.converged == "doubling":
-        steps *= 2
+    else:
+      steps = converged_steps(arg.budget, check=arg.converged in ("doubling", "retrain"))
     if steps is None:
       known = sorted(CONVERGED_3D_STEPS if arg.converged == "grid3d" else CONVERGED_STEPS)
       raise ValueError(f"budget must be one of {known}, got {arg.budget}")
@@ -182,6 +195,11 @@ def get_config(arg=""):
     elif arg.converged == "doubling":
       config.study.update(budgets=(arg.budget,), slices_per_volume=CONVERGED_DOUBLING[arg.budget],
                           selections=("random",), seeds=CONVERGED_DOUBLING_MORE if arg.more else (0, 1))
+    elif arg.converged == "retrain" and arg.middle:
+      config.study.update(budgets=(arg.budget,), slices_per_volume=_middle(arg.budget), selections=("random",))
+    elif arg.converged == "retrain":
+      config.study.update(budgets=(arg.budget,), selections=("fixed",) + (
+          ("ual",) if arg.budget in CONVERGED_UAL_BUDGETS else ()))
     elif arg.converged == "rounds":
       config.study.update(budgets=(arg.budget,), slices_per_volume=(4,),
                           selections=("entropy", "ensemble", "hybrid", "passive"), rounds=(2,),
@@ -215,6 +233,20 @@ def get_config(arg=""):
     config.model_axis.chunk = 1  # runs this short are mostly compilation: one program of one model
   config.lock()
   return config
+
+
+def converged_steps(budget: int, check: bool = False):
+  """The training steps of the 2D parts at `budget` after its doubling check: CONVERGED_STEPS, twice that for a
+  budget in CONVERGED_RETRAINED or for the check itself (`check`); None for a budget not in the study."""
+  steps = CONVERGED_STEPS.get(budget)
+  return None if steps is None else steps * (2 if check or budget in CONVERGED_RETRAINED else 1)
+
+
+def _middle(budget: int) -> tuple:
+  """The grid's slices per volume at `budget` between the doubling check's extremes (random there is `retrain`'s
+  with middle=True)."""
+  low, high = CONVERGED_DOUBLING.get(budget, (1, 1))
+  return tuple(rho for rho in (1, 4, 16) if low < rho < high and budget % rho == 0)
 
 
 # The parts of the converged study whose rows make its document (the doubling checks and the pilots check the recipe

@@ -16,7 +16,8 @@ CONFIGS = ["demo.py", "demo.py:tiny", "hippocampus.py", "hippocampus.py:referenc
            "hippocampus.py:tiny", "hippocampus.py:converged=rounds,budget=144",
            "hippocampus.py:converged=grid3d,budget=288", "hippocampus.py:converged=recipe3d",
            "hippocampus.py:converged=doubling,budget=288", "hippocampus.py:converged=doubling,budget=72,more=True",
-           "hippocampus.py:converged=reference3d", "prostate.py",
+           "hippocampus.py:converged=reference3d", "hippocampus.py:converged=retrain,budget=144,middle=True",
+           "prostate.py",
            "prostate.py:tiny"]
 MISSING = object()
 # The base of every case is the tiny demo: phantom source (12 cases split 8 + 1 + 3), a 2-stage 4-feature U-Net,

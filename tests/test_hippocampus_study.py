@@ -79,3 +79,31 @@ def test_a_failed_doubling_check_extends_to_the_other_seeds_at_the_same_steps():
   assert first.study.slices_per_volume == more.study.slices_per_volume == (1, 4)
   with pytest.raises(ValueError, match="more extends the doubling check only"):
     hippocampus.get_config("converged=grid,budget=72,more=True")
+
+
+def test_a_retrained_budget_s_parts_cover_its_grid_once_at_the_doubled_steps():
+  # A budget whose 5-seed check fails trains again once at the doubled steps: the doubling parts (random extremes,
+  # seeds 0-1 and 2-4) and `retrain` (the rest; at 144 also `middle`, random at 36 x 4) hold every point of the
+  # grid exactly once.
+  from slicejax.study import grid  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("hippocampus", DOCS.parent / "configs" / "hippocampus.py")
+  hippocampus = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(hippocampus)
+  depths = {f"case_{i}": hippocampus.POOL_MIN_DEPTH for i in range(180)}
+
+  def points(part):
+    config = hippocampus.get_config(f"converged={part}")
+    return config.train.steps, grid.expand(config.study, depths)
+
+  for budget, steps in hippocampus.CONVERGED_STEPS.items():
+    parts = [f"doubling,budget={budget}", f"doubling,budget={budget},more=True", f"retrain,budget={budget}"]
+    parts += [f"retrain,budget={budget},middle=True"] if budget == 144 else []
+    expanded = [points(part) for part in parts]
+    assert {s for s, _ in expanded} == {2 * steps}
+    together = [p for _, ps in expanded for p in ps]
+    assert len(together) == len(set(together))
+    assert set(together) == set(points(f"grid,budget={budget}")[1])
+  (_, middle), = [points("retrain,budget=144,middle=True")]
+  assert {(p.volumes, p.slices_per_volume, p.selection) for p in middle} == {(36, 4, "random")}
+  with pytest.raises(ValueError, match="budget 72 has no random cell between its extremes"):
+    hippocampus.get_config("converged=retrain,budget=72,middle=True")
