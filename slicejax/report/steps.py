@@ -105,8 +105,9 @@ def allocation_check(rows, allocations, label, study: int, steps: int, tolerance
     tolerance: `stats.steps_tolerance`.
 
   Returns:
-    dict of `cells` (the labels), `fewest`, `most`, `from_steps` (`study`), `steps`, `seeds` (those with every allocation at both step
-    counts), `study_dice` and `dice` ({cell: mean Dice over `seeds`} at `study` and at `steps`), `study_difference`
+    dict of `cells` (the labels), `fewest`, `most`, `from_steps` (`study`), `steps`, `seeds` (those with every
+    allocation at both step counts), `study_dice` and `dice` ({cell: mean Dice over `seeds`} at `study` and at
+    `steps`), `study_difference`
     and `difference` (fewest - most there), `moved` (difference - study_difference), `moved_per_seed` ({seed: that
     seed's own move}, whose mean is `moved`) and `stands` (|moved| < tolerance); None without such a seed.
   """
