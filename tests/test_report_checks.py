@@ -189,6 +189,27 @@ def test_the_steps_check_keeps_the_study_rows_and_follows_the_extremes():
       "or more).", ""]
 
 
+def test_the_steps_check_reads_validation_dice_and_test_dice_only_without_it():
+  study, longer = _steps_rows()
+  # Budget 16 with validation Dice: 16 x 1 gains 1/64 in test Dice at 200 steps, but nothing in validation Dice, so
+  # its steps stand; in test Dice alone they would not (the first test above).
+  with_val = [dict(r, val_dice_mean=0.5 if r["slices_per_volume"] == 1 else 0.25) if r["budget"] == 16 else r
+              for r in study + longer]
+  eight, sixteen = steps.steps_check(with_val, 0.005)
+  assert (eight["metric"], sixteen["metric"]) == ("test", "validation")
+  (check,) = sixteen["checks"]
+  assert check["study_dice"] == check["dice"] == {"16×1 random": 0.5, "4×4 random": 0.25}
+  assert (check["moved"], sixteen["verdict"]) == (0.0, "steps stand")
+  assert eight["checks"][0]["moved"] == 1 / 256  # budget 8's rows lack it: test Dice, as before
+  # One row of budget 16 without validation Dice sends the whole budget back to test Dice.
+  del with_val[-1]["val_dice_mean"]
+  assert steps.steps_check(with_val, 0.005)[1]["metric"] == "test"
+  assert steps.steps_check(with_val, 0.005)[1]["verdict"] == "more steps needed"
+  lines = render.checks_markdown({"a_a": [], "steps": steps.steps_check(study + longer, 0.005)},
+                                 comparisons_lib.stats_options())
+  assert "mean validation Dice (test Dice at 2D budget 8, 2D budget 16, whose rows lack it)" in lines[2]
+
+
 def test_a_budget_whose_steps_check_fails_leaves_the_findings_and_holds_its_recommendation(tmp_path):
   study, longer = _steps_rows()
   run = tmp_path / "run"
@@ -313,6 +334,28 @@ def test_a_run_training_points_again_for_more_steps_merges_as_a_steps_check(tmp_
   other = _run_folder(tmp_path / "other", [_row(3, 0.7, steps_=200)], 200)
   with pytest.raises(InputError, match="train.steps is 200 here but 100"):
     summary.run([grid_run, other], tmp_path / "refused")
+
+
+def test_a_later_part_at_the_study_s_steps_merges_beside_a_steps_check(tmp_path):
+  study, longer = _steps_rows()
+  grid_run = _run_folder(tmp_path / "grid", study, 100)
+  doubling = _run_folder(tmp_path / "doubling", longer, 200)
+  # Budget 8's 2 x 4 fixed, a cell neither run holds, at the grid's 100 steps: it shares budget 8 with the 200-step
+  # check without being a check of it, but the check trains only points of the grid again.
+  extra_rows = [_row(s, 0.6, slices=4, selection="fixed") for s in range(3)]
+  extra = _run_folder(tmp_path / "extra", extra_rows, 100)
+  for order in ([grid_run, doubling, extra], [extra, doubling, grid_run]):
+    out = summary.run(order, tmp_path / f"merged_{order[0].name}")
+    report = json.loads((out / "findings.json").read_text())
+    assert [e["verdict"] for e in report["steps_check"]] == ["steps stand", "more steps needed"]
+    # 2 x 4 fixed - 2 x 4 random at 100 steps, the study's, over the 3 seeds: 0.6 - [0.6875, 0.75, 0.625].
+    (selection,) = [c for c in report["comparisons"] if c["a"]["budget"] == 8 and c["a"]["selection"] == "fixed"]
+    assert (selection["b"]["selection"], selection["n_pairs"]) == ("random", 3)
+    assert selection["mean_diff"] == pytest.approx(0.6 - (0.6875 + 0.75 + 0.625) / 3)
+  # The same cell at the check's 200 steps is a check of nothing: refused.
+  late = _run_folder(tmp_path / "late", [dict(r, steps=200) for r in extra_rows], 200)
+  with pytest.raises(InputError, match="train.steps is 200 here but 100"):
+    summary.run([grid_run, doubling, late], tmp_path / "refused")
 
 
 def _needed(seed_sd, volume_var, num_volumes):

@@ -159,9 +159,12 @@ def _steps_markdown(entries) -> list[str]:
   """The steps part of "Checks" (`steps.steps_check`): per budget and step count, the re-trained cells' mean Dice,
   the difference between the extremes and how much it moved, and the budget's verdict."""
   tolerance = entries[0]["tolerance"]
+  tests = [f"{e['dims']}D budget {e['budget']}" for e in entries if e["metric"] == steps_lib.TEST]
+  metric = "validation Dice" + (f" (test Dice at {', '.join(tests)}, whose rows lack it)" if tests else "")
   out = ["Steps check: points trained again for more steps. At these budgets the cells, comparisons and findings "
          "use the study's step count (the longest at which every cell has all its seeds); here, the re-trained "
-         "allocations' mean Dice over the seeds that have them all at both step counts, and the difference between "
+         f"allocations' mean {metric} over the seeds that have them all at both step counts, so that the training "
+         "length is not chosen on the test volumes, and the difference between "
          f"the extremes. The steps stand when it moves by less than {tolerance:g} (`stats.steps_tolerance`) over at "
          f"least {entries[0]['min_seeds']} seeds (`stats.steps_seeds`); with fewer the check is pending. A budget "
          "`retrained` was trained again in full at more steps, which it keeps.", ""]
@@ -180,7 +183,8 @@ def _steps_markdown(entries) -> list[str]:
         lines.append([f"{e['dims']}D", str(e["budget"]), steps, ", ".join(map(str, c["seeds"])),
                       "; ".join(f"{cell} {d:.3f}" for cell, d in dice.items()), f"{difference:+.3f}", moved])
   if lines:
-    out += _table(["dims", "budget", "steps", "seeds", "mean Dice", "fewest − most", "moved"], lines) + [""]
+    out += _table(["dims", "budget", "steps", "seeds", "mean Dice" if tests else "mean validation Dice",
+                   "fewest − most", "moved"], lines) + [""]
   for e in entries:
     where = f"{e['dims']}D, " + ("the reference" if e["reference"] else f"budget {e['budget']}")
     if not e["checks"]:

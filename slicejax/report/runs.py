@@ -30,10 +30,17 @@ def _merge_view(config: dict, keys) -> dict:
           if any(k == m or k.startswith(m + ".") for m in keys) and k not in _MERGE_IGNORED}
 
 
-def _retraining(points_a: dict, points_b: dict) -> bool:
-  """Whether, at every budget two runs share, one run's points are all points of the other: one trains some points of
-  the other again."""
-  return all(points_a[k] <= points_b[k] or points_b[k] <= points_a[k] for k in points_a.keys() & points_b.keys())
+def _retrained_budgets(points: dict, steps: dict) -> dict:
+  """{path: the budgets at which that run trains only points of a run of another `train.steps` again}.
+
+  Args:
+    points: `check_compatible`'s points.
+    steps: {path: its `train.steps`}.
+  """
+  return {path: {budget for budget, mine in here.items()
+                 if any(other != path and steps[other] != steps[path] and mine <= there.get(budget, set())
+                        for other, there in points.items())}
+          for path, here in points.items()}
 
 
 def check_compatible(configs: dict, dims: dict | None = None, points: dict | None = None) -> None:
@@ -45,13 +52,18 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
       that both hold 2D rows, the 3D one (`three_d`) between runs that both hold 3D rows. None: both always.
     points: {the same paths: {(dims, budget, reference): the set of points (`steps.point_key`) its rows hold
       there}}; runs that share no budget may differ in `SCHEDULE_KEYS`, and so may runs of different `train.steps`
-      where, at every budget they share, one's points are all the other's (`_retraining`). None: they may not.
+      where, at every budget they share, one of the two trains only points of a run of another `train.steps` again
+      (`_retrained_budgets`): a steps check of the other, or of a third run that trained as long as the other. None:
+      they may not.
 
   Raises:
     InputError: naming the later config.json of the first pair that differs, the first differing key, and both
       values.
   """
   items = list(configs.items())
+  if points is not None:
+    retrained = _retrained_budgets(points, {path: workdir_lib.flatten(config).get("train.steps")
+                                            for path, config in items})
   for j, (path, config) in enumerate(items):
     for first_path, first in items[:j]:
       keys = list(MERGE_KEYS)
@@ -59,10 +71,10 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
         if dims is not None and not (d in dims[path] and d in dims[first_path]):
           keys.remove(name)
       reference, view = _merge_view(first, keys), _merge_view(config, keys)
+      shared = points[path].keys() & points[first_path].keys() if points is not None else None
       schedule_may_differ = points is not None and (
-          not points[path].keys() & points[first_path].keys()
-          or (reference.get("train.steps") != view.get("train.steps")
-              and _retraining(points[path], points[first_path])))
+          not shared or (reference.get("train.steps") != view.get("train.steps")
+                         and all(b in retrained[path] or b in retrained[first_path] for b in shared)))
       for key in sorted(reference.keys() | view.keys()):
         if reference.get(key) != view.get(key) and not (schedule_may_differ and key in SCHEDULE_KEYS):
           hint = (" (runs of different lengths merge when they share no budget, or when one trains only points of "

@@ -410,8 +410,10 @@ def rules_markdown(options: dict) -> str:
   such a point at two or more step counts, the cells, comparisons, findings and recommendation use only the
   study's rows: those of the longest step count at which every cell of the budget has every seed it has at any
   step count (else the step count most of its rows have, the fewer steps on a tie). For each longer step count,
-  "Checks" shows the mean Dice of each re-trained allocation over the seeds that have all of them at both step
-  counts, and the difference between the extremes (fewest slices per volume − most). The budget's
+  "Checks" shows the mean validation Dice of each re-trained allocation over the seeds that have all of them at
+  both step counts, and the difference between the extremes (fewest slices per volume − most): validation, so that
+  the training length is not chosen on the test volumes (test Dice at a budget whose rows have no validation
+  Dice, and "Checks" says so). The budget's
   steps stand when that difference moves by less than {o['steps_tolerance']:g} (`stats.steps_tolerance`) at
   every longer step count; else more steps are needed, and that budget's comparisons are left out of the findings
   and its recommendation is `inconclusive: more steps needed` (the comparisons themselves stay, with their

@@ -10,9 +10,12 @@ budget (dims, budget, reference) that holds a point at two or more step counts:
   (`study_rows`);
 - the check (`steps_check`) follows, for each longer step count, the difference between the re-trained allocations'
   extremes (the fewest slices per volume minus the most, in mean Dice over the seeds that have every re-trained
-  allocation at both step counts). The check decides once each comparison has `stats.steps_seeds` such seeds: the
-  steps stand when the difference moves by less than `stats.steps_tolerance` at every longer step count; otherwise
-  more steps are needed. With fewer seeds it is pending (a failed comparison that has them decides already).
+  allocation at both step counts). It reads validation Dice (`val_dice_mean`), so that the training length is not
+  chosen on the test volumes; a budget with a row without that key (a run without validation volumes) reads test
+  Dice (`dice_mean`) instead, and its entry says which (`metric`). The check decides once each comparison has
+  `stats.steps_seeds` such seeds: the steps stand when the difference moves by less than `stats.steps_tolerance` at
+  every longer step count; otherwise more steps are needed. With fewer seeds it is pending (a failed comparison that
+  has them decides already).
 - a budget whose study step count is its longest was trained again at those steps: its verdict is `retrained`, and
   the check shows how the difference moved from each shorter step count to the study's (the check that sent it
   there), without holding the budget.
@@ -87,13 +90,24 @@ def study_rows(rows) -> list:
   return [row for row in rows if _budget(row) not in study or row.get("steps") == study[_budget(row)]]
 
 
-def _dice(rows, steps) -> dict:
-  """{(volumes, slices per volume, seed): Dice} of the rows at `steps` whose Dice is defined."""
-  return {(row["volumes"], row["slices_per_volume"], row["seed"]): row["dice_mean"] for row in rows
-          if row.get("steps") == steps and row.get("dice_mean") is not None}
+VALIDATION, TEST = "validation", "test"
+_METRIC_KEY = {VALIDATION: "val_dice_mean", TEST: "dice_mean"}
 
 
-def allocation_check(rows, allocations, label, study: int, steps: int, tolerance: float) -> dict | None:
+def metric(rows) -> str:
+  """The Dice a budget's check reads: `VALIDATION` when every row has a `val_dice_mean` key, else `TEST`."""
+  return VALIDATION if all("val_dice_mean" in row for row in rows) else TEST
+
+
+def _dice(rows, steps, metric_: str) -> dict:
+  """{(volumes, slices per volume, seed): Dice} of the rows at `steps` whose Dice (`metric_`) is defined."""
+  key = _METRIC_KEY[metric_]
+  return {(row["volumes"], row["slices_per_volume"], row["seed"]): row[key] for row in rows
+          if row.get("steps") == steps and row.get(key) is not None}
+
+
+def allocation_check(rows, allocations, label, study: int, steps: int, tolerance: float,
+                     metric_: str = VALIDATION) -> dict | None:
   """The check of one re-trained selection and interpolation at one longer step count.
 
   Args:
@@ -103,6 +117,7 @@ def allocation_check(rows, allocations, label, study: int, steps: int, tolerance
     study, steps: the step count it moves from and the longer one it moves to (`steps_check`: the study's and a
       longer one, or a shorter one and the study's).
     tolerance: `stats.steps_tolerance`.
+    metric_: `VALIDATION` or `TEST`, the Dice it reads (`metric`).
 
   Returns:
     dict of `cells` (the labels), `fewest`, `most`, `from_steps` (`study`), `steps`, `seeds` (those with every
@@ -111,7 +126,7 @@ def allocation_check(rows, allocations, label, study: int, steps: int, tolerance
     and `difference` (fewest - most there), `moved` (difference - study_difference), `moved_per_seed` ({seed: that
     seed's own move}, whose mean is `moved`) and `stands` (|moved| < tolerance); None without such a seed.
   """
-  at_study, at_steps = _dice(rows, study), _dice(rows, steps)
+  at_study, at_steps = _dice(rows, study, metric_), _dice(rows, steps, metric_)
   seeds = sorted({key[2] for key in at_study} & {key[2] for key in at_steps})
   seeds = [s for s in seeds if all(a + (s,) in at_study and a + (s,) in at_steps for a in allocations)]
   if not seeds:
@@ -143,6 +158,7 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
   longer = sorted({s for p in points for s in points[p] if _longer(s, study)})
   shorter = sorted({s for p in points for s in points[p] if _longer(study, s)})
   checks, earlier, compared = [], [], False
+  metric_ = metric(rows)
   for (selection, interpolation), chosen in sorted(variants.items()):
     allocations = sorted({(cells_lib.key_field(p, "volumes"), cells_lib.key_field(p, "slices_per_volume"))
                           for p in chosen}, key=lambda a: a[1] or 0)
@@ -153,11 +169,11 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
     label = {a: cells_lib.label(dict(cell, volumes=a[0], slices_per_volume=a[1])) for a in allocations}
     mine = [row for row in rows if _variant(cells_lib.cell_key(row)) == (selection, interpolation)]
     for steps in longer:
-      check = allocation_check(mine, allocations, label, study, steps, tolerance)
+      check = allocation_check(mine, allocations, label, study, steps, tolerance, metric_)
       if check is not None:
         checks.append(check)
     for steps in shorter:
-      check = allocation_check(mine, allocations, label, steps, study, tolerance)
+      check = allocation_check(mine, allocations, label, steps, study, tolerance, metric_)
       if check is not None:
         earlier.append(check)
   reason = None
@@ -170,7 +186,8 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
              MORE if not all(c["stands"] for c in decided) else PENDING if len(decided) < len(checks) else STAND)
   if verdict == PENDING:
     reason = f"{min(len(c['seeds']) for c in checks)} of the {min_seeds} seeds it decides on"
-  return {"study_steps": study, "tolerance": tolerance, "min_seeds": min_seeds, "checks": earlier + checks,
+  return {"study_steps": study, "metric": metric_, "tolerance": tolerance, "min_seeds": min_seeds,
+          "checks": earlier + checks,
           "verdict": verdict, "reason": reason}
 
 
@@ -183,7 +200,8 @@ def steps_check(rows, tolerance: float, min_seeds: int = defaults.STATS["steps_s
     min_seeds: `stats.steps_seeds`, the fewest seeds a check decides on.
 
   Returns:
-    One dict per such budget, in table order: `dims`, `budget`, `reference`, `study_steps`, `tolerance`,
+    One dict per such budget, in table order: `dims`, `budget`, `reference`, `study_steps`, `metric` (the Dice
+    its checks read, `metric`), `tolerance`,
     `min_seeds`, `checks` (one `allocation_check` per re-trained selection and interpolation with two or more
     allocations, and other step count, with a seed at both: from each shorter step count to the study's, then from
     the study's to each longer one), `verdict` (`MORE` when a check to a longer step count with `min_seeds` seeds or
