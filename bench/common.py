@@ -1,8 +1,6 @@
 """Shared pieces of the benchmarks: a synthetic bank, the real training step, timing and machine description."""
 
 import json
-import os
-import platform
 import resource
 import statistics
 import time
@@ -12,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slicejax import config as config_lib
+from slicejax import environment
 from slicejax.training.inputs import sampler
 from slicejax.training import train
 
@@ -59,15 +58,8 @@ def peak_memory_mb() -> float:
 
 
 def machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  device = jax.devices()[0]
-  return {"backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)), "cpu": cpu,
-          "cores": os.cpu_count(), "jax": jax.__version__}
+  """`slicejax.environment.machine()` and the jax version: where a benchmark ran."""
+  return {**environment.machine(), "jax": jax.__version__}
 
 
 def strategies(arg: str) -> list:

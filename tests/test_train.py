@@ -220,6 +220,11 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
   assert timeless(resumed) == timeless(clean)
   assert all(1000.0 < row["group_train_seconds"] < 1000.0 + 600 for row in resumed)
+  # Each launch recorded its versions and machine; a row names the launch that trained it.
+  launches = [json.loads(line) for line in (tmp_path / "resumed" / "launches.jsonl").read_text().splitlines()]
+  assert [entry["launch"] for entry in launches] == [0, 1]
+  assert all(entry["versions"]["jax"] == jax.__version__ and entry["backend"] == "cpu" for entry in launches)
+  assert {row["launch"] for row in resumed} == {1} and {row["launch"] for row in clean} == {0}
 
 
 @pytest.mark.slow

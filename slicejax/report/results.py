@@ -17,8 +17,10 @@ builds rows; `slicejax.report` reads them. A row holds:
   `slicejax.evaluation.metrics`) are stored as null;
 - `diverged` (and `diverged_step` when true); with interpolation, `interp_dice` (Dice of the interpolated slices,
   null with nothing to interpolate) and `interp_slices`;
-- where it ran and how long it took: `group`, `model_index` (placement) and the `*_seconds` fields (timing). These
-  depend on the grid and the machine, not on the point, and `comparable` leaves them out.
+- where it ran and how long it took: `group`, `model_index`, `launch` (placement; `launch` is the line of
+  `WORKDIR/launches.jsonl`, `slicejax.environment`, that gives the versions and machine of the launch that trained
+  it) and the `*_seconds` fields (timing). These depend on the grid and the machine, not on the point, and
+  `comparable` leaves them out.
 """
 
 import fcntl
@@ -32,7 +34,7 @@ import numpy as np
 from slicejax.errors import InputError
 from slicejax import files
 
-PLACEMENT_FIELDS = ("group", "model_index")
+PLACEMENT_FIELDS = ("group", "model_index", "launch")
 
 
 def _number(value):

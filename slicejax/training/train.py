@@ -29,6 +29,7 @@ import optax
 
 from slicejax import config as config_lib
 from slicejax import console
+from slicejax import environment
 from slicejax.data import fingerprint as fingerprint_lib
 from slicejax.data import index as index_lib
 from slicejax.data import load as data_lib
@@ -608,7 +609,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
         lock.enter_context(workdir_lib.WorkdirLock(workdir))
       rundir = workdir_lib.check_config(workdir, json.loads(config.to_json_best_effort()), fresh=fresh,
                                         defaults=json.loads(config_lib.base().to_json_best_effort()))
+    launch = None
     if writer:
+      # The versions and machine this launch runs on; its rows name the line (`environment`).
+      launch = environment.record_launch(rundir)
       files.atomic_write(rundir / "groups.json", json.dumps(
           [{str(m): p.name for m, p in enumerate(rounds_lib.final_models(config, g))} for g in groups], indent=1))
       (rundir / "plans").mkdir(exist_ok=True)
@@ -653,6 +657,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
                                                                  getattr(dataset, "ignore_label", None))
         if needs_embeddings(point, config):
           row.update(costs)  # The encoder is part of the price of these plans.
+        if launch is not None:
+          row["launch"] = launch
       if writer:
         results.append_rows(results_path, rows)
         curves.flush()
