@@ -7,6 +7,7 @@ import math
 
 from slicejax import console
 from slicejax.report import cells as cells_lib
+from slicejax.report import recommendations as recommendations_lib
 from slicejax.report import statistics as stats
 from slicejax.report import steps as steps_lib
 
@@ -464,10 +465,15 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
           + " (`python -m slicejax.report --seconds_per_volume=... --seconds_per_slice=..."
           + (" --seconds_per_kilopixel=..." if cost.get("seconds_per_kilopixel") else "")
           + "` recomputes this view with a team's own timings). The best cell at each cost level (cells that beat "
-          "every cheaper one):", ""]
+          "every cheaper one; by mean Dice, descriptive, not a test; a budget the steps check holds says so):", ""]
+  held = {(r["dims"], r["budget"]): r["case"] for r in recommended
+          if r["case"] in (recommendations_lib.MORE_STEPS, recommendations_lib.STEPS_PENDING)}
   out += _table(["cost s", "dims", "allocation", "selection", "interpolation", "Dice"],
                 [[f"{c['cost']:g}", f"{c['dims']}D", f"{c['volumes']}×{c['slices_per_volume']}", c["selection"],
-                  "on" if c["interpolation"] else "off", _spread(c)] for c in frontier]) if frontier else ["—"]
+                  "on" if c["interpolation"] else "off",
+                  _spread(c) + (f" (budget {c['budget']} held: {held[(c['dims'], c['budget'])]})"
+                                if (c["dims"], c["budget"]) in held else "")]
+                 for c in frontier]) if frontier else ["—"]
   out += ["", "## Compute", "",
           f"{compute['models']:g} models: {console.duration(compute['train_seconds'])} of training and "
           f"{console.duration(compute['eval_seconds'])} of evaluation (sums of the rows' `train_seconds` and "
