@@ -67,7 +67,9 @@ CONVERGED = dict(features=16, batch_size=16, learning_rate=3e-3, warmup_steps=50
 # Budget 72 trained 2,000 steps until its doubling check failed (the extremes' difference moved by +0.010 at 4,000
 # steps; docs/hippocampus_study/converged/README.md, amendment of 2026-12-06): by the study's rule it trains again,
 # twice as long, and the doubling check follows it to 8,000.
-CONVERGED_STEPS = {36: 1500, 72: 4000, 144: 3000, 288: 4000}
+# Budget 144 was set at 3,000 from the pilot; raised to 4,000 on 2026-12-07, before any of its rows, since budget 72
+# failed its check at 2,000 and passed at 4,000: no budget trains fewer steps than a smaller one needed.
+CONVERGED_STEPS = {36: 1500, 72: 4000, 144: 4000, 288: 4000}
 CONVERGED_REFERENCE_STEPS = 6000
 CONVERGED_UAL_BUDGETS = (36, 144)  # ual at two budgets
 CONVERGED_INTERP_BUDGETS = (72, 288)  # interpolation on against off at two budgets
