@@ -14,8 +14,6 @@ import pathlib
 import platform
 import socket
 
-import jax
-
 from slicejax import __version__
 from slicejax import files
 
@@ -42,6 +40,7 @@ def cpu_model() -> str:
 
 def machine() -> dict:
   """{"backend", "device" (its kind), "devices" (count), "cpu", "cores"}: the hardware JAX runs on."""
+  import jax  # pylint: disable=g-import-not-at-top  (the report reads launches without JAX)
   device = jax.devices()[0]
   return {"backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
           "devices": jax.device_count(), "cpu": cpu_model(), "cores": os.cpu_count()}

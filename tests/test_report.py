@@ -618,6 +618,28 @@ def test_a_document_in_a_missing_folder_is_refused_before_anything_is_written(tm
 
 
 @pytest.mark.slow
+def test_compute_names_the_machines_of_the_merged_runs_and_the_rows_without_one(tmp_path):
+  rows = _study_rows()
+  launch = {"cpu": "CPU A", "cores": 2, "backend": "cpu", "python": "3.11.7",
+            "versions": {"jax": "0.10.2", "jaxlib": "0.10.2", "nibabel": None}}
+  first = _run_folder(tmp_path / "first", [dict(r, launch=0 if i % 2 else 1) for i, r in enumerate(rows[:6])])
+  (first / "launches.jsonl").write_text("".join(json.dumps(dict(launch, launch=i)) + "\n" for i in range(2)))
+  # A later run on a GPU machine, and rows written before launches were recorded (no `launch`, no file).
+  second = _run_folder(tmp_path / "second", rows[6:8])
+  gpu = dict(launch, backend="gpu", devices=1, device="H100", cores=16, cpu="CPU B")
+  (second / "launches.jsonl").write_text(json.dumps(dict(gpu, launch=0)) + "\n")
+  third = _run_folder(tmp_path / "third", rows[8:])
+  text = (summary.run([first, second, third], tmp_path / "merged") / "summary.md").read_text()
+  compute = text[text.index("## Compute"):]
+  assert "- CPU A, 2 cores (cpu); Python 3.11.7; jax 0.10.2, jaxlib 0.10.2: 2 launches" in compute
+  assert "- CPU B, 16 cores (1 x H100); Python 3.11.7; jax 0.10.2, jaxlib 0.10.2: 1 launch\n" in compute
+  assert f"- {len(rows) - 6} rows from launches that did not record their machine and versions" in compute
+  # A line that is not JSON is named with its file and line number.
+  (third / "launches.jsonl").write_text("\n{not json\n")
+  with pytest.raises(InputError, match=r"third/launches.jsonl:2: not a JSON line"):
+    summary.run([first, second, third], tmp_path / "refused")
+
+
 def test_runs_of_different_lengths_merge_when_their_budgets_differ(tmp_path):
   rows = _study_rows()
   short = _run_folder(tmp_path / "short", [dict(r, steps=100) for r in rows])

@@ -11,6 +11,7 @@ import pytest
 from slicejax.config import base
 from slicejax.data import load as data_lib
 from slicejax.report import results
+from slicejax.report import runs
 from slicejax.study import grid as study
 from slicejax.study import interpolation
 from slicejax.training.inputs import sampler
@@ -225,6 +226,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
   assert [entry["launch"] for entry in launches] == [0, 1]
   assert all(entry["versions"]["jax"] == jax.__version__ and entry["backend"] == "cpu" for entry in launches)
   assert {row["launch"] for row in resumed} == {1} and {row["launch"] for row in clean} == {0}
+  summary = (tmp_path / "resumed" / "summary.md").read_text()
+  assert f"- {runs.environment_label(launches[0])}: 2 launches" in summary and "did not record" not in summary
 
 
 @pytest.mark.slow

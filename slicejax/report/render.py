@@ -482,6 +482,14 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
              if compute.get("rounds") else "") + ")"
           + (f", and {console.duration(compute['encoder_seconds'])} for UAL slice encoders" if compute["encoder_seconds"]
              else "") + ".", ""]
+  environments = compute.get("environments") or {}
+  if environments or compute.get("unrecorded"):
+    out += ["Where the rows were trained (each launch's `launches.jsonl`; numbers can differ between machines and "
+            "library versions):", ""]
+    out += [f"- {label}: {n} launch{'es' if n > 1 else ''}" for label, n in environments.items()]
+    if compute.get("unrecorded"):
+      out += [f"- {compute['unrecorded']} rows from launches that did not record their machine and versions"]
+    out += [""]
   return "\n".join(out)
 
 

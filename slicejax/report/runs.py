@@ -9,6 +9,7 @@ steps (a steps check, `slicejax.report.steps`) merges with it; both rows of such
 import json
 import pathlib
 
+from slicejax import environment
 from slicejax.errors import InputError
 from slicejax.report import results
 from slicejax.report import steps as steps_lib
@@ -127,14 +128,56 @@ def read_runs(workdirs) -> tuple:
   return list(by_name.values()), next(iter(configs.values()))
 
 
-def compute_used(rows) -> dict:
+def read_launches(workdirs) -> list[dict]:
+  """The launch records (`slicejax.environment`) of the run folders, in order: each line of a folder's
+  `launches.jsonl`; a folder without one has none.
+
+  Raises:
+    InputError: naming the file and line that is not a JSON object.
+  """
+  launches = []
+  for workdir in workdirs:
+    path = pathlib.Path(workdir) / environment.LAUNCHES_NAME
+    if not path.is_file():
+      continue
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError as err:
+        raise InputError(f"{path}:{number}", f"not a JSON line ({err})") from err
+      if not isinstance(record, dict):
+        raise InputError(f"{path}:{number}", "not a JSON object")
+      launches.append(record)
+  return launches
+
+
+def environment_label(launch: dict) -> str:
+  """One launch's machine and versions in words, e.g. "AMD EPYC, 2 cores (cpu); jax 0.10.2, jaxlib 0.10.2, ...";
+  launches with the same label ran alike."""
+  versions = ", ".join(f"{name} {version}" for name, version in (launch.get("versions") or {}).items()
+                       if version is not None)
+  device = (launch.get("backend") if launch.get("backend") == "cpu"
+            else f"{launch.get('devices')} x {launch.get('device')}")
+  return f"{launch.get('cpu')}, {launch.get('cores')} cores ({device}); Python {launch.get('python')}; {versions}"
+
+
+def compute_used(rows, launches=()) -> dict:
   """What the rows cost to produce: `models` (trainings), `train_seconds` and `eval_seconds` (sums over rows, each
   row's share of its group; a point in rounds counts its shares of every round's models, `rounds_trained_models`,
   `rounds_train_seconds` and `rounds_eval_seconds`),
-  `encoder_seconds` (the UAL encoders', counted once per distinct value: every ual row of a run carries its run's)."""
+  `encoder_seconds` (the UAL encoders', counted once per distinct value: every ual row of a run carries its run's),
+  `environments` ({`environment_label`: the number of `launches` that ran so}) and `unrecorded` (rows without a
+  `launch`: trained before launches were recorded)."""
   encoders = {row["encoder_seconds"] for row in rows if row.get("encoder_seconds") is not None}
   spent = lambda row, kind: row.get(f"rounds_{kind}_seconds", row.get(f"{kind}_seconds")) or 0
+  environments = {}
+  for launch in launches:
+    label = environment_label(launch)
+    environments[label] = environments.get(label, 0) + 1
   return {"models": round(sum(row.get("rounds_trained_models", 1) for row in rows), 6),
           "train_seconds": float(sum(spent(row, "train") for row in rows)),
           "eval_seconds": float(sum(spent(row, "eval") for row in rows)),
-          "encoder_seconds": float(sum(encoders)), "rounds": any("rounds_train_seconds" in row for row in rows)}
+          "encoder_seconds": float(sum(encoders)), "rounds": any("rounds_train_seconds" in row for row in rows),
+          "environments": environments, "unrecorded": sum(1 for row in rows if "launch" not in row)}

@@ -28,7 +28,8 @@ from slicejax.report import runs
 from slicejax.report import steps
 
 
-def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "", document=None) -> None:
+def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "", document=None,
+                  launches=()) -> None:
   """Writes the study report of `rows` into `workdir`, each file replaced atomically.
 
   - `summary.md`: the rules (`statistics.rules_markdown`), the trust gate, the checks (the A/A comparisons,
@@ -50,6 +51,7 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
     cost: the annotation cost model; None: `cells.DEFAULT_COST`.
     preamble: markdown put before the summary (e.g. a study's protocol and commands).
     document: also write the summary (with its preamble) to this markdown file, its figure links relative to it.
+    launches: the launch records of the runs (`runs.read_launches`): the machines and versions "Compute" names.
   """
   workdir = os.fspath(workdir)
   options = comparisons_lib.stats_options(options)
@@ -68,7 +70,7 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
                                                 unconverged=unconverged)
   frontier = cells_lib.cost_frontier(cells)
   text = render.summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options,
-                                 runs.compute_used(rows), checks={"a_a": a_a, "steps": steps_check})
+                                 runs.compute_used(rows, launches), checks={"a_a": a_a, "steps": steps_check})
   if preamble:  # the preamble has the document's title
     text = text.removeprefix("# Study summary\n\n")
   pngs = figures.all_figures(cells, comparisons, cost)
@@ -128,7 +130,8 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
     raise InputError(str(document), "its folder does not exist (the report writes the file, not its folder)")
   out = pathlib.Path(out if out is not None else workdirs[0])
   out.mkdir(parents=True, exist_ok=True)
-  write_summary(out, rows, options, cost=cost, preamble=text, document=document)
+  write_summary(out, rows, options, cost=cost, preamble=text, document=document,
+                launches=runs.read_launches(workdirs))
   return out
 
 

@@ -40,6 +40,7 @@ from slicejax import files
 from slicejax.model import losses
 from slicejax.model import unet
 from slicejax.report import results
+from slicejax.report import runs as report_runs
 from slicejax.report import summary as report
 from slicejax.study import cost as cost_lib
 from slicejax.study import encoder
@@ -666,7 +667,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
     with distributed.writer_first("summary"):
       rows = results.read_rows(results_path)
       if writer:
-        report.write_summary(rundir, rows, config.stats.to_dict(), cost=config.cost.to_dict())
+        report.write_summary(rundir, rows, config.stats.to_dict(), cost=config.cost.to_dict(),
+                             launches=report_runs.read_launches([rundir]))
         console.plot_curves(rundir / "curves", rundir / "curves.png")
         console.say(f"wrote {results_path}, summary.md, summary.csv, the figures and curves.png")
   return rows
