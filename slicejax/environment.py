@@ -8,14 +8,11 @@ its line (`launch`), so that two rows that differ can be told apart from a chang
 
 import datetime
 import importlib.metadata
-import json
 import os
-import pathlib
 import platform
 import socket
 
 from slicejax import __version__
-from slicejax import files
 
 LAUNCHES_NAME = "launches.jsonl"
 # The distributions whose versions decide a run's numbers.
@@ -53,13 +50,3 @@ def describe() -> dict:
           "host": socket.gethostname(), "python": platform.python_version(), "slicejax": __version__,
           "versions": {name: _version(name) for name in PACKAGES}, **machine()}
 
-
-def record_launch(rundir) -> int:
-  """Appends `describe()` to `rundir/launches.jsonl` and returns its line number (from 0): the rows this launch
-  writes carry it as `launch`."""
-  path = pathlib.Path(rundir) / LAUNCHES_NAME
-  lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-  index = sum(1 for line in lines if line.strip())
-  files.atomic_write(path, "".join(line + "\n" for line in lines if line.strip())
-                     + json.dumps({"launch": index, **describe()}, sort_keys=True) + "\n")
-  return index

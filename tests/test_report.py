@@ -636,10 +636,11 @@ def test_compute_names_the_machines_of_the_merged_runs_and_the_rows_without_one(
   assert f"- {len(rows) - 6} rows from launches that did not record their machine and versions" in compute
   # A line that is not JSON is named with its file and line number.
   (third / "launches.jsonl").write_text("\n{not json\n")
-  with pytest.raises(InputError, match=r"third/launches.jsonl:2: not a JSON line"):
+  with pytest.raises(InputError, match=r"third/launches.jsonl:2: not valid JSON"):
     summary.run([first, second, third], tmp_path / "refused")
 
 
+@pytest.mark.slow
 def test_runs_of_different_lengths_merge_when_their_budgets_differ(tmp_path):
   rows = _study_rows()
   short = _run_folder(tmp_path / "short", [dict(r, steps=100) for r in rows])

@@ -231,7 +231,7 @@ def test_a_budget_whose_steps_check_fails_leaves_the_findings_and_holds_its_reco
   # The cost view's best cell at 16 s (0.75 beats budget 8's best, 4 x 2 at 0.7) comes from the held budget: it says so.
   cost = text[text.index("## Annotation cost"):text.index("## Compute")]
   assert "| 8 | 2D | 4×2 | random | off | 0.700 ± 0.000 (3) |" in cost
-  assert "| 16 | 2D | 16×1 | random | off | 0.750 ± 0.000 (2) (budget 16 held: inconclusive: more steps needed) |" in cost
+  assert "| 16 | 2D | 16×1 | random | off | 0.750 ± 0.000 (2) (budget 16 held: more steps needed) |" in cost
 
 
 def test_a_steps_check_with_fewer_seeds_than_it_decides_on_is_pending_and_holds_its_budget(tmp_path):

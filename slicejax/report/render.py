@@ -7,7 +7,6 @@ import math
 
 from slicejax import console
 from slicejax.report import cells as cells_lib
-from slicejax.report import recommendations as recommendations_lib
 from slicejax.report import statistics as stats
 from slicejax.report import steps as steps_lib
 
@@ -466,8 +465,8 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
           + (" --seconds_per_kilopixel=..." if cost.get("seconds_per_kilopixel") else "")
           + "` recomputes this view with a team's own timings). The best cell at each cost level (cells that beat "
           "every cheaper one; by mean Dice, descriptive, not a test; a budget the steps check holds says so):", ""]
-  held = {(r["dims"], r["budget"]): r["case"] for r in recommended
-          if r["case"] in (recommendations_lib.MORE_STEPS, recommendations_lib.STEPS_PENDING)}
+  held = {(e["dims"], e["budget"]): e["verdict"] for e in (checks or {}).get("steps", [])
+          if e["verdict"] in (steps_lib.MORE, steps_lib.PENDING) and not e["reference"]}
   out += _table(["cost s", "dims", "allocation", "selection", "interpolation", "Dice"],
                 [[f"{c['cost']:g}", f"{c['dims']}D", f"{c['volumes']}×{c['slices_per_volume']}", c["selection"],
                   "on" if c["interpolation"] else "off",

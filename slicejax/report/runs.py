@@ -129,28 +129,10 @@ def read_runs(workdirs) -> tuple:
 
 
 def read_launches(workdirs) -> list[dict]:
-  """The launch records (`slicejax.environment`) of the run folders, in order: each line of a folder's
-  `launches.jsonl`; a folder without one has none.
-
-  Raises:
-    InputError: naming the file and line that is not a JSON object.
-  """
-  launches = []
-  for workdir in workdirs:
-    path = pathlib.Path(workdir) / environment.LAUNCHES_NAME
-    if not path.is_file():
-      continue
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except ValueError as err:
-        raise InputError(f"{path}:{number}", f"not a JSON line ({err})") from err
-      if not isinstance(record, dict):
-        raise InputError(f"{path}:{number}", "not a JSON object")
-      launches.append(record)
-  return launches
+  """The launch records (`slicejax.environment`) of the run folders, in order: the lines of each folder's
+  `launches.jsonl`, read as result rows are (`results.read_rows`); a folder without one has none."""
+  return [launch for workdir in workdirs
+          for launch in results.read_rows(pathlib.Path(workdir) / environment.LAUNCHES_NAME)]
 
 
 def environment_label(launch: dict) -> str:

@@ -107,7 +107,7 @@ def _dice(rows, steps, metric_: str) -> dict:
 
 
 def allocation_check(rows, allocations, label, study: int, steps: int, tolerance: float,
-                     metric_: str = VALIDATION) -> dict | None:
+                     metric_: str) -> dict | None:
   """The check of one re-trained selection and interpolation at one longer step count.
 
   Args:

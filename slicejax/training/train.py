@@ -613,7 +613,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
     launch = None
     if writer:
       # The versions and machine this launch runs on; its rows name the line (`environment`).
-      launch = environment.record_launch(rundir)
+      launches = rundir / environment.LAUNCHES_NAME
+      launch = len(results.read_rows(launches))
+      results.append_rows(launches, [{"launch": launch, **environment.describe()}])
       files.atomic_write(rundir / "groups.json", json.dumps(
           [{str(m): p.name for m, p in enumerate(rounds_lib.final_models(config, g))} for g in groups], indent=1))
       (rundir / "plans").mkdir(exist_ok=True)
