@@ -2,8 +2,8 @@
 
 Training is deterministic on one machine with one set of libraries, but not across them: a float32 program compiled
 for another CPU, or by another jaxlib, rounds differently, and a long training (the UAL encoder's, a model's) then
-ends elsewhere. Each launch of a run appends `describe()` to `WORKDIR/launches.jsonl`, and every row it writes names
-its line (`launch`), so that two rows that differ can be told apart from a change of code.
+ends elsewhere. Each launch of a run that trains a group appends `describe()` to `WORKDIR/launches.jsonl`, and every
+row it writes names its line (`launch`), so that two rows that differ can be told apart from a change of code.
 """
 
 import datetime

@@ -179,6 +179,42 @@ def test_ual_and_interpolation_points(tmp_path):
   assert 0.0 <= by_name["2d_b8_s4_rho2_fixed_interp_seed0"]["interp_dice"] <= 1.0
 
 
+def test_a_rerun_keeps_the_recorded_ual_plans_and_rows_carry_their_plan(tmp_path):
+  import shutil
+  from slicejax.errors import InputError
+  config = load_config("configs/demo.py:tiny")
+  with config.unlocked():
+    config.study.update(selections=("fixed", "ual"), reference=False)
+    config.ual.encoder.update(steps=3, batch_size=8, features=(4, 8), embedding_dim=8, projection_dim=8)
+  first = train.train_and_evaluate(config, tmp_path / "first")
+  read = lambda folder, name: json.loads((tmp_path / folder / "plans" / f"{name}.json").read_text())
+  for row in first:  # each row names the slices it trained on, as plans/ records them
+    assert row["plan"] == read("first", row["name"])
+  ual, fixed = "2d_b8_s4_rho2_ual_seed0", "2d_b8_s4_rho2_fixed_seed0"
+  assert read("first", ual) != read("first", fixed)
+  # A run seeded on another machine with the committed config and plans, whose encoder chose other slices: here the
+  # recorded ual plan is the fixed one.
+  second = tmp_path / "second"
+  shutil.copytree(tmp_path / "first" / "plans", second / "plans")
+  shutil.copy(tmp_path / "first" / "config.json", second)
+  (second / "plans" / f"{ual}.json").write_text(json.dumps(read("first", fixed)))
+  rows = {row["name"]: row for row in train.train_and_evaluate(config, second)}
+  assert rows[ual]["plan"] == read("second", ual) == read("first", fixed)
+  # Same seed, same slices: the ual point trains exactly as the fixed one; every other point as in the first run.
+  assert rows[ual]["dice_mean"] == rows[fixed]["dice_mean"]
+  assert rows[ual]["annotated_foreground"] == rows[fixed]["annotated_foreground"]
+  timeless = lambda row: {k: v for k, v in results.comparable(row).items() if "seconds" not in k}
+  assert [timeless(rows[r["name"]]) for r in first if r["name"] != ual] == [timeless(r) for r in first
+                                                                          if r["name"] != ual]
+  # A recorded plan that does not fit its point stops the run with one line naming the file.
+  third = tmp_path / "third"
+  shutil.copytree(second, third, ignore=shutil.ignore_patterns("results.jsonl", "checkpoints"))
+  three_volumes = dict(list(read("first", fixed).items())[:3])
+  (third / "plans" / f"{ual}.json").write_text(json.dumps(three_volumes))
+  with pytest.raises(InputError, match=rf"{ual}\.json: plans 3 volumes where {ual} has 4"):
+    train.train_and_evaluate(config, third)
+
+
 def test_3d_points_train_and_evaluate(tmp_path):
   config = load_config("configs/demo.py:tiny")
   with config.unlocked():

@@ -111,6 +111,23 @@ def test_plan_reproducible_and_roi():
   assert all(5 <= i < 10 for v in plan.values() for i in v)
 
 
+def test_a_recorded_plan_is_read_back_and_one_that_does_not_fit_its_point_is_refused(tmp_path):
+  depths = {"c0": 20, "c1": 20, "c2": 5}
+  point = study.Point(2, 4, 2, 2, "ual", False, 0)
+  path = tmp_path / "p.json"
+  path.write_text('{"c1": [7, 3], "c0": [0, 19]}')
+  assert study.read_plan(path, point, depths) == {"c0": [0, 19], "c1": [3, 7]}
+  for text, problem in [("{", "unreadable plan"), ('{"c0": [1.0, 2]}', "not a plan"),
+                        ('{"c0": [1, 2], "c9": [1, 2]}', r"plans case\(s\) \['c9'\] that the training pool"),
+                        ('{"c0": [1, 2]}', "plans 1 volumes where 2d_b4_s2_rho2_ual_seed0 has 2"),
+                        ('{"c0": [1, 2], "c1": [3, 3]}', r"c1: slices \[3, 3\] are not 2 distinct slices of its 20"),
+                        ('{"c0": [1, 2], "c1": [3, 4, 5]}', "c1: slices"),
+                        ('{"c0": [1, 2], "c2": [4, 5]}', r"c2: slices \[4, 5\] are not 2 distinct slices of its 5")]:
+    path.write_text(text)
+    with pytest.raises(InputError, match=rf"^{path}: {problem}"):
+      study.read_plan(path, point, depths)
+
+
 def test_groups_split_by_dims_and_size():
   points = [study.Point(d, 4, 4, 1, "random", False, s) for d in (3, 2) for s in range(5)]
   groups = study.group(points, 2)

@@ -228,6 +228,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
   assert {row["launch"] for row in resumed} == {1} and {row["launch"] for row in clean} == {0}
   summary = (tmp_path / "resumed" / "summary.md").read_text()
   assert f"- {runs.environment_label(launches[0])}: 2 launches" in summary and "did not record" not in summary
+  # A launch that finds every group done trains nothing and records nothing.
+  assert timeless(train.train_and_evaluate(config, tmp_path / "resumed")) == timeless(clean)
+  assert len((tmp_path / "resumed" / "launches.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ so allocations differ only in what the study varies. Slice choices inside a volu
 
 import dataclasses
 import itertools
+import json
+import pathlib
 import zlib
 from typing import Mapping, Optional, Sequence
 
@@ -225,3 +227,31 @@ def make_plan(point: Point, depths: Mapping[str, int], *, roi=(), options=None,
                              embeddings=features, options=options)
     plan[case] = [int(i) + lo for i in picked]
   return plan
+
+
+def read_plan(path, point: Point, depths: Mapping[str, int]) -> dict:
+  """The plan `path` records for `point` (`plans/<point>.json` of a workdir), checked against the training pool's
+  `depths`: the point's volumes, each with its slices per volume, distinct and inside the volume.
+
+  Raises:
+    InputError: naming the file and the problem.
+  """
+  path = pathlib.Path(path)
+  try:
+    plan = json.loads(path.read_text())
+  except (OSError, ValueError) as err:
+    raise InputError(path, f"unreadable plan: {err}") from None
+  if not isinstance(plan, dict) or not all(isinstance(s, list) and all(type(i) is int for i in s)
+                                           for s in plan.values()):
+    raise InputError(path, "not a plan: expected an object of case id -> list of slice indices")
+  unknown = sorted(set(plan) - set(depths))
+  if unknown:
+    raise InputError(path, f"plans case(s) {unknown[:3]} that the training pool does not hold")
+  if len(plan) != point.volumes:
+    raise InputError(path, f"plans {len(plan)} volumes where {point.name} has {point.volumes}")
+  for case, slices in sorted(plan.items()):
+    if (len(slices) != point.slices_per_volume or len(set(slices)) != len(slices)
+        or not all(0 <= i < depths[case] for i in slices)):
+      raise InputError(path, f"{case}: slices {slices} are not {point.slices_per_volume} distinct slices of its "
+                       f"{depths[case]}")
+  return {case: sorted(slices) for case, slices in sorted(plan.items())}

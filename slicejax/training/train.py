@@ -8,10 +8,10 @@ axis (`slicejax.training.parallel`), each with its own parameters, optimiser sta
 stream, whose keys come from its point's study seed alone; they share the step count and schedule, so budgets differ
 only in data.
 
-The workdir is the unit of record: `config.json` (the resolved config), `groups.json` (group -> model index ->
-point), `plans/<point>.json` (annotation plans), `results.jsonl` (one row per trained model, `slicejax.report.results`),
-`curves/` (TensorBoard loss curves) and the summary files. A group whose rows are all in results.jsonl is skipped
-when the same command runs again.
+The workdir is the unit of record: `config.json` (the resolved config), `groups.json` (group -> model index -> point),
+`plans/<point>.json` (annotation plans; a rerun keeps the recorded `ual` ones, `keep_recorded_plans`), `results.jsonl`
+(one row per trained model, `slicejax.report.results`), `curves/` (TensorBoard loss curves) and the summary files. A
+group whose rows are all in results.jsonl is skipped when the same command runs again.
 """
 
 import contextlib
@@ -461,6 +461,29 @@ def plan_of(config, point, depths, embeddings=None) -> dict:
   return study.make_plan(point, depths, roi=config.study.roi, options=options, embeddings=embeddings)
 
 
+def keep_recorded_plans(config, rundir: pathlib.Path, points, plans: dict, depths) -> dict:
+  """`plans` with the embedding-made plan of each one-shot point that `rundir/plans/` already holds put back.
+
+  A `ual` plan comes from slice embeddings, and the encoder trained on another machine (CPU, library build) gives
+  other embeddings and so other slices. A run resumed there, or seeded there from committed rows and plans, keeps the
+  slices its first launch chose, so that every group of a run trains on one set of plans. Random and fixed plans are
+  the same everywhere and are made afresh; a round point's round 0 is kept by its round record
+  (`rounds.read_record`).
+  """
+  out, moved = dict(plans), []
+  for point in points:
+    path = rundir / "plans" / f"{point.name}.json"
+    if point.reference or point.rounds > 1 or not needs_embeddings(point, config) or not path.is_file():
+      continue
+    out[point.name] = study.read_plan(path, point, depths)
+    if out[point.name] != {c: sorted(int(i) for i in s) for c, s in plans[point.name].items()}:
+      moved.append(point.name)
+  if moved:
+    console.say(f"{len(moved)} plan(s) made from slice embeddings differ from the ones {rundir / 'plans'} records "
+                f"(e.g. {moved[0]}): the recorded ones are kept")
+  return out
+
+
 def prepare(config):
   """Checks every input (`read_inputs`) and builds every group's points and plans; writes nothing but cache entries.
 
@@ -610,12 +633,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
         lock.enter_context(workdir_lib.WorkdirLock(workdir))
       rundir = workdir_lib.check_config(workdir, json.loads(config.to_json_best_effort()), fresh=fresh,
                                         defaults=json.loads(config_lib.base().to_json_best_effort()))
-    launch = None
+      plans = keep_recorded_plans(config, rundir, [p for g in groups for p in g], plans,
+                                  {v.case_id: v.depth for v in splits["train"]})
+    launch, recorded = None, False
     if writer:
-      # The versions and machine this launch runs on; its rows name the line (`environment`).
+      # The versions and machine this launch runs on, recorded before its first group trains (a launch that finds
+      # every group done records nothing); its rows name the line (`environment`).
       launches = rundir / environment.LAUNCHES_NAME
       launch = len(results.read_rows(launches))
-      results.append_rows(launches, [{"launch": launch, **environment.describe()}])
       files.atomic_write(rundir / "groups.json", json.dumps(
           [{str(m): p.name for m, p in enumerate(rounds_lib.final_models(config, g))} for g in groups], indent=1))
       (rundir / "plans").mkdir(exist_ok=True)
@@ -638,6 +663,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       if all(p.name in done for p in group_points):
         console.say(f"group {index}: results exist, skipped")
         continue
+      if writer and not recorded:
+        results.append_rows(launches, [{"launch": launch, **environment.describe()}])
+        recorded = True
       dims = group_points[0].dims
       estimate = eval_per_model[dims] * len(group_points) if dims in eval_per_model else None
       group_config = with_steps(config, steps_of(config, group_points[0]))
@@ -658,6 +686,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
         # The work the plan asked for: the foreground of its annotated slices (`slicejax.study.cost`).
         row["annotated_foreground"] = cost_lib.foreground_pixels(final[point.name], splits["train"],
                                                                  getattr(dataset, "ignore_label", None))
+        if not point.reference:  # The slices the model trained on (the reference trains on every slice).
+          row["plan"] = final[point.name]
         if needs_embeddings(point, config):
           row.update(costs)  # The encoder is part of the price of these plans.
         if launch is not None:
