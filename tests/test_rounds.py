@@ -30,7 +30,9 @@ def _point(rho=4, r=3, selection="entropy", free=False, volumes=2, seed=0):
 
 
 def test_quotas_split_rho_over_the_rounds():
-  assert rounds.quotas(_point(rho=5, r=3), 0.5) == [2, 2, 1]
+  assert rounds.quotas(_point(rho=5, r=3), 0.5) == [3, 1, 1]  # 2.5 rounds half up
+  assert rounds.quotas(_point(rho=3, r=2), 0.5) == [2, 1]  # 1.5 too
+  assert rounds.quotas(_point(rho=5, r=3), 0.4) == [2, 2, 1]
   assert rounds.quotas(_point(rho=4, r=3), 0.5) == [2, 1, 1]
   assert rounds.quotas(_point(rho=2, r=2), 0.5) == [1, 1]
   assert rounds.quotas(_point(rho=4, r=4), 0.9) == [1, 1, 1, 1]  # every round adds at least one slice
@@ -190,23 +192,59 @@ def test_rounds_reach_exactly_the_budget_and_never_repeat_a_slice(setup, clean):
   assert runs.compute_used(clean["rows"])["models"] == rounds.trainings(setup["config"], setup["points"]) == 16
 
 
-def test_labels_of_unchosen_slices_are_never_read(setup, clean, tmp_path):
-  chosen = {}
-  for row in clean["rows"]:
-    for h in row["round_history"]:
-      for case, slices in h["added"].items():
-        chosen.setdefault(case, set()).update(slices)
+def _every_method(setup):
+  """The four methods, fixed and free, uncertainty weighted by predicted foreground, with slice embeddings (image
+  pixels) for hybrid: (setup, embeddings)."""
+  config = setup["config"].copy_and_resolve_references()
+  config.study.selections = ("entropy", "ensemble", "hybrid", "passive")
+  config.rounds.foreground = True
+  dataset, splits, depths, points, plans = train.read_inputs(config, use_cache=False)
+  pixels = {v.case_id: np.asarray(v.image[..., 0], np.float32).reshape(len(v.label), -1)[:, ::3]
+            for v in splits["train"]}
+  plans.update({p.name: train.plan_of(config, p, depths, pixels) for p in points if p.name not in plans})
+  sizes = two_d.data_sizes(config, points, [plans[p.name] for p in points])
+  return {**setup, "config": config, "dataset": dataset, "splits": splits, "points": points, "plans": plans,
+          "sizes": sizes}, (lambda: pixels)
+
+
+def _rounds(setup, rundir, embeddings, splits=None, train_group=train.train_group):
+  (pathlib.Path(rundir) / "plans").mkdir(parents=True, exist_ok=True)
+  return rounds.train_rounds(setup["config"], setup["points"], setup["plans"], splits or setup["splits"],
+                             setup["dataset"], 0, rundir, train_group=train_group, sizes=setup["sizes"],
+                             programs=setup["programs"], embeddings=embeddings)
+
+
+def test_a_label_is_read_only_once_its_slice_is_annotated(setup, tmp_path):
+  every, embeddings = _every_method(setup)
+  clean = _rounds(every, tmp_path / "clean", embeddings)
+  assert [r["selection"] for r in clean] == ["entropy", "entropy", "ensemble", "ensemble", "hybrid", "hybrid",
+                                             "passive", "passive"]
+  for point, row in zip(every["points"], clean):
+    added = [(c, s) for h in row["round_history"] for c, slices in h["added"].items() for s in slices]
+    assert len(added) == len(set(added)) == point.budget == 8
+  # The pool's labels are noise; each round's training gets the true labels of the slices its models' plans hold by
+  # then, and nothing else. Any label read before its slice is annotated (a later round's, or one never chosen)
+  # would change a selection or a row.
   rng = np.random.default_rng(0)
-  garbled = []
-  for volume in setup["splits"]["train"]:
-    label = rng.integers(0, setup["dataset"].num_classes, volume.label.shape).astype(volume.label.dtype)
-    keep = sorted(chosen.get(volume.case_id, ()))
-    label[keep] = volume.label[keep]
-    garbled.append(dataclasses.replace(volume, label=label))
-  rows = _run(setup, tmp_path, splits={**setup["splits"], "train": garbled})
-  assert [results.comparable(r)["round_history"] for r in rows] == [
-      results.comparable(r)["round_history"] for r in clean["rows"]]
-  assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean["rows"]]
+  truth = {v.case_id: v.label for v in every["splits"]["train"]}
+  noise = [dataclasses.replace(v, label=rng.integers(0, every["dataset"].num_classes, v.label.shape).astype(
+      v.label.dtype)) for v in every["splits"]["train"]]
+
+  def train_group(config, points, plans, splits, *args, **kwargs):
+    annotated = collections.defaultdict(set)
+    for plan in plans:
+      for case, slices in plan.items():
+        annotated[case].update(slices)
+    pool = []
+    for volume in splits["train"]:
+      label, keep = volume.label.copy(), sorted(annotated[volume.case_id])
+      label[keep] = truth[volume.case_id][keep]
+      pool.append(dataclasses.replace(volume, label=label))
+    return train.train_group(config, points, plans, {**splits, "train": pool}, *args, **kwargs)
+
+  rows = _rounds(every, tmp_path / "noise", embeddings, splits={**every["splits"], "train": noise},
+                 train_group=train_group)
+  assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean]
 
 
 class Killed(Exception):
@@ -229,6 +267,41 @@ def test_a_kill_at_a_round_boundary_resumes_with_identical_rows(setup, clean, tm
   rows = _run(setup, tmp_path, calls=calls)
   assert calls == ["group_0_round_1", "group_0"]  # round 0 is not trained again
   assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean["rows"]]
+
+
+def test_a_kill_after_a_round_trained_and_before_its_next_slices_resumes_with_identical_rows(setup, clean, tmp_path,
+                                                                                              monkeypatch):
+  choose = rounds.next_round
+
+  def kill_in_round_2(*args, **kwargs):
+    if args[5] == 2:  # round 1 trained and recorded, round 2's slices not yet chosen
+      raise Killed()
+    return choose(*args, **kwargs)
+
+  monkeypatch.setattr(rounds, "next_round", kill_in_round_2)
+  with pytest.raises(Killed):
+    _run(setup, tmp_path)
+  monkeypatch.undo()
+  calls = []
+  rows = _run(setup, tmp_path, calls=calls)
+  # Round 1 restores its finished checkpoint (nothing trains again) and chooses the same slices.
+  assert calls == ["group_0_round_1", "group_0"]
+  assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean["rows"]]
+
+
+def test_a_last_round_short_of_the_budget_is_refused(setup, tmp_path, monkeypatch):
+  choose = rounds.next_round
+
+  def one_slice_short(*args, **kwargs):
+    added = choose(*args, **kwargs)
+    name = next(iter(added))
+    case = next(iter(added[name]))
+    return {**added, name: {**added[name], case: added[name][case][1:]}}
+
+  monkeypatch.setattr(rounds, "next_round", one_slice_short)
+  with pytest.raises(InputError, match=r"^study.round_budgets: the last round would train "
+                                       r"2d_b8_s2_rho4_entropy_r3_seed0 \(6\) on fewer slices than the budget"):
+    _run(setup, tmp_path)
 
 
 def _with(setup, **rounds_options):

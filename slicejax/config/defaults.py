@@ -192,7 +192,7 @@ def base() -> ml_collections.ConfigDict:
   # adds more.
   c.rounds = ml_collections.ConfigDict(dict(
       first_selection="fixed",  # round 0's one-shot selection: random, fixed or ual
-      first_share=0.5,          # share of each volume's rho slices annotated in round 0 (at least 1)
+      first_share=0.5,          # share of each volume's rho slices annotated in round 0 (half up; at least 1)
       warm_start=False,         # a round starts from the previous round's parameters (fresh optimiser); False:
                                 # every round trains from the same initialisation
       members=4,                # `ensemble`: K models of different seeds trained together on the model axis

@@ -1,9 +1,10 @@
 """Selection in rounds: a point reaches its budget B over R rounds, each choosing slices with the models trained on
 the slices chosen before.
 
-The schedule (`quotas`): every one of the point's s volumes gets rho slices in all, `q_0 = max(1, round(
-rounds.first_share x rho))` of them in round 0 and the rest split as evenly as possible over rounds 1..R-1 (the
-earlier rounds take the remainder), so round r adds `s x q_r` slices and the last round ends at exactly B.
+The schedule (`quotas`): every one of the point's s volumes gets rho slices in all, `q_0 = max(1,
+rounds.first_share x rho rounded half up)` of them in round 0 (at most rho - (R - 1), so that every later round adds
+one) and the rest split as evenly as possible over rounds 1..R-1 (the earlier rounds take the remainder), so round r
+adds `s x q_r` slices and the last round ends at exactly B.
 
   * Round 0 is a one-shot plan: `rounds.first_selection` (random, fixed or ual) at q_0 slices per volume, in the
     volumes a one-shot point of the same s and seed annotates (`study.make_plan`); with random or fixed, q_0 of the
@@ -33,6 +34,7 @@ same selections, so its rows equal an uninterrupted run's.
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import zlib
 
@@ -59,7 +61,8 @@ MEMBER_SEED_STRIDE = 1 << 20
 def quotas(point: study.Point, first_share: float) -> list:
   """Slices per volume added in each of the point's rounds: `[R]` positive ints summing to rho."""
   rho, rounds = point.slices_per_volume, point.rounds
-  first = min(max(1, round(first_share * rho)), rho - (rounds - 1))
+  # Half up, not Python's half to even: a share of 0.5 gives 2 of 3 slices and 3 of 5 alike.
+  first = min(max(1, math.floor(first_share * rho + 0.5)), rho - (rounds - 1))
   rest, extra = divmod(rho - first, rounds - 1)
   return [first] + [rest + (1 if r < extra else 0) for r in range(rounds - 1)]
 
@@ -414,6 +417,11 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
     if (not last and len(entries) > r + 1 and "val_dice" in entries[r]
         and not (config.rounds.warm_start and not _has_checkpoint(folder(r + 1)))):
       continue  # trained, and the next round's slices chosen
+    short = [f"{p.name} ({sum(map(len, plans[p.name].values()))})" for p in points
+             if last and sum(map(len, plans[p.name].values())) != p.budget]
+    if short:  # the candidates ran out before the budget (a narrow `study.roi`, volumes of few slices)
+      raise InputError("study.round_budgets", f"the last round would train {', '.join(short)} on fewer slices than "
+                       "the budget: their volumes offer too few candidate slices")
     keep = {}
     chosen = round_models(config, points, r)
     models_r, owners_r = [m for m, _ in chosen], [o for _, o in chosen]
