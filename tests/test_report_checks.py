@@ -189,6 +189,13 @@ def test_the_steps_check_keeps_the_study_rows_and_follows_the_extremes():
       "or more).", ""]
 
 
+def test_a_movement_next_to_the_tolerance_shows_on_which_side_it_lies():
+  assert render.moved_text(0.004962, 0.005) == "+0.00496"  # not "+0.005 (by less than 0.005)"
+  assert render.moved_text(-0.00504, 0.005) == "-0.00504"
+  assert render.moved_text(0.005, 0.005) == "+0.005"
+  assert render.moved_text(0.0039, 0.005) == "+0.004" and render.moved_text(0.0121, 0.005) == "+0.012"
+
+
 def test_the_steps_check_reads_validation_dice_and_test_dice_only_without_it():
   study, longer = _steps_rows()
   # Budget 16 with validation Dice: 16 x 1 gains 1/64 in test Dice at 200 steps, but nothing in validation Dice, so
