@@ -251,40 +251,33 @@ class Killed(Exception):
   pass
 
 
-def test_a_kill_at_a_round_boundary_resumes_with_identical_rows(setup, clean, tmp_path, monkeypatch):
-  write = rounds._write_record
+@pytest.mark.parametrize("kill", ["once round 1's slices are recorded", "once round 1 trained, before round 2's slices"])
+def test_a_kill_at_a_round_boundary_resumes_with_identical_rows(setup, clean, tmp_path, monkeypatch, kill):
+  if kill.startswith("once round 1's"):
+    write = rounds._write_record
 
-  def write_then_kill(rundir, group_index, names, entries):
-    write(rundir, group_index, names, entries)
-    if len(entries) == 2 and "val_dice" not in entries[1]:  # round 1's slices chosen, its training not started
-      raise Killed()
+    def write_then_kill(rundir, group_index, names, entries):
+      write(rundir, group_index, names, entries)
+      if len(entries) == 2 and "val_dice" not in entries[1]:  # round 1's slices chosen, its training not started
+        raise Killed()
 
-  monkeypatch.setattr(rounds, "_write_record", write_then_kill)
+    monkeypatch.setattr(rounds, "_write_record", write_then_kill)
+  else:
+    choose = rounds.next_round
+
+    def kill_in_round_2(*args, **kwargs):
+      if args[5] == 2:  # round 1 trained and recorded, round 2's slices not yet chosen
+        raise Killed()
+      return choose(*args, **kwargs)
+
+    monkeypatch.setattr(rounds, "next_round", kill_in_round_2)
   with pytest.raises(Killed):
     _run(setup, tmp_path)
   monkeypatch.undo()
   calls = []
   rows = _run(setup, tmp_path, calls=calls)
-  assert calls == ["group_0_round_1", "group_0"]  # round 0 is not trained again
-  assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean["rows"]]
-
-
-def test_a_kill_after_a_round_trained_and_before_its_next_slices_resumes_with_identical_rows(setup, clean, tmp_path,
-                                                                                              monkeypatch):
-  choose = rounds.next_round
-
-  def kill_in_round_2(*args, **kwargs):
-    if args[5] == 2:  # round 1 trained and recorded, round 2's slices not yet chosen
-      raise Killed()
-    return choose(*args, **kwargs)
-
-  monkeypatch.setattr(rounds, "next_round", kill_in_round_2)
-  with pytest.raises(Killed):
-    _run(setup, tmp_path)
-  monkeypatch.undo()
-  calls = []
-  rows = _run(setup, tmp_path, calls=calls)
-  # Round 1 restores its finished checkpoint (nothing trains again) and chooses the same slices.
+  # Round 0 is not trained again; a round 1 that had trained restores its finished checkpoint and chooses the same
+  # slices.
   assert calls == ["group_0_round_1", "group_0"]
   assert [results.comparable(r) for r in rows] == [results.comparable(r) for r in clean["rows"]]
 
