@@ -178,7 +178,8 @@ def _steps_markdown(entries) -> list[str]:
       per_seed = ", ".join(f"{m:+.3f}" for m in c["moved_per_seed"].values())
       before = (steps_label(c["from_steps"], e), c["study_dice"], c["study_difference"], "—")
       after = (steps_label(c["steps"], e), c["dice"], c["difference"],
-               moved_text(c["moved"], e["tolerance"]) + (f" (per seed {per_seed})" if len(c["moved_per_seed"]) > 1 else ""))
+               moved_text(c["moved"], e["tolerance"])
+               + (f" (per seed {per_seed})" if len(c["moved_per_seed"]) > 1 else ""))
       for steps, dice, difference, moved in (before, after):
         lines.append([f"{e['dims']}D", str(e["budget"]), steps, ", ".join(map(str, c["seeds"])),
                       "; ".join(f"{cell} {d:.3f}" for cell, d in dice.items()), f"{difference:+.3f}", moved])
@@ -191,7 +192,8 @@ def _steps_markdown(entries) -> list[str]:
       out.append(f"- {where}: **{e['verdict']}** ({e['reason']}).")
       continue
     out.append(f"- {where}: **{e['verdict']}**" + (f" ({e['reason']})" if e["reason"] else "") + ": " + "; ".join(
-        f"{c['fewest']} − {c['most']} moved {moved_text(c['moved'], e['tolerance'])} from {c['from_steps']} to {c['steps']} steps "
+        f"{c['fewest']} − {c['most']} moved {moved_text(c['moved'], e['tolerance'])} from {c['from_steps']} to "
+        f"{c['steps']} steps "
         f"({'by less than' if c['stands'] else 'by'} {e['tolerance']:g}{'' if c['stands'] else ' or more'}"
         f"{'' if len(c['seeds']) >= e['min_seeds'] else ', so far'})" for c in e["checks"])
         + (f"; the study's rows are those at {e['study_steps']} steps" if e["verdict"] == steps_lib.RETRAINED else "")

@@ -417,8 +417,8 @@ def train_rounds(config, points, first_plans: dict, splits, dataset, group_index
     if (not last and len(entries) > r + 1 and "val_dice" in entries[r]
         and not (config.rounds.warm_start and not _has_checkpoint(folder(r + 1)))):
       continue  # trained, and the next round's slices chosen
-    short = [f"{p.name} ({sum(map(len, plans[p.name].values()))})" for p in points
-             if last and sum(map(len, plans[p.name].values())) != p.budget]
+    held = {p.name: sum(map(len, plans[p.name].values())) for p in points} if last else {}
+    short = [f"{p.name} ({held[p.name]})" for p in points if last and held[p.name] != p.budget]
     if short:  # the candidates ran out before the budget (a narrow `study.roi`, volumes of few slices)
       raise InputError("study.round_budgets", f"the last round would train {', '.join(short)} on fewer slices than "
                        "the budget: their volumes offer too few candidate slices")
