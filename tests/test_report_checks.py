@@ -369,6 +369,31 @@ def test_a_later_part_at_the_study_s_steps_merges_beside_a_steps_check(tmp_path)
     summary.run([grid_run, doubling, late], tmp_path / "refused")
 
 
+def test_a_later_part_at_the_length_a_budget_was_trained_again_to_merges(tmp_path):
+  study, _ = _steps_rows()
+  budget_8 = [r for r in study if r["budget"] == 8]  # 8 x 1, 2 x 4 and 4 x 2 random, seeds 0-2, at 100 steps
+  grid_run = _run_folder(tmp_path / "grid", budget_8, 100)
+  again = [dict(r, steps=200, dice_mean=r["dice_mean"] + 0.0625) for r in budget_8]
+  extra_rows = [_row(s, 0.9, slices=4, selection="fixed", steps_=200) for s in range(3)]
+  extra = _run_folder(tmp_path / "extra", extra_rows, 200)
+  # Every point of budget 8 trained again at 200 steps, in two parts: 200 is the budget's study step count, so the
+  # later cell at 200 steps (2 x 4 fixed, which no run holds at 100) merges, in any order, and is compared with the
+  # 200-step rows.
+  retrain = [_run_folder(tmp_path / "retrain_a", again[:4], 200), _run_folder(tmp_path / "retrain_b", again[4:], 200)]
+  for order in ([grid_run, *retrain, extra], [extra, retrain[1], grid_run, retrain[0]]):
+    out = summary.run(order, tmp_path / f"merged_{order[0].name}")
+    report = json.loads((out / "findings.json").read_text())
+    assert [e["verdict"] for e in report["steps_check"]] == ["retrained"]
+    (selection,) = [c for c in report["comparisons"] if c["a"]["selection"] == "fixed"]
+    assert (selection["b"]["selection"], selection["b"]["slices_per_volume"], selection["n_pairs"]) == ("random", 4, 3)
+    assert selection["mean_diff"] == pytest.approx(0.9 - (0.6875 + 0.75 + 0.625) / 3 - 0.0625)
+  # One point not trained again (4 x 2, seed 2): the budget's study steps stay 100, and the later cell is refused.
+  partial = _run_folder(tmp_path / "partial", again[:-1], 200)
+  with pytest.raises(InputError, match="train.steps is 200 here but 100 .* or at the length every point of a budget "
+                                       "was trained again to"):
+    summary.run([grid_run, partial, extra], tmp_path / "refused")
+
+
 def _needed(seed_sd, volume_var, num_volumes):
   """`comparisons.seeds_needed` of one family pooled from one 3-seed comparison."""
   comparison = {"family": "allocation", "seed_sd": seed_sd, "n_pairs": 3, "volume_var": volume_var,

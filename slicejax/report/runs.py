@@ -3,7 +3,8 @@
 Several runs merge into one report only if they trained on the same data, split, network and training
 (`check_compatible`): a grid split over machines, or more seeds run later. Their union gives the same summary as one
 run of all their points. One exception: a run that trains some points of another again for a different number of
-steps (a steps check, `slicejax.report.steps`) merges with it; both rows of such a point are kept.
+steps (a steps check, `slicejax.report.steps`) merges with it; both rows of such a point are kept. So does a later
+part at a budget whose every point was trained again at the later part's length: its rows are the budget's study rows.
 """
 
 import json
@@ -21,7 +22,8 @@ MERGE_KEYS = ("seed", "data", "model", "three_d", "train", "interpolation", "ual
 _MERGE_IGNORED = ("data.root", "data.cache_dir", "data.missing_root_hint")
 # Keys of the training length: they may differ between runs whose rows share no (dims, budget), since cells are
 # compared only at equal budget (a study may train each budget to its own plateau), and between runs of different
-# `train.steps` where, at every budget they share, one holds only points of the other (a steps check).
+# `train.steps` where, at every budget they share, one holds only points of the other (a steps check) or the budget's
+# every point was trained again at one of the two lengths.
 SCHEDULE_KEYS = ("train.steps", "train.warmup_steps", "train.checkpoint_every", "train.log_every", "eval.curve_points")
 
 
@@ -44,6 +46,24 @@ def _retrained_budgets(points: dict, steps: dict) -> dict:
           for path, here in points.items()}
 
 
+def _complete_budgets(points: dict, steps: dict) -> dict:
+  """{budget: the longest step count at which, over all runs, every cell of the budget has every seed it has at any
+  step count (`steps.complete`)}; budgets without one are left out. Such a budget's study rows are those at that step
+  count, and every point trained at another count is trained at it too (`steps.study_rows`).
+
+  Args:
+    points: `check_compatible`'s points.
+    steps: {path: its `train.steps`}.
+  """
+  seeds = {}
+  for path, here in points.items():
+    for budget, keys in here.items():
+      for key in keys:
+        seeds.setdefault(budget, {}).setdefault(key[:-1], {}).setdefault(steps[path], set()).add(key[-1])
+  counts = {budget: steps_lib.complete(by_cell) for budget, by_cell in seeds.items()}
+  return {budget: found[-1] for budget, found in counts.items() if found}
+
+
 def check_compatible(configs: dict, dims: dict | None = None, points: dict | None = None) -> None:
   """Refuses to merge runs that differ in data, split, network or training.
 
@@ -54,8 +74,9 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
     points: {the same paths: {(dims, budget, reference): the set of points (`steps.point_key`) its rows hold
       there}}; runs that share no budget may differ in `SCHEDULE_KEYS`, and so may runs of different `train.steps`
       where, at every budget they share, one of the two trains only points of a run of another `train.steps` again
-      (`_retrained_budgets`): a steps check of the other, or of a third run that trained as long as the other. None:
-      they may not.
+      (`_retrained_budgets`): a steps check of the other, or of a third run that trained as long as the other; or
+      where the budget's study step count, over all runs (`_complete_budgets`), is one of the two (a part added at
+      the length a budget was trained again to). None: they may not.
 
   Raises:
     InputError: naming the later config.json of the first pair that differs, the first differing key, and both
@@ -63,8 +84,8 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
   """
   items = list(configs.items())
   if points is not None:
-    retrained = _retrained_budgets(points, {path: workdir_lib.flatten(config).get("train.steps")
-                                            for path, config in items})
+    steps = {path: workdir_lib.flatten(config).get("train.steps") for path, config in items}
+    retrained, complete = _retrained_budgets(points, steps), _complete_budgets(points, steps)
   for j, (path, config) in enumerate(items):
     for first_path, first in items[:j]:
       keys = list(MERGE_KEYS)
@@ -75,11 +96,13 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
       shared = points[path].keys() & points[first_path].keys() if points is not None else None
       schedule_may_differ = points is not None and (
           not shared or (reference.get("train.steps") != view.get("train.steps")
-                         and all(b in retrained[path] or b in retrained[first_path] for b in shared)))
+                         and all(b in retrained[path] or b in retrained[first_path]
+                                 or complete.get(b) in (steps[path], steps[first_path]) for b in shared)))
       for key in sorted(reference.keys() | view.keys()):
         if reference.get(key) != view.get(key) and not (schedule_may_differ and key in SCHEDULE_KEYS):
           hint = (" (runs of different lengths merge when they share no budget, or when one trains only points of "
-                  "the other again: a steps check)" if key in SCHEDULE_KEYS else "")
+                  "the other again: a steps check, or at the length every point of a budget was trained again to)"
+                  if key in SCHEDULE_KEYS else "")
           raise InputError(path, f"{key} is {view.get(key)!r} here but {reference.get(key)!r} in {first_path}; "
                                  f"runs with different data, split, network or training cannot be merged{hint}")
 

@@ -54,7 +54,7 @@ def retrained(rows) -> dict:
           for budget, points in steps.items() if any(len(s) > 1 for s in points.values())}
 
 
-def _complete(seeds) -> list:
+def complete(seeds) -> list:
   """The step counts at which every cell has every seed it has at any step count, shortest first.
 
   Args:
@@ -77,8 +77,8 @@ def study_steps(rows) -> dict:
         row.get("steps"), set()).add(row.get("seed"))
   out = {}
   for budget in retrained(rows):
-    complete = _complete(seeds[budget])
-    out[budget] = complete[-1] if complete else min(
+    counts_complete = complete(seeds[budget])
+    out[budget] = counts_complete[-1] if counts_complete else min(
         counts[budget], key=lambda s: (-counts[budget][s], s is None, s or 0))
   return out
 
