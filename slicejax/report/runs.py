@@ -2,9 +2,10 @@
 
 Several runs merge into one report only if they trained on the same data, split, network and training
 (`check_compatible`): a grid split over machines, or more seeds run later. Their union gives the same summary as one
-run of all their points. One exception: a run that trains some points of another again for a different number of
-steps (a steps check, `slicejax.report.steps`) merges with it; both rows of such a point are kept. So does a later
-part at a budget whose every point was trained again at the later part's length: its rows are the budget's study rows.
+run of all their points. Two exceptions: a run that trains some points of another again for a different number of
+steps (a steps check, `slicejax.report.steps`) merges with it; both rows of such a point are kept. And a later
+part merges at a budget whose every point was trained again at the later part's length: its rows are the budget's
+study rows.
 """
 
 import json
