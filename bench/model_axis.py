@@ -5,6 +5,7 @@
     python bench/model_axis.py --json --dims 3
     python bench/model_axis.py --json --strategies=loop --chunk=2   # models per compiled program of `loop`
     python bench/model_axis.py --json --quick --models=1,8          # tiny sizes, to check the script
+    python bench/model_axis.py --json --shape=48,64 --batch-size=16 --models=4 --chunk=2   # another workload
 
 Workload: the real training step of slicejax (on-device sampling, augmentation, U-Net, masked loss, Adam) for a
 base-16 U-Net, 2D: batch 8 of 128 x 128 slices; 3D: batch 2 of 32 x 64 x 64 patches. The baseline trains each of
@@ -13,7 +14,8 @@ second; `ratio_vs_sequential` is a strategy's throughput over the baseline's. Ea
 process so that its peak memory is its own; this process never starts a JAX backend, so that on a GPU it holds no
 device memory while they run. A run that fails leaves a record with its `error` (its stderr goes to stderr), the
 other runs go on, and the script exits non-zero at the end. `--quick`: a base-4, 3-stage U-Net on 2D batches of
-2 x 32 x 32 (3D: 1 x 8 x 16 x 16), 2 repetitions of 1 step, only to check the script.
+2 x 32 x 32 (3D: 1 x 8 x 16 x 16), 2 repetitions of 1 step, only to check the script. `--shape` and `--batch-size`
+replace the workload's input shape and batch (the hippocampus study's slices: `--shape=48,64 --batch-size=16`).
 """
 
 import argparse
@@ -32,8 +34,12 @@ QUICK_WORKLOADS = {2: dict(shape=(32, 32), batch_size=2), 3: dict(shape=(8, 16, 
 QUICK_NETWORK = dict(features=4, stages=3)
 
 
-def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int, chunk: int, quick: bool) -> dict:
-  """One (strategy, M) run: `strategy` "baseline" (M single-model runs in turn), "auto" or one of the strategies."""
+def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int, chunk: int, quick: bool,
+            shape: tuple | None = None, batch_size: int | None = None) -> dict:
+  """One (strategy, M) run: `strategy` "baseline" (M single-model runs in turn), "auto" or one of the strategies.
+
+  `shape` ((H, W) or (D, H, W)) and `batch_size` replace the workload's when given.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
   from slicejax.training import parallel
@@ -42,7 +48,11 @@ def measure(strategy: str, num_models: int, dims: int, steps: int, repeats: int,
   from slicejax.training.inputs import two_d  # pylint: disable=g-import-not-at-top
 
   work, network = (QUICK_WORKLOADS, QUICK_NETWORK) if quick else (WORKLOADS, NETWORK)
-  work = work[dims]
+  work = dict(work[dims])
+  if shape:
+    work["shape"] = tuple(shape)
+  if batch_size:
+    work["batch_size"] = batch_size
   config = common.step_config(dims, batch_size=work["batch_size"], **network)
   if dims == 2:
     bank = common.synthetic_bank(work["shape"])
@@ -102,14 +112,21 @@ def main():
   parser.add_argument("--chunk", type=int, default=parallel.DEFAULT_CHUNK,
                       help="models per compiled program of `loop`")
   parser.add_argument("--quick", action="store_true", help="tiny network and batches, 2 repetitions of 1 step")
+  parser.add_argument("--shape", default="", help="input shape, e.g. 48,64 (default: the workload's)")
+  parser.add_argument("--batch-size", type=int, default=0, help="batch per model (default: the workload's)")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.quick:
     args.steps, args.repeats = 1, 2
 
+  shape = tuple(int(n) for n in args.shape.split(",")) if args.shape else None
+  if shape and len(shape) != args.dims:
+    parser.error(f"--shape={args.shape} has {len(shape)} sizes; --dims={args.dims} needs {args.dims}")
+
   if args.one:
     strategy, models = args.one.split(":")
-    print(json.dumps(measure(strategy, int(models), args.dims, args.steps, args.repeats, args.chunk, args.quick)))
+    print(json.dumps(measure(strategy, int(models), args.dims, args.steps, args.repeats, args.chunk, args.quick,
+                             shape, args.batch_size or None)))
     return
 
   import common  # pylint: disable=g-import-not-at-top
@@ -119,7 +136,8 @@ def main():
 
   def run_one(strategy, models):
     out = subprocess.run([sys.executable, __file__, f"--one={strategy}:{models}", f"--dims={args.dims}",
-                          f"--steps={args.steps}", f"--repeats={args.repeats}", f"--chunk={args.chunk}"]
+                          f"--steps={args.steps}", f"--repeats={args.repeats}", f"--chunk={args.chunk}",
+                          f"--shape={args.shape}", f"--batch-size={args.batch_size}"]
                          + (["--quick"] if args.quick else []), capture_output=True, text=True, check=False)
     lines = out.stdout.strip().splitlines()
     if out.returncode == 0 and lines:
