@@ -416,3 +416,71 @@ def test_seeds_text_names_the_limit_that_was_hit():
   reachable = _needed(0.01, 0.0, 60)
   assert (reachable["unreachable"], reachable["unreachable_by"]) == (False, None)
   assert render.seeds_text(reachable) == str(reachable["seeds_needed"])
+
+
+def _planned_run_folder(path, rows, seeds):
+  """A run folder whose config plans `seeds` for every point (`study.seeds`)."""
+  _run_folder(path, rows, 100)
+  config = json.loads((path / "config.json").read_text())
+  config["study"] = {"budgets": [8], "slices_per_volume": [1, 2, 4], "selections": ["random", "fixed"],
+                     "interpolation": [False], "seeds": list(seeds), "reference": False, "reference_seeds": [0],
+                     "three_d": {key: [] for key in ("budgets", "slices_per_volume", "selections", "interpolation",
+                                                     "seeds", "reference", "reference_seeds")}}
+  (path / "config.json").write_text(json.dumps(config))
+  return path
+
+
+def test_a_cell_missing_planned_seeds_is_pending_until_they_are_in(tmp_path):
+  # Budget 8, random: 8 x 1 (a) beats 4 x 2 by 1/32 + noise (t = 4 sqrt(2)) and 2 x 4 by 1/64 + noise
+  # (t = 2 sqrt(2)); 8 x 1 fixed scores 0.9. The first run has trained 2 x 4 random and 8 x 1 fixed for seeds 0-1
+  # of the 5 it plans.
+  eight, four = _pair(1 / 32, a={"slices": 1}, b={"slices": 2}), _pair(1 / 64, a={"slices": 1}, b={"slices": 4})
+  late = four[1::2] + [_row(seed, 0.9, selection="fixed") for seed in range(5)]
+  first = _planned_run_folder(tmp_path / "first", eight + [r for r in late if r["seed"] < 2], range(5))
+  p_strong, p_weak = 1 - (2 * math.sqrt(2) / 3) * (1 + 1 / 18), 1 - math.sqrt(2 / 3) * (1 + 1 / 6)
+
+  out = summary.run([first], tmp_path / "interim")
+  report = json.loads((out / "findings.json").read_text())
+  by_b = {c["b"]["slices_per_volume"]: c for c in report["comparisons"] if c["comparison"] == "allocation"}
+  assert (by_b[4]["verdict"], by_b[4]["pending"], by_b[4]["n_pairs"], by_b[4]["planned_seeds"]) == (
+      "pending", True, 2, 5)
+  assert by_b[4]["p_adjusted"] is None
+  # The pending comparison counts in the family as p = 1: m = 2, so 2 x 4's p is doubled (alone it would be p).
+  assert (by_b[2]["verdict"], by_b[2]["family_size"]) == ("better", 2)
+  assert by_b[2]["p_adjusted"] == pytest.approx(2 * p_strong)
+  text = (out / "summary.md").read_text()
+  assert "| 2D | 8 | 2 | 4 | — | random | off | 0.727 ± 0.011 (2 of 5 planned) |" in text
+  assert ("| allocation | 2D | 8 | 8×1 random | 2×4 random | 2 of 5 | 1 | +0.023 | — | — | — | — | — | pending |"
+          in text)
+  # 8 x 1 fixed has the highest mean over its 2 seeds, but neither the recommendation nor the cost view takes it.
+  (entry,) = report["recommendations"]
+  assert entry["recommended"] == "8×1 random"
+  assert entry["pending"] == ["8×1 fixed (2 of 5 seeds)", "2×4 random (2 of 5 seeds)"]
+  assert "- Still missing planned seeds, left out until they are in: 8×1 fixed (2 of 5 seeds), 2×4 random" in text
+  assert text.split("## Annotation cost")[1].count("| 8 | 2D |") == 1
+  assert "| 8 | 2D | 8×1 | random | off | 0.750 ± 0.000 (5) |" in text
+
+  # Seeds 2-4 arrive from another run: tested now; 4 x 2's adjusted p did not move (Holm: max(2 p_strong, p_weak)).
+  second = _planned_run_folder(tmp_path / "second", [r for r in late if r["seed"] >= 2], (2, 3, 4))
+  report = json.loads((summary.run([first, second], tmp_path / "final") / "findings.json").read_text())
+  by_b = {c["b"]["slices_per_volume"]: c for c in report["comparisons"] if c["comparison"] == "allocation"}
+  assert [(by_b[k]["verdict"], by_b[k]["n_pairs"]) for k in (2, 4)] == [("better", 5), ("better", 5)]
+  assert [by_b[k]["p_adjusted"] for k in (2, 4)] == pytest.approx([2 * p_strong, p_weak])
+  assert report["recommendations"][0]["pending"] == []
+
+
+def test_runs_in_rounds_merge_only_with_the_same_round_schedule(tmp_path):
+  def run(name, rows, **schedule):
+    path = _run_folder(tmp_path / name, rows, 100)
+    config = json.loads((path / "config.json").read_text())
+    config["rounds"] = {"first_selection": "fixed", "first_share": 0.5, "members": 4, **schedule}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+  in_rounds = lambda seeds: [_row(s, 0.7, slices=4, selection="entropy", rounds=2) for s in seeds]
+  one_shot = [_row(s, 0.6, slices=4) for s in range(3)]
+  first = run("first", in_rounds([0, 1]))
+  # More seeds of the same schedule merge, and so does a one-shot run whatever its (unused) round options say.
+  summary.run([first, run("same", in_rounds([2])), run("one_shot", one_shot, members=8)], tmp_path / "merged")
+  with pytest.raises(InputError, match=r"rounds\.members is 8 here but 4 in .*first"):
+    summary.run([first, run("other", in_rounds([2]), members=8)], tmp_path / "refused")

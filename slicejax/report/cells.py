@@ -67,6 +67,16 @@ def key_field(key, name):
   return key[CELL_KEY.index(name)]
 
 
+def missing_seeds(by_seed) -> list:
+  """The seeds a cell's runs plan for it (its rows' `planned_seeds`, `runs.read_runs`) that have no row yet, sorted:
+  a cell missing some is pending, its runs not finished. [] when every planned seed has a row, or the rows do not
+  say."""
+  planned = set()
+  for row in by_seed.values():
+    planned.update(row.get("planned_seeds") or ())
+  return sorted(planned - set(by_seed))
+
+
 def by_cell(rows) -> dict:
   """Groups rows as {cell key: {seed: row}}, checking the fields every row needs."""
   cells = {}
@@ -166,12 +176,14 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
     plateau_tolerance: see `PLATEAU_TOLERANCE`.
 
   Returns:
-    One dict per cell, holding the `CELL_KEY` fields and `n_seeds`, `seeds` (sorted), `dice_mean`, `dice_std`
+    One dict per cell, holding the `CELL_KEY` fields and `n_seeds`, `seeds` (sorted), `missing_seeds` (planned
+    seeds without a row yet, `missing_seeds`), `dice_mean`, `dice_std`
     (over the seeds whose Dice is defined, ddof=1; NaN and None without such seeds), `undefined_seeds` (the seeds
     whose `dice_mean` is null: every class absent from every test volume, or a model without a finite result),
     `collapsed_seeds` (those scoring 0 on every class), `dice_per_class` ({class: mean}), the means over seeds of
     `hd95_mean`,
-    `nsd_mean`, `density`, `train_seconds` and `interp_dice` (None where no row has the field), `n_diverged`,
+    `nsd_mean`, `density`, `train_seconds`, `interp_dice` and `annotated_foreground` (None where no row has the
+    field), `n_diverged`,
     `cost` (seconds), `test_volumes`, `absent` ({class: test volumes without it}, classes absent from some only),
     `curve_steps`, `curve_dice` (mean validation learning curve) and `still_improving` (None without curves).
     Sorted by dims, the reference last, then budget, slices per volume, selection and interpolation.
@@ -202,6 +214,7 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
     cell.update(
         n_seeds=len(members),
         seeds=seeds,
+        missing_seeds=missing_seeds(by_seed),
         dice_mean=float(dice.mean()) if dice.size else math.nan,
         dice_std=float(dice.std(ddof=1)) if len(dice) > 1 else None,
         undefined_seeds=undefined,
@@ -218,16 +231,21 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
                              _foreground(members, cost, key)),
         test_volumes=test_volumes, absent=absent, curve_steps=steps, curve_dice=curve, still_improving=improving,
         rounds=max(row.get("rounds", 1) for row in members), annotated_volumes=_mean_of(members, "annotated_volumes"),
+        annotated_foreground=_mean_of(members, "annotated_foreground"),
         **_round_history(members))
     cells.append(cell)
   return cells
 
 
-def cost_frontier(cells) -> list[dict]:
+def cost_frontier(cells, left_out=()) -> list[dict]:
   """The best sparse cell at each annotation cost level: cells sorted by cost, each kept when its mean Dice beats
-  every cheaper one (the Pareto frontier a team reads its budget off)."""
+  every cheaper one (the Pareto frontier a team reads its budget off). The cells whose keys are in `left_out` take no
+  part (the report's: cells still missing planned seeds, whose means are over other seeds than the rest, and cells
+  in rounds not shown to pay, `recommendations.held_back`)."""
   frontier, best = [], -math.inf
-  for cell in sorted((c for c in cells if not c["reference"]), key=lambda c: (c["cost"], -c["dice_mean"])):
+  left_out = set(left_out)
+  for cell in sorted((c for c in cells if not c["reference"] and key_of(c) not in left_out),
+                     key=lambda c: (c["cost"], -c["dice_mean"])):
     if cell["dice_mean"] > best:
       best = cell["dice_mean"]
       frontier.append(cell)

@@ -29,8 +29,11 @@ def _compare(family, cells, a, b, options):
   if not set(cells[a]) & set(cells[b]):
     logging.info("no shared seeds for the %s comparison %s vs %s", family, a, b)
     return None
+  missing = {side: cells_lib.missing_seeds(cells[key]) for side, key in (("a", a), ("b", b))}
+  planned = (set(cells[a]) | set(missing["a"])) & (set(cells[b]) | set(missing["b"]))
   return {"comparison": family, "a": dict(zip(cells_lib.CELL_KEY, a)), "b": dict(zip(cells_lib.CELL_KEY, b)),
-          **stats.compare(cells[a], cells[b], alpha=options["alpha"], margin=options["margin"])}
+          **stats.compare(cells[a], cells[b], alpha=options["alpha"], margin=options["margin"]),
+          "pending": bool(missing["a"] or missing["b"]), "planned_seeds": len(planned)}
 
 
 def dims_family(name: str, dims: int) -> str:
@@ -174,8 +177,10 @@ def paired_comparisons(rows, options=None) -> list[dict]:
 
   Returns:
     One dict per comparison with at least one shared seed: `comparison` (the family), `a` and `b` (the cells'
-    `cells.CELL_KEY` fields), the fields of `stats.compare`, `family` (`holm_family`), `p_adjusted`,
-    `p_equivalence_adjusted`, `family_size` and `verdict`.
+    `cells.CELL_KEY` fields), the fields of `stats.compare`, `pending` (a cell still misses seeds its runs plan,
+    `cells.missing_seeds`: the comparison waits for them, `stats.adjust_family`), `planned_seeds` (the seeds the two
+    cells will share), `family` (`holm_family`), `p_adjusted`, `p_equivalence_adjusted`, `family_size` and
+    `verdict`.
 
   Raises:
     InputError: an option out of range, or a row lacks a required field.

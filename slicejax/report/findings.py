@@ -67,8 +67,8 @@ def direction_verdict(comparisons) -> str:
   counts = _tally(comparisons)
   if not comparisons:
     return "not tested"
-  if counts[stats.UNDERPOWERED] == len(comparisons):
-    return "inconclusive: underpowered"
+  if counts[stats.UNDERPOWERED] + counts[stats.PENDING] == len(comparisons):
+    return "inconclusive: pending" if counts[stats.PENDING] else "inconclusive: underpowered"
   if counts[stats.BETTER] and counts[stats.WORSE]:
     return "mixed"
   if counts[stats.BETTER] > len(comparisons) / 2:
@@ -86,8 +86,8 @@ def _not_better_verdict(comparisons) -> str:
   counts = _tally(comparisons)
   if not comparisons:
     return "not tested"
-  if counts[stats.UNDERPOWERED] == len(comparisons):
-    return "inconclusive: underpowered"
+  if counts[stats.UNDERPOWERED] + counts[stats.PENDING] == len(comparisons):
+    return "inconclusive: pending" if counts[stats.PENDING] else "inconclusive: underpowered"
   # A difference resolved as better but inside the margin (its equivalence test rejects too) is no evidence against
   # "not better" by more than the margin: it counts as support.
   within = sum(c["verdict"] == stats.BETTER and (c.get("p_equivalence_adjusted") or 1.0) < c["alpha"]

@@ -130,9 +130,11 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     dict of `dims`, `budget`, `case`, `recommended` (the candidate with the highest mean; None when every cell is
     shown worse than another), `candidates` ([{the `cells.CELL_KEY` fields, `cell` (label), `dice_mean`, `cost`}],
     highest mean first, the cheaper first on a tie), `shown_worse` ({label: labels of the cells it is shown worse
-    than}), `held_back` (labels of the cells in rounds held back, `held_back`, and not shown worse), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
-    `inconclusive` or `underpowered`), `seeds_needed` ({family of an unresolved comparison: the `_SEEDS_FIELDS` of
-    `comparisons.seeds_needed` on the unresolved comparisons of that family alone, at the family's m in `needed`:
+    than}), `held_back` (labels of the cells in rounds held back, `held_back`, and not shown worse), `pending`
+    (labels, with their seeds so far, of the cells still missing planned seeds: they take no part until these are
+    in), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
+    `inconclusive`, `underpowered` or `pending`), `seeds_needed` ({family of an unresolved comparison: the
+    `_SEEDS_FIELDS` of `comparisons.seeds_needed` on the unresolved comparisons of that family alone, at the family's m in `needed`:
     the seeds that would separate these candidates, from their own spread, not the family's pooled one}),
     `break_even`, `allocation_family` ("allocation" in 2D, "allocation,
     3D" in 3D: `comparisons.dims_family`), `agreement` (`AGREEMENT`'s word for finding 1's rule on that family's
@@ -146,8 +148,11 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
   comparisons = [c for c in comparisons if {cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])} <= by_key.keys()]
   ordered = sorted(cells, key=lambda c: (-c["dice_mean"], c["cost"], cells_lib.sort_key(cells_lib.key_of(c))))
   held = held_back([cells_lib.key_of(c) for c in ordered], comparisons)
-  # A cell held back takes no part: it neither rules another out nor counts in the case.
-  among = [c for c in comparisons if not {cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])} & set(held)]
+  # A cell still missing planned seeds waits for them (its comparisons are `pending`).
+  waiting = [cells_lib.key_of(c) for c in ordered if c.get("missing_seeds")]
+  # A cell held back or waiting takes no part: it neither rules another out nor counts in the case.
+  out = set(held) | set(waiting)
+  among = [c for c in comparisons if not {cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])} & out]
   beaten = {}
   for c in among:
     loser = shown_worse(c)
@@ -155,9 +160,9 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
       a, b = cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"])
       beaten.setdefault(loser, []).append(a if loser == b else b)
   candidates = [cells_lib.key_of(c) for c in ordered
-                if cells_lib.key_of(c) not in beaten and cells_lib.key_of(c) not in held]
+                if cells_lib.key_of(c) not in beaten and cells_lib.key_of(c) not in out]
   decide = deciding(candidates, among)
-  unresolved = [c for c in decide if c["verdict"] in (stats.INCONCLUSIVE, stats.UNDERPOWERED)]
+  unresolved = [c for c in decide if c["verdict"] in (stats.INCONCLUSIVE, stats.UNDERPOWERED, stats.PENDING)]
   family = comparisons_lib.dims_family("allocation", cells[0]["dims"])
   allocation = [c for c in comparisons if c.get("family") == family]
   verdict = findings_lib.direction_verdict(allocation) if allocation else None
@@ -173,7 +178,9 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
                       "cost": by_key[key]["cost"]} for key in candidates],
       "shown_worse": {label(key): [label(k) for k in dict.fromkeys(beaten[key])]
                       for key in map(cells_lib.key_of, ordered) if key in beaten},
-      "held_back": [label(key) for key in held if key not in beaten],
+      "held_back": [label(key) for key in held if key not in beaten and key not in waiting],
+      "pending": [f"{label(key)} ({by_key[key]['n_seeds']} of "
+                  f"{by_key[key]['n_seeds'] + len(by_key[key]['missing_seeds'])} seeds)" for key in waiting],
       "counts": {k: n for k, n in counts.items() if n},
       "seeds": sorted({c["n_pairs"] for c in unresolved}),
       "seeds_needed": {family: {k: e[k] for k in _SEEDS_FIELDS} for family, e in own.items()

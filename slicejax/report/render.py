@@ -30,6 +30,8 @@ def _table(header, lines) -> list[str]:
 def _spread(cell) -> str:
   left_out = cell.get("undefined_seeds") or []
   note = f", {len(left_out)} left out: Dice undefined" if left_out else ""
+  if cell.get("missing_seeds"):  # "(2 of 5 planned)": the cell's runs have not trained all its seeds yet
+    note = f" of {cell['n_seeds'] + len(cell['missing_seeds'])} planned" + note
   if math.isnan(cell["dice_mean"]):
     return f"— ({cell['n_seeds']}{note})"
   if cell["dice_std"] is None:
@@ -74,16 +76,31 @@ def _p(value) -> str:
   return "—" if value is None else "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _tested(comparison) -> bool:
+  """Whether a comparison's p-values and intervals are shown: not when it is `underpowered` or `pending`, where too
+  few seeds make the intervals too narrow and the p-values too small to read (the Δ is shown)."""
+  return comparison["verdict"] not in (stats.UNDERPOWERED, stats.PENDING)
+
+
+def _seeds_of(comparison) -> str:
+  """A comparison's shared seeds, "2 of 5" while it is `pending`."""
+  if comparison.get("pending"):
+    return f"{comparison['n_pairs']} of {comparison['planned_seeds']}"
+  return str(comparison["n_pairs"])
+
+
 def _comparison_table(comparisons, options) -> list[str]:
   percent, percent90 = f"{100 * (1 - options['alpha']):g}%", f"{100 * (1 - 2 * options['alpha']):g}%"
   header = ["family", "dims", "budget", "a", "b", "seeds", "volumes", "Δ Dice", f"{percent} CI", f"{percent90} CI",
             "p", "p Holm", "p equiv. Holm", "verdict", "Δ NSD", "Δ HD95 mm"]
   lines = []
   for c in comparisons:
+    shown = _tested(c)
     lines.append([c["family"], f"{c['a']['dims']}D", str(c["a"]["budget"]), cells_lib.label(c["a"]),
-                  cells_lib.label(c["b"]), str(c["n_pairs"]), str(c["n_volumes"]),
+                  cells_lib.label(c["b"]), _seeds_of(c), str(c["n_volumes"]),
                   "—" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.3f}",
-                  _interval(c["ci_low"], c["ci_high"]), _interval(c["ci90_low"], c["ci90_high"]), _p(c["p_value"]),
+                  _interval(c["ci_low"] if shown else None, c["ci_high"]),
+                  _interval(c["ci90_low"] if shown else None, c["ci90_high"]), _p(c["p_value"] if shown else None),
                   _p(c["p_adjusted"]), _p(c["p_equivalence_adjusted"]), c["verdict"],
                   "—" if c["nsd_diff"] is None else f"{c['nsd_diff']:+.3f}",
                   "—" if c["hd95_diff"] is None else f"{c['hd95_diff']:+.2f}"])
@@ -302,6 +319,8 @@ def _case_text(entry, case) -> str:
 def _case_detail(entry, cell) -> str:
   """What backs a budget's case: the recommended `cell`, the comparisons, the seeds their families need."""
   if cell is None:
+    if entry.get("pending") and not entry["shown_worse"]:
+      return "No candidate yet: the cells here wait for their planned seeds."
     if entry.get("held_back") and not entry["shown_worse"]:
       return "No candidate: no cell in rounds is shown better than its control, and no other cell is here."
     return "Every cell is shown worse than another: the comparisons contradict each other."
@@ -345,7 +364,8 @@ def _agreement_text(entry) -> str:
     agreement += f" (the comparisons alone would say: {alone})"
   evidence = "; ".join(
       f"{e['a']} − {e['b']}: Δ {'—' if math.isnan(e['mean_diff']) else format(e['mean_diff'], '+.3f')}"
-      + ("" if e["ci_low"] is None else f" {_interval(e['ci_low'], e['ci_high'])}") + f", {e['verdict']}"
+      + ("" if e["ci_low"] is None or not _tested(e) else f" {_interval(e['ci_low'], e['ci_high'])}")
+      + f", {e['verdict']}"
       for e in entry["allocation"])
   return (f"Prior studies (the `{entry['allocation_family']}` family here, finding 1's rule): {agreement}. {evidence}; "
           f"margin {entry['margin']:g}.")
@@ -361,8 +381,9 @@ def recommendations_markdown(recommended, cells, cost) -> list[str]:
   out = ["## Recommendation per budget", "",
          "What to annotate at each budget with two or more cells, read off the pre-specified comparisons above and no "
          "other test (rules above): the candidates are the cells that no comparison at their budget shows worse than "
-         "another, a cell in rounds only once shown better than its control `passive`, and the recommendation is the "
-         "candidate with the highest mean.", ""]
+         "another, a cell in rounds only once shown better than its control `passive`, a cell whose runs have not "
+         "trained all its planned seeds only once they are in, and the recommendation is the candidate with the "
+         "highest mean.", ""]
   table = []
   for entry in recommended:
     keys = [cells_lib.key_of(c) for c in entry["candidates"]]
@@ -374,6 +395,8 @@ def recommendations_markdown(recommended, cells, cost) -> list[str]:
     if entry["shown_worse"]:
       out.append("  - Shown worse, left out: " + "; ".join(
           f"{name} (than {', '.join(than)})" for name, than in entry["shown_worse"].items()) + ".")
+    if entry.get("pending"):
+      out.append("  - Still missing planned seeds, left out until they are in: " + ", ".join(entry["pending"]) + ".")
     if entry.get("held_back"):
       out.append("  - Selection in rounds, left out until shown better than its control `passive` (the control "
                  "itself always): " + ", ".join(entry["held_back"]) + ".")
@@ -461,13 +484,19 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
             "the cell's. Each model-based selection against its control `passive` on the same schedule is the family "
             "\"selection, rounds, control\" above, and against one-shot random and fixed interval at the same budget "
             "and allocation \"selection, rounds, one-shot\"; the other comparisons of selections in rounds are "
-            "\"selection, rounds\". Against a one-shot cell, a cell in rounds differs in how its first slices were "
-            "chosen as well as in the slices its models chose, unless round 0 kept part of that cell's plan "
-            "(`rounds.first_plan`: random and fixed interval do); against `passive` it differs only in the latter.", ""]
+            "\"selection, rounds\". Round 0 is a one-shot plan of `rounds.first_selection`; with random or fixed "
+            "interval it keeps part of the one-shot plan of that selection, volumes and seed at the full slices per "
+            "volume (`slicejax.training.rounds.first_plan`), so against that one-shot cell a cell in rounds differs "
+            "only in the slices its models chose, and against the other one-shot selection also in how its first slices were chosen; "
+            "against `passive` it differs only in the former. Equal slices are not equal work: the foreground "
+            "pixels annotated (mean over seeds) show what each selection asks of the annotators (a cost model with "
+            "`--seconds_per_kilopixel` prices them).", ""]
     out += _table(["dims", "budget", "cell", "slices per round", "validation Dice per round", "volumes annotated",
-                   "test Dice"],
+                   "foreground px annotated", "test Dice"],
                   [[f"{c['dims']}D", str(c["budget"]), cells_lib.label(c), " → ".join(map(str, c["round_slices"])),
-                    " → ".join(_fmt(d) for d in c["round_val_dice"]), _fmt(c["annotated_volumes"], 1),
+                    " → ".join(_fmt(d) for d in c["round_val_dice"]), f"{c['annotated_volumes']:g}"
+                    if c["annotated_volumes"] is not None else "—",
+                    f"{c['annotated_foreground']:,.0f}" if c.get("annotated_foreground") is not None else "—",
                     _spread(c)] for c in in_round])
   out += ["", "## Annotation cost", "",
           f"Cost model: {cost['seconds_per_volume']:g} s per volume opened + {cost['seconds_per_slice']:g} s per "
@@ -476,7 +505,9 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
           + " (`python -m slicejax.report --seconds_per_volume=... --seconds_per_slice=..."
           + (" --seconds_per_kilopixel=..." if cost.get("seconds_per_kilopixel") else "")
           + "` recomputes this view with a team's own timings). The best cell at each cost level (cells that beat "
-          "every cheaper one; by mean Dice, descriptive, not a test; a budget the steps check holds says so):", ""]
+          "every cheaper one; by mean Dice, descriptive, not a test; a budget the steps check holds says so; as in "
+          "the recommendation, a cell still missing planned seeds and a cell in rounds not shown better than its "
+          "control take no part):", ""]
   held = {(e["dims"], e["budget"]): e["verdict"] for e in (checks or {}).get("steps", [])
           if e["verdict"] in (steps_lib.MORE, steps_lib.PENDING) and not e["reference"]}
   out += _table(["cost s", "dims", "allocation", "selection", "interpolation", "Dice"],

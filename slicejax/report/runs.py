@@ -1,8 +1,8 @@
 """Reading the rows of one or several run folders, merged into one study when the runs trained alike.
 
-Several runs merge into one report only if they trained on the same data, split, network and training
-(`check_compatible`): a grid split over machines, or more seeds run later. Their union gives the same summary as one
-run of all their points. Two exceptions: a run that trains some points of another again for a different number of
+Several runs merge into one report only if they trained on the same data, split, network and training, and, where
+both select in rounds, with the same round schedule (`check_compatible`): a grid split over machines, or more seeds
+run later. Their union gives the same summary as one run of all their points. Two exceptions: a run that trains some points of another again for a different number of
 steps (a steps check, `slicejax.report.steps`) merges with it; both rows of such a point are kept. And a later
 part merges at a budget whose every point was trained again at the later part's length: its rows are the budget's
 study rows.
@@ -15,11 +15,13 @@ from slicejax import environment
 from slicejax.errors import InputError
 from slicejax.report import results
 from slicejax.report import steps as steps_lib
+from slicejax.study import grid
 from slicejax import workdir as workdir_lib
 
 # Config keys that must agree between runs merged into one report: what was trained on what, and how it was scored.
 # Everything else (the grid, placement, paths, logging) may differ.
-MERGE_KEYS = ("seed", "data", "model", "three_d", "train", "interpolation", "ual", "eval.nsd_tolerance_mm")
+MERGE_KEYS = ("seed", "data", "model", "three_d", "train", "interpolation", "ual", "rounds",
+              "eval.nsd_tolerance_mm")
 _MERGE_IGNORED = ("data.root", "data.cache_dir", "data.missing_root_hint")
 # Keys of the training length: they may differ between runs whose rows share no (dims, budget), since cells are
 # compared only at equal budget (a study may train each budget to its own plateau), and between runs of different
@@ -65,7 +67,8 @@ def _complete_budgets(points: dict, steps: dict) -> dict:
   return {budget: found[-1] for budget, found in counts.items() if found}
 
 
-def check_compatible(configs: dict, dims: dict | None = None, points: dict | None = None) -> None:
+def check_compatible(configs: dict, dims: dict | None = None, points: dict | None = None,
+                     in_rounds: dict | None = None) -> None:
   """Refuses to merge runs that differ in data, split, network or training.
 
   Args:
@@ -78,6 +81,8 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
       (`_retrained_budgets`): a steps check of the other, or of a third run that trained as long as the other; or
       where the budget's study step count, over all runs (`_complete_budgets`), is one of the two (a part added at
       the length a budget was trained again to). None: they may not.
+    in_rounds: {the same paths: whether its rows hold points that select in rounds}; the round schedule's options
+      (`rounds`) are compared only between runs that both do. None: never.
 
   Raises:
     InputError: naming the later config.json of the first pair that differs, the first differing key, and both
@@ -93,6 +98,8 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
       for name, d in (("model", 2), ("three_d", 3)):
         if dims is not None and not (d in dims[path] and d in dims[first_path]):
           keys.remove(name)
+      if in_rounds is None or not (in_rounds[path] and in_rounds[first_path]):
+        keys.remove("rounds")
       reference, view = _merge_view(first, keys), _merge_view(config, keys)
       shared = points[path].keys() & points[first_path].keys() if points is not None else None
       schedule_may_differ = points is not None and (
@@ -114,11 +121,13 @@ def read_runs(workdirs) -> tuple:
   Returns:
     (rows, config): the rows of every run in order (a point trained in two runs for the same steps counts once, the
     later row; trained for different steps, both count: `slicejax.report.steps`), and the first run's config dict.
+    Each row gains `planned_seeds`, the seeds its run's config trains its point for (`grid.planned_seeds`): a cell
+    still missing some of them is pending (`cells.missing_seeds`).
 
   Raises:
     InputError: a folder is not a run, runs are incompatible (`check_compatible`), or their test volumes differ.
   """
-  configs, rows, dims, points = {}, [], {}, {}
+  configs, rows, dims, points, in_rounds = {}, [], {}, {}, {}
   for workdir in workdirs:
     path = pathlib.Path(workdir) / workdir_lib.CONFIG_NAME
     if not path.is_file():
@@ -129,13 +138,20 @@ def read_runs(workdirs) -> tuple:
     except ValueError as err:
       raise InputError(str(path), f"not valid JSON ({err})") from err
     run_rows = results.read_rows(pathlib.Path(workdir) / workdir_lib.RESULTS_NAME)
+    for row in run_rows:
+      try:
+        row["planned_seeds"] = grid.planned_seeds(configs[str(path)]["study"], row.get("dims"),
+                                                  bool(row.get("reference")))
+      except (KeyError, TypeError):  # a config without a study grid: its cells are taken as complete
+        pass
     dims[str(path)] = {row.get("dims") for row in run_rows}
+    in_rounds[str(path)] = any((row.get("rounds") or 1) > 1 for row in run_rows)
     points[str(path)] = {}
     for row in run_rows:
       points[str(path)].setdefault((row.get("dims"), row.get("budget"), bool(row.get("reference"))), set()).add(
           steps_lib.point_key(row))
     rows += run_rows
-  check_compatible(configs, dims, points)
+  check_compatible(configs, dims, points, in_rounds)
   cases = {}
   for row in rows:
     if "test_cases" in row:

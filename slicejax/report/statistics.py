@@ -37,9 +37,9 @@ from scipy import stats as scipy_stats
 from slicejax.config import defaults
 from slicejax.evaluation import metrics
 
-BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, UNDERPOWERED = (
-    "better", "worse", "equivalent", "inconclusive", "underpowered")
-VERDICTS = (BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, UNDERPOWERED)
+BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, UNDERPOWERED, PENDING = (
+    "better", "worse", "equivalent", "inconclusive", "underpowered", "pending")
+VERDICTS = (BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, UNDERPOWERED, PENDING)
 DEFAULTS = defaults.STATS  # the config keys `stats.*`; the report reads the run's own values
 MAX_SEEDS = 1000  # seeds_needed searches up to this many
 
@@ -294,14 +294,20 @@ def compare(rows_a: dict, rows_b: dict, *, alpha: float = DEFAULTS["alpha"],
 def adjust_family(comparisons, *, alpha: float, min_seeds: int, planned=None) -> None:
   """Adds `p_adjusted`, `p_equivalence_adjusted` (Holm within the family, over the comparisons with at least
   `min_seeds` seeds, or over `planned` comparisons when the family is not complete: `holm`'s `size`),
-  `family_size` (the m of the adjustment) and `verdict` to each comparison of one family, in place."""
-  eligible = [c["n_pairs"] >= min_seeds and c["p_value"] is not None for c in comparisons]
-  size = sum(eligible) if planned is None else planned
+  `family_size` (the m of the adjustment) and `verdict` to each comparison of one family, in place.
+
+  A comparison marked `pending` (a cell still misses planned seeds) is `pending`: not tested until its seeds are
+  in, and counted in the family's m as p = 1, so that testing it again as seeds arrive is no repeated look and a
+  verdict reached now stays when they do.
+  """
+  eligible = [c["n_pairs"] >= min_seeds and c["p_value"] is not None and not c.get("pending") for c in comparisons]
+  size = sum(eligible) + sum(bool(c.get("pending")) for c in comparisons) if planned is None else planned
   p = holm([c["p_value"] if ok else None for c, ok in zip(comparisons, eligible)], size)
   q = holm([c["p_equivalence"] if ok else None for c, ok in zip(comparisons, eligible)], size)
   for c, p_adj, q_adj in zip(comparisons, p, q):
     c["p_adjusted"], c["p_equivalence_adjusted"], c["family_size"] = p_adj, q_adj, size
-    c["verdict"] = verdict(c["mean_diff"], p_adj, q_adj, c["n_pairs"], alpha, min_seeds)
+    c["verdict"] = PENDING if c.get("pending") else verdict(c["mean_diff"], p_adj, q_adj, c["n_pairs"], alpha,
+                                                             min_seeds)
 
 
 def flip(comparison) -> dict:
@@ -358,9 +364,11 @@ def rules_markdown(options: dict) -> str:
   comparisons of selections in rounds), `interpolation, 2D` (finding 3) and `interpolation, 3D`; separately for the
   test of Δ = 0 and for the equivalence test. 3D comparisons are never in a 2D family: their families carry ", 3D"
   (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are shown; intervals are not adjusted.{planned}
-- **Verdicts.** Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict). Else `better` or `worse`
-  when the adjusted p of Δ = 0 is below {a:g} (by the sign of Δ); else `equivalent` when the adjusted equivalence p
-  is below {a:g}; else `inconclusive`.
+- **Verdicts.** A cell whose runs have not trained every seed they plan for it yet: each of its comparisons is
+  `pending` (no test; it counts in its family's m as p = 1, so a verdict reached now stays when the seeds arrive).
+  Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict; its p-values and intervals are not shown).
+  Else `better` or `worse` when the adjusted p of Δ = 0 is below {a:g} (by the sign of Δ); else `equivalent` when
+  the adjusted equivalence p is below {a:g}; else `inconclusive`.
 - **Seeds needed (for planning).** Per family, the fewest seeds (at least {o['min_seeds']}) for {100 * o['power']:g}%
   power to detect |Δ| = δ with a two-sided t-test at the family's Bonferroni level {a:g} / m (m: the family's
   comparisons), from the pooled standard deviation of the per-seed mean differences, taken at its 80% upper
@@ -382,17 +390,17 @@ def rules_markdown(options: dict) -> str:
 - **Recommendation per budget.** Read off the verdicts above, with no test of its own. At each dims and budget with
   two or more cells, a cell is a candidate unless a comparison there shows it worse than another cell (`worse` as
   a, `better` as b); a cell that selects in rounds takes part only when shown `better` than its control `passive`
-  (the control never does; a cell that does not neither rules another out nor counts below); the recommendation is
-  the candidate with the highest mean Dice. The case rests on the only
-  candidate's comparisons, or on those between two candidates: `best` when it is the only candidate and `better` in
-  each of its comparisons; `equivalent within ±δ: any of them` when there are two or more candidates, every
-  comparison between two of them is `equivalent`, and these comparisons link them all (candidates not compared
-  directly are linked through others, each link within ±δ), so the cheapest will do; else `not separated`, at this
-  number of seeds when some of them are `inconclusive` or `underpowered`, with the seeds their families need a
-  priori. Per budget, the `allocation` (in 3D `allocation, 3D`) comparisons there, by finding 1's rule, say which
-  prior study the dataset agrees with: the MIDL 2025 study (fewer slices per volume better) when `reproduced`, the
-  cardiac study (more slices per volume better) when `reversed`, neither when `not reproduced: equivalent`, else
-  `mixed` or `inconclusive`.
+  (the control never does; a cell that does not neither rules another out nor counts below), and a cell still
+  missing planned seeds takes no part until they are in; the recommendation is the candidate with the highest mean
+  Dice. The case rests on the only candidate's comparisons, or on those between two candidates: `best` when it is
+  the only candidate and `better` in each of its comparisons; `equivalent within ±δ: any of them` when there are
+  two or more candidates, every comparison between two of them is `equivalent`, and these comparisons link them all
+  (candidates not compared directly are linked through others, each link within ±δ), so the cheapest will do; else
+  `not separated`, at this number of seeds when some of them are `inconclusive`, `underpowered` or `pending`, with
+  the seeds their families need a priori. Per budget, the `allocation` (in 3D `allocation, 3D`) comparisons there,
+  by finding 1's rule, say which prior study the dataset agrees with: the MIDL 2025 study (fewer slices per volume
+  better) when `reproduced`, the cardiac study (more slices per volume better) when `reversed`, neither when `not
+  reproduced: equivalent`, else `mixed` or `inconclusive`.
 - **Trust gate.** A cell is `still improving` when its mean validation Dice rose by more than
   {o['plateau_tolerance']:g} over the last learning-curve interval. When a fully annotated reference is still
   improving, or more than {100 * o['max_improving_share']:g}% of the cells with learning curves are, every finding

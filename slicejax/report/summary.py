@@ -68,7 +68,11 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   needed = comparisons_lib.seeds_needed(comparisons, options)
   recommended = recommendations.recommendations(comparisons, cells, gate, options, cost=cost, needed=needed,
                                                 unconverged=unconverged)
-  frontier = cells_lib.cost_frontier(cells)
+  # As in the recommendation: cells still missing planned seeds (means over other seeds than the rest) and cells in
+  # rounds not shown to pay take no part.
+  sparse = [cells_lib.key_of(c) for c in cells if not c["reference"]]
+  frontier = cells_lib.cost_frontier(cells, {cells_lib.key_of(c) for c in cells if c.get("missing_seeds")}
+                                     | set(recommendations.held_back(sparse, comparisons)))
   text = render.summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options,
                                  runs.compute_used(rows, launches), checks={"a_a": a_a, "steps": steps_check})
   if preamble:  # the preamble has the document's title

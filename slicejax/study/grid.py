@@ -134,14 +134,21 @@ _GRID_KEYS = ("budgets", "slices_per_volume", "selections", "interpolation", "se
 
 
 def _grid(study, dims: int) -> dict:
-  """The grid of one dims: `study`'s values, with `study.three_d`'s non-empty entries for 3D."""
+  """The grid of one dims: `study`'s values, with `study.three_d`'s non-empty entries for 3D (a ConfigDict, or the
+  plain dict of a run's config.json, whose tuples are lists)."""
   grid = {key: study[key] for key in _GRID_KEYS}
   if dims == 3:
     for key in _GRID_KEYS:
-      value = study.three_d[key]
-      if value != ():
+      value = study["three_d"][key]
+      if tuple(value) != ():
         grid[key] = value[0] if key == "reference" else value
   return grid
+
+
+def planned_seeds(study, dims: int, reference: bool) -> list:
+  """The seeds `expand` trains every point of a dims for: `study.seeds` (`study.reference_seeds` for the reference),
+  or `study.three_d`'s for 3D where given."""
+  return list(_grid(study, dims)["reference_seeds" if reference else "seeds"])
 
 
 def group(points: Sequence[Point], max_models: int, size_of=len, steps_of=lambda point: 0,
