@@ -595,10 +595,17 @@ def test_a_cell_in_rounds_is_recommended_only_once_shown_better_than_its_control
     return verdicts, entry, render.recommendations_markdown([entry], cells, cells_lib.DEFAULT_COST)
 
   # passive 0.030 below random: entropy beats its control, so it is a candidate beside random, and the highest.
-  verdicts, entry, _ = recommend(-0.03)
+  verdicts, entry, lines = recommend(-0.03)
   assert verdicts[("entropy r2", "passive r2")] == "better"
   assert [c["cell"] for c in entry["candidates"]] == ["2×4 entropy r2", "2×4 random"]
   assert entry["held_back"] == ["2×4 passive r2"] and entry["shown_worse"] == {}  # the control takes no part
+  # Recommended, it is set against the one-shot selection it would replace: entropy − random = 0.010 + mean(wobble).
+  ((a, b, delta, verdict),) = [(e["a"], e["b"], e["mean_diff"], e["verdict"]) for e in entry["against_one_shot"]]
+  assert (a, b, verdict) == ("2×4 entropy r2", "2×4 random", "inconclusive") and delta == pytest.approx(0.014)
+  assert any(line.startswith("  - Selection in rounds against one-shot selection of the same slices per volume")
+             and line.endswith("2×4 entropy r2 − 2×4 random: Δ +0.014 "
+                               f"[{entry['against_one_shot'][0]['ci_low']:+.3f}, "
+                               f"{entry['against_one_shot'][0]['ci_high']:+.3f}], inconclusive.") for line in lines)
   # passive just above random: entropy is not shown better than passive, so neither takes part; passive's win over
   # random rules nothing out, and random is the only candidate, with no comparison of its own left.
   verdicts, entry, lines = recommend(0.002)
@@ -606,6 +613,7 @@ def test_a_cell_in_rounds_is_recommended_only_once_shown_better_than_its_control
   assert [c["cell"] for c in entry["candidates"]] == ["2×4 random"] and entry["shown_worse"] == {}
   assert (entry["case"], entry["counts"], entry["held_back"]) == ("not separated", {}, ["2×4 entropy r2",
                                                                                        "2×4 passive r2"])
+  assert entry["against_one_shot"] == []  # a one-shot cell is recommended
   assert lines[5] == ("  - Selection in rounds, left out until shown better than its control `passive` (the control "
                       "itself always): 2×4 entropy r2, 2×4 passive r2.")
 

@@ -136,7 +136,9 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     `inconclusive`, `underpowered` or `pending`), `seeds_needed` ({family of an unresolved comparison: the
     `_SEEDS_FIELDS` of `comparisons.seeds_needed` on the unresolved comparisons of that family alone, at the family's m in `needed`:
     the seeds that would separate these candidates, from their own spread, not the family's pooled one}),
-    `break_even`, `allocation_family` ("allocation" in 2D, "allocation,
+    `break_even`, `against_one_shot` (when the recommendation selects in rounds: its comparisons with one-shot
+    random and fixed interval at its allocation, `findings.evidence`; what choosing in rounds gains over what a team
+    would otherwise do), `allocation_family` ("allocation" in 2D, "allocation,
     3D" in 3D: `comparisons.dims_family`), `agreement` (`AGREEMENT`'s word for finding 1's rule on that family's
     comparisons here; None without any), `allocation` (those comparisons, `findings.evidence`) and `margin`.
   """
@@ -186,6 +188,10 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
       "seeds_needed": {family: {k: e[k] for k in _SEEDS_FIELDS} for family, e in own.items()
                        if e["pooled_from"] == "family" and _sized(e)},
       "break_even": break_even([by_key[key] for key in candidates], seconds_per_volume),
+      "against_one_shot": [findings_lib.evidence(c) for c in comparisons if candidates
+                           and cells_lib.in_rounds(cells_lib.key_field(candidates[0], "selection"))
+                           and candidates[0] in (cells_lib.key_of(c["a"]), cells_lib.key_of(c["b"]))
+                           and comparisons_lib.is_against_one_shot(c["a"]["selection"], c["b"]["selection"])],
       "allocation_family": family, "agreement": AGREEMENT.get(verdict, verdict),
       "allocation": [findings_lib.evidence(c) for c in allocation], "margin": margin}
 

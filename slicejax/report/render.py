@@ -357,16 +357,19 @@ def _break_even_text(be, seconds_per_volume, equivalent: bool) -> str:
           f"prices it){tail}.")
 
 
+def _evidence_text(e) -> str:
+  """One comparison as a recommendation cites it (`findings.evidence`): "a − b: Δ +0.012 [-0.004, +0.028], verdict"."""
+  return (f"{e['a']} − {e['b']}: Δ {'—' if math.isnan(e['mean_diff']) else format(e['mean_diff'], '+.3f')}"
+          + ("" if e["ci_low"] is None or not _tested(e) else f" {_interval(e['ci_low'], e['ci_high'])}")
+          + f", {e['verdict']}")
+
+
 def _agreement_text(entry) -> str:
   agreement = _AGREEMENT_TEXT.get(entry["agreement"], entry["agreement"])
   if entry["agreement"] != entry["agreement_without_gate"]:
     alone = _AGREEMENT_TEXT.get(entry["agreement_without_gate"], entry["agreement_without_gate"])
     agreement += f" (the comparisons alone would say: {alone})"
-  evidence = "; ".join(
-      f"{e['a']} − {e['b']}: Δ {'—' if math.isnan(e['mean_diff']) else format(e['mean_diff'], '+.3f')}"
-      + ("" if e["ci_low"] is None or not _tested(e) else f" {_interval(e['ci_low'], e['ci_high'])}")
-      + f", {e['verdict']}"
-      for e in entry["allocation"])
+  evidence = "; ".join(map(_evidence_text, entry["allocation"]))
   return (f"Prior studies (the `{entry['allocation_family']}` family here, finding 1's rule): {agreement}. {evidence}; "
           f"margin {entry['margin']:g}.")
 
@@ -400,6 +403,10 @@ def recommendations_markdown(recommended, cells, cost) -> list[str]:
     if entry.get("held_back"):
       out.append("  - Selection in rounds, left out until shown better than its control `passive` (the control "
                  "itself always): " + ", ".join(entry["held_back"]) + ".")
+    if entry.get("against_one_shot"):
+      out.append("  - Selection in rounds against one-shot selection of the same slices per volume (the rounds add a "
+                 "training per round and a wait for the annotators; they pay where shown better): "
+                 + "; ".join(map(_evidence_text, entry["against_one_shot"])) + ".")
     if entry["break_even"]:
       out.append("  - " + _break_even_text(entry["break_even"], cost["seconds_per_volume"],
                                            entry["case_without_gate"] == "equivalent"))
