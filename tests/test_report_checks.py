@@ -302,8 +302,12 @@ def test_a_budget_trained_again_in_full_takes_the_longer_steps_and_shows_the_che
       "| 2D | 16 | 100 | 0, 1 | 16×1 random 0.750; 4×4 random 0.750 | +0.000 | — |",
       "| 2D | 16 | 200 (study) | 0, 1 | 16×1 random 0.766; 4×4 random 0.750 | +0.016 | +0.016 (per seed +0.016, "
       "+0.016) |"]
-  assert lines[-2] == ("- 2D, budget 16: **retrained**: 16×1 random − 4×4 random moved +0.016 from 100 to 200 steps "
-                       "(by 0.005 or more); the study's rows are those at 200 steps.")
+  # 4 x 4 fixed at 100 steps, the only allocation of its selection, is read by no check: named, not silently dropped.
+  assert lines[-3:-1] == [
+      "- 2D, budget 16: **retrained**: 16×1 random − 4×4 random moved +0.016 from 100 to 200 steps (by 0.005 or "
+      "more); the study's rows are those at 200 steps.",
+      "  - Rows at another step count than the study's 200 that no check reads, left out of the report: 4×4 fixed "
+      "at 100 steps (2 seeds)."]
 
   run = tmp_path / "run"
   run.mkdir()
@@ -387,6 +391,16 @@ def test_a_later_part_at_the_length_a_budget_was_trained_again_to_merges(tmp_pat
     (selection,) = [c for c in report["comparisons"] if c["a"]["selection"] == "fixed"]
     assert (selection["b"]["selection"], selection["b"]["slices_per_volume"], selection["n_pairs"]) == ("random", 4, 3)
     assert selection["mean_diff"] == pytest.approx(0.9 - (0.6875 + 0.75 + 0.625) / 3 - 0.0625)
+  # The later cell at the grid's 100 steps too: one allocation of its selection, so no check reads those rows. They
+  # are left out of the cells, and named.
+  early = _run_folder(tmp_path / "early", [dict(r, steps=100) for r in extra_rows], 100)
+  out = summary.run([grid_run, *retrain, extra, early], tmp_path / "merged_early")
+  report = json.loads((out / "findings.json").read_text())
+  assert report["steps_check"][0]["unread"] == [{"cell": "2×4 fixed", "steps": 100, "seeds": 3}]
+  (selection,) = [c for c in report["comparisons"] if c["a"]["selection"] == "fixed"]
+  assert selection["mean_diff"] == pytest.approx(0.9 - (0.6875 + 0.75 + 0.625) / 3 - 0.0625)  # the 200-step rows
+  assert ("  - Rows at another step count than the study's 200 that no check reads, left out of the report: 2×4 "
+          "fixed at 100 steps (3 seeds).") in (out / "summary.md").read_text().splitlines()
   # One point not trained again (4 x 2, seed 2): the budget's study steps stay 100, and the later cell is refused.
   partial = _run_folder(tmp_path / "partial", again[:-1], 200)
   with pytest.raises(InputError, match="train.steps is 200 here but 100 .* or at the length every point of a budget "

@@ -207,6 +207,7 @@ def _steps_markdown(entries) -> list[str]:
     where = f"{e['dims']}D, " + ("the reference" if e["reference"] else f"budget {e['budget']}")
     if not e["checks"]:
       out.append(f"- {where}: **{e['verdict']}** ({e['reason']}).")
+      out += _unread_lines(e)
       continue
     out.append(f"- {where}: **{e['verdict']}**" + (f" ({e['reason']})" if e["reason"] else "") + ": " + "; ".join(
         f"{c['fewest']} − {c['most']} moved {moved_text(c['moved'], e['tolerance'])} from {c['from_steps']} to "
@@ -215,7 +216,17 @@ def _steps_markdown(entries) -> list[str]:
         f"{'' if len(c['seeds']) >= e['min_seeds'] else ', so far'})" for c in e["checks"])
         + (f"; the study's rows are those at {e['study_steps']} steps" if e["verdict"] == steps_lib.RETRAINED else "")
         + ".")
+    out += _unread_lines(e)
   return out + [""]
+
+
+def _unread_lines(entry) -> list[str]:
+  """A budget's rows that neither its cells nor a check read (`steps_check`'s `unread`), named; none: nothing."""
+  if not entry.get("unread"):
+    return []
+  return [f"  - Rows at another step count than the study's {entry['study_steps']} that no check reads, left out of "
+          "the report: " + "; ".join(f"{u['cell']} at {u['steps']} steps ({_plural(u['seeds'], 'seed')})"
+                                     for u in entry["unread"]) + "."]
 
 
 def moved_text(moved: float, tolerance: float) -> str:

@@ -186,9 +186,17 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
              MORE if not all(c["stands"] for c in decided) else PENDING if len(decided) < len(checks) else STAND)
   if verdict == PENDING:
     reason = f"{min(len(c['seeds']) for c in checks)} of the {min_seeds} seeds it decides on"
+  # Rows at another step count than the study's that no check reads either: out of the report but for this list.
+  read = {(label, s) for c in earlier + checks for label in c["cells"] for s in (c["from_steps"], c["steps"])}
+  unread = {}
+  for row in rows:
+    label = cells_lib.label(dict(zip(cells_lib.CELL_KEY, cells_lib.cell_key(row))))
+    if row.get("steps") != study and (label, row.get("steps")) not in read:
+      unread.setdefault((label, row.get("steps")), set()).add(row.get("seed"))
   return {"study_steps": study, "metric": metric_, "tolerance": tolerance, "min_seeds": min_seeds,
           "checks": earlier + checks,
-          "verdict": verdict, "reason": reason}
+          "verdict": verdict, "reason": reason,
+          "unread": [{"cell": label, "steps": steps, "seeds": len(seeds)} for (label, steps), seeds in unread.items()]}
 
 
 def steps_check(rows, tolerance: float, min_seeds: int = defaults.STATS["steps_seeds"]) -> list[dict]:
@@ -206,8 +214,9 @@ def steps_check(rows, tolerance: float, min_seeds: int = defaults.STATS["steps_s
     allocations, and other step count, with a seed at both: from each shorter step count to the study's, then from
     the study's to each longer one), `verdict` (`MORE` when a check to a longer step count with `min_seeds` seeds or
     more does not stand, else `PENDING` when such a check has fewer, else `STAND`; `RETRAINED` when every check
-    comes from a shorter step count; `NOT_CHECKED` without a check) and `reason` (why not checked, or the seeds a
-    pending check has; None otherwise).
+    comes from a shorter step count; `NOT_CHECKED` without a check), `reason` (why not checked, or the seeds a
+    pending check has; None otherwise) and `unread` ([{`cell` (label), `steps`, `seeds` (how many)}] of the rows at
+    another step count than the study's that no check reads: in no part of the report but this list).
   """
   study = study_steps(rows)
   out = []
