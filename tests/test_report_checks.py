@@ -14,6 +14,7 @@ from slicejax.report import findings as findings_lib
 from slicejax.report import recommendations
 from slicejax.report import render
 from slicejax.report import results
+from slicejax.report import runs
 from slicejax.report import steps
 from slicejax.report import summary
 from slicejax.study import grid
@@ -185,6 +186,9 @@ def test_the_steps_check_keeps_the_study_rows_and_follows_the_extremes():
       "",
       "- 2D, budget 8: **steps stand**: 8×1 random − 2×4 random moved +0.004 from 100 to 200 steps (by less than "
       "0.005).",
+      # seed 2 of 8 x 1 at 200 steps: its 2 x 4 was not trained again, so no check reads it
+      "  - Rows at another step count than the study's 100 that no check reads, left out of the report: 8×1 random "
+      "at 200 steps (1 seed).",
       "- 2D, budget 16: **more steps needed**: 16×1 random − 4×4 random moved +0.016 from 100 to 200 steps (by 0.005 "
       "or more).", ""]
 
@@ -249,9 +253,11 @@ def test_a_steps_check_with_fewer_seeds_than_it_decides_on_is_pending_and_holds_
   assert [(e["verdict"], e["reason"]) for e in (eight, sixteen)] == [("pending", "2 of the 3 seeds it decides on")] * 2
   assert [e["verdict"] for e in steps.steps_check(rows, 0.005, 2)] == ["steps stand", "more steps needed"]
   lines = render.checks_markdown({"a_a": [], "steps": [eight, sixteen]}, comparisons_lib.stats_options())
-  assert lines[-3:] == [
+  assert lines[-4:] == [
       "- 2D, budget 8: **pending** (2 of the 3 seeds it decides on): 8×1 random − 2×4 random moved +0.004 from 100 "
       "to 200 steps (by less than 0.005, so far).",
+      "  - Rows at another step count than the study's 100 that no check reads, left out of the report: 8×1 random "
+      "at 200 steps (1 seed).",
       "- 2D, budget 16: **pending** (2 of the 3 seeds it decides on): 16×1 random − 4×4 random moved +0.016 from "
       "100 to 200 steps (by 0.005 or more, so far).", ""]
   # Seed 2 at budget 16, where 16 x 1 again gains 1/64 at 200 steps: 3 seeds decide its failure (budget 8's seed 2
@@ -459,7 +465,7 @@ def test_a_cell_missing_planned_seeds_is_pending_until_they_are_in(tmp_path):
   assert (by_b[4]["verdict"], by_b[4]["pending"], by_b[4]["n_pairs"], by_b[4]["planned_seeds"]) == (
       "pending", True, 2, 5)
   assert by_b[4]["p_adjusted"] is None
-  # The pending comparison counts in the family as p = 1: m = 2, so 2 x 4's p is doubled (alone it would be p).
+  # The pending comparison counts in the family as p = 1: m = 2, so 4 x 2's p is doubled (alone it would be p).
   assert (by_b[2]["verdict"], by_b[2]["family_size"]) == ("better", 2)
   assert by_b[2]["p_adjusted"] == pytest.approx(2 * p_strong)
   text = (out / "summary.md").read_text()
@@ -469,6 +475,11 @@ def test_a_cell_missing_planned_seeds_is_pending_until_they_are_in(tmp_path):
   # 8 x 1 fixed has the highest mean over its 2 seeds, but neither the recommendation nor the cost view takes it.
   (entry,) = report["recommendations"]
   assert entry["recommended"] == "8×1 random"
+  # What the complete cells say is shown, but the case waits for the seeds, and so does finding 1's highest mean.
+  assert (entry["case"], entry["case_without_gate"]) == ("inconclusive: seeds pending", "best")
+  assert report["findings"][0]["best"] == {"2D budget 8": {"allocation": "8×1 random", "slices_per_volume": 1,
+                                                           "dice_mean": 0.75}}
+  assert findings_lib.direction_verdict([by_b[4]]) == "inconclusive: seeds pending"
   assert entry["pending"] == ["8×1 fixed (2 of 5 seeds)", "2×4 random (2 of 5 seeds)"]
   assert "- Still missing planned seeds, left out until they are in: 8×1 fixed (2 of 5 seeds), 2×4 random" in text
   assert text.split("## Annotation cost")[1].count("| 8 | 2D |") == 1
@@ -498,3 +509,50 @@ def test_runs_in_rounds_merge_only_with_the_same_round_schedule(tmp_path):
   summary.run([first, run("same", in_rounds([2])), run("one_shot", one_shot, members=8)], tmp_path / "merged")
   with pytest.raises(InputError, match=r"rounds\.members is 8 here but 4 in .*first"):
     summary.run([first, run("other", in_rounds([2]), members=8)], tmp_path / "refused")
+
+
+def test_a_cell_missing_planned_seeds_at_another_step_count_is_pending():
+  # The grid (100 steps) plans seeds 0-4 and has trained 0-2; a run training the budget again at 200 steps plans and
+  # has seeds 0-2. 200 steps is complete for now, but seeds 3-4 at 100 steps would move the study back to 100.
+  rows = [dict(_row(s, 0.7, slices=slices, steps_=steps_), planned_seeds=planned)
+          for steps_, planned in ((100, [0, 1, 2, 3, 4]), (200, [0, 1, 2])) for slices in (1, 4) for s in range(3)]
+  study = steps.study_rows(rows)
+  assert {r["steps"] for r in study} == {200}
+  assert [c["missing_seeds"] for c in cells_lib.summarise(study)] == [[3, 4], [3, 4]]
+  (comparison,) = comparisons_lib.paired_comparisons(study)
+  assert (comparison["verdict"], comparison["n_pairs"], comparison["planned_seeds"]) == ("pending", 3, 5)
+  # Once seeds 3-4 are in at 100 steps, the study is at 100 steps again, complete.
+  rows += [dict(_row(s, 0.7, slices=slices), planned_seeds=[0, 1, 2, 3, 4]) for slices in (1, 4) for s in (3, 4)]
+  study = steps.study_rows(rows)
+  assert {r["steps"] for r in study} == {100}
+  assert [c["missing_seeds"] for c in cells_lib.summarise(study)] == [[], []]
+
+
+def test_the_seeds_each_row_s_run_plans(tmp_path):
+  rows = [_row(0, 0.7), _row(0, 0.7, dims=3), dict(_row(0, 0.9), reference=True, slices_per_volume=None),
+          dict(_row(0, 0.9, dims=3), reference=True, slices_per_volume=None), _row(0, 0.7, selection="annotated"),
+          _row(0, 0.7, dims=3, selection="annotated")]
+  path = _planned_run_folder(tmp_path / "run", rows, range(5))
+  config = json.loads((path / "config.json").read_text())
+  config["study"].update(reference_seeds=[0, 1, 2])
+  config["study"]["three_d"].update(seeds=[0, 1], reference_seeds=[7])
+  (path / "config.json").write_text(json.dumps(config))
+  read, _ = runs.read_runs([path])
+  # 2D and 3D points, the 2D and 3D references, and annotated plans (`study.seeds` in every dims).
+  assert [r["planned_seeds"] for r in read] == [[0, 1, 2, 3, 4], [0, 1], [0, 1, 2], [7], [0, 1, 2, 3, 4],
+                                                [0, 1, 2, 3, 4]]
+
+
+def test_below_the_seeds_a_verdict_needs_no_p_value_or_interval_is_shown():
+  rows = [r for r in _pair(1 / 32, a={"slices": 1}, b={"slices": 2}) if r["seed"] < 2]
+  rows += [_row(s, 0.7, selection="fixed") for s in range(2)]  # fixed - random at one slice: an A/A check
+  options = comparisons_lib.stats_options()
+  (comparison,) = comparisons_lib.paired_comparisons(rows)
+  assert comparison["verdict"] == "underpowered" and comparison["ci_low"] is not None  # computed, not shown
+  table = render._comparison_table([comparison], options)  # pylint: disable=protected-access
+  assert table[2] == ("| allocation | 2D | 8 | 8×1 random | 4×2 random | 2 | 1 | +0.039 | — | — | — | — | — | "
+                      "underpowered | — | — |")
+  (check,) = comparisons_lib.a_a_checks(rows)
+  assert check["excludes_zero"] is None
+  assert render.checks_markdown({"a_a": [check], "steps": []}, options)[6] == (
+      "| 2D | 8 | 8×1 fixed | 8×1 random | 2 | 1 | -0.050 | — | — | no test: fewer than 3 seeds |")

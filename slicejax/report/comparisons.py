@@ -209,15 +209,17 @@ def a_a_checks(rows, options=None) -> list[dict]:
 
   Returns:
     One dict per check with at least one shared seed: `comparison` ("selection"), `a`, `b`, the fields of
-    `stats.compare`, and `excludes_zero` (whether its 1 - alpha interval excludes 0, a warning that the intervals
-    are too narrow; None without an interval).
+    `stats.compare`, `pending`, `planned_seeds` and `excludes_zero` (whether its 1 - alpha interval excludes 0, a
+    warning that the intervals are too narrow; None without an interval, below `min_seeds` seeds or while pending:
+    not tested).
   """
   options = stats_options(options)
   cells = _sparse_cells(rows)
   checks = [c for c in (_compare(kind, cells, a, b, options) for kind, a, b in _pairs(cells) if is_a_a(kind, a, b))
             if c is not None]
-  for c in checks:
-    c["excludes_zero"] = None if c["ci_low"] is None else bool(c["ci_low"] > 0 or c["ci_high"] < 0)
+  for c in checks:  # no test below the seeds a verdict needs, or while a cell waits for planned seeds
+    tested = c["ci_low"] is not None and c["n_pairs"] >= options["min_seeds"] and not c["pending"]
+    c["excludes_zero"] = bool(c["ci_low"] > 0 or c["ci_high"] < 0) if tested else None
   return checks
 
 

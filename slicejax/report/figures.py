@@ -12,6 +12,8 @@ from matplotlib import ticker
 from matplotlib.backends import backend_agg
 import numpy as np
 
+from slicejax.report import cells as cells_lib
+
 _PNG_DPI = 120
 
 
@@ -19,10 +21,11 @@ FIGURES = ("dice_vs_allocation.png", "dice_vs_budget.png", "forest.png", "dice_p
            "learning_curves.png")
 
 
-def all_figures(cells, comparisons, cost) -> dict:
-  """{file name: PNG bytes} of every figure of the report."""
+def all_figures(cells, comparisons, cost, left_out=()) -> dict:
+  """{file name: PNG bytes} of every figure of the report (`left_out`: the cell keys the cost frontier leaves out,
+  `cells.cost_frontier`)."""
   return dict(zip(FIGURES, (dice_vs_allocation(cells), dice_vs_budget(cells), forest(comparisons),
-                            dice_per_class(cells), dice_vs_cost(cells, cost), learning_curves(cells))))
+                            dice_per_class(cells), dice_vs_cost(cells, cost, left_out), learning_curves(cells))))
 
 
 def seconds_per_figure() -> float:
@@ -227,7 +230,7 @@ def forest(comparisons) -> bytes:
     label = (f"{c['comparison']}: {a['dims']}D B{a['budget']} {_short(a)} − {_short(b)}")
     labels.append(label)
     colour = colours.get(c["verdict"], "C7")
-    if c["ci_low"] is not None:
+    if c["ci_low"] is not None and c["verdict"] not in ("underpowered", "pending"):  # as the tables: no interval
       ax.plot([c["ci_low"], c["ci_high"]], [y, y], color=colour, linewidth=2)
     ax.plot([c["mean_diff"]], [y], "o", color=colour)
   ax.axvline(0, color="black", linewidth=0.8)
@@ -240,7 +243,7 @@ def forest(comparisons) -> bytes:
   ax.set_xlabel("Δ Dice (a − b), paired by seed and test volume\nbars: 95% interval (seeds × test volumes, crossed);"
                 " dotted: the equivalence margin")
   ax.set_title("Paired differences (verdicts Holm-adjusted within each family)\ngreen: a better, red: a worse, "
-               "blue: equivalent, grey: inconclusive or underpowered", fontsize="medium")
+               "blue: equivalent, grey: inconclusive, underpowered or pending (no bar)", fontsize="medium")
   return _png(fig)
 
 
@@ -249,9 +252,9 @@ def _short(cell) -> str:
                                                                                   else "")
 
 
-def dice_vs_cost(cells, cost) -> bytes:
-  """Mean Dice against annotation cost for every sparse cell, the best cell at each cost joined, one panel per
-  dims."""
+def dice_vs_cost(cells, cost, left_out=()) -> bytes:
+  """Mean Dice against annotation cost for every sparse cell, the best cell at each cost joined (of the cells whose
+  keys are not in `left_out`, as the report's cost table), one panel per dims."""
   grid = [cell for cell in cells if not cell["reference"]]
   if not grid:
     return _empty("no results yet")
@@ -265,11 +268,7 @@ def dice_vs_cost(cells, cost) -> bytes:
       members = [c for c in panel if c["slices_per_volume"] == rho]
       ax.scatter([c["cost"] for c in members], [c["dice_mean"] for c in members], color=f"C{i}", s=18,
                  label=f"{rho} slice{'' if rho == 1 else 's'} per volume")
-    best, top = [], -np.inf  # this panel's own frontier: the best cell at each cost, of these dims
-    for c in sorted(panel, key=lambda c: (c["cost"], -c["dice_mean"])):
-      if c["dice_mean"] > top:
-        best.append(c)
-        top = c["dice_mean"]
+    best = cells_lib.cost_frontier(panel, left_out)  # this panel's own frontier: the best cell at each cost
     ax.step([c["cost"] for c in best], [c["dice_mean"] for c in best], where="post", color="black", linewidth=1,
             label="best at each cost")
     ax.set_xscale("log")

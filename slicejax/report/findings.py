@@ -10,6 +10,9 @@ from slicejax.report import cells as cells_lib
 from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import statistics as stats
 
+# A finding or a budget's case while cells still miss seeds their runs plan (`cells.missing_seeds`).
+SEEDS_PENDING = "inconclusive: seeds pending"
+
 
 def trust_gate(cells, options=None) -> dict:
   """Whether the study's models were trained long enough for its verdicts to mean anything.
@@ -68,7 +71,7 @@ def direction_verdict(comparisons) -> str:
   if not comparisons:
     return "not tested"
   if counts[stats.UNDERPOWERED] + counts[stats.PENDING] == len(comparisons):
-    return "inconclusive: pending" if counts[stats.PENDING] else "inconclusive: underpowered"
+    return SEEDS_PENDING if counts[stats.PENDING] else "inconclusive: underpowered"
   if counts[stats.BETTER] and counts[stats.WORSE]:
     return "mixed"
   if counts[stats.BETTER] > len(comparisons) / 2:
@@ -87,7 +90,7 @@ def _not_better_verdict(comparisons) -> str:
   if not comparisons:
     return "not tested"
   if counts[stats.UNDERPOWERED] + counts[stats.PENDING] == len(comparisons):
-    return "inconclusive: pending" if counts[stats.PENDING] else "inconclusive: underpowered"
+    return SEEDS_PENDING if counts[stats.PENDING] else "inconclusive: underpowered"
   # A difference resolved as better but inside the margin (its equivalence test rejects too) is no evidence against
   # "not better" by more than the margin: it counts as support.
   within = sum(c["verdict"] == stats.BETTER and (c.get("p_equivalence_adjusted") or 1.0) < c["alpha"]
@@ -168,7 +171,8 @@ def findings(comparisons, cells, options=None, unconverged=()) -> list[dict]:
   best = {}
   for cell in cells:
     if (not cell["reference"] and not cell["interpolation"] and not math.isnan(cell["dice_mean"])
-        and not cells_lib.in_rounds(cell["selection"]) and (cell["dims"], cell["budget"]) not in unconverged):
+        and not cells_lib.in_rounds(cell["selection"]) and (cell["dims"], cell["budget"]) not in unconverged
+        and not cell.get("missing_seeds")):  # a mean over other seeds than the rest's
       key = f"{cell['dims']}D budget {cell['budget']}"
       if key not in best or cell["dice_mean"] > best[key]["dice_mean"]:
         best[key] = {"allocation": cells_lib.label(cell), "slices_per_volume": cell["slices_per_volume"],

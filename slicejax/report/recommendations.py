@@ -3,7 +3,9 @@
 At one (dims, budget) with two or more cells (sparse, with a defined mean Dice), the candidates are the cells that no
 comparison there shows worse than another cell (`worse` as a, `better` as b), less the cells in rounds not shown
 better than their control `passive` (`held_back`; such a cell takes no part: its comparisons neither rule another
-cell out nor count in the case), and the recommendation is the candidate with the highest mean. The case says how far the comparisons separate it (`stats.rules_markdown`):
+cell out nor count in the case) and the cells still missing planned seeds (which take no part either, and hold the
+case at `findings.SEEDS_PENDING`), and the recommendation is the candidate with the highest mean. The case says how
+far the comparisons separate it (`stats.rules_markdown`):
 - "best": it is the only candidate, and better in every comparison it is in;
 - "equivalent": two or more candidates, every comparison between two of them `equivalent`, and those comparisons link
   them all;
@@ -133,9 +135,9 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
     than}), `held_back` (labels of the cells in rounds held back, `held_back`, and not shown worse), `pending`
     (labels, with their seeds so far, of the cells still missing planned seeds: they take no part until these are
     in), `counts` ({verdict: the `deciding` comparisons}), `seeds` (the seeds of the unresolved ones among them:
-    `inconclusive`, `underpowered` or `pending`), `seeds_needed` ({family of an unresolved comparison: the
-    `_SEEDS_FIELDS` of `comparisons.seeds_needed` on the unresolved comparisons of that family alone, at the family's m in `needed`:
-    the seeds that would separate these candidates, from their own spread, not the family's pooled one}),
+    `inconclusive` or `underpowered`), `seeds_needed` ({family of an unresolved comparison: the `_SEEDS_FIELDS` of
+    `comparisons.seeds_needed` on the unresolved comparisons of that family alone, at the family's m in `needed`: the
+    seeds that would separate these candidates, from their own spread, not the family's pooled one}),
     `break_even`, `against_one_shot` (when the recommendation selects in rounds: its comparisons with one-shot
     random and fixed interval at its allocation, `findings.evidence`; what choosing in rounds gains over what a team
     would otherwise do), `allocation_family` ("allocation" in 2D, "allocation,
@@ -164,7 +166,7 @@ def budget_recommendation(cells, comparisons, *, margin: float, seconds_per_volu
   candidates = [cells_lib.key_of(c) for c in ordered
                 if cells_lib.key_of(c) not in beaten and cells_lib.key_of(c) not in out]
   decide = deciding(candidates, among)
-  unresolved = [c for c in decide if c["verdict"] in (stats.INCONCLUSIVE, stats.UNDERPOWERED, stats.PENDING)]
+  unresolved = [c for c in decide if c["verdict"] in (stats.INCONCLUSIVE, stats.UNDERPOWERED)]
   family = comparisons_lib.dims_family("allocation", cells[0]["dims"])
   allocation = [c for c in comparisons if c.get("family") == family]
   verdict = findings_lib.direction_verdict(allocation) if allocation else None
@@ -212,7 +214,8 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
   Returns:
     One `budget_recommendation` per budget, with `case_without_gate` and `agreement_without_gate`: when the trust
     gate is closed, `case` and `agreement` (where there is one) are "inconclusive: undertrained"; else, at an
-    `unconverged` budget, "inconclusive: more steps needed" or "inconclusive: steps check pending".
+    `unconverged` budget, "inconclusive: more steps needed" or "inconclusive: steps check pending"; else, where cells
+    still miss planned seeds, "inconclusive: seeds pending".
   """
   margin = comparisons_lib.stats_options(options)["margin"]
   cost = cells_lib.DEFAULT_COST if cost is None else cost
@@ -230,7 +233,9 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
     entry.update(case_without_gate=entry["case"], agreement_without_gate=entry["agreement"])
     steps_held = {steps_lib.MORE: MORE_STEPS, steps_lib.PENDING: STEPS_PENDING}.get((unconverged or {}).get(
         (dims, budget)))
-    held = UNDERTRAINED if gate["undertrained"] else steps_held
+    # Cells still missing planned seeds may change the case when they arrive (`findings.SEEDS_PENDING`).
+    held = UNDERTRAINED if gate["undertrained"] else steps_held or (findings_lib.SEEDS_PENDING if entry["pending"]
+                                                                   else None)
     if held:
       entry["case"] = held
       entry["agreement"] = None if entry["agreement"] is None else held

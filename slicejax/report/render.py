@@ -155,9 +155,12 @@ def _a_a_markdown(checks, options) -> list[str]:
   each interval that excludes 0."""
   percent = f"{100 * (1 - options['alpha']):g}%"
   lines = [[f"{c['a']['dims']}D", str(c["a"]["budget"]), cells_lib.label(c["a"]), cells_lib.label(c["b"]),
-            str(c["n_pairs"]), str(c["n_volumes"]), "—" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.3f}",
-            _interval(c["ci_low"], c["ci_high"]), _p(c["p_value"]),
-            "no interval" if c["excludes_zero"] is None else "**excludes 0**" if c["excludes_zero"] else "covers 0"]
+            _seeds_of(c), str(c["n_volumes"]), "—" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.3f}",
+            _interval(None if c["excludes_zero"] is None else c["ci_low"], c["ci_high"]),
+            _p(None if c["excludes_zero"] is None else c["p_value"]),
+            ("pending" if c.get("pending") else f"no test: fewer than {options['min_seeds']} seeds"
+             if c["n_pairs"] < options["min_seeds"] else "no interval") if c["excludes_zero"] is None
+            else "**excludes 0**" if c["excludes_zero"] else "covers 0"]
            for c in checks]
   out = [f"Fixed interval against random at one slice per volume, an A/A comparison (two draws of one distribution of "
          f"slices: the true Δ is 0). Its {percent} interval excludes 0 in {100 * options['alpha']:g}% of studies when "
@@ -503,10 +506,11 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
             "\"selection, rounds, control\" above, and against one-shot random and fixed interval at the same budget "
             "and allocation \"selection, rounds, one-shot\"; the other comparisons of selections in rounds are "
             "\"selection, rounds\". Round 0 is a one-shot plan of `rounds.first_selection`; with random or fixed "
-            "interval it keeps part of the one-shot plan of that selection, volumes and seed at the full slices per "
-            "volume (`slicejax.training.rounds.first_plan`), so against that one-shot cell a cell in rounds differs "
-            "only in the slices its models chose, and against the other one-shot selection also in how its first slices were chosen; "
-            "against `passive` it differs only in the former. Equal slices are not equal work: the foreground "
+            "interval (and a fixed allocation, not `free`) it keeps part of the one-shot plan of that selection, "
+            "volumes and seed at the full slices per volume (`slicejax.training.rounds.first_plan`), so against that "
+            "one-shot cell a cell in rounds differs only in the slices its models chose, and against the other "
+            "one-shot selection also in how its first slices were chosen; against `passive` it differs only in the "
+            "former. Equal slices are not equal work: the foreground "
             "pixels annotated (mean over seeds) show what each selection asks of the annotators (a cost model with "
             "`--seconds_per_kilopixel` prices them).", ""]
     out += _table(["dims", "budget", "cell", "slices per round", "validation Dice per round", "volumes annotated",

@@ -2,10 +2,10 @@
 
 Several runs merge into one report only if they trained on the same data, split, network and training, and, where
 both select in rounds, with the same round schedule (`check_compatible`): a grid split over machines, or more seeds
-run later. Their union gives the same summary as one run of all their points. Two exceptions: a run that trains some points of another again for a different number of
-steps (a steps check, `slicejax.report.steps`) merges with it; both rows of such a point are kept. And a later
-part merges at a budget whose every point was trained again at the later part's length: its rows are the budget's
-study rows.
+run later. Their union gives the same summary as one run of all their points. Two exceptions: a run that trains
+some points of another again for a different number of steps (a steps check, `slicejax.report.steps`) merges with
+it; both rows of such a point are kept. And a later part merges at a budget whose every point was trained again at
+the later part's length: its rows are the budget's study rows.
 """
 
 import json
@@ -16,6 +16,7 @@ from slicejax.errors import InputError
 from slicejax.report import results
 from slicejax.report import steps as steps_lib
 from slicejax.study import grid
+from slicejax.study import sparse
 from slicejax import workdir as workdir_lib
 
 # Config keys that must agree between runs merged into one report: what was trained on what, and how it was scored.
@@ -139,9 +140,10 @@ def read_runs(workdirs) -> tuple:
       raise InputError(str(path), f"not valid JSON ({err})") from err
     run_rows = results.read_rows(pathlib.Path(workdir) / workdir_lib.RESULTS_NAME)
     for row in run_rows:
-      try:
-        row["planned_seeds"] = grid.planned_seeds(configs[str(path)]["study"], row.get("dims"),
-                                                  bool(row.get("reference")))
+      try:  # points of annotated (ignore-label) plans train `study.seeds` in every dims (`sparse.points`)
+        row["planned_seeds"] = (list(configs[str(path)]["study"]["seeds"]) if row.get("selection") == sparse.SELECTION
+                                else grid.planned_seeds(configs[str(path)]["study"], row.get("dims"),
+                                                        bool(row.get("reference"))))
       except (KeyError, TypeError):  # a config without a study grid: its cells are taken as complete
         pass
     dims[str(path)] = {row.get("dims") for row in run_rows}

@@ -298,7 +298,8 @@ def adjust_family(comparisons, *, alpha: float, min_seeds: int, planned=None) ->
 
   A comparison marked `pending` (a cell still misses planned seeds) is `pending`: not tested until its seeds are
   in, and counted in the family's m as p = 1, so that testing it again as seeds arrive is no repeated look and a
-  verdict reached now stays when they do.
+  rejection reached now stays when they do (a cell that has no row yet makes no comparison: only `planned` counts
+  it).
   """
   eligible = [c["n_pairs"] >= min_seeds and c["p_value"] is not None and not c.get("pending") for c in comparisons]
   size = sum(eligible) + sum(bool(c.get("pending")) for c in comparisons) if planned is None else planned
@@ -364,8 +365,9 @@ def rules_markdown(options: dict) -> str:
   comparisons of selections in rounds), `interpolation, 2D` (finding 3) and `interpolation, 3D`; separately for the
   test of Δ = 0 and for the equivalence test. 3D comparisons are never in a 2D family: their families carry ", 3D"
   (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are shown; intervals are not adjusted.{planned}
-- **Verdicts.** A cell whose runs have not trained every seed they plan for it yet: each of its comparisons is
-  `pending` (no test; it counts in its family's m as p = 1, so a verdict reached now stays when the seeds arrive).
+- **Verdicts.** A cell whose runs have not trained every seed they plan for it yet, at any step count of its
+  budget: each of its comparisons is `pending` (no test; it counts in its family's m as p = 1, so that a rejection
+  reached now stays when the seeds arrive; for cells no run has started, only the plan, `--families`, does that).
   Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict; its p-values and intervals are not shown).
   Else `better` or `worse` when the adjusted p of Δ = 0 is below {a:g} (by the sign of Δ); else `equivalent` when
   the adjusted equivalence p is below {a:g}; else `inconclusive`.
@@ -388,19 +390,20 @@ def rules_markdown(options: dict) -> str:
   Findings 1 and 2 are judged per dims, 3D on its own families (`allocation, 3D`, `selection, ual, 3D`): with 2D
   and 3D comparisons, the verdict names each ("2D: ...; 3D: ...").
 - **Recommendation per budget.** Read off the verdicts above, with no test of its own. At each dims and budget with
-  two or more cells, a cell is a candidate unless a comparison there shows it worse than another cell (`worse` as
-  a, `better` as b); a cell that selects in rounds takes part only when shown `better` than its control `passive`
-  (the control never does; a cell that does not neither rules another out nor counts below), and a cell still
-  missing planned seeds takes no part until they are in; the recommendation is the candidate with the highest mean
-  Dice. The case rests on the only candidate's comparisons, or on those between two candidates: `best` when it is
-  the only candidate and `better` in each of its comparisons; `equivalent within ±δ: any of them` when there are
-  two or more candidates, every comparison between two of them is `equivalent`, and these comparisons link them all
-  (candidates not compared directly are linked through others, each link within ±δ), so the cheapest will do; else
-  `not separated`, at this number of seeds when some of them are `inconclusive`, `underpowered` or `pending`, with
-  the seeds their families need a priori. Per budget, the `allocation` (in 3D `allocation, 3D`) comparisons there,
-  by finding 1's rule, say which prior study the dataset agrees with: the MIDL 2025 study (fewer slices per volume
-  better) when `reproduced`, the cardiac study (more slices per volume better) when `reversed`, neither when `not
-  reproduced: equivalent`, else `mixed` or `inconclusive`.
+  two or more cells, a cell is a candidate unless a comparison there shows it worse than another cell (`worse` as a,
+  `better` as b); a cell that selects in rounds takes part only when shown `better` than its control `passive` (the
+  control never does; a cell that does not neither rules another out nor counts below), and a cell still missing
+  planned seeds takes no part until they are in; the recommendation is the candidate with the highest mean Dice. The
+  case rests on the only candidate's comparisons, or on those between two candidates: `best` when it is the only
+  candidate and `better` in each of its comparisons; `equivalent within ±δ: any of them` when there are two or more
+  candidates, every comparison between two of them is `equivalent`, and these comparisons link them all (candidates
+  not compared directly are linked through others, each link within ±δ), so the cheapest will do; else `not
+  separated`, at this number of seeds when some of them are `inconclusive` or `underpowered`, with the seeds their
+  families need a priori; while a cell at the budget still misses planned seeds, the case reads `inconclusive: seeds
+  pending` (what the complete cells say is shown beside it). Per budget, the `allocation` (in 3D `allocation, 3D`)
+  comparisons there, by finding 1's rule, say which prior study the dataset agrees with: the MIDL 2025 study (fewer
+  slices per volume better) when `reproduced`, the cardiac study (more slices per volume better) when `reversed`,
+  neither when `not reproduced: equivalent`, else `mixed` or `inconclusive`.
 - **Trust gate.** A cell is `still improving` when its mean validation Dice rose by more than
   {o['plateau_tolerance']:g} over the last learning-curve interval. When a fully annotated reference is still
   improving, or more than {100 * o['max_improving_share']:g}% of the cells with learning curves are, every finding

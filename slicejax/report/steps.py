@@ -85,9 +85,30 @@ def study_steps(rows) -> dict:
 
 def study_rows(rows) -> list:
   """The rows the study's cells are made of: every row, less those of a budget of `retrained` trained for another
-  step count than the budget's study step count (`study_steps`). Order kept."""
+  step count than the budget's study step count (`study_steps`). Order kept.
+
+  A cell still missing seeds that its runs plan at a step count left out here (rows' `planned_seeds`,
+  `runs.read_runs`) may move the budget's study step count when they arrive: its kept rows carry those seeds in
+  their `planned_seeds` too (copies of the rows), so that the cell is pending (`cells.missing_seeds`) until then.
+  """
   study = study_steps(rows)
-  return [row for row in rows if _budget(row) not in study or row.get("steps") == study[_budget(row)]]
+  planned, present = {}, {}
+  for row in rows:
+    key = (cells_lib.cell_key(row), row.get("steps"))
+    planned.setdefault(key, set()).update(row.get("planned_seeds") or ())
+    present.setdefault(key, set()).add(row.get("seed"))
+  elsewhere = {}
+  for (cell, steps), seeds in planned.items():
+    if seeds - present[(cell, steps)]:
+      elsewhere.setdefault(cell, {})[steps] = seeds - present[(cell, steps)]
+  kept = []
+  for row in rows:
+    budget = _budget(row)
+    if budget in study and row.get("steps") != study[budget]:
+      continue
+    gaps = [seeds for steps, seeds in elsewhere.get(cells_lib.cell_key(row), {}).items() if steps != row.get("steps")]
+    kept.append(dict(row, planned_seeds=sorted(set(row.get("planned_seeds") or ()).union(*gaps))) if gaps else row)
+  return kept
 
 
 VALIDATION, TEST = "validation", "test"
@@ -187,11 +208,12 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
   if verdict == PENDING:
     reason = f"{min(len(c['seeds']) for c in checks)} of the {min_seeds} seeds it decides on"
   # Rows at another step count than the study's that no check reads either: out of the report but for this list.
-  read = {(label, s) for c in earlier + checks for label in c["cells"] for s in (c["from_steps"], c["steps"])}
+  read = {(label, s, seed) for c in earlier + checks for label in c["cells"] for s in (c["from_steps"], c["steps"])
+          for seed in c["seeds"]}
   unread = {}
   for row in rows:
     label = cells_lib.label(dict(zip(cells_lib.CELL_KEY, cells_lib.cell_key(row))))
-    if row.get("steps") != study and (label, row.get("steps")) not in read:
+    if row.get("steps") != study and (label, row.get("steps"), row.get("seed")) not in read:
       unread.setdefault((label, row.get("steps")), set()).add(row.get("seed"))
   return {"study_steps": study, "metric": metric_, "tolerance": tolerance, "min_seeds": min_seeds,
           "checks": earlier + checks,

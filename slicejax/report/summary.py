@@ -71,13 +71,14 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   # As in the recommendation: cells still missing planned seeds (means over other seeds than the rest) and cells in
   # rounds not shown to pay take no part.
   sparse = [cells_lib.key_of(c) for c in cells if not c["reference"]]
-  frontier = cells_lib.cost_frontier(cells, {cells_lib.key_of(c) for c in cells if c.get("missing_seeds")}
-                                     | set(recommendations.held_back(sparse, comparisons)))
+  left_out = ({cells_lib.key_of(c) for c in cells if c.get("missing_seeds")}
+              | set(recommendations.held_back(sparse, comparisons)))
+  frontier = cells_lib.cost_frontier(cells, left_out)
   text = render.summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options,
                                  runs.compute_used(rows, launches), checks={"a_a": a_a, "steps": steps_check})
   if preamble:  # the preamble has the document's title
     text = text.removeprefix("# Study summary\n\n")
-  pngs = figures.all_figures(cells, comparisons, cost)
+  pngs = figures.all_figures(cells, comparisons, cost, left_out)
   files.atomic_write(os.path.join(workdir, "summary.md"), preamble + text + render.figure_links(pngs, ""))
   if document is not None:
     prefix = os.path.relpath(workdir, os.path.dirname(os.path.abspath(document)) or ".")
