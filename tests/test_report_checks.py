@@ -477,6 +477,7 @@ def test_a_cell_missing_planned_seeds_is_pending_until_they_are_in(tmp_path):
   assert entry["recommended"] == "8×1 random"
   # What the complete cells say is shown, but the case waits for the seeds, and so does finding 1's highest mean.
   assert (entry["case"], entry["case_without_gate"]) == ("inconclusive: seeds pending", "best")
+  assert entry["agreement"] == "inconclusive"  # finding 1's rule on 1 better and 1 pending, not held as the case is
   assert report["findings"][0]["best"] == {"2D budget 8": {"allocation": "8×1 random", "slices_per_volume": 1,
                                                            "dice_mean": 0.75}}
   assert findings_lib.direction_verdict([by_b[4]]) == "inconclusive: seeds pending"

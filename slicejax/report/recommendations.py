@@ -215,7 +215,8 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
     One `budget_recommendation` per budget, with `case_without_gate` and `agreement_without_gate`: when the trust
     gate is closed, `case` and `agreement` (where there is one) are "inconclusive: undertrained"; else, at an
     `unconverged` budget, "inconclusive: more steps needed" or "inconclusive: steps check pending"; else, where cells
-    still miss planned seeds, "inconclusive: seeds pending".
+    still miss planned seeds, `case` (not `agreement`, which rests on the allocation comparisons alone) is
+    "inconclusive: seeds pending".
   """
   margin = comparisons_lib.stats_options(options)["margin"]
   cost = cells_lib.DEFAULT_COST if cost is None else cost
@@ -233,11 +234,11 @@ def recommendations(comparisons, cells, gate, options=None, *, cost=None, needed
     entry.update(case_without_gate=entry["case"], agreement_without_gate=entry["agreement"])
     steps_held = {steps_lib.MORE: MORE_STEPS, steps_lib.PENDING: STEPS_PENDING}.get((unconverged or {}).get(
         (dims, budget)))
-    # Cells still missing planned seeds may change the case when they arrive (`findings.SEEDS_PENDING`).
-    held = UNDERTRAINED if gate["undertrained"] else steps_held or (findings_lib.SEEDS_PENDING if entry["pending"]
-                                                                   else None)
+    held = UNDERTRAINED if gate["undertrained"] else steps_held
     if held:
       entry["case"] = held
       entry["agreement"] = None if entry["agreement"] is None else held
+    elif entry["pending"]:  # cells still missing planned seeds may change the case when they arrive; the agreement
+      entry["case"] = findings_lib.SEEDS_PENDING  # rests on the allocation comparisons, pending or not, as they are
     out.append(entry)
   return out
