@@ -13,6 +13,7 @@ from matplotlib.backends import backend_agg
 import numpy as np
 
 from slicejax.report import cells as cells_lib
+from slicejax.report import statistics as stats
 
 _PNG_DPI = 120
 
@@ -230,7 +231,7 @@ def forest(comparisons) -> bytes:
     label = (f"{c['comparison']}: {a['dims']}D B{a['budget']} {_short(a)} − {_short(b)}")
     labels.append(label)
     colour = colours.get(c["verdict"], "C7")
-    if c["ci_low"] is not None and c["verdict"] not in ("underpowered", "pending"):  # as the tables: no interval
+    if c["ci_low"] is not None and c["verdict"] not in stats.UNTESTED:  # as the tables: no interval
       ax.plot([c["ci_low"], c["ci_high"]], [y, y], color=colour, linewidth=2)
     ax.plot([c["mean_diff"]], [y], "o", color=colour)
   ax.axvline(0, color="black", linewidth=0.8)

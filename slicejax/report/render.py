@@ -79,7 +79,7 @@ def _p(value) -> str:
 def _tested(comparison) -> bool:
   """Whether a comparison's p-values and intervals are shown: not when it is `underpowered` or `pending`, where too
   few seeds make the intervals too narrow and the p-values too small to read (the Δ is shown)."""
-  return comparison["verdict"] not in (stats.UNDERPOWERED, stats.PENDING)
+  return comparison["verdict"] not in stats.UNTESTED
 
 
 def _seeds_of(comparison) -> str:

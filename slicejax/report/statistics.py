@@ -40,6 +40,8 @@ from slicejax.evaluation import metrics
 BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, UNDERPOWERED, PENDING = (
     "better", "worse", "equivalent", "inconclusive", "underpowered", "pending")
 VERDICTS = (BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, UNDERPOWERED, PENDING)
+# Verdicts without a test: their p-values and intervals are not shown (too few seeds make them too narrow to read).
+UNTESTED = (UNDERPOWERED, PENDING)
 DEFAULTS = defaults.STATS  # the config keys `stats.*`; the report reads the run's own values
 MAX_SEEDS = 1000  # seeds_needed searches up to this many
 
