@@ -706,7 +706,7 @@ def test_write_summary_with_no_rows(tmp_path):
   summary.write_summary(tmp_path, [])
   assert "No results yet." in (tmp_path / "summary.md").read_text()
   assert (tmp_path / "summary.csv").read_text().splitlines() == [
-      ",".join(cells_lib.CELL_KEY) + ",n_seeds,density,dice_mean,dice_std,hd95_mean,nsd_mean,interp_dice,cost,"
+      ",".join(cells_lib.CELL_KEY) + ",n_seeds,n_seeds_planned,density,dice_mean,dice_std,hd95_mean,nsd_mean,interp_dice,cost,"
       "train_seconds,n_diverged,still_improving"]
   assert (tmp_path / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

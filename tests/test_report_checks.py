@@ -485,6 +485,10 @@ def test_a_cell_missing_planned_seeds_is_pending_until_they_are_in(tmp_path):
   assert "- Still missing planned seeds, left out until they are in: 8×1 fixed (2 of 5 seeds), 2×4 random" in text
   assert text.split("## Annotation cost")[1].count("| 8 | 2D |") == 1
   assert "| 8 | 2D | 8×1 | random | off | 0.750 ± 0.000 (5) |" in text
+  with open(out / "summary.csv", newline="") as f:
+    seeds = {(c["slices_per_volume"], c["selection"]): (c["n_seeds"], c["n_seeds_planned"]) for c in csv.DictReader(f)}
+  assert seeds == {("1", "random"): ("5", "5"), ("2", "random"): ("5", "5"), ("4", "random"): ("2", "5"),
+                   ("1", "fixed"): ("2", "5")}
 
   # Seeds 2-4 arrive from another run: tested now; 4 x 2's adjusted p did not move (Holm: max(2 p_strong, p_weak)).
   second = _planned_run_folder(tmp_path / "second", [r for r in late if r["seed"] >= 2], (2, 3, 4))

@@ -558,17 +558,19 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
 
 
 def summary_csv(cells) -> str:
-  """summary.csv: one line per cell with plain numbers (booleans as 0/1, missing values empty)."""
+  """summary.csv: one line per cell with plain numbers (booleans as 0/1, missing values empty). `n_seeds_planned`
+  counts the seeds its runs plan (`cells.missing_seeds`): a cell with fewer `n_seeds` is pending, its mean not final."""
   classes = _classes(cells)
-  header = list(cells_lib.CELL_KEY) + ["n_seeds", "density", "dice_mean", "dice_std"] + [
+  header = list(cells_lib.CELL_KEY) + ["n_seeds", "n_seeds_planned", "density", "dice_mean", "dice_std"] + [
       f"dice_{name}" for name in classes] + ["hd95_mean", "nsd_mean", "interp_dice", "cost", "train_seconds",
                                              "n_diverged", "still_improving"]
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
   writer.writerow(header)
   for cell in cells:
-    values = [cell[name] for name in cells_lib.CELL_KEY] + [cell["n_seeds"], cell["density"], cell["dice_mean"],
-                                                              cell["dice_std"]]
+    planned = cell["n_seeds"] + len(cell.get("missing_seeds") or ())
+    values = [cell[name] for name in cells_lib.CELL_KEY] + [cell["n_seeds"], planned, cell["density"],
+                                                              cell["dice_mean"], cell["dice_std"]]
     values += [cell["dice_per_class"].get(name) for name in classes]
     values += [cell["hd95_mean"], cell["nsd_mean"], cell["interp_dice"], cell["cost"], cell["train_seconds"],
                cell["n_diverged"], cell["still_improving"]]
