@@ -32,6 +32,8 @@ from slicejax import files
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
 RESULTS_NAME = "results.jsonl"
+# The Holm families its grid plans, {family: comparisons}, written when a launch starts (`comparisons.grid_family_sizes`).
+FAMILIES_NAME = "families.json"
 CHECKPOINTS_NAME = "checkpoints"
 RUN_PREFIX = "run_"
 # How many differing keys an error message names before it only counts the rest.

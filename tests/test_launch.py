@@ -1,5 +1,6 @@
 """End-to-end runs of tiny configs: the phantom demo, a generated two-channel prostate-like set, real hippocampus."""
 
+import collections
 import csv
 import os
 import json
@@ -101,7 +102,11 @@ def test_demo_summary_files(demo_run):
   assert len(cells) == 5
   assert (workdir / "dice_vs_allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert json.loads((workdir / "groups.json").read_text())[0]["0"] == rows[0]["name"]
-  assert json.loads((workdir / "findings.json").read_text())["options"]["margin"] == 0.03
+  found = json.loads((workdir / "findings.json").read_text())
+  assert found["options"]["margin"] == 0.03
+  # The plan the launch wrote when it started holds exactly the comparisons the finished run made.
+  made = collections.Counter(c["family"] for c in found["comparisons"])
+  assert json.loads((workdir / "families.json").read_text()) == dict(made) and sum(made.values()) >= 2
 
 
 def test_rerun_skips_and_keeps_rows(demo_run):

@@ -18,6 +18,7 @@ from slicejax.report import findings as findings_lib
 from slicejax.report import recommendations
 from slicejax.report import render
 from slicejax.report import results
+from slicejax.report import runs
 from slicejax.report import statistics as stats
 from slicejax.report import summary
 
@@ -242,6 +243,43 @@ def test_a_planned_family_adjusts_over_its_planned_size_and_checks_the_rows_agai
   plan.write_text(json.dumps({"allocation": "six"}))
   with pytest.raises(InputError, match=f"{plan}: must map family names"):
     summary.run([run], tmp_path / "out", families=plan)
+
+
+def test_a_run_counts_the_comparisons_its_grid_plans_but_has_not_made(tmp_path):
+  # Budgets 8 and 16, 4 seeds: 1 x 8 against 2 x 4 at each (2 comparisons made, both tested); budget 32 has 2 seeds so
+  # far (made, underpowered). The run's grid plans 4 allocation comparisons: one has no rows yet.
+  rows = []
+  for seed, noise in enumerate([0.01, -0.01, 0.02, -0.02]):
+    rows += [_row(seed, 0.8, slices=1), _row(seed, 0.75 + noise / 10, slices=2)]
+    rows += [_row(seed, 0.8, budget=16, slices=1), _row(seed, 0.78 + 2 * noise, budget=16, slices=2)]
+    rows += [_row(seed, 0.8, budget=32, slices=1), _row(seed, 0.7, budget=32, slices=2)] if seed < 2 else []
+  own = comparisons_lib.paired_comparisons(rows)
+  assert [c["family_size"] for c in own] == [2, 2, 2]  # the underpowered comparison is not counted
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  results.append_rows(run / "results.jsonl", rows)
+  (run / "families.json").write_text(json.dumps({"allocation": 4, "selection": 3}))
+  report = json.loads((summary.run([run], tmp_path / "out") / "findings.json").read_text())
+  # m = 2 tested + 1 not made = 3 (the made but underpowered one stays out, as without a plan).
+  assert [c["family_size"] for c in report["comparisons"]] == [3, 3, 3]
+  assert [c["p_adjusted"] for c in report["comparisons"][:2]] == pytest.approx(
+      stats.holm([c["p_value"] for c in own[:2]], size=3))
+  assert "`allocation` 3 of 4." in (tmp_path / "out" / "summary.md").read_text()
+  # The same through the options, and a plan no larger than what is made changes nothing.
+  assert [c["p_adjusted"] for c in comparisons_lib.paired_comparisons(rows, {"run_families": {"allocation": 4}})] == [
+      c["p_adjusted"] for c in report["comparisons"]]
+  assert comparisons_lib.paired_comparisons(rows, {"run_families": {"allocation": 3}}) == own
+  # Merged runs take each family's largest plan; a run without one adds nothing.
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "config.json").write_text("{}")
+  (other / "families.json").write_text(json.dumps({"allocation": 2, "interpolation, 2D": 1}))
+  assert runs.read_families([run, other, tmp_path]) == {"allocation": 4, "selection": 3, "interpolation, 2D": 1}
+  assert runs.read_families([tmp_path]) is None
+  (other / "families.json").write_text("[1, 2]")
+  with pytest.raises(InputError, match=f"{other / 'families.json'}: must map family names"):
+    summary.run([run, other], tmp_path / "merged")
 
 
 def test_stats_options_are_checked():

@@ -98,13 +98,15 @@ def stats_options(options=None) -> dict:
 
   Besides the config's keys, `families`: {Holm family: planned number of comparisons} of a study that is not
   complete yet (the report's `--families`), or None; each family then adjusts over its planned size
-  (`stats.holm`).
+  (`stats.holm`). And `run_families`: the plan the runs' own grids hold (`runs.read_families`), or None; without
+  `families`, a family that has made fewer comparisons than it plans counts the missing ones as p = 1.
 
   Raises:
     InputError: a value out of its range.
   """
   o = dict(stats.DEFAULTS, **{k: v for k, v in (options or {}).items() if k in stats.DEFAULTS})
   o["families"] = checked_families((options or {}).get("families"))
+  o["run_families"] = checked_families((options or {}).get("run_families"), "families.json")
   checks = {"alpha": (0 < o["alpha"] < 0.5, "in (0, 0.5)"), "margin": (o["margin"] > 0, "> 0"),
             "min_seeds": (int(o["min_seeds"]) == o["min_seeds"] and o["min_seeds"] >= 2, "an integer >= 2"),
             "power": (0 < o["power"] < 1, "in (0, 1)"),
@@ -200,8 +202,15 @@ def paired_comparisons(rows, options=None) -> list[dict]:
       raise InputError("--families", f"family {family!r} has {len(members)} comparisons in the rows, more than the "
                        f"{planned[family]} planned")
     stats.adjust_family(members, alpha=options["alpha"], min_seeds=options["min_seeds"],
-                        planned=None if planned is None else planned[family])
+                        planned=None if planned is None else planned[family], unmade=unmade(family, len(members),
+                                                                                            options))
   return comparisons
+
+
+def unmade(family: str, made: int, options) -> int:
+  """The comparisons of `family` that the runs' own grids plan (`run_families`) beyond the `made` ones: those whose
+  cells have no rows yet (or no shared seed), each counted in the family as p = 1 (`stats.adjust_family`)."""
+  return max(0, (options.get("run_families") or {}).get(family, 0) - made)
 
 
 def a_a_checks(rows, options=None) -> list[dict]:
@@ -248,8 +257,8 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
     families.setdefault(c.get("family") or holm_family(c), []).append(c)
   if family_sizes is not None:
     sizes = family_sizes
-  else:  # the families' planned sizes where a plan is given (`stats_options`), else their own
-    sizes = {f: (options["families"] or {}).get(f, len(m)) for f, m in families.items()}
+  else:  # the families' planned sizes where a plan is given (`stats_options`), else their own and the runs' plan
+    sizes = {f: (options["families"] or {}).get(f, len(m) + unmade(f, len(m), options)) for f, m in families.items()}
   everything = stats.pooled_variability(comparisons)
   out = {}
   for family, m in sizes.items():
@@ -268,11 +277,15 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
   return out
 
 
-def grid_family_sizes(points, options=None) -> dict:
-  """{Holm family: comparisons} that a grid's points will make (`paired_comparisons` on one stand-in row per
-  sparse point), for sizing its seeds before it runs."""
-  rows = [{**p.fields(), "seed": 0, "dice_mean": 0.5} for p in points if not p.reference]
+def grid_family_sizes(points) -> dict:
+  """{Holm family: comparisons} that a grid's points will make (`paired_comparisons`' pairs between their cells), for
+  sizing its seeds before it runs and as the plan a report of the unfinished run adjusts over (`stats_options`'
+  `run_families`)."""
+  cells = _sparse_cells([{**p.fields(), "seed": 0, "dice_mean": 0.5} for p in points if not p.reference])
   sizes = {}
-  for c in paired_comparisons(rows, options):
-    sizes[c["family"]] = sizes.get(c["family"], 0) + 1
+  for kind, a, b in _pairs(cells):
+    if not is_a_a(kind, a, b):
+      family = holm_family({"comparison": kind, "a": dict(zip(cells_lib.CELL_KEY, a)),
+                            "b": dict(zip(cells_lib.CELL_KEY, b))})
+      sizes[family] = sizes.get(family, 0) + 1
   return sizes

@@ -7,6 +7,7 @@ import math
 
 from slicejax import console
 from slicejax.report import cells as cells_lib
+from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import statistics as stats
 from slicejax.report import steps as steps_lib
 
@@ -489,11 +490,12 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
           "test-volume model; p of Δ = 0 and of the equivalence test, raw and Holm-adjusted within the family "
           "(rules above). Δ NSD and Δ HD95 are a − b too: a positive Δ HD95 means a's boundaries lie further from "
           "the truth.", ""]
-  if options.get("families") and comparisons:
-    present = collections.Counter(c["family"] for c in comparisons)
+  present = collections.Counter(c["family"] for c in comparisons)
+  planned = {family: (options.get("families") or {}).get(family, n + comparisons_lib.unmade(family, n, options))
+             for family, n in present.items()}
+  if options.get("families") and comparisons or any(planned[family] > n for family, n in present.items()):
     out += ["Holm's adjustment runs over each family's planned comparisons, those not yet run counted as p = 1: "
-            + "; ".join(f"`{family}` {n} of {options['families'][family]}" for family, n in present.items())
-            + ".", ""]
+            + "; ".join(f"`{family}` {n} of {planned[family]}" for family, n in present.items()) + ".", ""]
   out += _comparison_table(comparisons, options) if comparisons else ["No cells to compare yet."]
   section = recommendations_markdown(recommended, cells, cost)
   out += [""] + section if section else []

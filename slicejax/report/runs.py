@@ -170,6 +170,34 @@ def read_runs(workdirs) -> tuple:
   return list(by_name.values()), next(iter(configs.values()))
 
 
+def read_families(workdirs):
+  """The Holm families the runs' own grids plan (each folder's `families.json`, written when its launch started),
+  merged: {family: the most comparisons any run plans for it}, or None when no folder has one. A run's report
+  adjusts each family over at least that many comparisons (`comparisons.stats_options`' `run_families`); for a study
+  of several parts, each planning some of its cells, only the whole study's plan (the report's `--families`) counts
+  every family in full.
+
+  Raises:
+    InputError: a `families.json` that cannot be read, or not {family: comparisons >= 1}.
+  """
+  merged = None
+  for workdir in workdirs:
+    path = pathlib.Path(workdir) / workdir_lib.FAMILIES_NAME
+    if not path.is_file():
+      continue
+    try:
+      plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+      raise InputError(str(path), f"cannot be read as JSON ({err})") from err
+    if not (isinstance(plan, dict) and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                           and v >= 1 for k, v in plan.items())):
+      raise InputError(str(path), f"must map family names to planned comparisons (integers >= 1), got {plan!r}")
+    merged = merged or {}
+    for family, size in plan.items():
+      merged[family] = max(merged.get(family, 0), size)
+  return merged
+
+
 def read_launches(workdirs) -> list[dict]:
   """The launch records (`slicejax.environment`) of the run folders, in order: the lines of each folder's
   `launches.jsonl`, read as result rows are (`results.read_rows`); a folder without one has none."""

@@ -118,6 +118,7 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
     except (OSError, UnicodeDecodeError, ValueError) as err:
       raise InputError(str(families), f"cannot be read as JSON ({err})") from err
     options["families"] = comparisons_lib.checked_families(planned, str(families))
+  options["run_families"] = runs.read_families(workdirs)
   options = comparisons_lib.stats_options(options)
   for key, value in (("seconds_per_volume", seconds_per_volume), ("seconds_per_slice", seconds_per_slice),
                      ("seconds_per_kilopixel", seconds_per_kilopixel)):

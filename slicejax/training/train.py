@@ -39,6 +39,7 @@ from slicejax.evaluation import evaluate as evaluate_lib
 from slicejax import files
 from slicejax.model import losses
 from slicejax.model import unet
+from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import results
 from slicejax.report import runs as report_runs
 from slicejax.report import summary as report
@@ -641,6 +642,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
       # every group done records nothing); its rows name the line (`environment`).
       launches = rundir / environment.LAUNCHES_NAME
       launch = len(results.read_rows(launches))
+      # The Holm families of the whole grid, so that a report of the unfinished run counts the comparisons not yet
+      # made (`report_runs.read_families`).
+      files.atomic_write(rundir / workdir_lib.FAMILIES_NAME, json.dumps(
+          comparisons_lib.grid_family_sizes([p for g in groups for p in g]), indent=1, sort_keys=True))
       files.atomic_write(rundir / "groups.json", json.dumps(
           [{str(m): p.name for m, p in enumerate(rounds_lib.final_models(config, g))} for g in groups], indent=1))
       (rundir / "plans").mkdir(exist_ok=True)
@@ -699,7 +704,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fresh: boo
     with distributed.writer_first("summary"):
       rows = results.read_rows(results_path)
       if writer:
-        report.write_summary(rundir, rows, config.stats.to_dict(), cost=config.cost.to_dict(),
+        report.write_summary(rundir, rows, dict(config.stats.to_dict(),
+                                                run_families=report_runs.read_families([rundir])),
+                             cost=config.cost.to_dict(),
                              launches=report_runs.read_launches([rundir]))
         console.plot_curves(rundir / "curves", rundir / "curves.png")
         console.say(f"wrote {results_path}, summary.md, summary.csv, the figures and curves.png")
