@@ -499,6 +499,27 @@ def test_a_cell_missing_planned_seeds_is_pending_until_they_are_in(tmp_path):
   assert report["recommendations"][0]["pending"] == []
 
 
+def test_a_study_closed_short_of_its_seeds_reads_as_if_it_planned_only_those(tmp_path):
+  # The run plans seeds 0-4 and stopped after seeds 0-2 of 2 x 4 random (8 x 1 and 4 x 2 have all 5).
+  eight, four = _pair(1 / 32, a={"slices": 1}, b={"slices": 2}), _pair(1 / 64, a={"slices": 1}, b={"slices": 4})
+  run = _planned_run_folder(tmp_path / "run", eight + [r for r in four[1::2] if r["seed"] < 3], range(5))
+  pending = json.loads((summary.run([run], tmp_path / "pending") / "findings.json").read_text())
+  assert [c["verdict"] for c in pending["comparisons"]] == ["better", "pending"]
+  closed = summary.run([run], tmp_path / "closed", seeds=[0, 1, 2])
+  report = json.loads((closed / "findings.json").read_text())
+  # Seeds 0-2 of both comparisons, tested, in a family of 2: the same as a run that trained only seeds 0-2.
+  only = _planned_run_folder(tmp_path / "only", [r for r in eight + four[1::2] if r["seed"] < 3], range(3))
+  alone = json.loads((summary.run([only], tmp_path / "alone") / "findings.json").read_text())
+  assert [(c["n_pairs"], c["pending"], c["family_size"]) for c in report["comparisons"]] == [(3, False, 2)] * 2
+  assert ([c["p_adjusted"] for c in report["comparisons"]] == [c["p_adjusted"] for c in alone["comparisons"]]
+          and report["recommendations"][0]["pending"] == [] and report["options"]["seeds"] == [0, 1, 2])
+  assert "Seeds: this report reads seeds 0, 1, 2 only (`--seeds`)" in (closed / "summary.md").read_text()
+  with pytest.raises(InputError, match=r"--seeds: no row has seed\(s\) 7"):
+    summary.run([run], tmp_path / "bad", seeds=[0, 7])
+  with pytest.raises(InputError, match="--seeds: give at least one seed"):
+    summary.run([run], tmp_path / "bad", seeds=[])
+
+
 def test_runs_in_rounds_merge_only_with_the_same_round_schedule(tmp_path):
   def run(name, rows, **schedule):
     path = _run_folder(tmp_path / name, rows, 100)

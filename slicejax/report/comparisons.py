@@ -107,6 +107,7 @@ def stats_options(options=None) -> dict:
   o = dict(stats.DEFAULTS, **{k: v for k, v in (options or {}).items() if k in stats.DEFAULTS})
   o["families"] = checked_families((options or {}).get("families"))
   o["run_families"] = checked_families((options or {}).get("run_families"), "families.json")
+  o["seeds"] = (options or {}).get("seeds")  # the seeds a report closes its study at (`runs.only_seeds`), or None
   checks = {"alpha": (0 < o["alpha"] < 0.5, "in (0, 0.5)"), "margin": (o["margin"] > 0, "> 0"),
             "min_seeds": (int(o["min_seeds"]) == o["min_seeds"] and o["min_seeds"] >= 2, "an integer >= 2"),
             "power": (0 < o["power"] < 1, "in (0, 1)"),

@@ -460,6 +460,10 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
   if seeds and seeds[-1] < options["min_seeds"]:
     out += [f"Every cell has fewer than {options['min_seeds']} seeds: no verdict can be given; run more seeds "
             "(`study.seeds`).", ""]
+  if options.get("seeds") is not None:
+    out += [f"Seeds: this report reads seeds {', '.join(map(str, options['seeds']))} only (`--seeds`), as if the "
+            "runs planned no other: rows of other seeds are left out. It is a smaller study than the one planned; "
+            "reading it again when more seeds are in is a second look at the same comparisons.", ""]
   lengths = {}
   for cell in cells:
     if cell.get("steps"):

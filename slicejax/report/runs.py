@@ -170,6 +170,27 @@ def read_runs(workdirs) -> tuple:
   return list(by_name.values()), next(iter(configs.values()))
 
 
+def only_seeds(rows, seeds) -> list:
+  """The rows of `seeds` only, each planning no other seed: a report that closes a study short of the seeds its runs
+  plan (the report's `--seeds`), so that its cells are no longer pending (`cells.missing_seeds`).
+
+  Raises:
+    InputError: `seeds` is empty, or names a seed that no row has.
+  """
+  wanted = set(seeds)
+  if not wanted:
+    raise InputError("--seeds", "give at least one seed")
+  unknown = sorted(wanted - {row["seed"] for row in rows if "seed" in row})
+  if unknown:
+    raise InputError("--seeds", f"no row has seed(s) {', '.join(map(str, unknown))}")
+  kept = []
+  for row in rows:
+    if row.get("seed") in wanted:
+      kept.append(dict(row, planned_seeds=[s for s in row["planned_seeds"] if s in wanted])
+                  if "planned_seeds" in row else row)
+  return kept
+
+
 def read_families(workdirs):
   """The Holm families the runs' own grids plan (each folder's `families.json`, written when its launch started),
   merged: {family: the most comparisons any run plans for it}, or None when no folder has one. A run's report
