@@ -236,7 +236,7 @@ def test_a_planned_family_adjusts_over_its_planned_size_and_checks_the_rows_agai
   plan.write_text(json.dumps({"allocation": 6}))
   summary.run([run], tmp_path / "out", families=plan)
   text = (tmp_path / "out" / "summary.md").read_text()
-  assert "`allocation` 2 of 6." in text and "adjusted over its planned families" in text
+  assert "`allocation` 2 made of 6 planned (m = 6)." in text and "The plan: the whole study's planned families" in text
   plan.write_text("{not json")
   with pytest.raises(InputError, match=f"{plan}: cannot be read as JSON"):
     summary.run([run], tmp_path / "out", families=plan)
@@ -265,11 +265,24 @@ def test_a_run_counts_the_comparisons_its_grid_plans_but_has_not_made(tmp_path):
   assert [c["family_size"] for c in report["comparisons"]] == [3, 3, 3]
   assert [c["p_adjusted"] for c in report["comparisons"][:2]] == pytest.approx(
       stats.holm([c["p_value"] for c in own[:2]], size=3))
-  assert "`allocation` 3 of 4." in (tmp_path / "out" / "summary.md").read_text()
-  # The same through the options, and a plan no larger than what is made changes nothing.
-  assert [c["p_adjusted"] for c in comparisons_lib.paired_comparisons(rows, {"run_families": {"allocation": 4}})] == [
+  text = (tmp_path / "out" / "summary.md").read_text()
+  assert "`allocation` 3 made of 4 planned (m = 3)." in text and "The plan: its runs' own grids' families" in text
+  assert "merges runs that each wrote their own plan" not in text
+  # The seeds a family needs are sized for the whole plan: 4 comparisons.
+  assert report["seeds_needed"]["allocation"]["comparisons"] == 4
+  # The same plan through the options, or as the whole study's (`--families`): the same m, the same p-values.
+  via_run = comparisons_lib.paired_comparisons(rows, {"run_families": {"allocation": 4}})
+  via_study = comparisons_lib.paired_comparisons(rows, {"families": {"allocation": 4}})
+  assert [c["p_adjusted"] for c in via_run] == [c["p_adjusted"] for c in via_study] == [
       c["p_adjusted"] for c in report["comparisons"]]
+  # A plan no larger than what is made changes nothing.
   assert comparisons_lib.paired_comparisons(rows, {"run_families": {"allocation": 3}}) == own
+  # The whole study's plan holds every run's: larger, it counts its own unmade comparisons (5 - 3 = 2, m = 4) once;
+  # smaller, it is refused.
+  wider = comparisons_lib.paired_comparisons(rows, {"families": {"allocation": 5}, "run_families": {"allocation": 4}})
+  assert [c["family_size"] for c in wider] == [4, 4, 4]
+  with pytest.raises(InputError, match="--families: plans 3 comparisons of family 'allocation', fewer than the 4"):
+    comparisons_lib.paired_comparisons(rows, {"families": {"allocation": 3}, "run_families": {"allocation": 4}})
   # Merged runs take each family's largest plan; a run without one adds nothing.
   other = tmp_path / "other"
   other.mkdir()
@@ -277,9 +290,12 @@ def test_a_run_counts_the_comparisons_its_grid_plans_but_has_not_made(tmp_path):
   (other / "families.json").write_text(json.dumps({"allocation": 2, "interpolation, 2D": 1}))
   assert runs.read_families([run, other, tmp_path]) == {"allocation": 4, "selection": 3, "interpolation, 2D": 1}
   assert runs.read_families([tmp_path]) is None
-  (other / "families.json").write_text("[1, 2]")
-  with pytest.raises(InputError, match=f"{other / 'families.json'}: must map family names"):
-    summary.run([run, other], tmp_path / "merged")
+  summary.run([run, other], tmp_path / "merged")
+  assert "merges runs that each wrote their own plan" in (tmp_path / "merged" / "summary.md").read_text()
+  for bad in ("[1, 2]", '{"allocation": 0}', '{"allocation": true}'):
+    (other / "families.json").write_text(bad)
+    with pytest.raises(InputError, match=f"{other / 'families.json'}: must map family names"):
+      summary.run([run, other], tmp_path / "merged")
 
 
 def test_stats_options_are_checked():

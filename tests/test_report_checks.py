@@ -505,19 +505,38 @@ def test_a_study_closed_short_of_its_seeds_reads_as_if_it_planned_only_those(tmp
   run = _planned_run_folder(tmp_path / "run", eight + [r for r in four[1::2] if r["seed"] < 3], range(5))
   pending = json.loads((summary.run([run], tmp_path / "pending") / "findings.json").read_text())
   assert [c["verdict"] for c in pending["comparisons"]] == ["better", "pending"]
-  closed = summary.run([run], tmp_path / "closed", seeds=[0, 1, 2])
+  closed = summary.run([run], tmp_path / "closed", close=True)
   report = json.loads((closed / "findings.json").read_text())
-  # Seeds 0-2 of both comparisons, tested, in a family of 2: the same as a run that trained only seeds 0-2.
+  # The seeds every cell has, 0-2, computed: the same report as a run that trained and planned only seeds 0-2.
   only = _planned_run_folder(tmp_path / "only", [r for r in eight + four[1::2] if r["seed"] < 3], range(3))
   alone = json.loads((summary.run([only], tmp_path / "alone") / "findings.json").read_text())
   assert [(c["n_pairs"], c["pending"], c["family_size"]) for c in report["comparisons"]] == [(3, False, 2)] * 2
-  assert ([c["p_adjusted"] for c in report["comparisons"]] == [c["p_adjusted"] for c in alone["comparisons"]]
-          and report["recommendations"][0]["pending"] == [] and report["options"]["seeds"] == [0, 1, 2])
-  assert "Seeds: this report reads seeds 0, 1, 2 only (`--seeds`)" in (closed / "summary.md").read_text()
-  with pytest.raises(InputError, match=r"--seeds: no row has seed\(s\) 7"):
-    summary.run([run], tmp_path / "bad", seeds=[0, 7])
-  with pytest.raises(InputError, match="--seeds: give at least one seed"):
-    summary.run([run], tmp_path / "bad", seeds=[])
+  assert report["comparisons"] == alone["comparisons"] and report["recommendations"][0]["pending"] == []
+  assert report["options"]["closed"] == {"seeds": {"2": [0, 1, 2]}, "planned": {"2": [0, 1, 2, 3, 4]},
+                                         "rows_left_out": 4}
+  text = (closed / "summary.md").read_text()
+  assert text.index("**Closed short of its planned seeds** (`--close`): 2D at seeds 0, 1, 2 of the 0, 1, 2, 3, 4 "
+                    "planned, as if the runs planned no other; 4 rows of other seeds") < text.index("## How this")
+  # Nothing to close in a complete study, or in the one-seed-apart cells of a study that shares no seed.
+  with pytest.raises(InputError, match="--close: no cell misses a seed its runs plan: nothing to close"):
+    summary.run([only], tmp_path / "bad", close=True)
+  apart = _planned_run_folder(tmp_path / "apart", [_row(0, 0.7), _row(1, 0.6, slices=2)], range(2))
+  with pytest.raises(InputError, match="--close: the 2D cells share no seed"):
+    summary.run([apart], tmp_path / "bad", close=True)
+
+
+def test_closing_refuses_to_make_a_steps_checks_rows_the_studys(tmp_path):
+  # Budget 8 at 100 steps has seeds 0-4 but for 2 x 4 (seeds 0-1); a steps check trained seeds 0-1 of every cell at
+  # 200 steps: closed at seeds 0-1, the 200-step rows would be complete and become the study's.
+  grid = [_row(s, 0.75, slices=k) for k in (1, 2) for s in range(5)] + [_row(s, 0.7, slices=4) for s in range(2)]
+  check = [dict(r, steps=200) for r in grid if r["seed"] < 2]
+  run = _planned_run_folder(tmp_path / "grid", grid, range(5))
+  longer = _planned_run_folder(tmp_path / "check", check, range(2))
+  config = json.loads((longer / "config.json").read_text())
+  config["train"] = {"steps": 200, "warmup_steps": 10}
+  (longer / "config.json").write_text(json.dumps(config))
+  with pytest.raises(InputError, match="--close: closing would make 2D budget 8's rows at 200 steps"):
+    summary.run([run, longer], tmp_path / "bad", close=True)
 
 
 def test_runs_in_rounds_merge_only_with_the_same_round_schedule(tmp_path):

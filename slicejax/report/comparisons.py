@@ -107,7 +107,12 @@ def stats_options(options=None) -> dict:
   o = dict(stats.DEFAULTS, **{k: v for k, v in (options or {}).items() if k in stats.DEFAULTS})
   o["families"] = checked_families((options or {}).get("families"))
   o["run_families"] = checked_families((options or {}).get("run_families"), "families.json")
-  o["seeds"] = (options or {}).get("seeds")  # the seeds a report closes its study at (`runs.only_seeds`), or None
+  for family, size in (o["run_families"] or {}).items() if o["families"] is not None else ():
+    if o["families"].get(family, 0) < size:  # the whole study's plan holds every run's
+      raise InputError("--families", f"plans {o['families'].get(family, 0)} comparisons of family {family!r}, fewer "
+                       f"than the {size} a run's own grid plans (its families.json)")
+  o["plans_merged"] = bool((options or {}).get("plans_merged"))  # several runs' plans, no `families` (`summary.run`)
+  o["closed"] = (options or {}).get("closed")  # the seeds a report closes its study at (`runs.close_seeds`), or None
   checks = {"alpha": (0 < o["alpha"] < 0.5, "in (0, 0.5)"), "margin": (o["margin"] > 0, "> 0"),
             "min_seeds": (int(o["min_seeds"]) == o["min_seeds"] and o["min_seeds"] >= 2, "an integer >= 2"),
             "power": (0 < o["power"] < 1, "in (0, 1)"),
@@ -203,15 +208,16 @@ def paired_comparisons(rows, options=None) -> list[dict]:
       raise InputError("--families", f"family {family!r} has {len(members)} comparisons in the rows, more than the "
                        f"{planned[family]} planned")
     stats.adjust_family(members, alpha=options["alpha"], min_seeds=options["min_seeds"],
-                        planned=None if planned is None else planned[family], unmade=unmade(family, len(members),
-                                                                                            options))
+                        unmade=unmade(family, len(members), options))
   return comparisons
 
 
 def unmade(family: str, made: int, options) -> int:
-  """The comparisons of `family` that the runs' own grids plan (`run_families`) beyond the `made` ones: those whose
-  cells have no rows yet (or no shared seed), each counted in the family as p = 1 (`stats.adjust_family`)."""
-  return max(0, (options.get("run_families") or {}).get(family, 0) - made)
+  """The comparisons of `family` that the plan holds beyond the `made` ones: those whose cells have no rows yet (or
+  no shared seed), each counted in the family as p = 1 (`stats.adjust_family`). The plan is the whole study's
+  (`families`, the report's `--families`) where given, else the runs' own grids' (`run_families`)."""
+  plan = options.get("families") or options.get("run_families") or {}
+  return max(0, plan.get(family, 0) - made)
 
 
 def a_a_checks(rows, options=None) -> list[dict]:

@@ -445,6 +445,20 @@ def figure_links(pngs, prefix) -> str:
   return "\n".join(lines)
 
 
+def closed_markdown(closed) -> list:
+  """The note on a study closed short of its planned seeds (`runs.close_seeds`), or nothing."""
+  if not closed:
+    return []
+  def seeds(values):
+    return ", ".join(map(str, values))
+  return ["**Closed short of its planned seeds** (`--close`): " + "; ".join(
+      f"{dims}D at seeds {seeds(kept)} of the {seeds(closed['planned'][dims])} planned"
+      for dims, kept in closed["seeds"].items()) + f", as if the runs planned no other; {closed['rows_left_out']} "
+      "rows of other seeds are left out (and their compute). A smaller study than the one planned: its verdicts hold "
+      "only if the decision to stop was taken without looking at the pending differences, and reading it again "
+      "when more seeds are in would be a second look at the same comparisons.", ""]
+
+
 def summary_markdown(cells, comparisons, found, gate, needed, recommended, frontier, cost, options, compute,
                      checks=None) -> str:
   """summary.md without its figures: the rules, the trust gate, the checks (`checks`: {"a_a": ..., "steps": ...},
@@ -453,17 +467,13 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
   classes = _classes(cells)
   grid = [cell for cell in cells if not cell["reference"]]
   reference = [cell for cell in cells if cell["reference"]]
-  out = ["# Study summary", "", stats.rules_markdown(options)]
+  out = ["# Study summary", "", *closed_markdown(options.get("closed")), stats.rules_markdown(options)]
   if not cells:
     return "\n".join(out + ["No results yet.", ""])
   seeds = sorted({cell["n_seeds"] for cell in grid})
   if seeds and seeds[-1] < options["min_seeds"]:
     out += [f"Every cell has fewer than {options['min_seeds']} seeds: no verdict can be given; run more seeds "
             "(`study.seeds`).", ""]
-  if options.get("seeds") is not None:
-    out += [f"Seeds: this report reads seeds {', '.join(map(str, options['seeds']))} only (`--seeds`), as if the "
-            "runs planned no other: rows of other seeds are left out. It is a smaller study than the one planned; "
-            "reading it again when more seeds are in is a second look at the same comparisons.", ""]
   lengths = {}
   for cell in cells:
     if cell.get("steps"):
@@ -495,11 +505,16 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
           "(rules above). Δ NSD and Δ HD95 are a − b too: a positive Δ HD95 means a's boundaries lie further from "
           "the truth.", ""]
   present = collections.Counter(c["family"] for c in comparisons)
-  planned = {family: (options.get("families") or {}).get(family, n + comparisons_lib.unmade(family, n, options))
-             for family, n in present.items()}
-  if options.get("families") and comparisons or any(planned[family] > n for family, n in present.items()):
-    out += ["Holm's adjustment runs over each family's planned comparisons, those not yet run counted as p = 1: "
-            + "; ".join(f"`{family}` {n} of {planned[family]}" for family, n in present.items()) + ".", ""]
+  unmade = {family: comparisons_lib.unmade(family, n, options) for family, n in present.items()}
+  if options.get("families") and comparisons or any(unmade.values()):
+    m = {c["family"]: c["family_size"] for c in comparisons}
+    out += ["Holm's adjustment runs over each family's planned comparisons, those not yet made counted as p = 1: "
+            + "; ".join(f"`{family}` {n} made of {n + unmade[family]} planned (m = {m[family]})"
+                        for family, n in present.items()) + ".", ""]
+  if options.get("plans_merged") and comparisons:
+    out += ["This report merges runs that each wrote their own plan (`families.json`): each family is adjusted over "
+            "at least the largest of them. If the runs are parts of one larger study, pass its whole plan "
+            "(`--families`); without it, a rejection reached now may not stay when the other parts arrive.", ""]
   out += _comparison_table(comparisons, options) if comparisons else ["No cells to compare yet."]
   section = recommendations_markdown(recommended, cells, cost)
   out += [""] + section if section else []

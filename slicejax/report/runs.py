@@ -13,6 +13,7 @@ import pathlib
 
 from slicejax import environment
 from slicejax.errors import InputError
+from slicejax.report import cells as cells_lib
 from slicejax.report import results
 from slicejax.report import steps as steps_lib
 from slicejax.study import grid
@@ -170,25 +171,47 @@ def read_runs(workdirs) -> tuple:
   return list(by_name.values()), next(iter(configs.values()))
 
 
-def only_seeds(rows, seeds) -> list:
-  """The rows of `seeds` only, each planning no other seed: a report that closes a study short of the seeds its runs
-  plan (the report's `--seeds`), so that its cells are no longer pending (`cells.missing_seeds`).
+def close_seeds(rows) -> tuple:
+  """Closes a study stopped short of the seeds its runs plan (the report's `--close`): per dims, the seeds that every
+  sparse cell of the study has (`steps.study_rows`) are kept, as if the runs had planned no other; the rows of other
+  seeds are left out, at every step count. The set is computed, never chosen, and the fully annotated reference is
+  kept as it is (it makes no comparison).
+
+  Returns:
+    (rows, closed): the kept rows, their `planned_seeds` cut to the kept seeds, and {"seeds": {dims: kept seeds},
+    "planned": {dims: the seeds the runs plan}, "rows_left_out": how many rows were left out}.
 
   Raises:
-    InputError: `seeds` is empty, or names a seed that no row has.
+    InputError: no cell misses a planned seed (nothing to close); a dims' cells share no seed; or closing would
+      change a budget's study step count (the rows of a steps check would become the study's).
   """
-  wanted = set(seeds)
-  if not wanted:
-    raise InputError("--seeds", "give at least one seed")
-  unknown = sorted(wanted - {row["seed"] for row in rows if "seed" in row})
-  if unknown:
-    raise InputError("--seeds", f"no row has seed(s) {', '.join(map(str, unknown))}")
-  kept = []
+  study = [row for row in steps_lib.study_rows(rows) if not row.get("reference")]
+  by_cell = cells_lib.by_cell(study)
+  if not any(cells_lib.missing_seeds(by_seed) for by_seed in by_cell.values()):
+    raise InputError("--close", "no cell misses a seed its runs plan: nothing to close")
+  kept, planned = {}, {}
+  for key, by_seed in by_cell.items():
+    dims = cells_lib.key_field(key, "dims")
+    kept[dims] = kept.get(dims, set(by_seed)) & set(by_seed)
+    planned.setdefault(dims, set()).update(by_seed, cells_lib.missing_seeds(by_seed))
+  for dims, seeds in sorted(kept.items()):
+    if not seeds:
+      raise InputError("--close", f"the {dims}D cells share no seed: there is no smaller study to report")
+  out = []
   for row in rows:
-    if row.get("seed") in wanted:
-      kept.append(dict(row, planned_seeds=[s for s in row["planned_seeds"] if s in wanted])
-                  if "planned_seeds" in row else row)
-  return kept
+    if row.get("reference"):
+      out.append(row)
+    elif row.get("seed") in kept[row.get("dims")]:
+      out.append(dict(row, planned_seeds=sorted(set(row.get("planned_seeds") or ()) & kept[row.get("dims")])))
+  moved = {budget: steps for budget, steps in steps_lib.study_steps(out).items()
+           if steps != steps_lib.study_steps(rows).get(budget)}
+  if moved:
+    (dims, budget, _), steps = next(iter(sorted(moved.items(), key=str)))
+    raise InputError("--close", f"closing would make {dims}D budget {budget}'s rows at {steps} steps (a steps "
+                     "check's) the study's: train the missing seeds instead")
+  return out, {"seeds": {dims: sorted(seeds) for dims, seeds in sorted(kept.items())},
+               "planned": {dims: sorted(seeds) for dims, seeds in sorted(planned.items())},
+               "rows_left_out": len(rows) - len(out)}
 
 
 def read_families(workdirs):

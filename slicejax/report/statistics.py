@@ -293,19 +293,19 @@ def compare(rows_a: dict, rows_b: dict, *, alpha: float = DEFAULTS["alpha"],
   return out
 
 
-def adjust_family(comparisons, *, alpha: float, min_seeds: int, planned=None, unmade: int = 0) -> None:
-  """Adds `p_adjusted`, `p_equivalence_adjusted` (Holm within the family, over the comparisons with at least
-  `min_seeds` seeds and `unmade` more, those the family plans but has not made yet, or over `planned` comparisons
-  when the whole study's plan is given: `holm`'s `size`), `family_size` (the m of the adjustment) and `verdict` to
-  each comparison of one family, in place.
+def adjust_family(comparisons, *, alpha: float, min_seeds: int, unmade: int = 0) -> None:
+  """Adds `p_adjusted`, `p_equivalence_adjusted` (Holm within the family: `holm`'s `size` m counts the comparisons
+  with at least `min_seeds` seeds, the `pending` ones and `unmade` more, those the family's plan holds but has not
+  made yet), `family_size` (m) and `verdict` to each comparison of one family, in place. A comparison made with fewer
+  seeds whose cells have all their planned seeds is `underpowered` for good: it is not counted.
 
   A comparison marked `pending` (a cell still misses planned seeds) is `pending`: not tested until its seeds are
   in, and counted in the family's m as p = 1, so that testing it again as seeds arrive is no repeated look and a
-  rejection reached now stays when they do (a cell that has no row yet makes no comparison: only `planned` or
-  `unmade` counts it).
+  rejection reached now stays when they do (a cell that has no row yet makes no comparison: only `unmade` counts
+  it).
   """
   eligible = [c["n_pairs"] >= min_seeds and c["p_value"] is not None and not c.get("pending") for c in comparisons]
-  size = (sum(eligible) + sum(bool(c.get("pending")) for c in comparisons) + unmade) if planned is None else planned
+  size = sum(eligible) + sum(bool(c.get("pending")) for c in comparisons) + unmade
   p = holm([c["p_value"] if ok else None for c, ok in zip(comparisons, eligible)], size)
   q = holm([c["p_equivalence"] if ok else None for c, ok in zip(comparisons, eligible)], size)
   for c, p_adj, q_adj in zip(comparisons, p, q):
@@ -332,12 +332,14 @@ def rules_markdown(options: dict) -> str:
   the defaults, the text of docs/statistics.md."""
   o = dict(DEFAULTS, **(options or {}))
   a, m = o["alpha"], o["margin"]
-  planned = "" if not o.get("families") else (
-      "\n  A study still in progress is adjusted over its planned families (`--families`): each family's m is the"
-      "\n  number of comparisons its plan holds, those not yet run counted as p = 1. Holm's rejections only grow as"
-      "\n  p-values fall, so a rejection reached before a family is complete stays when the rest arrive: a `better`"
-      "\n  or `worse` stays, an `equivalent` stays within the margin (it may still turn `better` or `worse`), an"
-      "\n  `inconclusive` may still resolve.")
+  source = ("the whole study's planned families (`--families`)" if o.get("families") else
+            "its runs' own grids' families (`families.json`, written when a launch starts)" if o.get("run_families")
+            else "")
+  planned = "" if not source else (
+      f"\n  The plan: {source}."
+      "\n  Holm's rejections only grow as p-values fall, so a rejection reached before a family is complete stays"
+      "\n  when the rest arrive: a `better` or `worse` stays, an `equivalent` stays within the margin (it may still"
+      "\n  turn `better` or `worse`), an `inconclusive` may still resolve.")
   return f"""## How this report decides
 
 - **Unit of replication: the study seed.** A seed fixes a cell's annotated volumes and slices, the network's
@@ -368,13 +370,13 @@ def rules_markdown(options: dict) -> str:
   (each model-based selection in rounds against one-shot random and fixed interval), `selection, rounds` (the other
   comparisons of selections in rounds), `interpolation, 2D` (finding 3) and `interpolation, 3D`; separately for the
   test of Δ = 0 and for the equivalence test. 3D comparisons are never in a 2D family: their families carry ", 3D"
-  (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are shown; intervals are not adjusted. A run
-  reported before it is finished counts the comparisons its grid plans but has not made yet as p = 1 (the launch
-  writes the grid's families to `families.json` when it starts).{planned}
+  (`allocation, 3D`, `selection, ual, 3D`, ...). Adjusted p-values are shown; intervals are not adjusted. A
+  family's m counts its tested comparisons, its pending ones and those its plan holds but has not made yet, each of
+  the last two as p = 1; a comparison with fewer than {o['min_seeds']} seeds whose cells have all their planned seeds
+  is underpowered for good and not counted.{planned}
 - **Verdicts.** A cell whose runs have not trained every seed they plan for it yet, at any step count of its
   budget: each of its comparisons is `pending` (no test; it counts in its family's m as p = 1, so that a rejection
-  reached now stays when the seeds arrive; for cells without rows, the plan does that: the run's `families.json`,
-  or for a study of several launches its plan, `--families`).
+  reached now stays when the seeds arrive; for cells without rows, the plan does that).
   Fewer than {o['min_seeds']} shared seeds: `underpowered` (no verdict; its p-values and intervals are not shown).
   Else `better` or `worse` when the adjusted p of Δ = 0 is below {a:g} (by the sign of Δ); else `equivalent` when
   the adjusted equivalence p is below {a:g}; else `inconclusive`.

@@ -100,19 +100,20 @@ def _json_value(value):
 
 
 def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, seconds_per_kilopixel=None,
-        preamble=None, document=None, families=None, seeds=None, **options) -> pathlib.Path:
+        preamble=None, document=None, families=None, close=False, **options) -> pathlib.Path:
   """Regenerates the report of one or several runs into `out` (default: the only workdir); returns `out`.
 
   `families`: a JSON file {Holm family: planned comparisons} of a study in progress (`comparisons.stats_options`).
-  `seeds`: report these seeds only, as if the runs planned no other (`runs.only_seeds`); None: every seed.
+  `close`: report a study stopped short of its planned seeds at the seeds every cell has (`runs.close_seeds`).
   """
   if not workdirs:
     raise InputError("--workdir", "give at least one run folder")
   if out is None and len(workdirs) > 1:
     raise InputError("--out", "several --workdir merge into one report: say where it goes")
   rows, config = runs.read_runs(workdirs)
-  if seeds is not None:
-    rows = runs.only_seeds(rows, seeds)
+  closed = None
+  if close:
+    rows, closed = runs.close_seeds(rows)
   cost = dict(cells_lib.DEFAULT_COST, **(config.get("cost") or {}))
   options = {**(config.get("stats") or {}), **{k: v for k, v in options.items() if v is not None}}
   if families is not None:
@@ -122,7 +123,9 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
       raise InputError(str(families), f"cannot be read as JSON ({err})") from err
     options["families"] = comparisons_lib.checked_families(planned, str(families))
   options["run_families"] = runs.read_families(workdirs)
-  options["seeds"] = None if seeds is None else sorted(set(seeds))
+  # Several runs' own plans, merged, hold the whole study's only if one run planned it all: said under the comparisons.
+  options["plans_merged"] = families is None and sum(runs.read_families([w]) is not None for w in workdirs) > 1
+  options["closed"] = closed
   options = comparisons_lib.stats_options(options)
   for key, value in (("seconds_per_volume", seconds_per_volume), ("seconds_per_slice", seconds_per_slice),
                      ("seconds_per_kilopixel", seconds_per_kilopixel)):
@@ -164,18 +167,8 @@ def define_flags() -> None:
   flags.DEFINE_string("document", None, "Also write the summary, after the preamble, to this markdown file.")
   flags.DEFINE_string("families", None, "A JSON file {Holm family: planned comparisons} of a study in progress: each "
                       "family is adjusted over its planned size, comparisons not yet run counted as p = 1.")
-  flags.DEFINE_list("seeds", None, "Report these seeds only (e.g. 0,1,2), as if the runs planned no other: closes a "
-                    "study stopped short of its planned seeds; default: every seed.")
-
-
-def _seeds(values):
-  """--seeds as integers (None when not given)."""
-  if values is None:
-    return None
-  try:
-    return [int(value) for value in values]
-  except ValueError:
-    exit_with(InputError("--seeds", f"must be integers separated by commas, got {','.join(values)!r}"))
+  flags.DEFINE_bool("close", False, "Close a study stopped for good short of its planned seeds: report it at the "
+                    "seeds every cell has, as if the runs planned no other.")
 
 
 def main(argv):
@@ -184,7 +177,7 @@ def main(argv):
   try:
     out = run(f.workdir or [], f.out, seconds_per_volume=f.seconds_per_volume, seconds_per_slice=f.seconds_per_slice,
               seconds_per_kilopixel=f.seconds_per_kilopixel, preamble=f.preamble, document=f.document,
-              families=f.families, seeds=_seeds(f.seeds),
+              families=f.families, close=f.close,
               alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds, steps_tolerance=f.steps_tolerance,
               steps_seeds=f.steps_seeds)
   except InputError as err:
