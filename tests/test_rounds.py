@@ -13,6 +13,7 @@ import pytest
 
 from slicejax import config as config_lib
 from slicejax.errors import InputError
+from slicejax.report import cells as cells_lib
 from slicejax.report import results
 from slicejax.report import runs
 from slicejax.study import grid as study
@@ -190,6 +191,10 @@ def test_rounds_reach_exactly_the_budget_and_never_repeat_a_slice(setup, clean):
   assert [r["rounds_trained_models"] for r in clean["rows"]] == [2.5, 2.5, 5.5, 5.5]
   assert [[h["trained_models"] for h in r["round_history"]] for r in clean["rows"][2:]] == [[1.5, 2.0, 2.0]] * 2
   assert runs.compute_used(clean["rows"])["models"] == rounds.trainings(setup["config"], setup["points"]) == 16
+  # A cell's training seconds count every round's models too, not only its last round's (one seed per cell here).
+  assert sorted(c["train_seconds"] for c in cells_lib.summarise(clean["rows"])) == sorted(
+      r["rounds_train_seconds"] for r in clean["rows"])
+  assert all(r["rounds_train_seconds"] > r["train_seconds"] for r in clean["rows"])
 
 
 def _every_method(setup):

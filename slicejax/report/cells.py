@@ -224,7 +224,9 @@ def summarise(rows, cost=None, plateau_tolerance: float = PLATEAU_TOLERANCE) -> 
         hd95_mean=_mean_of(members, "hd95_mean"),
         nsd_mean=_mean_of(members, "nsd_mean"),
         density=_mean_of(members, "density"),
-        train_seconds=_mean_of(members, "train_seconds"),
+        # A cell in rounds trains every round's models (`runs.compute_used`), not only its last round's.
+        train_seconds=_mean_of(members, "rounds_train_seconds" if any("rounds_train_seconds" in row for row in members)
+                               else "train_seconds"),
         interp_dice=_mean_of(members, "interp_dice"),
         n_diverged=sum(bool(row.get("diverged", False)) for row in members),
         cost=annotation_cost(_mean_of(members, "annotated_volumes") or cell["volumes"], cell["budget"], cost,

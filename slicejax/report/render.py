@@ -490,7 +490,9 @@ def summary_markdown(cells, comparisons, found, gate, needed, recommended, front
             "variable at equal budget): the paper's findings are not checked.", ""]
   out += ["## Cells", "",
           "Dice: mean ± std over seeds (number of seeds) of each model's mean test Dice; HD95 and NSD (normalised "
-          "surface Dice) likewise, means over seeds. Cost: annotation seconds under the cost model below. Flags: "
+          "surface Dice) likewise, means over seeds. Cost: annotation seconds under the cost model below. Train s: "
+          "training seconds per seed, a cell in rounds counting every round's models (its share of those it shares). "
+          "Flags: "
           "`absent` (a class missing from some test volumes' truth: its Dice averages over fewer volumes), `still "
           f"improving` (mean validation Dice rose by more than {options['plateau_tolerance']:g} over the last "
           "learning-curve interval: more steps may change the answer). A dash for HD95 or NSD: not computed "
