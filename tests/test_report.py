@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 import os
 import subprocess
@@ -784,7 +785,7 @@ def test_a_2d_run_and_a_3d_run_merge_whatever_the_other_network(tmp_path):
     summary.run([first, second, third], tmp_path / "merged")
 
 
-def test_check_sizes_the_grid_families_from_the_pilot(tmp_path):
+def test_check_sizes_the_grid_families_from_the_pilot(tmp_path, caplog):
   from slicejax.report import calibration
   from slicejax import config as config_lib
   from slicejax.modes import check as dryrun
@@ -796,7 +797,9 @@ def test_check_sizes_the_grid_families_from_the_pilot(tmp_path):
   config.study.update(budgets=(8,), slices_per_volume=(2, 4), selections=("random", "fixed"), seeds=(0, 1, 2))
   points = study.expand(config.study, {f"case_{i}": 8 for i in range(10)})
   # The grid: allocation 2 vs 4 for random and for fixed (2 comparisons), fixed - random at 2 allocations (2).
-  assert comparisons_lib.grid_family_sizes(points) == {"allocation": 2, "selection": 2}
+  with caplog.at_level(logging.INFO):
+    assert comparisons_lib.grid_family_sizes(points) == {"allocation": 2, "selection": 2}
+  assert not caplog.records  # every launch sizes its grid's families: not a line on its console
   needed = comparisons_lib.seeds_needed(comparisons_lib.paired_comparisons(rows), None,
                                         {"allocation": 2, "selection": 2})
   assert needed["selection"]["pooled_from"] == "family" and needed["allocation"]["pooled_from"] == "all"

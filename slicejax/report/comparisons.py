@@ -288,7 +288,7 @@ def grid_family_sizes(points) -> dict:
   """{Holm family: comparisons} that a grid's points will make (`paired_comparisons`' pairs between their cells), for
   sizing its seeds before it runs and as the plan a report of the unfinished run adjusts over (`stats_options`'
   `run_families`)."""
-  cells = _sparse_cells([{**p.fields(), "seed": 0, "dice_mean": 0.5} for p in points if not p.reference])
+  cells = {cells_lib.cell_key(p.fields()) for p in points if not p.reference}
   sizes = {}
   for kind, a, b in _pairs(cells):
     if not is_a_a(kind, a, b):
