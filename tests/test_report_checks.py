@@ -15,6 +15,7 @@ from slicejax.report import recommendations
 from slicejax.report import render
 from slicejax.report import results
 from slicejax.report import runs
+from slicejax.report import statistics as stats
 from slicejax.report import steps
 from slicejax.report import summary
 from slicejax.study import grid
@@ -436,6 +437,12 @@ def test_seeds_text_names_the_limit_that_was_hit():
   reachable = _needed(0.01, 0.0, 60)
   assert (reachable["unreachable"], reachable["unreachable_by"]) == (False, None)
   assert render.seeds_text(reachable) == str(reachable["seeds_needed"])
+  # The power the family's tests have now, at the 3 seeds it shares, on the same basis: below 80%, which the seeds
+  # needed are the first to reach.
+  power = lambda n: stats.power(n, reachable["seed_sd_upper"], 0.0, 60, 0.02, reachable["alpha"])
+  assert (reachable["seeds_now"], reachable["power_now"]) == (3, pytest.approx(power(3)))
+  assert power(3) < power(reachable["seeds_needed"] - 1) < 0.8 <= power(reachable["seeds_needed"])
+  assert spread["power_now"] < 0.06 and volumes["power_now"] < 0.06  # hopeless at 3 seeds, as said above
 
 
 def _planned_run_folder(path, rows, seeds):

@@ -255,8 +255,10 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
   Returns:
     {family: {`seeds_needed` (int, or None without two seeds or when unreachable), `unreachable` (no number of
     seeds up to `stats.MAX_SEEDS` is enough), `unreachable_by` (then `stats.unreachable_by`: "volumes" or "seeds";
-    else None), `comparisons` (m), `alpha`, `pooled_from` ("family" or "all"), and `stats.pooled_variability`'s
-    fields}}.
+    else None), `comparisons` (m), `alpha`, `pooled_from` ("family" or "all"), `seeds_now` (the most seeds one of
+    the family's comparisons shares; None without comparisons of its own), `power_now` (`stats.power` there, on the
+    same basis as `seeds_needed`: what the family's tests can detect now; None likewise), and
+    `stats.pooled_variability`'s fields}}.
   """
   options = stats_options(options)
   families = {}
@@ -278,9 +280,12 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
         options["power"], min_seeds=options["min_seeds"])
     limit = None if needed != math.inf else stats.unreachable_by(
         pooled["volume_var"], pooled["num_volumes"], options["margin"], level, options["power"])
+    now = max((c["n_pairs"] for c in families.get(family, ())), default=None)
+    power_now = None if pooled is None or not now or now < 2 else stats.power(
+        now, pooled["seed_sd_upper"], pooled["volume_var"], pooled["num_volumes"], options["margin"], level)
     out[family] = {"seeds_needed": None if needed == math.inf else needed, "unreachable": needed == math.inf,
                    "unreachable_by": limit, "comparisons": m, "alpha": level, "pooled_from": source,
-                   **(pooled or {})}
+                   "seeds_now": now, "power_now": power_now, **(pooled or {})}
   return out
 
 

@@ -298,11 +298,14 @@ def findings_markdown(found, needed=None, steps_entries=()) -> list[str]:
     out.append("")
   if needed:
     out += ["Seeds needed, for planning (80% power to detect the margin at the family's Bonferroni level, from this "
-            "study's pooled variability; a pilot's, with `--check`, before a study):", ""]
+            "study's pooled variability; a pilot's, with `--check`, before a study), and the power the family's tests "
+            "have now, on the same basis, at the most seeds one of its comparisons shares: how likely they were to "
+            "show a true difference of the margin, which is what an `inconclusive` means here:", ""]
     out += _table(["family", "comparisons", "level", "per-seed SD of Δ", "its 80% upper limit", "volume component",
-                   "seeds needed"],
+                   "seeds needed", "power now (seeds)"],
                   [[family, str(e["comparisons"]), f"{e['alpha']:.2g}", _fmt(e.get("seed_sd"), 4),
-                    _fmt(e.get("seed_sd_upper"), 4), _fmt(e.get("volume_var"), 5), seeds_text(e)]
+                    _fmt(e.get("seed_sd_upper"), 4), _fmt(e.get("volume_var"), 5), seeds_text(e),
+                    "—" if e.get("power_now") is None else f"{e['power_now']:.0%} ({e['seeds_now']})"]
                    for family, e in needed.items()])
     out.append("")
   return out

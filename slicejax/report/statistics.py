@@ -386,7 +386,9 @@ def rules_markdown(options: dict) -> str:
   confidence limit, and the volume component (noncentral t, seeds − 1 degrees of freedom). `--check` sizes a grid's
   own families this way from a pilot run (`stats.pilot`) and warns when the grid has fewer seeds; in a finished
   study's report the figure is computed from its own results, so it plans the next study rather than judging this
-  one. A budget's recommendation sizes only its unresolved comparisons, from their own spread.
+  one. A budget's recommendation sizes only its unresolved comparisons, from their own spread. Beside it, on the
+  same basis, the power the family's tests have now at the most seeds one of its comparisons shares: how likely
+  they were to show a true difference of δ, which is what its `inconclusive` verdicts are worth.
 - **Findings.** 1, fewer slices per volume over more volumes, on the `allocation` family: `reproduced` when the
   fewest-slices allocation is better in most comparisons and worse in none, `reversed` when worse in most and
   better in none, `mixed` when better in some and worse in others, `not reproduced: equivalent` when every
