@@ -14,6 +14,7 @@ import pathlib
 from slicejax import environment
 from slicejax.errors import InputError
 from slicejax.report import cells as cells_lib
+from slicejax.report import comparisons as comparisons_lib
 from slicejax.report import results
 from slicejax.report import steps as steps_lib
 from slicejax.study import grid
@@ -233,9 +234,7 @@ def read_families(workdirs):
       plan = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
       raise InputError(str(path), f"cannot be read as JSON ({err})") from err
-    if not (isinstance(plan, dict) and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                                           and v >= 1 for k, v in plan.items())):
-      raise InputError(str(path), f"must map family names to planned comparisons (integers >= 1), got {plan!r}")
+    comparisons_lib.checked_families(plan, str(path))
     merged = merged or {}
     for family, size in plan.items():
       merged[family] = max(merged.get(family, 0), size)
