@@ -266,8 +266,8 @@ def seeds_needed(comparisons, options=None, family_sizes=None) -> dict:
     families.setdefault(c.get("family") or holm_family(c), []).append(c)
   if family_sizes is not None:
     sizes = family_sizes
-  else:  # the families' planned sizes where a plan is given (`stats_options`), else their own and the runs' plan
-    sizes = {f: (options["families"] or {}).get(f, len(m) + unmade(f, len(m), options)) for f, m in families.items()}
+  else:  # the families' planned sizes (`--families` or the runs' own), else their own
+    sizes = {f: len(m) + unmade(f, len(m), options) for f, m in families.items()}
   everything = stats.pooled_variability(comparisons)
   out = {}
   for family, m in sizes.items():
