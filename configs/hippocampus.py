@@ -37,6 +37,10 @@ Arguments:
     middle=True instead the random cells between the extremes (only budget 144 has one, 36 x 4). The doubling
     parts give the random extremes' rows; the report takes a budget's longest step count once every cell has all
     its seeds there ("retrained"). The interp and rounds parts of such a budget train at the doubled steps too.
+    "grid" with cells=extremes, middle or others: one share of that budget's grid, with the grid's steps: the
+    doubling check's random extremes, the random cells between them (only budget 144 has one, 36 x 4), or fixed
+    interval (and ual where the grid has it) at every allocation. The three shares hold the grid's points once, so
+    that a budget's extremes, and with them its steps check, can be trained before the rest of its grid.
     "grid3d" at 144 or 288: the 3D subset, a base-8 3D U-Net on 32^3 patches (batch 2), fixed interval at 4 and 16
     slices per volume, interpolation off and on, CONVERGED_3D_STEPS steps; "recipe3d": its pilot, the same cells at
     budget 144 and the 3D reference, seed 0, 4,000 steps, validation Dice at 8 points; "reference3d": the 3D
@@ -95,7 +99,7 @@ CONVERGED_3D_REFERENCE_STEPS = 4000
 def get_config(arg=""):
   arg = config_lib.parse_arg(arg, reference=False, reference3d=False, tiny=False, pilot=False, study2d=False,
                              interp=False, study3d=False, recipe=False, recipe_features=8, recipe_steps=4000,
-                             converged="", budget=0, more=False, middle=False)
+                             converged="", budget=0, more=False, middle=False, cells="")
   config = config_lib.base()
   config.data.update(
       source="msd", slicing_axis=2, normalization="zscore", shape=(48, 64),
@@ -166,7 +170,13 @@ def get_config(arg=""):
       raise ValueError(f"middle is a part of retrain only, got converged={arg.converged!r}")
     if arg.converged in ("doubling", "retrain") and arg.budget not in CONVERGED_DOUBLING:
       raise ValueError(f"{arg.converged} runs at budgets {tuple(CONVERGED_DOUBLING)}, got {arg.budget}")
-    if arg.middle and not _middle(arg.budget):
+    if arg.cells and arg.converged != "grid":
+      raise ValueError(f"cells splits the grid only, got converged={arg.converged!r}")
+    if arg.cells and arg.cells not in ("extremes", "middle", "others"):
+      raise ValueError(f"cells must be extremes, middle or others, got {arg.cells!r}")
+    if arg.cells and arg.budget not in CONVERGED_DOUBLING:
+      raise ValueError(f"cells runs at budgets {tuple(CONVERGED_DOUBLING)}, got {arg.budget}")
+    if (arg.middle or arg.cells == "middle") and not _middle(arg.budget):
       raise ValueError(f"budget {arg.budget} has no random cell between its extremes "
                        f"{CONVERGED_DOUBLING[arg.budget]}")
     if arg.converged == "rounds" and arg.budget not in CONVERGED_ROUND_BUDGETS:
@@ -192,17 +202,16 @@ def get_config(arg=""):
     config.eval.update(curve_points=8, curve_volumes=20)
     config.model_axis.max_models = 2  # groups of minutes: a stop loses little
     config.study.update(seeds=CONVERGED["seeds"], slices_per_volume=(1, 4, 16), reference=False)
-    if arg.converged == "grid":
+    if arg.converged == "grid" and arg.cells:
+      config.study.update(budgets=(arg.budget,), **_grid_cells(arg.budget, arg.cells))
+    elif arg.converged == "grid":
       config.study.update(budgets=(arg.budget,), selections=("random", "fixed") + (
           ("ual",) if arg.budget in CONVERGED_UAL_BUDGETS else ()))
     elif arg.converged == "doubling":
       config.study.update(budgets=(arg.budget,), slices_per_volume=CONVERGED_DOUBLING[arg.budget],
                           selections=("random",), seeds=CONVERGED_DOUBLING_MORE if arg.more else (0, 1))
-    elif arg.converged == "retrain" and arg.middle:
-      config.study.update(budgets=(arg.budget,), slices_per_volume=_middle(arg.budget), selections=("random",))
     elif arg.converged == "retrain":
-      config.study.update(budgets=(arg.budget,), selections=("fixed",) + (
-          ("ual",) if arg.budget in CONVERGED_UAL_BUDGETS else ()))
+      config.study.update(budgets=(arg.budget,), **_grid_cells(arg.budget, "middle" if arg.middle else "others"))
     elif arg.converged == "rounds":
       config.study.update(budgets=(arg.budget,), slices_per_volume=(4,),
                           selections=("entropy", "ensemble", "hybrid", "passive"), rounds=(2,),
@@ -243,6 +252,17 @@ def converged_steps(budget: int, check: bool = False):
   budget in CONVERGED_RETRAINED or for the check itself (`check`); None for a budget not in the study."""
   steps = CONVERGED_STEPS.get(budget)
   return None if steps is None else steps * (2 if check or budget in CONVERGED_RETRAINED else 1)
+
+
+def _grid_cells(budget: int, cells: str) -> dict:
+  """The `study` keys of one share of budget `budget`'s grid: "extremes", its doubling check's random extremes
+  (CONVERGED_DOUBLING); "middle", the random cells between them; "others", fixed interval (and ual where the grid has
+  it) at every allocation. The three hold every point of the grid once."""
+  if cells == "extremes":
+    return {"selections": ("random",), "slices_per_volume": CONVERGED_DOUBLING[budget]}
+  if cells == "middle":
+    return {"selections": ("random",), "slices_per_volume": _middle(budget)}
+  return {"selections": ("fixed",) + (("ual",) if budget in CONVERGED_UAL_BUDGETS else ())}
 
 
 def _middle(budget: int) -> tuple:

@@ -17,6 +17,7 @@ CONFIGS = ["demo.py", "demo.py:tiny", "hippocampus.py", "hippocampus.py:referenc
            "hippocampus.py:converged=grid3d,budget=288", "hippocampus.py:converged=recipe3d",
            "hippocampus.py:converged=doubling,budget=288", "hippocampus.py:converged=doubling,budget=72,more=True",
            "hippocampus.py:converged=reference3d", "hippocampus.py:converged=retrain,budget=144,middle=True",
+           "hippocampus.py:converged=grid,budget=144,cells=extremes",
            "prostate.py",
            "prostate.py:tiny"]
 MISSING = object()

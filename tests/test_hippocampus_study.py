@@ -85,7 +85,7 @@ def test_a_failed_doubling_check_extends_to_the_other_seeds_at_the_same_steps():
     hippocampus.get_config("converged=grid,budget=72,more=True")
 
 
-def test_a_retrained_budget_s_parts_cover_its_grid_once_at_the_doubled_steps():
+def test_a_budget_s_parts_cover_its_grid_once_at_the_grid_s_and_the_doubled_steps():
   # A budget whose 5-seed check fails trains again once at the doubled steps: the doubling parts (random extremes,
   # seeds 0-1 and 2-4) and `retrain` (the rest; at 144 also `middle`, random at 36 x 4) hold every point of the
   # grid exactly once.
@@ -107,7 +107,27 @@ def test_a_retrained_budget_s_parts_cover_its_grid_once_at_the_doubled_steps():
     together = [p for _, ps in expanded for p in ps]
     assert len(together) == len(set(together))
     assert set(together) == set(points(f"grid,budget={budget}")[1])
+    # The grid's shares (cells=...) at the grid's own steps, the same points, so that a budget's extremes (and its
+    # steps check) can run first.
+    shares = [points(f"grid,budget={budget},cells={cells}") for cells in ("extremes", "middle", "others")
+              if cells != "middle" or budget == 144]
+    assert {s for s, _ in shares} == {steps}
+    together = [p for _, ps in shares for p in ps]
+    assert len(together) == len(set(together))
+    assert set(together) == set(points(f"grid,budget={budget}")[1])
+    extremes = {(p.slices_per_volume, p.selection) for p in shares[0][1]}
+    assert extremes == {(rho, "random") for rho in hippocampus.CONVERGED_DOUBLING[budget]}
+    # Apart from the cells, a share is configured as the whole grid (so that the report merges them).
+    whole = hippocampus.get_config(f"converged=grid,budget={budget}").to_dict()
+    share = hippocampus.get_config(f"converged=grid,budget={budget},cells=others").to_dict()
+    assert {k: v for k, v in share.items() if k != "study"} == {k: v for k, v in whole.items() if k != "study"}
   (_, middle), = [points("retrain,budget=144,middle=True")]
   assert {(p.volumes, p.slices_per_volume, p.selection) for p in middle} == {(36, 4, "random")}
   with pytest.raises(ValueError, match="budget 72 has no random cell between its extremes"):
     hippocampus.get_config("converged=retrain,budget=72,middle=True")
+  with pytest.raises(ValueError, match="budget 72 has no random cell between its extremes"):
+    hippocampus.get_config("converged=grid,budget=72,cells=middle")
+  with pytest.raises(ValueError, match="cells must be extremes, middle or others"):
+    hippocampus.get_config("converged=grid,budget=72,cells=random")
+  with pytest.raises(ValueError, match="cells splits the grid only"):
+    hippocampus.get_config("converged=retrain,budget=72,cells=others")

@@ -384,7 +384,9 @@ def test_a_later_part_at_the_length_a_budget_was_trained_again_to_merges(tmp_pat
   study, _ = _steps_rows()
   budget_8 = [r for r in study if r["budget"] == 8]  # 8 x 1, 2 x 4 and 4 x 2 random, seeds 0-2, at 100 steps
   grid_run = _run_folder(tmp_path / "grid", budget_8, 100)
-  again = [dict(r, steps=200, dice_mean=r["dice_mean"] + 0.0625) for r in budget_8]
+  # 8 x 1 gains 1/16 more than the others: its check fails (moved 1/16), so the budget is trained again in full.
+  again = [dict(r, steps=200, dice_mean=r["dice_mean"] + (0.125 if r["slices_per_volume"] == 1 else 0.0625))
+           for r in budget_8]
   extra_rows = [_row(s, 0.9, slices=4, selection="fixed", steps_=200) for s in range(3)]
   extra = _run_folder(tmp_path / "extra", extra_rows, 200)
   # Every point of budget 8 trained again at 200 steps, in two parts: 200 is the budget's study step count, so the
@@ -413,6 +415,37 @@ def test_a_later_part_at_the_length_a_budget_was_trained_again_to_merges(tmp_pat
   with pytest.raises(InputError, match="train.steps is 200 here but 100 .* or at the length every point of a budget "
                                        "was trained again to"):
     summary.run([grid_run, partial, extra], tmp_path / "refused")
+
+
+def test_extremes_trained_first_stay_a_check_until_it_fails(tmp_path):
+  # A budget whose extremes (8 x 1 and 2 x 4 random, seeds 0-2) are trained first, at the grid's 100 steps and at the
+  # check's 200: every cell the rows hold has every seed at both step counts. The study stays at 100 while the check
+  # stands or is pending; a failed check moves it to 200 (the budget then trains again in full there).
+  study = [_row(s, d) for s, d in enumerate([0.75, 0.8125, 0.5])]
+  study += [_row(s, d, slices=4) for s, d in enumerate([0.6875, 0.75, 0.625])]
+  for gain_8x1, min_seeds, verdict, steps_ in ((0.0, 3, "steps stand", 100), (0.0, 4, "pending", 100),
+                                               (0.0078125, 3, "more steps needed", 200)):
+    # The 200-step rows: every allocation gains 1/32, 8 x 1 `gain_8x1` more (the extremes' difference moves by it).
+    longer = [dict(r, steps=200, dice_mean=r["dice_mean"] + 0.03125 + (gain_8x1 if r["slices_per_volume"] == 1
+                                                                         else 0)) for r in study]
+    rows = study + longer
+    assert steps.study_steps(rows, 0.005, min_seeds) == {(2, 8, False): steps_}
+    assert steps.study_rows(rows, 0.005, min_seeds) == (study if steps_ == 100 else longer)
+    (entry,) = steps.steps_check(rows, 0.005, min_seeds)
+    assert entry["verdict"] == (verdict if steps_ == 100 else "retrained")
+    (check,) = entry["checks"]
+    assert (check["from_steps"], check["steps"], check["moved"]) == (100, 200, gain_8x1)
+  # The report reads its own options: a run's config that decides on 4 seeds leaves the check pending.
+  run = _run_folder(tmp_path / "run", study, 100)
+  check_run = _run_folder(tmp_path / "check", [dict(r, dice_mean=r["dice_mean"] + 0.03125, steps=200) for r in study],
+                          200)
+  for steps_seeds, verdict in ((3, "steps stand"), (4, "pending")):
+    out = summary.run([run, check_run], tmp_path / f"out_{steps_seeds}", steps_seeds=steps_seeds)
+    report = json.loads((out / "findings.json").read_text())
+    assert [(e["study_steps"], e["verdict"]) for e in report["steps_check"]] == [(100, verdict)]
+    with open(out / "summary.csv", encoding="utf-8") as f:  # the cells are the 100-step rows'
+      assert [float(c["dice_mean"]) for c in csv.DictReader(f)] == pytest.approx([(0.75 + 0.8125 + 0.5) / 3,
+                                                                                  (0.6875 + 0.75 + 0.625) / 3])
 
 
 def _needed(seed_sd, volume_var, num_volumes):
@@ -534,16 +567,24 @@ def test_a_study_closed_short_of_its_seeds_reads_as_if_it_planned_only_those(tmp
 
 def test_closing_refuses_to_make_a_steps_checks_rows_the_studys(tmp_path):
   # Budget 8 at 100 steps has seeds 0-4 but for 2 x 4 (seeds 0-1); a steps check trained seeds 0-1 of every cell at
-  # 200 steps: closed at seeds 0-1, the 200-step rows would be complete and become the study's.
+  # 200 steps, where 8 x 1 gains 1/16 (the check fails): closed at seeds 0-1, the 200-step rows would be complete
+  # and become the study's.
   grid = [_row(s, 0.75, slices=k) for k in (1, 2) for s in range(5)] + [_row(s, 0.7, slices=4) for s in range(2)]
-  check = [dict(r, steps=200) for r in grid if r["seed"] < 2]
-  run = _planned_run_folder(tmp_path / "grid", grid, range(5))
-  longer = _planned_run_folder(tmp_path / "check", check, range(2))
-  config = json.loads((longer / "config.json").read_text())
-  config["train"] = {"steps": 200, "warmup_steps": 10}
-  (longer / "config.json").write_text(json.dumps(config))
-  with pytest.raises(InputError, match="--close: closing would make 2D budget 8's rows at 200 steps"):
-    summary.run([run, longer], tmp_path / "bad", close=True)
+  for gain, refused in ((0.0625, True), (0.0, False)):
+    check = [dict(r, steps=200, dice_mean=r["dice_mean"] + (gain if r["slices_per_volume"] == 1 else 0))
+             for r in grid if r["seed"] < 2]
+    run = _planned_run_folder(tmp_path / f"grid_{gain}", grid, range(5))
+    longer = _planned_run_folder(tmp_path / f"check_{gain}", check, range(2))
+    config = json.loads((longer / "config.json").read_text())
+    config["train"] = {"steps": 200, "warmup_steps": 10}
+    (longer / "config.json").write_text(json.dumps(config))
+    if refused:
+      with pytest.raises(InputError, match="--close: closing would make 2D budget 8's rows at 200 steps"):
+        summary.run([run, longer], tmp_path / "bad", close=True)
+    else:  # a check that stands leaves the study at 100 steps: closed at seeds 0-1 there
+      out = summary.run([run, longer], tmp_path / "closed", close=True)
+      report = json.loads((out / "findings.json").read_text())
+      assert [(e["study_steps"], e["verdict"]) for e in report["steps_check"]] == [(100, "steps stand")]
 
 
 def test_runs_in_rounds_merge_only_with_the_same_round_schedule(tmp_path):
@@ -564,9 +605,11 @@ def test_runs_in_rounds_merge_only_with_the_same_round_schedule(tmp_path):
 
 
 def test_a_cell_missing_planned_seeds_at_another_step_count_is_pending():
-  # The grid (100 steps) plans seeds 0-4 and has trained 0-2; a run training the budget again at 200 steps plans and
-  # has seeds 0-2. 200 steps is complete for now, but seeds 3-4 at 100 steps would move the study back to 100.
-  rows = [dict(_row(s, 0.7, slices=slices, steps_=steps_), planned_seeds=planned)
+  # The grid (100 steps) plans seeds 0-4 and has trained 0-2; a run training the budget again at 200 steps (its check
+  # failed: 8 x 1 gains 0.1 there) plans and has seeds 0-2. 200 steps is complete for now, but seeds 3-4 at 100 steps
+  # would move the study back to 100.
+  rows = [dict(_row(s, 0.8 if (steps_, slices) == (200, 1) else 0.7, slices=slices, steps_=steps_),
+               planned_seeds=planned)
           for steps_, planned in ((100, [0, 1, 2, 3, 4]), (200, [0, 1, 2])) for slices in (1, 4) for s in range(3)]
   study = steps.study_rows(rows)
   assert {r["steps"] for r in study} == {200}

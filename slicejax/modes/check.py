@@ -140,8 +140,8 @@ def seeds_check(config, points) -> list[str]:
   rows, _ = runs.read_runs([config.stats.pilot])
   options = comparisons_lib.stats_options(config.stats.to_dict())
   sizes = comparisons_lib.grid_family_sizes(points)
-  needed = comparisons_lib.seeds_needed(comparisons_lib.paired_comparisons(steps.study_rows(rows), options), options,
-                                        sizes)
+  study = steps.study_rows(rows, options["steps_tolerance"], options["steps_seeds"])
+  needed = comparisons_lib.seeds_needed(comparisons_lib.paired_comparisons(study, options), options, sizes)
   have = len(config.study.seeds)
   if not needed:
     return [f"seeds: the grid has {have} and no comparison to size them for"]

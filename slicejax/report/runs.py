@@ -54,8 +54,9 @@ def _retrained_budgets(points: dict, steps: dict) -> dict:
 
 def _complete_budgets(points: dict, steps: dict) -> dict:
   """{budget: the longest step count at which, over all runs, every cell of the budget has every seed it has at any
-  step count (`steps.complete`)}; budgets without one are left out. Such a budget's study rows are those at that step
-  count, and every point trained at another count is trained at it too (`steps.study_rows`).
+  step count (`steps.complete`)}; budgets without one are left out. Every point of such a budget trained at another
+  count is trained at that one too, and its study rows are at that count or a shorter complete one
+  (`steps.study_steps`: a check that stands or is pending leaves the study at the shorter).
 
   Args:
     points: `check_compatible`'s points.
@@ -172,7 +173,7 @@ def read_runs(workdirs) -> tuple:
   return list(by_name.values()), next(iter(configs.values()))
 
 
-def close_seeds(rows) -> tuple:
+def close_seeds(rows, options=None) -> tuple:
   """Closes a study stopped short of the seeds its runs plan (the report's `--close`): per dims, the seeds that every
   sparse cell of the study has (`steps.study_rows`) are kept, as if the runs had planned no other; the rows of other
   seeds are left out, at every step count. The set is computed, never chosen, and the fully annotated reference is
@@ -186,7 +187,9 @@ def close_seeds(rows) -> tuple:
     InputError: no cell misses a planned seed (nothing to close); a dims' cells share no seed; or closing would
       change a budget's study step count (the rows of a steps check would become the study's).
   """
-  study = [row for row in steps_lib.study_rows(rows) if not row.get("reference")]
+  options = comparisons_lib.stats_options(options)
+  steps_options = options["steps_tolerance"], options["steps_seeds"]
+  study = [row for row in steps_lib.study_rows(rows, *steps_options) if not row.get("reference")]
   by_cell = cells_lib.by_cell(study)
   if not any(cells_lib.missing_seeds(by_seed) for by_seed in by_cell.values()):
     raise InputError("--close", "no cell misses a seed its runs plan: nothing to close")
@@ -204,8 +207,8 @@ def close_seeds(rows) -> tuple:
       out.append(row)
     elif row.get("seed") in kept[row.get("dims")]:
       out.append(dict(row, planned_seeds=sorted(set(row.get("planned_seeds") or ()) & kept[row.get("dims")])))
-  moved = {budget: steps for budget, steps in steps_lib.study_steps(out).items()
-           if steps != steps_lib.study_steps(rows).get(budget)}
+  moved = {budget: steps for budget, steps in steps_lib.study_steps(out, *steps_options).items()
+           if steps != steps_lib.study_steps(rows, *steps_options).get(budget)}
   if moved:
     (dims, budget, _), steps = next(iter(sorted(moved.items(), key=str)))
     raise InputError("--close", f"closing would make {dims}D budget {budget}'s rows at {steps} steps (a steps "

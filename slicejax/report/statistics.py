@@ -430,8 +430,10 @@ def rules_markdown(options: dict) -> str:
 - **Steps check.** A study confirms its training length by training some of its points (the same dims, budget,
   allocation, selection, interpolation and seed) again at more steps, in another run. At a budget whose rows hold
   such a point at two or more step counts, the cells, comparisons, findings and recommendation use only the
-  study's rows: those of the longest step count at which every cell of the budget has every seed it has at any
-  step count (else the step count most of its rows have, the fewer steps on a tie). For each longer step count,
+  study's rows: those of a step count at which every cell of the budget has every seed it has at any step count;
+  where several are, the shortest, or a longer one that a failed check (or one with no two allocations to compare)
+  led to, so that a check that stands or is pending leaves the study where it was even when it trained again every
+  cell the rows hold (else the step count most of its rows have, the fewer steps on a tie). For each longer step count,
   "Checks" shows the mean validation Dice of each re-trained allocation over the seeds that have all of them at
   both step counts, and the difference between the extremes (fewest slices per volume − most): validation, so that
   the training length is not chosen on the test volumes (test Dice at a budget whose rows have no validation

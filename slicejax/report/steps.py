@@ -3,11 +3,13 @@
 A study confirms its training length by training some of its points (the same dims, budget, allocation, selection,
 interpolation and seed) again for more steps, in another run; `runs.read_runs` keeps both rows of such a point. At a
 budget (dims, budget, reference) that holds a point at two or more step counts:
-- the study's rows are those of the budget's study step count: the longest at which every cell of the budget has
-  every seed it has at any step count (a budget trained again in full at more steps takes them; a check that
-  re-trains only some cells, or some seeds, leaves it where it was); when no step count is complete, the one most of
-  the budget's rows have, the fewer steps on a tie. Cells, comparisons, findings and recommendations see only them
-  (`study_rows`);
+- the study's rows are those of the budget's study step count: among the step counts at which every cell of the
+  budget has every seed it has at any step count, the shortest, or a longer one reached from it by checks that said
+  more steps are needed (or could not compare allocations): a budget trained again in full at more steps after a
+  failed check takes them; a check that re-trains only some cells, or some seeds, leaves it where it was, and so does
+  one that trains every cell the budget has so far (its extremes, trained first) while it stands or is pending. When
+  no step count is complete, the one most of the budget's rows have, the fewer steps on a tie. Cells, comparisons,
+  findings and recommendations see only them (`study_rows`);
 - the check (`steps_check`) follows, for each longer step count, the difference between the re-trained allocations'
   extremes (the fewest slices per volume minus the most, in mean Dice over the seeds that have every re-trained
   allocation at both step counts). It reads validation Dice (`val_dice_mean`), so that the training length is not
@@ -65,10 +67,18 @@ def complete(seeds) -> list:
       by_steps.get(s, set()) >= set().union(*by_steps.values()) for by_steps in seeds.values())))
 
 
-def study_steps(rows) -> dict:
-  """{budget: its study step count} for the budgets of `retrained`: the longest step count at which every cell of
-  the budget has every seed it has at any step count; when there is none, the step count most of the budget's rows
-  have, the fewer steps on a tie."""
+def study_steps(rows, tolerance: float = defaults.STATS["steps_tolerance"],
+                min_seeds: int = defaults.STATS["steps_seeds"]) -> dict:
+  """{budget: its study step count} for the budgets of `retrained`: of the step counts at which every cell of the
+  budget has every seed it has at any step count (`complete`), the shortest, then each longer one in turn whose check
+  from the study's so far says more steps are needed or compares nothing (`NOT_CHECKED`: a budget trained again in
+  full); a check that stands or is pending leaves it. When no step count is complete, the step count most of the
+  budget's rows have, the fewer steps on a tie.
+
+  Args:
+    rows: result rows, every step count.
+    tolerance, min_seeds: `stats.steps_tolerance` and `stats.steps_seeds`, as `steps_check`.
+  """
   counts, seeds = {}, {}
   for row in rows:
     here = counts.setdefault(_budget(row), {})
@@ -76,22 +86,31 @@ def study_steps(rows) -> dict:
     seeds.setdefault(_budget(row), {}).setdefault(cells_lib.cell_key(row), {}).setdefault(
         row.get("steps"), set()).add(row.get("seed"))
   out = {}
-  for budget in retrained(rows):
+  for budget, points in retrained(rows).items():
     counts_complete = complete(seeds[budget])
-    out[budget] = counts_complete[-1] if counts_complete else min(
-        counts[budget], key=lambda s: (-counts[budget][s], s is None, s or 0))
+    if not counts_complete:
+      out[budget] = min(counts[budget], key=lambda s: (-counts[budget][s], s is None, s or 0))
+      continue
+    here = [row for row in rows if _budget(row) == budget]
+    study = counts_complete[0]
+    for steps in counts_complete[1:]:
+      checks = _checks(here, points, [(study, steps)], tolerance, metric(here))
+      if _verdict(checks, min_seeds) in (MORE, NOT_CHECKED):
+        study = steps
+    out[budget] = study
   return out
 
 
-def study_rows(rows) -> list:
+def study_rows(rows, tolerance: float = defaults.STATS["steps_tolerance"],
+               min_seeds: int = defaults.STATS["steps_seeds"]) -> list:
   """The rows the study's cells are made of: every row, less those of a budget of `retrained` trained for another
-  step count than the budget's study step count (`study_steps`). Order kept.
+  step count than the budget's study step count (`study_steps`, with `tolerance` and `min_seeds`). Order kept.
 
   A cell still missing seeds that its runs plan at a step count left out here (rows' `planned_seeds`,
   `runs.read_runs`) may move the budget's study step count when they arrive: its kept rows carry those seeds in
   their `planned_seeds` too (copies of the rows), so that the cell is pending (`cells.missing_seeds`) until then.
   """
-  study = study_steps(rows)
+  study = study_steps(rows, tolerance, min_seeds)
   planned, present = {}, {}
   for row in rows:
     key = (cells_lib.cell_key(row), row.get("steps"))
@@ -171,40 +190,58 @@ def _variant(key) -> tuple:
   return cells_lib.key_field(key, "selection"), cells_lib.key_field(key, "interpolation")
 
 
-def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
-  """`steps_check`'s entry of one budget: its rows (every step count), its re-trained points."""
+def _retrained_allocations(points) -> list:
+  """[(selection, interpolation), its re-trained allocations (volumes, slices per volume), fewest slices per volume
+  first, one of its point keys)] of the re-trained variants with two or more allocations, in order."""
   variants = {}
   for p in points:
     variants.setdefault(_variant(p), []).append(p)
-  longer = sorted({s for p in points for s in points[p] if _longer(s, study)})
-  shorter = sorted({s for p in points for s in points[p] if _longer(study, s)})
-  checks, earlier, compared = [], [], False
-  metric_ = metric(rows)
-  for (selection, interpolation), chosen in sorted(variants.items()):
+  out = []
+  for variant, chosen in sorted(variants.items()):
     allocations = sorted({(cells_lib.key_field(p, "volumes"), cells_lib.key_field(p, "slices_per_volume"))
                           for p in chosen}, key=lambda a: a[1] or 0)
-    if len(allocations) < 2:
-      continue
-    compared = True
-    cell = dict(zip(cells_lib.CELL_KEY, chosen[0]))
+    if len(allocations) >= 2:
+      out.append((variant, allocations, chosen[0]))
+  return out
+
+
+def _checks(rows, points, moves, tolerance: float, metric_: str) -> list:
+  """The `allocation_check`s of one budget's re-trained variants (`rows`: the budget's, every step count; `points`:
+  its re-trained points, as `retrained`) for each (from step count, to step count) of `moves`, variant by variant,
+  those with a seed at both."""
+  checks = []
+  for variant, allocations, point in _retrained_allocations(points):
+    cell = dict(zip(cells_lib.CELL_KEY, point))
     label = {a: cells_lib.label(dict(cell, volumes=a[0], slices_per_volume=a[1])) for a in allocations}
-    mine = [row for row in rows if _variant(cells_lib.cell_key(row)) == (selection, interpolation)]
-    for steps in longer:
-      check = allocation_check(mine, allocations, label, study, steps, tolerance, metric_)
+    mine = [row for row in rows if _variant(cells_lib.cell_key(row)) == variant]
+    for from_steps, steps in moves:
+      check = allocation_check(mine, allocations, label, from_steps, steps, tolerance, metric_)
       if check is not None:
         checks.append(check)
-    for steps in shorter:
-      check = allocation_check(mine, allocations, label, steps, study, tolerance, metric_)
-      if check is not None:
-        earlier.append(check)
+  return checks
+
+
+def _verdict(checks, min_seeds: int) -> str:
+  """`MORE` when a check with `min_seeds` seeds or more does not stand, else `PENDING` when one has fewer, else
+  `STAND`; `NOT_CHECKED` without a check."""
+  decided = [c for c in checks if len(c["seeds"]) >= min_seeds]
+  return (NOT_CHECKED if not checks else MORE if not all(c["stands"] for c in decided) else
+          PENDING if len(decided) < len(checks) else STAND)
+
+
+def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
+  """`steps_check`'s entry of one budget: its rows (every step count), its re-trained points."""
+  longer = sorted({s for p in points for s in points[p] if _longer(s, study)})
+  shorter = sorted({s for p in points for s in points[p] if _longer(study, s)})
+  metric_ = metric(rows)
+  checks = _checks(rows, points, [(study, steps) for steps in longer], tolerance, metric_)
+  earlier = _checks(rows, points, [(steps, study) for steps in shorter], tolerance, metric_)
   reason = None
   if not checks and not earlier:
     reason = ("no point trained at another step count than the study's" if not longer and not shorter else
-              "one allocation trained again: no difference to follow" if not compared else
+              "one allocation trained again: no difference to follow" if not _retrained_allocations(points) else
               "no seed with every re-trained allocation at both step counts")
-  decided = [c for c in checks if len(c["seeds"]) >= min_seeds]
-  verdict = (RETRAINED if not checks and earlier else NOT_CHECKED if not checks else
-             MORE if not all(c["stands"] for c in decided) else PENDING if len(decided) < len(checks) else STAND)
+  verdict = RETRAINED if not checks and earlier else _verdict(checks, min_seeds)
   if verdict == PENDING:
     reason = f"{min(len(c['seeds']) for c in checks)} of the {min_seeds} seeds it decides on"
   # Rows at another step count than the study's that no check reads either: out of the report but for this list.
@@ -240,7 +277,7 @@ def steps_check(rows, tolerance: float, min_seeds: int = defaults.STATS["steps_s
     pending check has; None otherwise) and `unread` ([{`cell` (label), `steps`, `seeds` (how many)}] of the rows at
     another step count than the study's that no check reads: in no part of the report but this list).
   """
-  study = study_steps(rows)
+  study = study_steps(rows, tolerance, min_seeds)
   out = []
   for budget, points in sorted(retrained(rows).items(), key=lambda item: (item[0][0], item[0][2], item[0][1])):
     here = [row for row in rows if _budget(row) == budget]

@@ -56,7 +56,7 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   workdir = os.fspath(workdir)
   options = comparisons_lib.stats_options(options)
   cost = dict(cells_lib.DEFAULT_COST if cost is None else cost)
-  study = steps.study_rows(rows)
+  study = steps.study_rows(rows, options["steps_tolerance"], options["steps_seeds"])
   cells = cells_lib.summarise(study, cost, options["plateau_tolerance"])
   comparisons = comparisons_lib.paired_comparisons(study, options)
   a_a = comparisons_lib.a_a_checks(study, options)
@@ -111,9 +111,6 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
   if out is None and len(workdirs) > 1:
     raise InputError("--out", "several --workdir merge into one report: say where it goes")
   rows, config = runs.read_runs(workdirs)
-  closed = None
-  if close:
-    rows, closed = runs.close_seeds(rows)
   cost = dict(cells_lib.DEFAULT_COST, **(config.get("cost") or {}))
   options = {**(config.get("stats") or {}), **{k: v for k, v in options.items() if v is not None}}
   if families is not None:
@@ -125,8 +122,9 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
   options["run_families"] = runs.read_families(workdirs)
   # Several runs' own plans, merged, hold the whole study's only if one run planned it all: said under the comparisons.
   options["plans_merged"] = families is None and sum(runs.read_families([w]) is not None for w in workdirs) > 1
-  options["closed"] = closed
   options = comparisons_lib.stats_options(options)
+  if close:
+    rows, options["closed"] = runs.close_seeds(rows, options)
   for key, value in (("seconds_per_volume", seconds_per_volume), ("seconds_per_slice", seconds_per_slice),
                      ("seconds_per_kilopixel", seconds_per_kilopixel)):
     if value is not None:
