@@ -35,8 +35,9 @@ Arguments:
     CONVERGED_STEPS, which are then final (CONVERGED_RETRAINED): the grid's cells that the doubling check did not
     train at those steps, fixed interval (and ual where the grid has it) at every allocation, 5 seeds; with
     middle=True instead the random cells between the extremes (only budget 144 has one, 36 x 4). The doubling
-    parts give the random extremes' rows; the report takes a budget's longest step count once every cell has all
-    its seeds there ("retrained"). The interp and rounds parts of such a budget train at the doubled steps too.
+    parts give the random extremes' rows; the report, told so with `--retrained=B`, takes the budget's longest step
+    count once every cell has all its seeds there ("retrained"). The interp and rounds parts of such a budget train
+    at the doubled steps too.
     "grid" with cells=extremes, middle or others: one share of that budget's grid, with the grid's steps: the
     doubling check's random extremes, the random cells between them (only budget 144 has one, 36 x 4), or fixed
     interval (and ual where the grid has it) at every allocation. The three shares hold the grid's points once, so
@@ -181,6 +182,7 @@ def get_config(arg=""):
                        f"{CONVERGED_DOUBLING[arg.budget]}")
     if arg.converged == "rounds" and arg.budget not in CONVERGED_ROUND_BUDGETS:
       raise ValueError(f"rounds runs at budgets {CONVERGED_ROUND_BUDGETS}, got {arg.budget}")
+    _check_steps_grow(arg.budget if arg.converged in ("grid", "interp", "rounds", "doubling", "retrain") else None)
     config.model.features = CONVERGED["features"]
     if arg.converged == "reference":
       steps = CONVERGED_REFERENCE_STEPS
@@ -252,6 +254,18 @@ def converged_steps(budget: int, check: bool = False):
   budget in CONVERGED_RETRAINED or for the check itself (`check`); None for a budget not in the study."""
   steps = CONVERGED_STEPS.get(budget)
   return None if steps is None else steps * (2 if check or budget in CONVERGED_RETRAINED else 1)
+
+
+def _check_steps_grow(budget) -> None:
+  """No 2D budget trains fewer steps than a smaller one needed (`converged_steps`, after the smaller one's check):
+  a part at `budget` (None: not a 2D budget's part) is refused until CONVERGED_STEPS says so."""
+  if budget not in CONVERGED_STEPS:
+    return
+  for smaller in sorted(b for b in CONVERGED_STEPS if b < budget):
+    if converged_steps(smaller) > converged_steps(budget):
+      raise ValueError(f"budget {budget} trains {converged_steps(budget)} steps, fewer than budget {smaller}'s "
+                       f"{converged_steps(smaller)}: raise CONVERGED_STEPS[{budget}] first (no budget trains fewer "
+                       "steps than a smaller one needed)")
 
 
 def _grid_cells(budget: int, cells: str) -> dict:

@@ -30,6 +30,7 @@ def _regenerate(tmp_path, document: str) -> tuple[str, str]:
   report.run([root / w for w in workdirs], out, preamble=root / flags["preamble"],
              document=tmp_path / flags["document"],
              families=root / flags["families"] if "families" in flags else None,
+             retrained=[int(b) for b in flags["retrained"].split(",")] if "retrained" in flags else None,
              **{k: kind(flags[k]) for k, kind in STATS_FLAGS.items() if k in flags})
   return (tmp_path / flags["document"]).read_text(), committed
 
@@ -131,3 +132,9 @@ def test_a_budget_s_parts_cover_its_grid_once_at_the_grid_s_and_the_doubled_step
     hippocampus.get_config("converged=grid,budget=72,cells=random")
   with pytest.raises(ValueError, match="cells splits the grid only"):
     hippocampus.get_config("converged=retrain,budget=72,cells=others")
+  # Budget 144 trained again at 8,000 steps would leave budget 288 at 4,000 behind it: its parts are refused until
+  # its steps are raised.
+  hippocampus.CONVERGED_RETRAINED = hippocampus.CONVERGED_RETRAINED + (144,)
+  with pytest.raises(ValueError, match="budget 288 trains 4000 steps, fewer than budget 144's 8000"):
+    hippocampus.get_config("converged=grid,budget=288,cells=extremes")
+  assert hippocampus.get_config("converged=grid,budget=144,cells=others").train.steps == 4000  # the grid's own

@@ -290,16 +290,19 @@ def test_a_steps_check_with_fewer_seeds_than_it_decides_on_is_pending_and_holds_
 
 def test_a_budget_trained_again_in_full_takes_the_longer_steps_and_shows_the_check_that_sent_it(tmp_path):
   study, longer = _steps_rows()
-  # Budget 16 failed its check (moved 1/64); its 4 x 4 fixed trains again at 200 steps, seed 0 so far: 200 steps lack
-  # seed 1 of it, so the study stays at 100 and the budget is still held.
+  # Budget 16 failed its check (moved 1/64) and is declared trained again; its 4 x 4 fixed trains again at 200 steps,
+  # seed 0 so far: 200 steps lack seed 1 of it, so the study stays at 100, the longest complete step count.
+  # Undeclared, the budget stays at its grid's 100 steps too, held.
   part = [_row(0, 0.8, budget=16, slices=4, selection="fixed", steps_=200)]
-  assert steps.study_steps(study + longer + part) == {(2, 8, False): 100, (2, 16, False): 100}
+  for declared in ((), (16,)):
+    assert steps.study_steps(study + longer + part, declared) == {(2, 8, False): 100, (2, 16, False): 100}
   assert steps.steps_check(study + longer + part, 0.005)[1]["verdict"] == "more steps needed"
-  # With seed 1, every cell of budget 16 has all its seeds at 200 steps: those are the study's rows.
+  # With seed 1, every cell of budget 16 has all its seeds at 200 steps, and at 100 steps too: declared, the longer.
   rows = study + longer + part + [_row(1, 0.8, budget=16, slices=4, selection="fixed", steps_=200)]
-  assert steps.study_steps(rows) == {(2, 8, False): 100, (2, 16, False): 200}
-  assert steps.study_rows(rows) == study[:9] + longer[5:] + rows[-2:]
-  eight, sixteen = steps.steps_check(rows, 0.005)
+  assert steps.study_steps(rows) == {(2, 8, False): 100, (2, 16, False): 100}
+  assert steps.study_steps(rows, (16,)) == {(2, 8, False): 100, (2, 16, False): 200}
+  assert steps.study_rows(rows, (16,)) == study[:9] + longer[5:] + rows[-2:]
+  eight, sixteen = steps.steps_check(rows, 0.005, retrained=(16,))
   assert eight["verdict"] == "steps stand"
   (check,) = sixteen["checks"]
   assert (sixteen["study_steps"], sixteen["verdict"], sixteen["reason"]) == (200, "retrained", None)
@@ -320,7 +323,7 @@ def test_a_budget_trained_again_in_full_takes_the_longer_steps_and_shows_the_che
   run.mkdir()
   (run / "config.json").write_text("{}")
   results.append_rows(run / "results.jsonl", rows)
-  summary.run([run], tmp_path / "out")
+  summary.run([run], tmp_path / "out", retrained=[16])
   found = json.loads((tmp_path / "out" / "findings.json").read_text())
   # Not held: budget 16 is in the findings, with its 200-step cells, and has a recommendation of its own.
   assert not found["findings"][0].get("left_out")
@@ -389,12 +392,12 @@ def test_a_later_part_at_the_length_a_budget_was_trained_again_to_merges(tmp_pat
            for r in budget_8]
   extra_rows = [_row(s, 0.9, slices=4, selection="fixed", steps_=200) for s in range(3)]
   extra = _run_folder(tmp_path / "extra", extra_rows, 200)
-  # Every point of budget 8 trained again at 200 steps, in two parts: 200 is the budget's study step count, so the
-  # later cell at 200 steps (2 x 4 fixed, which no run holds at 100) merges, in any order, and is compared with the
-  # 200-step rows.
+  # Every point of budget 8 trained again at 200 steps, in two parts, declared so: 200 is the budget's study step
+  # count, so the later cell at 200 steps (2 x 4 fixed, which no run holds at 100) merges, in any order, and is
+  # compared with the 200-step rows.
   retrain = [_run_folder(tmp_path / "retrain_a", again[:4], 200), _run_folder(tmp_path / "retrain_b", again[4:], 200)]
   for order in ([grid_run, *retrain, extra], [extra, retrain[1], grid_run, retrain[0]]):
-    out = summary.run(order, tmp_path / f"merged_{order[0].name}")
+    out = summary.run(order, tmp_path / f"merged_{order[0].name}", retrained=[8])
     report = json.loads((out / "findings.json").read_text())
     assert [e["verdict"] for e in report["steps_check"]] == ["retrained"]
     (selection,) = [c for c in report["comparisons"] if c["a"]["selection"] == "fixed"]
@@ -403,7 +406,7 @@ def test_a_later_part_at_the_length_a_budget_was_trained_again_to_merges(tmp_pat
   # The later cell at the grid's 100 steps too: one allocation of its selection, so no check reads those rows. They
   # are left out of the cells, and named.
   early = _run_folder(tmp_path / "early", [dict(r, steps=100) for r in extra_rows], 100)
-  out = summary.run([grid_run, *retrain, extra, early], tmp_path / "merged_early")
+  out = summary.run([grid_run, *retrain, extra, early], tmp_path / "merged_early", retrained=[8])
   report = json.loads((out / "findings.json").read_text())
   assert report["steps_check"][0]["unread"] == [{"cell": "2×4 fixed", "steps": 100, "seeds": 3}]
   (selection,) = [c for c in report["comparisons"] if c["a"]["selection"] == "fixed"]
@@ -417,35 +420,55 @@ def test_a_later_part_at_the_length_a_budget_was_trained_again_to_merges(tmp_pat
     summary.run([grid_run, partial, extra], tmp_path / "refused")
 
 
-def test_extremes_trained_first_stay_a_check_until_it_fails(tmp_path):
+def test_a_check_never_moves_a_budget_s_rows_until_it_is_declared_trained_again(tmp_path):
   # A budget whose extremes (8 x 1 and 2 x 4 random, seeds 0-2) are trained first, at the grid's 100 steps and at the
-  # check's 200: every cell the rows hold has every seed at both step counts. The study stays at 100 while the check
-  # stands or is pending; a failed check moves it to 200 (the budget then trains again in full there).
+  # check's 200: every cell the rows hold has every seed at both step counts. Whether the check stands, is pending or
+  # fails, the study stays at the grid's 100 steps (a failed check holds the budget) until the budget is declared
+  # trained again in full (`retrained`); then its rows are the 200-step ones.
   study = [_row(s, d) for s, d in enumerate([0.75, 0.8125, 0.5])]
   study += [_row(s, d, slices=4) for s, d in enumerate([0.6875, 0.75, 0.625])]
-  for gain_8x1, min_seeds, verdict, steps_ in ((0.0, 3, "steps stand", 100), (0.0, 4, "pending", 100),
-                                               (0.0078125, 3, "more steps needed", 200)):
+  for gain_8x1, min_seeds, verdict in ((0.0, 3, "steps stand"), (0.0, 4, "pending"),
+                                       (0.0078125, 3, "more steps needed"), (0.0078125, 4, "pending")):
     # The 200-step rows: every allocation gains 1/32, 8 x 1 `gain_8x1` more (the extremes' difference moves by it).
     longer = [dict(r, steps=200, dice_mean=r["dice_mean"] + 0.03125 + (gain_8x1 if r["slices_per_volume"] == 1
                                                                          else 0)) for r in study]
     rows = study + longer
-    assert steps.study_steps(rows, 0.005, min_seeds) == {(2, 8, False): steps_}
-    assert steps.study_rows(rows, 0.005, min_seeds) == (study if steps_ == 100 else longer)
+    assert steps.study_steps(rows) == {(2, 8, False): 100}
+    assert steps.study_rows(rows) == study
     (entry,) = steps.steps_check(rows, 0.005, min_seeds)
-    assert entry["verdict"] == (verdict if steps_ == 100 else "retrained")
+    assert entry["verdict"] == verdict
     (check,) = entry["checks"]
     assert (check["from_steps"], check["steps"], check["moved"]) == (100, 200, gain_8x1)
-  # The report reads its own options: a run's config that decides on 4 seeds leaves the check pending.
+    assert steps.study_rows(rows, retrained=(8,)) == longer
+    (entry,) = steps.steps_check(rows, 0.005, min_seeds, retrained=(8,))
+    assert (entry["study_steps"], entry["verdict"]) == (200, "retrained")
+    assert entry["reason"] == (None if verdict == "more steps needed" else "declared trained again although its "
+                               "check " + ("stands" if verdict == "steps stand" else "has not decided"))
+  # Before the grid has both extremes: 8 x 1 seeds 0-1 at 100 steps, both extremes at 200 (the check first). 200 is
+  # then the only complete step count, yet the study stays at the grid's 100 (nothing to compare yet).
+  early = study[:2] + [r for r in longer if r["seed"] < 2]
+  assert steps.study_steps(early) == {(2, 8, False): 100}
+  assert steps.study_rows(early) == study[:2]
+  (entry,) = steps.steps_check(early, 0.005, 2)
+  assert (entry["study_steps"], entry["verdict"]) == (100, "not checked")
+  # Declared, with every cell at 200 steps and none complete at 100, the longest.
+  assert steps.study_steps(early, (8,)) == {(2, 8, False): 200}
+
+  # Through the report: the flag (or nothing) decides which rows are the study's, whatever the check's options.
   run = _run_folder(tmp_path / "run", study, 100)
-  check_run = _run_folder(tmp_path / "check", [dict(r, dice_mean=r["dice_mean"] + 0.03125, steps=200) for r in study],
-                          200)
-  for steps_seeds, verdict in ((3, "steps stand"), (4, "pending")):
-    out = summary.run([run, check_run], tmp_path / f"out_{steps_seeds}", steps_seeds=steps_seeds)
+  check_run = _run_folder(tmp_path / "check", longer, 200)  # the last, failed check (8 x 1 gains 1/128 more)
+  grid_dice = [(0.75 + 0.8125 + 0.5) / 3, (0.6875 + 0.75 + 0.625) / 3]
+  for steps_seeds, retrained, verdict, dice in (
+      (3, None, "more steps needed", grid_dice), (4, None, "pending", grid_dice),
+      (3, [8], "retrained", [grid_dice[0] + 0.03125 + 0.0078125, grid_dice[1] + 0.03125])):
+    out = summary.run([run, check_run], tmp_path / f"out_{steps_seeds}_{retrained}", steps_seeds=steps_seeds,
+                      retrained=retrained)
     report = json.loads((out / "findings.json").read_text())
-    assert [(e["study_steps"], e["verdict"]) for e in report["steps_check"]] == [(100, verdict)]
-    with open(out / "summary.csv", encoding="utf-8") as f:  # the cells are the 100-step rows'
-      assert [float(c["dice_mean"]) for c in csv.DictReader(f)] == pytest.approx([(0.75 + 0.8125 + 0.5) / 3,
-                                                                                  (0.6875 + 0.75 + 0.625) / 3])
+    assert [e["verdict"] for e in report["steps_check"]] == [verdict]
+    with open(out / "summary.csv", encoding="utf-8") as f:
+      assert [float(c["dice_mean"]) for c in csv.DictReader(f)] == pytest.approx(dice)
+  with pytest.raises(InputError, match="--retrained: budget 16 has no point trained at two step counts"):
+    summary.run([run, check_run], tmp_path / "typo", retrained=[16])
 
 
 def _needed(seed_sd, volume_var, num_volumes):
@@ -565,26 +588,24 @@ def test_a_study_closed_short_of_its_seeds_reads_as_if_it_planned_only_those(tmp
     summary.run([apart], tmp_path / "bad", close=True)
 
 
-def test_closing_refuses_to_make_a_steps_checks_rows_the_studys(tmp_path):
-  # Budget 8 at 100 steps has seeds 0-4 but for 2 x 4 (seeds 0-1); a steps check trained seeds 0-1 of every cell at
-  # 200 steps, where 8 x 1 gains 1/16 (the check fails): closed at seeds 0-1, the 200-step rows would be complete
-  # and become the study's.
+def test_closing_refuses_to_move_a_retrained_budget_s_rows(tmp_path):
+  # Budget 8 at 100 steps has seeds 0-4 but for 2 x 4 (seeds 0-1); it is declared trained again, and seeds 0-1 of
+  # every cell have been at 200 steps: 100 is its longest complete step count. Closed at seeds 0-1, 200 would be
+  # complete and become the study's: refused. Undeclared, the rows at 200 steps are a check's and never the study's:
+  # closing leaves the study at 100.
   grid = [_row(s, 0.75, slices=k) for k in (1, 2) for s in range(5)] + [_row(s, 0.7, slices=4) for s in range(2)]
-  for gain, refused in ((0.0625, True), (0.0, False)):
-    check = [dict(r, steps=200, dice_mean=r["dice_mean"] + (gain if r["slices_per_volume"] == 1 else 0))
-             for r in grid if r["seed"] < 2]
-    run = _planned_run_folder(tmp_path / f"grid_{gain}", grid, range(5))
-    longer = _planned_run_folder(tmp_path / f"check_{gain}", check, range(2))
-    config = json.loads((longer / "config.json").read_text())
-    config["train"] = {"steps": 200, "warmup_steps": 10}
-    (longer / "config.json").write_text(json.dumps(config))
-    if refused:
-      with pytest.raises(InputError, match="--close: closing would make 2D budget 8's rows at 200 steps"):
-        summary.run([run, longer], tmp_path / "bad", close=True)
-    else:  # a check that stands leaves the study at 100 steps: closed at seeds 0-1 there
-      out = summary.run([run, longer], tmp_path / "closed", close=True)
-      report = json.loads((out / "findings.json").read_text())
-      assert [(e["study_steps"], e["verdict"]) for e in report["steps_check"]] == [(100, "steps stand")]
+  check = [dict(r, steps=200, dice_mean=r["dice_mean"] + (0.0625 if r["slices_per_volume"] == 1 else 0))
+           for r in grid if r["seed"] < 2]
+  run = _planned_run_folder(tmp_path / "grid", grid, range(5))
+  longer = _planned_run_folder(tmp_path / "check", check, range(2))
+  config = json.loads((longer / "config.json").read_text())
+  config["train"] = {"steps": 200, "warmup_steps": 10}
+  (longer / "config.json").write_text(json.dumps(config))
+  with pytest.raises(InputError, match="--close: closing would move 2D budget 8's study rows from 100 to 200 steps"):
+    summary.run([run, longer], tmp_path / "bad", close=True, retrained=[8])
+  out = summary.run([run, longer], tmp_path / "closed", close=True)
+  report = json.loads((out / "findings.json").read_text())
+  assert [(e["study_steps"], e["verdict"]) for e in report["steps_check"]] == [(100, "more steps needed")]
 
 
 def test_runs_in_rounds_merge_only_with_the_same_round_schedule(tmp_path):
@@ -606,19 +627,19 @@ def test_runs_in_rounds_merge_only_with_the_same_round_schedule(tmp_path):
 
 def test_a_cell_missing_planned_seeds_at_another_step_count_is_pending():
   # The grid (100 steps) plans seeds 0-4 and has trained 0-2; a run training the budget again at 200 steps (its check
-  # failed: 8 x 1 gains 0.1 there) plans and has seeds 0-2. 200 steps is complete for now, but seeds 3-4 at 100 steps
-  # would move the study back to 100.
+  # failed: 8 x 1 gains 0.1 there; declared trained again) plans and has seeds 0-2. 200 steps is complete for now,
+  # but seeds 3-4 at 100 steps would move the study back to 100.
   rows = [dict(_row(s, 0.8 if (steps_, slices) == (200, 1) else 0.7, slices=slices, steps_=steps_),
                planned_seeds=planned)
           for steps_, planned in ((100, [0, 1, 2, 3, 4]), (200, [0, 1, 2])) for slices in (1, 4) for s in range(3)]
-  study = steps.study_rows(rows)
+  study = steps.study_rows(rows, (8,))
   assert {r["steps"] for r in study} == {200}
   assert [c["missing_seeds"] for c in cells_lib.summarise(study)] == [[3, 4], [3, 4]]
   (comparison,) = comparisons_lib.paired_comparisons(study)
   assert (comparison["verdict"], comparison["n_pairs"], comparison["planned_seeds"]) == ("pending", 3, 5)
   # Once seeds 3-4 are in at 100 steps, the study is at 100 steps again, complete.
   rows += [dict(_row(s, 0.7, slices=slices), planned_seeds=[0, 1, 2, 3, 4]) for slices in (1, 4) for s in (3, 4)]
-  study = steps.study_rows(rows)
+  study = steps.study_rows(rows, (8,))
   assert {r["steps"] for r in study} == {100}
   assert [c["missing_seeds"] for c in cells_lib.summarise(study)] == [[], []]
 

@@ -99,7 +99,8 @@ def stats_options(options=None) -> dict:
   Besides the config's keys, `families`: {Holm family: planned number of comparisons} of a study that is not
   complete yet (the report's `--families`), or None; each family then adjusts over its planned size
   (`stats.holm`). And `run_families`: the plan the runs' own grids hold (`runs.read_families`), or None; without
-  `families`, a family that has made fewer comparisons than it plans counts the missing ones as p = 1.
+  `families`, a family that has made fewer comparisons than it plans counts the missing ones as p = 1. And
+  `retrained`: the budgets declared trained again in full at more steps (`steps.study_steps`), by default none.
 
   Raises:
     InputError: a value out of its range.
@@ -113,6 +114,10 @@ def stats_options(options=None) -> dict:
                        f"than the {size} a run's own grid plans (its families.json)")
   o["plans_merged"] = bool((options or {}).get("plans_merged"))  # several runs' plans, no `families` (`summary.run`)
   o["closed"] = (options or {}).get("closed")  # the seeds a report closes its study at (`runs.close_seeds`), or None
+  # Budgets declared trained again in full at more steps (the report's `--retrained`; `steps.study_steps`).
+  o["retrained"] = tuple((options or {}).get("retrained") or ())
+  if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in o["retrained"]):
+    raise InputError("--retrained", f"must list budgets (integers >= 1), got {list(o['retrained'])}")
   checks = {"alpha": (0 < o["alpha"] < 0.5, "in (0, 0.5)"), "margin": (o["margin"] > 0, "> 0"),
             "min_seeds": (int(o["min_seeds"]) == o["min_seeds"] and o["min_seeds"] >= 2, "an integer >= 2"),
             "power": (0 < o["power"] < 1, "in (0, 1)"),

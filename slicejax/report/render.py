@@ -183,12 +183,13 @@ def _steps_markdown(entries) -> list[str]:
   tests = [f"{e['dims']}D budget {e['budget']}" for e in entries if e["metric"] == steps_lib.TEST]
   metric = "validation Dice" + (f" (test Dice at {', '.join(tests)}, whose rows lack it)" if tests else "")
   out = ["Steps check: points trained again for more steps. At these budgets the cells, comparisons and findings "
-         "use the study's step count (the longest at which every cell has all its seeds); here, the re-trained "
+         "use the study's step count (the grid's, the shortest; for a budget declared trained again in full at "
+         "more steps, `--retrained`, the longest at which every cell has all its seeds); here, the re-trained "
          f"allocations' mean {metric} over the seeds that have them all at both step counts, so that the training "
          "length is not chosen on the test volumes, and the difference between "
          f"the extremes. The steps stand when it moves by less than {tolerance:g} (`stats.steps_tolerance`) over at "
          f"least {entries[0]['min_seeds']} seeds (`stats.steps_seeds`); with fewer the check is pending. A budget "
-         "`retrained` was trained again in full at more steps, which it keeps.", ""]
+         "`retrained` was declared trained again in full at more steps, which it keeps.", ""]
 
   def steps_label(steps, e):
     return f"{steps} (study)" if steps == e["study_steps"] else str(steps)

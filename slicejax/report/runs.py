@@ -55,8 +55,7 @@ def _retrained_budgets(points: dict, steps: dict) -> dict:
 def _complete_budgets(points: dict, steps: dict) -> dict:
   """{budget: the longest step count at which, over all runs, every cell of the budget has every seed it has at any
   step count (`steps.complete`)}; budgets without one are left out. Every point of such a budget trained at another
-  count is trained at that one too, and its study rows are at that count or a shorter complete one
-  (`steps.study_steps`: a check that stands or is pending leaves the study at the shorter).
+  count is trained at that one too: a later part may train at it (a budget trained again in full, or its grid).
 
   Args:
     points: `check_compatible`'s points.
@@ -185,11 +184,10 @@ def close_seeds(rows, options=None) -> tuple:
 
   Raises:
     InputError: no cell misses a planned seed (nothing to close); a dims' cells share no seed; or closing would
-      change a budget's study step count (the rows of a steps check would become the study's).
+      change a budget's study step count (a budget declared `retrained` whose complete step count would move).
   """
-  options = comparisons_lib.stats_options(options)
-  steps_options = options["steps_tolerance"], options["steps_seeds"]
-  study = [row for row in steps_lib.study_rows(rows, *steps_options) if not row.get("reference")]
+  retrained = comparisons_lib.stats_options(options)["retrained"]
+  study = [row for row in steps_lib.study_rows(rows, retrained) if not row.get("reference")]
   by_cell = cells_lib.by_cell(study)
   if not any(cells_lib.missing_seeds(by_seed) for by_seed in by_cell.values()):
     raise InputError("--close", "no cell misses a seed its runs plan: nothing to close")
@@ -207,12 +205,13 @@ def close_seeds(rows, options=None) -> tuple:
       out.append(row)
     elif row.get("seed") in kept[row.get("dims")]:
       out.append(dict(row, planned_seeds=sorted(set(row.get("planned_seeds") or ()) & kept[row.get("dims")])))
-  moved = {budget: steps for budget, steps in steps_lib.study_steps(out, *steps_options).items()
-           if steps != steps_lib.study_steps(rows, *steps_options).get(budget)}
+  before = steps_lib.study_steps(rows, retrained)
+  moved = {budget: steps for budget, steps in steps_lib.study_steps(out, retrained).items()
+           if steps != before.get(budget)}
   if moved:
     (dims, budget, _), steps = next(iter(sorted(moved.items(), key=str)))
-    raise InputError("--close", f"closing would make {dims}D budget {budget}'s rows at {steps} steps (a steps "
-                     "check's) the study's: train the missing seeds instead")
+    raise InputError("--close", f"closing would move {dims}D budget {budget}'s study rows from "
+                     f"{before[(dims, budget, False)]} to {steps} steps: train the missing seeds instead")
   return out, {"seeds": {dims: sorted(seeds) for dims, seeds in sorted(kept.items())},
                "planned": {dims: sorted(seeds) for dims, seeds in sorted(planned.items())},
                "rows_left_out": len(rows) - len(out)}

@@ -335,6 +335,8 @@ def rules_markdown(options: dict) -> str:
   source = ("the whole study's planned families (`--families`)" if o.get("families") else
             "its runs' own grids' families (`families.json`, written when a launch starts)" if o.get("run_families")
             else "")
+  declared = (": here budget" + ("s " if len(o["retrained"]) > 1 else " ") + ", ".join(map(str, o["retrained"]))
+              if o.get("retrained") else "")
   planned = "" if not source else (
       f"\n  The plan: {source}."
       "\n  Holm's rejections only grow as p-values fall, so a rejection reached before a family is complete stays"
@@ -430,10 +432,10 @@ def rules_markdown(options: dict) -> str:
 - **Steps check.** A study confirms its training length by training some of its points (the same dims, budget,
   allocation, selection, interpolation and seed) again at more steps, in another run. At a budget whose rows hold
   such a point at two or more step counts, the cells, comparisons, findings and recommendation use only the
-  study's rows: those of a step count at which every cell of the budget has every seed it has at any step count;
-  where several are, the shortest, or a longer one that a failed check (or one with no two allocations to compare)
-  led to, so that a check that stands or is pending leaves the study where it was even when it trained again every
-  cell the rows hold (else the step count most of its rows have, the fewer steps on a tie). For each longer step count,
+  study's rows: those of the budget's shortest step count, its grid's (a check never moves them, whatever it
+  trains again), or, for a budget declared trained again in full at more steps after its check said more steps
+  are needed (`--retrained`{declared}), those of the longest step count at which every cell of the budget has
+  every seed it has at any step count (the longest present while none is). For each longer step count,
   "Checks" shows the mean validation Dice of each re-trained allocation over the seeds that have all of them at
   both step counts, and the difference between the extremes (fewest slices per volume − most): validation, so that
   the training length is not chosen on the test volumes (test Dice at a budget whose rows have no validation
@@ -443,9 +445,9 @@ def rules_markdown(options: dict) -> str:
   and its recommendation is `inconclusive: more steps needed` (the comparisons themselves stay, with their
   verdicts). The check decides over at least {o['steps_seeds']} seeds (`stats.steps_seeds`); with fewer it is
   `pending` and holds its budget the same way (`inconclusive: steps check pending`), unless a comparison that has
-  them already fails. A budget trained again in full at more steps takes them as its study's: its verdict is
-  `retrained`, and "Checks" shows how the difference moved on the way there, without holding the budget. The check
-  does not close the trust gate.
+  them already fails. A budget declared trained again takes the longer steps as its study's: its verdict is
+  `retrained` (with a warning where the check that led there stands), and "Checks" shows how the difference moved
+  on the way there, without holding the budget. The check does not close the trust gate.
 - **Limits.** The calibration below holds for seed effects that are roughly symmetric. A model that fails now and
   then (one seed in ten collapsing) makes a mean over 3-10 seeds unreliable in a way no test on those seeds can see:
   such a seed shows as a diverged model or an outlying per-seed difference, and is worth rerunning or reporting

@@ -3,13 +3,13 @@
 A study confirms its training length by training some of its points (the same dims, budget, allocation, selection,
 interpolation and seed) again for more steps, in another run; `runs.read_runs` keeps both rows of such a point. At a
 budget (dims, budget, reference) that holds a point at two or more step counts:
-- the study's rows are those of the budget's study step count: among the step counts at which every cell of the
-  budget has every seed it has at any step count, the shortest, or a longer one reached from it by checks that said
-  more steps are needed (or could not compare allocations): a budget trained again in full at more steps after a
-  failed check takes them; a check that re-trains only some cells, or some seeds, leaves it where it was, and so does
-  one that trains every cell the budget has so far (its extremes, trained first) while it stands or is pending. When
-  no step count is complete, the one most of the budget's rows have, the fewer steps on a tie. Cells, comparisons,
-  findings and recommendations see only them (`study_rows`);
+- the study's rows are those of the budget's study step count: its shortest, the step count of the grid that the
+  check trains points of again; or, for a budget declared trained again in full at more steps after its check said
+  more steps are needed (`retrained`, the report's `--retrained`), the longest at which every cell of the budget has
+  every seed it has at any step count (the longest step count present while none is). So a check never moves a
+  budget's rows, whatever it re-trains (only some cells, or every cell the budget has so far: its extremes,
+  trained first), and which rows are the study's is a decision recorded with the report, not read off the data.
+  Cells, comparisons, findings and recommendations see only them (`study_rows`);
 - the check (`steps_check`) follows, for each longer step count, the difference between the re-trained allocations'
   extremes (the fewest slices per volume minus the most, in mean Dice over the seeds that have every re-trained
   allocation at both step counts). It reads validation Dice (`val_dice_mean`), so that the training length is not
@@ -18,15 +18,16 @@ budget (dims, budget, reference) that holds a point at two or more step counts:
   `stats.steps_seeds` such seeds: the steps stand when the difference moves by less than `stats.steps_tolerance` at
   every longer step count; otherwise more steps are needed. With fewer seeds it is pending (a failed comparison that
   has them decides already).
-- a budget whose study step count is its longest was trained again at those steps: its verdict is `retrained`, and
-  the check shows how the difference moved from each shorter step count to the study's (the check that sent it
-  there), without holding the budget.
+- a budget declared trained again, at its study step count, has the verdict `retrained`, and the check shows how the
+  difference moved from each shorter step count to the study's (the check that sent it there), without holding the
+  budget; its entry's `reason` says so when that check stands (a retraining the check did not call for).
 Budgets without such a point keep every row.
 """
 
 import numpy as np
 
 from slicejax.config import defaults
+from slicejax.errors import InputError
 from slicejax.report import cells as cells_lib
 
 STAND, MORE, PENDING, RETRAINED, NOT_CHECKED = (
@@ -46,7 +47,7 @@ def _longer(steps, than) -> bool:
   return steps is not None and than is not None and steps > than
 
 
-def retrained(rows) -> dict:
+def retrained_points(rows) -> dict:
   """{budget (dims, budget, reference): {point key: its step counts}} of the points trained at two or more step
   counts; budgets without one are left out."""
   steps = {}
@@ -67,50 +68,50 @@ def complete(seeds) -> list:
       by_steps.get(s, set()) >= set().union(*by_steps.values()) for by_steps in seeds.values())))
 
 
-def study_steps(rows, tolerance: float = defaults.STATS["steps_tolerance"],
-                min_seeds: int = defaults.STATS["steps_seeds"]) -> dict:
-  """{budget: its study step count} for the budgets of `retrained`: of the step counts at which every cell of the
-  budget has every seed it has at any step count (`complete`), the shortest, then each longer one in turn whose check
-  from the study's so far says more steps are needed or compares nothing (`NOT_CHECKED`: a budget trained again in
-  full); a check that stands or is pending leaves it. When no step count is complete, the step count most of the
-  budget's rows have, the fewer steps on a tie.
+def study_steps(rows, retrained=()) -> dict:
+  """{budget: its study step count} for the budgets of `retrained_points(rows)`: the shortest step count of the budget's
+  rows; for a budget in `retrained` (declared trained again in full), the longest step count at which every cell of
+  the budget has every seed it has at any step count (`complete`), or while none is, the longest present.
 
   Args:
     rows: result rows, every step count.
-    tolerance, min_seeds: `stats.steps_tolerance` and `stats.steps_seeds`, as `steps_check`.
+    retrained: the budgets (numbers of annotated slices, any dims) declared trained again in full at more steps.
   """
-  counts, seeds = {}, {}
+  seeds = {}
   for row in rows:
-    here = counts.setdefault(_budget(row), {})
-    here[row.get("steps")] = here.get(row.get("steps"), 0) + 1
     seeds.setdefault(_budget(row), {}).setdefault(cells_lib.cell_key(row), {}).setdefault(
         row.get("steps"), set()).add(row.get("seed"))
   out = {}
-  for budget, points in retrained(rows).items():
-    counts_complete = complete(seeds[budget])
-    if not counts_complete:
-      out[budget] = min(counts[budget], key=lambda s: (-counts[budget][s], s is None, s or 0))
-      continue
-    here = [row for row in rows if _budget(row) == budget]
-    study = counts_complete[0]
-    for steps in counts_complete[1:]:
-      checks = _checks(here, points, [(study, steps)], tolerance, metric(here))
-      if _verdict(checks, min_seeds) in (MORE, NOT_CHECKED):
-        study = steps
-    out[budget] = study
+  for budget in retrained_points(rows):
+    counts = sorted({s for by_steps in seeds[budget].values() for s in by_steps if s is not None})
+    declared = budget[1] in retrained and not budget[2]
+    out[budget] = ((complete(seeds[budget]) or counts)[-1] if declared else counts[0]) if counts else None
   return out
 
 
-def study_rows(rows, tolerance: float = defaults.STATS["steps_tolerance"],
-               min_seeds: int = defaults.STATS["steps_seeds"]) -> list:
-  """The rows the study's cells are made of: every row, less those of a budget of `retrained` trained for another
-  step count than the budget's study step count (`study_steps`, with `tolerance` and `min_seeds`). Order kept.
+def check_declared(rows, retrained) -> None:
+  """Refuses a budget declared trained again (`retrained`) at which no point of `rows` has two step counts.
+
+  Raises:
+    InputError: names the first such budget.
+  """
+  have = {budget[1] for budget in retrained_points(rows) if not budget[2]}
+  for budget in retrained:
+    if budget not in have:
+      raise InputError("--retrained", f"budget {budget} has no point trained at two step counts in the rows: "
+                       "nothing was trained again there")
+
+
+def study_rows(rows, retrained=()) -> list:
+  """The rows the study's cells are made of: every row, less those of a budget of `retrained_points` trained for another
+  step count than the budget's study step count (`study_steps`, with the budgets declared `retrained`). Order
+  kept.
 
   A cell still missing seeds that its runs plan at a step count left out here (rows' `planned_seeds`,
   `runs.read_runs`) may move the budget's study step count when they arrive: its kept rows carry those seeds in
   their `planned_seeds` too (copies of the rows), so that the cell is pending (`cells.missing_seeds`) until then.
   """
-  study = study_steps(rows, tolerance, min_seeds)
+  study = study_steps(rows, retrained)
   planned, present = {}, {}
   for row in rows:
     key = (cells_lib.cell_key(row), row.get("steps"))
@@ -244,6 +245,9 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
   verdict = RETRAINED if not checks and earlier else _verdict(checks, min_seeds)
   if verdict == PENDING:
     reason = f"{min(len(c['seeds']) for c in checks)} of the {min_seeds} seeds it decides on"
+  if verdict == RETRAINED and _verdict(earlier, min_seeds) != MORE:
+    reason = "declared trained again although its check " + ("stands" if _verdict(earlier, min_seeds) == STAND
+                                                              else "has not decided")
   # Rows at another step count than the study's that no check reads either: out of the report but for this list.
   read = {(label, s, seed) for c in earlier + checks for label in c["cells"] for s in (c["from_steps"], c["steps"])
           for seed in c["seeds"]}
@@ -258,13 +262,14 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
           "unread": [{"cell": label, "steps": steps, "seeds": len(seeds)} for (label, steps), seeds in unread.items()]}
 
 
-def steps_check(rows, tolerance: float, min_seeds: int = defaults.STATS["steps_seeds"]) -> list[dict]:
+def steps_check(rows, tolerance: float, min_seeds: int = defaults.STATS["steps_seeds"], retrained=()) -> list[dict]:
   """The steps check of every budget that holds a point trained at two or more step counts (module docstring).
 
   Args:
     rows: result rows, every step count (`runs.read_runs`).
     tolerance: `stats.steps_tolerance`, in Dice.
     min_seeds: `stats.steps_seeds`, the fewest seeds a check decides on.
+    retrained: the budgets declared trained again in full at more steps (`study_steps`).
 
   Returns:
     One dict per such budget, in table order: `dims`, `budget`, `reference`, `study_steps`, `metric` (the Dice
@@ -273,13 +278,15 @@ def steps_check(rows, tolerance: float, min_seeds: int = defaults.STATS["steps_s
     allocations, and other step count, with a seed at both: from each shorter step count to the study's, then from
     the study's to each longer one), `verdict` (`MORE` when a check to a longer step count with `min_seeds` seeds or
     more does not stand, else `PENDING` when such a check has fewer, else `STAND`; `RETRAINED` when every check
-    comes from a shorter step count; `NOT_CHECKED` without a check), `reason` (why not checked, or the seeds a
-    pending check has; None otherwise) and `unread` ([{`cell` (label), `steps`, `seeds` (how many)}] of the rows at
-    another step count than the study's that no check reads: in no part of the report but this list).
+    comes from a shorter step count; `NOT_CHECKED` without a check), `reason` (why not checked, the seeds a
+    pending check has, or that a `RETRAINED` budget's check did not call for it; None otherwise) and `unread`
+    ([{`cell` (label), `steps`, `seeds` (how many)}] of the rows at another step count than the study's that no
+    check reads: in no part of the report but this list).
   """
-  study = study_steps(rows, tolerance, min_seeds)
+  study = study_steps(rows, retrained)
   out = []
-  for budget, points in sorted(retrained(rows).items(), key=lambda item: (item[0][0], item[0][2], item[0][1])):
+  order = lambda item: (item[0][0], item[0][2], item[0][1])
+  for budget, points in sorted(retrained_points(rows).items(), key=order):
     here = [row for row in rows if _budget(row) == budget]
     out.append({"dims": budget[0], "budget": budget[1], "reference": budget[2],
                 **_budget_entry(here, points, study[budget], tolerance, min_seeds)})

@@ -56,11 +56,11 @@ def write_summary(workdir, rows, options=None, *, cost=None, preamble: str = "",
   workdir = os.fspath(workdir)
   options = comparisons_lib.stats_options(options)
   cost = dict(cells_lib.DEFAULT_COST if cost is None else cost)
-  study = steps.study_rows(rows, options["steps_tolerance"], options["steps_seeds"])
+  study = steps.study_rows(rows, options["retrained"])
   cells = cells_lib.summarise(study, cost, options["plateau_tolerance"])
   comparisons = comparisons_lib.paired_comparisons(study, options)
   a_a = comparisons_lib.a_a_checks(study, options)
-  steps_check = steps.steps_check(rows, options["steps_tolerance"], options["steps_seeds"])
+  steps_check = steps.steps_check(rows, options["steps_tolerance"], options["steps_seeds"], options["retrained"])
   unconverged = {(e["dims"], e["budget"]): e["verdict"] for e in steps_check
                  if e["verdict"] in (steps.MORE, steps.PENDING) and not e["reference"]}
   found = findings_lib.findings(comparisons, cells, options, unconverged)
@@ -100,11 +100,14 @@ def _json_value(value):
 
 
 def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, seconds_per_kilopixel=None,
-        preamble=None, document=None, families=None, close=False, **options) -> pathlib.Path:
+        preamble=None, document=None, families=None, close=False, retrained=None, **options) -> pathlib.Path:
   """Regenerates the report of one or several runs into `out` (default: the only workdir); returns `out`.
 
   `families`: a JSON file {Holm family: planned comparisons} of a study in progress (`comparisons.stats_options`).
   `close`: report a study stopped short of its planned seeds at the seeds every cell has (`runs.close_seeds`).
+  `retrained`: the budgets trained again in full at more steps after their steps check said more steps are needed,
+  whose study rows are then those at the longer steps (`steps.study_steps`); by default none: a check never moves a
+  budget's rows.
   """
   if not workdirs:
     raise InputError("--workdir", "give at least one run folder")
@@ -122,7 +125,9 @@ def run(workdirs, out=None, *, seconds_per_volume=None, seconds_per_slice=None, 
   options["run_families"] = runs.read_families(workdirs)
   # Several runs' own plans, merged, hold the whole study's only if one run planned it all: said under the comparisons.
   options["plans_merged"] = families is None and sum(runs.read_families([w]) is not None for w in workdirs) > 1
+  options["retrained"] = retrained
   options = comparisons_lib.stats_options(options)
+  steps.check_declared(rows, options["retrained"])
   if close:
     rows, options["closed"] = runs.close_seeds(rows, options)
   for key, value in (("seconds_per_volume", seconds_per_volume), ("seconds_per_slice", seconds_per_slice),
@@ -165,8 +170,18 @@ def define_flags() -> None:
   flags.DEFINE_string("document", None, "Also write the summary, after the preamble, to this markdown file.")
   flags.DEFINE_string("families", None, "A JSON file {Holm family: planned comparisons} of a study in progress: each "
                       "family is adjusted over its planned size, comparisons not yet run counted as p = 1.")
+  flags.DEFINE_list("retrained", [], "Budgets trained again in full at more steps after their steps check said more "
+                    "steps are needed: their study rows are those at the longer steps (comma-separated).")
   flags.DEFINE_bool("close", False, "Close a study stopped for good short of its planned seeds: report it at the "
                     "seeds every cell has, as if the runs planned no other.")
+
+
+def _budgets(values) -> list:
+  """`--retrained`'s values as integers."""
+  try:
+    return [int(v) for v in values]
+  except ValueError as err:
+    raise InputError("--retrained", f"must list budgets (integers), got {','.join(values)}") from err
 
 
 def main(argv):
@@ -175,7 +190,7 @@ def main(argv):
   try:
     out = run(f.workdir or [], f.out, seconds_per_volume=f.seconds_per_volume, seconds_per_slice=f.seconds_per_slice,
               seconds_per_kilopixel=f.seconds_per_kilopixel, preamble=f.preamble, document=f.document,
-              families=f.families, close=f.close,
+              families=f.families, close=f.close, retrained=_budgets(f.retrained),
               alpha=f.alpha, margin=f.margin, min_seeds=f.min_seeds, steps_tolerance=f.steps_tolerance,
               steps_seeds=f.steps_seeds)
   except InputError as err:
