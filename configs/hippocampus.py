@@ -35,9 +35,9 @@ Arguments:
     CONVERGED_STEPS, which are then final (CONVERGED_RETRAINED): the grid's cells that the doubling check did not
     train at those steps, fixed interval (and ual where the grid has it) at every allocation, 5 seeds; with
     middle=True instead the random cells between the extremes (only budget 144 has one, 36 x 4). The doubling
-    parts give the random extremes' rows; the report, told so with `--retrained=B`, takes the budget's longest step
-    count once every cell has all its seeds there ("retrained"). The interp and rounds parts of such a budget train
-    at the doubled steps too.
+    parts give the random extremes' rows; the report, told so with `--retrained=B` once the retraining has rows,
+    takes the budget's rows at the doubled steps (its cells pending until they have every seed; "retrained"). The
+    interp and rounds parts of such a budget train at the doubled steps too.
     "grid" with cells=extremes, middle or others: one share of that budget's grid, with the grid's steps: the
     doubling check's random extremes, the random cells between them (only budget 144 has one, 36 x 4), or fixed
     interval (and ual where the grid has it) at every allocation. The three shares hold the grid's points once, so

@@ -135,6 +135,9 @@ def test_a_budget_s_parts_cover_its_grid_once_at_the_grid_s_and_the_doubled_step
   # Budget 144 trained again at 8,000 steps would leave budget 288 at 4,000 behind it: its parts are refused until
   # its steps are raised.
   hippocampus.CONVERGED_RETRAINED = hippocampus.CONVERGED_RETRAINED + (144,)
-  with pytest.raises(ValueError, match="budget 288 trains 4000 steps, fewer than budget 144's 8000"):
-    hippocampus.get_config("converged=grid,budget=288,cells=extremes")
+  for part in ("grid,budget=288,cells=extremes", "grid,budget=288", "interp,budget=288", "doubling,budget=288",
+               "retrain,budget=288"):
+    with pytest.raises(ValueError, match="budget 288 trains .* steps, fewer than budget 144's 8000"):
+      hippocampus.get_config(f"converged={part}")
+  assert hippocampus.get_config("converged=grid3d,budget=288").train.steps == 4000  # 3D is not a 2D budget
   assert hippocampus.get_config("converged=grid,budget=144,cells=others").train.steps == 4000  # the grid's own

@@ -3,6 +3,9 @@
 import csv
 import json
 import math
+import pathlib
+import subprocess
+import sys
 
 import pytest
 from scipy import stats as scipy_stats
@@ -175,7 +178,7 @@ def test_the_steps_check_keeps_the_study_rows_and_follows_the_extremes():
   assert steps.steps_check(rows, 0.02)[1]["verdict"] == "steps stand"
   # One allocation trained again: nothing to follow.
   (alone,) = steps.steps_check(study + longer[:3], 0.005)
-  assert (alone["verdict"], alone["reason"]) == ("not checked", "one allocation trained again: no difference to follow")
+  assert (alone["verdict"], alone["reason"]) == ("not checked", "one allocation at two step counts: no difference to follow")
 
   lines = render.checks_markdown({"a_a": [], "steps": steps.steps_check(rows, 0.005)}, comparisons_lib.stats_options())
   assert lines[4:] == [
@@ -467,7 +470,7 @@ def test_a_check_never_moves_a_budget_s_rows_until_it_is_declared_trained_again(
     assert [e["verdict"] for e in report["steps_check"]] == [verdict]
     with open(out / "summary.csv", encoding="utf-8") as f:
       assert [float(c["dice_mean"]) for c in csv.DictReader(f)] == pytest.approx(dice)
-  with pytest.raises(InputError, match="--retrained: budget 16 has no point trained at two step counts"):
+  with pytest.raises(InputError, match="--retrained: budget 16 has no sparse point trained at two step counts"):
     summary.run([run, check_run], tmp_path / "typo", retrained=[16])
 
 
@@ -586,6 +589,41 @@ def test_a_study_closed_short_of_its_seeds_reads_as_if_it_planned_only_those(tmp
   apart = _planned_run_folder(tmp_path / "apart", [_row(0, 0.7), _row(1, 0.6, slices=2)], range(2))
   with pytest.raises(InputError, match="--close: the 2D cells share no seed"):
     summary.run([apart], tmp_path / "bad", close=True)
+
+
+def test_a_declared_budget_without_a_complete_step_count_takes_the_longest_present():
+  # 8 x 1: seeds 0-2 at 100 steps, 0-1 at 200; 2 x 4: seed 0 at 100 only, seed 1 at 200 only: no step count has every
+  # seed of every cell. Declared trained again, the study is at 200 (the retraining under way; its cells pending);
+  # undeclared, at the grid's 100.
+  rows = [_row(s, 0.8) for s in range(3)] + [_row(s, 0.8, steps_=200) for s in range(2)]
+  rows += [_row(0, 0.7, slices=4), _row(1, 0.7, slices=4, steps_=200)]
+  assert steps.complete(steps_lib_seeds(rows)) == []
+  assert steps.study_steps(rows, (8,)) == {(2, 8, False): 200}
+  assert steps.study_steps(rows) == {(2, 8, False): 100}
+
+
+def steps_lib_seeds(rows) -> dict:
+  """{cell key: {step count: seeds}} of one budget's rows, as `steps.complete` takes them."""
+  out = {}
+  for row in rows:
+    out.setdefault(cells_lib.cell_key(row), {}).setdefault(row["steps"], set()).add(row["seed"])
+  return out
+
+
+@pytest.mark.slow
+def test_the_report_command_line_passes_the_declaration(tmp_path):
+  study = [_row(s, 0.75 + 0.01 * s, slices=k) for k in (1, 4) for s in range(3)]
+  longer = [dict(r, steps=200, dice_mean=r["dice_mean"] + (0.05 if r["slices_per_volume"] == 1 else 0.03))
+            for r in study]
+  a, b = _run_folder(tmp_path / "a", study, 100), _run_folder(tmp_path / "b", longer, 200)
+  command = [sys.executable, "-m", "slicejax.report", f"--workdir={a}", f"--workdir={b}", f"--out={tmp_path / 'out'}",
+             "--steps_seeds=3"]
+  for extra, expected in (([], (100, "more steps needed")), (["--retrained=8"], (200, "retrained"))):
+    subprocess.run(command + extra, check=True, capture_output=True, cwd=pathlib.Path(__file__).parent.parent)
+    report = json.loads((tmp_path / "out" / "findings.json").read_text())
+    assert [(e["study_steps"], e["verdict"]) for e in report["steps_check"]] == [expected]
+  bad = subprocess.run(command + ["--retrained=8,x"], check=False, capture_output=True, text=True)
+  assert bad.returncode == 2 and "--retrained: must list budgets (integers)" in bad.stderr
 
 
 def test_closing_refuses_to_move_a_retrained_budget_s_rows(tmp_path):

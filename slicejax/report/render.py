@@ -184,7 +184,8 @@ def _steps_markdown(entries) -> list[str]:
   metric = "validation Dice" + (f" (test Dice at {', '.join(tests)}, whose rows lack it)" if tests else "")
   out = ["Steps check: points trained again for more steps. At these budgets the cells, comparisons and findings "
          "use the study's step count (the grid's, the shortest; for a budget declared trained again in full at "
-         "more steps, `--retrained`, the longest at which every cell has all its seeds); here, the re-trained "
+         "more steps, `--retrained`, the longest at which every cell has every seed it has at any step count, or "
+         "the longest present while none is); here, the re-trained "
          f"allocations' mean {metric} over the seeds that have them all at both step counts, so that the training "
          "length is not chosen on the test volumes, and the difference between "
          f"the extremes. The steps stand when it moves by less than {tolerance:g} (`stats.steps_tolerance`) over at "

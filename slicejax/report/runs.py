@@ -5,7 +5,8 @@ both select in rounds, with the same round schedule (`check_compatible`): a grid
 run later. Their union gives the same summary as one run of all their points. Two exceptions: a run that trains
 some points of another again for a different number of steps (a steps check, `slicejax.report.steps`) merges with
 it; both rows of such a point are kept. And a later part merges at a budget whose every point was trained again at
-the later part's length: its rows are the budget's study rows.
+the later part's length (`_complete_budgets`): its rows are the budget's study rows if the budget is declared
+trained again (the report's `--retrained`, `steps.study_steps`), a check's otherwise.
 """
 
 import json
@@ -82,8 +83,8 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
       there}}; runs that share no budget may differ in `SCHEDULE_KEYS`, and so may runs of different `train.steps`
       where, at every budget they share, one of the two trains only points of a run of another `train.steps` again
       (`_retrained_budgets`): a steps check of the other, or of a third run that trained as long as the other; or
-      where the budget's study step count, over all runs (`_complete_budgets`), is one of the two (a part added at
-      the length a budget was trained again to). None: they may not.
+      where the budget's longest complete step count, over all runs (`_complete_budgets`), is one of the two (a part
+      added at the length a budget was trained again to). None: they may not.
     in_rounds: {the same paths: whether its rows hold points that select in rounds}; the round schedule's options
       (`rounds`) are compared only between runs that both do. None: never.
 

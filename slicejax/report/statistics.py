@@ -445,9 +445,11 @@ def rules_markdown(options: dict) -> str:
   and its recommendation is `inconclusive: more steps needed` (the comparisons themselves stay, with their
   verdicts). The check decides over at least {o['steps_seeds']} seeds (`stats.steps_seeds`); with fewer it is
   `pending` and holds its budget the same way (`inconclusive: steps check pending`), unless a comparison that has
-  them already fails. A budget declared trained again takes the longer steps as its study's: its verdict is
-  `retrained` (with a warning where the check that led there stands), and "Checks" shows how the difference moved
-  on the way there, without holding the budget. The check does not close the trust gate.
+  them already fails. A budget declared trained again (at every dims with that budget; the fully annotated reference
+  keeps its shortest step count) has the verdict `retrained` once its study rows are longer than its grid's, with a
+  warning where the check that led there stands or has not decided, and "Checks" shows how the difference moved
+  on the way there, without holding the budget. Declare a budget once its retraining has rows: before, its study
+  rows would be the check's alone. The check does not close the trust gate.
 - **Limits.** The calibration below holds for seed effects that are roughly symmetric. A model that fails now and
   then (one seed in ten collapsing) makes a mean over 3-10 seeds unreliable in a way no test on those seeds can see:
   such a seed shows as a diverged model or an outlying per-seed difference, and is worth rerunning or reporting

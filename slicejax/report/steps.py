@@ -98,7 +98,7 @@ def check_declared(rows, retrained) -> None:
   have = {budget[1] for budget in retrained_points(rows) if not budget[2]}
   for budget in retrained:
     if budget not in have:
-      raise InputError("--retrained", f"budget {budget} has no point trained at two step counts in the rows: "
+      raise InputError("--retrained", f"budget {budget} has no sparse point trained at two step counts in the rows: "
                        "nothing was trained again there")
 
 
@@ -108,7 +108,7 @@ def study_rows(rows, retrained=()) -> list:
   kept.
 
   A cell still missing seeds that its runs plan at a step count left out here (rows' `planned_seeds`,
-  `runs.read_runs`) may move the budget's study step count when they arrive: its kept rows carry those seeds in
+  `runs.read_runs`) may move a declared budget's study step count when they arrive: its kept rows carry those seeds in
   their `planned_seeds` too (copies of the rows), so that the cell is pending (`cells.missing_seeds`) until then.
   """
   study = study_steps(rows, retrained)
@@ -240,7 +240,7 @@ def _budget_entry(rows, points, study, tolerance, min_seeds) -> dict:
   reason = None
   if not checks and not earlier:
     reason = ("no point trained at another step count than the study's" if not longer and not shorter else
-              "one allocation trained again: no difference to follow" if not _retrained_allocations(points) else
+              "one allocation at two step counts: no difference to follow" if not _retrained_allocations(points) else
               "no seed with every re-trained allocation at both step counts")
   verdict = RETRAINED if not checks and earlier else _verdict(checks, min_seeds)
   if verdict == PENDING:

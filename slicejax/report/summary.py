@@ -171,7 +171,8 @@ def define_flags() -> None:
   flags.DEFINE_string("families", None, "A JSON file {Holm family: planned comparisons} of a study in progress: each "
                       "family is adjusted over its planned size, comparisons not yet run counted as p = 1.")
   flags.DEFINE_list("retrained", [], "Budgets trained again in full at more steps after their steps check said more "
-                    "steps are needed: their study rows are those at the longer steps (comma-separated).")
+                    "steps are needed, declared once the retraining has rows: their study rows are those at the "
+                    "longer steps (comma-separated; every dims with that budget).")
   flags.DEFINE_bool("close", False, "Close a study stopped for good short of its planned seeds: report it at the "
                     "seeds every cell has, as if the runs planned no other.")
 
