@@ -1,6 +1,7 @@
 """Tests for the report's families by dims, its A/A and steps checks, and the seeds it says a family needs."""
 
 import csv
+import importlib.util
 import json
 import math
 import pathlib
@@ -624,6 +625,36 @@ def test_the_report_command_line_passes_the_declaration(tmp_path):
     assert [(e["study_steps"], e["verdict"]) for e in report["steps_check"]] == [expected]
   bad = subprocess.run(command + ["--retrained=8,x"], check=False, capture_output=True, text=True)
   assert bad.returncode == 2 and "--retrained: must list budgets (integers)" in bad.stderr
+
+
+def test_a_check_merges_with_a_grid_share_still_under_way(tmp_path):
+  # Budget 144's check (144 x 1 and 9 x 16 random, seeds 0-1, 8,000 steps) beside its grid's extremes share at
+  # 4,000 steps that has trained 144 x 1 for seeds 0-3 so far: neither run's trained points hold the other's, but
+  # the share's grid plans every point of the check, so the two merge as a steps check (the study's configs).
+  spec = importlib.util.spec_from_file_location("hippocampus", pathlib.Path(__file__).parent.parent / "configs"
+                                                / "hippocampus.py")
+  hippocampus = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(hippocampus)
+
+  def run(name, part, rows):
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.json").write_text(hippocampus.get_config(f"converged={part}").to_json_best_effort())
+    results.append_rows(path / "results.jsonl", rows)
+    return path
+
+  share = run("share", "grid,budget=144,cells=extremes", [_row(s, 0.8, budget=144, steps_=4000) for s in range(4)])
+  check = run("check", "doubling,budget=144", [_row(s, 0.8, budget=144, slices=k, steps_=8000)
+                                               for k in (1, 16) for s in range(2)])
+  rows, _ = runs.read_runs([share, check])
+  assert steps.study_steps(rows) == {(2, 144, False): 4000}
+  assert runs.planned_points(json.loads((share / "config.json").read_text())) == {(2, 144, False): {
+      (2, 144, 144 // k, k, "random", False, False, s) for k in (1, 16) for s in range(5)}}
+  # A run at another length whose points its partner neither trained nor plans is refused, as before.
+  other = run("other", "grid,budget=144,cells=others", [_row(s, 0.8, budget=144, selection="fixed", steps_=4000)
+                                                        for s in range(2)])
+  with pytest.raises(InputError, match="train.steps is 8000 here but 4000"):
+    runs.read_runs([other, check])
 
 
 def test_closing_refuses_to_move_a_retrained_budget_s_rows(tmp_path):

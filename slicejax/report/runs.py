@@ -12,6 +12,8 @@ trained again (the report's `--retrained`, `steps.study_steps`), a check's other
 import json
 import pathlib
 
+import ml_collections
+
 from slicejax import environment
 from slicejax.errors import InputError
 from slicejax.report import cells as cells_lib
@@ -40,17 +42,41 @@ def _merge_view(config: dict, keys) -> dict:
           if any(k == m or k.startswith(m + ".") for m in keys) and k not in _MERGE_IGNORED}
 
 
-def _retrained_budgets(points: dict, steps: dict) -> dict:
-  """{path: the budgets at which that run trains only points of a run of another `train.steps` again}.
+def _retrained_budgets(points: dict, steps: dict, planned: dict | None = None) -> dict:
+  """{path: the budgets at which that run trains only points of a run of another `train.steps` again: points that
+  run has trained, or plans (`planned`), so that a check merges with a grid still under way}.
 
   Args:
     points: `check_compatible`'s points.
     steps: {path: its `train.steps`}.
+    planned: {path: {budget: the point keys its config's grid plans}} (`planned_points`); None: none.
   """
+  planned = planned or {}
   return {path: {budget for budget, mine in here.items()
-                 if any(other != path and steps[other] != steps[path] and mine <= there.get(budget, set())
+                 if any(other != path and steps[other] != steps[path]
+                        and mine <= there.get(budget, set()) | planned.get(other, {}).get(budget, set())
                         for other, there in points.items())}
           for path, here in points.items()}
+
+
+# A stand-in training pool for `planned_points`: large enough that every allocation of a grid fits.
+_STAND_IN_POOL, _STAND_IN_DEPTH = 10_000, 1_000
+
+
+def planned_points(config: dict) -> dict:
+  """{(dims, budget, reference): the point keys (`steps.point_key`) of the sparse points a run's config plans}, from
+  its `study` block (`grid.expand` on a stand-in pool, so allocations a small pool would leave out are counted too);
+  {} for a config whose grid cannot be read (e.g. one without a `study` block)."""
+  try:
+    points = grid.expand(ml_collections.ConfigDict(config["study"]),
+                         {f"case_{i}": _STAND_IN_DEPTH for i in range(_STAND_IN_POOL)})
+  except (InputError, KeyError, TypeError, AttributeError, ValueError):
+    return {}
+  out = {}
+  for point in points:
+    if not point.reference:
+      out.setdefault((point.dims, point.budget, False), set()).add(steps_lib.point_key(point.fields()))
+  return out
 
 
 def _complete_budgets(points: dict, steps: dict) -> dict:
@@ -82,7 +108,7 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
     points: {the same paths: {(dims, budget, reference): the set of points (`steps.point_key`) its rows hold
       there}}; runs that share no budget may differ in `SCHEDULE_KEYS`, and so may runs of different `train.steps`
       where, at every budget they share, one of the two trains only points of a run of another `train.steps` again
-      (`_retrained_budgets`): a steps check of the other, or of a third run that trained as long as the other; or
+      (points that run trained or its grid plans, `_retrained_budgets`): a steps check of the other, or of a third run that trained as long as the other; or
       where the budget's longest complete step count, over all runs (`_complete_budgets`), is one of the two (a part
       added at the length a budget was trained again to). None: they may not.
     in_rounds: {the same paths: whether its rows hold points that select in rounds}; the round schedule's options
@@ -95,7 +121,8 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
   items = list(configs.items())
   if points is not None:
     steps = {path: workdir_lib.flatten(config).get("train.steps") for path, config in items}
-    retrained, complete = _retrained_budgets(points, steps), _complete_budgets(points, steps)
+    planned = {path: planned_points(config) for path, config in items}
+    retrained, complete = _retrained_budgets(points, steps, planned), _complete_budgets(points, steps)
   for j, (path, config) in enumerate(items):
     for first_path, first in items[:j]:
       keys = list(MERGE_KEYS)
