@@ -69,7 +69,7 @@ def planned_points(config: dict) -> dict:
   {} for a config whose grid cannot be read (e.g. one without a `study` block)."""
   try:
     points = grid.expand(ml_collections.ConfigDict(config["study"]),
-                         {f"case_{i}": _STAND_IN_DEPTH for i in range(_STAND_IN_POOL)})
+                         {f"case_{i}": _STAND_IN_DEPTH for i in range(_STAND_IN_POOL)}, quiet=True)
   except (InputError, KeyError, TypeError, AttributeError, ValueError):
     return {}
   out = {}

@@ -59,7 +59,12 @@ class Point:
     return fields
 
 
-def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) -> list:
+def _log_left_out(reason: str, quiet: bool) -> None:
+  if not quiet:
+    logging.info("%s: left out.", reason)
+
+
+def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None, quiet: bool = False) -> list:
   """All points of a config's `study` block, in a fixed order.
 
   Args:
@@ -69,6 +74,7 @@ def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) ->
       interpolation).
     depths: case id -> number of candidate slices, for every volume of the training pool.
     left_out: if given, a list that receives one sentence per allocation left out, saying why.
+    quiet: do not log the allocations left out.
 
   Returns:
     list of Point. An allocation whose s = B / rho is not an integer or exceeds the pool is left out (logged), and
@@ -88,7 +94,7 @@ def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) ->
         if budget % rho or budget // rho > pool:
           reason = (f"{dims}D budget {budget} at {rho} slices per volume: needs {budget / rho:g} volumes, "
                     + ("not a whole number" if budget % rho else f"the pool has {pool}"))
-          logging.info("%s: left out.", reason)
+          _log_left_out(reason, quiet)
           if left_out is not None:
             left_out.append(reason)
           continue
@@ -103,7 +109,7 @@ def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) ->
             if sel == grid["selections"][0] and seed == grid["seeds"][0]:
               reason = (f"{dims}D budget {budget} at 1 slice per volume with interpolation: no slice lies between "
                         "two annotated ones")
-              logging.info("%s: left out.", reason)
+              _log_left_out(reason, quiet)
               if left_out is not None:
                 left_out.append(reason)
             continue
@@ -118,7 +124,7 @@ def expand(study, depths: Mapping[str, int], left_out: Optional[list] = None) ->
           if rounds > rho:
             reason = f"{dims}D budget {budget} at {rho} slices per volume in {rounds} rounds: a round would add nothing"
             if seed == grid["seeds"][0] and rule == study.round_allocation[0]:
-              logging.info("%s: left out.", reason)
+              _log_left_out(reason, quiet)
               if left_out is not None:
                 left_out.append(reason)
             continue
