@@ -108,7 +108,8 @@ def check_compatible(configs: dict, dims: dict | None = None, points: dict | Non
     points: {the same paths: {(dims, budget, reference): the set of points (`steps.point_key`) its rows hold
       there}}; runs that share no budget may differ in `SCHEDULE_KEYS`, and so may runs of different `train.steps`
       where, at every budget they share, one of the two trains only points of a run of another `train.steps` again
-      (points that run trained or its grid plans, `_retrained_budgets`): a steps check of the other, or of a third run that trained as long as the other; or
+      (points that run trained or its grid plans, `_retrained_budgets`): a steps check of the other, or of a third
+      run that trained as long as the other; or
       where the budget's longest complete step count, over all runs (`_complete_budgets`), is one of the two (a part
       added at the length a budget was trained again to). None: they may not.
     in_rounds: {the same paths: whether its rows hold points that select in rounds}; the round schedule's options
